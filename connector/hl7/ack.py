@@ -1,0 +1,175 @@
+"""Acknowledgement builder (CI-SIS volet §ACK): pure, from the original MSH and an outcome.
+
+- MSH-3/4 and MSH-5/6 swapped, MSH-9 `ACK^<event>^ACK`, a new MSH-10, MSH-11/12/17/18 echoed,
+  no MSH-21 (change-log 2.1.1).
+- Original mode (MSH-15/16 empty): AA / AE / AR.
+- Enhanced mode (MSH-15 or MSH-16 valued): commit ACK CA / CE / CR, sent or not per MSH-15
+  (AL always, NE never, ER on error only, SU on success only; empty counts as AL).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
+
+from connector.errors import ErrorLocation, MessageError
+from connector.hl7.codes import (
+    AckCode,
+    AcknowledgmentCondition,
+    ApplicationError,
+    ErrorCondition,
+    Severity,
+)
+from connector.hl7.header import MessageHeader
+from connector.hl7.message import DEFAULT_DELIMITERS, Delimiters, escape
+
+
+class Outcome(Enum):
+    """What intake decided about a message."""
+
+    ACCEPTED = "accepted"  # durably stored, responsibility taken
+    ERROR = "error"  # the message is wrong: never retry it as is
+    REJECTED = "rejected"  # transient: store down, shutting down; the sender retries
+
+
+_ORIGINAL = {
+    Outcome.ACCEPTED: AckCode.APPLICATION_ACCEPT,
+    Outcome.ERROR: AckCode.APPLICATION_ERROR,
+    Outcome.REJECTED: AckCode.APPLICATION_REJECT,
+}
+_COMMIT = {
+    Outcome.ACCEPTED: AckCode.COMMIT_ACCEPT,
+    Outcome.ERROR: AckCode.COMMIT_ERROR,
+    Outcome.REJECTED: AckCode.COMMIT_REJECT,
+}
+
+
+def choose_ack_code(header: MessageHeader | None, outcome: Outcome) -> AckCode | None:
+    """The MSA-1 to send, or None when enhanced mode says no commit ACK is wanted."""
+    if header is None or not header.enhanced_mode:
+        return _ORIGINAL[outcome]
+    code = _COMMIT[outcome]
+    condition = header.accept_ack_condition
+    if condition is AcknowledgmentCondition.NEVER:
+        return None
+    if condition is AcknowledgmentCondition.ERROR_ONLY and code.is_positive:
+        return None
+    if condition is AcknowledgmentCondition.SUCCESS_ONLY and not code.is_positive:
+        return None
+    return code
+
+
+@dataclass(frozen=True, slots=True)
+class AckError:
+    """One ERR segment. `detail` goes to ERR-8 and must hold no patient data."""
+
+    condition: ErrorCondition
+    severity: Severity = Severity.ERROR
+    location: ErrorLocation | None = None
+    application_error: ApplicationError | None = None
+    detail: str = ""
+
+    @classmethod
+    def from_exception(cls, exc: MessageError) -> AckError:
+        return cls(exc.condition, exc.severity, exc.location, exc.application_error, exc.detail)
+
+
+class ControlIdGenerator:
+    """New MSH-10 values: unique per process and, with a random tag, across replicas.
+
+    At most 20 characters (ST length of MSH-10 in v2.5).
+    """
+
+    _ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+    def __init__(self, prefix: str | None = None) -> None:
+        if prefix is None:
+            seconds = int(time.time())
+            digits = []
+            while seconds:
+                seconds, rem = divmod(seconds, 36)
+                digits.append(self._ALPHABET[rem])
+            tag = "".join(self._ALPHABET[b % 36] for b in os.urandom(2))
+            prefix = "".join(reversed(digits)) + tag
+        self._prefix = prefix[:8]
+        self._counter = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def __call__(self) -> str:
+        with self._lock:
+            n = next(self._counter)
+        return f"{self._prefix}{n}"[:20]
+
+
+def hl7_timestamp(moment: datetime | None = None) -> str:
+    moment = (moment or datetime.now()).astimezone()
+    return moment.strftime("%Y%m%d%H%M%S%z")
+
+
+@dataclass(frozen=True, slots=True)
+class AckIdentity:
+    """Who we are, for MSH-3/4 when the original left MSH-5/6 empty."""
+
+    application: str = "MSSANTE-CONNECTOR"
+    facility: str = ""
+
+
+def build_ack(
+    header: MessageHeader | None,
+    code: AckCode,
+    *,
+    control_id: str,
+    errors: Sequence[AckError] = (),
+    identity: AckIdentity = AckIdentity(),
+    charset_msh18: str = "",
+    timestamp: str | None = None,
+) -> str:
+    """The ACK as ER7 text, segments separated by CR. `header` None: the MSH was unreadable."""
+    d: Delimiters = header.delimiters if header is not None else DEFAULT_DELIMITERS
+    f = d.field
+    if header is not None:
+        event = header.message_type.event
+        sending_app = header.receiving_application or escape(identity.application, d)
+        sending_fac = header.receiving_facility or escape(identity.facility, d)
+        receiving_app, receiving_fac = header.sending_application, header.sending_facility
+        processing, version = header.processing_id or "P", _raw_version(header)
+        country, msh18 = header.country or "FRA", header.charset or charset_msh18
+        acked_id = escape(header.control_id, d)
+    else:
+        event, receiving_app, receiving_fac = "", "", ""
+        sending_app, sending_fac = escape(identity.application, d), escape(identity.facility, d)
+        processing, version, country, msh18, acked_id = "P", "2.5", "FRA", charset_msh18, ""
+    msg_type = d.component.join(["ACK", event, "ACK"]) if event else "ACK"
+    msh = f.join([
+        "MSH", d.encoding_characters, sending_app, sending_fac, receiving_app, receiving_fac,
+        timestamp or hl7_timestamp(), "", msg_type, control_id, processing, version,
+        "", "", "", "", country, msh18,
+    ])
+    segments = [msh, f.join(["MSA", code.value, acked_id])]
+    segments.extend(_err_segment(e, d) for e in errors)
+    return "\r".join(segments) + "\r"
+
+
+def _raw_version(header: MessageHeader) -> str:
+    return header.version_raw or "2.5"
+
+
+def _err_segment(error: AckError, d: Delimiters) -> str:
+    c = d.component
+    location = error.location.to_hl7(c) if error.location else ""
+    err3 = c.join([error.condition.code, error.condition.label, "messageErrorCondition"])
+    err5 = ""
+    if error.application_error is not None:
+        app = error.application_error
+        err5 = c.join([app.code, escape(app.label, d), "applicationErrorCode"])
+    fields = ["ERR", "", location, err3, error.severity.value, err5, "", "",
+              escape(error.detail, d)]
+    while fields and not fields[-1]:
+        fields.pop()
+    return d.field.join(fields)

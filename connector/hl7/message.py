@@ -1,0 +1,227 @@
+"""A lean, tolerant HL7 v2 (ER7) parser: segments, fields, repetitions, components, escapes.
+
+Pure functions of their input. The parser keeps values raw (escaped) and unescapes on access, so
+parsing a 800 KB ORU costs one split per segment, not a tree of objects. It tolerates what real
+senders produce: CR, LF or CRLF segment separators, trailing separators, blank lines.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from connector.errors import ErrorLocation, HL7ParseError
+from connector.hl7.codes import ErrorCondition
+
+SEGMENT_SEPARATORS = re.compile(r"\r\n|\r|\n")
+_SEGMENT_ID = re.compile(r"[A-Z][A-Z0-9]{2}\Z")
+
+
+@dataclass(frozen=True, slots=True)
+class Delimiters:
+    """MSH-1 and MSH-2."""
+
+    field: str = "|"
+    component: str = "^"
+    repetition: str = "~"
+    escape: str = "\\"
+    subcomponent: str = "&"
+
+    @property
+    def encoding_characters(self) -> str:
+        return f"{self.component}{self.repetition}{self.escape}{self.subcomponent}"
+
+    @classmethod
+    def from_msh(cls, msh_segment: str) -> Delimiters:
+        """Read MSH-1/MSH-2 from the raw MSH segment text, checking they are usable."""
+        if len(msh_segment) < 8 or not msh_segment.startswith("MSH"):
+            raise HL7ParseError(
+                "message does not start with an MSH segment",
+                condition=ErrorCondition.SEGMENT_SEQUENCE_ERROR,
+                location=ErrorLocation("MSH", 1),
+            )
+        field_sep = msh_segment[3]
+        end = msh_segment.find(field_sep, 4)
+        encoding = msh_segment[4:] if end < 0 else msh_segment[4:end]
+        # v2.7 adds a fifth (truncation) character; it carries no meaning for parsing here.
+        chars = [field_sep, *encoding[:4]]
+        if (
+            len(encoding) not in (4, 5)
+            or len(set(chars)) != 5
+            or any(c.isalnum() or c in "\r\n " for c in chars)
+        ):
+            raise HL7ParseError(
+                "MSH-1/MSH-2 encoding characters are invalid",
+                condition=ErrorCondition.DATA_TYPE_ERROR,
+                location=ErrorLocation("MSH", 1, 2),
+            )
+        return cls(field_sep, encoding[0], encoding[1], encoding[2], encoding[3])
+
+
+DEFAULT_DELIMITERS = Delimiters()
+
+
+def unescape(value: str, d: Delimiters = DEFAULT_DELIMITERS) -> str:
+    """Resolve HL7 escape sequences (\\F\\ \\S\\ \\T\\ \\R\\ \\E\\ \\Xhh\\ \\.br\\)."""
+    esc = d.escape
+    if esc not in value:
+        return value
+    out: list[str] = []
+    i, n = 0, len(value)
+    while i < n:
+        ch = value[i]
+        if ch != esc:
+            out.append(ch)
+            i += 1
+            continue
+        end = value.find(esc, i + 1)
+        if end < 0:  # lone escape character: keep it literally
+            out.append(value[i:])
+            break
+        seq = value[i + 1 : end]
+        simple = {"F": d.field, "S": d.component, "T": d.subcomponent, "R": d.repetition,
+                  "E": esc, ".br": "\n"}
+        if seq in simple:
+            out.append(simple[seq])
+        elif seq[:1] == "X" and len(seq) > 1 and len(seq) % 2 == 1:
+            try:
+                out.append(bytes.fromhex(seq[1:]).decode("latin-1"))
+            except ValueError:
+                out.append(value[i : end + 1])
+        else:  # formatting (\H\, \N\, \.sp\ ...) and unknown sequences are dropped or kept
+            if seq in ("H", "N") or seq.startswith((".sp", ".in", ".ti", ".sk", ".ce", ".fi",
+                                                     ".nf")):
+                pass
+            else:
+                out.append(value[i : end + 1])
+        i = end + 1
+    return "".join(out)
+
+
+def escape(value: str, d: Delimiters = DEFAULT_DELIMITERS) -> str:
+    """Escape delimiters and line breaks so `value` can never split a field or a segment."""
+    esc = d.escape
+    out = value.replace(esc, f"{esc}E{esc}")
+    out = out.replace(d.field, f"{esc}F{esc}").replace(d.component, f"{esc}S{esc}")
+    out = out.replace(d.subcomponent, f"{esc}T{esc}").replace(d.repetition, f"{esc}R{esc}")
+    out = out.replace("\r\n", f"{esc}.br{esc}")
+    return out.replace("\r", f"{esc}.br{esc}").replace("\n", f"{esc}.br{esc}")
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """One segment. `fields[0]` is the segment id; `fields[n]` is field n (HL7 numbering).
+
+    For MSH, `fields[1]` is the field separator itself (MSH-1) and `fields[2]` MSH-2, so that
+    positions match the standard everywhere.
+    """
+
+    fields: tuple[str, ...]
+    delimiters: Delimiters = field(default=DEFAULT_DELIMITERS, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.fields[0]
+
+    def raw(self, position: int) -> str:
+        """Field `position` as sent (escaped, with repetitions), '' when absent."""
+        return self.fields[position] if 0 <= position < len(self.fields) else ""
+
+    def repetitions(self, position: int) -> list[str]:
+        raw = self.raw(position)
+        if not raw:
+            return []
+        if self.name == "MSH" and position <= 2:
+            return [raw]
+        return raw.split(self.delimiters.repetition)
+
+    def component(
+        self, position: int, component: int = 1, subcomponent: int | None = None,
+        repetition: int = 1,
+    ) -> str:
+        """Unescaped component (1-based) of a field repetition (1-based), stripped of spaces."""
+        reps = self.repetitions(position)
+        if len(reps) < repetition:
+            return ""
+        return component_of(reps[repetition - 1], component, subcomponent, self.delimiters)
+
+    def value(self, position: int) -> str:
+        """The first component of the first repetition, unescaped: the usual "field value"."""
+        return self.component(position, 1)
+
+
+def component_of(
+    raw_field: str, component: int = 1, subcomponent: int | None = None,
+    d: Delimiters = DEFAULT_DELIMITERS,
+) -> str:
+    comps = raw_field.split(d.component)
+    if len(comps) < component:
+        return ""
+    comp = comps[component - 1]
+    if subcomponent is not None:
+        subs = comp.split(d.subcomponent)
+        comp = subs[subcomponent - 1] if len(subs) >= subcomponent else ""
+    return unescape(comp, d).strip()
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A parsed ER7 message: its delimiters and its segments in order."""
+
+    segments: tuple[Segment, ...]
+    delimiters: Delimiters
+
+    @property
+    def msh(self) -> Segment:
+        return self.segments[0]
+
+    def all(self, name: str) -> list[Segment]:
+        return [s for s in self.segments if s.name == name]
+
+    def first(self, name: str) -> Segment | None:
+        for s in self.segments:
+            if s.name == name:
+                return s
+        return None
+
+    def __iter__(self) -> Iterator[Segment]:
+        return iter(self.segments)
+
+
+def split_segments(text: str) -> list[str]:
+    """Split on CR, LF or CRLF and drop blank lines (senders pad with them)."""
+    return [s for s in SEGMENT_SEPARATORS.split(text) if s.strip()]
+
+
+def parse_segment(text: str, d: Delimiters, *, is_msh: bool = False) -> Segment:
+    parts = text.split(d.field)
+    if is_msh:
+        # "MSH|^~\&|A|B" splits to ["MSH", "^~\&", "A", "B"]: re-insert MSH-1.
+        parts.insert(1, d.field)
+    seg_id = parts[0].strip()
+    if not _SEGMENT_ID.match(seg_id):
+        raise HL7ParseError(
+            "segment id is not three upper-case letters or digits",
+            condition=ErrorCondition.SEGMENT_SEQUENCE_ERROR,
+        )
+    parts[0] = seg_id
+    return Segment(tuple(parts), d)
+
+
+def parse_message(text: str) -> Message:
+    """Parse ER7 text. Raises HL7ParseError (answered AE) on what cannot be read at all."""
+    raw_segments = split_segments(text.lstrip("\ufeff"))
+    if not raw_segments:
+        raise HL7ParseError("empty message", location=ErrorLocation("MSH", 1))
+    delimiters = Delimiters.from_msh(raw_segments[0])
+    segments = [parse_segment(raw_segments[0], delimiters, is_msh=True)]
+    for index, raw in enumerate(raw_segments[1:], start=2):
+        try:
+            segments.append(parse_segment(raw, delimiters))
+        except HL7ParseError as exc:
+            raise HL7ParseError(
+                f"segment {index} has an invalid segment id",
+                condition=ErrorCondition.SEGMENT_SEQUENCE_ERROR,
+            ) from exc
+    return Message(tuple(segments), delimiters)
