@@ -12,7 +12,10 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from connector.cli import config_cmd, messages_cmd, send_cmd, serve_cmd
+    from connector.cli.config_cmd import register as register_check_config
+    from connector.cli.messages_cmd import register as register_messages
+    from connector.cli.send_cmd import register as register_send
+    from connector.cli.serve_cmd import register as register_serve
 
     parser = argparse.ArgumentParser(
         prog="mssante-connector",
@@ -20,8 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (serve_cmd, config_cmd, send_cmd, messages_cmd):
-        module.register(sub)
+    for register in (register_serve, register_check_config, register_send, register_messages):
+        register(sub)
     return parser
 
 

@@ -1,0 +1,29 @@
+"""`mssante-connector check-config FILE`: the validation `serve` runs, without serving."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from connector.cli._common import report_config_error
+from connector.errors import ConfigError
+from connector.settings import load_settings
+
+
+def register(sub: Any) -> None:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "check-config", help="validate a configuration file and name the faulty key")
+    parser.add_argument("file", type=Path)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args.file)
+    except ConfigError as exc:
+        return report_config_error(exc)
+    listeners = sum(len(t.listeners) for t in settings.tenants)
+    print(f"{args.file}: OK ({len(settings.tenants)} tenant(s), {listeners} listener(s), "
+          f"store {settings.store.backend.value})")
+    return 0

@@ -1,0 +1,97 @@
+"""`mssante-connector messages list|show`: what was received, and why a message was rejected.
+
+`list` shows no patient data (identifiers, codes, sizes). `show` prints the raw message and its
+ACK for an operator allowed to read the store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from connector.cli._common import add_config_argument, report_config_error, settings_from
+from connector.errors import ConfigError, StoreError
+from connector.store import InboundStatus, InboundSummary
+
+
+def register(sub: Any) -> None:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "messages", help="list received messages or show one")
+    inner = parser.add_subparsers(dest="messages_command", required=True, metavar="ACTION")
+    list_parser = inner.add_parser("list", help="recent messages, newest first (no patient data)")
+    add_config_argument(list_parser)
+    list_parser.add_argument("--status", choices=[s.value for s in InboundStatus])
+    list_parser.add_argument("--tenant")
+    list_parser.add_argument("--limit", type=int, default=50)
+    list_parser.set_defaults(handler=run_list)
+    show_parser = inner.add_parser("show", help="one message in full: raw HL7, ACK, error")
+    add_config_argument(show_parser)
+    show_parser.add_argument("id", type=int)
+    show_parser.set_defaults(handler=run_show)
+
+
+def _time(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
+
+
+def _line(s: InboundSummary) -> str:
+    error = f" {s.error_code} {s.error_detail}" if s.error_code else ""
+    flags = (" retransmitted" * bool(s.retransmissions)) + (" msh10-reused" * s.control_id_reused)
+    return (f"{s.id:>8} {_time(s.received_at)} {s.tenant_id} {s.message_type or '-'} "
+            f"MSH-10={s.control_id or '-'} {s.status.value} {s.ack_code or '-'}"
+            f"{error}{flags}")
+
+
+async def _with_store(args: argparse.Namespace, action: Any) -> int:
+    from connector.app import build_store
+
+    store = build_store(settings_from(args))
+    store.open()
+    try:
+        result: int = await action(store)
+        return result
+    finally:
+        await store.close()
+
+
+def run_list(args: argparse.Namespace) -> int:
+    async def action(store: Any) -> int:
+        status = InboundStatus(args.status) if args.status else None
+        for summary in await store.list_inbound(tenant_id=args.tenant, status=status,
+                                                limit=args.limit):
+            print(_line(summary))
+        return 0
+
+    return _run(args, action)
+
+
+def run_show(args: argparse.Namespace) -> int:
+    async def action(store: Any) -> int:
+        detail = await store.get_inbound(args.id)
+        if detail is None:
+            print(f"no message {args.id}", file=sys.stderr)
+            return 1
+        s = detail.summary
+        print(_line(s))
+        print(f"listener: {s.listener}  peer: {s.peer}  size: {s.size} bytes  "
+              f"sender: {s.sending_application}|{s.sending_facility}  version: {s.version}")
+        print("--- acknowledgement")
+        print(detail.ack.decode("utf-8", errors="replace").replace("\r", "\n").rstrip())
+        print("--- message")
+        print(detail.raw.decode("utf-8", errors="replace").replace("\r", "\n").rstrip())
+        return 0
+
+    return _run(args, action)
+
+
+def _run(args: argparse.Namespace, action: Any) -> int:
+    try:
+        return asyncio.run(_with_store(args, action))
+    except ConfigError as exc:
+        return report_config_error(exc)
+    except StoreError as exc:
+        print(f"store error: {exc}", file=sys.stderr)
+        return 1

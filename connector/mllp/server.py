@@ -1,0 +1,289 @@
+"""Asyncio MLLP server: many connections, messages answered in order on each, bounded memory.
+
+The server knows a `MessageHandler`, not the pipeline. Per connection it keeps a queue of frames
+and one worker that answers them in order. Back-pressure: when the peer does not read its ACKs,
+the transport's write buffer fills, the worker waits, the frame queue fills and reading pauses;
+a peer stuck that way longer than the idle timeout is disconnected. A frame over the size limit
+closes the connection (the stream can no longer be trusted), with a log event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import ssl
+from collections import deque
+from dataclasses import dataclass
+from typing import Protocol
+
+import structlog
+
+from connector.errors import FramingError
+from connector.mllp._framing import MLLPFramer, frame
+from connector.settings import ListenerSettings, ListenerTLS
+
+log = structlog.get_logger(__name__)
+
+_MAX_QUEUED_FRAMES = 32  # per connection, before reading pauses
+
+
+class MessageHandler(Protocol):
+    async def handle(self, payload: bytes, peer: str) -> bytes | None:
+        """Answer one message (ACK bytes, unframed), or None when no answer is due."""
+        ...
+
+
+def server_ssl_context(tls: ListenerTLS) -> ssl.SSLContext:
+    """TLS 1.2+; with `client_ca`, a client certificate chaining to it is required."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(tls.certificate, tls.private_key, password=tls.private_key_password)
+    if tls.client_ca is not None:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(cafile=str(tls.client_ca))
+    return context
+
+
+@dataclass(slots=True)
+class ListenerStats:
+    connections_accepted: int = 0
+    connections_refused: int = 0
+    frames: int = 0
+    empty_frames: int = 0
+    oversized_frames: int = 0
+    truncated_frames: int = 0
+
+
+class MLLPServer:
+    """One listener. `start()` binds; `stop()` drains and closes."""
+
+    def __init__(self, settings: ListenerSettings, handler: MessageHandler, *,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        self.settings = settings
+        self.handler = handler
+        self._ssl = ssl_context
+        self._server: asyncio.Server | None = None
+        self._connections: set[_Connection] = set()
+        self.stats = ListenerStats()
+        self.draining = False
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self._server is not None
+        assert self._server.sockets
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return str(host), int(port)
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._connections)
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Connection(self), self.settings.host, self.settings.port,
+            ssl=self._ssl, reuse_address=True, backlog=512)
+        host, port = self.address
+        log.info("listener_started", listener=self.settings.name, host=host, port=port,
+                 tls=self._ssl is not None)
+
+    async def stop(self, grace_seconds: float = 10.0) -> None:
+        """Stop accepting, let each connection finish the message it is handling, close."""
+        self.draining = True
+        if self._server is not None:
+            self._server.close()
+        connections = list(self._connections)
+        for conn in connections:
+            conn.begin_drain()
+        waiters = [c.idle.wait() for c in connections]
+        if waiters:
+            _, pending = await asyncio.wait(
+                [asyncio.ensure_future(w) for w in waiters], timeout=grace_seconds)
+            for task in pending:
+                task.cancel()
+        for conn in connections:
+            conn.close()
+        log.info("listener_stopped", listener=self.settings.name)
+
+    def _admit(self, conn: _Connection) -> str | None:
+        """Why a new connection is refused, or None."""
+        if self.draining:
+            return "draining"
+        if len(self._connections) >= self.settings.max_connections:
+            return "connection_limit"
+        if self.settings.allow_from:
+            try:
+                address = ipaddress.ip_address(conn.peer_host)
+            except ValueError:
+                return "source_not_allowed"
+            if not any(address in net for net in self.settings.allow_from):
+                return "source_not_allowed"
+        return None
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, server: MLLPServer) -> None:
+        self.server = server
+        self.settings = server.settings
+        self.framer = MLLPFramer(server.settings.max_frame_bytes)
+        self.frames: deque[bytes] = deque()
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.peer_host = ""
+        self.worker: asyncio.Task[None] | None = None
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.can_write = asyncio.Event()
+        self.can_write.set()
+        self.reading_paused = False
+        self.closing = False
+        self.draining = False
+        self.eof = False
+        self._loop = asyncio.get_running_loop()
+        self._idle_timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio.Protocol ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peername = transport.get_extra_info("peername")
+        if isinstance(peername, tuple):
+            self.peer_host = str(peername[0])
+            self.peer = f"{peername[0]}:{peername[1]}"
+        refusal = self.server._admit(self)
+        if refusal is not None:
+            self.server.stats.connections_refused += 1
+            log.warning("connection_refused", listener=self.settings.name, peer=self.peer,
+                        reason=refusal)
+            self.closing = True
+            transport.abort()
+            return
+        self.server._connections.add(self)
+        self.server.stats.connections_accepted += 1
+        log.debug("connection_opened", listener=self.settings.name, peer=self.peer)
+        self._arm_idle_timer()
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        self._arm_idle_timer()
+        try:
+            frames = self.framer.feed(data)
+        except FramingError as exc:
+            self.server.stats.oversized_frames += 1
+            log.warning("frame_too_large", listener=self.settings.name, peer=self.peer,
+                        limit=self.settings.max_frame_bytes, error=str(exc))
+            self.abort()
+            return
+        for payload in frames:
+            self.server.stats.frames += 1
+            if not payload.strip(b"\r\n\t \x00"):
+                self.server.stats.empty_frames += 1
+                continue
+            self.frames.append(payload)
+        if self.frames:
+            self._kick()
+            if len(self.frames) >= _MAX_QUEUED_FRAMES and not self.reading_paused:
+                self.reading_paused = True
+                assert self.transport is not None
+                self.transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        if self.framer.pending_bytes:
+            self.server.stats.truncated_frames += 1
+            log.warning("frame_truncated", listener=self.settings.name, peer=self.peer,
+                        pending_bytes=self.framer.pending_bytes)
+        # Nothing left to answer: let asyncio close. Otherwise keep the write side open to
+        # answer what was received.
+        return not (self.worker is None or self.worker.done())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.frames.clear()
+        self.can_write.set()
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        self.server._connections.discard(self)
+        if self.framer.pending_bytes and not self.eof:
+            self.server.stats.truncated_frames += 1
+            log.warning("frame_truncated", listener=self.settings.name, peer=self.peer,
+                        pending_bytes=self.framer.pending_bytes)
+        log.debug("connection_closed", listener=self.settings.name, peer=self.peer)
+
+    def pause_writing(self) -> None:
+        self.can_write.clear()
+
+    def resume_writing(self) -> None:
+        self.can_write.set()
+
+    # -- work -----------------------------------------------------------------------------------
+
+    def _kick(self) -> None:
+        if self.worker is None or self.worker.done():
+            self.idle.clear()
+            self.worker = self._loop.create_task(self._work())
+
+    async def _work(self) -> None:
+        try:
+            while self.frames and not self.closing:
+                payload = self.frames.popleft()
+                if (self.reading_paused and not self.draining
+                        and len(self.frames) < _MAX_QUEUED_FRAMES // 2):
+                    self.reading_paused = False
+                    assert self.transport is not None
+                    self.transport.resume_reading()
+                ack = await self.server.handler.handle(payload, self.peer)
+                if ack is None or self.closing:
+                    continue
+                assert self.transport is not None
+                self.transport.write(frame(ack))
+                if not self.can_write.is_set():
+                    try:
+                        await asyncio.wait_for(self.can_write.wait(),
+                                               self.settings.idle_timeout_seconds)
+                    except TimeoutError:
+                        log.warning("peer_not_reading", listener=self.settings.name,
+                                    peer=self.peer)
+                        self.abort()
+                        return
+        finally:
+            self.idle.set()
+            if not self.closing and (self.eof or self.draining):
+                self.close()
+
+    def begin_drain(self) -> None:
+        """Frames not yet started are answered AR by the handler; close when idle."""
+        self.draining = True
+        if self.transport is not None and not self.closing and not self.reading_paused:
+            self.reading_paused = True
+            self.transport.pause_reading()
+        if self.worker is None or self.worker.done():
+            self.close()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+        self.closing = True
+
+    def abort(self) -> None:
+        self.closing = True
+        self.frames.clear()
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _arm_idle_timer(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        self._idle_timer = self._loop.call_later(self.settings.idle_timeout_seconds,
+                                                 self._on_idle)
+
+    def _on_idle(self) -> None:
+        if self.closing:
+            return
+        if not self.idle.is_set():  # busy answering: check again later
+            self._arm_idle_timer()
+            return
+        log.info("connection_idle_timeout", listener=self.settings.name, peer=self.peer)
+        self.close()

@@ -1,0 +1,148 @@
+"""Intake: one MLLP payload in, one acknowledgement out, with a durable row in between.
+
+    decode (listener charset, else MSH-18, else default) → parse → route → [flow checks]
+    → store (group commit, fsync) → ACK
+
+The ACK is returned only after the store committed the row: AA means the connector took
+responsibility. A message that is wrong is stored as `rejected` and answered AE with ERR. When the
+store fails or the process drains, the answer is AR and nothing is stored: the sender retries.
+A retransmission (same sender, MSH-10 and bytes within the window) gets its first ACK again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+
+import structlog
+
+from connector.errors import MessageError, StoreError
+from connector.hl7.ack import (
+    AckError,
+    AckIdentity,
+    ControlIdGenerator,
+    Outcome,
+    build_ack,
+    choose_ack_code,
+)
+from connector.hl7.codes import AckCode, ErrorCondition
+from connector.hl7.header import (
+    MessageHeader,
+    decode_message,
+    msh18_for_codec,
+    read_header,
+    resolve_codec,
+    salvage_header,
+)
+from connector.hl7.message import parse_message
+from connector.pipeline.routing import route
+from connector.store import InboundMessage, InboundStatus, IntakeStore
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class IntakeConfig:
+    tenant_id: str
+    listener: str
+    identity: AckIdentity
+    forced_charset: str | None = None
+    default_charset: str = "utf-8"
+
+
+@dataclass(frozen=True, slots=True)
+class _Decision:
+    header: MessageHeader | None
+    codec: str
+    outcome: Outcome
+    errors: tuple[AckError, ...]
+
+
+class IntakeHandler:
+    """The MLLP server's MessageHandler for one listener of one tenant."""
+
+    def __init__(self, config: IntakeConfig, store: IntakeStore,
+                 control_ids: ControlIdGenerator) -> None:
+        self.config = config
+        self._store = store
+        self._control_ids = control_ids
+        self.draining = False
+
+    async def handle(self, payload: bytes, peer: str) -> bytes | None:
+        received_at = time.time()
+        if self.draining:
+            return self._transient(payload, "the connector is shutting down; send again later")
+        decision = self._decide(payload)
+        header = decision.header
+        code = choose_ack_code(header, decision.outcome)
+        ack = b""
+        if code is not None:
+            ack = self._encode(build_ack(
+                header, code, control_id=self._control_ids(), errors=decision.errors,
+                identity=self.config.identity, charset_msh18=msh18_for_codec(decision.codec),
+            ), decision.codec)
+        first_error = decision.errors[0] if decision.errors else None
+        record = InboundMessage(
+            tenant_id=self.config.tenant_id,
+            listener=self.config.listener,
+            peer=peer,
+            received_at=received_at,
+            raw=payload,
+            digest=hashlib.sha256(payload).digest(),
+            sending_application=header.sending_application if header else None,
+            sending_facility=header.sending_facility if header else None,
+            message_type=str(header.message_type) if header else None,
+            control_id=header.control_id if header else None,
+            version=header.version_id if header else None,
+            status=(InboundStatus.ACCEPTED if decision.outcome is Outcome.ACCEPTED
+                    else InboundStatus.REJECTED),
+            ack_code=code.value if code else "",
+            ack=ack,
+            error_code=first_error.condition.code if first_error else None,
+            error_detail=first_error.detail if first_error else None,
+        )
+        try:
+            receipt = await self._store.record_inbound(record)
+        except StoreError as exc:
+            log.error("store_failed", error=str(exc), control_id=record.control_id)
+            return self._transient(payload, "the message could not be stored; send again later")
+        if receipt.retransmission_of is not None:
+            log.info("retransmission_answered", inbound_id=receipt.retransmission_of,
+                     control_id=record.control_id)
+        elif receipt.control_id_reused:
+            log.warning("control_id_reused", inbound_id=receipt.inbound_id,
+                        control_id=record.control_id)
+        if decision.outcome is not Outcome.ACCEPTED and receipt.retransmission_of is None:
+            log.info("message_rejected", inbound_id=receipt.inbound_id, ack=record.ack_code,
+                     error=record.error_code, detail=record.error_detail,
+                     control_id=record.control_id, message_type=record.message_type)
+        return receipt.ack or None
+
+    def _decide(self, payload: bytes) -> _Decision:
+        codec = self.config.forced_charset or self.config.default_charset
+        header: MessageHeader | None = None
+        try:
+            codec = resolve_codec(payload, forced=self.config.forced_charset,
+                                  default=self.config.default_charset)
+            text = decode_message(payload, codec)
+            header = read_header(text)
+            parse_message(text)
+            route(header)
+        except MessageError as exc:
+            return _Decision(header or salvage_header(payload), codec, Outcome.ERROR,
+                             (AckError.from_exception(exc),))
+        return _Decision(header, codec, Outcome.ACCEPTED, ())
+
+    def _transient(self, payload: bytes, reason: str) -> bytes:
+        header = salvage_header(payload)
+        code = choose_ack_code(header, Outcome.REJECTED) or AckCode.APPLICATION_REJECT
+        codec = self.config.forced_charset or self.config.default_charset
+        text = build_ack(header, code, control_id=self._control_ids(),
+                         errors=(AckError(ErrorCondition.APPLICATION_ERROR, detail=reason),),
+                         identity=self.config.identity, charset_msh18=msh18_for_codec(codec))
+        return self._encode(text, codec)
+
+    @staticmethod
+    def _encode(text: str, codec: str) -> bytes:
+        return text.encode(codec, errors="replace")

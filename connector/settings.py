@@ -1,0 +1,426 @@
+"""Configuration: one TOML file, validated at start-up; secrets come from files or the environment.
+
+Every problem raises ConfigError naming the key (dotted path, with tenant and listener indexes)
+and the file. Unknown keys are errors too: a typo must not silently fall back to a default.
+With no file at all, `embedded_default()` gives the pilot set-up: SQLite under ./var, one
+listener on 127.0.0.1:2575 and mails written to a local Maildir (dry run).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import codecs
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from connector.errors import ConfigError
+
+DEFAULT_PORT = 2575
+DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024
+_TENANT_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,31}\Z")
+_FINESS = re.compile(r"(\d{9}|2[AB]\d{7})\Z")
+_KEY_ID = re.compile(r"[A-Za-z0-9._-]{1,32}\Z")
+
+
+class StoreBackend(StrEnum):
+    SQLITE = "sqlite"
+    POSTGRES = "postgres"
+
+
+class TransportKind(StrEnum):
+    MAILDIR = "maildir"  # dry run: mails written to a local Maildir
+    SMTP = "smtp"
+
+
+class LogFormat(StrEnum):
+    JSON = "json"
+    CONSOLE = "console"
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerTLS:
+    certificate: Path
+    private_key: Path
+    private_key_password: str | None = field(default=None, repr=False)
+    client_ca: Path | None = None  # set: mutual TLS, a client certificate is required
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerSettings:
+    name: str
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    charset: str | None = None  # forces decoding, whatever MSH-18 says
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    idle_timeout_seconds: float = 300.0
+    max_connections: int = 64
+    allow_from: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    tls: ListenerTLS | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TransportSettings:
+    kind: TransportKind = TransportKind.MAILDIR
+    maildir: Path = Path("var/maildir")
+
+
+@dataclass(frozen=True, slots=True)
+class TenantSettings:
+    id: str
+    name: str
+    finess: str | None
+    application: str  # our MSH-3 when the sender left MSH-5 empty
+    facility: str  # our MSH-4 when the sender left MSH-6 empty
+    listeners: tuple[ListenerSettings, ...]
+    transport: TransportSettings
+
+
+@dataclass(frozen=True, slots=True)
+class EncryptionSettings:
+    current_key_id: str
+    keys: Mapping[str, bytes] = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSettings:
+    backend: StoreBackend = StoreBackend.SQLITE
+    path: Path = Path("var/connector.db")
+    dsn: str | None = field(default=None, repr=False)
+    retransmission_window_seconds: float = 24 * 3600.0
+    encryption: EncryptionSettings | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingSettings:
+    format: LogFormat = LogFormat.CONSOLE
+    level: str = "info"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    store: StoreSettings
+    tenants: tuple[TenantSettings, ...]
+    logging: LoggingSettings = LoggingSettings()
+    default_charset: str = "utf-8"  # when neither the listener nor MSH-18 says
+    source: str | None = None  # the file it came from, for messages
+
+    def tenant(self, tenant_id: str) -> TenantSettings:
+        for t in self.tenants:
+            if t.id == tenant_id:
+                return t
+        raise KeyError(tenant_id)
+
+
+def embedded_default(base: Path = Path("var")) -> Settings:
+    """The configuration `serve` uses when given none: a pilot site's dry run."""
+    tenant = TenantSettings(
+        id="default",
+        name="Default establishment",
+        finess=None,
+        application="MSSANTE-CONNECTOR",
+        facility="",
+        listeners=(ListenerSettings(name="default"),),
+        transport=TransportSettings(TransportKind.MAILDIR, base / "maildir"),
+    )
+    return Settings(store=StoreSettings(path=base / "connector.db"), tenants=(tenant,))
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+class _Reader:
+    """Typed access to one TOML table that reports problems with the full key path."""
+
+    def __init__(self, table: Mapping[str, Any], prefix: str, source: str | None,
+                 env: Mapping[str, str]) -> None:
+        self.table, self.prefix, self.source, self.env = table, prefix, source, env
+        self._seen: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def fail(self, name: str, problem: str) -> ConfigError:
+        return ConfigError(self.key(name), problem, source=self.source)
+
+    def _get(self, name: str, kinds: tuple[type, ...], what: str) -> Any:
+        self._seen.add(name)
+        if name not in self.table:
+            return None
+        value = self.table[name]
+        if isinstance(value, bool) and bool not in kinds:
+            raise self.fail(name, f"must be {what}")
+        if not isinstance(value, kinds):
+            raise self.fail(name, f"must be {what}, not {type(value).__name__}")
+        return value
+
+    def text(self, name: str, default: str | None = None) -> str | None:
+        value = self._get(name, (str,), "a string")
+        return default if value is None else str(value)
+
+    def req_str(self, name: str) -> str:
+        value = self.text(name)
+        if not value:
+            raise self.fail(name, "is required")
+        return value
+
+    def integer(self, name: str, default: int, lo: int, hi: int) -> int:
+        value = self._get(name, (int,), "an integer")
+        if value is None:
+            return default
+        if not lo <= value <= hi:
+            raise self.fail(name, f"must be between {lo} and {hi}")
+        return int(value)
+
+    def number(self, name: str, default: float, lo: float, hi: float) -> float:
+        value = self._get(name, (int, float), "a number")
+        if value is None:
+            return default
+        if not lo <= value <= hi:
+            raise self.fail(name, f"must be between {lo} and {hi}")
+        return float(value)
+
+    def array(self, name: str) -> list[Any]:
+        value = self._get(name, (list,), "an array")
+        return [] if value is None else list(value)
+
+    def subtable(self, name: str) -> Mapping[str, Any] | None:
+        value = self._get(name, (dict,), "a table")
+        return None if value is None else dict(value)
+
+    def path(self, name: str, *, must_exist: bool = False, default: Path | None = None
+             ) -> Path | None:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        p = Path(raw)
+        if must_exist and not p.is_file():
+            raise self.fail(name, f"file not found: {p}")
+        return p
+
+    def secret(self, name: str) -> str | None:
+        """`name_env` (variable name) or `name_file` (path); never the secret inline."""
+        if name in self.table:
+            self._seen.add(name)
+            raise self.fail(name, f"secrets are not read inline: use {name}_env or {name}_file")
+        env_name, file_name = self.text(f"{name}_env"), self.text(f"{name}_file")
+        if env_name and file_name:
+            raise self.fail(f"{name}_env", f"give {name}_env or {name}_file, not both")
+        if env_name:
+            if env_name not in self.env:
+                raise self.fail(f"{name}_env", f"environment variable {env_name} is not set")
+            return self.env[env_name]
+        if file_name:
+            try:
+                return Path(file_name).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise self.fail(f"{name}_file", f"cannot read {file_name}: {exc.strerror}"
+                                ) from exc
+        return None
+
+    def close(self) -> None:
+        unknown = sorted(set(self.table) - self._seen)
+        if unknown:
+            raise self.fail(unknown[0], "unknown key")
+
+
+def _codec(reader: _Reader, name: str, default: str | None) -> str | None:
+    raw = reader.text(name)
+    if raw is None:
+        return default
+    from connector.hl7.header import CHARSETS
+
+    candidate = CHARSETS.get(raw.upper(), raw)
+    try:
+        return codecs.lookup(candidate).name
+    except LookupError as exc:
+        raise reader.fail(name, f"unknown character set {raw!r}") from exc
+
+
+def _listener(reader: _Reader, index_name: str) -> ListenerSettings:
+    host = reader.text("host", "127.0.0.1") or "127.0.0.1"
+    port = reader.integer("port", DEFAULT_PORT, 1, 65535)
+    allow: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    for i, cidr in enumerate(reader.array("allow_from")):
+        try:
+            allow.append(ipaddress.ip_network(str(cidr), strict=False))
+        except ValueError as exc:
+            raise reader.fail(f"allow_from[{i}]", f"not an address or network: {cidr!r}"
+                              ) from exc
+    tls_table = reader.subtable("tls")
+    tls = None
+    if tls_table is not None:
+        t = _Reader(tls_table, reader.key("tls"), reader.source, reader.env)
+        cert = t.path("certificate", must_exist=True)
+        key = t.path("private_key", must_exist=True)
+        if cert is None:
+            raise t.fail("certificate", "is required when [tls] is present")
+        if key is None:
+            raise t.fail("private_key", "is required when [tls] is present")
+        tls = ListenerTLS(cert, key, t.secret("private_key_password"),
+                          t.path("client_ca", must_exist=True))
+        t.close()
+    settings = ListenerSettings(
+        name=reader.text("name", index_name) or index_name,
+        host=host,
+        port=port,
+        charset=_codec(reader, "charset", None),
+        max_frame_bytes=reader.integer("max_frame_bytes", DEFAULT_MAX_FRAME_BYTES, 1024, 1 << 30),
+        idle_timeout_seconds=reader.number("idle_timeout_seconds", 300.0, 0.1, 86400.0),
+        max_connections=reader.integer("max_connections", 64, 1, 100_000),
+        allow_from=tuple(allow),
+        tls=tls,
+    )
+    reader.close()
+    return settings
+
+
+def _encryption(reader: _Reader) -> EncryptionSettings | None:
+    table = reader.subtable("encryption")
+    if table is None:
+        return None
+    r = _Reader(table, reader.key("encryption"), reader.source, reader.env)
+    current = r.req_str("current_key_id")
+    text = r.secret("keys")
+    if not text:
+        raise r.fail("keys_env", "is required: the keys as `id:base64key` lines")
+    keys: dict[str, bytes] = {}
+    for n, item in enumerate(re.split(r"[\s,]+", text.strip())):
+        key_id, sep, b64 = item.partition(":")
+        if not sep or not _KEY_ID.match(key_id):
+            raise r.fail("keys_env", f"entry {n + 1} is not `id:base64key`")
+        try:
+            key = base64.b64decode(b64, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise r.fail("keys_env", f"key {key_id!r} is not valid base64") from exc
+        if len(key) != 32:
+            raise r.fail("keys_env", f"key {key_id!r} must be 32 bytes (AES-256)")
+        keys[key_id] = key
+    if current not in keys:
+        raise r.fail("current_key_id", f"key {current!r} is not among the keys given")
+    r.close()
+    return EncryptionSettings(current, keys)
+
+
+def _store(reader: _Reader, base: Path) -> StoreSettings:
+    backend_raw = reader.text("backend", "sqlite") or "sqlite"
+    try:
+        backend = StoreBackend(backend_raw)
+    except ValueError as exc:
+        raise reader.fail("backend", "must be 'sqlite' or 'postgres'") from exc
+    path = reader.path("path", default=base / "connector.db")
+    dsn = reader.secret("dsn")
+    if backend is StoreBackend.POSTGRES and not dsn:
+        raise reader.fail("dsn_env", "is required for the postgres backend")
+    settings = StoreSettings(
+        backend=backend,
+        path=path or base / "connector.db",
+        dsn=dsn,
+        retransmission_window_seconds=reader.number(
+            "retransmission_window_seconds", 86400.0, 0.0, 90 * 86400.0),
+        encryption=_encryption(reader),
+    )
+    reader.close()
+    return settings
+
+
+def _tenant(reader: _Reader, index: int, base: Path) -> TenantSettings:
+    tenant_id = reader.req_str("id")
+    if not _TENANT_ID.match(tenant_id):
+        raise reader.fail("id", "must be 1-32 lower-case letters, digits or '-'")
+    finess = reader.text("finess")
+    if finess is not None and not _FINESS.match(finess):
+        raise reader.fail("finess", "must be a 9-character FINESS number")
+    listeners = []
+    for i, item in enumerate(reader.array("listeners")):
+        if not isinstance(item, dict):
+            raise reader.fail(f"listeners[{i}]", "must be a table")
+        sub = _Reader(item, reader.key(f"listeners[{i}]"), reader.source, reader.env)
+        listeners.append(_listener(sub, f"{tenant_id}-{i}"))
+    transport_table = reader.subtable("transport") or {}
+    tr = _Reader(transport_table, reader.key("transport"), reader.source, reader.env)
+    try:
+        kind = TransportKind(tr.text("kind", "maildir") or "maildir")
+    except ValueError as exc:
+        raise tr.fail("kind", "must be 'maildir' or 'smtp'") from exc
+    if kind is TransportKind.SMTP:
+        raise tr.fail("kind", "smtp delivery is not available in this version; use 'maildir'")
+    transport = TransportSettings(kind, tr.path("maildir", default=base / "maildir" / tenant_id)
+                                  or base / "maildir" / tenant_id)
+    tr.close()
+    tenant = TenantSettings(
+        id=tenant_id,
+        name=reader.text("name", tenant_id) or tenant_id,
+        finess=finess,
+        application=reader.text("application", "MSSANTE-CONNECTOR") or "MSSANTE-CONNECTOR",
+        facility=reader.text("facility", "") or "",
+        listeners=tuple(listeners),
+        transport=transport,
+    )
+    reader.close()
+    return tenant
+
+
+def parse_settings(data: Mapping[str, Any], *, source: str | None = None,
+                   env: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if env is None else env
+    root = _Reader(data, "", source, env)
+    base = root.path("data_dir", default=Path("var")) or Path("var")
+    store = _store(_Reader(root.subtable("store") or {}, "store", source, env), base)
+    log_table = _Reader(root.subtable("logging") or {}, "logging", source, env)
+    try:
+        log_format = LogFormat(log_table.text("format", "console") or "console")
+    except ValueError as exc:
+        raise log_table.fail("format", "must be 'json' or 'console'") from exc
+    level = (log_table.text("level", "info") or "info").lower()
+    if level not in ("debug", "info", "warning", "error"):
+        raise log_table.fail("level", "must be debug, info, warning or error")
+    log_table.close()
+    default_charset = _codec(root, "default_charset", "utf-8") or "utf-8"
+    tenants = []
+    raw_tenants = root.array("tenants")
+    if not raw_tenants:
+        raise root.fail("tenants", "at least one [[tenants]] table is required")
+    for i, item in enumerate(raw_tenants):
+        if not isinstance(item, dict):
+            raise root.fail(f"tenants[{i}]", "must be a table")
+        tenants.append(_tenant(_Reader(item, f"tenants[{i}]", source, env), i, base))
+    root.close()
+    _check_unique(tenants, source)
+    return Settings(store, tuple(tenants), LoggingSettings(log_format, level), default_charset,
+                    source)
+
+
+def _check_unique(tenants: list[TenantSettings], source: str | None) -> None:
+    ids: set[str] = set()
+    endpoints: dict[tuple[str, int], str] = {}
+    for i, tenant in enumerate(tenants):
+        if tenant.id in ids:
+            raise ConfigError(f"tenants[{i}].id", f"duplicate tenant id {tenant.id!r}",
+                              source=source)
+        ids.add(tenant.id)
+        for j, listener in enumerate(tenant.listeners):
+            endpoint = (listener.host, listener.port)
+            if endpoint in endpoints:
+                raise ConfigError(
+                    f"tenants[{i}].listeners[{j}].port",
+                    f"{listener.host}:{listener.port} is already used by {endpoints[endpoint]}",
+                    source=source)
+            endpoints[endpoint] = f"tenant {tenant.id!r}"
+
+
+def load_settings(path: Path, *, env: Mapping[str, str] | None = None) -> Settings:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError("(file)", "configuration file not found", source=str(path)) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("(syntax)", str(exc), source=str(path)) from exc
+    return parse_settings(data, source=str(path), env=env)

@@ -1,0 +1,60 @@
+"""Payload encryption at rest: AES-256-GCM, each sealed payload naming its key id.
+
+Keys rotate by adding a new key and making it current: old rows still name the key that sealed
+them, so they open as long as that key stays in the key ring. The associated data binds a payload
+to its kind ("inbound", "mail"...), so a blob cannot be moved to another column unnoticed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from connector.errors import PayloadDecryptionError
+
+_NONCE_BYTES = 12
+
+
+@dataclass(frozen=True, slots=True)
+class SealedPayload:
+    key_id: str | None  # None: stored in clear (no key configured)
+    blob: bytes = field(repr=False)
+
+
+class PayloadCipher:
+    """Seals and opens payloads. With no keys it is the identity (clear storage)."""
+
+    def __init__(self, keys: Mapping[str, bytes] | None = None, current_key_id: str | None = None
+                 ) -> None:
+        self._keys = {k: AESGCM(v) for k, v in (keys or {}).items()}
+        if current_key_id is not None and current_key_id not in self._keys:
+            raise ValueError("current key id is not in the key ring")
+        self._current = current_key_id
+
+    @property
+    def enabled(self) -> bool:
+        return self._current is not None
+
+    def seal(self, plaintext: bytes, kind: str) -> SealedPayload:
+        if self._current is None:
+            return SealedPayload(None, plaintext)
+        nonce = os.urandom(_NONCE_BYTES)
+        ciphertext = self._keys[self._current].encrypt(nonce, plaintext, kind.encode())
+        return SealedPayload(self._current, nonce + ciphertext)
+
+    def open(self, sealed: SealedPayload, kind: str) -> bytes:
+        if sealed.key_id is None:
+            return sealed.blob
+        aead = self._keys.get(sealed.key_id)
+        if aead is None:
+            raise PayloadDecryptionError(f"payload key {sealed.key_id!r} is not configured")
+        nonce, ciphertext = sealed.blob[:_NONCE_BYTES], sealed.blob[_NONCE_BYTES:]
+        try:
+            return aead.decrypt(nonce, ciphertext, kind.encode())
+        except InvalidTag as exc:
+            raise PayloadDecryptionError(
+                f"payload sealed with key {sealed.key_id!r} failed authentication") from exc

@@ -1,0 +1,58 @@
+"""Versioned schema migrations. Each migration is applied once, in order, in one transaction,
+and recorded in `schema_migrations`. Never edit a released migration: add the next one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    sqlite: str
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "inbound messages and events",
+        """
+        CREATE TABLE inbound (
+            id                  INTEGER PRIMARY KEY,
+            tenant_id           TEXT    NOT NULL,
+            listener            TEXT    NOT NULL,
+            peer                TEXT    NOT NULL,
+            received_at         REAL    NOT NULL,
+            sending_application TEXT,
+            sending_facility    TEXT,
+            message_type        TEXT,
+            control_id          TEXT,
+            version             TEXT,
+            digest              BLOB    NOT NULL,
+            payload_key         TEXT,
+            payload             BLOB    NOT NULL,
+            size                INTEGER NOT NULL,
+            status              TEXT    NOT NULL CHECK (status IN ('accepted', 'rejected')),
+            ack_code            TEXT    NOT NULL,
+            ack                 BLOB    NOT NULL,
+            error_code          TEXT,
+            error_detail        TEXT,
+            retransmissions     INTEGER NOT NULL DEFAULT 0,
+            control_id_reused   INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX inbound_by_sender_control_id
+            ON inbound (tenant_id, control_id, sending_application, sending_facility, received_at);
+        CREATE INDEX inbound_by_status ON inbound (tenant_id, status, received_at);
+        CREATE TABLE events (
+            id          INTEGER PRIMARY KEY,
+            at          REAL NOT NULL,
+            tenant_id   TEXT NOT NULL,
+            kind        TEXT NOT NULL,
+            inbound_id  INTEGER REFERENCES inbound (id),
+            detail      TEXT
+        );
+        CREATE INDEX events_by_inbound ON events (inbound_id);
+        """,
+    ),
+)

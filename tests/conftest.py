@@ -1,0 +1,23 @@
+"""Shared test configuration: where the ANS fixtures and schemas live (used in place)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("MSSCONNECTOR_SHARED_DIR", ROOT.parent / "shared")).resolve()
+FIXTURES = SHARED / "fixtures"
+SCHEMAS = SHARED / "schemas"
+HL7_FIXTURES = FIXTURES / "hl7v2"
+CISIS_FIXTURES = HL7_FIXTURES / "cisis-trans-cda-2.1"
+CDA_FIXTURES = FIXTURES / "cda"
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not SHARED.is_dir():
+        pytest.fail(f"shared data not found at {SHARED} (set MSSCONNECTOR_SHARED_DIR)")
+    return SHARED
