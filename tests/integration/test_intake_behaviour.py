@@ -1,0 +1,198 @@
+"""Retransmissions, enhanced mode, AR on store failure and on drain, TLS, admission control."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from connector.errors import ProtocolError
+from connector.settings import ListenerTLS
+from connector.store import InboundStatus
+from tests.integration.conftest import RunningApp, ack_fields
+from tests.integration.test_intake_bad_input import adt
+from tests.support.pki import TestCA
+
+
+async def test_retransmission_gets_the_same_ack_and_one_row(running: RunningApp) -> None:
+    first = await running.send(adt("DUP1"))
+    second = await running.send(adt("DUP1"))
+    assert first == second  # byte-identical, same MSH-10 of the ACK
+    rows = await running.rows()
+    assert len(rows) == 1
+    assert rows[0].retransmissions == 1
+
+
+async def test_same_control_id_different_content_is_a_new_message(running: RunningApp) -> None:
+    first = await running.send(adt("015"))
+    other = adt("015").replace(b"ADT^A01^ADT_A01", b"ADT^A08^ADT_A01")
+    second = await running.send(other)
+    assert ack_fields(first)["code"] == ack_fields(second)["code"] == "AA"
+    assert first != second
+    rows = await running.rows()
+    assert len(rows) == 2
+    assert [r.control_id_reused for r in rows] == [True, False]  # newest first
+
+
+async def test_same_control_id_from_another_sender_is_not_a_retransmission(
+        running: RunningApp) -> None:
+    await running.send(adt("S1"))
+    await running.send(adt("S1").replace(b"|GAM|CHU-X|", b"|GAM2|CHU-X|"))
+    rows = await running.rows()
+    assert len(rows) == 2
+    assert not any(r.control_id_reused for r in rows)
+
+
+async def test_retransmission_of_a_rejected_message_gets_the_same_ae(running: RunningApp) -> None:
+    bad = adt("R1").replace(b"ADT^A01^ADT_A01", b"ZZZ^Z99")
+    first, second = await running.send(bad), await running.send(bad)
+    assert first == second
+    assert ack_fields(first)["code"] == "AE"
+    (row,) = await running.rows()
+    assert row.status is InboundStatus.REJECTED
+
+
+def with_msh15(message: bytes, value: str) -> bytes:
+    msh, rest = message.split(b"\r", 1)
+    fields = msh.split(b"|")
+    fields[14] = value.encode()  # MSH-15: split index 14, since MSH-1 is the separator itself
+    return b"|".join(fields) + b"\r" + rest
+
+
+@pytest.mark.parametrize(("msh15", "expected"), [("AL", "CA"), ("SU", "CA"), ("ER", None),
+                                                 ("NE", None)])
+async def test_enhanced_mode_commit_ack(running: RunningApp, msh15: str,
+                                        expected: str | None) -> None:
+    message = with_msh15(adt("EN1"), msh15)
+    async with running.client(timeout=1.0) as client:
+        if expected is None:
+            with pytest.raises(ProtocolError):
+                await client.send(message)
+        else:
+            assert ack_fields(await client.send(message))["code"] == expected
+    assert len(await running.rows(status=InboundStatus.ACCEPTED)) == 1
+
+
+async def test_enhanced_mode_error_gets_ce(running: RunningApp) -> None:
+    message = with_msh15(adt("EN2").replace(b"ADT^A01^ADT_A01", b"ZZZ^Z01"), "ER")
+    fields_ack = ack_fields(await running.send(message))
+    assert (fields_ack["code"], fields_ack["err3"]) == ("CE", "200")
+
+
+async def test_store_unavailable_is_ar_and_nothing_stored(running: RunningApp) -> None:
+    await running.app.store.close()
+    fields = ack_fields(await running.send(adt("AR1")))
+    assert fields["code"] == "AR"
+    assert fields["acked"] == "AR1"
+    assert fields["err3"] == "207"
+    running.app.store.open()
+    assert await running.rows() == []
+
+
+async def test_draining_answers_ar_without_storing(running: RunningApp) -> None:
+    for handler in running.app.handlers:
+        handler.draining = True
+    assert ack_fields(await running.send(adt("DR1")))["code"] == "AR"
+    assert await running.rows() == []
+
+
+async def test_stop_finishes_in_flight_then_closes(running: RunningApp) -> None:
+    reader, writer = await asyncio.open_connection(*running.address)
+    writer.write(b"".join(b"\x0b" + adt(f"F{i}") + b"\x1c\r" for i in range(20)))
+    await writer.drain()
+    first = await asyncio.wait_for(reader.readuntil(b"\x1c\r"), 5)
+    await running.app.stop(grace_seconds=5)
+    rest = await asyncio.wait_for(reader.read(), 5)
+    frames = [chunk[chunk.index(b"\x0b") + 1:] for chunk in (first + rest).split(b"\x1c\r")
+              if b"\x0b" in chunk]
+    codes = [ack_fields(f)["code"] for f in frames]
+    assert codes[0] == "AA"
+    assert set(codes) <= {"AA", "AR"}  # accepted before the drain, AR after: never silence
+    assert len(codes) == 20
+    writer.close()
+
+
+def _tls(tmp_path: Path, *, mutual: bool) -> tuple[ListenerTLS, TestCA]:
+    ca = TestCA(tmp_path / "pki")
+    server = ca.issue("mllp-server", server=True)
+    return ListenerTLS(server.certificate, server.private_key,
+                       client_ca=ca.certificate if mutual else None), ca
+
+
+def _client_context(ca: TestCA, cert: tuple[Path, Path] | None = None) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(ca.certificate))
+    if cert:
+        context.load_cert_chain(*cert)
+    return context
+
+
+async def test_tls_listener(app_factory: Callable[..., object], tmp_path: Path) -> None:
+    tls, ca = _tls(tmp_path, mutual=False)
+    running: RunningApp = await app_factory(tls=tls)  # type: ignore[operator]
+    async with running.client(ssl_context=_client_context(ca)) as client:
+        assert ack_fields(await client.send(adt("TLS1")))["code"] == "AA"
+    with pytest.raises(ProtocolError):  # a client that does not trust the CA
+        async with running.client(ssl_context=ssl.create_default_context()) as client:
+            await client.send(adt("TLS2"))
+
+
+async def test_mutual_tls_requires_a_client_certificate(app_factory: Callable[..., object],
+                                                        tmp_path: Path) -> None:
+    tls, ca = _tls(tmp_path, mutual=True)
+    running: RunningApp = await app_factory(tls=tls)  # type: ignore[operator]
+    client_cert = ca.issue("his-client", server=False)
+    context = _client_context(ca, (client_cert.certificate, client_cert.private_key))
+    async with running.client(ssl_context=context) as client:
+        assert ack_fields(await client.send(adt("MT1")))["code"] == "AA"
+    with pytest.raises((ProtocolError, ssl.SSLError, ConnectionError)):
+        async with running.client(ssl_context=_client_context(ca), timeout=2) as client:
+            await client.send(adt("MT2"))
+    other_ca = TestCA(tmp_path / "other")
+    stranger = other_ca.issue("stranger", server=False)
+    with pytest.raises((ProtocolError, ssl.SSLError, ConnectionError)):
+        async with running.client(ssl_context=_client_context(
+                ca, (stranger.certificate, stranger.private_key)), timeout=2) as client:
+            await client.send(adt("MT3"))
+    assert [r.control_id for r in await running.rows()] == ["MT1"]
+
+
+async def test_source_allowlist(app_factory: Callable[..., object]) -> None:
+    import ipaddress
+
+    running: RunningApp = await app_factory(  # type: ignore[operator]
+        allow_from=(ipaddress.ip_network("10.0.0.0/8"),))
+    with pytest.raises(ProtocolError):
+        await running.send(adt("AL1"))
+    assert running.app.servers[0].stats.connections_refused == 1
+    assert await running.rows() == []
+
+
+async def test_connection_limit(app_factory: Callable[..., object]) -> None:
+    running: RunningApp = await app_factory(max_connections=2)  # type: ignore[operator]
+    held = [running.client() for _ in range(2)]
+    for c in held:
+        await c.connect()
+        await c.send(adt("HOLD"))
+    with pytest.raises(ProtocolError):
+        await running.send(adt("THIRD"))
+    assert running.app.servers[0].stats.connections_refused == 1
+    await held[0].close()
+    await asyncio.sleep(0.1)
+    assert ack_fields(await running.send(adt("AFTER")))["code"] == "AA"
+    await held[1].close()
+
+
+async def test_idle_connection_is_closed(app_factory: Callable[..., object]) -> None:
+    running: RunningApp = await app_factory(idle_timeout_seconds=0.3)  # type: ignore[operator]
+    reader, writer = await asyncio.open_connection(*running.address)
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+
+
+async def test_forced_listener_charset(app_factory: Callable[..., object]) -> None:
+    running: RunningApp = await app_factory(charset="iso8859-1")  # type: ignore[operator]
+    latin = adt("FC1").replace(b"PAT-TROIS", "PAT-TRÖIS".encode("latin-1"))
+    assert ack_fields(await running.send(latin))["code"] == "AA"  # MSH-18 UTF-8 is overridden
