@@ -18,6 +18,19 @@ END_BLOCK = b"\x1c\r"
 DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024
 
 
+def _find_end(buf: bytearray, start: int) -> int:
+    """Position of the next FS CR. Searching the single byte FS runs at memchr speed; a
+    two-byte needle is ~50x slower on a 70 KB base64 payload."""
+    pos = buf.find(0x1C, start)
+    while pos >= 0:
+        if pos + 1 < len(buf) and buf[pos + 1] == 0x0D:
+            return pos
+        if pos + 1 == len(buf):
+            return -1  # the CR may be in the next chunk
+        pos = buf.find(0x1C, pos + 1)
+    return -1
+
+
 def frame(payload: bytes) -> bytes:
     """Wrap one message for the wire."""
     return b"\x0b" + payload + b"\x1c\r"
@@ -65,7 +78,7 @@ class MLLPFramer:
                 del buf[: start + 1]
                 self._in_frame = True
                 self._scan_from = 0
-            end = buf.find(END_BLOCK, self._scan_from)
+            end = _find_end(buf, self._scan_from)
             if end < 0:
                 # Keep one byte back: it may be a FS whose CR has not arrived yet.
                 self._scan_from = max(0, len(buf) - 1)
@@ -76,7 +89,7 @@ class MLLPFramer:
             if end > self._max:
                 self._reset()
                 raise FramingError(f"frame exceeds {self._max} bytes")
-            payload = bytes(buf[:end])
+            payload = bytes(memoryview(buf)[:end])  # one copy, not two
             del buf[: end + 2]
             self._in_frame = False
             # A start block inside a payload means the sender lost a frame end: restart there.

@@ -25,6 +25,7 @@ from connector.settings import ListenerSettings, ListenerTLS
 log = structlog.get_logger(__name__)
 
 _MAX_QUEUED_FRAMES = 32  # per connection, before reading pauses
+_EMPTY_FRAME_MAX = 64  # longer whitespace-only frames go to intake and are answered AE
 
 
 class MessageHandler(Protocol):
@@ -178,7 +179,7 @@ class _Connection(asyncio.Protocol):
             return
         for payload in frames:
             self.server.stats.frames += 1
-            if not payload.strip(b"\r\n\t \x00"):
+            if len(payload) <= _EMPTY_FRAME_MAX and not payload.strip(b"\r\n\t \x00"):
                 self.server.stats.empty_frames += 1
                 continue
             self.frames.append(payload)

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from connector.errors import PayloadDecryptionError
 
 _NONCE_BYTES = 12
+_TAG_BYTES = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +54,9 @@ class PayloadCipher:
         if aead is None:
             raise PayloadDecryptionError(f"payload key {sealed.key_id!r} is not configured")
         nonce, ciphertext = sealed.blob[:_NONCE_BYTES], sealed.blob[_NONCE_BYTES:]
+        if len(ciphertext) < _TAG_BYTES:  # truncated: AESGCM would raise ValueError on the nonce
+            raise PayloadDecryptionError(
+                f"payload sealed with key {sealed.key_id!r} is truncated")
         try:
             return aead.decrypt(nonce, ciphertext, kind.encode())
         except InvalidTag as exc:

@@ -31,7 +31,10 @@ MIGRATIONS: tuple[Migration, ...] = (
             version             TEXT,
             digest              BLOB    NOT NULL,
             payload_key         TEXT,
-            payload             BLOB    NOT NULL,
+            payload             BLOB,              -- inline when small, else NULL and:
+            payload_segment     INTEGER,           -- ... a record of the payload log
+            payload_offset      INTEGER,
+            payload_length      INTEGER,
             size                INTEGER NOT NULL,
             status              TEXT    NOT NULL CHECK (status IN ('accepted', 'rejected')),
             ack_code            TEXT    NOT NULL,

@@ -4,6 +4,11 @@ One writer thread owns the write connection and commits in groups: while one tra
 fsynced, new requests queue up, and the next transaction takes them all. Each caller's future is
 resolved only after the COMMIT that holds its row returned, and with `journal_mode=WAL` plus
 `synchronous=FULL` that COMMIT has fsynced the WAL: the row is on disk before any ACK is written.
+
+WAL checkpoints (copying committed pages into the database file) run in a second thread on
+their own connection, so a 4 MB checkpoint never stalls the commits that ACKs wait for. It
+checkpoints passively every half second; if the WAL still outgrows `_WAL_HARD_LIMIT` it waits for
+readers and truncates, bounding disk use.
 """
 
 from __future__ import annotations
@@ -33,11 +38,15 @@ from connector.store.model import (
     InboundStatus,
     InboundSummary,
 )
+from connector.store.payload_log import PayloadLog, PayloadRef
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 _MAX_BATCH = 512
+_INLINE_PAYLOAD_MAX = 16 * 1024  # larger payloads go to the payload log
+_CHECKPOINT_EVERY_SECONDS = 0.5
+_WAL_HARD_LIMIT = 256 * 1024 * 1024
 _INBOUND_KIND = "inbound"
 
 
@@ -57,6 +66,8 @@ def _connect(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = FULL")
     conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpointer thread does it
+    conn.execute(f"PRAGMA journal_size_limit = {64 * 1024 * 1024}")
     return conn
 
 
@@ -101,7 +112,10 @@ class SQLiteStore:
         self._queue: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
         self._closed = True
         self._thread: threading.Thread | None = None
+        self._checkpointer: threading.Thread | None = None
+        self._stop_checkpoints = threading.Event()
         self._conn: sqlite3.Connection | None = None
+        self._payloads = PayloadLog(path.with_name(path.name + ".payloads"))
         self.batches = 0  # commits made; with `jobs`, shows how well commits are shared
         self.jobs = 0
 
@@ -114,21 +128,32 @@ class SQLiteStore:
         try:
             self._conn = _connect(self.path, self._busy_timeout_ms)
             migrate(self._conn)
-        except sqlite3.Error as exc:
+            self._payloads.open()
+        except (sqlite3.Error, OSError) as exc:
             raise StoreUnavailable(f"cannot open the SQLite store: {exc}") from exc
         self._closed = False
+        self._stop_checkpoints = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sqlite-writer", daemon=True)
         self._thread.start()
+        self._checkpointer = threading.Thread(target=self._checkpoint_loop,
+                                              name="sqlite-checkpointer", daemon=True)
+        self._checkpointer.start()
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         self._queue.put(_STOP)
+        self._stop_checkpoints.set()
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
+        if self._checkpointer is not None:
+            await asyncio.to_thread(self._checkpointer.join)
         if self._conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._conn.close()
+        self._payloads.close()
 
     # -- the writer ---------------------------------------------------------------------------
 
@@ -176,10 +201,11 @@ class SQLiteStore:
         try:
             conn.execute("BEGIN IMMEDIATE")
             outcomes = [(job, job.fn(conn), None) for job in batch]
+            self._payloads.sync()  # payload bytes are on disk before the rows pointing at them
             conn.execute("COMMIT")
             self.batches += 1
             self.jobs += len(batch)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             _rollback(conn)
             if len(batch) == 1 or _is_unavailable(exc):
                 error = StoreUnavailable(f"SQLite write failed: {exc}")
@@ -194,6 +220,23 @@ class SQLiteStore:
             outcomes = [(job, None, StoreError(f"store job failed: {type(exc).__name__}"))
                         for job in batch]
         _resolve(outcomes)
+
+    def _checkpoint_loop(self) -> None:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        wal = Path(f"{self.path}-wal")
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+            while not self._stop_checkpoints.wait(_CHECKPOINT_EVERY_SECONDS):
+                mode = "PASSIVE"
+                with contextlib.suppress(OSError):
+                    if wal.stat().st_size > _WAL_HARD_LIMIT:
+                        mode = "TRUNCATE"
+                try:
+                    conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
+                except sqlite3.Error as exc:  # the next round tries again
+                    log.warning("store_checkpoint_failed", error=str(exc))
+        finally:
+            conn.close()
 
     # -- the port -----------------------------------------------------------------------------
 
@@ -217,15 +260,21 @@ class SQLiteStore:
                 self._event(conn, m, EventKind.RETRANSMISSION, row_id)
                 return InboundReceipt(row_id, bytes(ack), retransmission_of=row_id)
         sealed = self._cipher.seal(m.raw, _INBOUND_KIND)
+        inline: bytes | None = sealed.blob
+        ref: PayloadRef | None = None
+        if len(sealed.blob) > _INLINE_PAYLOAD_MAX:
+            inline, ref = None, self._payloads.append(sealed.blob)
         cursor = conn.execute(
             "INSERT INTO inbound (tenant_id, listener, peer, received_at, sending_application,"
             " sending_facility, message_type, control_id, version, digest, payload_key, payload,"
-            " size, status, ack_code, ack, error_code, error_detail, control_id_reused)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " payload_segment, payload_offset, payload_length, size, status, ack_code, ack,"
+            " error_code, error_detail, control_id_reused)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (m.tenant_id, m.listener, m.peer, m.received_at, m.sending_application,
              m.sending_facility, m.message_type, m.control_id, m.version, m.digest,
-             sealed.key_id, sealed.blob, len(m.raw), m.status.value, m.ack_code, m.ack,
-             m.error_code, m.error_detail, 1 if previous else 0),
+             sealed.key_id, inline, ref and ref.segment, ref and ref.offset, ref and ref.length,
+             len(m.raw), m.status.value, m.ack_code, m.ack, m.error_code, m.error_detail,
+             1 if previous else 0),
         )
         row_id = int(cursor.lastrowid or 0)
         if previous:
@@ -280,12 +329,17 @@ class SQLiteStore:
         return [_summary(row) for row in rows]
 
     async def get_inbound(self, inbound_id: int) -> InboundDetail | None:
-        sql = f"SELECT {self._SUMMARY_COLUMNS}, payload_key, payload, ack FROM inbound WHERE id = ?"  # noqa: S608
+        sql = (f"SELECT {self._SUMMARY_COLUMNS}, payload_key, payload, payload_segment,"  # noqa: S608
+               " payload_offset, payload_length, ack FROM inbound WHERE id = ?")
         row = await self._read(lambda c: c.execute(sql, (inbound_id,)).fetchone())
         if row is None:
             return None
-        raw = self._cipher.open(SealedPayload(row[17], bytes(row[18])), _INBOUND_KIND)
-        return InboundDetail(_summary(row[:17]), raw, bytes(row[19]))
+        key_id, inline, segment, offset, length, ack = row[17:]
+        blob = (bytes(inline) if inline is not None
+                else await asyncio.to_thread(self._payloads.read,
+                                             PayloadRef(segment, offset, length)))
+        raw = self._cipher.open(SealedPayload(key_id, blob), _INBOUND_KIND)
+        return InboundDetail(_summary(row[:17]), raw, bytes(ack))
 
 
 def _summary(row: tuple[Any, ...]) -> InboundSummary:
@@ -302,8 +356,8 @@ def _rollback(conn: sqlite3.Connection) -> None:
         conn.execute("ROLLBACK")
 
 
-def _is_unavailable(exc: sqlite3.Error) -> bool:
-    return isinstance(exc, sqlite3.OperationalError)
+def _is_unavailable(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.OperationalError | OSError)
 
 
 def _resolve(outcomes: list[tuple[_Job, Any, BaseException | None]]) -> None:

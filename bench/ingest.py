@@ -1,0 +1,218 @@
+"""Ingest benchmark: the connector (fsync before every ACK) against python-hl7's asyncio MLLP
+server doing parse + ACK with nothing stored, driven by the same load in the same run.
+
+    .venv/bin/python bench/ingest.py [--seconds 5] [--connections 4 16]
+
+Each server runs in its own process; the load runs in a third process (closed loop: each
+connection sends one message and waits for its ACK). Every message has a unique MSH-10 and
+content, so the connector never short-circuits on retransmission detection. Prints msgs/s and
+p50/p99 ACK latency per server, and the ratio connector/baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("MSSCONNECTOR_SHARED_DIR", ROOT.parent / "shared"))
+ADT_FIXTURE = SHARED / "fixtures" / "hl7v2" / "pam-fr-2.11" / "adt-a01-admission.er7"
+
+BASELINE = r"""
+import asyncio, sys
+import hl7.mllp
+
+async def handle(reader, writer):
+    try:
+        while not writer.is_closing():
+            message = await reader.readmessage()
+            writer.writemessage(message.create_ack())
+            await writer.drain()
+    except asyncio.IncompleteReadError:
+        pass
+    finally:
+        writer.close()
+
+async def main():
+    server = await hl7.mllp.start_hl7_server(handle, host="127.0.0.1", port=int(sys.argv[1]),
+                                             limit=64 * 1024 * 1024)
+    async with server:
+        await server.serve_forever()
+
+asyncio.run(main())
+"""
+
+
+def adt_template() -> bytes:
+    return ADT_FIXTURE.read_bytes().replace(b"\n", b"\r")
+
+
+def oru_template(size: int = 70_000) -> bytes:
+    """A legacy ORU^R01 carrying a base64 PDF in OBX-5 (about `size` bytes in all)."""
+    rng = random.Random(7)
+    raw_pdf = b"%PDF-1.4\n" + bytes(rng.getrandbits(8) for _ in range(size * 3 // 4 - 400))
+    pdf = base64.b64encode(raw_pdf)
+    segments = [
+        b"MSH|^~\\&|DPI|CHU-X|PFI|CHU-X|20240306111154||ORU^R01^ORU_R01|3975|P|2.5|||||FRA|"
+        b"UNICODE UTF-8",
+        b"PID|1||000003^^^CHU-X&000897406&N^PI||PAT-TROIS^DOMINIQUE^^^^^L||19790328|F",
+        b"PV1|1|I|UFNEPH",
+        b"ORC|NW|98765431",
+        b"OBR|1|98765431||11502-2^CR d'examens biologiques^LN|||20240306101500",
+        b"OBX|1|ED|11502-2^CR d'examens biologiques^LN||^application^pdf^Base64^" + pdf
+        + b"||||||F",
+    ]
+    return b"\r".join(segments) + b"\r"
+
+
+def unique(template: bytes, n: int, tag: str) -> bytes:
+    return template.replace(b"|3975|", f"|{tag}{n}|".encode(), 1)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def wait_port(port: int) -> None:
+    for _ in range(400):
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        except OSError:
+            await asyncio.sleep(0.05)
+    raise RuntimeError(f"port {port} never opened")
+
+
+# -- load process ---------------------------------------------------------------------------------
+
+
+async def _connection(port: int, template: bytes, tag: str, deadline: float, warmup_until: float,
+                      latencies: list[float]) -> int:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 24)
+    n = 0
+    try:
+        while True:
+            now = time.perf_counter()
+            if now >= deadline:
+                break
+            payload = unique(template, n, tag)
+            n += 1
+            start = time.perf_counter()
+            writer.write(b"\x0b" + payload + b"\x1c\r")
+            await reader.readuntil(b"\x1c\r")
+            end = time.perf_counter()
+            if start >= warmup_until:
+                latencies.append(end - start)
+    finally:
+        writer.close()
+    return n
+
+
+async def _load(port: int, connections: int, seconds: float, kind: str, run_tag: str) -> dict:
+    template = adt_template() if kind == "adt" else oru_template()
+    latencies: list[float] = []
+    start = time.perf_counter()
+    warmup_until = start + min(1.0, seconds / 5)
+    deadline = warmup_until + seconds
+    await asyncio.gather(*(
+        _connection(port, template, f"{run_tag}C{c}N", deadline, warmup_until, latencies)
+        for c in range(connections)))
+    latencies.sort()
+    return {
+        "messages": len(latencies),
+        "rate": len(latencies) / seconds,
+        "p50_ms": 1000 * statistics.median(latencies),
+        "p99_ms": 1000 * latencies[int(len(latencies) * 0.99) - 1],
+        "size": len(template),
+    }
+
+
+def run_load(port: int, connections: int, seconds: float, kind: str, run_tag: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, __file__, "--load", str(port), str(connections), str(seconds), kind,
+         run_tag], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout)
+
+
+# -- servers ----------------------------------------------------------------------------------------
+
+
+def start_connector(workdir: Path, port: int) -> subprocess.Popen[bytes]:
+    config = workdir / "bench.toml"
+    config.write_text(f"""
+data_dir = "{workdir / 'var'}"
+[logging]
+level = "warning"
+[[tenants]]
+id = "bench"
+[[tenants.listeners]]
+host = "127.0.0.1"
+port = {port}
+max_connections = 256
+""", encoding="utf-8")
+    return subprocess.Popen([sys.executable, "-m", "connector", "serve", "--config", str(config)],
+                            cwd=ROOT)
+
+
+def start_baseline(port: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-c", BASELINE, str(port)])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--connections", type=int, nargs="+", default=[4, 16])
+    parser.add_argument("--kinds", nargs="+", default=["adt", "oru"])
+    parser.add_argument("--load", nargs=5, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.load:
+        port, conns, seconds, kind, tag = args.load
+        print(json.dumps(asyncio.run(_load(int(port), int(conns), float(seconds), kind, tag))))
+        return
+
+    with tempfile.TemporaryDirectory(dir=ROOT / "var" if (ROOT / "var").is_dir() else None
+                                     ) as tmp:
+        workdir = Path(tmp)
+        connector_port, baseline_port = free_port(), free_port()
+        servers = [start_connector(workdir, connector_port), start_baseline(baseline_port)]
+        try:
+            asyncio.run(wait_port(connector_port))
+            asyncio.run(wait_port(baseline_port))
+            print(f"cpus={os.cpu_count()} seconds={args.seconds} "
+                  "(connector: SQLite WAL, synchronous=FULL, fsync before every ACK)")
+            header = (f"{'load':<10}{'conns':>6} {'server':<10}{'msgs/s':>9}{'p50 ms':>9}"
+                      f"{'p99 ms':>9}{'ratio':>8}")
+            print(header)
+            print("-" * len(header))
+            for kind in args.kinds:
+                for conns in args.connections:
+                    base = run_load(baseline_port, conns, args.seconds, kind, "B")
+                    mine = run_load(connector_port, conns, args.seconds, kind, "M")
+                    label = f"{kind} {base['size'] // 1000 if base['size'] > 5000 else base['size']}"
+                    label += "KB" if base["size"] > 5000 else "B"
+                    for name, r in (("baseline", base), ("connector", mine)):
+                        ratio = f"{mine['rate'] / base['rate']:.2f}x" if name == "connector" else ""
+                        print(f"{label:<10}{conns:>6} {name:<10}{r['rate']:>9.0f}"
+                              f"{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{ratio:>8}")
+        finally:
+            for server in servers:
+                server.terminate()
+                server.wait(15)
+
+
+if __name__ == "__main__":
+    main()
