@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from lxml import etree
 
 from connector.errors import DocumentError
@@ -22,7 +24,7 @@ def parse_xml(data: bytes, *, what: str = "document") -> etree._Element:
         root = etree.fromstring(data, parser=_PARSER)
     except etree.XMLSyntaxError as exc:
         raise DocumentError(f"{what} is not well-formed XML (line {exc.lineno})") from exc
-    tree = root.getroottree()
-    if tree.docinfo.doctype:
+    docinfo: Any = root.getroottree().docinfo  # lxml-stubs lack DocInfo.doctype
+    if docinfo.doctype:
         raise DocumentError(f"{what} carries a DOCTYPE, which is refused")
     return root
