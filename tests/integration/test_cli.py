@@ -1,0 +1,109 @@
+"""The command line as a user runs it: real processes, real sockets, real files."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+from connector.cli import main
+from tests.conftest import HL7_FIXTURES
+from tests.integration.conftest import RunningApp
+from tests.integration.test_intake_bad_input import adt
+
+
+async def run_cli(*args: str, cwd: Path | None = None) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "connector", *args, cwd=cwd,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_send_prints_each_ack_and_fails_on_ae(running: RunningApp, tmp_path: Path) -> None:
+    host, port = running.address
+    batch = tmp_path / "batch.hl7"
+    batch.write_bytes(b"\n".join([adt("B1").replace(b"\r", b"\n"), adt("B2"),
+                                  adt("B3").replace(b"ADT^A01^ADT_A01", b"ZZZ^Z01")]))
+    code, out, _ = await run_cli("send", str(batch), "--host", host, "--port", str(port))
+    lines = out.splitlines()
+    assert code == 1
+    assert len(lines) == 3
+    assert lines[0].endswith("MSH-10=B1 AA")
+    assert lines[1].endswith("MSH-10=B2 AA")
+    assert "MSH-10=B3 AE 200" in lines[2]
+
+
+async def test_send_all_fixtures_ok(running: RunningApp) -> None:
+    host, port = running.address
+    files = sorted(str(p) for p in (HL7_FIXTURES / "pam-fr-2.11").rglob("*.er7"))
+    code, out, _ = await run_cli("send", *files, "--host", host, "--port", str(port))
+    assert code == 0
+    assert out.count(" AA") == len(files)
+
+
+async def test_send_to_nothing_fails_cleanly(tmp_path: Path) -> None:
+    message = tmp_path / "m.hl7"
+    message.write_bytes(adt("X"))
+    code, _, err = await run_cli("send", str(message), "--port", "1")
+    assert code == 1
+    assert "send failed" in err
+
+
+def test_check_config_names_the_key(tmp_path: Path, capsys: object) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('[[tenants]]\nid = "a"\n[[tenants.listeners]]\nport = 99999\n')
+    assert main(["check-config", str(config)]) == 2
+    err = capsys.readouterr().err  # type: ignore[attr-defined]
+    assert f"{config}: tenants[0].listeners[0].port: must be between 1 and 65535" in err
+
+
+def test_check_config_ok(tmp_path: Path, capsys: object) -> None:
+    config = tmp_path / "good.toml"
+    config.write_text('[[tenants]]\nid = "a"\n[[tenants.listeners]]\nport = 2575\n')
+    assert main(["check-config", str(config)]) == 0
+    assert "OK (1 tenant(s), 1 listener(s)" in capsys.readouterr().out  # type: ignore[attr-defined]
+
+
+async def test_serve_refuses_bad_config(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('[[tenants]]\nid = "a"\ncolour = "blue"\n')
+    code, _, err = await run_cli("serve", "--config", str(config))
+    assert code == 2
+    assert "tenants[0].colour: unknown key" in err
+
+
+async def test_messages_list_and_show(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(f'data_dir = "{tmp_path / "var"}"\n[[tenants]]\nid = "a"\n'
+                      '[[tenants.listeners]]\nport = 2575\n')
+    from connector.app import Application
+    from connector.settings import load_settings
+
+    app = Application.build(load_settings(config))
+    app.store.open()
+    try:
+        from connector.pipeline.intake import IntakeHandler
+
+        handler: IntakeHandler = app.handlers[0]
+        await handler.handle(adt("L1"), "127.0.0.1:1")
+        await handler.handle(b"garbage", "127.0.0.1:1")
+    finally:
+        await app.store.close()
+    code, out, _ = await run_cli("messages", "list", "--config", str(config))
+    assert code == 0
+    lines = out.splitlines()
+    assert len(lines) == 2
+    assert "MSH-10=L1 accepted AA" in lines[1]
+    assert "rejected AE 100" in lines[0]
+    assert "PAT-TROIS" not in out  # no patient data in listings
+    assert "279035121518989" not in out
+    code, out, _ = await run_cli("messages", "list", "--config", str(config),
+                                 "--status", "rejected")
+    assert len(out.splitlines()) == 1
+    row_id = lines[1].split()[0]
+    code, out, _ = await run_cli("messages", "show", row_id, "--config", str(config))
+    assert code == 0
+    assert "MSA|AA|L1" in out
+    assert "PID|1||000003" in out  # full detail for the operator

@@ -1,0 +1,116 @@
+"""Crash test: SIGKILL the server while clients stream; every message answered AA is on disk."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from connector.errors import ProtocolError
+from connector.mllp.client import MLLPClient
+from tests.integration.test_intake_bad_input import adt
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_config(tmp_path: Path, port: int) -> Path:
+    config = tmp_path / "connector.toml"
+    config.write_text(f"""
+data_dir = "{tmp_path / 'var'}"
+[logging]
+level = "warning"
+[[tenants]]
+id = "crash"
+[[tenants.listeners]]
+host = "127.0.0.1"
+port = {port}
+""", encoding="utf-8")
+    return config
+
+
+def start_server(config: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "connector", "serve", "--config", str(config)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+async def wait_ready(port: int, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            stderr = process.stderr.read() if process.stderr else b""
+            raise AssertionError(f"server exited: {stderr!r}")
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        except OSError:
+            await asyncio.sleep(0.05)
+    raise AssertionError("server did not start")
+
+
+async def stream(port: int, worker: int, acked: list[str], stop: asyncio.Event) -> None:
+    client = MLLPClient("127.0.0.1", port, timeout=5)
+    await client.connect()
+    try:
+        for n in range(100_000):
+            if stop.is_set():
+                return
+            control_id = f"K{worker}-{n}"
+            try:
+                ack = await client.send(adt(control_id))
+            except (ProtocolError, OSError):
+                return  # the server died mid-message: no ACK, no promise
+            if b"MSA|AA|" + control_id.encode() in ack:
+                acked.append(control_id)
+    finally:
+        await client.close()
+
+
+async def test_sigkill_loses_no_acknowledged_message(tmp_path: Path) -> None:
+    port = free_port()
+    config = write_config(tmp_path, port)
+    server = start_server(config)
+    acked: list[str] = []
+    try:
+        await wait_ready(port, server)
+        stop = asyncio.Event()
+        workers = [asyncio.create_task(stream(port, w, acked, stop)) for w in range(4)]
+        while len(acked) < 400:
+            await asyncio.sleep(0.01)
+            assert server.poll() is None
+        os.kill(server.pid, signal.SIGKILL)  # no chance to flush or drain
+        server.wait(10)
+        await asyncio.wait_for(asyncio.gather(*workers), 10)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    restarted = start_server(config)
+    try:
+        await wait_ready(port, restarted)
+        db = tmp_path / "var" / "connector.db"
+        conn = sqlite3.connect(db)
+        stored = {row[0] for row in conn.execute(
+            "SELECT control_id FROM inbound WHERE status = 'accepted'")}
+        conn.close()
+    finally:
+        restarted.send_signal(signal.SIGTERM)
+        assert restarted.wait(15) == 0
+    missing = [c for c in acked if c not in stored]
+    assert len(acked) >= 400
+    assert missing == []
