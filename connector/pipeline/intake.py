@@ -31,7 +31,6 @@ from connector.hl7.header import (
     MessageHeader,
     decode_message,
     msh18_for_codec,
-    read_header,
     resolve_codec,
     salvage_header,
 )
@@ -125,9 +124,8 @@ class IntakeHandler:
         try:
             codec = resolve_codec(payload, forced=self.config.forced_charset,
                                   default=self.config.default_charset)
-            text = decode_message(payload, codec)
-            header = read_header(text)
-            parse_message(text)
+            message = parse_message(decode_message(payload, codec))
+            header = MessageHeader.from_segment(message.msh)
             route(header)
         except MessageError as exc:
             return _Decision(header or salvage_header(payload), codec, Outcome.ERROR,
