@@ -223,12 +223,17 @@ class _Reader:
             except OSError as exc:
                 raise self.fail(f"{name}_file", f"cannot read {file_name}: {exc.strerror}"
                                 ) from exc
+            except UnicodeDecodeError as exc:
+                raise self.fail(f"{name}_file", f"{file_name} is not UTF-8 text") from exc
         return None
 
     def close(self) -> None:
         unknown = sorted(set(self.table) - self._seen)
         if unknown:
             raise self.fail(unknown[0], "unknown key")
+
+
+_ASCII_PROBE = "MSH|^~\\&\r" + "".join(map(chr, range(0x20, 0x7F)))
 
 
 def _codec(reader: _Reader, name: str, default: str | None) -> str | None:
@@ -239,9 +244,17 @@ def _codec(reader: _Reader, name: str, default: str | None) -> str | None:
 
     candidate = CHARSETS.get(raw.upper(), raw)
     try:
-        return codecs.lookup(candidate).name
+        codec = codecs.lookup(candidate).name
     except LookupError as exc:
         raise reader.fail(name, f"unknown character set {raw!r}") from exc
+    # HL7 over MLLP needs a text codec that writes ASCII as ASCII (MSH, delimiters, 0x0B).
+    try:
+        ascii_compatible = _ASCII_PROBE.encode(codec) == _ASCII_PROBE.encode("ascii")
+    except (LookupError, UnicodeError):  # not a text encoding (base64, rot13), or idna...
+        ascii_compatible = False
+    if not ascii_compatible:
+        raise reader.fail(name, f"character set {raw!r} is not ASCII-compatible")
+    return codec
 
 
 def _listener(reader: _Reader, index_name: str) -> ListenerSettings:
@@ -289,19 +302,20 @@ def _encryption(reader: _Reader) -> EncryptionSettings | None:
     r = _Reader(table, reader.key("encryption"), reader.source, reader.env)
     current = r.req_str("current_key_id")
     text = r.secret("keys")
+    origin = "keys_file" if "keys_file" in table and "keys_env" not in table else "keys_env"
     if not text:
-        raise r.fail("keys_env", "is required: the keys as `id:base64key` lines")
+        raise r.fail(origin, "is required: the keys as `id:base64key` lines")
     keys: dict[str, bytes] = {}
     for n, item in enumerate(re.split(r"[\s,]+", text.strip())):
         key_id, sep, b64 = item.partition(":")
         if not sep or not _KEY_ID.match(key_id):
-            raise r.fail("keys_env", f"entry {n + 1} is not `id:base64key`")
+            raise r.fail(origin, f"entry {n + 1} is not `id:base64key`")
         try:
             key = base64.b64decode(b64, validate=True)
         except (binascii.Error, ValueError) as exc:
-            raise r.fail("keys_env", f"key {key_id!r} is not valid base64") from exc
+            raise r.fail(origin, f"key {key_id!r} is not valid base64") from exc
         if len(key) != 32:
-            raise r.fail("keys_env", f"key {key_id!r} must be 32 bytes (AES-256)")
+            raise r.fail(origin, f"key {key_id!r} must be 32 bytes (AES-256)")
         keys[key_id] = key
     if current not in keys:
         raise r.fail("current_key_id", f"key {current!r} is not among the keys given")
@@ -421,6 +435,11 @@ def load_settings(path: Path, *, env: Mapping[str, str] | None = None) -> Settin
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise ConfigError("(file)", "configuration file not found", source=str(path)) from exc
+    except OSError as exc:
+        raise ConfigError("(file)", f"cannot read the configuration file: {exc.strerror}",
+                          source=str(path)) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError("(file)", f"not UTF-8 (byte {exc.start})", source=str(path)) from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("(syntax)", str(exc), source=str(path)) from exc
     return parse_settings(data, source=str(path), env=env)

@@ -95,9 +95,13 @@ class ControlIdGenerator:
             while seconds:
                 seconds, rem = divmod(seconds, 36)
                 digits.append(self._ALPHABET[rem])
-            tag = "".join(self._ALPHABET[b % 36] for b in os.urandom(2))
+            # 6 time digits + 4 random ones (36**4 = 1.7 M): replicas started in the same second
+            # collide once in ~1.7 M pairs (2 random digits gave once in 1296). Counters keep
+            # 10 digits before the 20-character cut.
+            rnd = int.from_bytes(os.urandom(4), "big") % 36**4
+            tag = "".join(self._ALPHABET[rnd // 36**i % 36] for i in range(4))
             prefix = "".join(reversed(digits)) + tag
-        self._prefix = prefix[:8]
+        self._prefix = prefix[:10]
         self._counter = itertools.count(1)
         self._lock = threading.Lock()
 
@@ -148,8 +152,8 @@ def build_ack(
     msg_type = d.component.join(["ACK", event, "ACK"]) if event else "ACK"
     msh = f.join([
         "MSH", d.encoding_characters, sending_app, sending_fac, receiving_app, receiving_fac,
-        timestamp or hl7_timestamp(), "", msg_type, control_id, processing, version,
-        "", "", "", "", country, msh18,
+        timestamp or hl7_timestamp(), "", msg_type, control_id, escape(processing, d), version,
+        "", "", "", "", escape(country, d), escape(msh18, d),
     ])
     segments = [msh, f.join(["MSA", code.value, acked_id])]
     segments.extend(_err_segment(e, d) for e in errors)
@@ -157,7 +161,7 @@ def build_ack(
 
 
 def _raw_version(header: MessageHeader) -> str:
-    return header.version_raw or "2.5"
+    return header.version_raw or escape("2.5", header.delimiters)
 
 
 def _err_segment(error: AckError, d: Delimiters) -> str:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import Enum, StrEnum
 
 
-class AckCode(str, Enum):
+class AckCode(StrEnum):
     """MSA-1 (HL7 table 0008)."""
 
     APPLICATION_ACCEPT = "AA"
@@ -20,7 +20,7 @@ class AckCode(str, Enum):
         return self in (AckCode.APPLICATION_ACCEPT, AckCode.COMMIT_ACCEPT)
 
 
-class AcknowledgmentCondition(str, Enum):
+class AcknowledgmentCondition(StrEnum):
     """MSH-15 / MSH-16 (HL7 table 0155)."""
 
     ALWAYS = "AL"
@@ -57,7 +57,7 @@ class ErrorCondition(Enum):
 class ApplicationError(Enum):
     """ERR-5: user table 0533 "applicationErrorCode" of the CI-SIS volet, plus connector codes.
 
-    Codes 900-906 come from the volet; codes 910+ are this connector's own, documented in the README.
+    Codes 900-906 come from the volet (indicative list).
     """
 
     WRONG_DOCUMENT_VERSION = ("900", "Version du document incorrecte")
@@ -77,7 +77,7 @@ class ApplicationError(Enum):
         return self.value[1]
 
 
-class Severity(str, Enum):
+class Severity(StrEnum):
     """ERR-4 (HL7 table 0516)."""
 
     ERROR = "E"

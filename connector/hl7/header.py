@@ -170,13 +170,22 @@ def read_header(text: str) -> MessageHeader:
 
 
 def salvage_header(raw: bytes) -> MessageHeader | None:
-    """Best-effort MSH from bytes that failed to parse, so an AE can still echo MSH-10."""
+    """Best-effort MSH from bytes that failed to parse, so an AE can still echo MSH-10.
+
+    None when not even MSH-1 is usable: an ACK written with it could not be read back.
+    """
     try:
         first = _first_segment(raw).decode("latin-1")
-        field_sep = first[3] if len(first) > 3 else "|"
-        parts = first.split(field_sep)
-        parts.insert(1, field_sep)
-        d = Delimiters(field=field_sep) if field_sep not in "^~\\&" else Delimiters()
-        return MessageHeader.from_segment(Segment(tuple(parts), d))
-    except (HL7ParseError, IndexError, ValueError):
+    except HL7ParseError:
         return None
+    try:
+        d = Delimiters.from_msh(first)
+    except HL7ParseError:
+        # MSH-2 is unusable: read the fields with MSH-1 and the default encoding characters,
+        # provided that combination is itself valid.
+        d = Delimiters(field=first[3:4] or "|")
+        try:
+            Delimiters.from_msh(f"MSH{d.field}{d.encoding_characters}")
+        except HL7ParseError:
+            return None
+    return MessageHeader.from_segment(parse_segment(first, d, is_msh=True))

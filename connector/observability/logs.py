@@ -21,8 +21,9 @@ FORBIDDEN_KEYS = frozenset({
     "raw", "payload", "message", "body", "subject", "document", "cda", "name", "family",
     "given", "birth_date", "birthdate", "ins", "nir", "patient", "address_line",
 })
-# INS-NIR/NIA: 13 digits + 2-digit key (sex digit 1-4 or 7-8 first); and patient mailboxes.
-_NIR = re.compile(r"(?<!\d)[1-478]\d{12}(?:\d{2})?(?!\d)")
+# INS-NIR/NIA: 13 characters + 2-digit key (sex digit 1-4 or 7-8 first; the birth department,
+# characters 6-7, is 2A or 2B for Corsica); and patient mailboxes.
+_NIR = re.compile(r"(?<!\d)[1-478]\d{4}(?:\d{2}|2[AB])\d{6}(?:\d{2})?(?!\d)", re.IGNORECASE)
 _PATIENT_MAILBOX = re.compile(r"[^\s@<>\"']+@patient\.mssante\.fr", re.IGNORECASE)
 REDACTED = "[redacted]"
 
@@ -32,15 +33,36 @@ def redact_value(value: str) -> str:
     return _NIR.sub(REDACTED, value)
 
 
+_MAX_DEPTH = 8
+
+
+def _redact_any(value: Any, depth: int = 0) -> Any:
+    """Strings are masked, bytes sized; lists, tuples, sets and dicts are walked."""
+    if isinstance(value, str):
+        return redact_value(value)
+    if isinstance(value, bytes):
+        return f"<{len(value)} bytes>"
+    if isinstance(value, dict | list | tuple | set | frozenset) and depth >= _MAX_DEPTH:
+        return REDACTED
+    if isinstance(value, dict):
+        return {k: REDACTED if k in FORBIDDEN_KEYS else _redact_any(v, depth + 1)
+                for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        items = [_redact_any(v, depth + 1) for v in value]
+        if isinstance(value, list):
+            return items
+        if isinstance(value, tuple):
+            return tuple(items)
+        return frozenset(items) if isinstance(value, frozenset) else set(items)
+    return value
+
+
 def redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for key in list(event_dict):
-        value = event_dict[key]
         if key in FORBIDDEN_KEYS and key != "event":
             event_dict[key] = REDACTED
-        elif isinstance(value, str):
-            event_dict[key] = redact_value(value)
-        elif isinstance(value, bytes):
-            event_dict[key] = f"<{len(value)} bytes>"
+        else:
+            event_dict[key] = _redact_any(event_dict[key])
     return event_dict
 
 
