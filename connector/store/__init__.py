@@ -5,15 +5,25 @@ from __future__ import annotations
 from typing import Protocol
 
 from connector.store.model import (
+    DocumentAction,
+    DocumentChange,
+    DocumentStatus,
+    DocumentVersion,
     EventKind,
     InboundDetail,
     InboundMessage,
     InboundReceipt,
     InboundStatus,
     InboundSummary,
+    UnknownOriginalPolicy,
+    VersionCheck,
 )
 
 __all__ = [
+    "DocumentAction",
+    "DocumentChange",
+    "DocumentStatus",
+    "DocumentVersion",
     "EventKind",
     "InboundDetail",
     "InboundMessage",
@@ -21,6 +31,8 @@ __all__ = [
     "InboundStatus",
     "InboundSummary",
     "IntakeStore",
+    "UnknownOriginalPolicy",
+    "VersionCheck",
 ]
 
 
@@ -39,5 +51,7 @@ class IntakeStore(Protocol):
     ) -> list[InboundSummary]: ...
 
     async def get_inbound(self, inbound_id: int) -> InboundDetail | None: ...
+
+    async def get_documents(self, tenant_id: str) -> list[DocumentVersion]: ...
 
     async def close(self) -> None: ...

@@ -16,7 +16,7 @@ class Migration:
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
-        "inbound messages and events",
+        "inbound messages, events, document versions",
         """
         CREATE TABLE inbound (
             id                  INTEGER PRIMARY KEY,
@@ -41,6 +41,8 @@ MIGRATIONS: tuple[Migration, ...] = (
             ack                 BLOB    NOT NULL,
             error_code          TEXT,
             error_detail        TEXT,
+            report_key          TEXT,              -- validation report (sealed: may quote values)
+            report              BLOB,
             retransmissions     INTEGER NOT NULL DEFAULT 0,
             control_id_reused   INTEGER NOT NULL DEFAULT 0
         );
@@ -56,6 +58,18 @@ MIGRATIONS: tuple[Migration, ...] = (
             detail      TEXT
         );
         CREATE INDEX events_by_inbound ON events (inbound_id);
+        CREATE TABLE documents (
+            tenant_id    TEXT    NOT NULL,
+            document_id  TEXT    NOT NULL,          -- ClinicalDocument/id as root or root^ext
+            set_id       TEXT,
+            version      INTEGER,
+            status       TEXT    NOT NULL CHECK (status IN ('active', 'replaced', 'deleted')),
+            replaced_by  TEXT,
+            inbound_id   INTEGER NOT NULL REFERENCES inbound (id),
+            updated_at   REAL    NOT NULL,
+            PRIMARY KEY (tenant_id, document_id)
+        );
+        CREATE INDEX documents_by_set ON documents (tenant_id, set_id);
         """,
     ),
 )

@@ -15,6 +15,55 @@ class InboundStatus(StrEnum):
 class EventKind(StrEnum):
     CONTROL_ID_REUSED = "control_id_reused"  # same sender + MSH-10, different content
     RETRANSMISSION = "retransmission"  # same sender + MSH-10 + content: answered again
+    UNKNOWN_ORIGINAL = "unknown_original"  # replace/delete of a document never seen, accepted
+    DOCUMENT_RESENT = "document_resent"  # a new-document request for a known document id
+    VERSION_CONFLICT = "version_conflict"  # replace/delete refused: not the latest version
+
+
+class DocumentAction(StrEnum):
+    NEW = "new"
+    REPLACE = "replace"
+    DELETE = "delete"
+
+
+class DocumentStatus(StrEnum):
+    ACTIVE = "active"
+    REPLACED = "replaced"
+    DELETED = "deleted"
+
+
+class UnknownOriginalPolicy(StrEnum):
+    """What to do with a replace/delete whose original the connector never saw."""
+
+    ACCEPT = "accept"  # with an `unknown_original` event
+    REFUSE = "refuse"  # AE with application error 900
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentChange:
+    """The effect of a document request on the version table, checked atomically on commit.
+
+    `target_id` is the document the request acts on: the parent (relatedDocument) for a replace,
+    the document itself for a delete, None for a new document.
+    """
+
+    action: DocumentAction
+    document_id: str
+    set_id: str | None = None
+    version: int | None = None
+    target_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VersionCheck:
+    """How intake wants version conflicts handled: the policy, and the AE to store and send
+    instead of the prepared ACK when the check fails (built beforehand: the store does not build
+    HL7)."""
+
+    changes: tuple[DocumentChange, ...]
+    conflict_ack: bytes = field(repr=False)
+    conflict_ack_code: str = "AE"
+    unknown_original: UnknownOriginalPolicy = UnknownOriginalPolicy.ACCEPT
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +86,8 @@ class InboundMessage:
     ack: bytes = field(repr=False)  # the encoded ACK, sent again on a retransmission
     error_code: str | None = None  # ERR-3
     error_detail: str | None = None  # ERR-8 text: rules and fields, never patient data
+    report: bytes | None = field(default=None, repr=False)  # validation report (sealed at rest)
+    versions: VersionCheck | None = None  # document version changes, for accepted requests
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +98,8 @@ class InboundReceipt:
     ack: bytes = field(repr=False)
     retransmission_of: int | None = None
     control_id_reused: bool = False
+    version_conflict: str | None = None  # why the version check refused it (ack = conflict AE)
+    unknown_originals: tuple[str, ...] = ()  # targets accepted under UnknownOriginalPolicy.ACCEPT
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,3 +130,15 @@ class InboundDetail:
     summary: InboundSummary
     raw: bytes = field(repr=False)
     ack: bytes = field(repr=False)
+    report: bytes | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentVersion:
+    tenant_id: str
+    document_id: str
+    set_id: str | None
+    version: int | None
+    status: DocumentStatus
+    replaced_by: str | None
+    inbound_id: int

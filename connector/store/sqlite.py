@@ -31,6 +31,8 @@ from connector.errors import StoreError, StoreUnavailable
 from connector.store.cipher import PayloadCipher, SealedPayload
 from connector.store.migrations import MIGRATIONS
 from connector.store.model import (
+    DocumentStatus,
+    DocumentVersion,
     EventKind,
     InboundDetail,
     InboundMessage,
@@ -39,6 +41,7 @@ from connector.store.model import (
     InboundSummary,
 )
 from connector.store.payload_log import PayloadLog, PayloadRef
+from connector.store.versions import DocumentRow, VersionPlan, plan_versions
 
 log = structlog.get_logger(__name__)
 
@@ -48,6 +51,7 @@ _INLINE_PAYLOAD_MAX = 16 * 1024  # larger payloads go to the payload log
 _CHECKPOINT_EVERY_SECONDS = 0.5
 _WAL_HARD_LIMIT = 256 * 1024 * 1024
 _INBOUND_KIND = "inbound"
+_REPORT_KIND = "validation-report"
 
 
 @dataclass(slots=True)
@@ -259,6 +263,16 @@ class SQLiteStore:
                              " WHERE id = ?", (row_id,))
                 self._event(conn, m, EventKind.RETRANSMISSION, row_id)
                 return InboundReceipt(row_id, bytes(ack), retransmission_of=row_id)
+        status, ack, error_code, error_detail = m.status, m.ack, m.error_code, m.error_detail
+        plan = VersionPlan()
+        if m.versions is not None and status is InboundStatus.ACCEPTED:
+            plan = plan_versions(lambda doc_id: self._document(conn, m.tenant_id, doc_id),
+                                 m.versions.changes, m.versions.unknown_original)
+            if plan.conflict is not None:
+                status, ack = InboundStatus.REJECTED, m.versions.conflict_ack
+                error_code, error_detail = "207", plan.conflict
+        report = (self._cipher.seal(m.report, _REPORT_KIND) if m.report is not None
+                  else SealedPayload(None, b""))
         sealed = self._cipher.seal(m.raw, _INBOUND_KIND)
         inline: bytes | None = sealed.blob
         ref: PayloadRef | None = None
@@ -268,19 +282,55 @@ class SQLiteStore:
             "INSERT INTO inbound (tenant_id, listener, peer, received_at, sending_application,"
             " sending_facility, message_type, control_id, version, digest, payload_key, payload,"
             " payload_segment, payload_offset, payload_length, size, status, ack_code, ack,"
-            " error_code, error_detail, control_id_reused)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " error_code, error_detail, report_key, report, control_id_reused)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (m.tenant_id, m.listener, m.peer, m.received_at, m.sending_application,
              m.sending_facility, m.message_type, m.control_id, m.version, m.digest,
              sealed.key_id, inline, ref and ref.segment, ref and ref.offset, ref and ref.length,
-             len(m.raw), m.status.value, m.ack_code, m.ack, m.error_code, m.error_detail,
-             1 if previous else 0),
+             len(m.raw), status.value,
+             m.versions.conflict_ack_code if plan.conflict and m.versions else m.ack_code,
+             ack, error_code, error_detail, report.key_id,
+             report.blob if m.report is not None else None, 1 if previous else 0),
         )
         row_id = int(cursor.lastrowid or 0)
         if previous:
             self._event(conn, m, EventKind.CONTROL_ID_REUSED, row_id,
                         f"same MSH-10 as inbound {previous[-1][0]} with different content")
-        return InboundReceipt(row_id, m.ack, control_id_reused=bool(previous))
+        self._apply_versions(conn, m, row_id, plan)
+        return InboundReceipt(row_id, ack, control_id_reused=bool(previous),
+                              version_conflict=plan.conflict,
+                              unknown_originals=plan.unknown_originals)
+
+    def _apply_versions(self, conn: sqlite3.Connection, m: InboundMessage, row_id: int,
+                        plan: VersionPlan) -> None:
+        now = time.time()
+        if plan.conflict is not None:
+            self._event(conn, m, EventKind.VERSION_CONFLICT, row_id, plan.conflict)
+            return
+        for row in plan.writes:
+            conn.execute(
+                "INSERT INTO documents (tenant_id, document_id, set_id, version, status,"
+                " replaced_by, inbound_id, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (tenant_id, document_id) DO UPDATE SET status = excluded.status,"
+                " replaced_by = excluded.replaced_by, updated_at = excluded.updated_at",
+                (m.tenant_id, row.document_id, row.set_id, row.version, row.status.value,
+                 row.replaced_by, row_id, now))
+        for _ in plan.unknown_originals:
+            self._event(conn, m, EventKind.UNKNOWN_ORIGINAL, row_id,
+                        "replace/delete of a document never received, accepted by policy")
+        for _ in plan.resent:
+            self._event(conn, m, EventKind.DOCUMENT_RESENT, row_id,
+                        "request already applied to this document")
+
+    @staticmethod
+    def _document(conn: sqlite3.Connection, tenant_id: str, document_id: str
+                  ) -> DocumentRow | None:
+        row = conn.execute(
+            "SELECT document_id, set_id, version, status, replaced_by FROM documents"
+            " WHERE tenant_id = ? AND document_id = ?", (tenant_id, document_id)).fetchone()
+        if row is None:
+            return None
+        return DocumentRow(row[0], row[1], row[2], DocumentStatus(row[3]), row[4])
 
     @staticmethod
     def _event(conn: sqlite3.Connection, m: InboundMessage, kind: EventKind, inbound_id: int,
@@ -330,16 +380,27 @@ class SQLiteStore:
 
     async def get_inbound(self, inbound_id: int) -> InboundDetail | None:
         sql = (f"SELECT {self._SUMMARY_COLUMNS}, payload_key, payload, payload_segment,"  # noqa: S608
-               " payload_offset, payload_length, ack FROM inbound WHERE id = ?")
+               " payload_offset, payload_length, ack, report_key, report FROM inbound"
+               " WHERE id = ?")
         row = await self._read(lambda c: c.execute(sql, (inbound_id,)).fetchone())
         if row is None:
             return None
-        key_id, inline, segment, offset, length, ack = row[17:]
+        key_id, inline, segment, offset, length, ack, report_key, report = row[17:]
         blob = (bytes(inline) if inline is not None
                 else await asyncio.to_thread(self._payloads.read,
                                              PayloadRef(segment, offset, length)))
         raw = self._cipher.open(SealedPayload(key_id, blob), _INBOUND_KIND)
-        return InboundDetail(_summary(row[:17]), raw, bytes(ack))
+        opened_report = (self._cipher.open(SealedPayload(report_key, bytes(report)), _REPORT_KIND)
+                         if report is not None else None)
+        return InboundDetail(_summary(row[:17]), raw, bytes(ack), opened_report)
+
+    async def get_documents(self, tenant_id: str) -> list[DocumentVersion]:
+        rows = await self._read(lambda c: c.execute(
+            "SELECT tenant_id, document_id, set_id, version, status, replaced_by, inbound_id"
+            " FROM documents WHERE tenant_id = ? ORDER BY updated_at, document_id",
+            (tenant_id,)).fetchall())
+        return [DocumentVersion(r[0], r[1], r[2], r[3], DocumentStatus(r[4]), r[5], r[6])
+                for r in rows]
 
 
 def _summary(row: tuple[Any, ...]) -> InboundSummary:

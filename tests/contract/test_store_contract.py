@@ -18,7 +18,15 @@ from pathlib import Path
 import pytest
 
 from connector.errors import PayloadDecryptionError, StoreError, StoreUnavailable
-from connector.store import InboundMessage, InboundStatus
+from connector.store import (
+    DocumentAction,
+    DocumentChange,
+    DocumentStatus,
+    InboundMessage,
+    InboundStatus,
+    UnknownOriginalPolicy,
+    VersionCheck,
+)
 from connector.store.cipher import PayloadCipher
 from connector.store.sqlite import SQLiteStore
 
@@ -236,3 +244,84 @@ async def test_corrupted_payload_record_is_detected(make_store: StoreFactory,
     segment.write_bytes(bytes(data))
     with pytest.raises(StoreError, match="CRC"):
         await store.get_inbound(receipt.inbound_id)
+
+
+def doc_request(n: int, *changes: DocumentChange,
+                policy: UnknownOriginalPolicy = UnknownOriginalPolicy.ACCEPT) -> InboundMessage:
+    return replace(inbound(raw=f"MSH|doc {n}".encode(), control_id=f"D{n}"),
+                   versions=VersionCheck(changes, conflict_ack=f"AE-900 for D{n}".encode(),
+                                         unknown_original=policy))
+
+
+NEW_V1 = DocumentChange(DocumentAction.NEW, "1.2.3.1", set_id="1.2.3", version=1)
+REPLACE_V1_BY_V2 = DocumentChange(DocumentAction.REPLACE, "1.2.3.2", "1.2.3", 2, "1.2.3.1")
+REPLACE_V1_BY_V3 = DocumentChange(DocumentAction.REPLACE, "1.2.3.3", "1.2.3", 3, "1.2.3.1")
+DELETE_V2 = DocumentChange(DocumentAction.DELETE, "1.2.3.2", "1.2.3", 2, "1.2.3.2")
+
+
+async def test_document_versions_follow_replace_and_delete(make_store: StoreFactory) -> None:
+    store = make_store()
+    assert (await store.record_inbound(doc_request(1, NEW_V1))).version_conflict is None
+    assert (await store.record_inbound(doc_request(2, REPLACE_V1_BY_V2))).version_conflict is None
+    stale = await store.record_inbound(doc_request(3, REPLACE_V1_BY_V3))
+    assert stale.version_conflict == (
+        "the document to replace is not the latest version (it is replaced)")
+    assert stale.ack == b"AE-900 for D3"
+    deleted = await store.record_inbound(doc_request(4, DELETE_V2))
+    assert deleted.version_conflict is None
+    versions = {d.document_id: d.status for d in await store.get_documents("t1")}
+    assert versions == {"1.2.3.1": DocumentStatus.REPLACED, "1.2.3.2": DocumentStatus.DELETED}
+    rows = {r.control_id: r for r in await store.list_inbound()}
+    assert rows["D3"].status is InboundStatus.REJECTED
+    assert rows["D3"].error_code == "207"
+    assert rows["D3"].ack_code == "AE"
+    assert rows["D4"].status is InboundStatus.ACCEPTED
+
+
+async def test_resending_an_applied_replace_is_idempotent(make_store: StoreFactory) -> None:
+    store = make_store()
+    await store.record_inbound(doc_request(1, NEW_V1))
+    await store.record_inbound(doc_request(2, REPLACE_V1_BY_V2))
+    again = await store.record_inbound(doc_request(3, REPLACE_V1_BY_V2))
+    assert again.version_conflict is None
+
+
+@pytest.mark.parametrize("policy", list(UnknownOriginalPolicy))
+async def test_unknown_original_follows_policy(make_store: StoreFactory,
+                                               policy: UnknownOriginalPolicy) -> None:
+    store = make_store()
+    receipt = await store.record_inbound(doc_request(1, REPLACE_V1_BY_V2, policy=policy))
+    if policy is UnknownOriginalPolicy.ACCEPT:
+        assert receipt.version_conflict is None
+        assert receipt.unknown_originals == ("1.2.3.1",)
+        assert [d.document_id for d in await store.get_documents("t1")] == ["1.2.3.2"]
+    else:
+        assert receipt.version_conflict == "the document to replace was never received"
+        assert await store.get_documents("t1") == []
+
+
+async def test_racing_replaces_of_one_version_cannot_both_win(make_store: StoreFactory) -> None:
+    store = make_store()
+    await store.record_inbound(doc_request(1, NEW_V1))
+    first, second = await asyncio.gather(store.record_inbound(doc_request(2, REPLACE_V1_BY_V2)),
+                                         store.record_inbound(doc_request(3, REPLACE_V1_BY_V3)))
+    assert [first.version_conflict is None, second.version_conflict is None].count(True) == 1
+
+
+async def test_rejected_requests_do_not_touch_versions(make_store: StoreFactory) -> None:
+    store = make_store()
+    message = replace(doc_request(1, NEW_V1), status=InboundStatus.REJECTED)
+    await store.record_inbound(message)
+    assert await store.get_documents("t1") == []
+
+
+async def test_validation_report_is_sealed(make_store: StoreFactory, tmp_path: Path) -> None:
+    store = make_store(cipher=PayloadCipher({"a": KEY_A}, "a"))
+    report = b"schematron: patient name DUPONT-SECRET does not match"
+    receipt = await store.record_inbound(replace(inbound(), report=report))
+    detail = await store.get_inbound(receipt.inbound_id)
+    assert detail is not None
+    assert detail.report == report
+    await store.close()
+    on_disk = b"".join(p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
+    assert b"DUPONT-SECRET" not in on_disk
