@@ -1,0 +1,1 @@
+"""Who may receive mail: the MSSanté trust-space whitelist and recipient address rules."""

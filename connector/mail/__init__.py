@@ -1,0 +1,1 @@
+"""MSSanté e-mail: the subject convention and the composition of one MIME message per recipient."""

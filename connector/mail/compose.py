@@ -1,0 +1,418 @@
+"""One MSSanté e-mail for one recipient, as a pure function of a `MailSpec`.
+
+Structure (Référentiel #2 ECO.2.1.1, ECO.2.2.3; CI-SIS volet §mapping-mss):
+
+```
+multipart/mixed
+├── text/plain; charset="utf-8"   (quoted-printable) the CORPSMAIL_* text or a default body
+├── application/zip  IHE_XDM.zip  (base64)          when the mail carries documents
+└── application/pdf  <name>.pdf   (base64)          one per document, in the order given
+```
+
+Headers: Date, From, To, Reply-To (optional), Message-ID, Subject, X-MSS-CODECDA and X-MSS-INS (only
+when the mail carries CDA documents), X-MSS-NIL (when configured), X-MSS-MES (see `MailSpec`),
+Disposition-Notification-To (read receipt asked), MIME-Version, Content-Type.
+
+Header safety: addresses are validated `MailAddress` values; free text (subject parts, display
+names, file names) goes through `single_line`, so it cannot contain a line break, a control
+character, or an RFC 2047 encoded-word that would smuggle one (CVE-2024-6923, present in the
+Python 3.11 this project runs on). `SMTP_POLICY` is `email.policy.SMTP` except that it folds the
+Subject and the From / To / Reply-To mailboxes itself (see "folding" below: Python 3.11 loses
+spaces when it folds long non-ASCII headers): plain words as they are, the rest as RFC 2047
+base64 encoded-words, lines of at most 76 characters. File names are RFC 2231-encoded by the
+standard policy. As a last line of defence every header of every part is checked to fold into
+exactly one header (`HeaderSafetyError` otherwise: a bug, never an input problem).
+
+The output is deterministic: the same `MailSpec` gives the same bytes (the MIME boundary is
+derived from the Message-ID).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from email import errors as email_errors
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.policy import EmailPolicy
+from email.utils import format_datetime
+from enum import Enum
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Final
+
+from connector.directory.whitelist import MailAddress
+from connector.errors import ConnectorError, MessageError
+from connector.hl7.codes import ErrorCondition
+from connector.mail.subject import SubjectInput, build_subject, single_line
+
+XDM_FILENAME: Final = "IHE_XDM.zip"
+_MAX_LINE: Final = 998  # RFC 5322 §2.1.1, without the CRLF
+_MAX_FOLDED_LINE: Final = 76  # RFC 2047 §2: a line holding encoded-words
+_MAX_PLAIN_WORD: Final = 60  # longer words are encoded, so that they can be split
+_MAX_ENCODED_WORD: Final = 75  # RFC 2047 §2
+_EW_START: Final = "=?utf-8?b?"
+_EW_END: Final = "?="
+_VCHARS: Final = re.compile(r"[!-~]+")
+_ATOM: Final = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+")
+_CDA_CODE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}")
+_NIL: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_MESSAGE_ID_CONTEXT: Final = b"mssante-connector/message-id/v1\x00"
+
+
+class MailAction(Enum):
+    """What the mail does with the document, from the HL7 event (T02/F, T10/C, T04/D)."""
+
+    NEW = "new"
+    REPLACEMENT = "replacement"
+    DELETION = "deletion"
+
+
+_CLOSING: Final = (
+    "Ce message a été envoyé automatiquement par la plateforme d'échange de l'établissement.\n"
+)
+_FORMATS: Final = (
+    "Le document est joint sous deux formes : l'archive IHE_XDM.zip, destinée aux logiciels de "
+    "santé, et un fichier PDF à consulter directement.\n"
+)
+
+#: Bodies used when the request carries no CORPSMAIL_PS / CORPSMAIL_PATIENT text. They contain no
+#: patient data, and suit a professional as well as a patient.
+DEFAULT_BODIES: Final[Mapping[MailAction, str]] = MappingProxyType(
+    {
+        MailAction.NEW: (
+            "Bonjour,\n\n"
+            "Vous trouverez ci-joint un document de santé qui vous est adressé par la messagerie "
+            "sécurisée de santé (MSSanté).\n\n" + _FORMATS + "\n" + _CLOSING
+        ),
+        MailAction.REPLACEMENT: (
+            "Bonjour,\n\n"
+            "Le document ci-joint annule et remplace un document qui vous a été adressé "
+            "précédemment par la messagerie sécurisée de santé (MSSanté). Merci de ne plus "
+            "utiliser la version précédente.\n\n" + _FORMATS + "\n" + _CLOSING
+        ),
+        MailAction.DELETION: (
+            "Bonjour,\n\n"
+            "Le document identifié dans ce message, qui vous a été adressé précédemment par la "
+            "messagerie sécurisée de santé (MSSanté), doit être supprimé : il a été retiré par "
+            "l'établissement qui l'a produit. Merci de le supprimer de votre logiciel et de ne "
+            "plus l'utiliser.\n\n" + _CLOSING
+        ),
+    }
+)
+
+
+class HeaderSafetyError(ConnectorError):
+    """A generated header would not fold into exactly one well-formed header: a bug of ours."""
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """A file to attach: its name (may contain accents and spaces) and its bytes."""
+
+    filename: str
+    content: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if not clean_filename(self.filename):
+            raise ValueError("an attachment needs a file name")
+
+    def __repr__(self) -> str:  # the file name of a PDF carries the patient's name
+        return f"Attachment(<redacted>, {len(self.content)} bytes)"
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class MailSpec:
+    """Everything one e-mail to one recipient is made of.
+
+    * `from_address`: the tenant's application mailbox (From, and Disposition-Notification-To).
+    * `to_address`: the one recipient. `request_key` + `to_address` give the Message-ID (see
+      `make_message_id`): use a key unique to the inbound request *and* not guessable from outside,
+      such as the stored request's UUID rather than the bare MSH-10.
+    * `cda_codes`: the CDA `code/@code` of each document in `xdm_zip`, in order. Non-empty exactly
+      when `xdm_zip` is given. Gives `X-MSS-CODECDA` (comma-separated when several, ECO.2.4.1; the
+      separator is the one implementers use, the référentiel text was not available) and
+      `X-MSS-INS`.
+    * `ins_qualified`: X-MSS-INS (ECO.2.4.2) is `O` when the archive's `patientId` is a qualified
+      INS (matricule, its OID 1.2.250.1.213.1.4.8/9, and the identity traits of a qualified
+      identity), `N` otherwise (the derogation that tolerates PS-to-PS mail without a qualified
+      INS). A mail concerns one patient: one value for all its documents. Absent with no document.
+    * `nil`: X-MSS-NIL, the software's NIL (ECO.2.4.3 wants it on every mail: the configuration
+      should make it mandatory); the header is left out when None.
+    * `no_reply`: the NTE-4 `FIN` note under DESTMSSANTEPAT. `X-MSS-MES: FIN` is written only when
+      it is set *and* the recipient is a patient mailbox (`patient.mssante.fr`); the same request's
+      mails to professionals do not get it.
+    * `read_receipt`: ACK_LECTURE_MSS = Y: `Disposition-Notification-To: <from_address>`.
+    * `body_text`: the decoded CORPSMAIL_PS or CORPSMAIL_PATIENT text for this recipient; when None
+      or blank, `DEFAULT_BODIES[action]`.
+    """
+
+    from_address: MailAddress
+    to_address: MailAddress
+    subject: SubjectInput
+    date: datetime
+    request_key: str
+    action: MailAction = MailAction.NEW
+    from_display_name: str | None = None
+    to_display_name: str | None = None
+    reply_to: MailAddress | None = None
+    cda_codes: tuple[str, ...] = ()
+    ins_qualified: bool = False
+    nil: str | None = None
+    no_reply: bool = False
+    read_receipt: bool = False
+    body_text: str | None = None
+    xdm_zip: bytes | None = None
+    pdfs: tuple[Attachment, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.date.tzinfo is None or self.date.utcoffset() is None:
+            raise ValueError("the mail date must carry a time zone")
+        if not self.request_key:
+            raise ValueError("the request key is empty")
+        if bool(self.cda_codes) != (self.xdm_zip is not None):
+            raise ValueError("CDA codes are given exactly when an IHE_XDM archive is attached")
+        for number, code in enumerate(self.cda_codes, start=1):
+            if not _CDA_CODE.fullmatch(code):
+                raise MessageError(
+                    f"X-MSS-CODECDA: the code of document #{number} is not a valid code",
+                    condition=ErrorCondition.DATA_TYPE_ERROR,
+                )
+        if self.nil is not None and not _NIL.fullmatch(self.nil):
+            raise MessageError(
+                "X-MSS-NIL: the configured NIL is not a valid identifier",
+                condition=ErrorCondition.DATA_TYPE_ERROR,
+            )
+
+    def __repr__(self) -> str:
+        return (
+            f"MailSpec(action={self.action.value}, documents={len(self.cda_codes)}, "
+            f"message_id={self.message_id})"
+        )
+
+    @property
+    def message_id(self) -> str:
+        return make_message_id(self.request_key, self.to_address, self.from_address)
+
+
+def make_message_id(request_key: str, to_address: MailAddress, from_address: MailAddress) -> str:
+    """`<hex@domain-of-from>`, stable for one (request, recipient): a resend has the same ID.
+
+    SHA-256 over a fixed context, the request key and the lower-cased recipient address (the
+    recipient contains no NUL, so the encoding is unambiguous), truncated to 128 bits. Message-IDs
+    are traceability metadata that get logged, and a patient's address is their INS: the key must
+    hold something not guessable (see `MailSpec`) so the INS cannot be brute-forced from the hash.
+    """
+    digest = hashlib.sha256(
+        _MESSAGE_ID_CONTEXT
+        + request_key.encode("utf-8", "surrogatepass")
+        + b"\x00"
+        + str(to_address).lower().encode("ascii")
+    ).hexdigest()
+    return f"<{digest[:32]}@{from_address.domain}>"
+
+
+def compose_mail(spec: MailSpec) -> EmailMessage:
+    """Build the e-mail described by `spec` (see the module docstring for the structure)."""
+    message = EmailMessage(policy=SMTP_POLICY)
+    _set_headers(message, spec)
+    message.set_content(_body(spec), subtype="plain", charset="utf-8", cte="quoted-printable")
+    message.make_mixed()
+    if spec.xdm_zip is not None:
+        message.attach(_attachment_part(spec.xdm_zip, "zip", XDM_FILENAME))
+    for pdf in spec.pdfs:
+        message.attach(_attachment_part(pdf.content, "pdf", clean_filename(pdf.filename)))
+    message.set_boundary("=_" + hashlib.sha256(spec.message_id.encode("ascii")).hexdigest()[:40])
+    _check_headers(message)
+    return message
+
+
+def as_bytes(message: EmailMessage) -> bytes:
+    """The message as sent over SMTP: CRLF line endings, 7-bit clean."""
+    return message.as_bytes(policy=SMTP_POLICY)
+
+
+def _set_headers(message: EmailMessage, spec: MailSpec) -> None:
+    message["Date"] = format_datetime(spec.date)
+    message["From"] = _address(spec.from_address, spec.from_display_name)
+    message["To"] = _address(spec.to_address, spec.to_display_name)
+    if spec.reply_to is not None:
+        message["Reply-To"] = _address(spec.reply_to, None)
+    message["Message-ID"] = spec.message_id
+    message["Subject"] = build_subject(spec.subject)
+    if spec.cda_codes:
+        message["X-MSS-CODECDA"] = ",".join(spec.cda_codes)
+        message["X-MSS-INS"] = "O" if spec.ins_qualified else "N"
+    if spec.nil is not None:
+        message["X-MSS-NIL"] = spec.nil
+    if spec.no_reply and spec.to_address.is_patient:
+        message["X-MSS-MES"] = "FIN"
+    if spec.read_receipt:
+        message["Disposition-Notification-To"] = str(spec.from_address)
+
+
+def _address(address: MailAddress, display_name: str | None) -> Address:
+    return Address(display_name=single_line(display_name or ""), addr_spec=str(address))
+
+
+def _body(spec: MailSpec) -> str:
+    text = spec.body_text
+    if text is None or not text.strip():
+        return DEFAULT_BODIES[spec.action]
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    # Lone surrogates (from a lenient decoder upstream) cannot be written as UTF-8.
+    return "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in text)
+
+
+def clean_filename(name: str) -> str:
+    """An attachment's file name as written: `single_line`, `/` and `\\` made `_`, no edge dots."""
+    return single_line(name).replace("/", "_").replace("\\", "_").strip(" .")
+
+
+def _attachment_part(content: bytes, subtype: str, filename: str) -> EmailMessage:
+    part = EmailMessage(policy=SMTP_POLICY)
+    part.set_content(
+        content,
+        maintype="application",
+        subtype=subtype,
+        cte="base64",
+        disposition="attachment",
+        filename=filename,
+        params={"name": filename},
+    )
+    del part["MIME-Version"]  # set_content puts one on every EmailMessage; only the top needs it
+    return part
+
+
+def _is_clean_line(line: str) -> bool:
+    return line.isascii() and len(line) <= _MAX_LINE and "\r" not in line and "\n" not in line
+
+
+def _check_headers(message: EmailMessage) -> None:
+    for part in message.walk():
+        for name, value in part.items():
+            try:
+                lines = SMTP_POLICY.fold(name, value).split("\r\n")
+            except email_errors.MessageError as exc:  # Pythons with the CVE-2024-6923 check
+                raise HeaderSafetyError(f"generated header {name} cannot be written") from exc
+            well_formed = (
+                lines[-1] == ""
+                and lines[0].startswith(f"{name}:")
+                and all(line[:1] in (" ", "\t") for line in lines[1:-1])
+                and all(_is_clean_line(line) for line in lines)
+            )
+            if not well_formed:
+                raise HeaderSafetyError(f"generated header {name} does not fold into one header")
+
+
+# -- folding of the free-text headers -------------------------------------------------------------
+#
+# Python 3.11's folder loses text when it folds long non-ASCII headers: a space that ends up between
+# two encoded-words is dropped by every decoder (RFC 2047 §6.2), so `médecine AAAA…` comes back as
+# `médecineAAAA…`; it also leaves a long ASCII display name on one line past 998 characters. The
+# Subject and single-mailbox From / To / Reply-To are therefore folded here: plain ASCII words of
+# at most 60 characters are written as they are; each run of other words becomes base64
+# encoded-words holding the spaces of the run, cut on character boundaries; lines stay within 76
+# characters. Decoders rebuild the exact text.
+
+
+class _HeaderLines:
+    """One header being folded: a token that does not fit on the line starts a new one."""
+
+    def __init__(self, name: str) -> None:
+        self._lines = [f"{name}:"]
+
+    def _room(self) -> int:
+        return _MAX_FOLDED_LINE - len(self._lines[-1]) - 1
+
+    def add(self, token: str) -> None:
+        if len(token) > self._room() and self._lines[-1]:
+            self._lines.append("")
+        self._lines[-1] += " " + token
+
+    def add_encoded(self, text: str) -> None:
+        while text:
+            room = min(self._room(), _MAX_ENCODED_WORD) - len(_EW_START) - len(_EW_END)
+            if room < 8:
+                self._lines.append("")
+                continue
+            chunk, text = _utf8_prefix(text, room // 4 * 3)
+            self.add(_EW_START + base64.b64encode(chunk.encode()).decode("ascii") + _EW_END)
+
+    def add_words(self, text: str, plain: Callable[[str], bool]) -> None:
+        run: list[str] = []
+        for word in text.split(" "):
+            if plain(word):
+                if run:
+                    self.add_encoded(" ".join(run))
+                    run = []
+                self.add(word)
+            else:
+                run.append(word)
+        if run:
+            self.add_encoded(" ".join(run))
+
+    def render(self, linesep: str) -> str:
+        return linesep.join(self._lines) + linesep
+
+
+def _utf8_prefix(text: str, max_bytes: int) -> tuple[str, str]:
+    size = 0
+    for index, char in enumerate(text):
+        size += len(char.encode())
+        if size > max_bytes:
+            return text[:index], text[index:]
+    return text, ""
+
+
+def _plain_text_word(word: str) -> bool:
+    return len(word) <= _MAX_PLAIN_WORD and bool(_VCHARS.fullmatch(word)) and "=?" not in word
+
+
+def _plain_phrase_word(word: str) -> bool:
+    return len(word) <= _MAX_PLAIN_WORD and bool(_ATOM.fullmatch(word)) and "=?" not in word
+
+
+def _fold_free_text(name: str, value: str, linesep: str) -> str | None:
+    if not hasattr(value, "name"):
+        return None  # a raw value from a parsed message: the standard folder keeps it as it is
+    key = name.lower()
+    lines = _HeaderLines(name)
+    if key == "subject":
+        lines.add_words(str(value), _plain_text_word)
+        return lines.render(linesep)
+    addresses = getattr(value, "addresses", None)
+    if key not in ("from", "to", "reply-to") or addresses is None or len(addresses) != 1:
+        return None
+    mailbox = addresses[0]
+    if mailbox.display_name:
+        lines.add_words(mailbox.display_name, _plain_phrase_word)
+        lines.add(f"<{mailbox.addr_spec}>")
+    else:
+        lines.add(mailbox.addr_spec)
+    return lines.render(linesep)
+
+
+if TYPE_CHECKING:
+    _PolicyBase = EmailPolicy[EmailMessage]
+else:
+    _PolicyBase = EmailPolicy
+
+
+class _MailPolicy(_PolicyBase):
+    """`email.policy.SMTP` (CRLF, RFC 2047/2231, 7-bit headers) with the folding above."""
+
+    def fold(self, name: str, value: str) -> str:
+        folded = _fold_free_text(name, value, self.linesep)
+        return super().fold(name, value) if folded is None else folded
+
+    def fold_binary(self, name: str, value: str) -> bytes:
+        folded = _fold_free_text(name, value, self.linesep)
+        return super().fold_binary(name, value) if folded is None else folded.encode("ascii")
+
+
+#: The policy messages are built and written with.
+SMTP_POLICY: Final = _MailPolicy(linesep="\r\n")
