@@ -5,15 +5,28 @@ from __future__ import annotations
 import asyncio
 import signal
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import structlog
 
+from connector.cda.policy import SchematronPolicy
+from connector.cda.validation import CdaValidator
+from connector.directory.whitelist import load_whitelist
 from connector.hl7.ack import AckIdentity, ControlIdGenerator
 from connector.mllp.server import MLLPServer, server_ssl_context
+from connector.pipeline.documents import (
+    CdaChecker,
+    CisisIntake,
+    UnconfiguredCdaChecker,
+    ValidatingCdaChecker,
+)
 from connector.pipeline.intake import IntakeConfig, IntakeHandler
 from connector.settings import Settings, StoreBackend
 from connector.store.cipher import PayloadCipher
 from connector.store.sqlite import SQLiteStore
+
+if TYPE_CHECKING:
+    from connector.store.postgres import PostgresStore
 
 log = structlog.get_logger(__name__)
 
@@ -23,20 +36,38 @@ def build_cipher(settings: Settings) -> PayloadCipher:
     return PayloadCipher(enc.keys, enc.current_key_id) if enc else PayloadCipher()
 
 
-def build_store(settings: Settings) -> SQLiteStore:
-    if settings.store.backend is not StoreBackend.SQLITE:
-        from connector.errors import ConfigError
+def build_store(settings: Settings) -> SQLiteStore | PostgresStore:
+    if settings.store.backend is StoreBackend.POSTGRES:
+        from connector.store.postgres import PostgresStore  # psycopg loaded only when used
 
-        raise ConfigError("store.backend", "only 'sqlite' is available in this version",
-                          source=settings.source)
+        if not settings.store.dsn:
+            from connector.errors import ConfigError
+
+            raise ConfigError("store.dsn_env", "is required for the postgres backend",
+                              source=settings.source)
+        return PostgresStore(
+            settings.store.dsn, cipher=build_cipher(settings),
+            retransmission_window_seconds=settings.store.retransmission_window_seconds)
     return SQLiteStore(settings.store.path, cipher=build_cipher(settings),
                        retransmission_window_seconds=settings.store.retransmission_window_seconds)
+
+
+def build_cda_checker(settings: Settings, policy: SchematronPolicy) -> CdaChecker:
+    """The CDA validator for a schematron policy (XSD always rejects)."""
+    validation = settings.validation
+    if validation.cda_xsd is None:
+        log.warning("cda_validation_not_configured",
+                    hint="set [validation] cda_xsd and schematron to the ANS files")
+        return UnconfiguredCdaChecker()
+    return ValidatingCdaChecker(CdaValidator.from_paths(
+        validation.cda_xsd, validation.schematron, policy=policy,
+        phase=validation.schematron_phase))
 
 
 @dataclass
 class Application:
     settings: Settings
-    store: SQLiteStore
+    store: SQLiteStore | PostgresStore
     servers: list[MLLPServer] = field(default_factory=list)
     handlers: list[IntakeHandler] = field(default_factory=list)
 
@@ -45,13 +76,22 @@ class Application:
         store = build_store(settings)
         app = cls(settings, store)
         control_ids = ControlIdGenerator()
+        whitelist = load_whitelist(settings.whitelist) if settings.whitelist else None
+        if whitelist is None:
+            log.warning("trust_space_not_configured",
+                        hint="set [directory] whitelist to the MSSante liste blanche")
+        checkers: dict[SchematronPolicy, CdaChecker] = {}
         for tenant in settings.tenants:
+            policy = tenant.cisis.schematron_policy
+            if policy not in checkers:
+                checkers[policy] = build_cda_checker(settings, policy)
+            cisis = CisisIntake(tenant.cisis, checkers[policy], whitelist)
             for listener in tenant.listeners:
                 handler = IntakeHandler(
                     IntakeConfig(tenant.id, listener.name,
                                  AckIdentity(tenant.application, tenant.facility),
                                  listener.charset, settings.default_charset),
-                    store, control_ids)
+                    store, control_ids, cisis)
                 ssl_context = server_ssl_context(listener.tls) if listener.tls else None
                 app.handlers.append(handler)
                 app.servers.append(MLLPServer(listener, handler, ssl_context=ssl_context))

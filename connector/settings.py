@@ -21,7 +21,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from connector.cda.policy import SchematronPolicy
 from connector.errors import ConfigError
+from connector.store.model import UnknownOriginalPolicy
 
 DEFAULT_PORT = 2575
 DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024
@@ -38,6 +40,14 @@ class StoreBackend(StrEnum):
 class TransportKind(StrEnum):
     MAILDIR = "maildir"  # dry run: mails written to a local Maildir
     SMTP = "smtp"
+
+
+class SendingMatrixProfile(StrEnum):
+    """Which MSSanté sending matrix a tenant applies."""
+
+    STRICT = "strict"  # the volet's table as published (2026-04-21), nothing else
+    # plus "PS only" for a document visible to the patient, which the ANS MDM examples use
+    ANS_EXAMPLES = "ans-examples"
 
 
 class LogFormat(StrEnum):
@@ -73,6 +83,34 @@ class TransportSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class CisisSettings:
+    schematron_policy: SchematronPolicy = SchematronPolicy.REJECT
+    unknown_original: UnknownOriginalPolicy = UnknownOriginalPolicy.ACCEPT
+    sending_matrix: SendingMatrixProfile = SendingMatrixProfile.STRICT
+    # A recipient outside the MSSanté trust space refuses the whole request (AE), unless the
+    # tenant explicitly allows sending to the others.
+    partial_sending: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxSettings:
+    """The tenant's application mailbox (BAL applicative) and what its mails say of it."""
+
+    address: str = "dry-run@connector.invalid"  # From, Disposition-Notification-To
+    display_name: str | None = None
+    nil: str | None = None  # X-MSS-NIL
+
+
+@dataclass(frozen=True, slots=True)
+class ValidationSettings:
+    """The ANS files the site installs (never bundled: users bring the current ones)."""
+
+    cda_xsd: Path | None = None
+    schematron: Path | None = None
+    schematron_phase: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class TenantSettings:
     id: str
     name: str
@@ -81,6 +119,9 @@ class TenantSettings:
     facility: str  # our MSH-4 when the sender left MSH-6 empty
     listeners: tuple[ListenerSettings, ...]
     transport: TransportSettings
+    cisis: CisisSettings = CisisSettings()
+    mailbox: MailboxSettings = MailboxSettings()
+    oid: str | None = None  # the establishment's OID: XDM sourceId, local ids without an OID
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +151,8 @@ class Settings:
     tenants: tuple[TenantSettings, ...]
     logging: LoggingSettings = LoggingSettings()
     default_charset: str = "utf-8"  # when neither the listener nor MSH-18 says
+    validation: ValidationSettings = ValidationSettings()
+    whitelist: Path | None = None  # the MSSanté trust-space list (liste blanche) the site installs
     source: str | None = None  # the file it came from, for messages
 
     def tenant(self, tenant_id: str) -> TenantSettings:
@@ -178,6 +221,10 @@ class _Reader:
         if not lo <= value <= hi:
             raise self.fail(name, f"must be between {lo} and {hi}")
         return int(value)
+
+    def flag(self, name: str, default: bool) -> bool:
+        value = self._get(name, (bool,), "true or false")
+        return default if value is None else bool(value)
 
     def number(self, name: str, default: float, lo: float, hi: float) -> float:
         value = self._get(name, (int, float), "a number")
@@ -345,6 +392,66 @@ def _store(reader: _Reader, base: Path) -> StoreSettings:
     return settings
 
 
+def _choice(reader: _Reader, name: str, enum: type[Any], default: Any) -> Any:
+    raw = reader.text(name)
+    if raw is None:
+        return default
+    try:
+        return enum(raw)
+    except ValueError as exc:
+        allowed = ", ".join(repr(m.value) for m in enum)
+        raise reader.fail(name, f"must be one of {allowed}") from exc
+
+
+def _cisis(reader: _Reader) -> CisisSettings:
+    table = reader.subtable("cisis")
+    if table is None:
+        return CisisSettings()
+    r = _Reader(table, reader.key("cisis"), reader.source, reader.env)
+    settings = CisisSettings(
+        schematron_policy=_choice(r, "schematron_policy", SchematronPolicy,
+                                  SchematronPolicy.REJECT),
+        unknown_original=_choice(r, "unknown_original", UnknownOriginalPolicy,
+                                 UnknownOriginalPolicy.ACCEPT),
+        sending_matrix=_choice(r, "sending_matrix", SendingMatrixProfile,
+                               SendingMatrixProfile.STRICT),
+        partial_sending=r.flag("partial_sending", False),
+    )
+    r.close()
+    return settings
+
+
+_ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+\Z")
+_OID = re.compile(r"[0-2](\.(0|[1-9][0-9]*))+\Z")
+
+
+def _mailbox(reader: _Reader) -> MailboxSettings:
+    table = reader.subtable("mailbox")
+    if table is None:
+        return MailboxSettings()
+    r = _Reader(table, reader.key("mailbox"), reader.source, reader.env)
+    address = r.req_str("address")
+    if not _ADDRESS.match(address):
+        raise r.fail("address", "is not an e-mail address")
+    settings = MailboxSettings(address, r.text("display_name"), r.text("nil"))
+    r.close()
+    return settings
+
+
+def _validation(reader: _Reader) -> ValidationSettings:
+    table = reader.subtable("validation")
+    if table is None:
+        return ValidationSettings()
+    r = _Reader(table, "validation", reader.source, reader.env)
+    settings = ValidationSettings(
+        cda_xsd=r.path("cda_xsd", must_exist=True),
+        schematron=r.path("schematron", must_exist=True),
+        schematron_phase=r.text("schematron_phase"),
+    )
+    r.close()
+    return settings
+
+
 def _tenant(reader: _Reader, index: int, base: Path) -> TenantSettings:
     tenant_id = reader.req_str("id")
     if not _TENANT_ID.match(tenant_id):
@@ -377,9 +484,19 @@ def _tenant(reader: _Reader, index: int, base: Path) -> TenantSettings:
         facility=reader.text("facility", "") or "",
         listeners=tuple(listeners),
         transport=transport,
+        cisis=_cisis(reader),
+        mailbox=_mailbox(reader),
+        oid=_oid(reader, "oid"),
     )
     reader.close()
     return tenant
+
+
+def _oid(reader: _Reader, name: str) -> str | None:
+    value = reader.text(name)
+    if value is not None and not _OID.match(value):
+        raise reader.fail(name, "is not an OID (digits separated by dots)")
+    return value
 
 
 def parse_settings(data: Mapping[str, Any], *, source: str | None = None,
@@ -398,6 +515,10 @@ def parse_settings(data: Mapping[str, Any], *, source: str | None = None,
         raise log_table.fail("level", "must be debug, info, warning or error")
     log_table.close()
     default_charset = _codec(root, "default_charset", "utf-8") or "utf-8"
+    validation = _validation(root)
+    directory = _Reader(root.subtable("directory") or {}, "directory", source, env)
+    whitelist = directory.path("whitelist", must_exist=True)
+    directory.close()
     tenants = []
     raw_tenants = root.array("tenants")
     if not raw_tenants:
@@ -409,7 +530,7 @@ def parse_settings(data: Mapping[str, Any], *, source: str | None = None,
     root.close()
     _check_unique(tenants, source)
     return Settings(store, tuple(tenants), LoggingSettings(log_format, level), default_charset,
-                    source)
+                    validation, whitelist, source)
 
 
 def _check_unique(tenants: list[TenantSettings], source: str | None) -> None:

@@ -9,7 +9,13 @@ checks), `matrix` (the sending matrix).
 """
 
 from connector.cisis.checks import parse_document_request
-from connector.cisis.matrix import CISIS_MATRIX, MatrixRow, SendingMatrix, plan_sending
+from connector.cisis.matrix import (
+    ANS_EXAMPLES_MATRIX,
+    CISIS_MATRIX,
+    MatrixRow,
+    SendingMatrix,
+    plan_sending,
+)
 from connector.cisis.model import (
     Action,
     Audience,
@@ -34,6 +40,7 @@ from connector.cisis.model import (
 )
 
 __all__ = [
+    "ANS_EXAMPLES_MATRIX",
     "CISIS_MATRIX",
     "Action",
     "Audience",

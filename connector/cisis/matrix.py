@@ -125,6 +125,19 @@ class SendingMatrix:
 
 CISIS_MATRIX = SendingMatrix(MATRIX_SOURCE, CISIS_ROWS)
 
+#: The ANS V2.1 MDM examples send to PS mailboxes a document the patient may see
+#: (INVISIBLE_PATIENT = N, DESTMSSANTEPAT = N) or hidden from legal representatives
+#: (INVISIBLE_REP_LEGAUX = Y): no row of the 2026-04-21 table allows either. Sites whose senders
+#: work like those examples opt in with `sending_matrix = "ans-examples"`; the default is the
+#: table as published.
+ANS_EXAMPLE_ROWS: tuple[MatrixRow, ...] = (
+    MatrixRow(4, MailRoute.PS_ONLY,
+              (N,        ANY,    ANY,    ANY,     ANY,  ANY,    Y,      N,      ANY,    ANY),
+              "PS/organisation/application mailboxes only (as in the ANS MDM examples)"),
+)  # fmt: skip
+ANS_EXAMPLES_MATRIX = SendingMatrix(
+    MATRIX_SOURCE + " + PS-only row of the ANS V2.1 MDM examples", CISIS_ROWS + ANS_EXAMPLE_ROWS)
+
 
 def _yn(values: frozenset[bool]) -> str:
     return "Y or N" if values == ANY else ("Y" if values == Y else "N")

@@ -80,6 +80,9 @@ def run_show(args: argparse.Namespace) -> int:
               f"sender: {s.sending_application}|{s.sending_facility}  version: {s.version}")
         print("--- acknowledgement")
         print(detail.ack.decode("utf-8", errors="replace").replace("\r", "\n").rstrip())
+        if detail.report:
+            print("--- validation report")
+            print(detail.report.decode("utf-8", errors="replace").rstrip())
         print("--- message")
         print(detail.raw.decode("utf-8", errors="replace").replace("\r", "\n").rstrip())
         return 0

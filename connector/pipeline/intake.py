@@ -11,13 +11,14 @@ A retransmission (same sender, MSH-10 and bytes within the window) gets its firs
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from dataclasses import dataclass
 
 import structlog
 
-from connector.errors import MessageError, StoreError
+from connector.errors import StoreError
 from connector.hl7.ack import (
     AckError,
     AckIdentity,
@@ -26,17 +27,20 @@ from connector.hl7.ack import (
     build_ack,
     choose_ack_code,
 )
-from connector.hl7.codes import AckCode, ErrorCondition
+from connector.hl7.codes import AckCode, ApplicationError, ErrorCondition
 from connector.hl7.header import (
-    MessageHeader,
-    decode_message,
     msh18_for_codec,
-    resolve_codec,
     salvage_header,
 )
-from connector.hl7.message import parse_message
-from connector.pipeline.routing import route
-from connector.store import InboundMessage, InboundStatus, IntakeStore
+from connector.pipeline.decide import IntakeDecider, IntakeDecision
+from connector.pipeline.documents import CisisIntake
+from connector.store import (
+    InboundMessage,
+    InboundStatus,
+    IntakeStore,
+    UnknownOriginalPolicy,
+    VersionCheck,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -50,38 +54,44 @@ class IntakeConfig:
     default_charset: str = "utf-8"
 
 
-@dataclass(frozen=True, slots=True)
-class _Decision:
-    header: MessageHeader | None
-    codec: str
-    outcome: Outcome
-    errors: tuple[AckError, ...]
+_VERSION_CONFLICT = AckError(
+    ErrorCondition.APPLICATION_ERROR, application_error=ApplicationError.WRONG_DOCUMENT_VERSION,
+    detail="replace/delete does not target the latest known version of the document")
 
 
 class IntakeHandler:
     """The MLLP server's MessageHandler for one listener of one tenant."""
 
     def __init__(self, config: IntakeConfig, store: IntakeStore,
-                 control_ids: ControlIdGenerator) -> None:
+                 control_ids: ControlIdGenerator, cisis: CisisIntake) -> None:
         self.config = config
         self._store = store
         self._control_ids = control_ids
+        self._cisis = cisis
+        self.decider = IntakeDecider(cisis, forced_charset=config.forced_charset,
+                                     default_charset=config.default_charset)
         self.draining = False
 
     async def handle(self, payload: bytes, peer: str) -> bytes | None:
         received_at = time.time()
         if self.draining:
             return self._transient(payload, "the connector is shutting down; send again later")
-        decision = self._decide(payload)
+        decision = self.decider.first_pass(payload)
+        if decision.needs_document_checks:
+            decision = await asyncio.to_thread(self.decider.check_documents, decision)
         header = decision.header
         code = choose_ack_code(header, decision.outcome)
-        ack = b""
-        if code is not None:
-            ack = self._encode(build_ack(
-                header, code, control_id=self._control_ids(), errors=decision.errors,
-                identity=self.config.identity, charset_msh18=msh18_for_codec(decision.codec),
-            ), decision.codec)
-        first_error = decision.errors[0] if decision.errors else None
+        ack = self._ack(decision, code, decision.errors)
+        versions = None
+        if decision.outcome is Outcome.ACCEPTED and decision.changes:
+            conflict_code = choose_ack_code(header, Outcome.ERROR)
+            versions = VersionCheck(
+                decision.changes,
+                conflict_ack=self._ack(decision, conflict_code, (_VERSION_CONFLICT,)),
+                conflict_ack_code=conflict_code.value if conflict_code else "",
+                unknown_original=self._cisis.settings.unknown_original)
+        first_error = (decision.errors[0] if decision.errors
+                       and decision.outcome is not Outcome.ACCEPTED else None)
         record = InboundMessage(
             tenant_id=self.config.tenant_id,
             listener=self.config.listener,
@@ -100,6 +110,8 @@ class IntakeHandler:
             ack=ack,
             error_code=first_error.condition.code if first_error else None,
             error_detail=first_error.detail if first_error else None,
+            report=decision.report,
+            versions=versions,
         )
         try:
             receipt = await self._store.record_inbound(record)
@@ -112,25 +124,27 @@ class IntakeHandler:
         elif receipt.control_id_reused:
             log.warning("control_id_reused", inbound_id=receipt.inbound_id,
                         control_id=record.control_id)
+        if receipt.version_conflict is not None:
+            log.info("version_conflict", inbound_id=receipt.inbound_id,
+                     control_id=record.control_id, detail=receipt.version_conflict)
+        for _ in receipt.unknown_originals:
+            log.warning("unknown_original_accepted", inbound_id=receipt.inbound_id,
+                        control_id=record.control_id,
+                        policy=UnknownOriginalPolicy.ACCEPT.value)
         if decision.outcome is not Outcome.ACCEPTED and receipt.retransmission_of is None:
             log.info("message_rejected", inbound_id=receipt.inbound_id, ack=record.ack_code,
                      error=record.error_code, detail=record.error_detail,
                      control_id=record.control_id, message_type=record.message_type)
         return receipt.ack or None
 
-    def _decide(self, payload: bytes) -> _Decision:
-        codec = self.config.forced_charset or self.config.default_charset
-        header: MessageHeader | None = None
-        try:
-            codec = resolve_codec(payload, forced=self.config.forced_charset,
-                                  default=self.config.default_charset)
-            message = parse_message(decode_message(payload, codec))
-            header = MessageHeader.from_segment(message.msh)
-            route(header)
-        except MessageError as exc:
-            return _Decision(header or salvage_header(payload), codec, Outcome.ERROR,
-                             (AckError.from_exception(exc),))
-        return _Decision(header, codec, Outcome.ACCEPTED, ())
+    def _ack(self, decision: IntakeDecision, code: AckCode | None,
+             errors: tuple[AckError, ...]) -> bytes:
+        if code is None:
+            return b""
+        return self._encode(build_ack(
+            decision.header, code, control_id=self._control_ids(), errors=errors,
+            identity=self.config.identity, charset_msh18=msh18_for_codec(decision.codec),
+        ), decision.codec)
 
     def _transient(self, payload: bytes, reason: str) -> bytes:
         header = salvage_header(payload)

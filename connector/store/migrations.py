@@ -1,5 +1,9 @@
 """Versioned schema migrations. Each migration is applied once, in order, in one transaction,
-and recorded in `schema_migrations`. Never edit a released migration: add the next one."""
+and recorded in `schema_migrations`. Never edit a released migration: add the next one.
+
+Every migration carries the DDL of each adapter: same version number, same tables and meaning.
+The PostgreSQL schema differs only where the engines do: identity columns, `bytea`, `boolean`, and
+no payload-log columns (PostgreSQL TOASTs large sealed payloads itself)."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ class Migration:
     version: int
     name: str
     sqlite: str
+    postgres: str
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -67,6 +72,57 @@ MIGRATIONS: tuple[Migration, ...] = (
             replaced_by  TEXT,
             inbound_id   INTEGER NOT NULL REFERENCES inbound (id),
             updated_at   REAL    NOT NULL,
+            PRIMARY KEY (tenant_id, document_id)
+        );
+        CREATE INDEX documents_by_set ON documents (tenant_id, set_id);
+        """,
+        """
+        CREATE TABLE inbound (
+            id                  BIGINT  GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            tenant_id           TEXT    NOT NULL,
+            listener            TEXT    NOT NULL,
+            peer                TEXT    NOT NULL,
+            received_at         DOUBLE PRECISION NOT NULL,
+            sending_application TEXT,
+            sending_facility    TEXT,
+            message_type        TEXT,
+            control_id          TEXT,
+            version             TEXT,
+            digest              BYTEA   NOT NULL,
+            payload_key         TEXT,
+            payload             BYTEA   NOT NULL,  -- sealed; large values are TOASTed
+            size                INTEGER NOT NULL,
+            status              TEXT    NOT NULL CHECK (status IN ('accepted', 'rejected')),
+            ack_code            TEXT    NOT NULL,
+            ack                 BYTEA   NOT NULL,
+            error_code          TEXT,
+            error_detail        TEXT,
+            report_key          TEXT,              -- validation report (sealed: may quote values)
+            report              BYTEA,
+            retransmissions     INTEGER NOT NULL DEFAULT 0,
+            control_id_reused   BOOLEAN NOT NULL DEFAULT FALSE
+        );
+        CREATE INDEX inbound_by_sender_control_id
+            ON inbound (tenant_id, control_id, sending_application, sending_facility, received_at);
+        CREATE INDEX inbound_by_status ON inbound (tenant_id, status, received_at);
+        CREATE TABLE events (
+            id          BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            at          DOUBLE PRECISION NOT NULL,
+            tenant_id   TEXT   NOT NULL,
+            kind        TEXT   NOT NULL,
+            inbound_id  BIGINT REFERENCES inbound (id),
+            detail      TEXT
+        );
+        CREATE INDEX events_by_inbound ON events (inbound_id);
+        CREATE TABLE documents (
+            tenant_id    TEXT    NOT NULL,
+            document_id  TEXT    NOT NULL,          -- ClinicalDocument/id as root or root^ext
+            set_id       TEXT,
+            version      INTEGER,
+            status       TEXT    NOT NULL CHECK (status IN ('active', 'replaced', 'deleted')),
+            replaced_by  TEXT,
+            inbound_id   BIGINT  NOT NULL REFERENCES inbound (id),
+            updated_at   DOUBLE PRECISION NOT NULL,
             PRIMARY KEY (tenant_id, document_id)
         );
         CREATE INDEX documents_by_set ON documents (tenant_id, set_id);

@@ -1,6 +1,9 @@
 """The store contract: what intake relies on, run against every adapter.
 
-Today SQLite; the PostgreSQL adapter joins this parametrisation when it lands.
+Every test runs on SQLite and on PostgreSQL (the latter skipped, with the reason, when
+MSSCONNECTOR_TEST_PG_DSN is unset or unreachable). The few checks that look at what a backend keeps
+at rest go through the factory's helpers (tests/contract/conftest.py); the ones that only make sense
+for one backend say so when they skip.
 """
 
 from __future__ import annotations
@@ -8,10 +11,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import sqlite3
 import stat
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,29 +30,29 @@ from connector.store import (
     VersionCheck,
 )
 from connector.store.cipher import PayloadCipher
-from connector.store.sqlite import SQLiteStore
+from tests.contract.conftest import PostgresFactory, SQLiteFactory, StoreFactory
 
 KEY_A = b"A" * 32
 KEY_B = b"B" * 32
 
-StoreFactory = Callable[..., SQLiteStore]
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def make_store(request: pytest.FixtureRequest, tmp_path: Path
+                     ) -> AsyncIterator[StoreFactory]:
+    factory: StoreFactory
+    if request.param == "postgres":
+        factory = PostgresFactory(request.getfixturevalue("pg_dsn"))
+    else:
+        factory = SQLiteFactory(tmp_path)
+    try:
+        yield factory
+    finally:
+        await factory.close_all()
 
 
-@pytest.fixture
-async def make_store(tmp_path: Path) -> AsyncIterator[StoreFactory]:
-    opened: list[SQLiteStore] = []
-
-    def factory(*, cipher: PayloadCipher | None = None, window: float = 3600.0,
-                busy_timeout_ms: int = 5000, name: str = "store.db") -> SQLiteStore:
-        store = SQLiteStore(tmp_path / name, cipher=cipher, retransmission_window_seconds=window,
-                            busy_timeout_ms=busy_timeout_ms)
-        store.open()
-        opened.append(store)
-        return store
-
-    yield factory
-    for store in opened:
-        await store.close()
+def only_on(make_store: StoreFactory, backend: str, reason: str) -> None:
+    if make_store.backend != backend:
+        pytest.skip(f"{backend} only: {reason}")
 
 
 def inbound(raw: bytes = b"MSH|^~\\&|A|B|C|D|1||ADT^A01|X1|P|2.5\rPID|1||279035121518989\r", *,
@@ -112,6 +114,19 @@ async def test_no_control_id_is_never_a_retransmission(make_store: StoreFactory)
     assert len(await store.list_inbound()) == 2
 
 
+async def test_nul_in_header_fields_is_stored(make_store: StoreFactory) -> None:
+    store = make_store()
+    message = replace(inbound(control_id="X\x001"), sending_application="A\x00")
+    first = await store.record_inbound(message)
+    again = await store.record_inbound(message)
+    assert again.retransmission_of == first.inbound_id
+    other = await store.record_inbound(replace(message, control_id="X\x002"))
+    assert other.retransmission_of is None
+    detail = await store.get_inbound(first.inbound_id)
+    assert detail is not None
+    assert detail.raw == message.raw
+
+
 async def test_tenants_are_separate(make_store: StoreFactory) -> None:
     store = make_store()
     await store.record_inbound(inbound(tenant="t1"))
@@ -139,6 +154,19 @@ async def test_concurrent_writes_share_commits(make_store: StoreFactory) -> None
     assert store.batches < 300  # group commit: several messages per fsync
 
 
+async def test_concurrent_copies_are_stored_once(make_store: StoreFactory) -> None:
+    store = make_store()
+    messages = [inbound(raw=f"MSH|twin {i}".encode(), control_id=f"T{i}") for i in range(50)]
+    receipts = await asyncio.gather(*(store.record_inbound(m) for m in messages for _ in (1, 2)))
+    for i in range(len(messages)):
+        pair = receipts[2 * i:2 * i + 2]
+        assert [r.retransmission_of is None for r in pair].count(True) == 1
+        assert len({r.inbound_id for r in pair}) == 1
+    rows = await store.list_inbound(limit=1000)
+    assert len(rows) == len(messages)
+    assert all(r.retransmissions == 1 and not r.control_id_reused for r in rows)
+
+
 async def test_rows_survive_reopen(make_store: StoreFactory, tmp_path: Path) -> None:
     store = make_store()
     await store.record_inbound(inbound())
@@ -152,7 +180,7 @@ async def test_payload_encrypted_at_rest(make_store: StoreFactory, tmp_path: Pat
     message = inbound()
     receipt = await store.record_inbound(message)
     await store.close()
-    on_disk = b"".join(p.read_bytes() for p in tmp_path.rglob("store.db*") if p.is_file())
+    on_disk = make_store.stored_bytes("store.db*")
     assert b"279035121518989" not in on_disk
     assert b"X1" in on_disk  # metadata for queries stays in clear
     reopened = make_store(cipher=PayloadCipher({"a": KEY_A, "b": KEY_B}, "b"))
@@ -160,9 +188,7 @@ async def test_payload_encrypted_at_rest(make_store: StoreFactory, tmp_path: Pat
     assert old is not None
     assert old.raw == message.raw
     new_receipt = await reopened.record_inbound(inbound(raw=b"MSH|new", control_id="N1"))
-    conn = sqlite3.connect(tmp_path / "store.db")
-    keys = dict(conn.execute("SELECT control_id, payload_key FROM inbound").fetchall())
-    conn.close()
+    keys = dict(make_store.query("SELECT control_id, payload_key FROM inbound"))
     assert keys == {"X1": "a", "N1": "b"}
     assert new_receipt.inbound_id != receipt.inbound_id
 
@@ -185,19 +211,14 @@ async def test_closed_store_is_unavailable(make_store: StoreFactory) -> None:
 
 async def test_locked_database_is_unavailable(make_store: StoreFactory, tmp_path: Path) -> None:
     store = make_store(busy_timeout_ms=100)
-    blocker = sqlite3.connect(tmp_path / "store.db", isolation_level=None)
-    blocker.execute("BEGIN EXCLUSIVE")
-    try:
-        with pytest.raises(StoreUnavailable):
-            await store.record_inbound(inbound())
-    finally:
-        blocker.execute("ROLLBACK")
-        blocker.close()
+    with make_store.hold_write_lock(), pytest.raises(StoreUnavailable):
+        await store.record_inbound(inbound())
     receipt = await store.record_inbound(inbound())  # recovers once the lock is gone
     assert receipt.inbound_id > 0
 
 
 async def test_database_file_is_private(make_store: StoreFactory, tmp_path: Path) -> None:
+    only_on(make_store, "sqlite", "PostgreSQL keeps its files private to the server")
     make_store()
     mode = stat.S_IMODE(os.stat(tmp_path / "store.db").st_mode)
     assert mode & 0o077 == 0
@@ -207,9 +228,7 @@ async def test_migrations_are_recorded_once(make_store: StoreFactory, tmp_path: 
     store = make_store()
     await store.close()
     make_store()
-    conn = sqlite3.connect(tmp_path / "store.db")
-    versions = [r[0] for r in conn.execute("SELECT version FROM schema_migrations")]
-    conn.close()
+    versions = [r[0] for r in make_store.query("SELECT version FROM schema_migrations")]
     assert versions == [1]
 
 
@@ -228,14 +247,21 @@ async def test_large_payload_round_trip(make_store: StoreFactory, tmp_path: Path
         detail = await reopened.get_inbound(receipt.inbound_id)
         assert detail is not None
         assert detail.raw == LARGE + str(i).encode()
-    segments = list(tmp_path.rglob("segment-*.log"))
-    assert segments  # large payloads live in the payload log, not in SQLite pages
-    on_disk = b"".join(p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
+    if make_store.backend == "sqlite":
+        segments = list(tmp_path.rglob("segment-*.log"))
+        assert segments  # large payloads live in the payload log, not in SQLite pages
+    else:  # PostgreSQL keeps them whole in the row's bytea (TOASTed)
+        sizes = [r[0] for r in make_store.query("SELECT octet_length(payload) FROM inbound")]
+        assert len(sizes) == 3
+        assert min(sizes) > len(LARGE)
+    on_disk = make_store.stored_bytes()
     assert (b"279035121518989" in on_disk) is (cipher is None)
 
 
 async def test_corrupted_payload_record_is_detected(make_store: StoreFactory,
                                                     tmp_path: Path) -> None:
+    only_on(make_store, "sqlite", "the CRC-checked payload log is SQLite's; PostgreSQL keeps "
+            "payloads in bytea (tampering is caught by the cipher, see the next test)")
     store = make_store()
     receipt = await store.record_inbound(inbound(raw=LARGE, control_id="C1"))
     (segment,) = tmp_path.rglob("segment-*.log")
@@ -243,6 +269,19 @@ async def test_corrupted_payload_record_is_detected(make_store: StoreFactory,
     data[len(data) // 2] ^= 0xFF
     segment.write_bytes(bytes(data))
     with pytest.raises(StoreError, match="CRC"):
+        await store.get_inbound(receipt.inbound_id)
+
+
+async def test_tampered_sealed_payload_is_detected(make_store: StoreFactory) -> None:
+    store = make_store(cipher=PayloadCipher({"a": KEY_A}, "a"))
+    receipt = await store.record_inbound(inbound())
+    ((blob,),) = make_store.query("SELECT payload FROM inbound WHERE id = ?",
+                                  (receipt.inbound_id,))
+    tampered = bytearray(blob)
+    tampered[-1] ^= 0xFF
+    make_store.execute("UPDATE inbound SET payload = ? WHERE id = ?",
+                       (bytes(tampered), receipt.inbound_id))
+    with pytest.raises(PayloadDecryptionError):
         await store.get_inbound(receipt.inbound_id)
 
 
@@ -323,5 +362,108 @@ async def test_validation_report_is_sealed(make_store: StoreFactory, tmp_path: P
     assert detail is not None
     assert detail.report == report
     await store.close()
-    on_disk = b"".join(p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
+    on_disk = make_store.stored_bytes()
     assert b"DUPONT-SECRET" not in on_disk
+
+
+# -- several store instances on one database (replicas) ---------------------------------------
+
+REPLICAS_REASON = ("SQLite is embedded: one store instance per database file (its payload log "
+                   "has a single appender)")
+
+
+async def test_concurrent_opens_migrate_once(make_store: StoreFactory) -> None:
+    await asyncio.gather(*(asyncio.to_thread(make_store) for _ in range(4)))
+    rows = make_store.query("SELECT version FROM schema_migrations")
+    assert [r[0] for r in rows] == [1]
+
+
+async def test_racing_replaces_across_instances_cannot_both_win(
+        make_store: StoreFactory) -> None:
+    only_on(make_store, "postgres", REPLICAS_REASON)
+    first, second = make_store(), make_store()
+    rounds = 25
+    for n in range(rounds):
+        new = DocumentChange(DocumentAction.NEW, f"9.{n}.1", set_id=f"9.{n}", version=1)
+        await first.record_inbound(doc_request(1000 + n, new))
+    outcomes = await asyncio.gather(*(
+        store.record_inbound(doc_request(
+            2000 + 10 * n + k, DocumentChange(DocumentAction.REPLACE, f"9.{n}.{k + 2}",
+                                              f"9.{n}", 2, f"9.{n}.1")))
+        for n in range(rounds) for k, store in enumerate((first, second))))
+    for n in range(rounds):
+        pair = outcomes[2 * n:2 * n + 2]
+        assert [r.version_conflict is None for r in pair].count(True) == 1
+    documents = await second.get_documents("t1")
+    replaced = {d.document_id: d.replaced_by for d in documents
+                if d.status is DocumentStatus.REPLACED}
+    assert len(replaced) == rounds
+    active = {d.document_id for d in documents if d.status is DocumentStatus.ACTIVE}
+    assert active == set(replaced.values())
+
+
+async def test_racing_copies_across_instances_are_stored_once(make_store: StoreFactory) -> None:
+    only_on(make_store, "postgres", REPLICAS_REASON)
+    first, second = make_store(), make_store()
+    messages = [inbound(raw=f"MSH|copy {i}".encode(), control_id=f"R{i}") for i in range(50)]
+    receipts = await asyncio.gather(*(store.record_inbound(m) for m in messages
+                                      for store in (first, second)))
+    for i in range(len(messages)):
+        pair = receipts[2 * i:2 * i + 2]
+        assert [r.retransmission_of is None for r in pair].count(True) == 1
+        assert pair[0].ack == pair[1].ack
+        assert len({r.inbound_id for r in pair}) == 1
+    rows = await first.list_inbound(limit=1000)
+    assert len(rows) == len(messages)
+    assert all(r.retransmissions == 1 for r in rows)
+
+
+async def test_racing_new_documents_across_instances_are_created_once(
+        make_store: StoreFactory) -> None:
+    only_on(make_store, "postgres", REPLICAS_REASON)
+    first, second = make_store(), make_store()
+    receipts = await asyncio.gather(*(
+        store.record_inbound(doc_request(3000 + 10 * n + k, DocumentChange(
+            DocumentAction.NEW, f"8.{n}.1", set_id=f"8.{n}", version=1)))
+        for n in range(25) for k, store in enumerate((first, second))))
+    assert all(r.version_conflict is None for r in receipts)
+    documents = await first.get_documents("t1")
+    assert len(documents) == 25
+    resent = make_store.query("SELECT count(*) FROM events WHERE kind = 'document_resent'")
+    assert resent == [(25,)]
+
+
+async def test_unreachable_database_is_unavailable(make_store: StoreFactory) -> None:
+    only_on(make_store, "postgres", "reaching a server is PostgreSQL's concern")
+    from connector.store.postgres import PostgresStore
+
+    store = PostgresStore("postgresql://postgres@127.0.0.1:1/test", connect_timeout_seconds=2)
+    with pytest.raises(StoreUnavailable):
+        store.open()
+
+
+async def test_writers_recover_from_a_lost_connection(make_store: StoreFactory) -> None:
+    only_on(make_store, "postgres", "server connections are PostgreSQL's concern")
+    from connector.store.postgres import PostgresStore
+
+    assert isinstance(make_store, PostgresFactory)
+    name = f"mssc-test-{make_store.token}"
+    store = PostgresStore(make_store.dsn_for("store.db"), application_name=name)
+    store.open()
+    make_store.opened.append(store)
+    await store.record_inbound(inbound(raw=b"MSH|before", control_id="B1"))
+    killed = make_store.query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = ?",
+        (name,))
+    assert killed
+    failures: list[str] = []
+    for i in range(4):  # a batch on a dead connection answers AR; its writer reconnects
+        try:
+            await store.record_inbound(inbound(raw=f"MSH|after {i}".encode(),
+                                               control_id=f"A{i}"))
+        except StoreUnavailable as exc:
+            failures.append(str(exc))
+    assert len(failures) <= 2  # at most one per writer connection (two by default)
+    assert not any("279035121518989" in failure for failure in failures)
+    receipt = await store.record_inbound(inbound(raw=b"MSH|last", control_id="Z1"))
+    assert (await store.get_inbound(receipt.inbound_id)) is not None

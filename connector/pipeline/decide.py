@@ -1,0 +1,90 @@
+"""What intake decides about one payload, before anything is stored: shared by `serve` (the
+MLLP handler) and `render` (offline), so the two can never disagree.
+
+Two stages: `first_pass` (charset, MSH, segments, route: microseconds, fine on the event loop)
+and `check_documents` (CI-SIS checks and CDA validation: milliseconds, run in a worker thread).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from connector.errors import MessageError
+from connector.hl7.ack import AckError, Outcome
+from connector.hl7.codes import ApplicationError, ErrorCondition
+from connector.hl7.header import (
+    MessageHeader,
+    decode_message,
+    resolve_codec,
+    salvage_header,
+)
+from connector.hl7.message import Message, parse_message
+from connector.pipeline.documents import CisisIntake, DocumentVerdict, is_cisis
+from connector.pipeline.routing import Flow, route
+from connector.store import DocumentChange
+
+DOCUMENT_FLOWS = (Flow.DOCUMENT_ORU, Flow.DOCUMENT_MDM)
+NO_LEGACY_MAPPING = AckError(
+    ErrorCondition.APPLICATION_ERROR, application_error=ApplicationError.OTHER,
+    detail="ORU without the CI-SIS profile in MSH-21 and no legacy mapping configured")
+
+
+@dataclass(frozen=True, slots=True)
+class IntakeDecision:
+    header: MessageHeader | None
+    codec: str
+    outcome: Outcome
+    errors: tuple[AckError, ...]  # ERR segments: errors for AE, warnings (W) for AA
+    message: Message | None = None
+    flow: Flow | None = None
+    verdict: DocumentVerdict | None = None  # a checked CI-SIS request
+    report: bytes | None = field(default=None, repr=False)
+
+    @property
+    def needs_document_checks(self) -> bool:
+        return (self.outcome is Outcome.ACCEPTED and self.flow in DOCUMENT_FLOWS
+                and self.verdict is None)
+
+    @property
+    def changes(self) -> tuple[DocumentChange, ...]:
+        return self.verdict.changes if self.verdict else ()
+
+
+class IntakeDecider:
+    def __init__(self, cisis: CisisIntake, *, forced_charset: str | None = None,
+                 default_charset: str = "utf-8") -> None:
+        self.cisis = cisis
+        self.forced_charset = forced_charset
+        self.default_charset = default_charset
+
+    def decide(self, payload: bytes) -> IntakeDecision:
+        """Both stages, synchronously (offline use)."""
+        decision = self.first_pass(payload)
+        return self.check_documents(decision) if decision.needs_document_checks else decision
+
+    def first_pass(self, payload: bytes) -> IntakeDecision:
+        codec = self.forced_charset or self.default_charset
+        header: MessageHeader | None = None
+        try:
+            codec = resolve_codec(payload, forced=self.forced_charset,
+                                  default=self.default_charset)
+            message = parse_message(decode_message(payload, codec))
+            header = MessageHeader.from_segment(message.msh)
+            flow = route(header)
+        except MessageError as exc:
+            return IntakeDecision(header or salvage_header(payload), codec, Outcome.ERROR,
+                                  (AckError.from_exception(exc),))
+        return IntakeDecision(header, codec, Outcome.ACCEPTED, (), message, flow)
+
+    def check_documents(self, decision: IntakeDecision) -> IntakeDecision:
+        """CI-SIS checks and CDA validation (slow: call from a worker thread)."""
+        assert decision.message is not None
+        if decision.flow is Flow.DOCUMENT_ORU and not is_cisis(decision.message):
+            return replace(decision, outcome=Outcome.ERROR, errors=(NO_LEGACY_MAPPING,))
+        try:
+            verdict = self.cisis.check(decision.message)
+        except MessageError as exc:
+            report = getattr(exc, "report", None)
+            return replace(decision, outcome=Outcome.ERROR, errors=(AckError.from_exception(exc),),
+                           report=report.encode() if isinstance(report, str) else None)
+        return replace(decision, errors=verdict.warnings, verdict=verdict, report=verdict.report)

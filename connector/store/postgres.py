@@ -1,0 +1,714 @@
+"""PostgreSQL adapter of the store: for several connector replicas sharing one database.
+
+Writing
+    A few writer threads (``writers``, 2 by default) each own one connection and pull jobs from a
+    shared queue. A writer takes everything queued (up to ``_MAX_BATCH``) and records it in one
+    transaction, in pipeline mode, so concurrent callers share round trips and one COMMIT (one WAL
+    flush): the batch is cut into segments of jobs whose lock keys (below) do not overlap; for
+    each segment one query fetches every inbound row and document row its jobs read, the decisions
+    are taken in Python (`plan_versions` included), and all the INSERT/UPDATEs are queued without
+    waiting (rows that point at a new inbound row use ``currval`` of its identity sequence). A
+    batch of independent messages thus costs about four round trips whatever its size, instead
+    of two per message. Each caller's future is resolved only after the COMMIT holding its row
+    returned; ``synchronous_commit`` is raised to ``on`` if the server runs with ``off`` or
+    ``local``, so that COMMIT means flushed to disk. While one writer waits for its flush, the
+    other one is already filling the next transaction; PostgreSQL groups their WAL flushes too.
+    Writer sessions ask for lz4 TOAST compression when the server has it (a third of pglz's CPU on
+    clear payloads; sealed payloads do not compress either way).
+
+Race-freedom (between the writer threads of one process and between processes)
+    Every job names, before it runs, the keys it will read: ``(tenant, sender, MSH-10)`` for the
+    retransmission check and ``(tenant, document id)`` for each document the version plan reads.
+    The transaction starts by taking ``pg_advisory_xact_lock`` on the hashes of all the keys of its
+    batch, in ascending order, in one statement. Then, in READ COMMITTED, every later statement
+    sees what the previous holder of a key committed, so:
+
+    * two copies of one message cannot both be stored as new: the second one waits for the first
+      COMMIT and then finds its row (retransmission);
+    * two replaces of one version cannot both win: the second plan reads the row the first one
+      marked ``replaced``.
+
+    Advisory locks were chosen over ``SELECT ... FOR UPDATE`` because the rows that matter are
+    often absent (first copy of a message, new document, unknown original): row locks cannot lock
+    a row that does not exist yet, advisory locks on the key can. They were chosen over
+    SERIALIZABLE because a serialization failure would abort a whole batch of unrelated messages
+    and force a retry of all of them; the locks make conflicting jobs wait instead. Taking all the
+    keys of a batch at once and in a global order means writers cannot deadlock on them (the
+    rows they then write are only ever written under the same keys). Should PostgreSQL still
+    report a deadlock or a serialization failure, the batch is retried a few times. A hash
+    collision between two keys only makes unrelated jobs wait for each other. The keys are seeded
+    with the schema name, so deployments in separate schemas of one database do not contend.
+
+    A lock wait longer than ``lock_timeout_ms`` fails the batch with StoreUnavailable (answered AR,
+    the sender retries), like SQLite's busy timeout.
+
+Reading
+    Operator reads run in worker threads on a small pool of autocommit connections (at most
+    ``readers``), never on the writers' connections.
+
+Migrations run once, in one transaction, under a session ``pg_advisory_lock`` (seeded with the
+schema), and are recorded in ``schema_migrations`` with the same versions as SQLite. Payloads and
+validation reports are sealed by the cipher and stored in ``bytea``; PostgreSQL TOASTs large
+values, so there is no payload log.
+
+Errors from psycopg are translated here: connection, lock and timeout failures become
+StoreUnavailable, anything else StoreError. Their messages carry the SQLSTATE and PostgreSQL's
+primary message only, never its DETAIL (which can quote row values).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
+
+import psycopg
+import psycopg.errors
+import structlog
+
+from connector.errors import StoreError, StoreUnavailable
+from connector.store.cipher import PayloadCipher, SealedPayload
+from connector.store.migrations import MIGRATIONS
+from connector.store.model import (
+    DocumentStatus,
+    DocumentVersion,
+    EventKind,
+    InboundDetail,
+    InboundMessage,
+    InboundReceipt,
+    InboundStatus,
+    InboundSummary,
+)
+from connector.store.versions import DocumentRow, VersionPlan, plan_versions
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+Connection = psycopg.Connection[tuple[Any, ...]]
+
+_MAX_BATCH = 512
+_ROLLBACK_RETRIES = 3  # deadlock / serialization failure: not expected, retried if seen
+_INBOUND_KIND = "inbound"
+_REPORT_KIND = "validation-report"
+_APPLICATION_NAME = "mssante-connector"
+_MIGRATION_LOCK_TIMEOUT = "300s"  # another replica may be migrating: wait for it
+_IDLE = psycopg.pq.TransactionStatus.IDLE
+
+
+@dataclass(slots=True)
+class _Job:
+    message: InboundMessage
+    keys: frozenset[int]  # advisory lock keys of what recording the message reads
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[InboundReceipt]
+
+
+class _UndeclaredRead(Exception):
+    """The version plan read a document outside `_document_ids`: a bug, never committed."""
+
+
+_STOP = object()
+
+
+class PostgresStore:
+    """The IntakeStore port on PostgreSQL."""
+
+    def __init__(self, dsn: str, *, cipher: PayloadCipher | None = None,
+                 retransmission_window_seconds: float = 86400.0,
+                 lock_timeout_ms: int = 5000, statement_timeout_ms: int = 30000,
+                 connect_timeout_seconds: int = 5, writers: int = 2, readers: int = 4,
+                 application_name: str = _APPLICATION_NAME) -> None:
+        if writers < 1 or readers < 1:
+            raise ValueError("writers and readers must be at least 1")
+        self._dsn = dsn
+        self._cipher = cipher or PayloadCipher()
+        self._window = retransmission_window_seconds
+        self._lock_timeout_ms = lock_timeout_ms
+        self._statement_timeout_ms = statement_timeout_ms
+        self._connect_timeout = connect_timeout_seconds
+        self._application_name = application_name  # shown in pg_stat_activity
+        self._writer_count = writers
+        self._queue: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
+        self._closed = True
+        self._threads: list[threading.Thread] = []
+        self._readers = _ReaderPool(self._connect, readers)
+        self._seed = b""
+        self._counters = threading.Lock()
+        self.batches = 0  # commits made; with `jobs`, shows how well commits are shared
+        self.jobs = 0
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Connect, migrate and start the writers. Blocks for a few round trips, like
+        SQLiteStore.open(); raises StoreUnavailable when the database cannot be reached."""
+        if not self._closed:
+            return
+        connections: list[Connection] = []
+        try:
+            with _translated("cannot open the PostgreSQL store"):
+                migration_conn = self._connect(migrating=True)
+                try:
+                    self._seed = _schema_seed(migration_conn)
+                    migrate(migration_conn, self._seed)
+                finally:
+                    migration_conn.close()
+                for _ in range(self._writer_count):
+                    connections.append(self._connect())
+        except BaseException:
+            for conn in connections:
+                conn.close()
+            raise
+        self._queue = queue.SimpleQueue()
+        self._readers = _ReaderPool(self._connect, self._readers.size)
+        self._closed = False
+        self._threads = []
+        for index, conn in enumerate(connections):
+            thread = threading.Thread(target=self._run, args=(conn,),
+                                      name=f"postgres-writer-{index}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for _ in self._threads:
+            self._queue.put(_STOP)
+        for thread in self._threads:
+            await asyncio.to_thread(thread.join)
+        self._threads = []
+        # Anything that raced with close() is refused, never left hanging.
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, _Job):
+                _resolve([(item, None, StoreUnavailable("the store is closed"))])
+        await asyncio.to_thread(self._readers.close)
+
+    def _connect(self, *, migrating: bool = False) -> Connection:
+        conn: Connection = psycopg.connect(
+            self._dsn, autocommit=True, connect_timeout=self._connect_timeout,
+            application_name=self._application_name)
+        try:
+            row = conn.execute("SELECT current_setting('synchronous_commit')").fetchone()
+            durability = row[0] if row else "on"
+            if durability in ("off", "local"):  # COMMIT must mean flushed (and replicated)
+                durability = "on"
+            conn.execute(
+                "SELECT set_config('lock_timeout', %s, false),"
+                " set_config('statement_timeout', %s, false),"
+                " set_config('synchronous_commit', %s, false)",
+                (_MIGRATION_LOCK_TIMEOUT if migrating else f"{int(self._lock_timeout_ms)}ms",
+                 "0" if migrating else f"{int(self._statement_timeout_ms)}ms", durability))
+            # Clear payloads compress; lz4 costs a third of pglz's CPU. Servers built without
+            # lz4 (or before PostgreSQL 14) refuse it and keep their default.
+            with contextlib.suppress(psycopg.errors.InvalidParameterValue,
+                                     psycopg.errors.UndefinedObject):
+                conn.execute("SET default_toast_compression = lz4")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    # -- the writers --------------------------------------------------------------------------
+
+    async def record_inbound(self, message: InboundMessage) -> InboundReceipt:
+        if self._closed:
+            raise StoreUnavailable("the store is closed")
+        message = _storable(message)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[InboundReceipt] = loop.create_future()
+        self._queue.put(_Job(message, self._lock_keys(message), loop, future))
+        return await future
+
+    def _run(self, conn: Connection) -> None:
+        try:
+            stop = False
+            while not stop:
+                first = self._queue.get()
+                if first is _STOP:
+                    break
+                assert isinstance(first, _Job)
+                batch = [first]
+                while len(batch) < _MAX_BATCH:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is _STOP:
+                        stop = True
+                        break
+                    assert isinstance(item, _Job)
+                    batch.append(item)
+                conn = self._execute(conn, batch)
+        finally:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
+
+    def _execute(self, conn: Connection, batch: list[_Job]) -> Connection:
+        """Run `batch` in one transaction and resolve its futures once COMMIT returned; return
+        the connection to use next (a new one when this one broke)."""
+        outcomes: list[tuple[_Job, Any, BaseException | None]] = []
+        for attempt in range(_ROLLBACK_RETRIES + 1):
+            try:
+                if conn.closed or conn.broken or conn.info.transaction_status != _IDLE:
+                    # Never run a batch in a leftover transaction: transaction() would make it
+                    # a savepoint, and its rows would not be committed when it "ends".
+                    with contextlib.suppress(psycopg.Error):
+                        conn.close()
+                    conn = self._connect()
+                keys = sorted({key for job in batch for key in job.keys})
+                with conn.pipeline(), conn.transaction():
+                    if keys:  # its errors (lock timeout) surface at the next sync
+                        conn.execute(
+                            "SELECT pg_advisory_xact_lock(k)"
+                            " FROM unnest(%s::bigint[]) WITH ORDINALITY AS u(k, n) ORDER BY n",
+                            (keys,))
+                    receipts = self._record_batch(conn, batch)
+                # Leaving the pipeline and the transaction sent COMMIT and waited for it.
+                outcomes = [(job, receipt, None) for job, receipt in zip(batch, receipts,
+                                                                         strict=True)]
+                with self._counters:
+                    self.batches += 1
+                    self.jobs += len(batch)
+            except psycopg.errors.TransactionRollback as exc:
+                if attempt < _ROLLBACK_RETRIES:
+                    log.warning("store_batch_retried", sqlstate=exc.sqlstate, jobs=len(batch))
+                    continue
+                outcomes = _failed(batch, StoreUnavailable(_describe("PostgreSQL write failed",
+                                                                     exc)))
+            except psycopg.OperationalError as exc:
+                outcomes = _failed(batch, StoreUnavailable(_describe("PostgreSQL write failed",
+                                                                     exc)))
+            except psycopg.Error as exc:
+                if len(batch) > 1:  # one bad job must not sink the others: run each on its own
+                    for job in batch:
+                        conn = self._execute(conn, [job])
+                    return conn
+                outcomes = _failed(batch, StoreError(_describe("PostgreSQL write failed", exc)))
+            except Exception as exc:  # a bug in a job: fail it loudly, keep the writer
+                if len(batch) > 1:
+                    for job in batch:
+                        conn = self._execute(conn, [job])
+                    return conn
+                log.exception("store_job_failed")
+                outcomes = _failed(batch, StoreError(f"store job failed: {type(exc).__name__}"))
+            break
+        _resolve(outcomes)
+        return conn
+
+    # -- recording, in pipeline mode ----------------------------------------------------------
+
+    def _lock_keys(self, m: InboundMessage) -> frozenset[int]:
+        """The keys `m` reads under: its retransmission key and the documents its plan reads."""
+        keys = {_key(self._seed, "document", m.tenant_id, document_id)
+                for document_id in _document_ids(m)}
+        if m.control_id:
+            keys.add(_key(self._seed, "inbound", m.tenant_id, m.sending_application,
+                          m.sending_facility, m.control_id))
+        return frozenset(keys)
+
+    def _record_batch(self, conn: Connection, batch: list[_Job]) -> list[InboundReceipt]:
+        """Record every job of `batch`, in order, sharing round trips.
+
+        The batch is cut into segments of jobs with disjoint keys: within a segment no job reads
+        what another one writes, so one query fetches what they all read, then all their writes
+        are queued in the pipeline without waiting. The next segment's reads are sent after the
+        previous segment's writes, so it sees them.
+        """
+        results: list[Callable[[], InboundReceipt]] = []
+        for segment in _segments(batch):
+            messages = [job.message for job in segment]
+            previous, documents = self._prefetch(conn, messages)
+            pending = [self._queue_record(conn, m, previous, documents) for m in messages]
+            for resolve in pending:  # the first one waits for the segment's results
+                resolve()
+            results.extend(pending)
+        return [resolve() for resolve in results]
+
+    def _prefetch(self, conn: Connection, messages: list[InboundMessage]
+                  ) -> tuple[list[tuple[Any, ...]], dict[tuple[str, str], DocumentRow]]:
+        """What the messages read: inbound rows sharing a control id within the window, and the
+        document rows their version plans need. One round trip."""
+        pairs = sorted({(m.tenant_id, m.control_id) for m in messages if m.control_id})
+        inbound_cursor = None
+        if pairs:
+            inbound_cursor = conn.execute(
+                "SELECT i.id, i.tenant_id, i.control_id, i.sending_application,"
+                " i.sending_facility, i.received_at, i.digest, i.ack FROM inbound i"
+                " JOIN unnest(%s::text[], %s::text[]) AS u(tenant_id, control_id)"
+                " ON i.tenant_id = u.tenant_id AND i.control_id = u.control_id"
+                " WHERE i.received_at >= %s ORDER BY i.id",
+                ([p[0] for p in pairs], [p[1] for p in pairs],
+                 min(m.received_at for m in messages if m.control_id) - self._window))
+        wanted = sorted({(m.tenant_id, d) for m in messages for d in _document_ids(m)})
+        documents_cursor = None
+        if wanted:
+            documents_cursor = conn.execute(
+                "SELECT d.tenant_id, d.document_id, d.set_id, d.version, d.status,"
+                " d.replaced_by FROM documents d"
+                " JOIN unnest(%s::text[], %s::text[]) AS u(tenant_id, document_id)"
+                " ON d.tenant_id = u.tenant_id AND d.document_id = u.document_id",
+                ([w[0] for w in wanted], [w[1] for w in wanted]))
+        previous = inbound_cursor.fetchall() if inbound_cursor is not None else []
+        documents = {
+            (r[0], r[1]): DocumentRow(r[1], r[2], r[3], DocumentStatus(r[4]), r[5])
+            for r in (documents_cursor.fetchall() if documents_cursor is not None else [])}
+        return previous, documents
+
+    def _queue_record(self, conn: Connection, m: InboundMessage,
+                      candidates: list[tuple[Any, ...]],
+                      documents: dict[tuple[str, str], DocumentRow]
+                      ) -> Callable[[], InboundReceipt]:
+        """Queue the statements recording `m`; return what gives its receipt once they ran."""
+        previous: list[tuple[Any, ...]] = []
+        if m.control_id:
+            since = m.received_at - self._window
+            previous = [r for r in candidates
+                        if (r[1], r[2], r[3], r[4]) == (m.tenant_id, m.control_id,
+                                                        m.sending_application,
+                                                        m.sending_facility)
+                        and r[5] >= since]
+        for row_id, *_, digest, ack in previous:
+            if bytes(digest) == m.digest:
+                conn.execute("UPDATE inbound SET retransmissions = retransmissions + 1"
+                             " WHERE id = %s", (row_id,))
+                self._event(conn, m, EventKind.RETRANSMISSION, row_id)
+                first = InboundReceipt(int(row_id), bytes(ack), retransmission_of=int(row_id))
+                return lambda: first
+        status, ack, error_code, error_detail = m.status, m.ack, m.error_code, m.error_detail
+        ack_code = m.ack_code
+        plan = VersionPlan()
+        if m.versions is not None and status is InboundStatus.ACCEPTED:
+            def lookup(document_id: str) -> DocumentRow | None:
+                if document_id not in _document_ids(m):  # it would be read without its lock
+                    raise _UndeclaredRead
+                return documents.get((m.tenant_id, document_id))
+
+            plan = plan_versions(lookup, m.versions.changes, m.versions.unknown_original)
+            if plan.conflict is not None:
+                status, ack = InboundStatus.REJECTED, m.versions.conflict_ack
+                error_code, error_detail = "207", plan.conflict
+                ack_code = m.versions.conflict_ack_code
+        report = self._cipher.seal(m.report, _REPORT_KIND) if m.report is not None else None
+        sealed = self._cipher.seal(m.raw, _INBOUND_KIND)
+        inserted = conn.execute(
+            "INSERT INTO inbound (tenant_id, listener, peer, received_at, sending_application,"
+            " sending_facility, message_type, control_id, version, digest, payload_key, payload,"
+            " size, status, ack_code, ack, error_code, error_detail, report_key, report,"
+            " control_id_reused)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %b, %s, %b, %s, %s, %s, %b, %s, %s,"
+            " %s, %b, %s) RETURNING id",
+            (m.tenant_id, m.listener, m.peer, m.received_at, m.sending_application,
+             m.sending_facility, m.message_type, m.control_id, m.version, m.digest,
+             sealed.key_id, sealed.blob, len(m.raw), status.value, ack_code, ack, error_code,
+             error_detail, report.key_id if report else None, report.blob if report else None,
+             bool(previous)))
+        # The rows below point at the row just inserted by this session (currval of the identity
+        # sequence), so they are queued without waiting for its id.
+        if previous:
+            self._event(conn, m, EventKind.CONTROL_ID_REUSED, None,
+                        f"same MSH-10 as inbound {previous[-1][0]} with different content")
+        self._apply_versions(conn, m, plan)
+        receipt: list[InboundReceipt] = []
+
+        def resolve() -> InboundReceipt:
+            if not receipt:
+                row = inserted.fetchone()
+                assert row is not None
+                receipt.append(InboundReceipt(
+                    int(row[0]), ack, control_id_reused=bool(previous),
+                    version_conflict=plan.conflict, unknown_originals=plan.unknown_originals))
+            return receipt[0]
+
+        return resolve
+
+    def _apply_versions(self, conn: Connection, m: InboundMessage, plan: VersionPlan) -> None:
+        now = time.time()
+        if plan.conflict is not None:
+            self._event(conn, m, EventKind.VERSION_CONFLICT, None, plan.conflict)
+            return
+        for row in plan.writes:
+            conn.execute(
+                "INSERT INTO documents (tenant_id, document_id, set_id, version, status,"
+                " replaced_by, inbound_id, updated_at) VALUES (%s, %s, %s, %s, %s, %s,"
+                " currval(pg_get_serial_sequence('inbound', 'id')), %s)"
+                " ON CONFLICT (tenant_id, document_id) DO UPDATE SET status = excluded.status,"
+                " replaced_by = excluded.replaced_by, updated_at = excluded.updated_at",
+                (m.tenant_id, row.document_id, row.set_id, row.version, row.status.value,
+                 row.replaced_by, now))
+        for _ in plan.unknown_originals:
+            self._event(conn, m, EventKind.UNKNOWN_ORIGINAL, None,
+                        "replace/delete of a document never received, accepted by policy")
+        for _ in plan.resent:
+            self._event(conn, m, EventKind.DOCUMENT_RESENT, None,
+                        "request already applied to this document")
+
+    @staticmethod
+    def _event(conn: Connection, m: InboundMessage, kind: EventKind, inbound_id: int | None,
+               detail: str | None = None) -> None:
+        """Queue an event about `inbound_id`, or (None) about the row this session inserted
+        last."""
+        if inbound_id is None:
+            conn.execute("INSERT INTO events (at, tenant_id, kind, inbound_id, detail)"
+                         " VALUES (%s, %s, %s, currval(pg_get_serial_sequence('inbound', 'id')),"
+                         " %s)",
+                         (time.time(), m.tenant_id, kind.value, detail))
+        else:
+            conn.execute("INSERT INTO events (at, tenant_id, kind, inbound_id, detail)"
+                         " VALUES (%s, %s, %s, %s, %s)",
+                         (time.time(), m.tenant_id, kind.value, inbound_id, detail))
+
+    # -- reads (operators) ----------------------------------------------------------------------
+
+    async def _read(self, fn: Callable[[Connection], T]) -> T:
+        if self._closed:
+            raise StoreUnavailable("the store is closed")
+
+        def run() -> T:
+            with _translated("PostgreSQL read failed"), self._readers.connection() as conn:
+                return fn(conn)
+
+        return await asyncio.to_thread(run)
+
+    _SUMMARY_COLUMNS = (
+        "id, tenant_id, listener, peer, received_at, sending_application, sending_facility,"
+        " message_type, control_id, version, status, ack_code, error_code, error_detail,"
+        " retransmissions, control_id_reused, size")
+
+    async def list_inbound(self, *, tenant_id: str | None = None,
+                           status: InboundStatus | None = None, limit: int = 100
+                           ) -> list[InboundSummary]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        if tenant_id is not None:
+            clauses.append("tenant_id = %s")
+            params.append(tenant_id)
+        if status is not None:
+            clauses.append("status = %s")
+            params.append(status.value)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        # Only constant column names and placeholders are interpolated.
+        sql = f"SELECT {self._SUMMARY_COLUMNS} FROM inbound{where} ORDER BY id DESC LIMIT %s"  # noqa: S608
+        rows = await self._read(lambda c: c.execute(sql, (*params, limit)).fetchall())
+        return [_summary(row) for row in rows]
+
+    async def get_inbound(self, inbound_id: int) -> InboundDetail | None:
+        sql = (f"SELECT {self._SUMMARY_COLUMNS}, payload_key, payload, ack,"  # noqa: S608
+               " report_key, report FROM inbound WHERE id = %s")
+
+        def fetch(conn: Connection) -> tuple[Any, ...] | None:
+            with conn.cursor(binary=True) as cursor:  # bytea without hex decoding
+                return cursor.execute(sql, (inbound_id,)).fetchone()
+
+        row = await self._read(fetch)
+        if row is None:
+            return None
+        key_id, payload, ack, report_key, report = row[17:]
+        raw = self._cipher.open(SealedPayload(key_id, bytes(payload)), _INBOUND_KIND)
+        opened_report = (self._cipher.open(SealedPayload(report_key, bytes(report)), _REPORT_KIND)
+                         if report is not None else None)
+        return InboundDetail(_summary(row[:17]), raw, bytes(ack), opened_report)
+
+    async def get_documents(self, tenant_id: str) -> list[DocumentVersion]:
+        rows = await self._read(lambda c: c.execute(
+            "SELECT tenant_id, document_id, set_id, version, status, replaced_by, inbound_id"
+            " FROM documents WHERE tenant_id = %s ORDER BY updated_at, document_id",
+            (tenant_id,)).fetchall())
+        return [DocumentVersion(r[0], r[1], r[2], r[3], DocumentStatus(r[4]), r[5], int(r[6]))
+                for r in rows]
+
+
+# -- migrations ---------------------------------------------------------------------------------
+
+
+def migrate(conn: Connection, seed: bytes = b"") -> int:
+    """Apply pending migrations under a session advisory lock; return the schema version.
+
+    `conn` must be in autocommit mode: the lock is held across the migration transaction, so
+    replicas starting together apply each migration exactly once."""
+    lock = _key(seed, "migrations")
+    conn.execute("SELECT pg_advisory_lock(%s)", (lock,))
+    try:
+        with conn.transaction():
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY,"
+                " name TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)")
+            done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+            known = {m.version for m in MIGRATIONS}
+            if done - known:
+                raise StoreError(
+                    f"database schema version {max(done)} is newer than this connector knows")
+            for migration in MIGRATIONS:
+                if migration.version in done:
+                    continue
+                conn.execute(migration.postgres.encode())  # several statements, no parameters
+                conn.execute("INSERT INTO schema_migrations VALUES (%s, %s, %s)",
+                             (migration.version, migration.name, time.time()))
+                log.info("store_migrated", version=migration.version, migration=migration.name)
+    finally:
+        if not conn.broken:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (lock,))
+    return max(m.version for m in MIGRATIONS)
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+class _ReaderPool:
+    """At most `size` autocommit connections for reads, reused; broken ones are dropped."""
+
+    def __init__(self, connect: Callable[[], Connection], size: int) -> None:
+        self._connect = connect
+        self.size = size
+        self._slots = threading.BoundedSemaphore(size)
+        self._idle: list[Connection] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[Connection]:
+        with self._slots:
+            with self._lock:
+                conn = self._idle.pop() if self._idle else None
+            if conn is None:
+                conn = self._connect()
+            try:
+                yield conn
+            finally:
+                with self._lock:
+                    keep = not (self._closed or conn.closed or conn.broken)
+                    if keep:
+                        self._idle.append(conn)
+                if not keep:
+                    conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+
+def _storable(m: InboundMessage) -> InboundMessage:
+    """`m` with NUL characters in its text fields replaced by U+FFFD: PostgreSQL text cannot
+    hold them (SQLite can), and a message that cannot be stored would be answered AR forever.
+    The raw message is bytea and is kept as received; lookups use the replaced values too."""
+    texts = (m.tenant_id, m.listener, m.peer, m.sending_application, m.sending_facility,
+             m.message_type, m.control_id, m.version, m.ack_code, m.error_code, m.error_detail)
+    if not any(text and "\x00" in text for text in texts):
+        return m
+
+    def clean(text: str) -> str:
+        return text.replace("\x00", "\ufffd")
+
+    def maybe(text: str | None) -> str | None:
+        return None if text is None else clean(text)
+
+    return replace(m, tenant_id=clean(m.tenant_id), listener=clean(m.listener),
+                   peer=clean(m.peer), sending_application=maybe(m.sending_application),
+                   sending_facility=maybe(m.sending_facility),
+                   message_type=maybe(m.message_type), control_id=maybe(m.control_id),
+                   version=maybe(m.version), ack_code=clean(m.ack_code),
+                   error_code=maybe(m.error_code), error_detail=maybe(m.error_detail))
+
+
+def _document_ids(m: InboundMessage) -> frozenset[str]:
+    """The documents the version plan of `m` may read (and write)."""
+    if m.versions is None or m.status is not InboundStatus.ACCEPTED:
+        return frozenset()
+    return frozenset(document_id for change in m.versions.changes
+                     for document_id in (change.document_id, change.target_id)
+                     if document_id is not None)
+
+
+def _segments(batch: list[_Job]) -> Iterator[list[_Job]]:
+    """Cut `batch`, in order, into runs of jobs whose keys do not overlap."""
+    segment: list[_Job] = []
+    taken: set[int] = set()
+    for job in batch:
+        if not taken.isdisjoint(job.keys):
+            yield segment
+            segment, taken = [], set()
+        segment.append(job)
+        taken |= job.keys
+    if segment:
+        yield segment
+
+
+def _schema_seed(conn: Connection) -> bytes:
+    row = conn.execute("SELECT current_database(), current_schema()").fetchone()
+    if row is None or row[1] is None:
+        raise StoreError("no schema to create the store in: check search_path")
+    return f"{row[0]}.{row[1]}".encode()
+
+
+def _key(seed: bytes, *parts: str | None) -> int:
+    """A signed 64-bit advisory lock key for `parts` (None and "" stay distinct)."""
+    digest = hashlib.blake2b(seed, digest_size=8)
+    for part in parts:
+        digest.update(b"\x00" if part is None else b"\x01" + part.encode() + b"\x00")
+    return int.from_bytes(digest.digest(), "big", signed=True)
+
+
+def _describe(context: str, exc: psycopg.Error) -> str:
+    """SQLSTATE and primary message only: DETAIL may quote row values (patient data)."""
+    primary = exc.diag.message_primary if exc.diag else None
+    if not primary:  # connection errors have no diagnostics; libpq's text names no row data
+        primary = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    state = f" [{exc.sqlstate}]" if exc.sqlstate else ""
+    return f"{context}: {type(exc).__name__}{state}: {primary}"
+
+
+@contextlib.contextmanager
+def _translated(context: str) -> Iterator[None]:
+    try:
+        yield
+    except psycopg.OperationalError as exc:
+        raise StoreUnavailable(_describe(context, exc)) from exc
+    except psycopg.Error as exc:
+        raise StoreError(_describe(context, exc)) from exc
+
+
+def _failed(batch: list[_Job], error: BaseException
+            ) -> list[tuple[_Job, Any, BaseException | None]]:
+    return [(job, None, error) for job in batch]
+
+
+def _summary(row: tuple[Any, ...]) -> InboundSummary:
+    return InboundSummary(
+        id=int(row[0]), tenant_id=row[1], listener=row[2], peer=row[3], received_at=row[4],
+        sending_application=row[5], sending_facility=row[6], message_type=row[7],
+        control_id=row[8], version=row[9], status=InboundStatus(row[10]), ack_code=row[11],
+        error_code=row[12], error_detail=row[13], retransmissions=row[14],
+        control_id_reused=bool(row[15]), size=row[16])
+
+
+def _resolve(outcomes: list[tuple[_Job, Any, BaseException | None]]) -> None:
+    """Hand results back to each caller's event loop: one wake-up per loop per batch."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, Any, BaseException | None]]] = {}
+    for outcome in outcomes:
+        by_loop.setdefault(outcome[0].loop, []).append(outcome)
+    for loop, items in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # a closed loop: its callers are gone
+            loop.call_soon_threadsafe(_set_results, items)
+
+
+def _set_results(items: list[tuple[_Job, Any, BaseException | None]]) -> None:
+    for job, result, error in items:
+        if job.future.cancelled():
+            continue
+        if error is not None:
+            job.future.set_exception(error)
+        else:
+            job.future.set_result(result)

@@ -1,0 +1,1 @@
+"""Tests of the pipeline stages that are pure functions (e-mail building)."""
