@@ -120,8 +120,10 @@ class Application:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        store = self.settings.store
         log.info("serving", tenants=len(self.settings.tenants), listeners=len(self.servers),
-                 store=str(self.settings.store.path))
+                 store=store.backend.value,
+                 path=str(store.path) if store.backend is StoreBackend.SQLITE else None)
         await stop.wait()
         log.info("draining")
         await self.stop()

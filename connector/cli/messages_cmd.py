@@ -49,7 +49,7 @@ async def _with_store(args: argparse.Namespace, action: Any) -> int:
     from connector.app import build_store
 
     store = build_store(settings_from(args))
-    store.open()
+    store.open(read_only=True)
     try:
         result: int = await action(store)
         return result

@@ -39,6 +39,10 @@ __all__ = [
 class IntakeStore(Protocol):
     """What intake and operators need from persistence."""
 
+    def open(self, *, read_only: bool = False) -> None:
+        """Connect (and migrate) before use; `read_only` for operators' commands."""
+        ...
+
     async def record_inbound(self, message: InboundMessage) -> InboundReceipt:
         """Store `message` durably (on disk when this returns) unless it is a retransmission
         of a message received within the window, in which case return that one's ACK.

@@ -73,6 +73,7 @@ import psycopg.errors
 import structlog
 
 from connector.errors import StoreError, StoreUnavailable
+from connector.store._shared import SUMMARY_COLUMNS, SUMMARY_WIDTH, resolve, summary_from_row
 from connector.store.cipher import PayloadCipher, SealedPayload
 from connector.store.migrations import MIGRATIONS
 from connector.store.model import (
@@ -145,9 +146,10 @@ class PostgresStore:
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    def open(self) -> None:
+    def open(self, *, read_only: bool = False) -> None:
         """Connect, migrate and start the writers. Blocks for a few round trips, like
-        SQLiteStore.open(); raises StoreUnavailable when the database cannot be reached."""
+        SQLiteStore.open(); raises StoreUnavailable when the database cannot be reached.
+        `read_only` is accepted for symmetry: PostgreSQL serves readers and writers at once."""
         if not self._closed:
             return
         connections: list[Connection] = []
@@ -191,7 +193,7 @@ class PostgresStore:
             except queue.Empty:
                 break
             if isinstance(item, _Job):
-                _resolve([(item, None, StoreUnavailable("the store is closed"))])
+                resolve([(item, None, StoreUnavailable("the store is closed"))])
         await asyncio.to_thread(self._readers.close)
 
     def _connect(self, *, migrating: bool = False) -> Connection:
@@ -303,7 +305,7 @@ class PostgresStore:
                 log.exception("store_job_failed")
                 outcomes = _failed(batch, StoreError(f"store job failed: {type(exc).__name__}"))
             break
-        _resolve(outcomes)
+        resolve(outcomes)
         return conn
 
     # -- recording, in pipeline mode ----------------------------------------------------------
@@ -330,8 +332,8 @@ class PostgresStore:
             messages = [job.message for job in segment]
             previous, documents = self._prefetch(conn, messages)
             pending = [self._queue_record(conn, m, previous, documents) for m in messages]
-            for resolve in pending:  # the first one waits for the segment's results
-                resolve()
+            for finish in pending:  # the first one waits for the segment's results
+                finish()
             results.extend(pending)
         return [resolve() for resolve in results]
 
@@ -480,10 +482,6 @@ class PostgresStore:
 
         return await asyncio.to_thread(run)
 
-    _SUMMARY_COLUMNS = (
-        "id, tenant_id, listener, peer, received_at, sending_application, sending_facility,"
-        " message_type, control_id, version, status, ack_code, error_code, error_detail,"
-        " retransmissions, control_id_reused, size")
 
     async def list_inbound(self, *, tenant_id: str | None = None,
                            status: InboundStatus | None = None, limit: int = 100
@@ -498,12 +496,12 @@ class PostgresStore:
             params.append(status.value)
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         # Only constant column names and placeholders are interpolated.
-        sql = f"SELECT {self._SUMMARY_COLUMNS} FROM inbound{where} ORDER BY id DESC LIMIT %s"  # noqa: S608
+        sql = f"SELECT {SUMMARY_COLUMNS} FROM inbound{where} ORDER BY id DESC LIMIT %s"  # noqa: S608
         rows = await self._read(lambda c: c.execute(sql, (*params, limit)).fetchall())
-        return [_summary(row) for row in rows]
+        return [summary_from_row(row) for row in rows]
 
     async def get_inbound(self, inbound_id: int) -> InboundDetail | None:
-        sql = (f"SELECT {self._SUMMARY_COLUMNS}, payload_key, payload, ack,"  # noqa: S608
+        sql = (f"SELECT {SUMMARY_COLUMNS}, payload_key, payload, ack,"  # noqa: S608
                " report_key, report FROM inbound WHERE id = %s")
 
         def fetch(conn: Connection) -> tuple[Any, ...] | None:
@@ -513,11 +511,11 @@ class PostgresStore:
         row = await self._read(fetch)
         if row is None:
             return None
-        key_id, payload, ack, report_key, report = row[17:]
+        key_id, payload, ack, report_key, report = row[SUMMARY_WIDTH:]
         raw = self._cipher.open(SealedPayload(key_id, bytes(payload)), _INBOUND_KIND)
         opened_report = (self._cipher.open(SealedPayload(report_key, bytes(report)), _REPORT_KIND)
                          if report is not None else None)
-        return InboundDetail(_summary(row[:17]), raw, bytes(ack), opened_report)
+        return InboundDetail(summary_from_row(row[:SUMMARY_WIDTH]), raw, bytes(ack), opened_report)
 
     async def get_documents(self, tenant_id: str) -> list[DocumentVersion]:
         rows = await self._read(lambda c: c.execute(
@@ -685,30 +683,3 @@ def _failed(batch: list[_Job], error: BaseException
     return [(job, None, error) for job in batch]
 
 
-def _summary(row: tuple[Any, ...]) -> InboundSummary:
-    return InboundSummary(
-        id=int(row[0]), tenant_id=row[1], listener=row[2], peer=row[3], received_at=row[4],
-        sending_application=row[5], sending_facility=row[6], message_type=row[7],
-        control_id=row[8], version=row[9], status=InboundStatus(row[10]), ack_code=row[11],
-        error_code=row[12], error_detail=row[13], retransmissions=row[14],
-        control_id_reused=bool(row[15]), size=row[16])
-
-
-def _resolve(outcomes: list[tuple[_Job, Any, BaseException | None]]) -> None:
-    """Hand results back to each caller's event loop: one wake-up per loop per batch."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, Any, BaseException | None]]] = {}
-    for outcome in outcomes:
-        by_loop.setdefault(outcome[0].loop, []).append(outcome)
-    for loop, items in by_loop.items():
-        with contextlib.suppress(RuntimeError):  # a closed loop: its callers are gone
-            loop.call_soon_threadsafe(_set_results, items)
-
-
-def _set_results(items: list[tuple[_Job, Any, BaseException | None]]) -> None:
-    for job, result, error in items:
-        if job.future.cancelled():
-            continue
-        if error is not None:
-            job.future.set_exception(error)
-        else:
-            job.future.set_result(result)

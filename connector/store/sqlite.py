@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import queue
 import sqlite3
@@ -28,6 +29,7 @@ from typing import Any, TypeVar
 import structlog
 
 from connector.errors import StoreError, StoreUnavailable
+from connector.store._shared import SUMMARY_COLUMNS, SUMMARY_WIDTH, resolve, summary_from_row
 from connector.store.cipher import PayloadCipher, SealedPayload
 from connector.store.migrations import MIGRATIONS
 from connector.store.model import (
@@ -75,6 +77,18 @@ def _connect(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
     return conn
 
 
+def _lock_exclusively(lock_path: Path) -> int:
+    fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StoreUnavailable(
+            f"the store {lock_path.with_suffix('')} is in use by another connector process "
+            "(SQLite has one writer; use PostgreSQL for several replicas)") from None
+    return fd
+
+
 def migrate(conn: sqlite3.Connection) -> int:
     """Apply pending migrations; return the schema version."""
     conn.execute("BEGIN IMMEDIATE")
@@ -120,22 +134,35 @@ class SQLiteStore:
         self._stop_checkpoints = threading.Event()
         self._conn: sqlite3.Connection | None = None
         self._payloads = PayloadLog(path.with_name(path.name + ".payloads"))
+        self._lock_fd: int | None = None
+        self._read_only = False
         self.batches = 0  # commits made; with `jobs`, shows how well commits are shared
         self.jobs = 0
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    def open(self) -> None:
+    def open(self, *, read_only: bool = False) -> None:
+        """Start the writer, or only allow reads (operators' commands beside a running serve).
+
+        One process owns a SQLite store for writing (an exclusive lock on `<path>.lock`): its
+        payload log has a single appender. Several replicas need the PostgreSQL backend."""
+        if read_only:
+            if not self.path.exists():
+                raise StoreUnavailable(f"no store at {self.path}")
+            self._read_only, self._closed = True, False
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if not self.path.exists():  # patient data: readable by the service account only
             os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+        self._lock_fd = _lock_exclusively(self.path.with_name(self.path.name + ".lock"))
         try:
             self._conn = _connect(self.path, self._busy_timeout_ms)
             migrate(self._conn)
             self._payloads.open()
         except (sqlite3.Error, OSError) as exc:
+            self._release_lock()
             raise StoreUnavailable(f"cannot open the SQLite store: {exc}") from exc
-        self._closed = False
+        self._read_only, self._closed = False, False
         self._stop_checkpoints = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sqlite-writer", daemon=True)
         self._thread.start()
@@ -143,10 +170,17 @@ class SQLiteStore:
                                               name="sqlite-checkpointer", daemon=True)
         self._checkpointer.start()
 
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
+
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        if self._read_only:
+            return
         self._queue.put(_STOP)
         self._stop_checkpoints.set()
         if self._thread is not None:
@@ -158,12 +192,14 @@ class SQLiteStore:
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._conn.close()
         self._payloads.close()
+        self._release_lock()
 
     # -- the writer ---------------------------------------------------------------------------
 
     async def _submit(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if self._closed:
-            raise StoreUnavailable("the store is closed")
+        if self._closed or self._read_only:
+            raise StoreUnavailable("the store is closed" if self._closed
+                                   else "the store is open read-only")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._queue.put(_Job(fn, loop, future))
@@ -196,7 +232,7 @@ class SQLiteStore:
             except queue.Empty:
                 break
             if isinstance(item, _Job):
-                _resolve([(item, None, StoreUnavailable("the store is closed"))])
+                resolve([(item, None, StoreUnavailable("the store is closed"))])
 
     def _execute(self, batch: list[_Job]) -> None:
         conn = self._conn
@@ -223,7 +259,7 @@ class SQLiteStore:
             log.exception("store_job_failed")
             outcomes = [(job, None, StoreError(f"store job failed: {type(exc).__name__}"))
                         for job in batch]
-        _resolve(outcomes)
+        resolve(outcomes)
 
     def _checkpoint_loop(self) -> None:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -357,10 +393,6 @@ class SQLiteStore:
 
         return await asyncio.to_thread(run)
 
-    _SUMMARY_COLUMNS = (
-        "id, tenant_id, listener, peer, received_at, sending_application, sending_facility,"
-        " message_type, control_id, version, status, ack_code, error_code, error_detail,"
-        " retransmissions, control_id_reused, size")
 
     async def list_inbound(self, *, tenant_id: str | None = None,
                            status: InboundStatus | None = None, limit: int = 100
@@ -374,25 +406,25 @@ class SQLiteStore:
             params.append(status.value)
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         # Only constant column names and placeholders are interpolated.
-        sql = f"SELECT {self._SUMMARY_COLUMNS} FROM inbound{where} ORDER BY id DESC LIMIT ?"  # noqa: S608
+        sql = f"SELECT {SUMMARY_COLUMNS} FROM inbound{where} ORDER BY id DESC LIMIT ?"  # noqa: S608
         rows = await self._read(lambda c: c.execute(sql, (*params, limit)).fetchall())
-        return [_summary(row) for row in rows]
+        return [summary_from_row(row) for row in rows]
 
     async def get_inbound(self, inbound_id: int) -> InboundDetail | None:
-        sql = (f"SELECT {self._SUMMARY_COLUMNS}, payload_key, payload, payload_segment,"  # noqa: S608
+        sql = (f"SELECT {SUMMARY_COLUMNS}, payload_key, payload, payload_segment,"  # noqa: S608
                " payload_offset, payload_length, ack, report_key, report FROM inbound"
                " WHERE id = ?")
         row = await self._read(lambda c: c.execute(sql, (inbound_id,)).fetchone())
         if row is None:
             return None
-        key_id, inline, segment, offset, length, ack, report_key, report = row[17:]
+        key_id, inline, segment, offset, length, ack, report_key, report = row[SUMMARY_WIDTH:]
         blob = (bytes(inline) if inline is not None
                 else await asyncio.to_thread(self._payloads.read,
                                              PayloadRef(segment, offset, length)))
         raw = self._cipher.open(SealedPayload(key_id, blob), _INBOUND_KIND)
         opened_report = (self._cipher.open(SealedPayload(report_key, bytes(report)), _REPORT_KIND)
                          if report is not None else None)
-        return InboundDetail(_summary(row[:17]), raw, bytes(ack), opened_report)
+        return InboundDetail(summary_from_row(row[:SUMMARY_WIDTH]), raw, bytes(ack), opened_report)
 
     async def get_documents(self, tenant_id: str) -> list[DocumentVersion]:
         rows = await self._read(lambda c: c.execute(
@@ -403,14 +435,6 @@ class SQLiteStore:
                 for r in rows]
 
 
-def _summary(row: tuple[Any, ...]) -> InboundSummary:
-    return InboundSummary(
-        id=row[0], tenant_id=row[1], listener=row[2], peer=row[3], received_at=row[4],
-        sending_application=row[5], sending_facility=row[6], message_type=row[7],
-        control_id=row[8], version=row[9], status=InboundStatus(row[10]), ack_code=row[11],
-        error_code=row[12], error_detail=row[13], retransmissions=row[14],
-        control_id_reused=bool(row[15]), size=row[16])
-
 
 def _rollback(conn: sqlite3.Connection) -> None:
     with contextlib.suppress(sqlite3.Error):
@@ -420,22 +444,3 @@ def _rollback(conn: sqlite3.Connection) -> None:
 def _is_unavailable(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.OperationalError | OSError)
 
-
-def _resolve(outcomes: list[tuple[_Job, Any, BaseException | None]]) -> None:
-    """Hand results back to each caller's event loop: one wake-up per loop per batch."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, Any, BaseException | None]]] = {}
-    for outcome in outcomes:
-        by_loop.setdefault(outcome[0].loop, []).append(outcome)
-    for loop, items in by_loop.items():
-        with contextlib.suppress(RuntimeError):  # a closed loop: its callers are gone
-            loop.call_soon_threadsafe(_set_results, items)
-
-
-def _set_results(items: list[tuple[_Job, Any, BaseException | None]]) -> None:
-    for job, result, error in items:
-        if job.future.cancelled():
-            continue
-        if error is not None:
-            job.future.set_exception(error)
-        else:
-            job.future.set_result(result)

@@ -373,6 +373,7 @@ REPLICAS_REASON = ("SQLite is embedded: one store instance per database file (it
 
 
 async def test_concurrent_opens_migrate_once(make_store: StoreFactory) -> None:
+    only_on(make_store, "postgres", REPLICAS_REASON)
     await asyncio.gather(*(asyncio.to_thread(make_store) for _ in range(4)))
     rows = make_store.query("SELECT version FROM schema_migrations")
     assert [r[0] for r in rows] == [1]
@@ -467,3 +468,22 @@ async def test_writers_recover_from_a_lost_connection(make_store: StoreFactory) 
     assert not any("279035121518989" in failure for failure in failures)
     receipt = await store.record_inbound(inbound(raw=b"MSH|last", control_id="Z1"))
     assert (await store.get_inbound(receipt.inbound_id)) is not None
+
+
+async def test_a_second_sqlite_writer_is_refused(make_store: StoreFactory) -> None:
+    only_on(make_store, "sqlite", "the single-writer lock is SQLite's")
+    make_store()
+    with pytest.raises(StoreUnavailable, match="in use by another connector process"):
+        make_store()
+
+
+async def test_read_only_open_reads_beside_the_writer(make_store: StoreFactory) -> None:
+    writer = make_store()
+    receipt = await writer.record_inbound(inbound())
+    reader = type(writer)(writer.path) if make_store.backend == "sqlite" else writer
+    reader.open(read_only=True)
+    assert (await reader.get_inbound(receipt.inbound_id)) is not None
+    if reader is not writer:
+        with pytest.raises(StoreUnavailable, match="read-only"):
+            await reader.record_inbound(inbound(control_id="X2"))
+        await reader.close()
