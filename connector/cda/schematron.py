@@ -29,35 +29,60 @@ How it works:
    (allowedProtocols=file). The stylesheet returns a small XML list of failures (assertion and
    rule numbers, node path, message with values, message without values).
 
-Optimisations that keep the semantics:
+Optimisations that keep the semantics (each measured; together they took the first working
+version from 12.9 s compile / 27 ms per level-1 document to the figures below):
+* abstract rules as named templates instead of inlining every `extends` (the ANS files have 556:
+  inlined, 13,136 assertion copies and a 7.4 MB stylesheet; now 2,001 definitions, 1.8 MB);
 * value-set files named by a literal `doc('...')` are parsed once per thread and passed as
-  stylesheet parameters (Saxon would re-parse them on every run);
-* a match pattern `.../A/B/X[p]` gets a first predicate `[parent::B/parent::A]` on its last step
-  (names only). Every candidate of that step shares one parent, so the predicate is true for all
-  or none of them and positions seen by `p` are unchanged; it lets Saxon reject most nodes on a
-  name test before running `p` (the ANS "closed" pattern has 148 `*[not(self::a|self::b|...)]`
-  rules tried on every element).
+  stylesheet parameters (Saxon would re-parse them at every run); a missing one becomes an
+  explicit FODC0002 error instead of a disk lookup per run;
+* exact rule dispatch: a rule whose last step requires a parent named B (`.../B/X`) can only
+  match children of a B, so each pattern has one mode per such parent name holding those rules
+  plus the unconstrained ones (original order and priorities kept), chosen by a name-indexed
+  walk mode. The ANS "closed" pattern (148 `*[not(self::a|...)]` rules, tried on every element)
+  went from 9.6 ms to 0.7 ms;
+* a match pattern `.../A/B/X[p]` also gets a first predicate `[parent::B/parent::A]` (names
+  only). Every candidate of that step shares one parent, so the predicate is true for all or
+  none of them and the positions seen by `p` are unchanged; Saxon rejects most nodes on it;
+* the document goes to Saxon as ASCII text with character references (when its names are ASCII):
+  about 3 ms instead of 5 to parse a 450 kB level-1 CDA.
 
-Engine choice, by measurement (`.venv/bin/python bench/validate.py`, this 2-core machine,
-saxonche 13.1.1, ANS structuration minimale 1.16: 617 + 148 rules, 1730 + 148 assertions plus the
-DTr1 datatype rules they extend; medians of 30 runs, schematron only, document already parsed):
+Engine choice, by measurement (`.venv/bin/python bench/validate.py`, 30 runs, medians; this
+2-core machine, shared with other work, load average about 1, so +-20%; saxonche 13.1.1; ANS
+structuration minimale 1.16 with the missing JDV_J07 value set supplied so that neither engine
+takes an error path; schematron only, document already parsed; ms):
 
-    engine                           one-off compile   doc-non-structure-n1   img-cr-img-n1   ldl-ses-n3
-    XSLT 3 (default)                 see bench         see bench              see bench       see bench
+    document                              XSLT 3 (default)   XPath 3.1
+    cda/doc-non-structure-n1.xml (N1)           11.1            27.3
+    cda/bio-cr-bio-n1.xml (N1)                  15.9            35.4
+    cda/img-cr-img-n1.xml (N1)                  14.8            35.4
+    oru-r01-initial/document-n1.xml (N1)        18.9            37.9
+    mdm-t02-initial/document.xml (N1)            7.2            22.2
+    cda/ldl-ses-n3.xml (N3)                     11.6            27.4
+    oru-r01-initial/document-n3.xml (N3)        24.1            39.5
+    median over the 10 fixture CDAs             12.3            29.0
+    one-off resolve + compile                  1.7 s           3.0 s
 
-The XPath engine (`SchematronEngine.XPATH`, kept for the comparison and as a cross-check in the
-tests) evaluates one XPath 3.1 expression per rule over the whole document and removes the nodes
-already taken by an earlier rule of the same pattern; it pays one Python-to-Saxon round trip and one
-full-document scan per rule (765 of them), where the XSLT engine walks the tree once per pattern
-with Saxon's indexed template dispatch. XPath has no try/catch either: a dynamic error fails the
-whole rule. Hence XSLT is the engine the connector uses.
+With the connector's path (safe parse done, XSD 0.1-0.8 ms, then the XSLT engine on the files as
+published), level-1 CDAs take 7 to 20 ms, level-3 ones 13 to 23 ms (median 13.7 ms over the 10).
+
+The XPath engine (`SchematronEngine.XPATH`, kept for this comparison and as a cross-check in the
+tests) compiles each rule once into XPath 3.1 function items (`select`, `check`) and runs one
+`fold-left` per pattern that removes the nodes an earlier rule already took. A first version
+that called `evaluate` once per rule measured about 5 s per document: saxonche recompiles an
+expression at every `evaluate` (12 ms for a large one, with or without `set_caching`). Even with
+function items it scans the whole document once per rule (766 rules) where the XSLT engine walks
+it once per pattern with indexed template dispatch, and it has no try/catch (XPath 3.1 has none):
+a dynamic error (the published files' missing value set raises on every document) sends it down
+a rule-by-rule fallback from Python, 45 to 85 ms. Hence XSLT is the engine the connector uses.
 
 Thread safety: a `PyXsltExecutable` (and a `PyXPathProcessor`) holds per-run state (global context
 item, parameters) and saxonche documents it as not thread-safe. `Schematron` keeps the compiled
 executable as a template and gives each thread its own clone (`threading.local`; clones are made
 under a lock), with its own document builder and value-set documents. One process-wide
 `PySaxonProcessor` is shared, which SaxonC supports. So one `Schematron` may be used from any
-number of worker threads without external locking, and runs on different threads go in parallel.
+number of worker threads without external locking, and runs on different threads go in parallel
+(saxonche releases the GIL: two threads gave 1.5 times the throughput of one on this machine).
 
 Messages: `SchematronFailure.message` keeps what the schematron computed (it may quote document
 values through `value-of`): operator report only. `summary` is the same message with every
@@ -923,8 +948,8 @@ def _visits(contexts: Iterable[str]) -> tuple[bool, bool]:
     for context in contexts:
         for branch in _split_union(context):
             step = _last_step_kind(branch)
-            if step.startswith(("@", "attribute::", "attribute(")) or step in ("node()", "@*"):
-                attributes = attributes or step != "node()"
+            if step.startswith(("@", "attribute::", "attribute(")):
+                attributes = True
             if step.startswith(("text()", "node()", "child::text()", "child::node()")):
                 text = True
     return attributes, text
@@ -1215,9 +1240,10 @@ class _XsltBuilder:
             test=f"not({test})" if item.kind is AssertionKind.ASSERT else f"({test})",
         )
         target = f"((({_rewrite_docs(item.subject, self.docs)}), .)[1])" if item.subject else "."
-        failure = etree.SubElement(
-            cond, "f", a=str(item.index), r=rule_attr, l="{sx:path(" + target + ")}"
-        )
+        failure = etree.SubElement(cond, "f", a=str(item.index), r=rule_attr)
+        # xsl:attribute rather than an attribute value template: the schematron's expression
+        # may hold braces.
+        etree.SubElement(failure, _xsl("attribute"), name="l", select=f"sx:path({target})")
         _emit_message(etree.SubElement(failure, "m"), item.message, self.docs, safe=False)
         for diag in item.diagnostics:
             _emit_message(etree.SubElement(failure, "d"), diag, self.docs, safe=False)
@@ -1289,8 +1315,8 @@ class _XsltRunner:
 
     def run(self, root: etree._Element) -> list[Row]:
         executable, builder = self._bundle()
-        node = builder.parse_xml(xml_text=_document_text(root), encoding="UTF-8")
         try:
+            node = builder.parse_xml(xml_text=_document_text(root), encoding="UTF-8")
             out = executable.transform_to_string(xdm_node=node)
         except PySaxonApiError as exc:  # outside any assertion
             raise SchematronRuntimeError(
@@ -1521,9 +1547,7 @@ return for $p in $sx__rules?* return fold-left($p?*, map{'seen': (), 'out': ()},
                 xp.set_parameter("sx__seen", seen)
                 xp.set_parameter("sx__p", proc.make_integer_value(p_number + 1))
                 xp.set_parameter("sx__r", proc.make_integer_value(r_number + 1))
-                fresh = xp.evaluate(
-                    "$sx__rules($sx__p)($sx__r)?select(., $sx__g) except $sx__seen"
-                )
+                fresh = xp.evaluate("$sx__rules($sx__p)($sx__r)?select(., $sx__g) except $sx__seen")
                 for i in range(fresh.size if fresh is not None else 0):
                     item = fresh.item_at(i)
                     seen.add_xdm_item(item)

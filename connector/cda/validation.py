@@ -189,7 +189,15 @@ class CdaValidator:
 
     def _warnings(self, report: SchematronReport | None) -> tuple[DocumentWarning, ...]:
         if report is None:
-            return ()
+            if self.policy is SchematronPolicy.OFF:
+                return ()
+            # A policy that asks for the schematron, and no file to run: say so on every AA.
+            return (
+                DocumentWarning(
+                    "CDA not checked against a schematron: validation.schematron is not configured",
+                    "validation.schematron",
+                ),
+            )
         label = self.schematron_label
         ordered = (*report.errors, *report.warnings)  # errors only reach here under WARN
         # role="info" findings stay in the report: they are not problems to signal in the AA.

@@ -70,7 +70,8 @@ def mutate(path: Path, change: Callable[[etree._Element], None]) -> bytes:
 
 def remove(root: etree._Element, xpath: str) -> None:
     found = root.xpath(xpath, namespaces=NS)
-    assert isinstance(found, list) and found, f"fixture has no {xpath}"
+    assert isinstance(found, list)
+    assert found, f"fixture has no {xpath}"
     for node in found:
         assert isinstance(node, etree._Element)
         parent = node.getparent()
@@ -83,7 +84,8 @@ def set_attribute(xpath: str, attribute: str, value: str) -> Callable[[etree._El
 
     def change(root: etree._Element) -> None:
         found = root.xpath(xpath, namespaces=NS)
-        assert isinstance(found, list) and found, f"fixture has no {xpath}"
+        assert isinstance(found, list)
+        assert found, f"fixture has no {xpath}"
         node = found[0]
         assert isinstance(node, etree._Element)
         node.set(attribute, value)

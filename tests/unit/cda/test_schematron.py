@@ -47,7 +47,9 @@ def write(directory: Path, name: str, text: str) -> Path:
     return path
 
 
-def run(path: Path, xml: str, engine: SchematronEngine, phase: str | None = None) -> SchematronReport:
+def run(
+    path: Path, xml: str, engine: SchematronEngine, phase: str | None = None
+) -> SchematronReport:
     return Schematron.compile(path, phase=phase, engine=engine).validate(parse_xml(xml.encode()))
 
 
@@ -55,7 +57,7 @@ def refs(report: SchematronReport) -> list[tuple[str, str]]:
     return [(f.rule_reference, f.location) for f in report.failures]
 
 
-# -- engine features, on small schematrons -----------------------------------------------------------
+# -- engine features, on small schematrons ---------------------------------------------------------
 
 
 BASICS = (
@@ -68,7 +70,8 @@ BASICS = (
       <assert test="matches(h:code/@value, '^[A-Z]+$')" role="warning">code <value-of
           select="h:code/@value"/> is not upper case</assert>
       <report id="flagged" test="h:flag = 'yes'" flag="f1">flag set on <name/></report>
-      <assert test="xs:integer(h:count) gt 0">count must be positive: <value-of select="h:count"/></assert>
+      <assert test="xs:integer(h:count) gt 0">count must be positive: <value-of
+          select="h:count"/></assert>
       <assert id="ok" test="h:code">never fails here</assert>
     </rule>
   </pattern>
@@ -164,9 +167,21 @@ def test_includes_are_recursive_and_relative(tmp_path: Path, engine: SchematronE
         HEAD + '<include href="inc/pattern.sch"/><pattern id="p-main">'
         '<include href="inc/rule.sch"/></pattern></schema>',
     )
-    write(tmp_path, "inc/pattern.sch", f'<pattern {SCH} id="p-inc"><include href="deep/r.sch"/></pattern>')
-    write(tmp_path, "inc/deep/r.sch", f'<rule {SCH} context="h:doc"><assert id="deep" test="h:a">a</assert></rule>')
-    write(tmp_path, "inc/rule.sch", f'<rule {SCH} context="h:doc"><assert id="near" test="h:b">b</assert></rule>')
+    write(
+        tmp_path,
+        "inc/pattern.sch",
+        f'<pattern {SCH} id="p-inc"><include href="deep/r.sch"/></pattern>',
+    )
+    write(
+        tmp_path,
+        "inc/deep/r.sch",
+        f'<rule {SCH} context="h:doc"><assert id="deep" test="h:a">a</assert></rule>',
+    )
+    write(
+        tmp_path,
+        "inc/rule.sch",
+        f'<rule {SCH} context="h:doc"><assert id="near" test="h:b">b</assert></rule>',
+    )
 
     report = run(main, '<doc xmlns="urn:hl7-org:v3"/>', engine)
 
@@ -184,7 +199,7 @@ def test_include_errors_are_configuration_errors(tmp_path: Path) -> None:
     write(tmp_path, "remote.sch", HEAD + '<include href="http://example.invalid/x.sch"/></schema>')
     write(tmp_path, "missing.sch", HEAD + '<include href="nowhere.sch"/></schema>')
 
-    with pytest.raises(SchematronCompileError, match="cycle through b.sch"):
+    with pytest.raises(SchematronCompileError, match=r"cycle through b\.sch"):
         resolve_schematron(tmp_path / "a.sch")
     with pytest.raises(SchematronCompileError, match="including a sch:schema"):
         resolve_schematron(tmp_path / "whole.sch")
@@ -198,13 +213,18 @@ ABSTRACT_PATTERN = (
     HEAD
     + """
   <pattern abstract="true" id="counted">
-    <rule context="$parent"><assert id="count" test="count($nodes) = $n">wrong count</assert></rule>
+    <rule context="$parent">
+      <let name="nb" value="count($nodes)"/>
+      <assert id="count" test="$nb = $n">wrong count</assert>
+    </rule>
   </pattern>
   <pattern is-a="counted" id="two-items">
-    <param name="parent" value="h:list"/><param name="nodes" value="h:item"/><param name="n" value="2"/>
+    <param name="parent" value="h:list"/><param name="nodes" value="h:item"/>
+    <param name="n" value="2"/>
   </pattern>
   <pattern is-a="counted" id="one-title">
-    <param name="parent" value="h:list"/><param name="nodes" value="h:title"/><param name="n" value="1"/>
+    <param name="parent" value="h:list"/><param name="nodes" value="h:title"/>
+    <param name="n" value="1"/>
   </pattern>
 </schema>"""
 )
@@ -217,12 +237,15 @@ def test_abstract_pattern_with_params(tmp_path: Path, engine: SchematronEngine) 
 
     report = run(path, xml, engine)
 
-    # $nodes is replaced as a whole name (not "$n" + "odes"), in each instance's own way.
+    # Whole names only: $n is a parameter, $nb (a let) and $nodes are not "$n" + "b"/"odes".
     assert [(f.pattern_id, f.test) for f in report.failures] == [
-        ("two-items", "count(h:item) = 2"),
-        ("one-title", "count(h:title) = 1"),
+        ("two-items", "$nb = 2"),
+        ("one-title", "$nb = 1"),
     ]
-    assert run(path, '<list xmlns="urn:hl7-org:v3"><title/><item/><item/></list>', engine).failures == ()
+    assert (
+        run(path, '<list xmlns="urn:hl7-org:v3"><title/><item/><item/></list>', engine).failures
+        == ()
+    )
 
 
 ABSTRACT_RULES = (
@@ -233,13 +256,20 @@ ABSTRACT_RULES = (
     <rule abstract="true" id="coded">
       <extends rule="has-value"/>
       <let name="allowed" value="('A', 'B')"/>
-      <assert test="not(@value) or @value = $allowed">not allowed: <value-of select="@value"/></assert>
+      <assert test="not(@value) or @value = $allowed">not allowed: <value-of
+          select="@value"/></assert>
     </rule>
-    <rule abstract="true" id="uses-caller"><assert id="uc" test="@value = $expected">unexpected</assert></rule>
+    <rule abstract="true" id="uses-caller">
+      <assert id="uc" test="@value = $expected">unexpected</assert>
+    </rule>
     <rule abstract="true" id="defines"><let name="limit" value="2"/></rule>
-    <rule context="h:code"><extends rule="coded"/><assert id="nb" test="not(@bad)">bad</assert></rule>
+    <rule context="h:code">
+      <extends rule="coded"/><assert id="nb" test="not(@bad)">bad</assert>
+    </rule>
     <rule context="h:status"><let name="expected" value="'X'"/><extends rule="uses-caller"/></rule>
-    <rule context="h:list"><extends rule="defines"/><assert id="lim" test="count(*) le $limit">many</assert></rule>
+    <rule context="h:list">
+      <extends rule="defines"/><assert id="lim" test="count(*) le $limit">many</assert>
+    </rule>
   </pattern>
 </schema>"""
 )
@@ -327,7 +357,9 @@ PHASES = (
   <phase id="strict"><let name="limit" value="0"/><active pattern="p-c"/></phase>
   <pattern id="p-a"><rule context="h:doc"><assert id="A" test="false()">A</assert></rule></pattern>
   <pattern id="p-b"><rule context="h:doc"><assert id="B" test="false()">B</assert></rule></pattern>
-  <pattern id="p-c"><rule context="h:doc"><assert id="C" test="count(*) le $limit">C</assert></rule></pattern>
+  <pattern id="p-c">
+    <rule context="h:doc"><assert id="C" test="count(*) le $limit">C</assert></rule>
+  </pattern>
 </schema>"""
 )
 
@@ -361,11 +393,14 @@ SUBJECT_AND_DIAGNOSTICS = (
     + """
   <pattern id="p">
     <rule context="h:doc">
-      <assert id="s" test="h:code/@value = 'A'" subject="h:code" diagnostics="d1">code must be A</assert>
+      <assert id="s" test="h:code/@value = 'A'" subject="h:code"
+              diagnostics="d1">code must be A</assert>
       <assert id="s-none" test="false()" subject="h:absent">falls back to the context</assert>
     </rule>
   </pattern>
-  <diagnostics><diagnostic id="d1">found <value-of select="h:code/@value"/></diagnostic></diagnostics>
+  <diagnostics>
+    <diagnostic id="d1">found <value-of select="h:code/@value"/></diagnostic>
+  </diagnostics>
 </schema>"""
 )
 
@@ -393,8 +428,8 @@ def test_doc_relative_to_the_schematron_and_missing_documents(
         tmp_path,
         "sub/../docs.sch",
         HEAD + '<pattern id="p"><rule context="h:code">'
-        "<assert id=\"known\" test=\"@value = doc('voc/codes.xml')//c/@v\">unknown code</assert>"
-        "<assert id=\"other\" test=\"@value = doc('voc/missing.xml')//c/@v\">not in list</assert>"
+        '<assert id="known" test="@value = doc(\'voc/codes.xml\')//c/@v">unknown code</assert>'
+        '<assert id="other" test="@value = doc(\'voc/missing.xml\')//c/@v">not in list</assert>'
         "</rule></pattern></schema>",
     )
     compiled = Schematron.compile(path, engine=engine)
@@ -414,8 +449,10 @@ def test_doc_relative_to_the_schematron_and_missing_documents(
 
 def test_bad_schematrons_are_configuration_errors(tmp_path: Path) -> None:
     syntax = write(
-        tmp_path, "syntax.sch", HEAD + '<pattern><rule context="h:x"><assert test="count(">x</assert>'
-        "</rule></pattern></schema>"
+        tmp_path,
+        "syntax.sch",
+        HEAD + '<pattern><rule context="h:x"><assert test="count(">x</assert>'
+        "</rule></pattern></schema>",
     )
     binding = write(tmp_path, "binding.sch", f'<schema {SCH} queryBinding="exslt"/>')
     not_sch = write(tmp_path, "not.sch", "<schema/>")
@@ -449,7 +486,7 @@ def test_report_rendering(tmp_path: Path) -> None:
     assert report.rule_references() == ("has-title", "flagged", "r-doc#4", "r-doc#2")
 
 
-# -- the ANS structuration-minimale files ------------------------------------------------------------
+# -- the ANS structuration-minimale files ----------------------------------------------------------
 
 SETID_RULE = "d152e10-false-d1610e0#29"  # ClinicalDocument: setId [1..1] (v1.16)
 FAMILY_QUALIFIER_RULE = "d2485e87-false-d3093e0#3"  # family@qualifier BR or CL only
@@ -527,13 +564,17 @@ def _no_birth_traits(root: etree._Element) -> None:
 
 
 def _tel_prefix(root: etree._Element) -> None:
-    set_attribute("//hl7:patientRole/hl7:telecom[starts-with(@value, 'tel:')]", "value", "phone:0147150000")(
-        root
-    )
+    set_attribute(
+        "//hl7:patientRole/hl7:telecom[starts-with(@value, 'tel:')]", "value", "phone:0147150000"
+    )(root)
 
 
 MUTANTS = {
-    "no setId": (lambda r: remove(r, "/hl7:ClinicalDocument/hl7:setId"), SETID_RULE, "/hl7:ClinicalDocument[1]"),
+    "no setId": (
+        lambda r: remove(r, "/hl7:ClinicalDocument/hl7:setId"),
+        SETID_RULE,
+        "/hl7:ClinicalDocument[1]",
+    ),
     "languageCode": (
         set_attribute("/hl7:ClinicalDocument/hl7:languageCode", "code", "fr_FR"),
         LANGUAGE_RULE,
@@ -565,7 +606,8 @@ def test_rule_texts_behind_the_mutants(strucmin_complete: Schematron) -> None:
     tests = {a.reference: a.test for a in strucmin_complete.schema.assertions}
     assert "hl7:setId[not(@nullFlavor)]" in tests[SETID_RULE]
     assert "hl7:birthplace/hl7:place/hl7:addr/hl7:county" in tests[INS_TRAITS_RULE]
-    assert "tel" in tests[TELECOM_RULE] and "mailto" in tests[TELECOM_RULE]
+    assert "'tel'" in tests[TELECOM_RULE]
+    assert "'mailto'" in tests[TELECOM_RULE]
     assert "@code" in tests[LANGUAGE_RULE]
     assert "voc-1.2.250.1.213.1.1.5.471-DYNAMIC.xml" in tests[TYPECODE_RULE]
 
@@ -584,7 +626,9 @@ def test_engines_agree_on_the_ans_files(strucmin_complete: Schematron) -> None:
         root = parse_xml(data)
 
         def key(report: SchematronReport) -> list[tuple[str, str, str, str]]:
-            return sorted((f.rule_reference, f.location, f.level.value, f.message) for f in report.failures)
+            return sorted(
+                (f.rule_reference, f.location, f.level.value, f.message) for f in report.failures
+            )
 
         assert key(xpath.validate(root)) == key(strucmin_complete.validate(root))
 

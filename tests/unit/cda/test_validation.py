@@ -43,9 +43,7 @@ def schematron(tmp_path_factory: pytest.TempPathFactory) -> Schematron:
     return Schematron.load(overlay_with_typecode_valueset(tmp_path_factory.mktemp("strucmin")))
 
 
-def validator(
-    xsd: XsdValidator, schematron: Schematron, policy: SchematronPolicy
-) -> CdaValidator:
+def validator(xsd: XsdValidator, schematron: Schematron, policy: SchematronPolicy) -> CdaValidator:
     return CdaValidator(xsd, schematron, policy)
 
 
@@ -86,8 +84,9 @@ def test_mdm_examples_go_through_under_warn(
 
     assert result.accepted
     assert result.rejection is None
-    assert result.schematron is not None and not result.schematron.is_valid
-    assert [w.rule_reference for w in result.warnings][0] == SETID_RULE
+    assert result.schematron is not None
+    assert not result.schematron.is_valid
+    assert result.warnings[0].rule_reference == SETID_RULE
     for warning in result.warnings:
         assert warning.severity is Severity.WARNING
         assert no_patient_data(warning.detail)
@@ -107,7 +106,9 @@ def test_off_does_not_run_the_schematron(xsd: XsdValidator, schematron: Schematr
     assert result.schematron is None
     assert result.warnings == ()
     assert "not run (policy off)" in result.report()
-    assert CdaValidator.from_paths(CDA_XSD, STRUCMIN, policy=SchematronPolicy.OFF).schematron is None
+    assert (
+        CdaValidator.from_paths(CDA_XSD, STRUCMIN, policy=SchematronPolicy.OFF).schematron is None
+    )
 
 
 @pytest.mark.parametrize("policy", list(SchematronPolicy))
@@ -120,6 +121,15 @@ def test_conformant_document_is_accepted(
     assert result.xsd_violations == ()
     assert result.warnings == ()
     assert result.root.tag == "{urn:hl7-org:v3}ClinicalDocument"
+
+
+def test_missing_schematron_is_signalled_unless_the_policy_is_off(xsd: XsdValidator) -> None:
+    warned = CdaValidator(xsd, None, SchematronPolicy.REJECT).validate(BASE.read_bytes())
+    silent = CdaValidator(xsd, None, SchematronPolicy.OFF).validate(BASE.read_bytes())
+
+    assert [w.rule_reference for w in warned.warnings] == ["validation.schematron"]
+    assert silent.warnings == ()
+    assert "Schematron: not configured" in warned.report()
 
 
 def test_published_files_accept_with_a_warning_for_the_missing_value_set(xsd: XsdValidator) -> None:
@@ -143,7 +153,8 @@ def test_xsd_invalid_document_is_rejected_under_every_policy(
     error = caught.value
     assert error.detail.startswith("CDA not valid against the CDA XSD: hl7:versionNumber/@value")
     assert "SECRET" not in error.detail
-    assert error.report is not None and "SECRET" in error.report  # the operator sees it
+    assert error.report is not None
+    assert "SECRET" in error.report  # the operator sees it
 
 
 def test_assess_returns_the_verdict_without_raising(
@@ -154,7 +165,8 @@ def test_assess_returns_the_verdict_without_raising(
     result = validator(xsd, schematron, SchematronPolicy.REJECT).assess(data)
 
     assert not result.accepted
-    assert result.rejection is not None and SETID_RULE in result.rejection
+    assert result.rejection is not None
+    assert SETID_RULE in result.rejection
     assert result.warnings == ()
     with pytest.raises(DocumentError, match="setId"):
         result.raise_if_rejected()
