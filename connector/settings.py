@@ -517,7 +517,9 @@ def parse_settings(data: Mapping[str, Any], *, source: str | None = None,
     default_charset = _codec(root, "default_charset", "utf-8") or "utf-8"
     validation = _validation(root)
     directory = _Reader(root.subtable("directory") or {}, "directory", source, env)
-    whitelist = directory.path("whitelist", must_exist=True)
+    # May not exist yet: `whitelist import` installs the first one; `serve` refuses to start
+    # without a valid list when the key is set.
+    whitelist = directory.path("whitelist")
     directory.close()
     tenants = []
     raw_tenants = root.array("tenants")

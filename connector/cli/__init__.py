@@ -17,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     from connector.cli.render_cmd import register as register_render
     from connector.cli.send_cmd import register as register_send
     from connector.cli.serve_cmd import register as register_serve
+    from connector.cli.whitelist_cmd import register as register_whitelist
 
     parser = argparse.ArgumentParser(
         prog="mssante-connector",
@@ -25,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for register in (register_serve, register_check_config, register_send, register_messages,
-                     register_render):
+                     register_render, register_whitelist):
         register(sub)
     return parser
 

@@ -107,3 +107,15 @@ async def test_messages_list_and_show(tmp_path: Path) -> None:
     assert code == 0
     assert "MSA|AA|L1" in out
     assert "PID|1||000003" in out  # full detail for the operator
+
+
+async def test_serve_refuses_a_malformed_whitelist(tmp_path: Path) -> None:
+    """The shared 2025-03 list is cut short (its root element is never closed): refused."""
+    from tests.conftest import FIXTURES
+
+    config = tmp_path / "c.toml"
+    shared_list = FIXTURES / "mssante" / "listeblanchemssante.xml"
+    config.write_text(f'[directory]\nwhitelist = "{shared_list}"\n[[tenants]]\nid = "a"\n')
+    code, _, err = await run_cli("serve", "--config", str(config))
+    assert code == 2
+    assert "listeblanchemssante.xml" in err
