@@ -148,7 +148,7 @@ def run_load(port: int, connections: int, seconds: float, kind: str, run_tag: st
     return json.loads(out.stdout)
 
 
-# -- servers ----------------------------------------------------------------------------------------
+# -- servers --------------------------------------------------------------------------------------
 
 
 def start_connector(workdir: Path, port: int) -> subprocess.Popen[bytes]:
@@ -202,8 +202,8 @@ def main() -> None:
                 for conns in args.connections:
                     base = run_load(baseline_port, conns, args.seconds, kind, "B")
                     mine = run_load(connector_port, conns, args.seconds, kind, "M")
-                    label = f"{kind} {base['size'] // 1000 if base['size'] > 5000 else base['size']}"
-                    label += "KB" if base["size"] > 5000 else "B"
+                    size = base["size"]
+                    label = f"{kind} {size // 1000}KB" if size > 5000 else f"{kind} {size}B"
                     for name, r in (("baseline", base), ("connector", mine)):
                         ratio = f"{mine['rate'] / base['rate']:.2f}x" if name == "connector" else ""
                         print(f"{label:<10}{conns:>6} {name:<10}{r['rate']:>9.0f}"
