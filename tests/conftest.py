@@ -21,3 +21,10 @@ def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.fail(f"shared data not found at {SHARED} (set MSSCONNECTOR_SHARED_DIR)")
     return SHARED
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not (FIXTURES / "hl7v2").is_dir():
+        raise pytest.UsageError(
+            f"the ANS fixtures are not at {FIXTURES}: run from a checkout with shared/ beside it "
+            "or set MSSCONNECTOR_SHARED_DIR")
