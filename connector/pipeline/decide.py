@@ -74,13 +74,14 @@ class IntakeDecider:
         except MessageError as exc:
             return IntakeDecision(header or salvage_header(payload), codec, Outcome.ERROR,
                                   (AckError.from_exception(exc),))
+        if flow is Flow.DOCUMENT_ORU and not is_cisis(message):  # no worker thread needed
+            return IntakeDecision(header, codec, Outcome.ERROR, (NO_LEGACY_MAPPING,), message,
+                                  flow)
         return IntakeDecision(header, codec, Outcome.ACCEPTED, (), message, flow)
 
     def check_documents(self, decision: IntakeDecision) -> IntakeDecision:
         """CI-SIS checks and CDA validation (slow: call from a worker thread)."""
         assert decision.message is not None
-        if decision.flow is Flow.DOCUMENT_ORU and not is_cisis(decision.message):
-            return replace(decision, outcome=Outcome.ERROR, errors=(NO_LEGACY_MAPPING,))
         try:
             verdict = self.cisis.check(decision.message)
         except MessageError as exc:

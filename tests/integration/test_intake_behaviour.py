@@ -196,3 +196,16 @@ async def test_forced_listener_charset(app_factory: Callable[..., object]) -> No
     running: RunningApp = await app_factory(charset="iso8859-1")  # type: ignore[operator]
     latin = adt("FC1").replace(b"PAT-TROIS", "PAT-TRÖIS".encode("latin-1"))
     assert ack_fields(await running.send(latin))["code"] == "AA"  # MSH-18 UTF-8 is overridden
+
+
+async def test_legacy_oru_without_mapping_is_refused_and_kept(running: RunningApp) -> None:
+    """An ORU without the CI-SIS profile (MSH-21) needs a legacy mapping; none is configured."""
+    legacy = (b"MSH|^~\\&|DPI|CHU-X|PFI|CHU-X|20240306111154||ORU^R01^ORU_R01|LEG1|P|2.5|||||"
+              b"FRA|UNICODE UTF-8\rPID|1||000003^^^CHU-X&000897406&N^PI\rOBR|1\r"
+              b"OBX|1|ED|11502-2^CR^LN||^application^pdf^Base64^JVBERi0=||||||F\r")
+    async with running.client() as client:
+        fields = ack_fields(await client.send(legacy))
+    assert (fields["code"], fields["err3"]) == ("AE", "207")
+    (row,) = await running.rows(status=InboundStatus.REJECTED)
+    assert row.error_detail == (
+        "ORU without the CI-SIS profile in MSH-21 and no legacy mapping configured")
