@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -63,7 +64,13 @@ async def wait_ready(port: int, process: subprocess.Popen[bytes]) -> None:
     raise AssertionError("server did not start")
 
 
-async def stream(port: int, worker: int, acked: list[str], stop: asyncio.Event) -> None:
+def large(control_id: str) -> bytes:
+    """An ADT padded to ~70 KB: stored through the payload log, not inline."""
+    return adt(control_id).replace(b"PV1|", b"NTE|1||" + b"x" * 70_000 + b"\rPV1|", 1)
+
+
+async def stream(port: int, worker: int, acked: list[str], stop: asyncio.Event,
+                 build: Callable[[str], bytes]) -> None:
     client = MLLPClient("127.0.0.1", port, timeout=5)
     await client.connect()
     try:
@@ -72,7 +79,7 @@ async def stream(port: int, worker: int, acked: list[str], stop: asyncio.Event) 
                 return
             control_id = f"K{worker}-{n}"
             try:
-                ack = await client.send(adt(control_id))
+                ack = await client.send(build(control_id))
             except (ProtocolError, OSError):
                 return  # the server died mid-message: no ACK, no promise
             if b"MSA|AA|" + control_id.encode() in ack:
@@ -81,7 +88,9 @@ async def stream(port: int, worker: int, acked: list[str], stop: asyncio.Event) 
         await client.close()
 
 
-async def test_sigkill_loses_no_acknowledged_message(tmp_path: Path) -> None:
+@pytest.mark.parametrize("build", [adt, large], ids=["inline", "payload-log"])
+async def test_sigkill_loses_no_acknowledged_message(tmp_path: Path,
+                                                     build: Callable[[str], bytes]) -> None:
     port = free_port()
     config = write_config(tmp_path, port)
     server = start_server(config)
@@ -89,7 +98,7 @@ async def test_sigkill_loses_no_acknowledged_message(tmp_path: Path) -> None:
     try:
         await wait_ready(port, server)
         stop = asyncio.Event()
-        workers = [asyncio.create_task(stream(port, w, acked, stop)) for w in range(4)]
+        workers = [asyncio.create_task(stream(port, w, acked, stop, build)) for w in range(4)]
         while len(acked) < 400:
             await asyncio.sleep(0.01)
             assert server.poll() is None
