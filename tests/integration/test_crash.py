@@ -17,6 +17,7 @@ import pytest
 
 from connector.errors import ProtocolError
 from connector.mllp.client import MLLPClient
+from connector.store.sqlite import SQLiteStore
 from tests.integration.test_intake_bad_input import adt
 
 pytestmark = pytest.mark.slow
@@ -114,9 +115,18 @@ async def test_sigkill_loses_no_acknowledged_message(tmp_path: Path,
         await wait_ready(port, restarted)
         db = tmp_path / "var" / "connector.db"
         conn = sqlite3.connect(db)
-        stored = {row[0] for row in conn.execute(
-            "SELECT control_id FROM inbound WHERE status = 'accepted'")}
+        stored = dict(conn.execute(
+            "SELECT control_id, id FROM inbound WHERE status = 'accepted'").fetchall())
         conn.close()
+        reader = SQLiteStore(db)  # beside the running server: read-only
+        reader.open(read_only=True)
+        try:
+            for control_id in acked[-50:]:  # the last ones were in flight at the kill
+                detail = await reader.get_inbound(stored[control_id])
+                assert detail is not None
+                assert detail.raw == build(control_id)
+        finally:
+            await reader.close()
     finally:
         restarted.send_signal(signal.SIGTERM)
         assert restarted.wait(15) == 0
