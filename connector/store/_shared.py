@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import queue
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from connector.store.model import InboundStatus, InboundSummary
 
@@ -28,6 +29,28 @@ class Waiter(Protocol):
 
 
 Outcome = tuple[Waiter, Any, BaseException | None]
+J = TypeVar("J")
+
+
+def take_batch(jobs: queue.SimpleQueue[Any], stop: object, kind: type[J], limit: int
+               ) -> tuple[list[J], bool]:
+    """Block for one job, then take whatever else is queued, up to `limit`: the group of a group
+    commit. Returns the jobs and whether `stop` was seen (the writer ends after this batch)."""
+    first = jobs.get()
+    if first is stop:
+        return [], True
+    assert isinstance(first, kind)
+    batch = [first]
+    while len(batch) < limit:
+        try:
+            item = jobs.get_nowait()
+        except queue.Empty:
+            break
+        if item is stop:
+            return batch, True
+        assert isinstance(item, kind)
+        batch.append(item)
+    return batch, False
 
 
 def resolve(outcomes: Sequence[Outcome]) -> None:

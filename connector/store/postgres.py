@@ -73,7 +73,13 @@ import psycopg.errors
 import structlog
 
 from connector.errors import StoreError, StoreUnavailable
-from connector.store._shared import SUMMARY_COLUMNS, SUMMARY_WIDTH, resolve, summary_from_row
+from connector.store._shared import (
+    SUMMARY_COLUMNS,
+    SUMMARY_WIDTH,
+    resolve,
+    summary_from_row,
+    take_batch,
+)
 from connector.store.cipher import PayloadCipher, SealedPayload
 from connector.store.migrations import MIGRATIONS
 from connector.store.model import (
@@ -236,21 +242,9 @@ class PostgresStore:
         try:
             stop = False
             while not stop:
-                first = self._queue.get()
-                if first is _STOP:
+                batch, stop = take_batch(self._queue, _STOP, _Job, _MAX_BATCH)
+                if not batch:
                     break
-                assert isinstance(first, _Job)
-                batch = [first]
-                while len(batch) < _MAX_BATCH:
-                    try:
-                        item = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if item is _STOP:
-                        stop = True
-                        break
-                    assert isinstance(item, _Job)
-                    batch.append(item)
                 conn = self._execute(conn, batch)
         finally:
             with contextlib.suppress(psycopg.Error):
