@@ -297,10 +297,14 @@ def _check_fields(
     message: Message, kind: MessageKind, core: CoreSegments, layout: Layout,
     warnings: list[RequestWarning],
 ) -> None:
+    # Usage R in the volet's MSH table (MSH-9/12/21 are checked earlier, with their own codes).
     for position, what in ((3, "sending application"), (4, "sending facility"),
-                           (10, "message control id")):
+                           (5, "receiving application"), (6, "receiving facility"),
+                           (7, "message date/time"), (10, "message control id"),
+                           (11, "processing id"), (17, "country code"), (18, "character set")):
         _require_field(message.msh, 1, position, what)
     _require_field(core.pid, 1, 3, "patient identifiers")
+    _require_field(core.pid, 1, 5, "patient name")
     if core.pv1 is not None:
         _require_field(core.pv1, 1, 2, "patient class")
         if core.pv1.value(2).upper() in _ADMITTED_CLASSES and not core.pv1.raw(19).strip():
@@ -309,7 +313,10 @@ def _check_fields(
     _require_field(core.orc, 1, 1, "order control")
     _require_field(core.obr, 1, 4, "document type")
     if core.txa is not None:
-        _require_field(core.txa, 1, 12, "unique document number")
+        for position, what in ((1, "set id"), (2, "document type"),
+                               (3, "document content presentation"),
+                               (12, "unique document number"), (17, "document completion status")):
+            _require_field(core.txa, 1, position, what)
         if kind is MessageKind.MDM_T10:
             _require_field(core.txa, 1, 13, "parent document number, required by T10")
     for ref in layout.documents:
