@@ -1,0 +1,811 @@
+"""SMTP submission against a real aiosmtpd server on 127.0.0.1, with a test PKI standing in for
+IGC-Santé: STARTTLS or implicit TLS, client certificates required and verified by the server."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import socket
+import ssl
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd import smtp as aiosmtpd_smtp
+from aiosmtpd.smtp import AuthResult, LoginPassword
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
+
+from connector.delivery import (
+    ClientTls,
+    ClientTlsSettings,
+    Outcome,
+    OutgoingEnvelope,
+    PemClientCertificate,
+    Pkcs12ClientCertificate,
+    SaslMechanism,
+    SendResult,
+    SmtpEndpoint,
+    SmtpErrorCode,
+    SmtpSubmitter,
+    Stage,
+    TlsMode,
+    build_client_tls,
+    client_certificate_info,
+)
+from connector.errors import ConfigError
+from tests.support.pki import Issued, TestCA
+
+SENDER = "pfi-auto@chu-test.mssante.fr"
+DOCTOR = "dr.hoda@medecin.mssante.fr"
+PATIENT = "146026322000196@patient.mssante.fr"
+CLIENT_CN = "BAL applicative CHU test"
+PLAIN_USER, PLAIN_PASSWORD = "pfi-auto@chu-test.mssante.fr", "s3cret-pl@in"
+OAUTH_TOKEN = "psc-access-token"
+
+
+# -- PKI -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pki:
+    directory: Path
+    ca: TestCA
+    other_ca: TestCA
+    server: Issued
+    server_for_other_host: Issued
+    client: Issued
+    foreign_client: Issued
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    directory = tmp_path_factory.mktemp("pki")
+    ca = TestCA(directory / "igc")
+    other = TestCA(directory / "other", name="Other Root CA")
+    return Pki(directory, ca, other,
+               server=ca.issue("smtp.operator.test", server=True),
+               server_for_other_host=ca.issue("elsewhere", server=True,
+                                              hosts=("smtp.elsewhere.test",)),
+               client=ca.issue(CLIENT_CN, server=False),
+               foreign_client=other.issue("Foreign client", server=False))
+
+
+def server_context(pki: Pki, certificate: Issued | None = None, *,
+                   require_client_certificate: bool = True) -> ssl.SSLContext:
+    certificate = certificate or pki.server
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(certificate.certificate, certificate.private_key)
+    if require_client_certificate:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(cafile=str(pki.ca.certificate))
+    return context
+
+
+def client_tls(pki: Pki, *, trust: TestCA | None = None,
+               certificate: Issued | str | None = "default") -> ClientTls:
+    issued = pki.client if certificate == "default" else certificate
+    source = (PemClientCertificate(issued.certificate, issued.private_key)
+              if isinstance(issued, Issued) else None)
+    return build_client_tls(ClientTlsSettings(ca_bundle=(trust or pki.ca).certificate,
+                                              client_certificate=source))
+
+
+# -- the server ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Behaviour:
+    advertise_dsn: bool = False
+    rcpt_replies: dict[str, str] = field(default_factory=dict)
+    data_reply: str | None = None
+    drop_at_data: bool = False  # close the connection instead of answering the end of data
+    stall_at_data: bool = False  # never answer the end of data
+    close_after_message: bool = False  # answer 250, then close the connection
+    drop_reused_at_mail: bool = False  # once: close a connection that already carried a message
+
+
+@dataclass
+class Recorder:
+    connections: int = 0
+    mail: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    rcpt: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    messages: list[bytes] = field(default_factory=list)
+    client_certificates: list[str] = field(default_factory=list)
+    logins: list[str] = field(default_factory=list)
+    dropped_reused: bool = False
+
+
+def _parameters(arg: str) -> tuple[str, dict[str, str], list[str]]:
+    address, *params = arg.split()
+    return address, dict(p.partition("=")[::2] for p in params), params
+
+
+class RecordingServer(aiosmtpd_smtp.SMTP):  # type: ignore[misc]
+    """Records MAIL/RCPT parameters as sent (aiosmtpd upper-cases them) and accepts the DSN ones
+    when it advertises DSN; without DSN, aiosmtpd answers 555 to them, like a real server."""
+
+    def __init__(self, handler: Handler, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.behaviour = handler.behaviour
+        self.recorder = handler.recorder
+        self.completed = 0
+
+    async def smtp_MAIL(  # noqa: N802 (aiosmtpd finds hooks by name)
+            self, arg: str | None) -> None:
+        await super().smtp_MAIL(self._take(arg, self.recorder.mail, {"RET", "ENVID"}))
+
+    async def smtp_RCPT(  # noqa: N802 (aiosmtpd finds hooks by name)
+            self, arg: str | None) -> None:
+        await super().smtp_RCPT(self._take(arg, self.recorder.rcpt, {"NOTIFY", "ORCPT"}))
+
+    def _take(self, arg: str | None, into: list[tuple[str, dict[str, str]]],
+              dsn_keys: set[str]) -> str | None:
+        if not arg:
+            return arg
+        address, parsed, params = _parameters(arg)
+        into.append((address.split(":", 1)[1].strip("<>"), parsed))
+        if self.behaviour.advertise_dsn:
+            params = [p for p in params if p.partition("=")[0].upper() not in dsn_keys]
+        return " ".join([address, *params])
+
+
+class Handler:
+    def __init__(self, behaviour: Behaviour, recorder: Recorder) -> None:
+        self.behaviour = behaviour
+        self.recorder = recorder
+
+    async def handle_EHLO(  # noqa: N802 (aiosmtpd finds hooks by name)
+            self, server: RecordingServer, session: Any, envelope: Any,
+            hostname: str, responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        if self.behaviour.advertise_dsn:
+            responses.insert(-1, "250-DSN")
+        return responses
+
+    async def handle_MAIL(  # noqa: N802 (aiosmtpd finds hooks by name)
+            self, server: RecordingServer, session: Any, envelope: Any,
+            address: str, options: list[str]) -> str:
+        if self.behaviour.drop_reused_at_mail and server.completed and \
+                not self.recorder.dropped_reused:
+            self.recorder.dropped_reused = True
+            server.transport.close()  # no reply reaches the client
+            return "421 4.4.2 gone"
+        peer = server.transport.get_extra_info("peercert") or {}
+        subject = dict(item for rdn in peer.get("subject", ()) for item in rdn)
+        self.recorder.client_certificates.append(subject.get("commonName", ""))
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 2.1.0 Ok"
+
+    async def handle_RCPT(  # noqa: N802 (aiosmtpd finds hooks by name)
+            self, server: RecordingServer, session: Any, envelope: Any,
+            address: str, options: list[str]) -> str:
+        if address in self.behaviour.rcpt_replies:
+            return self.behaviour.rcpt_replies[address]
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 Ok"
+
+    async def handle_DATA(  # noqa: N802 (aiosmtpd finds hooks by name)
+            self, server: RecordingServer, session: Any, envelope: Any) -> str:
+        if self.behaviour.stall_at_data:
+            await asyncio.Event().wait()
+        if self.behaviour.drop_at_data:
+            server.transport.close()
+            return "451 4.3.0 gone"
+        if self.behaviour.data_reply:
+            return self.behaviour.data_reply
+        self.recorder.messages.append(envelope.content)
+        server.completed += 1
+        if self.behaviour.close_after_message:
+            asyncio.get_running_loop().call_soon(server.transport.close)
+        return "250 2.0.0 Ok: queued as T1"
+
+    async def auth_EXTERNAL(  # noqa: N802 (aiosmtpd finds hooks by name)
+            self, server: RecordingServer, args: list[str]) -> AuthResult:
+        peer = server.transport.get_extra_info("peercert")
+        ok = peer is not None and args[1:] == ["="]
+        if ok:
+            self.recorder.logins.append("EXTERNAL")
+        return AuthResult(success=ok, handled=False)
+
+    async def auth_XOAUTH2(  # noqa: N802 (aiosmtpd finds hooks by name)
+            self, server: RecordingServer, args: list[str]) -> AuthResult:
+        fields = base64.b64decode(args[1]).decode().split("\x01")
+        ok = fields[:2] == [f"user={PLAIN_USER}", f"auth=Bearer {OAUTH_TOKEN}"]
+        if ok:
+            self.recorder.logins.append("XOAUTH2")
+        else:  # like the large providers: error details as a challenge, then the failure
+            answer = await server.challenge_auth('{"status":"401","schemes":"Bearer"}')
+            self.recorder.logins.append(f"XOAUTH2 refused, client answered {answer!r}")
+        return AuthResult(success=ok, handled=False)
+
+
+def _password_authenticator(recorder: Recorder) -> Callable[..., AuthResult]:
+    def authenticate(server: Any, session: Any, envelope: Any, mechanism: str,
+                     auth_data: Any) -> AuthResult:
+        ok = (isinstance(auth_data, LoginPassword) and auth_data.login == PLAIN_USER.encode()
+              and auth_data.password == PLAIN_PASSWORD.encode())
+        if ok:
+            recorder.logins.append(auth_data.login.decode())
+        return AuthResult(success=ok, handled=False)
+    return authenticate
+
+
+@dataclass(frozen=True)
+class RunningServer:
+    port: int
+    recorder: Recorder
+    host: str = "127.0.0.1"
+
+
+ServerFactory = Callable[..., Awaitable[RunningServer]]
+
+
+@pytest.fixture
+async def smtp_server(pki: Pki) -> AsyncIterator[ServerFactory]:
+    servers: list[asyncio.Server] = []
+    protocols: list[RecordingServer] = []
+
+    async def start(*, implicit: bool = False, starttls: bool = True,
+                    certificate: Issued | None = None, require_client_certificate: bool = True,
+                    auth_required: bool = False, auth_exclude: list[str] | None = None,
+                    data_size_limit: int = 10_000_000, **behaviour: Any) -> RunningServer:
+        loop = asyncio.get_running_loop()
+        context = server_context(pki, certificate,
+                                 require_client_certificate=require_client_certificate)
+        recorder = Recorder()
+        handler = Handler(Behaviour(**behaviour), recorder)
+
+        def connection() -> RecordingServer:
+            recorder.connections += 1
+            protocol = RecordingServer(
+                handler, hostname="smtp.operator.test", loop=loop,
+                tls_context=context if starttls and not implicit else None,
+                require_starttls=starttls and not implicit, data_size_limit=data_size_limit,
+                auth_required=auth_required, auth_exclude_mechanism=auth_exclude,
+                authenticator=_password_authenticator(recorder))
+            protocols.append(protocol)
+            return protocol
+
+        server = await loop.create_server(connection, "127.0.0.1", 0,
+                                          ssl=context if implicit else None)
+        servers.append(server)
+        return RunningServer(server.sockets[0].getsockname()[1], recorder)
+
+    yield start
+    for protocol in protocols:
+        if protocol.transport is not None:
+            protocol.transport.close()
+    for server in servers:
+        server.close()
+        await server.wait_closed()
+
+
+# -- client helpers ------------------------------------------------------------------------------
+
+
+def endpoint(server: RunningServer, **overrides: Any) -> SmtpEndpoint:
+    base = SmtpEndpoint(host=server.host, port=server.port, local_hostname="connector.test",
+                        connect_timeout=10, command_timeout=10, data_timeout=10)
+    return replace(base, **overrides)
+
+
+def envelope(n: int = 1, *, rcpt: str = DOCTOR, request_dsn: bool = False,
+             envid: str | None = None, size: int = 0) -> OutgoingEnvelope:
+    body = "x" * size
+    message = (f"From: {SENDER}\r\nTo: {rcpt}\r\nMessage-ID: <m{n}@chu-test.mssante.fr>\r\n"
+               f"Subject: test {n}\r\nMIME-Version: 1.0\r\n\r\nbody {n}\r\n.leading dot\r\n"
+               f"{body}\r\n").encode("ascii")
+    return OutgoingEnvelope(mail_from=SENDER, rcpt_to=rcpt, message=message,
+                            message_id=f"<m{n}@chu-test.mssante.fr>", envid=envid or f"outbox-{n}",
+                            request_dsn=request_dsn)
+
+
+async def send(endpoint_: SmtpEndpoint, tls: ClientTls, *envelopes: OutgoingEnvelope
+               ) -> tuple[list[SendResult], SmtpSubmitter]:
+    async with SmtpSubmitter(endpoint_, tls) as submitter:
+        results = await submitter.send_all(envelopes)
+    return results, submitter
+
+
+def no_patient_data(result: SendResult) -> None:
+    for text in (result.detail, result.server_message):
+        assert PATIENT not in text
+        assert "146026322000196" not in text
+
+
+# -- STARTTLS and certificates -------------------------------------------------------------------
+
+
+async def test_starttls_with_client_certificate(smtp_server: ServerFactory, pki: Pki) -> None:
+    server = await smtp_server()
+    mail = envelope()
+    [result], _ = await send(endpoint(server), client_tls(pki), mail)
+
+    assert result.outcome is Outcome.SENT
+    assert (result.stage, result.smtp_code, result.enhanced_status) == (Stage.DONE, 250, "2.0.0")
+    assert result.error_code is None
+    assert server.recorder.client_certificates == [CLIENT_CN]
+    assert server.recorder.mail[0][0] == SENDER
+    assert server.recorder.rcpt[0][0] == DOCTOR
+    assert server.recorder.messages == [mail.message]  # byte for byte, dot-stuffing undone
+
+
+async def test_one_connection_carries_a_batch(smtp_server: ServerFactory, pki: Pki) -> None:
+    server = await smtp_server()
+    results, submitter = await send(endpoint(server), client_tls(pki),
+                                    *(envelope(n) for n in range(1, 5)))
+
+    assert [r.outcome for r in results] == [Outcome.SENT] * 4
+    assert [r.message_id for r in results] == [f"<m{n}@chu-test.mssante.fr>" for n in range(1, 5)]
+    assert server.recorder.connections == 1
+    assert submitter.connections_opened == 1
+    assert len(server.recorder.messages) == 4
+
+
+async def test_server_refuses_a_client_without_certificate(smtp_server: ServerFactory,
+                                                           pki: Pki) -> None:
+    server = await smtp_server()
+    results, submitter = await send(endpoint(server), client_tls(pki, certificate=None),
+                                    envelope(1), envelope(2))
+
+    first, second = results
+    assert first.outcome is Outcome.CONFIG_ERROR
+    assert first.stage is Stage.TLS
+    assert first.error_code is SmtpErrorCode.CONNECTION_FAILED
+    assert "no client certificate is configured" in first.detail
+    assert second.outcome is Outcome.CONFIG_ERROR
+    assert not second.attempted
+    assert submitter.connections_opened <= 2  # confirmed once, then no more attempts
+    assert server.recorder.mail == []
+
+
+async def test_server_refuses_a_certificate_from_another_ca(smtp_server: ServerFactory,
+                                                            pki: Pki) -> None:
+    server = await smtp_server()
+    [result], submitter = await send(endpoint(server),
+                                     client_tls(pki, certificate=pki.foreign_client), envelope())
+
+    assert result.outcome is Outcome.CONFIG_ERROR
+    assert result.stage is Stage.TLS
+    assert "CN=Foreign client" in result.detail  # which certificate
+    assert "CN=Other Root CA" in result.detail  # and who issued it
+    assert str(pki.foreign_client.certificate) in result.detail
+    assert submitter.connections_opened <= 2
+    assert server.recorder.mail == []
+
+
+async def test_untrusted_server_certificate_fails_fast(smtp_server: ServerFactory,
+                                                       pki: Pki) -> None:
+    server = await smtp_server()
+    results, submitter = await send(endpoint(server), client_tls(pki, trust=pki.other_ca),
+                                    envelope(1), envelope(2))
+
+    first, second = results
+    assert first.outcome is Outcome.CONFIG_ERROR
+    assert first.stage is Stage.TLS
+    assert "failed verification" in first.detail
+    assert str(pki.other_ca.certificate) in first.detail  # which CA bundle
+    assert (second.outcome, second.attempted) == (Outcome.CONFIG_ERROR, False)
+    assert submitter.connections_opened == 1  # a verification failure is not retried
+    assert server.recorder.mail == []
+
+
+async def test_server_certificate_for_another_host(smtp_server: ServerFactory, pki: Pki) -> None:
+    server = await smtp_server(certificate=pki.server_for_other_host)
+    [result], _ = await send(endpoint(server), client_tls(pki), envelope())
+
+    assert result.outcome is Outcome.CONFIG_ERROR
+    assert "mismatch" in result.detail.lower()
+    assert "127.0.0.1" in result.detail
+
+
+async def test_nothing_is_sent_in_clear_without_starttls(smtp_server: ServerFactory,
+                                                         pki: Pki) -> None:
+    server = await smtp_server(starttls=False)
+    [result], _ = await send(endpoint(server), client_tls(pki), envelope())
+
+    assert result.outcome is Outcome.CONFIG_ERROR
+    assert (result.stage, result.error_code) == (Stage.TLS, SmtpErrorCode.CONNECTION_FAILED)
+    assert "does not offer STARTTLS" in result.detail
+    assert server.recorder.mail == []
+
+
+async def test_implicit_tls(smtp_server: ServerFactory, pki: Pki) -> None:
+    server = await smtp_server(implicit=True)
+    results, _ = await send(endpoint(server, mode=TlsMode.IMPLICIT_TLS), client_tls(pki),
+                            envelope(1), envelope(2))
+
+    assert [r.outcome for r in results] == [Outcome.SENT, Outcome.SENT]
+    assert server.recorder.client_certificates == [CLIENT_CN, CLIENT_CN]
+    assert server.recorder.connections == 1
+
+
+async def test_implicit_tls_without_client_certificate(smtp_server: ServerFactory,
+                                                       pki: Pki) -> None:
+    server = await smtp_server(implicit=True)
+    [result], _ = await send(endpoint(server, mode=TlsMode.IMPLICIT_TLS),
+                             client_tls(pki, certificate=None), envelope())
+
+    assert result.outcome is Outcome.CONFIG_ERROR
+    assert result.stage is Stage.TLS
+
+
+async def test_implicit_tls_against_a_starttls_port(smtp_server: ServerFactory,
+                                                    pki: Pki) -> None:
+    server = await smtp_server()  # plain greeting, then STARTTLS
+    [result], _ = await send(endpoint(server, mode=TlsMode.IMPLICIT_TLS), client_tls(pki),
+                             envelope())
+
+    assert (result.outcome, result.stage) == (Outcome.CONFIG_ERROR, Stage.TLS)
+    assert "the other TLS mode" in result.detail
+    assert server.recorder.mail == []
+
+
+async def test_pkcs12_client_certificate_with_password(smtp_server: ServerFactory, pki: Pki,
+                                                       tmp_path: Path) -> None:
+    bundle = _pkcs12(pki.client, tmp_path / "bal.p12", password="p12-secret")
+    tls = build_client_tls(ClientTlsSettings(
+        ca_bundle=pki.ca.certificate,
+        client_certificate=Pkcs12ClientCertificate(bundle, password="p12-secret")))
+    server = await smtp_server()
+    [result], _ = await send(endpoint(server), tls, envelope())
+
+    assert result.outcome is Outcome.SENT
+    assert server.recorder.client_certificates == [CLIENT_CN]
+    assert tls.client_certificate is not None
+    assert tls.client_certificate.source == str(bundle)
+
+
+async def test_ca_bundle_as_pkcs7(smtp_server: ServerFactory, pki: Pki, tmp_path: Path) -> None:
+    """The ANS publishes the IGC-Santé chain as a .p7b."""
+    root = x509.load_pem_x509_certificate(pki.ca.certificate.read_bytes())
+    p7b = tmp_path / "chain.p7b"
+    p7b.write_bytes(pkcs7.serialize_certificates([root], serialization.Encoding.DER))
+    tls = build_client_tls(ClientTlsSettings(
+        ca_bundle=p7b,
+        client_certificate=PemClientCertificate(pki.client.certificate, pki.client.private_key)))
+    server = await smtp_server()
+    [result], _ = await send(endpoint(server), tls, envelope())
+
+    assert result.outcome is Outcome.SENT
+
+
+async def test_private_directory_when_memfd_is_unavailable(
+        smtp_server: ServerFactory, pki: Pki, monkeypatch: pytest.MonkeyPatch) -> None:
+    before = set(Path(tempfile.gettempdir()).glob("mssconnector-tls-*"))
+    monkeypatch.delattr(os, "memfd_create", raising=False)
+    tls = client_tls(pki)
+    server = await smtp_server()
+    [result], _ = await send(endpoint(server), tls, envelope())
+
+    assert result.outcome is Outcome.SENT
+    assert set(Path(tempfile.gettempdir()).glob("mssconnector-tls-*")) == before  # removed
+
+
+# -- DSN -----------------------------------------------------------------------------------------
+
+
+async def test_dsn_parameters_when_advertised(smtp_server: ServerFactory, pki: Pki) -> None:
+    server = await smtp_server(advertise_dsn=True)
+    mail = replace(envelope(request_dsn=True, envid="outbox-42+retry=1"),
+                   rcpt_to="dr.hoda+cardio@medecin.mssante.fr")
+    [result], _ = await send(endpoint(server), client_tls(pki), mail)
+
+    assert result.outcome is Outcome.SENT
+    assert result.dsn_requested
+    [(_, mail_params)] = server.recorder.mail
+    assert mail_params["RET"] == "HDRS"
+    assert mail_params["ENVID"] == "outbox-42+2Bretry+3D1"  # xtext
+    assert mail_params["SIZE"] == str(len(mail.message))
+    [(address, rcpt_params)] = server.recorder.rcpt
+    assert address == "dr.hoda+cardio@medecin.mssante.fr"
+    assert rcpt_params == {"NOTIFY": "SUCCESS,FAILURE,DELAY",
+                           "ORCPT": "rfc822;dr.hoda+2Bcardio@medecin.mssante.fr"}
+
+
+@pytest.mark.parametrize(("advertised", "requested"), [(False, True), (True, False)])
+async def test_no_dsn_parameters_unless_advertised_and_requested(
+        smtp_server: ServerFactory, pki: Pki, advertised: bool, requested: bool) -> None:
+    server = await smtp_server(advertise_dsn=advertised)
+    [result], _ = await send(endpoint(server), client_tls(pki), envelope(request_dsn=requested))
+
+    assert result.outcome is Outcome.SENT
+    assert not result.dsn_requested
+    [(_, mail_params)] = server.recorder.mail
+    assert set(mail_params) == {"SIZE"}
+    [(_, rcpt_params)] = server.recorder.rcpt
+    assert rcpt_params == {}
+
+
+# -- replies -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("reply", "code", "status", "error_code"), [
+    ("450 4.2.1 Mailbox busy", 450, "4.2.1", SmtpErrorCode.MAILBOX_UNAVAILABLE_TEMPORARY),
+    ("451 4.3.0 Local error", 451, "4.3.0", SmtpErrorCode.PROCESSING_ERROR),
+    ("452 4.5.3 Too many recipients", 452, "4.5.3", SmtpErrorCode.SYSTEM_RESOURCES),
+    ("454 4.7.1 Relay temporarily refused", 454, "4.7.1", SmtpErrorCode.PROCESSING_ERROR),
+])
+async def test_4xx_at_rcpt_is_transient(smtp_server: ServerFactory, pki: Pki, reply: str,
+                                        code: int, status: str,
+                                        error_code: SmtpErrorCode) -> None:
+    server = await smtp_server(rcpt_replies={PATIENT: reply})
+    results, submitter = await send(endpoint(server), client_tls(pki), envelope(1, rcpt=PATIENT),
+                                    envelope(2))
+
+    failed, sent = results
+    assert (failed.outcome, failed.stage) == (Outcome.TRANSIENT, Stage.RCPT)
+    assert (failed.smtp_code, failed.enhanced_status, failed.error_code) == (code, status,
+                                                                             error_code)
+    assert failed.retryable
+    no_patient_data(failed)
+    assert sent.outcome is Outcome.SENT  # the session was reset and reused
+    assert submitter.connections_opened == 1
+    assert len(server.recorder.messages) == 1
+
+
+async def test_421_at_rcpt_then_reconnects(smtp_server: ServerFactory, pki: Pki) -> None:
+    server = await smtp_server(rcpt_replies={PATIENT: "421 4.3.2 Service shutting down"})
+    results, submitter = await send(endpoint(server), client_tls(pki), envelope(1, rcpt=PATIENT),
+                                    envelope(2))
+
+    failed, sent = results
+    assert (failed.outcome, failed.error_code) == (Outcome.TRANSIENT,
+                                                   SmtpErrorCode.SERVICE_UNAVAILABLE)
+    assert sent.outcome is Outcome.SENT
+    assert submitter.connections_opened == 2
+
+
+async def test_5xx_at_rcpt_is_permanent(smtp_server: ServerFactory, pki: Pki) -> None:
+    reply = f"550 5.1.1 <{PATIENT}>: Recipient address rejected: User unknown"
+    server = await smtp_server(rcpt_replies={PATIENT: reply})
+    [result], _ = await send(endpoint(server), client_tls(pki), envelope(rcpt=PATIENT))
+
+    assert (result.outcome, result.stage) == (Outcome.PERMANENT, Stage.RCPT)
+    assert (result.smtp_code, result.enhanced_status) == (550, "5.1.1")
+    assert result.error_code is SmtpErrorCode.MAILBOX_UNAVAILABLE
+    assert result.error_label == "BAL non disponible/non trouvée"
+    assert "<address>" in result.server_message
+    no_patient_data(result)
+
+
+@pytest.mark.parametrize(("reply", "error_code"), [
+    ("554 5.6.0 Message content rejected", SmtpErrorCode.PERMANENT_FAILURE),
+    ("552 5.3.4 Message too big for system", SmtpErrorCode.STORAGE_EXCEEDED),
+    ("556 5.7.0 Unknown policy", SmtpErrorCode.PERMANENT_FAILURE),
+])
+async def test_5xx_at_data_is_permanent(smtp_server: ServerFactory, pki: Pki, reply: str,
+                                        error_code: SmtpErrorCode) -> None:
+    server = await smtp_server(data_reply=reply)
+    [result], _ = await send(endpoint(server), client_tls(pki), envelope())
+
+    assert (result.outcome, result.stage, result.error_code) == (Outcome.PERMANENT, Stage.DATA,
+                                                                 error_code)
+    assert result.smtp_code == int(reply[:3])
+
+
+async def test_message_over_the_server_size_is_refused_locally(smtp_server: ServerFactory,
+                                                               pki: Pki) -> None:
+    server = await smtp_server(data_size_limit=2000)
+    [result], _ = await send(endpoint(server), client_tls(pki), envelope(size=5000))
+
+    assert (result.outcome, result.error_code) == (Outcome.PERMANENT, SmtpErrorCode.SIZE_EXCEEDED)
+    assert result.smtp_code is None
+    assert server.recorder.mail == []
+
+
+# -- disconnections and time-outs ----------------------------------------------------------------
+
+
+async def test_disconnect_mid_session_is_transient(smtp_server: ServerFactory, pki: Pki) -> None:
+    server = await smtp_server(drop_at_data=True)
+    results, _ = await send(endpoint(server), client_tls(pki), envelope(1))
+
+    [result] = results
+    assert (result.outcome, result.stage) == (Outcome.TRANSIENT, Stage.DATA)
+    assert result.error_code is SmtpErrorCode.CONNECTION_INTERRUPTED
+    assert result.smtp_code is None
+    assert "may have been accepted" in result.detail
+
+
+async def test_next_envelope_reconnects_after_a_disconnect(smtp_server: ServerFactory,
+                                                           pki: Pki) -> None:
+    server = await smtp_server(close_after_message=True)
+    results, submitter = await send(endpoint(server), client_tls(pki),
+                                    *(envelope(n) for n in range(1, 4)))
+
+    assert [r.outcome for r in results] == [Outcome.SENT] * 3
+    assert submitter.connections_opened == server.recorder.connections == 3
+
+
+async def test_dead_reused_session_is_retried_once(smtp_server: ServerFactory, pki: Pki) -> None:
+    server = await smtp_server(drop_reused_at_mail=True)
+    results, submitter = await send(endpoint(server), client_tls(pki), envelope(1), envelope(2))
+
+    assert [r.outcome for r in results] == [Outcome.SENT, Outcome.SENT]
+    assert submitter.connections_opened == 2
+    assert len(server.recorder.messages) == 2
+
+
+async def test_connection_refused_is_transient_111(pki: Pki) -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    refused = SmtpEndpoint(host="127.0.0.1", port=port, connect_timeout=10)
+    results, submitter = await send(refused, client_tls(pki), envelope(1), envelope(2))
+
+    first, second = results
+    assert (first.outcome, first.stage) == (Outcome.TRANSIENT, Stage.CONNECT)
+    assert first.error_code is SmtpErrorCode.CONNECTION_REFUSED
+    assert first.error_label == "connexion refusée"
+    assert (second.error_code, second.attempted) == (SmtpErrorCode.CONNECTION_REFUSED, False)
+    assert submitter.connections_opened == 1
+
+
+async def test_no_reply_in_time_is_transient_420(smtp_server: ServerFactory, pki: Pki) -> None:
+    server = await smtp_server(stall_at_data=True)
+    [result], _ = await send(endpoint(server, data_timeout=0.5), client_tls(pki), envelope())
+
+    assert (result.outcome, result.stage) == (Outcome.TRANSIENT, Stage.DATA)
+    assert result.error_code is SmtpErrorCode.TIMEOUT
+
+
+# -- SASL ----------------------------------------------------------------------------------------
+
+
+async def test_sasl_plain_over_tls(smtp_server: ServerFactory, pki: Pki) -> None:
+    server = await smtp_server(auth_required=True)
+    plain = endpoint(server, sasl=SaslMechanism.PLAIN, username=PLAIN_USER,
+                     password=PLAIN_PASSWORD)
+    results, _ = await send(plain, client_tls(pki), envelope(1), envelope(2))
+
+    assert [r.outcome for r in results] == [Outcome.SENT, Outcome.SENT]
+    assert server.recorder.logins == [PLAIN_USER]  # once per session
+
+
+async def test_sasl_plain_refused_is_a_configuration_error(smtp_server: ServerFactory,
+                                                           pki: Pki) -> None:
+    server = await smtp_server(auth_required=True)
+    plain = endpoint(server, sasl=SaslMechanism.PLAIN, username=PLAIN_USER,
+                     password="Not-Th3-P4ssword")
+    [result], _ = await send(plain, client_tls(pki), envelope())
+
+    assert (result.outcome, result.stage) == (Outcome.CONFIG_ERROR, Stage.AUTH)
+    assert (result.smtp_code, result.enhanced_status) == (535, "5.7.8")
+    assert result.error_code is SmtpErrorCode.AUTHENTICATION_REQUIRED
+    assert "Not-Th3-P4ssword" not in result.detail + result.server_message
+    assert server.recorder.mail == []
+
+
+async def test_authentication_required_but_not_configured(smtp_server: ServerFactory,
+                                                          pki: Pki) -> None:
+    server = await smtp_server(auth_required=True)
+    [result], _ = await send(endpoint(server), client_tls(pki), envelope())
+
+    assert (result.outcome, result.stage) == (Outcome.CONFIG_ERROR, Stage.MAIL)
+    assert result.error_code is SmtpErrorCode.AUTHENTICATION_REQUIRED
+    assert "configure SASL" in result.detail
+
+
+async def test_sasl_mechanism_not_offered(smtp_server: ServerFactory, pki: Pki) -> None:
+    server = await smtp_server(auth_required=True, auth_exclude=["XOAUTH2"])
+    oauth = endpoint(server, sasl=SaslMechanism.XOAUTH2, username=PLAIN_USER,
+                     oauth_token=OAUTH_TOKEN)
+    [result], _ = await send(oauth, client_tls(pki), envelope())
+
+    assert (result.outcome, result.stage) == (Outcome.CONFIG_ERROR, Stage.AUTH)
+    assert result.error_code is SmtpErrorCode.AUTHENTICATION_REQUIRED
+    assert "does not offer SASL XOAUTH2" in result.detail
+    assert "PLAIN" in result.detail  # what it offers instead
+    assert server.recorder.mail == []
+
+
+@pytest.mark.parametrize("mechanism", [SaslMechanism.EXTERNAL, SaslMechanism.XOAUTH2])
+async def test_sasl_external_and_xoauth2(smtp_server: ServerFactory, pki: Pki,
+                                         mechanism: SaslMechanism) -> None:
+    server = await smtp_server(auth_required=True)
+    credentials: dict[str, Any] = (
+        {"username": PLAIN_USER, "oauth_token": OAUTH_TOKEN}
+        if mechanism is SaslMechanism.XOAUTH2 else {})
+    [result], _ = await send(endpoint(server, sasl=mechanism, **credentials), client_tls(pki),
+                             envelope())
+
+    assert result.outcome is Outcome.SENT
+    assert server.recorder.logins == [mechanism.name]
+
+
+async def test_sasl_xoauth2_refused_token(smtp_server: ServerFactory, pki: Pki) -> None:
+    server = await smtp_server(auth_required=True)
+    oauth = endpoint(server, sasl=SaslMechanism.XOAUTH2, username=PLAIN_USER,
+                     oauth_token="expired-token")
+    [result], _ = await send(oauth, client_tls(pki), envelope())
+
+    assert (result.outcome, result.stage) == (Outcome.CONFIG_ERROR, Stage.AUTH)
+    assert (result.smtp_code, result.error_code) == (535, SmtpErrorCode.AUTHENTICATION_REQUIRED)
+    assert server.recorder.logins == ["XOAUTH2 refused, client answered b''"]
+    assert "expired-token" not in result.detail + result.server_message
+
+
+# -- loading the client TLS material -------------------------------------------------------------
+
+
+def _pkcs12(issued: Issued, path: Path, *, password: str) -> Path:
+    key = serialization.load_pem_private_key(issued.private_key.read_bytes(), None)
+    certificate = x509.load_pem_x509_certificate(issued.certificate.read_bytes())
+    path.write_bytes(pkcs12.serialize_key_and_certificates(
+        b"bal", key, certificate, None,  # type: ignore[arg-type]
+        serialization.BestAvailableEncryption(password.encode())))
+    return path
+
+
+def test_pkcs12_wrong_password(pki: Pki, tmp_path: Path) -> None:
+    bundle = _pkcs12(pki.client, tmp_path / "bal.p12", password="right-one")
+    settings = ClientTlsSettings(ca_bundle=pki.ca.certificate,
+                                 client_certificate=Pkcs12ClientCertificate(bundle, "wrong-one"))
+    with pytest.raises(ConfigError) as caught:
+        build_client_tls(settings)
+    assert str(bundle) in str(caught.value)
+    assert "wrong-one" not in str(caught.value)
+    assert "wrong-one" not in repr(settings)
+
+
+def test_key_that_does_not_match_the_certificate(pki: Pki) -> None:
+    mixed = PemClientCertificate(pki.client.certificate, pki.foreign_client.private_key)
+    with pytest.raises(ConfigError, match="does not belong"):
+        build_client_tls(ClientTlsSettings(ca_bundle=pki.ca.certificate,
+                                           client_certificate=mixed))
+
+
+def test_encrypted_pem_key(pki: Pki, tmp_path: Path) -> None:
+    key = serialization.load_pem_private_key(pki.client.private_key.read_bytes(), None)
+    encrypted = tmp_path / "client.key"
+    encrypted.write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"pem-secret")))
+    with pytest.raises(ConfigError, match="a password is needed"):
+        build_client_tls(ClientTlsSettings(ca_bundle=pki.ca.certificate,
+                                           client_certificate=PemClientCertificate(
+                                               pki.client.certificate, encrypted)))
+    tls = build_client_tls(ClientTlsSettings(
+        ca_bundle=pki.ca.certificate,
+        client_certificate=PemClientCertificate(pki.client.certificate, encrypted, "pem-secret")))
+    assert tls.client_certificate is not None
+
+
+def test_a_ca_bundle_is_required_unless_the_system_store_is_chosen(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="ca_bundle"):
+        ClientTlsSettings(ca_bundle=None)
+    with pytest.raises(ConfigError, match="cannot read"):
+        build_client_tls(ClientTlsSettings(ca_bundle=tmp_path / "missing.pem"))
+    tls = build_client_tls(ClientTlsSettings(ca_bundle=None, use_system_trust_store=True))
+    assert tls.context.verify_mode is ssl.CERT_REQUIRED
+    assert tls.context.check_hostname
+
+
+def test_context_is_tls12_or_newer_with_verification(pki: Pki) -> None:
+    tls = client_tls(pki)
+    assert tls.context.minimum_version is ssl.TLSVersion.TLSv1_2
+    assert tls.context.verify_mode is ssl.CERT_REQUIRED
+    assert tls.context.check_hostname
+    assert str(pki.ca.certificate) in tls.trust
+    with pytest.raises(ConfigError, match=r"TLS 1\.2"):
+        ClientTlsSettings(ca_bundle=pki.ca.certificate, minimum_version=ssl.TLSVersion.TLSv1_1)
+
+
+def test_client_certificate_expiry(pki: Pki, tmp_path: Path) -> None:
+    info = client_certificate_info(PemClientCertificate(pki.client.certificate,
+                                                        pki.client.private_key))
+    assert f"CN={CLIENT_CN}" in info.subject
+    assert "Test IGC-Sante Root" in info.issuer
+    assert 9 < info.days_to_expiry() <= 10  # TestCA issues for 10 days
+    bundle = _pkcs12(pki.client, tmp_path / "bal.p12", password="pw")
+    assert client_certificate_info(Pkcs12ClientCertificate(bundle, "pw")).not_after == \
+        info.not_after
