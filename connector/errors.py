@@ -145,5 +145,9 @@ class PermanentDeliveryError(DeliveryError):
     """5xx and certificate errors: not retried."""
 
 
+class ReceiptError(ConnectorError):
+    """A returned mail (DSN, MDN, KO mail) could not be read at all; names no value from it."""
+
+
 class ShuttingDown(ConnectorError):
     """The process is draining; new work is refused (answered AR)."""

@@ -108,7 +108,11 @@ def escape(value: str, d: Delimiters = DEFAULT_DELIMITERS) -> str:
     out = out.replace(d.subcomponent, f"{esc}T{esc}").replace(d.repetition, f"{esc}R{esc}")
     # Hex escapes, not `\.br\`: they round-trip CR and LF exactly, are allowed in every text
     # type (formatting commands are for FT only), and hold no character a delimiter can be.
-    return out.replace("\r", f"{esc}X0D{esc}").replace("\n", f"{esc}X0A{esc}")
+    # The MLLP block characters (VT, FS) are escaped too: they must never reach the wire raw.
+    for char in "\r\n\x0b\x1c":
+        if char in out:
+            out = out.replace(char, f"{esc}X{ord(char):02X}{esc}")
+    return out
 
 
 @dataclass(frozen=True, slots=True)

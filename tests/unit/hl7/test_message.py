@@ -404,3 +404,13 @@ def test_good_segment_ids(segment: str) -> None:
 
 def test_bom_is_tolerated() -> None:
     assert parse_message("\ufeff" + MSH) == parse_message(MSH)
+
+
+def test_escape_keeps_mllp_block_characters_off_the_wire() -> None:
+    from connector.hl7.message import escape, unescape
+
+    value = "a\x0bb\x1cc\r\nd"
+    escaped = escape(value)
+    assert "\x0b" not in escaped
+    assert "\x1c" not in escaped
+    assert unescape(escaped) == value
