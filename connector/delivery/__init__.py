@@ -13,7 +13,6 @@ from connector.delivery.smtp import (
     SaslMechanism,
     SendResult,
     SmtpEndpoint,
-    SmtpErrorCode,
     SmtpPermanentError,
     SmtpSubmitter,
     SmtpTransientError,
@@ -34,6 +33,7 @@ from connector.delivery.tls import (
     build_client_tls,
     client_certificate_info,
 )
+from connector.hl7.codes import SmtpErrorCode
 
 __all__ = [
     "CertificateInfo",

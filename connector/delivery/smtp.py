@@ -49,7 +49,7 @@ import re
 import ssl
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from enum import IntEnum, StrEnum
+from enum import StrEnum
 from types import TracebackType
 from typing import Final
 
@@ -58,6 +58,7 @@ import structlog
 
 from connector.delivery.tls import ClientTls
 from connector.errors import ConfigError, PermanentDeliveryError, TransientDeliveryError
+from connector.hl7.codes import SmtpErrorCode
 
 log = structlog.get_logger(__name__)
 
@@ -178,91 +179,20 @@ class Stage(StrEnum):
 SESSION_STAGES: Final = frozenset({Stage.CONNECT, Stage.EHLO, Stage.TLS, Stage.AUTH})
 
 
-class SmtpErrorCode(IntEnum):
-    """Table SMTPERRORCODE of the CI-SIS volet (ERR-5 of ZAM^Z02: `code^label^SMTPERRORCODE`)."""
-
-    CONNECTION_FAILED = 101
-    CONNECTION_REFUSED = 111
-    RELAYED = 251
-    USER_NOT_VERIFIABLE = 252
-    TIMEOUT = 420
-    SERVICE_UNAVAILABLE = 421
-    MAILBOX_FULL = 422
-    DISK_SPACE = 431
-    PASSWORD_TRANSITION = 432
-    SERVER_NOT_RESPONDING = 441
-    CONNECTION_INTERRUPTED = 442
-    MAILBOX_UNAVAILABLE_TEMPORARY = 450
-    PROCESSING_ERROR = 451
-    SYSTEM_RESOURCES = 452
-    SYNTAX = 500
-    PARAMETER_SYNTAX = 501
-    COMMAND_NOT_IMPLEMENTED = 502
-    BAD_SEQUENCE = 503
-    PARAMETER_NOT_IMPLEMENTED = 504
-    BAD_ADDRESS = 510
-    DNS_ERROR = 512
-    ADDRESS_TYPE = 513
-    SIZE_EXCEEDED = 523
-    AUTHENTICATION_REQUIRED = 530
-    REJECTED_SPAM = 541
-    MAILBOX_UNAVAILABLE = 550
-    RELAY_INTERRUPTED = 551
-    STORAGE_EXCEEDED = 552
-    MAILBOX_NAME_INVALID = 553
-    PERMANENT_FAILURE = 554
-
-    @property
-    def label(self) -> str:
-        return _LABELS[self]
-
-
-_LABELS: Final = {
-    SmtpErrorCode.CONNECTION_FAILED: "connexion impossible",
-    SmtpErrorCode.CONNECTION_REFUSED: "connexion refusée",
-    SmtpErrorCode.RELAYED: "relayé",
-    SmtpErrorCode.USER_NOT_VERIFIABLE: "utilisateur non vérifiable",
-    SmtpErrorCode.TIMEOUT: "problème de temporisation",
-    SmtpErrorCode.SERVICE_UNAVAILABLE: "service indisponible",
-    SmtpErrorCode.MAILBOX_FULL: "BAL pleine",
-    SmtpErrorCode.DISK_SPACE: "espace disque",
-    SmtpErrorCode.PASSWORD_TRANSITION: "mot de passe de transition",
-    SmtpErrorCode.SERVER_NOT_RESPONDING: "serveur ne répond pas",
-    SmtpErrorCode.CONNECTION_INTERRUPTED: "connexion interrompue",
-    SmtpErrorCode.MAILBOX_UNAVAILABLE_TEMPORARY: "BAL non disponible",
-    SmtpErrorCode.PROCESSING_ERROR: "erreur de traitement",
-    SmtpErrorCode.SYSTEM_RESOURCES: "ressources système",
-    SmtpErrorCode.SYNTAX: "syntaxe",
-    SmtpErrorCode.PARAMETER_SYNTAX: "syntaxe paramètres",
-    SmtpErrorCode.COMMAND_NOT_IMPLEMENTED: "commande non implémentée",
-    SmtpErrorCode.BAD_SEQUENCE: "mauvaise séquence",
-    SmtpErrorCode.PARAMETER_NOT_IMPLEMENTED: "paramètre non implémenté",
-    SmtpErrorCode.BAD_ADDRESS: "mauvaise adresse",
-    SmtpErrorCode.DNS_ERROR: "erreur DNS",
-    SmtpErrorCode.ADDRESS_TYPE: "type d'adresse incorrect",
-    SmtpErrorCode.SIZE_EXCEEDED: "taille dépassée",
-    SmtpErrorCode.AUTHENTICATION_REQUIRED: "authentification requise",
-    SmtpErrorCode.REJECTED_SPAM: "rejet (anti-spam)",
-    SmtpErrorCode.MAILBOX_UNAVAILABLE: "BAL non disponible/non trouvée",
-    SmtpErrorCode.RELAY_INTERRUPTED: "relais interrompu",
-    SmtpErrorCode.STORAGE_EXCEEDED: "stockage dépassé",
-    SmtpErrorCode.MAILBOX_NAME_INVALID: "nom de BAL invalide",
-    SmtpErrorCode.PERMANENT_FAILURE: "échec permanent",
-}
 
 # Reply codes outside the table, by enhanced status (RFC 3463) when the server gives one.
 _BY_ENHANCED_STATUS: Final = {
     "4.2.2": SmtpErrorCode.MAILBOX_FULL,
-    "4.3.1": SmtpErrorCode.DISK_SPACE,
-    "4.4.1": SmtpErrorCode.SERVER_NOT_RESPONDING,
-    "4.4.2": SmtpErrorCode.CONNECTION_INTERRUPTED,
+    "4.3.1": SmtpErrorCode.INSUFFICIENT_DISK,
+    "4.4.1": SmtpErrorCode.NO_ANSWER,
+    "4.4.2": SmtpErrorCode.CONNECTION_DROPPED,
     "5.1.1": SmtpErrorCode.MAILBOX_UNAVAILABLE,
     "5.1.2": SmtpErrorCode.DNS_ERROR,
     "5.1.3": SmtpErrorCode.MAILBOX_NAME_INVALID,
     "5.2.2": SmtpErrorCode.STORAGE_EXCEEDED,
     "5.2.3": SmtpErrorCode.SIZE_EXCEEDED,
     "5.3.4": SmtpErrorCode.SIZE_EXCEEDED,
-    "5.7.1": SmtpErrorCode.REJECTED_SPAM,
+    "5.7.1": SmtpErrorCode.REJECTED,
 }
 _AUTHENTICATION_CODES: Final = frozenset({530, 534, 535, 538})
 _AUTHENTICATION_STATUSES: Final = frozenset({"5.7.8", "5.7.9", "5.7.11"})
@@ -273,14 +203,15 @@ def smtp_error_code(code: int, enhanced_status: str | None = None) -> SmtpErrorC
     authentication failures (534, 535, 538, 5.7.8...) give 530, then the enhanced status decides
     (5.1.1 → 550, 5.3.4 → 523...), then the class: any other 4xx → 451 (erreur de traitement),
     any other 5xx → 554 (échec permanent); a reply that is neither (malformed) → 451."""
-    if code >= 400 and code in SmtpErrorCode._value2member_map_:
-        return SmtpErrorCode(code)
+    known = SmtpErrorCode.from_code(str(code)) if code >= 400 else None
+    if known is not None:
+        return known
     if code in _AUTHENTICATION_CODES or enhanced_status in _AUTHENTICATION_STATUSES:
         return SmtpErrorCode.AUTHENTICATION_REQUIRED
     if enhanced_status in _BY_ENHANCED_STATUS:
         return _BY_ENHANCED_STATUS[enhanced_status]
     if 500 <= code < 600:
-        return SmtpErrorCode.PERMANENT_FAILURE
+        return SmtpErrorCode.TRANSACTION_FAILED
     return SmtpErrorCode.PROCESSING_ERROR
 
 
@@ -311,9 +242,9 @@ class Classification:
 
 _BY_KIND: Final = {
     FailureKind.REFUSED: Classification(Outcome.TRANSIENT, SmtpErrorCode.CONNECTION_REFUSED),
-    FailureKind.UNREACHABLE: Classification(Outcome.TRANSIENT, SmtpErrorCode.CONNECTION_FAILED),
+    FailureKind.UNREACHABLE: Classification(Outcome.TRANSIENT, SmtpErrorCode.CANNOT_CONNECT),
     FailureKind.TIMEOUT: Classification(Outcome.TRANSIENT, SmtpErrorCode.TIMEOUT),
-    FailureKind.TLS: Classification(Outcome.CONFIG_ERROR, SmtpErrorCode.CONNECTION_FAILED),
+    FailureKind.TLS: Classification(Outcome.CONFIG_ERROR, SmtpErrorCode.CANNOT_CONNECT),
     FailureKind.TOO_LARGE: Classification(Outcome.PERMANENT, SmtpErrorCode.SIZE_EXCEEDED),
     FailureKind.PROTOCOL: Classification(Outcome.TRANSIENT, SmtpErrorCode.PROCESSING_ERROR),
 }
@@ -326,11 +257,11 @@ def classify(stage: Stage, failure: Failure) -> Classification:
                                enhanced_status(failure.text))
     if failure.kind is FailureKind.DISCONNECTED:
         if stage is Stage.TLS:  # closed during or right after the handshake: refused certificate
-            return Classification(Outcome.CONFIG_ERROR, SmtpErrorCode.CONNECTION_FAILED)
-        return Classification(Outcome.TRANSIENT, SmtpErrorCode.CONNECTION_INTERRUPTED)
+            return Classification(Outcome.CONFIG_ERROR, SmtpErrorCode.CANNOT_CONNECT)
+        return Classification(Outcome.TRANSIENT, SmtpErrorCode.CONNECTION_DROPPED)
     if failure.kind is FailureKind.NOT_OFFERED:
         code = (SmtpErrorCode.AUTHENTICATION_REQUIRED if stage is Stage.AUTH
-                else SmtpErrorCode.CONNECTION_FAILED)
+                else SmtpErrorCode.CANNOT_CONNECT)
         return Classification(Outcome.CONFIG_ERROR, code)
     return _BY_KIND[failure.kind]
 
@@ -853,7 +784,7 @@ def _log_result(result: SendResult) -> None:
     fields = {"message_id": result.message_id, "outcome": result.outcome.value,
               "stage": result.stage.value, "smtp_code": result.smtp_code,
               "enhanced_status": result.enhanced_status,
-              "smtperrorcode": int(result.error_code) if result.error_code is not None else None,
+              "smtperrorcode": result.error_code.code if result.error_code is not None else None,
               "dsn_requested": result.dsn_requested, "attempted": result.attempted}
     if result.outcome is Outcome.SENT:
         log.info("smtp_envelope_sent", **fields)
@@ -878,4 +809,4 @@ def _log_session_failure(endpoint: SmtpEndpoint, failure: _SessionFailure) -> No
          stage=failure.stage.value, outcome=classification.outcome.value,
          smtp_code=failure.failure.code,
          enhanced_status=enhanced_status(failure.failure.text) if is_reply else None,
-         smtperrorcode=int(classification.error_code), reason=failure.detail)
+         smtperrorcode=classification.error_code.code, reason=failure.detail)

@@ -58,8 +58,7 @@ from functools import cached_property
 from typing import Final, TypeVar
 
 from connector.errors import ReceiptError
-from connector.hl7.codes import Severity
-from connector.hl7.zam import SmtpErrorCode
+from connector.hl7.codes import Severity, SmtpErrorCode
 
 MAX_TEXT: Final = 65_536  # characters of one text part looked at
 _MAX_PARTS: Final = 64  # MIME parts of the receipt looked at (the returned original excluded)

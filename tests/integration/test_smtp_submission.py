@@ -31,7 +31,6 @@ from connector.delivery import (
     SaslMechanism,
     SendResult,
     SmtpEndpoint,
-    SmtpErrorCode,
     SmtpSubmitter,
     Stage,
     TlsMode,
@@ -39,6 +38,7 @@ from connector.delivery import (
     client_certificate_info,
 )
 from connector.errors import ConfigError
+from connector.hl7.codes import SmtpErrorCode
 from tests.support.pki import Issued, TestCA
 
 SENDER = "pfi-auto@chu-test.mssante.fr"
@@ -359,7 +359,7 @@ async def test_server_refuses_a_client_without_certificate(smtp_server: ServerFa
     first, second = results
     assert first.outcome is Outcome.CONFIG_ERROR
     assert first.stage is Stage.TLS
-    assert first.error_code is SmtpErrorCode.CONNECTION_FAILED
+    assert first.error_code is SmtpErrorCode.CANNOT_CONNECT
     assert "no client certificate is configured" in first.detail
     assert second.outcome is Outcome.CONFIG_ERROR
     assert not second.attempted
@@ -413,7 +413,7 @@ async def test_nothing_is_sent_in_clear_without_starttls(smtp_server: ServerFact
     [result], _ = await send(endpoint(server), client_tls(pki), envelope())
 
     assert result.outcome is Outcome.CONFIG_ERROR
-    assert (result.stage, result.error_code) == (Stage.TLS, SmtpErrorCode.CONNECTION_FAILED)
+    assert (result.stage, result.error_code) == (Stage.TLS, SmtpErrorCode.CANNOT_CONNECT)
     assert "does not offer STARTTLS" in result.detail
     assert server.recorder.mail == []
 
@@ -529,9 +529,9 @@ async def test_no_dsn_parameters_unless_advertised_and_requested(
 
 
 @pytest.mark.parametrize(("reply", "code", "status", "error_code"), [
-    ("450 4.2.1 Mailbox busy", 450, "4.2.1", SmtpErrorCode.MAILBOX_UNAVAILABLE_TEMPORARY),
+    ("450 4.2.1 Mailbox busy", 450, "4.2.1", SmtpErrorCode.MAILBOX_BUSY),
     ("451 4.3.0 Local error", 451, "4.3.0", SmtpErrorCode.PROCESSING_ERROR),
-    ("452 4.5.3 Too many recipients", 452, "4.5.3", SmtpErrorCode.SYSTEM_RESOURCES),
+    ("452 4.5.3 Too many recipients", 452, "4.5.3", SmtpErrorCode.INSUFFICIENT_RESOURCES),
     ("454 4.7.1 Relay temporarily refused", 454, "4.7.1", SmtpErrorCode.PROCESSING_ERROR),
 ])
 async def test_4xx_at_rcpt_is_transient(smtp_server: ServerFactory, pki: Pki, reply: str,
@@ -572,15 +572,15 @@ async def test_5xx_at_rcpt_is_permanent(smtp_server: ServerFactory, pki: Pki) ->
     assert (result.outcome, result.stage) == (Outcome.PERMANENT, Stage.RCPT)
     assert (result.smtp_code, result.enhanced_status) == (550, "5.1.1")
     assert result.error_code is SmtpErrorCode.MAILBOX_UNAVAILABLE
-    assert result.error_label == "BAL non disponible/non trouvée"
+    assert result.error_label == SmtpErrorCode.MAILBOX_UNAVAILABLE.label
     assert "<address>" in result.server_message
     no_patient_data(result)
 
 
 @pytest.mark.parametrize(("reply", "error_code"), [
-    ("554 5.6.0 Message content rejected", SmtpErrorCode.PERMANENT_FAILURE),
+    ("554 5.6.0 Message content rejected", SmtpErrorCode.TRANSACTION_FAILED),
     ("552 5.3.4 Message too big for system", SmtpErrorCode.STORAGE_EXCEEDED),
-    ("556 5.7.0 Unknown policy", SmtpErrorCode.PERMANENT_FAILURE),
+    ("556 5.7.0 Unknown policy", SmtpErrorCode.TRANSACTION_FAILED),
 ])
 async def test_5xx_at_data_is_permanent(smtp_server: ServerFactory, pki: Pki, reply: str,
                                         error_code: SmtpErrorCode) -> None:
@@ -611,7 +611,7 @@ async def test_disconnect_mid_session_is_transient(smtp_server: ServerFactory, p
 
     [result] = results
     assert (result.outcome, result.stage) == (Outcome.TRANSIENT, Stage.DATA)
-    assert result.error_code is SmtpErrorCode.CONNECTION_INTERRUPTED
+    assert result.error_code is SmtpErrorCode.CONNECTION_DROPPED
     assert result.smtp_code is None
     assert "may have been accepted" in result.detail
 
@@ -645,7 +645,7 @@ async def test_connection_refused_is_transient_111(pki: Pki) -> None:
     first, second = results
     assert (first.outcome, first.stage) == (Outcome.TRANSIENT, Stage.CONNECT)
     assert first.error_code is SmtpErrorCode.CONNECTION_REFUSED
-    assert first.error_label == "connexion refusée"
+    assert first.error_label == SmtpErrorCode.CONNECTION_REFUSED.label
     assert (second.error_code, second.attempted) == (SmtpErrorCode.CONNECTION_REFUSED, False)
     assert submitter.connections_opened == 1
 

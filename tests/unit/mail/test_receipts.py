@@ -12,8 +12,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from connector.errors import ConnectorError, ReceiptError
-from connector.hl7.codes import Severity
-from connector.hl7.zam import SmtpErrorCode
+from connector.hl7.codes import Severity, SmtpErrorCode
 from connector.mail.receipts import (
     Correlation,
     DeliveryAction,
