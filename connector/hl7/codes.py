@@ -30,7 +30,19 @@ class AcknowledgmentCondition(StrEnum):
     SUCCESS_ONLY = "SU"
 
 
-class ErrorCondition(Enum):
+class CodedValue(Enum):
+    """A code table whose members are (code, label) pairs."""
+
+    @property
+    def code(self) -> str:
+        return str(self.value[0])
+
+    @property
+    def label(self) -> str:
+        return str(self.value[1])
+
+
+class ErrorCondition(CodedValue):
     """ERR-3: HL7 table 0357 "messageErrorCondition" as used by the CI-SIS volet."""
 
     ACCEPTED = ("0", "Message accepted")
@@ -46,16 +58,8 @@ class ErrorCondition(Enum):
     UNSUPPORTED_VERSION_ID = ("203", "Unsupported version id")
     APPLICATION_ERROR = ("207", "Application internal error")
 
-    @property
-    def code(self) -> str:
-        return self.value[0]
 
-    @property
-    def label(self) -> str:
-        return self.value[1]
-
-
-class ApplicationError(Enum):
+class ApplicationError(CodedValue):
     """ERR-5: user table 0533 "applicationErrorCode" of the CI-SIS volet, plus connector codes.
 
     Codes 900-906 come from the volet (indicative list).
@@ -69,14 +73,6 @@ class ApplicationError(Enum):
     INS_INCOMPLETE = ("905", "INS incomplet")
     OTHER = ("906", "Erreur autre")
 
-    @property
-    def code(self) -> str:
-        return self.value[0]
-
-    @property
-    def label(self) -> str:
-        return self.value[1]
-
 
 class Severity(StrEnum):
     """ERR-4 (HL7 table 0516)."""
@@ -87,7 +83,7 @@ class Severity(StrEnum):
     WARNING = "W"
 
 
-class SmtpErrorCode(Enum):
+class SmtpErrorCode(CodedValue):
     """Table SMTPERRORCODE (ERR-5 of ZAM^Z02), codes and labels as published by the ANS.
 
     Source: `ansforge/IG-hl7v2-volet-transmission-document-cda-r2`, page "Error codes" (v2.1.3),
@@ -187,14 +183,6 @@ class SmtpErrorCode(Enum):
         "Cela signifie que l'envoi a échoué. Ce code indique une erreur permanente et le serveur "
         "n'essaiera pas d'envoyer le message à nouveau.",
     )
-
-    @property
-    def code(self) -> str:
-        return self.value[0]
-
-    @property
-    def label(self) -> str:
-        return self.value[1]
 
     @classmethod
     def from_code(cls, code: str) -> SmtpErrorCode | None:
