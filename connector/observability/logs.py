@@ -66,7 +66,8 @@ def redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapp
     return event_dict
 
 
-def configure_logging(settings: LoggingSettings | None = None) -> None:
+def configure_logging(settings: LoggingSettings | None = None, *, cache: bool = True) -> None:
+    """Configure structlog once at start-up. `cache=False` lets tests reconfigure."""
     settings = settings or LoggingSettings()
     level = getattr(logging, settings.level.upper(), logging.INFO)
     renderer: Any = (structlog.processors.JSONRenderer() if settings.format is LogFormat.JSON
@@ -82,5 +83,5 @@ def configure_logging(settings: LoggingSettings | None = None) -> None:
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=cache,
     )
