@@ -1,6 +1,6 @@
 """Intake: one MLLP payload in, one acknowledgement out, with a durable row in between.
 
-    decode (listener charset, else MSH-18, else default) → parse → route → [flow checks]
+    decide (pipeline.decide: charset, parse, route; CI-SIS checks in a worker thread)
     → store (group commit, fsync) → ACK
 
 The ACK is returned only after the store committed the row: AA means the connector took
@@ -28,10 +28,7 @@ from connector.hl7.ack import (
     choose_ack_code,
 )
 from connector.hl7.codes import AckCode, ApplicationError, ErrorCondition
-from connector.hl7.header import (
-    msh18_for_codec,
-    salvage_header,
-)
+from connector.hl7.header import msh18_for_codec, salvage_header
 from connector.pipeline.decide import IntakeDecider, IntakeDecision
 from connector.pipeline.documents import CisisIntake
 from connector.store import (
@@ -67,7 +64,6 @@ class IntakeHandler:
         self.config = config
         self._store = store
         self._control_ids = control_ids
-        self._cisis = cisis
         self.decider = IntakeDecider(cisis, forced_charset=config.forced_charset,
                                      default_charset=config.default_charset)
         self.draining = False
@@ -89,7 +85,7 @@ class IntakeHandler:
                 decision.changes,
                 conflict_ack=self._ack(decision, conflict_code, (_VERSION_CONFLICT,)),
                 conflict_ack_code=conflict_code.value if conflict_code else "",
-                unknown_original=self._cisis.settings.unknown_original)
+                unknown_original=self.decider.cisis.settings.unknown_original)
         first_error = (decision.errors[0] if decision.errors
                        and decision.outcome is not Outcome.ACCEPTED else None)
         record = InboundMessage(
