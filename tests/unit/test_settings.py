@@ -468,3 +468,4 @@ def test_file_not_utf8(tmp_path: Path) -> None:
 def test_toml_syntax_error(tmp_path: Path) -> None:
     error = load_error(tmp_path, "[[tenants]\nid = ")
     assert error.key == "(syntax)"
+
