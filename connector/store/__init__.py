@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from connector.store.model import (
@@ -15,6 +16,12 @@ from connector.store.model import (
     InboundReceipt,
     InboundStatus,
     InboundSummary,
+    OutboxDetail,
+    OutboxItem,
+    OutboxKind,
+    OutboxLease,
+    OutboxState,
+    OutboxSummary,
     UnknownOriginalPolicy,
     VersionCheck,
 )
@@ -31,6 +38,13 @@ __all__ = [
     "InboundStatus",
     "InboundSummary",
     "IntakeStore",
+    "OutboxDetail",
+    "OutboxItem",
+    "OutboxKind",
+    "OutboxLease",
+    "OutboxState",
+    "OutboxStore",
+    "OutboxSummary",
     "UnknownOriginalPolicy",
     "VersionCheck",
 ]
@@ -59,3 +73,69 @@ class IntakeStore(Protocol):
     async def get_documents(self, tenant_id: str) -> list[DocumentVersion]: ...
 
     async def close(self) -> None: ...
+
+
+class OutboxStore(Protocol):
+    """The durable outbox: one row per e-mail (or HL7 message) to send, leased by workers.
+
+    Every call returns once its change is committed. A lease carries a token; every transition
+    of a leased row presents it and raises LeaseLost (changing nothing) when the row is no longer
+    LEASED with that token: re-leased after its lease expired, cancelled, or already moved on.
+    A token stays valid past its expiry until someone else leases the row."""
+
+    async def enqueue(self, items: Sequence[OutboxItem], *, now: float | None = None
+                      ) -> list[int]:
+        """Store `items` as READY rows, all or none; return their ids in order."""
+        ...
+
+    async def lease(self, *, tenant_id: str, kinds: Sequence[OutboxKind], limit: int,
+                    lease_seconds: float, now: float | None = None) -> list[OutboxLease]:
+        """Lease at most `limit` rows of `tenant_id` (the worker asks tenant by tenant, so
+        one backlog cannot starve another), oldest `available_at` first: READY rows that are
+        due, and LEASED rows whose lease expired. Each gets a new token, and attempt + 1."""
+        ...
+
+    async def renew(self, row_id: int, token: str, lease_seconds: float, *,
+                    now: float | None = None) -> float:
+        """Extend a lease to `now + lease_seconds`; return that expiry."""
+        ...
+
+    async def mark_sent(self, row_id: int, token: str, smtp_code: str | None = None) -> None:
+        """LEASED → SENT: the operator (or the hospital) accepted it."""
+        ...
+
+    async def mark_failed(self, row_id: int, token: str, code: str | None = None,
+                          detail: str | None = None, *, error_class: str | None = None) -> None:
+        """LEASED → FAILED: permanently refused. `detail` (the server's text) is sealed."""
+        ...
+
+    async def schedule_retry(self, row_id: int, token: str, available_at: float,
+                             code: str | None = None, detail: str | None = None, *,
+                             error_class: str | None = None) -> None:
+        """LEASED → READY again, leasable from `available_at` (the caller's backoff)."""
+        ...
+
+    async def mark_dead(self, row_id: int, token: str, code: str | None = None,
+                        detail: str | None = None, *, error_class: str | None = None) -> None:
+        """LEASED → DEAD: the retry budget is spent."""
+        ...
+
+    async def settle(self, row_id: int, *, delivered: bool, code: str | None = None,
+                     detail: str | None = None, error_class: str | None = None) -> bool:
+        """SENT → DELIVERED or FAILED, from a receipt; False when the row is not SENT."""
+        ...
+
+    async def retry_now(self, row_id: int, *, now: float | None = None) -> bool:
+        """Operator: FAILED, DEAD or READY → READY, due now; False otherwise (attempts kept)."""
+        ...
+
+    async def cancel(self, row_id: int) -> bool:
+        """Operator: READY, LEASED, FAILED or DEAD → CANCELLED; False otherwise (never once
+        SENT). A cancelled lease's worker gets LeaseLost on its next transition."""
+        ...
+
+    async def list_outbox(self, *, tenant_id: str | None = None,
+                          state: OutboxState | None = None, limit: int = 100
+                          ) -> list[OutboxSummary]: ...
+
+    async def get_outbox(self, row_id: int) -> OutboxDetail | None: ...

@@ -1,4 +1,6 @@
-"""Plumbing both store adapters share: waking callers from a writer thread, reading summaries."""
+"""Plumbing both store adapters share: waking callers from a writer thread, reading summaries,
+and the outbox statements both dialects run alike (written with `?` placeholders; the PostgreSQL
+adapter turns them into `%s`)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,15 @@ import queue
 from collections.abc import Sequence
 from typing import Any, Protocol, TypeVar
 
-from connector.store.model import InboundStatus, InboundSummary
+from connector.store.cipher import PayloadCipher
+from connector.store.model import (
+    InboundStatus,
+    InboundSummary,
+    OutboxItem,
+    OutboxKind,
+    OutboxState,
+    OutboxSummary,
+)
 
 # Column order `summary_from_row` expects (the same in both schemas).
 SUMMARY_COLUMNS = (
@@ -80,3 +90,87 @@ def summary_from_row(row: Sequence[Any]) -> InboundSummary:
         control_id=row[8], version=row[9], status=InboundStatus(row[10]), ack_code=row[11],
         error_code=row[12], error_detail=row[13], retransmissions=int(row[14]),
         control_id_reused=bool(row[15]), size=int(row[16]))
+
+
+# -- outbox -----------------------------------------------------------------------------------
+
+OUTBOX_KIND = "outbox"  # cipher associated data of outbox payloads
+OUTBOX_ERROR_KIND = "outbox-error"  # ... and of the servers' error texts
+
+OUTBOX_SUMMARY_COLUMNS = (
+    "id, tenant_id, kind, state, inbound_id, message_id, envid, recipient_domain, attempts,"
+    " created_at, updated_at, available_at, lease_expires_at, sent_at, smtp_code, error_code,"
+    " error_class, size")
+OUTBOX_SUMMARY_WIDTH = 18
+
+# Leasable now (two `?`: now, now): ready and due, or leased by someone whose lease expired.
+LEASABLE = ("((state = 'ready' AND available_at <= ?)"
+            " OR (state = 'leased' AND lease_expires_at <= ?))")
+
+# Fenced transitions: the SET values, `updated_at`, then the row id and its lease token. A row
+# is released (token and expiry cleared) when it leaves LEASED.
+RENEW_SQL = ("UPDATE outbox SET lease_expires_at = ?, updated_at = ?"
+             " WHERE id = ? AND state = 'leased' AND lease_token = ?")
+MARK_SENT_SQL = ("UPDATE outbox SET state = 'sent', sent_at = ?, smtp_code = ?,"
+                 " lease_token = NULL, lease_expires_at = NULL, updated_at = ?"
+                 " WHERE id = ? AND state = 'leased' AND lease_token = ?")
+MARK_FAILED_SQL = ("UPDATE outbox SET state = 'failed', error_code = ?, error_class = ?,"
+                   " error_key = ?, error_detail = ?, lease_token = NULL,"
+                   " lease_expires_at = NULL, updated_at = ?"
+                   " WHERE id = ? AND state = 'leased' AND lease_token = ?")
+MARK_DEAD_SQL = ("UPDATE outbox SET state = 'dead', error_code = ?, error_class = ?,"
+                 " error_key = ?, error_detail = ?, lease_token = NULL,"
+                 " lease_expires_at = NULL, updated_at = ?"
+                 " WHERE id = ? AND state = 'leased' AND lease_token = ?")
+RETRY_SQL = ("UPDATE outbox SET state = 'ready', available_at = ?, error_code = ?,"
+             " error_class = ?, error_key = ?, error_detail = ?, lease_token = NULL,"
+             " lease_expires_at = NULL, updated_at = ?"
+             " WHERE id = ? AND state = 'leased' AND lease_token = ?")
+# Operators' actions and receipts carry no token: they act on rows no worker holds (cancel of a
+# LEASED row takes it from its worker, whose next transition gets LeaseLost).
+RETRY_NOW_SQL = ("UPDATE outbox SET state = 'ready', available_at = ?, lease_token = NULL,"
+                 " lease_expires_at = NULL, updated_at = ?"
+                 " WHERE id = ? AND state IN ('failed', 'dead', 'ready')")
+CANCEL_SQL = ("UPDATE outbox SET state = 'cancelled', lease_token = NULL,"
+              " lease_expires_at = NULL, updated_at = ?"
+              " WHERE id = ? AND state IN ('ready', 'leased', 'failed', 'dead')")
+SETTLE_SQL = ("UPDATE outbox SET state = ?, error_code = ?, error_class = ?, error_key = ?,"
+              " error_detail = ?, updated_at = ? WHERE id = ? AND state = 'sent'")
+
+
+def check_item(item: OutboxItem) -> None:
+    """Refuse what must never be stored in clear: a recipient address instead of its domain."""
+    if item.recipient_domain is not None and "@" in item.recipient_domain:
+        raise ValueError("recipient_domain must be a domain, not an address")
+    OutboxKind(item.kind)  # a wrong kind fails here, not as a CHECK violation mid-batch
+
+
+def check_lease(kinds: Sequence[OutboxKind], limit: int, lease_seconds: float) -> None:
+    if not kinds:
+        raise ValueError("lease needs at least one kind")
+    if limit < 1:
+        raise ValueError("lease limit must be at least 1")
+    if lease_seconds <= 0:
+        raise ValueError("lease_seconds must be positive")
+
+
+def sealed_error(cipher: PayloadCipher, code: str | None, error_class: str | None,
+                 detail: str | None) -> tuple[str | None, str | None, str | None, bytes | None]:
+    """The four error columns: code and class in clear, the server's text sealed."""
+    if detail is None:
+        return code, error_class, None, None
+    sealed = cipher.seal(detail.encode(), OUTBOX_ERROR_KIND)
+    return code, error_class, sealed.key_id, sealed.blob
+
+
+def settle_state(delivered: bool) -> str:
+    return OutboxState.DELIVERED.value if delivered else OutboxState.FAILED.value
+
+
+def outbox_summary_from_row(row: Sequence[Any]) -> OutboxSummary:
+    return OutboxSummary(
+        id=int(row[0]), tenant_id=row[1], kind=OutboxKind(row[2]), state=OutboxState(row[3]),
+        inbound_id=None if row[4] is None else int(row[4]), message_id=row[5], envid=row[6],
+        recipient_domain=row[7], attempts=int(row[8]), created_at=row[9], updated_at=row[10],
+        available_at=row[11], lease_expires_at=row[12], sent_at=row[13], smtp_code=row[14],
+        error_code=row[15], error_class=row[16], size=int(row[17]))

@@ -128,4 +128,71 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX documents_by_set ON documents (tenant_id, set_id);
         """,
     ),
+    Migration(
+        2,
+        "outbox: rows to send, with leases",
+        """
+        CREATE TABLE outbox (
+            id                  INTEGER PRIMARY KEY,
+            tenant_id           TEXT    NOT NULL,
+            kind                TEXT    NOT NULL CHECK (kind IN ('smtp', 'hl7')),
+            inbound_id          INTEGER REFERENCES inbound (id),
+            state               TEXT    NOT NULL CHECK (state IN ('ready', 'leased', 'sent',
+                                    'delivered', 'failed', 'dead', 'cancelled')),
+            payload_key         TEXT,
+            payload             BLOB,              -- sealed, inline when small, else NULL and:
+            payload_segment     INTEGER,           -- ... a record of the payload log
+            payload_offset      INTEGER,
+            payload_length      INTEGER,
+            size                INTEGER NOT NULL,
+            message_id          TEXT,
+            envid               TEXT,
+            recipient_domain    TEXT,              -- the domain only: addresses hold the INS
+            created_at          REAL    NOT NULL,
+            updated_at          REAL    NOT NULL,
+            available_at        REAL    NOT NULL,
+            attempts            INTEGER NOT NULL DEFAULT 0,
+            lease_token         TEXT,
+            lease_expires_at    REAL,
+            sent_at             REAL,
+            smtp_code           TEXT,
+            error_code          TEXT,
+            error_class         TEXT,
+            error_key           TEXT,              -- the server's text, sealed (may quote
+            error_detail        BLOB               -- the recipient's address)
+        );
+        CREATE INDEX outbox_leasable ON outbox (tenant_id, state, available_at, id);
+        CREATE INDEX outbox_by_inbound ON outbox (inbound_id);
+        """,
+        """
+        CREATE TABLE outbox (
+            id                  BIGINT  GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            tenant_id           TEXT    NOT NULL,
+            kind                TEXT    NOT NULL CHECK (kind IN ('smtp', 'hl7')),
+            inbound_id          BIGINT  REFERENCES inbound (id),
+            state               TEXT    NOT NULL CHECK (state IN ('ready', 'leased', 'sent',
+                                    'delivered', 'failed', 'dead', 'cancelled')),
+            payload_key         TEXT,
+            payload             BYTEA   NOT NULL,  -- sealed; large values are TOASTed
+            size                INTEGER NOT NULL,
+            message_id          TEXT,
+            envid               TEXT,
+            recipient_domain    TEXT,              -- the domain only: addresses hold the INS
+            created_at          DOUBLE PRECISION NOT NULL,
+            updated_at          DOUBLE PRECISION NOT NULL,
+            available_at        DOUBLE PRECISION NOT NULL,
+            attempts            INTEGER NOT NULL DEFAULT 0,
+            lease_token         TEXT,
+            lease_expires_at    DOUBLE PRECISION,
+            sent_at             DOUBLE PRECISION,
+            smtp_code           TEXT,
+            error_code          TEXT,
+            error_class         TEXT,
+            error_key           TEXT,              -- the server's text, sealed (may quote
+            error_detail        BYTEA              -- the recipient's address)
+        );
+        CREATE INDEX outbox_leasable ON outbox (tenant_id, state, available_at, id);
+        CREATE INDEX outbox_by_inbound ON outbox (inbound_id);
+        """,
+    ),
 )

@@ -142,3 +142,90 @@ class DocumentVersion:
     status: DocumentStatus
     replaced_by: str | None
     inbound_id: int
+
+
+# -- outbox ---------------------------------------------------------------------------------------
+
+
+class OutboxKind(StrEnum):
+    SMTP = "smtp"  # an e-mail to send to the MSSanté operator
+    HL7 = "hl7"  # an HL7 message to return to the hospital
+
+
+class OutboxState(StrEnum):
+    """`ready → leased → sent → (delivered | failed)`; `leased → ready` again on a retry,
+    `leased → dead` once the retry budget is spent, `leased → failed` on a permanent refusal;
+    operators may cancel (not once sent) or retry now (failed, dead, ready)."""
+
+    READY = "ready"
+    LEASED = "leased"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    DEAD = "dead"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    """One row to enqueue. `payload` (the e-mail bytes, or the HL7 message) is the only
+    patient-bearing field and is sealed at rest; `recipient_domain` is the recipient's domain
+    only, never the address (patient addresses contain the INS)."""
+
+    tenant_id: str
+    kind: OutboxKind
+    payload: bytes = field(repr=False)
+    inbound_id: int | None = None
+    message_id: str | None = None
+    envid: str | None = None
+    recipient_domain: str | None = None
+    not_before: float | None = None  # epoch seconds; None: now
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxLease:
+    """A leased row: the worker owns it while `token` does (until `expires_at`, or longer if no
+    one leased it again). Every transition must present the token."""
+
+    id: int
+    token: str
+    expires_at: float
+    attempt: int  # 1 for the first lease, +1 at every lease (expired leases included)
+    tenant_id: str
+    kind: OutboxKind
+    inbound_id: int | None
+    message_id: str | None
+    envid: str | None
+    recipient_domain: str | None
+    payload: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxSummary:
+    """A row for listings: no payload, no error detail (servers' texts may quote addresses)."""
+
+    id: int
+    tenant_id: str
+    kind: OutboxKind
+    state: OutboxState
+    inbound_id: int | None
+    message_id: str | None
+    envid: str | None
+    recipient_domain: str | None
+    attempts: int
+    created_at: float
+    updated_at: float
+    available_at: float
+    lease_expires_at: float | None
+    sent_at: float | None
+    smtp_code: str | None
+    error_code: str | None
+    error_class: str | None
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxDetail:
+    summary: OutboxSummary
+    payload: bytes = field(repr=False)
+    error_detail: str | None = field(default=None, repr=False)  # sealed at rest

@@ -62,9 +62,10 @@ import asyncio
 import contextlib
 import hashlib
 import queue
+import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
@@ -72,11 +73,29 @@ import psycopg
 import psycopg.errors
 import structlog
 
-from connector.errors import StoreError, StoreUnavailable
+from connector.errors import LeaseLost, StoreError, StoreUnavailable
 from connector.store._shared import (
+    CANCEL_SQL,
+    LEASABLE,
+    MARK_DEAD_SQL,
+    MARK_FAILED_SQL,
+    MARK_SENT_SQL,
+    OUTBOX_ERROR_KIND,
+    OUTBOX_KIND,
+    OUTBOX_SUMMARY_COLUMNS,
+    OUTBOX_SUMMARY_WIDTH,
+    RENEW_SQL,
+    RETRY_NOW_SQL,
+    RETRY_SQL,
+    SETTLE_SQL,
     SUMMARY_COLUMNS,
     SUMMARY_WIDTH,
+    check_item,
+    check_lease,
+    outbox_summary_from_row,
     resolve,
+    sealed_error,
+    settle_state,
     summary_from_row,
     take_batch,
 )
@@ -91,6 +110,12 @@ from connector.store.model import (
     InboundReceipt,
     InboundStatus,
     InboundSummary,
+    OutboxDetail,
+    OutboxItem,
+    OutboxKind,
+    OutboxLease,
+    OutboxState,
+    OutboxSummary,
 )
 from connector.store.versions import DocumentRow, VersionPlan, plan_versions
 
@@ -145,6 +170,7 @@ class PostgresStore:
         self._closed = True
         self._threads: list[threading.Thread] = []
         self._readers = _ReaderPool(self._connect, readers)
+        self._outbox = _ReaderPool(self._connect, readers)  # outbox transactions
         self._seed = b""
         self._counters = threading.Lock()
         self.batches = 0  # commits made; with `jobs`, shows how well commits are shared
@@ -175,6 +201,7 @@ class PostgresStore:
             raise
         self._queue = queue.SimpleQueue()
         self._readers = _ReaderPool(self._connect, self._readers.size)
+        self._outbox = _ReaderPool(self._connect, self._outbox.size)
         self._closed = False
         self._threads = []
         for index, conn in enumerate(connections):
@@ -201,6 +228,7 @@ class PostgresStore:
             if isinstance(item, _Job):
                 resolve([(item, None, StoreUnavailable("the store is closed"))])
         await asyncio.to_thread(self._readers.close)
+        await asyncio.to_thread(self._outbox.close)
 
     def _connect(self, *, migrating: bool = False) -> Connection:
         conn: Connection = psycopg.connect(
@@ -519,6 +547,169 @@ class PostgresStore:
         return [DocumentVersion(r[0], r[1], r[2], r[3], DocumentStatus(r[4]), r[5], int(r[6]))
                 for r in rows]
 
+    # -- the outbox ---------------------------------------------------------------------------
+    # Outbox writes are short transactions of their own, each on a connection of `_outbox` (in
+    # a worker thread), committed before the call returns, with the same `synchronous_commit` as
+    # the writers. Leasing selects with FOR UPDATE SKIP LOCKED: two sessions (threads of one
+    # instance or replicas) never lock the same row, and a row whose lease one of them committed
+    # no longer matches the other's re-checked WHERE clause.
+
+    async def _transact(self, fn: Callable[[Connection], T]) -> T:
+        if self._closed:
+            raise StoreUnavailable("the store is closed")
+
+        def run() -> T:
+            with (_translated("PostgreSQL outbox write failed"),
+                  self._outbox.connection() as conn, conn.transaction()):
+                return fn(conn)
+
+        return await asyncio.to_thread(run)
+
+    async def enqueue(self, items: Sequence[OutboxItem], *, now: float | None = None
+                      ) -> list[int]:
+        """Store `items` as READY rows, all or none; return their ids in order."""
+        for item in items:
+            check_item(item)
+        if not items:
+            return []
+        at = time.time() if now is None else now
+        sealed = [self._cipher.seal(item.payload, OUTBOX_KIND) for item in items]
+
+        def run(conn: Connection) -> list[int]:
+            ids: list[int] = []
+            for item, payload in zip(items, sealed, strict=True):
+                row = conn.execute(
+                    "INSERT INTO outbox (tenant_id, kind, inbound_id, state, payload_key,"
+                    " payload, size, message_id, envid, recipient_domain, created_at,"
+                    " updated_at, available_at) VALUES (%s, %s, %s, 'ready', %s, %b, %s, %s,"
+                    " %s, %s, %s, %s, %s) RETURNING id",
+                    (item.tenant_id, OutboxKind(item.kind).value, item.inbound_id,
+                     payload.key_id, payload.blob, len(item.payload), item.message_id,
+                     item.envid, item.recipient_domain, at, at,
+                     at if item.not_before is None else item.not_before)).fetchone()
+                assert row is not None
+                ids.append(int(row[0]))
+            return ids
+
+        return await self._transact(run)
+
+    async def lease(self, *, tenant_id: str, kinds: Sequence[OutboxKind], limit: int,
+                    lease_seconds: float, now: float | None = None) -> list[OutboxLease]:
+        check_lease(kinds, limit, lease_seconds)
+        at = time.time() if now is None else now
+        token = secrets.token_hex(16)  # per call; each row's token adds its id
+        # Only a constant condition is interpolated.
+        sql = ("WITH picked AS (SELECT id FROM outbox WHERE tenant_id = %s"  # noqa: S608
+               f" AND kind = ANY(%s) AND {_pg(LEASABLE)} ORDER BY available_at, id LIMIT %s"
+               " FOR UPDATE SKIP LOCKED)"
+               " UPDATE outbox o SET state = 'leased', lease_token = %s || '.' || o.id,"
+               " lease_expires_at = %s, attempts = o.attempts + 1, updated_at = %s"
+               " FROM picked WHERE o.id = picked.id"
+               " RETURNING o.id, o.lease_token, o.lease_expires_at, o.attempts, o.tenant_id,"
+               " o.kind, o.inbound_id, o.message_id, o.envid, o.recipient_domain,"
+               " o.available_at, o.payload_key, o.payload")
+
+        def run(conn: Connection) -> list[tuple[Any, ...]]:
+            with conn.cursor(binary=True) as cursor:  # bytea without hex decoding
+                return cursor.execute(sql, (
+                    tenant_id, [OutboxKind(k).value for k in kinds], at, at, limit, token,
+                    at + lease_seconds, at)).fetchall()
+
+        rows = sorted(await self._transact(run), key=lambda r: (r[10], r[0]))
+        return [OutboxLease(int(r[0]), r[1], r[2], int(r[3]), r[4], OutboxKind(r[5]),
+                            None if r[6] is None else int(r[6]), r[7], r[8], r[9],
+                            self._cipher.open(SealedPayload(r[11], bytes(r[12])), OUTBOX_KIND))
+                for r in rows]
+
+    async def _fenced(self, sql: str, params: tuple[Any, ...], row_id: int, token: str) -> None:
+        statement = _pg(sql)
+
+        def run(conn: Connection) -> int:
+            return conn.execute(statement, (*params, row_id, token)).rowcount
+
+        if await self._transact(run) != 1:
+            raise LeaseLost(f"outbox {row_id}: lease lost")
+
+    async def renew(self, row_id: int, token: str, lease_seconds: float, *,
+                    now: float | None = None) -> float:
+        """Extend the lease; return the new expiry."""
+        check_lease([OutboxKind.SMTP], 1, lease_seconds)
+        at = time.time() if now is None else now
+        await self._fenced(RENEW_SQL, (at + lease_seconds, at), row_id, token)
+        return at + lease_seconds
+
+    async def mark_sent(self, row_id: int, token: str, smtp_code: str | None = None) -> None:
+        at = time.time()
+        await self._fenced(MARK_SENT_SQL, (at, smtp_code, at), row_id, token)
+
+    async def mark_failed(self, row_id: int, token: str, code: str | None = None,
+                          detail: str | None = None, *, error_class: str | None = None) -> None:
+        errors = sealed_error(self._cipher, code, error_class, detail)
+        await self._fenced(MARK_FAILED_SQL, (*errors, time.time()), row_id, token)
+
+    async def mark_dead(self, row_id: int, token: str, code: str | None = None,
+                        detail: str | None = None, *, error_class: str | None = None) -> None:
+        errors = sealed_error(self._cipher, code, error_class, detail)
+        await self._fenced(MARK_DEAD_SQL, (*errors, time.time()), row_id, token)
+
+    async def schedule_retry(self, row_id: int, token: str, available_at: float,
+                             code: str | None = None, detail: str | None = None, *,
+                             error_class: str | None = None) -> None:
+        errors = sealed_error(self._cipher, code, error_class, detail)
+        await self._fenced(RETRY_SQL, (available_at, *errors, time.time()), row_id, token)
+
+    async def _unfenced(self, sql: str, params: tuple[Any, ...]) -> bool:
+        statement = _pg(sql)
+        return await self._transact(lambda conn: conn.execute(statement, params).rowcount == 1)
+
+    async def retry_now(self, row_id: int, *, now: float | None = None) -> bool:
+        at = time.time() if now is None else now
+        return await self._unfenced(RETRY_NOW_SQL, (at, at, row_id))
+
+    async def cancel(self, row_id: int) -> bool:
+        return await self._unfenced(CANCEL_SQL, (time.time(), row_id))
+
+    async def settle(self, row_id: int, *, delivered: bool, code: str | None = None,
+                     detail: str | None = None, error_class: str | None = None) -> bool:
+        errors = sealed_error(self._cipher, code, error_class, detail)
+        return await self._unfenced(SETTLE_SQL, (settle_state(delivered), *errors, time.time(),
+                                                 row_id))
+
+    async def list_outbox(self, *, tenant_id: str | None = None,
+                          state: OutboxState | None = None, limit: int = 100
+                          ) -> list[OutboxSummary]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        if tenant_id is not None:
+            clauses.append("tenant_id = %s")
+            params.append(tenant_id)
+        if state is not None:
+            clauses.append("state = %s")
+            params.append(OutboxState(state).value)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = (f"SELECT {OUTBOX_SUMMARY_COLUMNS} FROM outbox{where}"  # noqa: S608
+               " ORDER BY id DESC LIMIT %s")
+        rows = await self._read(lambda c: c.execute(sql, (*params, limit)).fetchall())
+        return [outbox_summary_from_row(row) for row in rows]
+
+    async def get_outbox(self, row_id: int) -> OutboxDetail | None:
+        sql = (f"SELECT {OUTBOX_SUMMARY_COLUMNS}, payload_key, payload,"  # noqa: S608
+               " error_key, error_detail FROM outbox WHERE id = %s")
+
+        def fetch(conn: Connection) -> tuple[Any, ...] | None:
+            with conn.cursor(binary=True) as cursor:
+                return cursor.execute(sql, (row_id,)).fetchone()
+
+        row = await self._read(fetch)
+        if row is None:
+            return None
+        key_id, payload, error_key, error = row[OUTBOX_SUMMARY_WIDTH:]
+        opened = self._cipher.open(SealedPayload(key_id, bytes(payload)), OUTBOX_KIND)
+        detail = (self._cipher.open(SealedPayload(error_key, bytes(error)),
+                                    OUTBOX_ERROR_KIND).decode()
+                  if error is not None else None)
+        return OutboxDetail(outbox_summary_from_row(row[:OUTBOX_SUMMARY_WIDTH]), opened, detail)
+
 
 # -- migrations ---------------------------------------------------------------------------------
 
@@ -670,6 +861,11 @@ def _translated(context: str) -> Iterator[None]:
         raise StoreUnavailable(_describe(context, exc)) from exc
     except psycopg.Error as exc:
         raise StoreError(_describe(context, exc)) from exc
+
+
+def _pg(statement: str) -> str:
+    """A statement shared with SQLite (`?` placeholders, no literal `?`) for psycopg."""
+    return statement.replace("?", "%s")
 
 
 def _failed(batch: list[_Job], error: BaseException

@@ -18,21 +18,40 @@ import contextlib
 import fcntl
 import os
 import queue
+import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import structlog
 
-from connector.errors import StoreError, StoreUnavailable
+from connector.errors import LeaseLost, StoreError, StoreUnavailable
 from connector.store._shared import (
+    CANCEL_SQL,
+    LEASABLE,
+    MARK_DEAD_SQL,
+    MARK_FAILED_SQL,
+    MARK_SENT_SQL,
+    OUTBOX_ERROR_KIND,
+    OUTBOX_KIND,
+    OUTBOX_SUMMARY_COLUMNS,
+    OUTBOX_SUMMARY_WIDTH,
+    RENEW_SQL,
+    RETRY_NOW_SQL,
+    RETRY_SQL,
+    SETTLE_SQL,
     SUMMARY_COLUMNS,
     SUMMARY_WIDTH,
+    check_item,
+    check_lease,
+    outbox_summary_from_row,
     resolve,
+    sealed_error,
+    settle_state,
     summary_from_row,
     take_batch,
 )
@@ -47,6 +66,12 @@ from connector.store.model import (
     InboundReceipt,
     InboundStatus,
     InboundSummary,
+    OutboxDetail,
+    OutboxItem,
+    OutboxKind,
+    OutboxLease,
+    OutboxState,
+    OutboxSummary,
 )
 from connector.store.payload_log import PayloadLog, PayloadRef
 from connector.store.versions import DocumentRow, VersionPlan, plan_versions
@@ -427,6 +452,170 @@ class SQLiteStore:
             (tenant_id,)).fetchall())
         return [DocumentVersion(r[0], r[1], r[2], r[3], DocumentStatus(r[4]), r[5], r[6])
                 for r in rows]
+
+
+    # -- the outbox ---------------------------------------------------------------------------
+    # Every write runs in the writer thread, so it is committed (and fsynced) with its group
+    # before the call returns, and leases never race: one writer hands rows out one job at a
+    # time. A fenced transition that finds its token gone returns LeaseLost instead of raising
+    # it, so that it does not roll back the other jobs of its group; the caller raises it.
+
+    async def enqueue(self, items: Sequence[OutboxItem], *, now: float | None = None
+                      ) -> list[int]:
+        """Store `items` as READY rows, all or none; return their ids in order."""
+        for item in items:
+            check_item(item)
+        if not items:
+            return []
+        at = time.time() if now is None else now
+        sealed = [self._cipher.seal(item.payload, OUTBOX_KIND) for item in items]
+        return await self._submit(lambda conn: self._enqueue(conn, items, sealed, at))
+
+    def _enqueue(self, conn: sqlite3.Connection, items: Sequence[OutboxItem],
+                 sealed: list[SealedPayload], now: float) -> list[int]:
+        ids: list[int] = []
+        for item, payload in zip(items, sealed, strict=True):
+            inline: bytes | None = payload.blob
+            ref: PayloadRef | None = None
+            if len(payload.blob) > _INLINE_PAYLOAD_MAX:
+                inline, ref = None, self._payloads.append(payload.blob)
+            cursor = conn.execute(
+                "INSERT INTO outbox (tenant_id, kind, inbound_id, state, payload_key, payload,"
+                " payload_segment, payload_offset, payload_length, size, message_id, envid,"
+                " recipient_domain, created_at, updated_at, available_at)"
+                " VALUES (?, ?, ?, 'ready', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (item.tenant_id, OutboxKind(item.kind).value, item.inbound_id, payload.key_id,
+                 inline, ref and ref.segment, ref and ref.offset, ref and ref.length,
+                 len(item.payload), item.message_id, item.envid, item.recipient_domain, now, now,
+                 now if item.not_before is None else item.not_before))
+            ids.append(int(cursor.lastrowid or 0))
+        return ids
+
+    async def lease(self, *, tenant_id: str, kinds: Sequence[OutboxKind], limit: int,
+                    lease_seconds: float, now: float | None = None) -> list[OutboxLease]:
+        check_lease(kinds, limit, lease_seconds)
+        at = time.time() if now is None else now
+        rows = await self._submit(
+            lambda conn: self._lease(conn, tenant_id, kinds, limit, at + lease_seconds, at))
+        leases: list[OutboxLease] = []
+        for row in rows:
+            (row_id, token, expires, attempts, tenant, kind, inbound_id, message_id, envid,
+             domain, key_id, inline, segment, offset, length) = row
+            blob = (bytes(inline) if inline is not None
+                    else await asyncio.to_thread(self._payloads.read,
+                                                 PayloadRef(segment, offset, length)))
+            payload = self._cipher.open(SealedPayload(key_id, blob), OUTBOX_KIND)
+            leases.append(OutboxLease(int(row_id), token, expires, int(attempts), tenant,
+                                      OutboxKind(kind), inbound_id, message_id, envid, domain,
+                                      payload))
+        return leases
+
+    @staticmethod
+    def _lease(conn: sqlite3.Connection, tenant_id: str, kinds: Sequence[OutboxKind],
+               limit: int, expires: float, now: float) -> list[tuple[Any, ...]]:
+        marks = ", ".join("?" for _ in kinds)
+        # Only placeholders are interpolated.
+        ids = [r[0] for r in conn.execute(
+            f"SELECT id FROM outbox WHERE tenant_id = ? AND kind IN ({marks})"  # noqa: S608
+            f" AND {LEASABLE} ORDER BY available_at, id LIMIT ?",
+            (tenant_id, *(OutboxKind(k).value for k in kinds), now, now, limit))]
+        rows: list[tuple[Any, ...]] = []
+        for row_id in ids:
+            row = conn.execute(
+                "UPDATE outbox SET state = 'leased', lease_token = ?, lease_expires_at = ?,"
+                " attempts = attempts + 1, updated_at = ? WHERE id = ?"
+                " RETURNING id, lease_token, lease_expires_at, attempts, tenant_id, kind,"
+                " inbound_id, message_id, envid, recipient_domain, payload_key, payload,"
+                " payload_segment, payload_offset, payload_length",
+                (secrets.token_hex(16), expires, now, row_id)).fetchone()
+            rows.append(row)
+        return rows
+
+    async def _fenced(self, sql: str, params: tuple[Any, ...], row_id: int, token: str) -> None:
+        def run(conn: sqlite3.Connection) -> LeaseLost | None:
+            changed = conn.execute(sql, (*params, row_id, token)).rowcount
+            return None if changed == 1 else LeaseLost(f"outbox {row_id}: lease lost")
+
+        lost = await self._submit(run)
+        if lost is not None:
+            raise lost
+
+    async def renew(self, row_id: int, token: str, lease_seconds: float, *,
+                    now: float | None = None) -> float:
+        """Extend the lease; return the new expiry."""
+        check_lease([OutboxKind.SMTP], 1, lease_seconds)
+        at = time.time() if now is None else now
+        await self._fenced(RENEW_SQL, (at + lease_seconds, at), row_id, token)
+        return at + lease_seconds
+
+    async def mark_sent(self, row_id: int, token: str, smtp_code: str | None = None) -> None:
+        at = time.time()
+        await self._fenced(MARK_SENT_SQL, (at, smtp_code, at), row_id, token)
+
+    async def mark_failed(self, row_id: int, token: str, code: str | None = None,
+                          detail: str | None = None, *, error_class: str | None = None) -> None:
+        errors = sealed_error(self._cipher, code, error_class, detail)
+        await self._fenced(MARK_FAILED_SQL, (*errors, time.time()), row_id, token)
+
+    async def mark_dead(self, row_id: int, token: str, code: str | None = None,
+                        detail: str | None = None, *, error_class: str | None = None) -> None:
+        errors = sealed_error(self._cipher, code, error_class, detail)
+        await self._fenced(MARK_DEAD_SQL, (*errors, time.time()), row_id, token)
+
+    async def schedule_retry(self, row_id: int, token: str, available_at: float,
+                             code: str | None = None, detail: str | None = None, *,
+                             error_class: str | None = None) -> None:
+        errors = sealed_error(self._cipher, code, error_class, detail)
+        await self._fenced(RETRY_SQL, (available_at, *errors, time.time()), row_id, token)
+
+    async def _unfenced(self, sql: str, params: tuple[Any, ...]) -> bool:
+        return bool(await self._submit(lambda conn: conn.execute(sql, params).rowcount == 1))
+
+    async def retry_now(self, row_id: int, *, now: float | None = None) -> bool:
+        at = time.time() if now is None else now
+        return await self._unfenced(RETRY_NOW_SQL, (at, at, row_id))
+
+    async def cancel(self, row_id: int) -> bool:
+        return await self._unfenced(CANCEL_SQL, (time.time(), row_id))
+
+    async def settle(self, row_id: int, *, delivered: bool, code: str | None = None,
+                     detail: str | None = None, error_class: str | None = None) -> bool:
+        errors = sealed_error(self._cipher, code, error_class, detail)
+        return await self._unfenced(SETTLE_SQL, (settle_state(delivered), *errors, time.time(),
+                                                 row_id))
+
+    async def list_outbox(self, *, tenant_id: str | None = None,
+                          state: OutboxState | None = None, limit: int = 100
+                          ) -> list[OutboxSummary]:
+        clauses, params = [], []
+        if tenant_id is not None:
+            clauses.append("tenant_id = ?")
+            params.append(tenant_id)
+        if state is not None:
+            clauses.append("state = ?")
+            params.append(OutboxState(state).value)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = (f"SELECT {OUTBOX_SUMMARY_COLUMNS} FROM outbox{where}"  # noqa: S608
+               " ORDER BY id DESC LIMIT ?")
+        rows = await self._read(lambda c: c.execute(sql, (*params, limit)).fetchall())
+        return [outbox_summary_from_row(row) for row in rows]
+
+    async def get_outbox(self, row_id: int) -> OutboxDetail | None:
+        sql = (f"SELECT {OUTBOX_SUMMARY_COLUMNS}, payload_key, payload,"  # noqa: S608
+               " payload_segment, payload_offset, payload_length, error_key, error_detail"
+               " FROM outbox WHERE id = ?")
+        row = await self._read(lambda c: c.execute(sql, (row_id,)).fetchone())
+        if row is None:
+            return None
+        key_id, inline, segment, offset, length, error_key, error = row[OUTBOX_SUMMARY_WIDTH:]
+        blob = (bytes(inline) if inline is not None
+                else await asyncio.to_thread(self._payloads.read,
+                                             PayloadRef(segment, offset, length)))
+        payload = self._cipher.open(SealedPayload(key_id, blob), OUTBOX_KIND)
+        detail = (self._cipher.open(SealedPayload(error_key, bytes(error)),
+                                    OUTBOX_ERROR_KIND).decode()
+                  if error is not None else None)
+        return OutboxDetail(outbox_summary_from_row(row[:OUTBOX_SUMMARY_WIDTH]), payload, detail)
 
 
 

@@ -30,6 +30,7 @@ from connector.store import (
     VersionCheck,
 )
 from connector.store.cipher import PayloadCipher
+from connector.store.migrations import MIGRATIONS
 from tests.contract.conftest import PostgresFactory, SQLiteFactory, StoreFactory
 
 KEY_A = b"A" * 32
@@ -229,7 +230,7 @@ async def test_migrations_are_recorded_once(make_store: StoreFactory, tmp_path: 
     await store.close()
     make_store()
     versions = [r[0] for r in make_store.query("SELECT version FROM schema_migrations")]
-    assert versions == [1]
+    assert versions == [m.version for m in MIGRATIONS]
 
 
 LARGE = b"MSH|^~\\&|A|B|C|D|1||ORU^R01|L1|P|2.5\rPID|1||279035121518989\rOBX|1|ED|" + b"Q" * 70_000
@@ -376,7 +377,7 @@ async def test_concurrent_opens_migrate_once(make_store: StoreFactory) -> None:
     only_on(make_store, "postgres", REPLICAS_REASON)
     await asyncio.gather(*(asyncio.to_thread(make_store) for _ in range(4)))
     rows = make_store.query("SELECT version FROM schema_migrations")
-    assert [r[0] for r in rows] == [1]
+    assert [r[0] for r in rows] == [m.version for m in MIGRATIONS]
 
 
 async def test_racing_replaces_across_instances_cannot_both_win(
