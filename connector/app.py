@@ -14,6 +14,8 @@ from connector.cda.validation import CdaValidator
 from connector.directory.whitelist import load_whitelist
 from connector.hl7.ack import AckIdentity, ControlIdGenerator
 from connector.mllp.server import MLLPServer, server_ssl_context
+from connector.observability.http import AdminServer
+from connector.observability.metrics import ConnectorMetrics
 from connector.pipeline.documents import (
     CdaChecker,
     CisisIntake,
@@ -70,6 +72,8 @@ class Application:
     store: SQLiteStore | PostgresStore
     servers: list[MLLPServer] = field(default_factory=list)
     handlers: list[IntakeHandler] = field(default_factory=list)
+    metrics: ConnectorMetrics = field(default_factory=ConnectorMetrics)
+    admin: AdminServer | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> Application:
@@ -91,7 +95,7 @@ class Application:
                     IntakeConfig(tenant.id, listener.name,
                                  AckIdentity(tenant.application, tenant.facility),
                                  listener.charset, settings.default_charset),
-                    store, control_ids, cisis)
+                    store, control_ids, cisis, app.metrics)
                 ssl_context = server_ssl_context(listener.tls) if listener.tls else None
                 app.handlers.append(handler)
                 app.servers.append(MLLPServer(listener, handler, ssl_context=ssl_context))
@@ -102,15 +106,31 @@ class Application:
         try:
             for server in self.servers:
                 await server.start()
+            if self.settings.admin is not None:
+                self.admin = AdminServer(self.settings.admin.host, self.settings.admin.port,
+                                         self.metrics, self.readiness)
+                await self.admin.start()
         except BaseException:
             await self.stop()
             raise
+
+    def readiness(self) -> tuple[bool, str]:
+        """Ready when the store accepts work and every listener is bound."""
+        if self.store.closed:
+            return False, "store closed"
+        if not all(server.bound for server in self.servers):
+            return False, "a listener is not bound"
+        if any(handler.draining for handler in self.handlers):
+            return False, "draining"
+        return True, "ready"
 
     async def stop(self, grace_seconds: float = 10.0) -> None:
         """Stop accepting, answer AR to what is queued, finish what is in flight, close."""
         for handler in self.handlers:
             handler.draining = True
         await asyncio.gather(*(s.stop(grace_seconds) for s in self.servers))
+        if self.admin is not None:
+            await self.admin.stop()
         await self.store.close()
         log.info("stopped")
 

@@ -146,6 +146,14 @@ class LoggingSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class AdminSettings:
+    """The admin HTTP listener (/metrics, /healthz, /readyz): keep it on a private address."""
+
+    host: str = "127.0.0.1"
+    port: int = 9610
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     store: StoreSettings
     tenants: tuple[TenantSettings, ...]
@@ -153,6 +161,7 @@ class Settings:
     default_charset: str = "utf-8"  # when neither the listener nor MSH-18 says
     validation: ValidationSettings = ValidationSettings()
     whitelist: Path | None = None  # the MSSanté trust-space list (liste blanche) the site installs
+    admin: AdminSettings | None = None  # no admin listener unless configured
     source: str | None = None  # the file it came from, for messages
 
     def tenant(self, tenant_id: str) -> TenantSettings:
@@ -173,7 +182,8 @@ def embedded_default(base: Path = Path("var")) -> Settings:
         listeners=(ListenerSettings(name="default"),),
         transport=TransportSettings(TransportKind.MAILDIR, base / "maildir"),
     )
-    return Settings(store=StoreSettings(path=base / "connector.db"), tenants=(tenant,))
+    return Settings(store=StoreSettings(path=base / "connector.db"), tenants=(tenant,),
+                    admin=AdminSettings())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -521,6 +531,13 @@ def parse_settings(data: Mapping[str, Any], *, source: str | None = None,
     # without a valid list when the key is set.
     whitelist = directory.path("whitelist")
     directory.close()
+    admin_table = root.subtable("admin")
+    admin = None
+    if admin_table is not None:
+        a = _Reader(admin_table, "admin", source, env)
+        admin = AdminSettings(a.text("host", "127.0.0.1") or "127.0.0.1",
+                              a.integer("port", 9610, 0, 65535))
+        a.close()
     tenants = []
     raw_tenants = root.array("tenants")
     if not raw_tenants:
@@ -532,7 +549,7 @@ def parse_settings(data: Mapping[str, Any], *, source: str | None = None,
     root.close()
     _check_unique(tenants, source)
     return Settings(store, tuple(tenants), LoggingSettings(log_format, level), default_charset,
-                    validation, whitelist, source)
+                    validation, whitelist, admin, source)
 
 
 def _check_unique(tenants: list[TenantSettings], source: str | None) -> None:

@@ -76,6 +76,10 @@ class MLLPServer:
         return str(host), int(port)
 
     @property
+    def bound(self) -> bool:
+        return self._server is not None and self._server.is_serving()
+
+    @property
     def connection_count(self) -> int:
         return len(self._connections)
 

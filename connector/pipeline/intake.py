@@ -29,6 +29,7 @@ from connector.hl7.ack import (
 )
 from connector.hl7.codes import AckCode, ApplicationError, ErrorCondition
 from connector.hl7.header import msh18_for_codec, salvage_header
+from connector.observability.metrics import ConnectorMetrics
 from connector.pipeline.decide import IntakeDecider, IntakeDecision
 from connector.pipeline.documents import CisisIntake
 from connector.store import (
@@ -60,8 +61,10 @@ class IntakeHandler:
     """The MLLP server's MessageHandler for one listener of one tenant."""
 
     def __init__(self, config: IntakeConfig, store: IntakeStore,
-                 control_ids: ControlIdGenerator, cisis: CisisIntake) -> None:
+                 control_ids: ControlIdGenerator, cisis: CisisIntake,
+                 metrics: ConnectorMetrics | None = None) -> None:
         self.config = config
+        self.metrics = metrics
         self._store = store
         self._control_ids = control_ids
         self.decider = IntakeDecider(cisis, forced_charset=config.forced_charset,
@@ -69,9 +72,11 @@ class IntakeHandler:
         self.draining = False
 
     async def handle(self, payload: bytes, peer: str) -> bytes | None:
+        started = time.perf_counter()
         received_at = time.time()
         if self.draining:
-            return self._transient(payload, "the connector is shutting down; send again later")
+            return self._answered(started, None, self._transient(
+                payload, "the connector is shutting down; send again later"), "AR")
         decision = self.decider.first_pass(payload)
         if decision.needs_document_checks:
             decision = await asyncio.to_thread(self.decider.check_documents, decision)
@@ -113,7 +118,8 @@ class IntakeHandler:
             receipt = await self._store.record_inbound(record)
         except StoreError as exc:
             log.error("store_failed", error=str(exc), control_id=record.control_id)
-            return self._transient(payload, "the message could not be stored; send again later")
+            return self._answered(started, decision, self._transient(
+                payload, "the message could not be stored; send again later"), "AR")
         if receipt.retransmission_of is not None:
             log.info("retransmission_answered", inbound_id=receipt.retransmission_of,
                      control_id=record.control_id)
@@ -127,11 +133,38 @@ class IntakeHandler:
             log.warning("unknown_original_accepted", inbound_id=receipt.inbound_id,
                         control_id=record.control_id,
                         policy=UnknownOriginalPolicy.ACCEPT.value)
+        self._count(receipt.retransmission_of is not None, receipt.version_conflict is not None,
+                    decision)
         if decision.outcome is not Outcome.ACCEPTED and receipt.retransmission_of is None:
             log.info("message_rejected", inbound_id=receipt.inbound_id, ack=record.ack_code,
                      error=record.error_code, detail=record.error_detail,
                      control_id=record.control_id, message_type=record.message_type)
-        return receipt.ack or None
+        ack_code = record.ack_code
+        if receipt.version_conflict is not None and versions is not None:
+            ack_code = versions.conflict_ack_code
+        return self._answered(started, decision, receipt.ack or None, ack_code)
+
+    def _answered(self, started: float, decision: IntakeDecision | None, ack: bytes | None,
+                  ack_code: str) -> bytes | None:
+        if self.metrics is not None:
+            routed = (str(decision.header.message_type)
+                      if decision is not None and decision.flow is not None
+                      and decision.header is not None else None)
+            self.metrics.message_answered(self.config.tenant_id, routed,
+                                          ack_code if ack else "",
+                                          time.perf_counter() - started)
+        return ack
+
+    def _count(self, retransmission: bool, conflict: bool, decision: IntakeDecision) -> None:
+        if self.metrics is None:
+            return
+        tenant = self.config.tenant_id
+        if retransmission:
+            self.metrics.retransmissions.labels(tenant).inc()
+        elif conflict:
+            self.metrics.version_conflicts.labels(tenant).inc()
+        elif decision.verdict is not None and decision.verdict.request.metadata.destdmp:
+            self.metrics.dmp_not_fed.labels(tenant).inc()
 
     def _ack(self, decision: IntakeDecision, code: AckCode | None,
              errors: tuple[AckError, ...]) -> bytes:

@@ -178,6 +178,11 @@ class PostgresStore:
 
     # -- lifecycle ----------------------------------------------------------------------------
 
+    @property
+    def closed(self) -> bool:
+        """True until `open()` succeeds, and after `close()`."""
+        return self._closed
+
     def open(self, *, read_only: bool = False) -> None:
         """Connect, migrate and start the writers. Blocks for a few round trips, like
         SQLiteStore.open(); raises StoreUnavailable when the database cannot be reached.

@@ -172,6 +172,11 @@ class SQLiteStore:
 
     # -- lifecycle ----------------------------------------------------------------------------
 
+    @property
+    def closed(self) -> bool:
+        """True until `open()` succeeds, and after `close()`."""
+        return self._closed
+
     def open(self, *, read_only: bool = False) -> None:
         """Start the writer, or only allow reads (operators' commands beside a running serve).
 

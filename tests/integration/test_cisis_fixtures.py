@@ -140,6 +140,9 @@ async def test_new_replace_delete_sequence(intake: Callable[..., Application]) -
     app = intake(SchematronPolicy.WARN, SendingMatrixProfile.ANS_EXAMPLES)
     codes = [(await answer(app, f))[0] for f in (MDM[0], MDM[2], MDM[1])]
     assert codes == ["AA", "AA", "AA"]
+    dmp = app.metrics.registry.get_sample_value("mssconnector_cisis_dmp_not_fed_total",
+                                                {"tenant": "chu-test"})
+    assert dmp == 3  # DESTDMP=Y in every MDM example: counted, not fed
     documents = {d.document_id.rsplit(".", 1)[-1]: d.status.value
                  for d in await app.store.get_documents("chu-test")}
     assert sorted(documents.values()) == ["deleted", "replaced"]

@@ -1,0 +1,51 @@
+"""Prometheus metrics: the only module that imports prometheus_client.
+
+Names follow `mssconnector_<area>_<thing>_<unit>`; labels have bounded cardinality: tenant ids
+come from the configuration, message types are passed by intake only for routed types (anything
+else is `other`),
+ACK codes from table 0008. Never a control id, an address or a document value.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+_ACK_CODES = frozenset({"AA", "AE", "AR", "CA", "CE", "CR"})
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class ConnectorMetrics:
+    """The connector's metrics, in their own registry (tests make as many as they like)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.messages = Counter(
+            "mssconnector_mllp_messages", "HL7 messages answered, by tenant, type and ACK code",
+            ["tenant", "type", "ack"], registry=self.registry)
+        self.ack_seconds = Histogram(
+            "mssconnector_mllp_ack_seconds",
+            "Time from a complete frame to its ACK (includes the durable commit)",
+            ["tenant"], buckets=_LATENCY_BUCKETS, registry=self.registry)
+        self.retransmissions = Counter(
+            "mssconnector_mllp_retransmissions", "Retransmissions answered with their first ACK",
+            ["tenant"], registry=self.registry)
+        self.dmp_not_fed = Counter(
+            "mssconnector_cisis_dmp_not_fed",
+            "Accepted requests with DESTDMP=Y (this connector does not feed the DMP)",
+            ["tenant"], registry=self.registry)
+        self.version_conflicts = Counter(
+            "mssconnector_cisis_version_conflicts",
+            "Replace/delete requests refused because they did not target the latest version",
+            ["tenant"], registry=self.registry)
+
+    def message_answered(self, tenant: str, routed_type: str | None, ack: str,
+                         seconds: float) -> None:
+        """`routed_type`: MSH-9 code^event when intake routed it, else None (`other`)."""
+        code = ack if ack in _ACK_CODES else "none"
+        self.messages.labels(tenant, routed_type or "other", code).inc()
+        self.ack_seconds.labels(tenant).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,75 @@
+"""The admin listener: /metrics parsed with prometheus_client's own parser, /healthz, /readyz."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from connector.settings import AdminSettings
+from tests.integration.conftest import RunningApp, make_settings
+from tests.integration.test_intake_bad_input import adt
+
+
+async def http_get(host: str, port: int, path: str) -> tuple[int, str]:
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    await writer.drain()
+    response = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    head, _, body = response.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body.decode()
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+async def start_with_admin(app_factory: Callable[..., object], tmp_path: Path) -> RunningApp:
+    settings = replace(make_settings(tmp_path), admin=AdminSettings("127.0.0.1", 0))
+    return await app_factory(settings)  # type: ignore[operator,no-any-return]
+
+
+async def test_metrics_count_messages_by_tenant_type_and_ack(
+        app_factory: Callable[..., object], tmp_path: Path) -> None:
+    running = await start_with_admin(app_factory, tmp_path)
+    await running.send(adt("M1"))
+    await running.send(adt("M1"))  # a retransmission
+    await running.send(adt("M2").replace(b"ADT^A01^ADT_A01", b"ZZZ^Z99"))  # unsupported: AE
+    await running.send(b"junk without MSH")  # AE 100, no type
+    assert running.app.admin is not None
+    status, body = await http_get(*running.app.admin.address, "/metrics")
+    assert status == 200
+    values = samples(body)
+    tenant = ("tenant", "chu-test")
+    assert values[("mssconnector_mllp_messages_total",
+                   (("ack", "AA"), tenant, ("type", "ADT^A01")))] == 2
+    assert values[("mssconnector_mllp_messages_total",
+                   (("ack", "AE"), tenant, ("type", "other")))] == 2  # never the raw MSH-9
+    assert values[("mssconnector_mllp_retransmissions_total", (tenant,))] == 1
+    assert values[("mssconnector_mllp_ack_seconds_count", (tenant,))] == 4
+    assert "M1" not in body  # no control id, no message content in labels
+
+
+async def test_health_and_readiness(app_factory: Callable[..., object], tmp_path: Path) -> None:
+    running = await start_with_admin(app_factory, tmp_path)
+    assert running.app.admin is not None
+    address = running.app.admin.address
+    assert await http_get(*address, "/healthz") == (200, "ok\n")
+    assert await http_get(*address, "/readyz") == (200, "ready\n")
+    assert (await http_get(*address, "/nothing"))[0] == 404
+    for handler in running.app.handlers:
+        handler.draining = True
+    assert await http_get(*address, "/readyz") == (503, "draining\n")
+    for handler in running.app.handlers:
+        handler.draining = False
+    await running.app.store.close()
+    assert await http_get(*address, "/readyz") == (503, "store closed\n")
+    running.app.store.open()
