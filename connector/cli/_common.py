@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from connector.errors import ConfigError
+from connector.errors import ConfigError, StoreError
 from connector.settings import Settings, embedded_default, load_settings
 
 CONFIG_ENV = "MSSCONNECTOR_CONFIG"
@@ -29,3 +33,34 @@ def settings_from(args: argparse.Namespace) -> Settings:
 def report_config_error(exc: ConfigError) -> int:
     print(f"configuration error: {exc}", file=sys.stderr)
     return 2
+
+
+def utc_time(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
+
+
+StoreAction = Callable[[Any], Awaitable[int]]
+
+
+def run_with_store(args: argparse.Namespace, action: StoreAction, *, read_only: bool = True
+                   ) -> int:
+    """Open the configured store (read-only unless the command changes something), run
+    `action(store)`, close; configuration and store errors become exit codes 2 and 1."""
+
+    async def run() -> int:
+        from connector.app import build_store
+
+        store = build_store(settings_from(args))
+        store.open(read_only=read_only)
+        try:
+            return await action(store)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(run())
+    except ConfigError as exc:
+        return report_config_error(exc)
+    except StoreError as exc:
+        print(f"store error: {exc}", file=sys.stderr)
+        return 1

@@ -7,13 +7,10 @@ ACK for an operator allowed to read the store.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
-from datetime import UTC, datetime
 from typing import Any
 
-from connector.cli._common import add_config_argument, report_config_error, settings_from
-from connector.errors import ConfigError, StoreError
+from connector.cli._common import add_config_argument, run_with_store, utc_time
 from connector.store import InboundStatus, InboundSummary
 
 
@@ -33,28 +30,12 @@ def register(sub: Any) -> None:
     show_parser.set_defaults(handler=run_show)
 
 
-def _time(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
-
-
 def _line(s: InboundSummary) -> str:
     error = f" {s.error_code} {s.error_detail}" if s.error_code else ""
     flags = (" retransmitted" * bool(s.retransmissions)) + (" msh10-reused" * s.control_id_reused)
-    return (f"{s.id:>8} {_time(s.received_at)} {s.tenant_id} {s.message_type or '-'} "
+    return (f"{s.id:>8} {utc_time(s.received_at)} {s.tenant_id} {s.message_type or '-'} "
             f"MSH-10={s.control_id or '-'} {s.status.value} {s.ack_code or '-'}"
             f"{error}{flags}")
-
-
-async def _with_store(args: argparse.Namespace, action: Any) -> int:
-    from connector.app import build_store
-
-    store = build_store(settings_from(args))
-    store.open(read_only=True)
-    try:
-        result: int = await action(store)
-        return result
-    finally:
-        await store.close()
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -65,7 +46,7 @@ def run_list(args: argparse.Namespace) -> int:
             print(_line(summary))
         return 0
 
-    return _run(args, action)
+    return run_with_store(args, action)
 
 
 def run_show(args: argparse.Namespace) -> int:
@@ -87,14 +68,4 @@ def run_show(args: argparse.Namespace) -> int:
         print(detail.raw.decode("utf-8", errors="replace").replace("\r", "\n").rstrip())
         return 0
 
-    return _run(args, action)
-
-
-def _run(args: argparse.Namespace, action: Any) -> int:
-    try:
-        return asyncio.run(_with_store(args, action))
-    except ConfigError as exc:
-        return report_config_error(exc)
-    except StoreError as exc:
-        print(f"store error: {exc}", file=sys.stderr)
-        return 1
+    return run_with_store(args, action)

@@ -1,0 +1,92 @@
+"""`outbox list|show|retry|cancel` as a user runs them, on a real SQLite store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from connector.app import build_store
+from connector.settings import load_settings
+from connector.store import OutboxItem, OutboxKind, OutboxState
+from tests.integration.test_cli import run_cli
+
+MAIL = (b"From: pfi@chu.mssante.fr\r\nTo: 279035121518989@patient.mssante.fr\r\n"
+        b"Subject: XDM/1.0/DDM+CR PAT-TROIS DOMINIQUE\r\n\r\nbody\r\n")
+
+
+@pytest.fixture
+async def config_with_items(tmp_path: Path) -> tuple[Path, list[int]]:
+    config = tmp_path / "c.toml"
+    config.write_text(f'data_dir = "{tmp_path / "var"}"\n[[tenants]]\nid = "chu"\n')
+    store = build_store(load_settings(config))
+    store.open()
+    try:
+        ids = await store.enqueue([
+            OutboxItem("chu", OutboxKind.SMTP, MAIL, message_id=f"<m{i}@chu.mssante.fr>",
+                       recipient_domain="patient.mssante.fr") for i in range(2)])
+        (lease,) = await store.lease(tenant_id="chu", kinds=[OutboxKind.SMTP], limit=1,
+                                     lease_seconds=60)
+        await store.mark_dead(lease.id, lease.token, "550", "550 5.1.1 <279035121518989@"
+                              "patient.mssante.fr> unknown", error_class="permanent")
+    finally:
+        await store.close()
+    return config, ids
+
+
+async def test_list_shows_no_patient_data(config_with_items: tuple[Path, list[int]]) -> None:
+    config, _ = config_with_items
+    code, out, _ = await run_cli("outbox", "list", "--config", str(config))
+    assert code == 0
+    lines = out.splitlines()
+    assert len(lines) == 2
+    assert "dead" in out
+    assert "550 permanent" in out
+    assert "to=@patient.mssante.fr" in out
+    assert "279035121518989" not in out
+    assert "PAT-TROIS" not in out
+    code, out, _ = await run_cli("outbox", "list", "--state", "ready", "--config", str(config))
+    assert len(out.splitlines()) == 1
+
+
+async def test_show_prints_payload_and_last_answer(
+        config_with_items: tuple[Path, list[int]]) -> None:
+    config, ids = config_with_items
+    code, out, _ = await run_cli("outbox", "show", str(ids[0]), "--config", str(config))
+    assert code == 0
+    assert "550 5.1.1" in out  # the operator sees the server's answer, unsealed
+    assert "Subject: XDM/1.0/DDM+CR PAT-TROIS DOMINIQUE" in out
+
+
+async def test_retry_and_cancel(config_with_items: tuple[Path, list[int]]) -> None:
+    config, ids = config_with_items
+    dead, ready = ids
+    code, out, _ = await run_cli("outbox", "retry", str(dead), "--config", str(config))
+    assert (code, out.strip()) == (0, f"outbox item {dead}: due now")
+    code, _, _ = await run_cli("outbox", "cancel", str(ready), "--config", str(config))
+    assert code == 0
+    code, _, err = await run_cli("outbox", "cancel", "999", "--config", str(config))
+    assert code == 1
+    assert "not changed" in err
+    store = build_store(load_settings(config))
+    store.open(read_only=True)
+    try:
+        states = {s.id: s.state for s in await store.list_outbox()}
+    finally:
+        await store.close()
+    assert states == {dead: OutboxState.READY, ready: OutboxState.CANCELLED}
+
+
+async def test_changes_are_refused_while_another_process_writes(
+        config_with_items: tuple[Path, list[int]]) -> None:
+    config, ids = config_with_items
+    writer = build_store(load_settings(config))
+    writer.open()  # as a running `serve` would
+    try:
+        code, _, err = await run_cli("outbox", "retry", str(ids[0]), "--config", str(config))
+        assert code == 1
+        assert "in use by another connector process" in err
+        code, _, _ = await run_cli("outbox", "list", "--config", str(config))
+        assert code == 0  # reading beside the writer is fine
+    finally:
+        await writer.close()
