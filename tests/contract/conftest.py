@@ -17,7 +17,7 @@ import re
 import secrets
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -217,3 +217,22 @@ class PostgresFactory(StoreFactory):
 def _pg(statement: str) -> bytes:
     """Test statements are written with `?` placeholders (they contain no literal `?`)."""
     return statement.replace("?", "%s").encode()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def make_store(request: pytest.FixtureRequest, tmp_path: Path
+                     ) -> AsyncIterator[StoreFactory]:
+    factory: StoreFactory
+    if request.param == "postgres":
+        factory = PostgresFactory(request.getfixturevalue("pg_dsn"))
+    else:
+        factory = SQLiteFactory(tmp_path)
+    try:
+        yield factory
+    finally:
+        await factory.close_all()
+
+
+def only_on(make_store: StoreFactory, backend: str, reason: str) -> None:
+    if make_store.backend != backend:
+        pytest.skip(f"{backend} only: {reason}")

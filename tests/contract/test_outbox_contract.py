@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -22,7 +20,7 @@ from connector.store import (
     OutboxStore,
 )
 from connector.store.cipher import PayloadCipher
-from tests.contract.conftest import PostgresFactory, SQLiteFactory, Store, StoreFactory
+from tests.contract.conftest import Store, StoreFactory, only_on
 
 KEY_A = b"A" * 32
 SMTP = (OutboxKind.SMTP,)
@@ -32,23 +30,6 @@ REPLICAS_REASON = ("SQLite is embedded: one store instance per database file (it
                    "has a single appender)")
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def make_store(request: pytest.FixtureRequest, tmp_path: Path
-                     ) -> AsyncIterator[StoreFactory]:
-    factory: StoreFactory
-    if request.param == "postgres":
-        factory = PostgresFactory(request.getfixturevalue("pg_dsn"))
-    else:
-        factory = SQLiteFactory(tmp_path)
-    try:
-        yield factory
-    finally:
-        await factory.close_all()
-
-
-def only_on(make_store: StoreFactory, backend: str, reason: str) -> None:
-    if make_store.backend != backend:
-        pytest.skip(f"{backend} only: {reason}")
 
 
 def outbox(make_store: StoreFactory, *, cipher: PayloadCipher | None = None) -> Store:

@@ -13,7 +13,6 @@ import hashlib
 import os
 import stat
 import time
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,29 +30,12 @@ from connector.store import (
 )
 from connector.store.cipher import PayloadCipher
 from connector.store.migrations import MIGRATIONS
-from tests.contract.conftest import PostgresFactory, SQLiteFactory, StoreFactory
+from tests.contract.conftest import PostgresFactory, StoreFactory, only_on
 
 KEY_A = b"A" * 32
 KEY_B = b"B" * 32
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def make_store(request: pytest.FixtureRequest, tmp_path: Path
-                     ) -> AsyncIterator[StoreFactory]:
-    factory: StoreFactory
-    if request.param == "postgres":
-        factory = PostgresFactory(request.getfixturevalue("pg_dsn"))
-    else:
-        factory = SQLiteFactory(tmp_path)
-    try:
-        yield factory
-    finally:
-        await factory.close_all()
-
-
-def only_on(make_store: StoreFactory, backend: str, reason: str) -> None:
-    if make_store.backend != backend:
-        pytest.skip(f"{backend} only: {reason}")
 
 
 def inbound(raw: bytes = b"MSH|^~\\&|A|B|C|D|1||ADT^A01|X1|P|2.5\rPID|1||279035121518989\r", *,
