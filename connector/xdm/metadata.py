@@ -483,18 +483,24 @@ def _localized(parent: etree._Element, tag: str, text: str | None) -> None:
     )
 
 
-def _classification(
-    parent: etree._Element, scheme: str, classified: str, coded: Coded, salt: str
-) -> None:
-    cl = etree.SubElement(
+def _classification_element(
+    parent: etree._Element, scheme: str, classified: str, salt: str, node: str
+) -> etree._Element:
+    return etree.SubElement(
         parent,
         _rim("Classification"),
         id=_uuid(classified, scheme, salt),
         objectType=_OT_CLASSIFICATION,
         classificationScheme=scheme,
         classifiedObject=classified,
-        nodeRepresentation=coded.code,
+        nodeRepresentation=node,
     )
+
+
+def _classification(
+    parent: etree._Element, scheme: str, classified: str, coded: Coded, salt: str
+) -> None:
+    cl = _classification_element(parent, scheme, classified, salt, coded.code)
     _slot(cl, "codingScheme", [coded.code_system])
     _localized(cl, "Name", coded.display_name or coded.code)
 
@@ -506,15 +512,7 @@ def _author_classification(
     salt: str,
     slots: Sequence[tuple[str, Sequence[str]]],
 ) -> None:
-    cl = etree.SubElement(
-        parent,
-        _rim("Classification"),
-        id=_uuid(classified, scheme, salt),
-        objectType=_OT_CLASSIFICATION,
-        classificationScheme=scheme,
-        classifiedObject=classified,
-        nodeRepresentation="",
-    )
+    cl = _classification_element(parent, scheme, classified, salt, "")
     for name, values in slots:
         _slot(cl, name, values)
 
