@@ -6,6 +6,9 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from connector.store.model import (
+    AuditAction,
+    AuditEntry,
+    AuditRecord,
     DocumentAction,
     DocumentChange,
     DocumentStatus,
@@ -27,6 +30,9 @@ from connector.store.model import (
 )
 
 __all__ = [
+    "AuditAction",
+    "AuditEntry",
+    "AuditRecord",
     "DocumentAction",
     "DocumentChange",
     "DocumentStatus",
@@ -81,7 +87,8 @@ class OutboxStore(Protocol):
     Every call returns once its change is committed. A lease carries a token; every transition
     of a leased row presents it and raises LeaseLost (changing nothing) when the row is no longer
     LEASED with that token: re-leased after its lease expired, cancelled, or already moved on.
-    A token stays valid past its expiry until someone else leases the row."""
+    A token stays valid past its expiry until someone else leases the row. A transition given
+    an `audit` entry writes it in the same transaction, only when the transition happened."""
 
     async def enqueue(self, items: Sequence[OutboxItem], *, now: float | None = None
                       ) -> list[int]:
@@ -100,38 +107,50 @@ class OutboxStore(Protocol):
         """Extend a lease to `now + lease_seconds`; return that expiry."""
         ...
 
-    async def mark_sent(self, row_id: int, token: str, smtp_code: str | None = None) -> None:
+    async def mark_sent(self, row_id: int, token: str, smtp_code: str | None = None, *,
+                        audit: AuditEntry | None = None) -> None:
         """LEASED → SENT: the operator (or the hospital) accepted it."""
         ...
 
     async def mark_failed(self, row_id: int, token: str, code: str | None = None,
-                          detail: str | None = None, *, error_class: str | None = None) -> None:
+                          detail: str | None = None, *, error_class: str | None = None,
+                          audit: AuditEntry | None = None) -> None:
         """LEASED → FAILED: permanently refused. `detail` (the server's text) is sealed."""
         ...
 
     async def schedule_retry(self, row_id: int, token: str, available_at: float,
                              code: str | None = None, detail: str | None = None, *,
-                             error_class: str | None = None) -> None:
+                             error_class: str | None = None,
+                             audit: AuditEntry | None = None) -> None:
         """LEASED → READY again, leasable from `available_at` (the caller's backoff)."""
         ...
 
     async def mark_dead(self, row_id: int, token: str, code: str | None = None,
-                        detail: str | None = None, *, error_class: str | None = None) -> None:
+                        detail: str | None = None, *, error_class: str | None = None,
+                        audit: AuditEntry | None = None) -> None:
         """LEASED → DEAD: the retry budget is spent."""
         ...
 
     async def settle(self, row_id: int, *, delivered: bool, code: str | None = None,
-                     detail: str | None = None, error_class: str | None = None) -> bool:
+                     detail: str | None = None, error_class: str | None = None,
+                     audit: AuditEntry | None = None) -> bool:
         """SENT → DELIVERED or FAILED, from a receipt; False when the row is not SENT."""
         ...
 
-    async def retry_now(self, row_id: int, *, now: float | None = None) -> bool:
+    async def retry_now(self, row_id: int, *, now: float | None = None,
+                        audit: AuditEntry | None = None) -> bool:
         """Operator: FAILED, DEAD or READY → READY, due now; False otherwise (attempts kept)."""
         ...
 
-    async def cancel(self, row_id: int) -> bool:
+    async def cancel(self, row_id: int, *, audit: AuditEntry | None = None) -> bool:
         """Operator: READY, LEASED, FAILED or DEAD → CANCELLED; False otherwise (never once
         SENT). A cancelled lease's worker gets LeaseLost on its next transition."""
+        ...
+
+    async def list_audit(self, *, tenant_id: str | None = None, outbox_id: int | None = None,
+                         since: float | None = None, until: float | None = None,
+                         limit: int = 10_000) -> list[AuditRecord]:
+        """Audit rows, oldest first, `since` <= at < `until`."""
         ...
 
     async def list_outbox(self, *, tenant_id: str | None = None,

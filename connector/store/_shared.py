@@ -12,6 +12,9 @@ from typing import Any, Protocol, TypeVar
 
 from connector.store.cipher import PayloadCipher
 from connector.store.model import (
+    AuditAction,
+    AuditEntry,
+    AuditRecord,
     InboundStatus,
     InboundSummary,
     OutboxItem,
@@ -174,3 +177,39 @@ def outbox_summary_from_row(row: Sequence[Any]) -> OutboxSummary:
         recipient_domain=row[7], attempts=int(row[8]), created_at=row[9], updated_at=row[10],
         available_at=row[11], lease_expires_at=row[12], sent_at=row[13], smtp_code=row[14],
         error_code=row[15], error_class=row[16], size=int(row[17]))
+
+
+# -- audit --------------------------------------------------------------------------------------
+
+# An audit row about an outbox row (five `?`: at, actor, action, result, detail; then the row
+# id), its tenant and inbound message copied from the row, in the transition's transaction.
+AUDIT_SQL = ("INSERT INTO audit (at, tenant_id, actor, action, outbox_id, inbound_id, result,"
+             " detail) SELECT ?, tenant_id, ?, ?, id, inbound_id, ?, ? FROM outbox WHERE id = ?")
+AUDIT_COLUMNS = "id, at, tenant_id, actor, action, outbox_id, inbound_id, result, detail"
+
+
+def audit_params(entry: AuditEntry, at: float, row_id: int) -> tuple[Any, ...]:
+    return (at, entry.actor, AuditAction(entry.action).value, entry.result, entry.detail,
+            row_id)
+
+
+def audit_query(*, tenant_id: str | None, outbox_id: int | None, since: float | None,
+                until: float | None, limit: int) -> tuple[str, tuple[Any, ...]]:
+    """The audit listing (`?` placeholders), oldest first."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    for column, op, value in (("tenant_id", "=", tenant_id), ("outbox_id", "=", outbox_id),
+                              ("at", ">=", since), ("at", "<", until)):
+        if value is not None:
+            clauses.append(f"{column} {op} ?")
+            params.append(value)
+    where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+    # Only constant column names and operators are interpolated.
+    sql = f"SELECT {AUDIT_COLUMNS} FROM audit{where} ORDER BY at, id LIMIT ?"  # noqa: S608
+    return sql, (*params, limit)
+
+
+def audit_from_row(row: Sequence[Any]) -> AuditRecord:
+    return AuditRecord(int(row[0]), row[1], row[2], row[3], AuditAction(row[4]),
+                       None if row[5] is None else int(row[5]),
+                       None if row[6] is None else int(row[6]), row[7], row[8])

@@ -195,4 +195,42 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX outbox_by_inbound ON outbox (inbound_id);
         """,
     ),
+    Migration(
+        3,
+        "audit trail, outbox lookups by envelope id and Message-ID",
+        """
+        CREATE TABLE audit (
+            id          INTEGER PRIMARY KEY,
+            at          REAL    NOT NULL,
+            tenant_id   TEXT    NOT NULL,
+            actor       TEXT    NOT NULL,          -- worker (host, pid) or operator
+            action      TEXT    NOT NULL,
+            outbox_id   INTEGER REFERENCES outbox (id),
+            inbound_id  INTEGER REFERENCES inbound (id),
+            result      TEXT,                      -- the server's reply code
+            detail      TEXT                       -- the server's reply, without addresses
+        );
+        CREATE INDEX audit_by_time ON audit (at);
+        CREATE INDEX audit_by_outbox ON audit (outbox_id);
+        CREATE INDEX outbox_by_envid ON outbox (envid);
+        CREATE INDEX outbox_by_message_id ON outbox (message_id);
+        """,
+        """
+        CREATE TABLE audit (
+            id          BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            at          DOUBLE PRECISION NOT NULL,
+            tenant_id   TEXT   NOT NULL,
+            actor       TEXT   NOT NULL,           -- worker (host, pid) or operator
+            action      TEXT   NOT NULL,
+            outbox_id   BIGINT REFERENCES outbox (id),
+            inbound_id  BIGINT REFERENCES inbound (id),
+            result      TEXT,                      -- the server's reply code
+            detail      TEXT                       -- the server's reply, without addresses
+        );
+        CREATE INDEX audit_by_time ON audit (at);
+        CREATE INDEX audit_by_outbox ON audit (outbox_id);
+        CREATE INDEX outbox_by_envid ON outbox (envid);
+        CREATE INDEX outbox_by_message_id ON outbox (message_id);
+        """,
+    ),
 )

@@ -88,6 +88,10 @@ class InboundMessage:
     error_detail: str | None = None  # ERR-8 text: rules and fields, never patient data
     report: bytes | None = field(default=None, repr=False)  # validation report (sealed at rest)
     versions: VersionCheck | None = None  # document version changes, for accepted requests
+    # Rows to enqueue with it (their `inbound_id` is set by the store), in the same transaction,
+    # and only when the message is finally accepted: not for a retransmission, not when the
+    # version check turns it into a rejection.
+    outbox: tuple[OutboxItem, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +104,7 @@ class InboundReceipt:
     control_id_reused: bool = False
     version_conflict: str | None = None  # why the version check refused it (ack = conflict AE)
     unknown_originals: tuple[str, ...] = ()  # targets accepted under UnknownOriginalPolicy.ACCEPT
+    queued: int = 0  # outbox rows enqueued with the message
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,3 +234,43 @@ class OutboxDetail:
     summary: OutboxSummary
     payload: bytes = field(repr=False)
     error_detail: str | None = field(default=None, repr=False)  # sealed at rest
+
+
+# -- audit ----------------------------------------------------------------------------------------
+
+
+class AuditAction(StrEnum):
+    """What happened to an outbox row, as the audit trail tells it (never its content)."""
+
+    SUBMITTED = "submitted"  # the operator (or the dry-run Maildir) accepted it
+    DEFERRED = "deferred"  # a temporary failure: retry scheduled
+    REFUSED = "refused"  # a permanent failure
+    EXPIRED = "expired"  # the retry budget is spent: dead
+    DELIVERED = "delivered"  # a receipt said delivered
+    UNDELIVERED = "undelivered"  # a receipt said failed
+    RETRIED = "retried"  # an operator asked for a retry now
+    CANCELLED = "cancelled"  # an operator cancelled it
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """Who did what to a row, and what the server answered. The store adds when, the tenant,
+    the row and its inbound message. `detail` is the server's reply without addresses."""
+
+    actor: str
+    action: AuditAction
+    result: str | None = None
+    detail: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    id: int
+    at: float
+    tenant_id: str
+    actor: str
+    action: AuditAction
+    outbox_id: int | None
+    inbound_id: int | None
+    result: str | None
+    detail: str | None

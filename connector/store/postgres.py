@@ -75,6 +75,7 @@ import structlog
 
 from connector.errors import LeaseLost, StoreError, StoreUnavailable
 from connector.store._shared import (
+    AUDIT_SQL,
     CANCEL_SQL,
     LEASABLE,
     MARK_DEAD_SQL,
@@ -90,6 +91,9 @@ from connector.store._shared import (
     SETTLE_SQL,
     SUMMARY_COLUMNS,
     SUMMARY_WIDTH,
+    audit_from_row,
+    audit_params,
+    audit_query,
     check_item,
     check_lease,
     outbox_summary_from_row,
@@ -102,6 +106,8 @@ from connector.store._shared import (
 from connector.store.cipher import PayloadCipher, SealedPayload
 from connector.store.migrations import MIGRATIONS
 from connector.store.model import (
+    AuditEntry,
+    AuditRecord,
     DocumentStatus,
     DocumentVersion,
     EventKind,
@@ -265,6 +271,8 @@ class PostgresStore:
     async def record_inbound(self, message: InboundMessage) -> InboundReceipt:
         if self._closed:
             raise StoreUnavailable("the store is closed")
+        for item in message.outbox:
+            check_item(item)
         message = _storable(message)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[InboundReceipt] = loop.create_future()
@@ -448,6 +456,11 @@ class PostgresStore:
             self._event(conn, m, EventKind.CONTROL_ID_REUSED, None,
                         f"same MSH-10 as inbound {previous[-1][0]} with different content")
         self._apply_versions(conn, m, plan)
+        queued = 0
+        if status is InboundStatus.ACCEPTED:
+            for item in m.outbox:
+                self._queue_outbox(conn, item, m.received_at)
+                queued += 1
         receipt: list[InboundReceipt] = []
 
         def resolve() -> InboundReceipt:
@@ -456,10 +469,23 @@ class PostgresStore:
                 assert row is not None
                 receipt.append(InboundReceipt(
                     int(row[0]), ack, control_id_reused=bool(previous),
-                    version_conflict=plan.conflict, unknown_originals=plan.unknown_originals))
+                    version_conflict=plan.conflict, unknown_originals=plan.unknown_originals,
+                    queued=queued))
             return receipt[0]
 
         return resolve
+
+    def _queue_outbox(self, conn: Connection, item: OutboxItem, now: float) -> None:
+        """Queue the insert of an outbox row belonging to the inbound row just inserted."""
+        payload = self._cipher.seal(item.payload, OUTBOX_KIND)
+        conn.execute(
+            "INSERT INTO outbox (tenant_id, kind, inbound_id, state, payload_key, payload, size,"
+            " message_id, envid, recipient_domain, created_at, updated_at, available_at)"
+            " VALUES (%s, %s, currval(pg_get_serial_sequence('inbound', 'id')), 'ready', %s,"
+            " %b, %s, %s, %s, %s, %s, %s, %s)",
+            (item.tenant_id, OutboxKind(item.kind).value, payload.key_id, payload.blob,
+             len(item.payload), item.message_id, item.envid, item.recipient_domain, now, now,
+             now if item.not_before is None else item.not_before))
 
     def _apply_versions(self, conn: Connection, m: InboundMessage, plan: VersionPlan) -> None:
         now = time.time()
@@ -626,14 +652,31 @@ class PostgresStore:
                             self._cipher.open(SealedPayload(r[11], bytes(r[12])), OUTBOX_KIND))
                 for r in rows]
 
-    async def _fenced(self, sql: str, params: tuple[Any, ...], row_id: int, token: str) -> None:
+    async def _fenced(self, sql: str, params: tuple[Any, ...], row_id: int, token: str,
+                      audit: AuditEntry | None = None) -> None:
         statement = _pg(sql)
 
         def run(conn: Connection) -> int:
-            return conn.execute(statement, (*params, row_id, token)).rowcount
+            changed = conn.execute(statement, (*params, row_id, token)).rowcount
+            if changed == 1 and audit is not None:
+                conn.execute(_AUDIT_SQL, audit_params(audit, time.time(), row_id))
+            return changed
 
         if await self._transact(run) != 1:
             raise LeaseLost(f"outbox {row_id}: lease lost")
+
+    async def _unfenced(self, sql: str, params: tuple[Any, ...], row_id: int,
+                        audit: AuditEntry | None) -> bool:
+        statement = _pg(sql)
+
+        def run(conn: Connection) -> bool:
+            if conn.execute(statement, params).rowcount != 1:
+                return False
+            if audit is not None:
+                conn.execute(_AUDIT_SQL, audit_params(audit, time.time(), row_id))
+            return True
+
+        return await self._transact(run)
 
     async def renew(self, row_id: int, token: str, lease_seconds: float, *,
                     now: float | None = None) -> float:
@@ -643,42 +686,54 @@ class PostgresStore:
         await self._fenced(RENEW_SQL, (at + lease_seconds, at), row_id, token)
         return at + lease_seconds
 
-    async def mark_sent(self, row_id: int, token: str, smtp_code: str | None = None) -> None:
+    async def mark_sent(self, row_id: int, token: str, smtp_code: str | None = None, *,
+                        audit: AuditEntry | None = None) -> None:
         at = time.time()
-        await self._fenced(MARK_SENT_SQL, (at, smtp_code, at), row_id, token)
+        await self._fenced(MARK_SENT_SQL, (at, smtp_code, at), row_id, token, audit)
 
     async def mark_failed(self, row_id: int, token: str, code: str | None = None,
-                          detail: str | None = None, *, error_class: str | None = None) -> None:
+                          detail: str | None = None, *, error_class: str | None = None,
+                          audit: AuditEntry | None = None) -> None:
         errors = sealed_error(self._cipher, code, error_class, detail)
-        await self._fenced(MARK_FAILED_SQL, (*errors, time.time()), row_id, token)
+        await self._fenced(MARK_FAILED_SQL, (*errors, time.time()), row_id, token, audit)
 
     async def mark_dead(self, row_id: int, token: str, code: str | None = None,
-                        detail: str | None = None, *, error_class: str | None = None) -> None:
+                        detail: str | None = None, *, error_class: str | None = None,
+                        audit: AuditEntry | None = None) -> None:
         errors = sealed_error(self._cipher, code, error_class, detail)
-        await self._fenced(MARK_DEAD_SQL, (*errors, time.time()), row_id, token)
+        await self._fenced(MARK_DEAD_SQL, (*errors, time.time()), row_id, token, audit)
 
     async def schedule_retry(self, row_id: int, token: str, available_at: float,
                              code: str | None = None, detail: str | None = None, *,
-                             error_class: str | None = None) -> None:
+                             error_class: str | None = None,
+                             audit: AuditEntry | None = None) -> None:
         errors = sealed_error(self._cipher, code, error_class, detail)
-        await self._fenced(RETRY_SQL, (available_at, *errors, time.time()), row_id, token)
+        await self._fenced(RETRY_SQL, (available_at, *errors, time.time()), row_id, token,
+                           audit)
 
-    async def _unfenced(self, sql: str, params: tuple[Any, ...]) -> bool:
-        statement = _pg(sql)
-        return await self._transact(lambda conn: conn.execute(statement, params).rowcount == 1)
-
-    async def retry_now(self, row_id: int, *, now: float | None = None) -> bool:
+    async def retry_now(self, row_id: int, *, now: float | None = None,
+                        audit: AuditEntry | None = None) -> bool:
         at = time.time() if now is None else now
-        return await self._unfenced(RETRY_NOW_SQL, (at, at, row_id))
+        return await self._unfenced(RETRY_NOW_SQL, (at, at, row_id), row_id, audit)
 
-    async def cancel(self, row_id: int) -> bool:
-        return await self._unfenced(CANCEL_SQL, (time.time(), row_id))
+    async def cancel(self, row_id: int, *, audit: AuditEntry | None = None) -> bool:
+        return await self._unfenced(CANCEL_SQL, (time.time(), row_id), row_id, audit)
 
     async def settle(self, row_id: int, *, delivered: bool, code: str | None = None,
-                     detail: str | None = None, error_class: str | None = None) -> bool:
+                     detail: str | None = None, error_class: str | None = None,
+                     audit: AuditEntry | None = None) -> bool:
         errors = sealed_error(self._cipher, code, error_class, detail)
         return await self._unfenced(SETTLE_SQL, (settle_state(delivered), *errors, time.time(),
-                                                 row_id))
+                                                 row_id), row_id, audit)
+
+    async def list_audit(self, *, tenant_id: str | None = None, outbox_id: int | None = None,
+                         since: float | None = None, until: float | None = None,
+                         limit: int = 10_000) -> list[AuditRecord]:
+        sql, params = audit_query(tenant_id=tenant_id, outbox_id=outbox_id, since=since,
+                                  until=until, limit=limit)
+        statement = _pg(sql)
+        rows = await self._read(lambda c: c.execute(statement, params).fetchall())
+        return [audit_from_row(row) for row in rows]
 
     async def list_outbox(self, *, tenant_id: str | None = None,
                           state: OutboxState | None = None, limit: int = 100
@@ -878,3 +933,6 @@ def _failed(batch: list[_Job], error: BaseException
     return [(job, None, error) for job in batch]
 
 
+
+
+_AUDIT_SQL = _pg(AUDIT_SQL)

@@ -31,6 +31,7 @@ import structlog
 
 from connector.errors import LeaseLost, StoreError, StoreUnavailable
 from connector.store._shared import (
+    AUDIT_SQL,
     CANCEL_SQL,
     LEASABLE,
     MARK_DEAD_SQL,
@@ -46,6 +47,9 @@ from connector.store._shared import (
     SETTLE_SQL,
     SUMMARY_COLUMNS,
     SUMMARY_WIDTH,
+    audit_from_row,
+    audit_params,
+    audit_query,
     check_item,
     check_lease,
     outbox_summary_from_row,
@@ -58,6 +62,8 @@ from connector.store._shared import (
 from connector.store.cipher import PayloadCipher, SealedPayload
 from connector.store.migrations import MIGRATIONS
 from connector.store.model import (
+    AuditEntry,
+    AuditRecord,
     DocumentStatus,
     DocumentVersion,
     EventKind,
@@ -305,6 +311,8 @@ class SQLiteStore:
     # -- the port -----------------------------------------------------------------------------
 
     async def record_inbound(self, message: InboundMessage) -> InboundReceipt:
+        for item in message.outbox:
+            check_item(item)
         return await self._submit(lambda conn: self._record_inbound(conn, message))
 
     def _record_inbound(self, conn: sqlite3.Connection, m: InboundMessage) -> InboundReceipt:
@@ -357,9 +365,14 @@ class SQLiteStore:
             self._event(conn, m, EventKind.CONTROL_ID_REUSED, row_id,
                         f"same MSH-10 as inbound {previous[-1][0]} with different content")
         self._apply_versions(conn, m, row_id, plan)
+        queued = 0
+        if status is InboundStatus.ACCEPTED and m.outbox:
+            sealed_items = [self._cipher.seal(item.payload, OUTBOX_KIND) for item in m.outbox]
+            queued = len(self._enqueue(conn, m.outbox, sealed_items, m.received_at,
+                                       inbound_id=row_id))
         return InboundReceipt(row_id, ack, control_id_reused=bool(previous),
                               version_conflict=plan.conflict,
-                              unknown_originals=plan.unknown_originals)
+                              unknown_originals=plan.unknown_originals, queued=queued)
 
     def _apply_versions(self, conn: sqlite3.Connection, m: InboundMessage, row_id: int,
                         plan: VersionPlan) -> None:
@@ -477,7 +490,8 @@ class SQLiteStore:
         return await self._submit(lambda conn: self._enqueue(conn, items, sealed, at))
 
     def _enqueue(self, conn: sqlite3.Connection, items: Sequence[OutboxItem],
-                 sealed: list[SealedPayload], now: float) -> list[int]:
+                 sealed: list[SealedPayload], now: float, *, inbound_id: int | None = None
+                 ) -> list[int]:
         ids: list[int] = []
         for item, payload in zip(items, sealed, strict=True):
             inline: bytes | None = payload.blob
@@ -489,7 +503,8 @@ class SQLiteStore:
                 " payload_segment, payload_offset, payload_length, size, message_id, envid,"
                 " recipient_domain, created_at, updated_at, available_at)"
                 " VALUES (?, ?, ?, 'ready', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (item.tenant_id, OutboxKind(item.kind).value, item.inbound_id, payload.key_id,
+                (item.tenant_id, OutboxKind(item.kind).value,
+                 item.inbound_id if inbound_id is None else inbound_id, payload.key_id,
                  inline, ref and ref.segment, ref and ref.offset, ref and ref.length,
                  len(item.payload), item.message_id, item.envid, item.recipient_domain, now, now,
                  now if item.not_before is None else item.not_before))
@@ -536,14 +551,30 @@ class SQLiteStore:
             rows.append(row)
         return rows
 
-    async def _fenced(self, sql: str, params: tuple[Any, ...], row_id: int, token: str) -> None:
+    async def _fenced(self, sql: str, params: tuple[Any, ...], row_id: int, token: str,
+                      audit: AuditEntry | None = None) -> None:
         def run(conn: sqlite3.Connection) -> LeaseLost | None:
             changed = conn.execute(sql, (*params, row_id, token)).rowcount
-            return None if changed == 1 else LeaseLost(f"outbox {row_id}: lease lost")
+            if changed != 1:
+                return LeaseLost(f"outbox {row_id}: lease lost")
+            if audit is not None:
+                conn.execute(AUDIT_SQL, audit_params(audit, time.time(), row_id))
+            return None
 
         lost = await self._submit(run)
         if lost is not None:
             raise lost
+
+    async def _unfenced(self, sql: str, params: tuple[Any, ...], row_id: int,
+                        audit: AuditEntry | None) -> bool:
+        def run(conn: sqlite3.Connection) -> bool:
+            if conn.execute(sql, params).rowcount != 1:
+                return False
+            if audit is not None:
+                conn.execute(AUDIT_SQL, audit_params(audit, time.time(), row_id))
+            return True
+
+        return await self._submit(run)
 
     async def renew(self, row_id: int, token: str, lease_seconds: float, *,
                     now: float | None = None) -> float:
@@ -553,41 +584,53 @@ class SQLiteStore:
         await self._fenced(RENEW_SQL, (at + lease_seconds, at), row_id, token)
         return at + lease_seconds
 
-    async def mark_sent(self, row_id: int, token: str, smtp_code: str | None = None) -> None:
+    async def mark_sent(self, row_id: int, token: str, smtp_code: str | None = None, *,
+                        audit: AuditEntry | None = None) -> None:
         at = time.time()
-        await self._fenced(MARK_SENT_SQL, (at, smtp_code, at), row_id, token)
+        await self._fenced(MARK_SENT_SQL, (at, smtp_code, at), row_id, token, audit)
 
     async def mark_failed(self, row_id: int, token: str, code: str | None = None,
-                          detail: str | None = None, *, error_class: str | None = None) -> None:
+                          detail: str | None = None, *, error_class: str | None = None,
+                          audit: AuditEntry | None = None) -> None:
         errors = sealed_error(self._cipher, code, error_class, detail)
-        await self._fenced(MARK_FAILED_SQL, (*errors, time.time()), row_id, token)
+        await self._fenced(MARK_FAILED_SQL, (*errors, time.time()), row_id, token, audit)
 
     async def mark_dead(self, row_id: int, token: str, code: str | None = None,
-                        detail: str | None = None, *, error_class: str | None = None) -> None:
+                        detail: str | None = None, *, error_class: str | None = None,
+                        audit: AuditEntry | None = None) -> None:
         errors = sealed_error(self._cipher, code, error_class, detail)
-        await self._fenced(MARK_DEAD_SQL, (*errors, time.time()), row_id, token)
+        await self._fenced(MARK_DEAD_SQL, (*errors, time.time()), row_id, token, audit)
 
     async def schedule_retry(self, row_id: int, token: str, available_at: float,
                              code: str | None = None, detail: str | None = None, *,
-                             error_class: str | None = None) -> None:
+                             error_class: str | None = None,
+                             audit: AuditEntry | None = None) -> None:
         errors = sealed_error(self._cipher, code, error_class, detail)
-        await self._fenced(RETRY_SQL, (available_at, *errors, time.time()), row_id, token)
+        await self._fenced(RETRY_SQL, (available_at, *errors, time.time()), row_id, token,
+                           audit)
 
-    async def _unfenced(self, sql: str, params: tuple[Any, ...]) -> bool:
-        return bool(await self._submit(lambda conn: conn.execute(sql, params).rowcount == 1))
-
-    async def retry_now(self, row_id: int, *, now: float | None = None) -> bool:
+    async def retry_now(self, row_id: int, *, now: float | None = None,
+                        audit: AuditEntry | None = None) -> bool:
         at = time.time() if now is None else now
-        return await self._unfenced(RETRY_NOW_SQL, (at, at, row_id))
+        return await self._unfenced(RETRY_NOW_SQL, (at, at, row_id), row_id, audit)
 
-    async def cancel(self, row_id: int) -> bool:
-        return await self._unfenced(CANCEL_SQL, (time.time(), row_id))
+    async def cancel(self, row_id: int, *, audit: AuditEntry | None = None) -> bool:
+        return await self._unfenced(CANCEL_SQL, (time.time(), row_id), row_id, audit)
 
     async def settle(self, row_id: int, *, delivered: bool, code: str | None = None,
-                     detail: str | None = None, error_class: str | None = None) -> bool:
+                     detail: str | None = None, error_class: str | None = None,
+                     audit: AuditEntry | None = None) -> bool:
         errors = sealed_error(self._cipher, code, error_class, detail)
         return await self._unfenced(SETTLE_SQL, (settle_state(delivered), *errors, time.time(),
-                                                 row_id))
+                                                 row_id), row_id, audit)
+
+    async def list_audit(self, *, tenant_id: str | None = None, outbox_id: int | None = None,
+                         since: float | None = None, until: float | None = None,
+                         limit: int = 10_000) -> list[AuditRecord]:
+        sql, params = audit_query(tenant_id=tenant_id, outbox_id=outbox_id, since=since,
+                                  until=until, limit=limit)
+        rows = await self._read(lambda c: c.execute(sql, params).fetchall())
+        return [audit_from_row(row) for row in rows]
 
     async def list_outbox(self, *, tenant_id: str | None = None,
                           state: OutboxState | None = None, limit: int = 100

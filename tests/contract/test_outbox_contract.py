@@ -323,9 +323,10 @@ async def test_concurrent_takeover_of_expired_leases_never_overlaps(
     assert all(x.attempt == 2 for leases in rounds for x in leases)
 
 
-async def test_migrations_include_the_outbox(make_store: StoreFactory) -> None:
+async def test_migrations_include_the_outbox_and_audit(make_store: StoreFactory) -> None:
     store = outbox(make_store)
     await store.close()
     outbox(make_store)
     versions = [r[0] for r in make_store.query("SELECT version FROM schema_migrations")]
-    assert versions == [1, 2]
+    assert versions == [1, 2, 3]
+    assert make_store.query("SELECT count(*) FROM audit") == [(0,)]
