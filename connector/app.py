@@ -11,7 +11,10 @@ import structlog
 
 from connector.cda.policy import SchematronPolicy
 from connector.cda.validation import CdaValidator
+from connector.delivery.factory import build_delivery
+from connector.delivery.worker import DeliveryService
 from connector.directory.whitelist import load_whitelist
+from connector.errors import ConfigError
 from connector.hl7.ack import AckIdentity, ControlIdGenerator
 from connector.mllp.server import MLLPServer, server_ssl_context
 from connector.observability.http import AdminServer
@@ -23,7 +26,8 @@ from connector.pipeline.documents import (
     ValidatingCdaChecker,
 )
 from connector.pipeline.intake import IntakeConfig, IntakeHandler
-from connector.settings import Settings, StoreBackend
+from connector.pipeline.outgoing import MailPlanner
+from connector.settings import Settings, StoreBackend, TenantSettings
 from connector.store.cipher import PayloadCipher
 from connector.store.sqlite import SQLiteStore
 
@@ -43,8 +47,6 @@ def build_store(settings: Settings) -> SQLiteStore | PostgresStore:
         from connector.store.postgres import PostgresStore  # psycopg loaded only when used
 
         if not settings.store.dsn:
-            from connector.errors import ConfigError
-
             raise ConfigError("store.dsn_env", "is required for the postgres backend",
                               source=settings.source)
         return PostgresStore(
@@ -66,6 +68,14 @@ def build_cda_checker(settings: Settings, policy: SchematronPolicy) -> CdaChecke
         phase=validation.schematron_phase))
 
 
+def _planner(tenant: TenantSettings, prefix: str, source: str | None) -> MailPlanner:
+    try:
+        return MailPlanner(tenant)
+    except ConfigError as exc:  # names tenants[<id>]: say it with the index, as the file does
+        _, _, key = exc.key.partition("].")
+        raise ConfigError(f"{prefix}.{key}", exc.problem, source=source) from exc
+
+
 @dataclass
 class Application:
     settings: Settings
@@ -74,6 +84,7 @@ class Application:
     handlers: list[IntakeHandler] = field(default_factory=list)
     metrics: ConnectorMetrics = field(default_factory=ConnectorMetrics)
     admin: AdminServer | None = None
+    delivery: DeliveryService = field(default_factory=lambda: DeliveryService(()))
 
     @classmethod
     def build(cls, settings: Settings) -> Application:
@@ -85,20 +96,27 @@ class Application:
             log.warning("trust_space_not_configured",
                         hint="set [directory] whitelist to the MSSante liste blanche")
         checkers: dict[SchematronPolicy, CdaChecker] = {}
-        for tenant in settings.tenants:
+        deliveries = []
+        for index, tenant in enumerate(settings.tenants):
+            prefix = f"tenants[{index}]"
             policy = tenant.cisis.schematron_policy
             if policy not in checkers:
                 checkers[policy] = build_cda_checker(settings, policy)
             cisis = CisisIntake(tenant.cisis, checkers[policy], whitelist)
+            planner = _planner(tenant, prefix, settings.source)
+            deliveries.append(build_delivery(tenant, store, prefix=prefix,
+                                             source=settings.source, metrics=app.metrics))
             for listener in tenant.listeners:
                 handler = IntakeHandler(
                     IntakeConfig(tenant.id, listener.name,
                                  AckIdentity(tenant.application, tenant.facility),
                                  listener.charset, settings.default_charset),
-                    store, control_ids, cisis, app.metrics)
+                    store, control_ids, cisis, app.metrics, planner=planner,
+                    on_queued=app.delivery.wake)
                 ssl_context = server_ssl_context(listener.tls) if listener.tls else None
                 app.handlers.append(handler)
                 app.servers.append(MLLPServer(listener, handler, ssl_context=ssl_context))
+        app.delivery.tenants.update((d.tenant_id, d) for d in deliveries)
         return app
 
     async def start(self) -> None:
@@ -106,6 +124,7 @@ class Application:
         try:
             for server in self.servers:
                 await server.start()
+            self.delivery.start()
             if self.settings.admin is not None:
                 self.admin = AdminServer(self.settings.admin.host, self.settings.admin.port,
                                          self.metrics, self.readiness)
@@ -129,6 +148,7 @@ class Application:
         for handler in self.handlers:
             handler.draining = True
         await asyncio.gather(*(s.stop(grace_seconds) for s in self.servers))
+        await self.delivery.stop(grace_seconds)
         if self.admin is not None:
             await self.admin.stop()
         await self.store.close()

@@ -30,6 +30,10 @@ DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024
 _TENANT_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,31}\Z")
 _FINESS = re.compile(r"(\d{9}|2[AB]\d{7})\Z")
 _KEY_ID = re.compile(r"[A-Za-z0-9._-]{1,32}\Z")
+#: The embedded dry run's establishment OID: a UUID-based OID (ITU-T X.667, `2.25.<uuid>`) that
+#: belongs to no establishment, so that the archives a pilot inspects are complete. A real tenant
+#: sets its own `oid`.
+DRY_RUN_OID = "2.25.146357245062853604420394627113962385681"
 
 
 class StoreBackend(StrEnum):
@@ -76,10 +80,63 @@ class ListenerSettings:
     tls: ListenerTLS | None = None
 
 
+class SmtpTlsMode(StrEnum):
+    STARTTLS = "starttls"  # port 587, the MSSanté default
+    IMPLICIT_TLS = "implicit-tls"  # port 465
+
+
+class SmtpSasl(StrEnum):
+    NONE = "none"
+    PLAIN = "plain"
+    EXTERNAL = "external"
+    XOAUTH2 = "xoauth2"
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpSettings:
+    """The tenant's MSSanté operator: where to submit, whom to trust, what to present."""
+
+    host: str
+    ca_bundle: Path  # the IGC-Santé roots: always explicit
+    port: int = 587
+    tls: SmtpTlsMode = SmtpTlsMode.STARTTLS
+    client_certificate: Path | None = None  # PEM chain, with client_private_key
+    client_private_key: Path | None = None
+    client_private_key_password: str | None = field(default=None, repr=False)
+    client_pkcs12: Path | None = None  # or one PKCS#12 file
+    client_pkcs12_password: str | None = field(default=None, repr=False)
+    sasl: SmtpSasl = SmtpSasl.NONE
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    oauth_token: str | None = field(default=None, repr=False)
+    local_hostname: str | None = None
+    connect_timeout_seconds: float = 30.0
+    command_timeout_seconds: float = 60.0
+    data_timeout_seconds: float = 600.0
+
+
 @dataclass(frozen=True, slots=True)
 class TransportSettings:
     kind: TransportKind = TransportKind.MAILDIR
     maildir: Path = Path("var/maildir")
+    smtp: SmtpSettings | None = None  # set when kind is smtp
+
+
+@dataclass(frozen=True, slots=True)
+class DeliverySettings:
+    """How a tenant's mails are sent: parallelism, rate and retries."""
+
+    concurrency: int = 2
+    batch_size: int = 20
+    rate_per_second: float = 0.0  # 0: no cap
+    lease_seconds: float = 120.0
+    poll_seconds: float = 2.0
+    config_error_pause_seconds: float = 300.0
+    retry_initial_seconds: float = 60.0
+    retry_maximum_seconds: float = 3600.0
+    retry_factor: float = 2.0
+    retry_jitter: float = 0.2
+    retry_budget_hours: float = 48.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +179,7 @@ class TenantSettings:
     cisis: CisisSettings = CisisSettings()
     mailbox: MailboxSettings = MailboxSettings()
     oid: str | None = None  # the establishment's OID: XDM sourceId, local ids without an OID
+    delivery: DeliverySettings = DeliverySettings()
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +239,7 @@ def embedded_default(base: Path = Path("var")) -> Settings:
         facility="",
         listeners=(ListenerSettings(name="default"),),
         transport=TransportSettings(TransportKind.MAILDIR, base / "maildir"),
+        oid=DRY_RUN_OID,
     )
     return Settings(store=StoreSettings(path=base / "connector.db"), tenants=(tenant,),
                     admin=AdminSettings())
@@ -475,17 +534,7 @@ def _tenant(reader: _Reader, index: int, base: Path) -> TenantSettings:
             raise reader.fail(f"listeners[{i}]", "must be a table")
         sub = _Reader(item, reader.key(f"listeners[{i}]"), reader.source, reader.env)
         listeners.append(_listener(sub, f"{tenant_id}-{i}"))
-    transport_table = reader.subtable("transport") or {}
-    tr = _Reader(transport_table, reader.key("transport"), reader.source, reader.env)
-    try:
-        kind = TransportKind(tr.text("kind", "maildir") or "maildir")
-    except ValueError as exc:
-        raise tr.fail("kind", "must be 'maildir' or 'smtp'") from exc
-    if kind is TransportKind.SMTP:
-        raise tr.fail("kind", "smtp delivery is not available in this version; use 'maildir'")
-    transport = TransportSettings(kind, tr.path("maildir", default=base / "maildir" / tenant_id)
-                                  or base / "maildir" / tenant_id)
-    tr.close()
+    transport = _transport(reader, tenant_id, base)
     tenant = TenantSettings(
         id=tenant_id,
         name=reader.text("name", tenant_id) or tenant_id,
@@ -497,9 +546,93 @@ def _tenant(reader: _Reader, index: int, base: Path) -> TenantSettings:
         cisis=_cisis(reader),
         mailbox=_mailbox(reader),
         oid=_oid(reader, "oid"),
+        delivery=_delivery(reader),
     )
     reader.close()
+    if tenant.oid is None:
+        raise reader.fail("oid", "is required: the establishment's OID (IHE_XDM sourceId)")
     return tenant
+
+
+def _transport(reader: _Reader, tenant_id: str, base: Path) -> TransportSettings:
+    tr = _Reader(reader.subtable("transport") or {}, reader.key("transport"), reader.source,
+                 reader.env)
+    kind = _choice(tr, "kind", TransportKind, TransportKind.MAILDIR)
+    maildir = tr.path("maildir", default=base / "maildir" / tenant_id) or base
+    smtp = None
+    if kind is TransportKind.SMTP:
+        smtp = _smtp(tr)
+    transport = TransportSettings(kind, maildir, smtp)
+    tr.close()
+    return transport
+
+
+def _smtp(tr: _Reader) -> SmtpSettings:
+    ca_bundle = tr.path("ca_bundle", must_exist=True)
+    if ca_bundle is None:
+        raise tr.fail("ca_bundle", "is required: the IGC-Santé roots that sign the operator")
+    certificate = tr.path("client_certificate", must_exist=True)
+    private_key = tr.path("client_private_key", must_exist=True)
+    pkcs12 = tr.path("client_pkcs12", must_exist=True)
+    if pkcs12 is not None and (certificate or private_key):
+        raise tr.fail("client_pkcs12", "give client_pkcs12 or client_certificate and "
+                                       "client_private_key, not both")
+    if (certificate is None) != (private_key is None):
+        raise tr.fail("client_private_key" if certificate else "client_certificate",
+                      "client_certificate and client_private_key go together")
+    sasl = _choice(tr, "sasl", SmtpSasl, SmtpSasl.NONE)
+    settings = SmtpSettings(
+        host=tr.req_str("host"),
+        ca_bundle=ca_bundle,
+        port=tr.integer("port", 587, 1, 65535),
+        tls=_choice(tr, "tls", SmtpTlsMode, SmtpTlsMode.STARTTLS),
+        client_certificate=certificate,
+        client_private_key=private_key,
+        client_private_key_password=tr.secret("client_private_key_password"),
+        client_pkcs12=pkcs12,
+        client_pkcs12_password=tr.secret("client_pkcs12_password"),
+        sasl=sasl,
+        username=tr.text("username"),
+        password=tr.secret("password"),
+        oauth_token=tr.secret("oauth_token"),
+        local_hostname=tr.text("local_hostname"),
+        connect_timeout_seconds=tr.number("connect_timeout_seconds", 30.0, 0.1, 3600.0),
+        command_timeout_seconds=tr.number("command_timeout_seconds", 60.0, 0.1, 3600.0),
+        data_timeout_seconds=tr.number("data_timeout_seconds", 600.0, 0.1, 7200.0),
+    )
+    if certificate is None and pkcs12 is None and sasl in (SmtpSasl.NONE, SmtpSasl.EXTERNAL):
+        raise tr.fail("client_certificate", "is required: the application mailbox's "
+                                            "IGC-Santé certificate (or client_pkcs12)")
+    needs = {SmtpSasl.PLAIN: ("username", "password_env"),
+             SmtpSasl.XOAUTH2: ("username", "oauth_token_env")}.get(sasl, ())
+    for key in needs:
+        if getattr(settings, key.removesuffix("_env")) is None:
+            raise tr.fail(key, f"is required for sasl = {sasl.value!r}")
+    return settings
+
+
+def _delivery(reader: _Reader) -> DeliverySettings:
+    table = reader.subtable("delivery")
+    if table is None:
+        return DeliverySettings()
+    r = _Reader(table, reader.key("delivery"), reader.source, reader.env)
+    initial = r.number("retry_initial_seconds", 60.0, 0.01, 86400.0)
+    settings = DeliverySettings(
+        concurrency=r.integer("concurrency", 2, 1, 64),
+        batch_size=r.integer("batch_size", 20, 1, 1000),
+        rate_per_second=r.number("rate_per_second", 0.0, 0.0, 10_000.0),
+        lease_seconds=r.number("lease_seconds", 120.0, 1.0, 3600.0),
+        poll_seconds=r.number("poll_seconds", 2.0, 0.01, 600.0),
+        config_error_pause_seconds=r.number("config_error_pause_seconds", 300.0, 0.01, 86400.0),
+        retry_initial_seconds=initial,
+        retry_maximum_seconds=r.number("retry_maximum_seconds", max(3600.0, initial), initial,
+                                       7 * 86400.0),
+        retry_factor=r.number("retry_factor", 2.0, 1.0, 10.0),
+        retry_jitter=r.number("retry_jitter", 0.2, 0.0, 0.9),
+        retry_budget_hours=r.number("retry_budget_hours", 48.0, 0.0001, 30 * 24.0),
+    )
+    r.close()
+    return settings
 
 
 def _oid(reader: _Reader, name: str) -> str | None:

@@ -1,4 +1,6 @@
-"""`mssante-connector check-config FILE`: the validation `serve` runs, without serving."""
+"""`mssante-connector check-config FILE`: the validation `serve` runs, without serving: the file,
+then what `serve` builds from it (trust-space list, CDA validator, mailbox, the operator's CA
+bundle and client certificate), opening no socket and no store."""
 
 from __future__ import annotations
 
@@ -19,8 +21,11 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from connector.app import Application
+
     try:
         settings = load_settings(args.file)
+        Application.build(settings)
     except ConfigError as exc:
         return report_config_error(exc)
     listeners = sum(len(t.listeners) for t in settings.tenants)

@@ -8,11 +8,12 @@ ACK codes from table 0008. Never a control id, an address or a document value.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 _ACK_CODES = frozenset({"AA", "AE", "AR", "CA", "CE", "CR"})
+_SEND_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -39,6 +40,30 @@ class ConnectorMetrics:
             "mssconnector_cisis_version_conflicts",
             "Replace/delete requests refused because they did not target the latest version",
             ["tenant"], registry=self.registry)
+
+        self.smtp_sends = Counter(
+            "mssconnector_smtp_sends",
+            "Mails handed to the transport, by tenant, transport (smtp, maildir) and result "
+            "(sent, transient, permanent, config_error)",
+            ["tenant", "transport", "result"], registry=self.registry)
+        self.smtp_send_seconds = Histogram(
+            "mssconnector_smtp_send_seconds",
+            "Time to hand one mail to the transport (from MAIL FROM, or the connection when one "
+            "is opened, to the final reply)",
+            ["tenant", "transport"], buckets=_SEND_BUCKETS, registry=self.registry)
+        self.delivery_paused = Gauge(
+            "mssconnector_delivery_paused",
+            "1 while a tenant's delivery is paused (operator unreachable or configuration error)",
+            ["tenant"], registry=self.registry)
+        self.lease_lost = Counter(
+            "mssconnector_outbox_lease_lost",
+            "Outbox transitions refused because the worker no longer held the row's lease",
+            ["tenant"], registry=self.registry)
+
+    def delivery_attempted(self, tenant: str, transport: str, result: str,
+                           seconds: float) -> None:
+        self.smtp_sends.labels(tenant, transport, result).inc()
+        self.smtp_send_seconds.labels(tenant, transport).observe(seconds)
 
     def message_answered(self, tenant: str, routed_type: str | None, ack: str,
                          seconds: float) -> None:

@@ -20,8 +20,9 @@ from connector.hl7.header import (
 )
 from connector.hl7.message import Message, parse_message
 from connector.pipeline.documents import CisisIntake, DocumentVerdict, is_cisis
+from connector.pipeline.outgoing import MailPlanner
 from connector.pipeline.routing import Flow, route
-from connector.store import DocumentChange
+from connector.store import DocumentChange, OutboxItem
 
 DOCUMENT_FLOWS = (Flow.DOCUMENT_ORU, Flow.DOCUMENT_MDM)
 NO_LEGACY_MAPPING = AckError(
@@ -39,6 +40,7 @@ class IntakeDecision:
     flow: Flow | None = None
     verdict: DocumentVerdict | None = None  # a checked CI-SIS request
     report: bytes | None = field(default=None, repr=False)
+    outbox: tuple[OutboxItem, ...] = ()  # its mails, stored with it when it is accepted
 
     @property
     def needs_document_checks(self) -> bool:
@@ -51,9 +53,12 @@ class IntakeDecision:
 
 
 class IntakeDecider:
-    def __init__(self, cisis: CisisIntake, *, forced_charset: str | None = None,
-                 default_charset: str = "utf-8") -> None:
+    """`planner`: builds the mails of accepted requests (serve); None only checks (render)."""
+
+    def __init__(self, cisis: CisisIntake, *, planner: MailPlanner | None = None,
+                 forced_charset: str | None = None, default_charset: str = "utf-8") -> None:
         self.cisis = cisis
+        self.planner = planner
         self.forced_charset = forced_charset
         self.default_charset = default_charset
 
@@ -88,4 +93,12 @@ class IntakeDecider:
             report = getattr(exc, "report", None)
             return replace(decision, outcome=Outcome.ERROR, errors=(AckError.from_exception(exc),),
                            report=report.encode() if isinstance(report, str) else None)
-        return replace(decision, errors=verdict.warnings, verdict=verdict, report=verdict.report)
+        outbox: tuple[OutboxItem, ...] = ()
+        if self.planner is not None:
+            try:
+                outbox = self.planner.outbox_items(verdict.request)
+            except MessageError as exc:
+                return replace(decision, outcome=Outcome.ERROR,
+                               errors=(AckError.from_exception(exc),), report=verdict.report)
+        return replace(decision, errors=verdict.warnings, verdict=verdict, report=verdict.report,
+                       outbox=outbox)

@@ -1,7 +1,7 @@
 """Intake: one MLLP payload in, one acknowledgement out, with a durable row in between.
 
-    decide (pipeline.decide: charset, parse, route; CI-SIS checks in a worker thread)
-    → store (group commit, fsync) → ACK
+    decide (pipeline.decide: charset, parse, route; CI-SIS checks and the mails in a worker
+    thread) → store (the message and its mails in one group commit, fsync) → ACK
 
 The ACK is returned only after the store committed the row: AA means the connector took
 responsibility. A message that is wrong is stored as `rejected` and answered AE with ERR. When the
@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
@@ -32,6 +33,7 @@ from connector.hl7.header import msh18_for_codec, salvage_header
 from connector.observability.metrics import ConnectorMetrics
 from connector.pipeline.decide import IntakeDecider, IntakeDecision
 from connector.pipeline.documents import CisisIntake
+from connector.pipeline.outgoing import MailPlanner
 from connector.store import (
     InboundMessage,
     InboundStatus,
@@ -62,12 +64,16 @@ class IntakeHandler:
 
     def __init__(self, config: IntakeConfig, store: IntakeStore,
                  control_ids: ControlIdGenerator, cisis: CisisIntake,
-                 metrics: ConnectorMetrics | None = None) -> None:
+                 metrics: ConnectorMetrics | None = None, *,
+                 planner: MailPlanner | None = None,
+                 on_queued: Callable[[str], None] | None = None) -> None:
         self.config = config
         self.metrics = metrics
         self._store = store
         self._control_ids = control_ids
-        self.decider = IntakeDecider(cisis, forced_charset=config.forced_charset,
+        self._on_queued = on_queued
+        self.decider = IntakeDecider(cisis, planner=planner,
+                                     forced_charset=config.forced_charset,
                                      default_charset=config.default_charset)
         self.draining = False
 
@@ -113,6 +119,7 @@ class IntakeHandler:
             error_detail=first_error.detail if first_error else None,
             report=decision.report,
             versions=versions,
+            outbox=decision.outbox if decision.outcome is Outcome.ACCEPTED else (),
         )
         try:
             receipt = await self._store.record_inbound(record)
@@ -120,6 +127,8 @@ class IntakeHandler:
             log.error("store_failed", error=str(exc), control_id=record.control_id)
             return self._answered(started, decision, self._transient(
                 payload, "the message could not be stored; send again later"), "AR")
+        if receipt.queued and self._on_queued is not None:
+            self._on_queued(self.config.tenant_id)
         if receipt.retransmission_of is not None:
             log.info("retransmission_answered", inbound_id=receipt.retransmission_of,
                      control_id=record.control_id)

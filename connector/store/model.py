@@ -203,6 +203,7 @@ class OutboxLease:
     envid: str | None
     recipient_domain: str | None
     payload: bytes = field(repr=False)
+    created_at: float = 0.0  # when it was enqueued: the retry budget counts from here
 
 
 @dataclass(frozen=True, slots=True)

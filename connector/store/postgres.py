@@ -638,7 +638,7 @@ class PostgresStore:
                " FROM picked WHERE o.id = picked.id"
                " RETURNING o.id, o.lease_token, o.lease_expires_at, o.attempts, o.tenant_id,"
                " o.kind, o.inbound_id, o.message_id, o.envid, o.recipient_domain,"
-               " o.available_at, o.payload_key, o.payload")
+               " o.available_at, o.payload_key, o.payload, o.created_at")
 
         def run(conn: Connection) -> list[tuple[Any, ...]]:
             with conn.cursor(binary=True) as cursor:  # bytea without hex decoding
@@ -649,7 +649,8 @@ class PostgresStore:
         rows = sorted(await self._transact(run), key=lambda r: (r[10], r[0]))
         return [OutboxLease(int(r[0]), r[1], r[2], int(r[3]), r[4], OutboxKind(r[5]),
                             None if r[6] is None else int(r[6]), r[7], r[8], r[9],
-                            self._cipher.open(SealedPayload(r[11], bytes(r[12])), OUTBOX_KIND))
+                            self._cipher.open(SealedPayload(r[11], bytes(r[12])), OUTBOX_KIND),
+                            r[13])
                 for r in rows]
 
     async def _fenced(self, sql: str, params: tuple[Any, ...], row_id: int, token: str,

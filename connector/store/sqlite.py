@@ -520,14 +520,14 @@ class SQLiteStore:
         leases: list[OutboxLease] = []
         for row in rows:
             (row_id, token, expires, attempts, tenant, kind, inbound_id, message_id, envid,
-             domain, key_id, inline, segment, offset, length) = row
+             domain, key_id, inline, segment, offset, length, created_at) = row
             blob = (bytes(inline) if inline is not None
                     else await asyncio.to_thread(self._payloads.read,
                                                  PayloadRef(segment, offset, length)))
             payload = self._cipher.open(SealedPayload(key_id, blob), OUTBOX_KIND)
             leases.append(OutboxLease(int(row_id), token, expires, int(attempts), tenant,
                                       OutboxKind(kind), inbound_id, message_id, envid, domain,
-                                      payload))
+                                      payload, created_at))
         return leases
 
     @staticmethod
@@ -546,7 +546,7 @@ class SQLiteStore:
                 " attempts = attempts + 1, updated_at = ? WHERE id = ?"
                 " RETURNING id, lease_token, lease_expires_at, attempts, tenant_id, kind,"
                 " inbound_id, message_id, envid, recipient_domain, payload_key, payload,"
-                " payload_segment, payload_offset, payload_length",
+                " payload_segment, payload_offset, payload_length, created_at",
                 (secrets.token_hex(16), expires, now, row_id)).fetchone()
             rows.append(row)
         return rows

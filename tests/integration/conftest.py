@@ -27,7 +27,8 @@ def make_settings(tmp_path: Path, **listener_overrides: object) -> Settings:
                        **listener_overrides)  # type: ignore[arg-type]
     tenant = TenantSettings(id="chu-test", name="CHU Test", finess="120456789",
                             application="PFI-TEST", facility="CHU-TEST", listeners=(listener,),
-                            transport=TransportSettings(maildir=tmp_path / "maildir"))
+                            transport=TransportSettings(maildir=tmp_path / "maildir"),
+                            oid="1.2.250.1.71.4.2.2.1120456789")
     return Settings(store=StoreSettings(path=tmp_path / "connector.db"), tenants=(tenant,))
 
 

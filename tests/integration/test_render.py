@@ -161,7 +161,7 @@ def test_adt_is_accepted_without_mail(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("kwargs", "extra", "expected"), [
-    ({"oid": None}, (), "tenants[chu-test].oid: is required"),
+    ({"oid": None}, (), "tenants[0].oid: is required"),
     ({}, ("--tenant", "other"), "--tenant: no tenant 'other'"),
     ({"whitelist": FIXTURES / "mssante" / "listeblanchemssante.xml"}, (),
      "directory.whitelist: malformed whitelist"),

@@ -1,0 +1,95 @@
+"""Settings → a tenant's transport and delivery worker. Errors name the tenant's settings keys."""
+
+from __future__ import annotations
+
+from connector.delivery.retry import RetryPolicy
+from connector.delivery.smtp import SaslMechanism, SmtpEndpoint, TlsMode
+from connector.delivery.tls import (
+    ClientCertificateSource,
+    ClientTlsSettings,
+    PemClientCertificate,
+    Pkcs12ClientCertificate,
+    build_client_tls,
+)
+from connector.delivery.transports import MaildirTransport, SmtpTransport, Transport
+from connector.delivery.worker import DeliveryLimits, TenantDelivery
+from connector.errors import ConfigError
+from connector.observability.metrics import ConnectorMetrics
+from connector.settings import DeliverySettings, SmtpSettings, TenantSettings, TransportKind
+from connector.store import OutboxStore
+
+# Keys the delivery package names → the settings keys of [tenants.transport] / [tenants.delivery]
+_KEYS = {
+    "tls.client_key": "transport.client_private_key",
+    "smtp.connect_timeout": "transport.connect_timeout_seconds",
+    "smtp.command_timeout": "transport.command_timeout_seconds",
+    "smtp.data_timeout": "transport.data_timeout_seconds",
+    "smtp.oauth_token": "transport.oauth_token_env",
+    "smtp.password": "transport.password_env",
+    "delivery.retry_initial_seconds": "delivery.retry_initial_seconds",
+}
+
+
+def _rekeyed(exc: ConfigError, prefix: str, source: str | None) -> ConfigError:
+    key = _KEYS.get(exc.key)
+    if key is None:
+        head, _, tail = exc.key.partition(".")
+        key = f"delivery.{tail}" if head == "delivery" else f"transport.{tail or head}"
+    return ConfigError(f"{prefix}.{key}", exc.problem, source=source)
+
+
+def build_transport(tenant: TenantSettings, *, prefix: str, source: str | None = None
+                    ) -> Transport:
+    """The tenant's transport; SMTP loads and checks its certificates now (`ConfigError`)."""
+    transport = tenant.transport
+    if transport.kind is TransportKind.MAILDIR:
+        return MaildirTransport(transport.maildir)
+    assert transport.smtp is not None
+    try:
+        return _smtp_transport(transport.smtp)
+    except ConfigError as exc:
+        raise _rekeyed(exc, prefix, source) from exc
+
+
+def _smtp_transport(smtp: SmtpSettings) -> SmtpTransport:
+    client: ClientCertificateSource | None = None
+    if smtp.client_pkcs12 is not None:
+        client = Pkcs12ClientCertificate(smtp.client_pkcs12, smtp.client_pkcs12_password)
+    elif smtp.client_certificate is not None and smtp.client_private_key is not None:
+        client = PemClientCertificate(smtp.client_certificate, smtp.client_private_key,
+                                      smtp.client_private_key_password)
+    tls = build_client_tls(ClientTlsSettings(smtp.ca_bundle, client))
+    endpoint = SmtpEndpoint(
+        host=smtp.host, port=smtp.port, mode=TlsMode(smtp.tls.value),
+        connect_timeout=smtp.connect_timeout_seconds,
+        command_timeout=smtp.command_timeout_seconds, data_timeout=smtp.data_timeout_seconds,
+        local_hostname=smtp.local_hostname, sasl=SaslMechanism(smtp.sasl.value),
+        username=smtp.username, password=smtp.password, oauth_token=smtp.oauth_token)
+    return SmtpTransport(endpoint, tls)
+
+
+def delivery_limits(settings: DeliverySettings) -> DeliveryLimits:
+    return DeliveryLimits(
+        concurrency=settings.concurrency, batch_size=settings.batch_size,
+        rate_per_second=settings.rate_per_second, lease_seconds=settings.lease_seconds,
+        poll_seconds=settings.poll_seconds,
+        config_error_pause_seconds=settings.config_error_pause_seconds)
+
+
+def retry_policy(settings: DeliverySettings) -> RetryPolicy:
+    return RetryPolicy(
+        initial_seconds=settings.retry_initial_seconds, factor=settings.retry_factor,
+        maximum_seconds=settings.retry_maximum_seconds, jitter=settings.retry_jitter,
+        budget_seconds=settings.retry_budget_hours * 3600.0)
+
+
+def build_delivery(tenant: TenantSettings, store: OutboxStore, *, prefix: str,
+                   source: str | None = None, metrics: ConnectorMetrics | None = None
+                   ) -> TenantDelivery:
+    transport = build_transport(tenant, prefix=prefix, source=source)
+    try:
+        limits, retry = delivery_limits(tenant.delivery), retry_policy(tenant.delivery)
+    except ConfigError as exc:
+        raise _rekeyed(exc, prefix, source) from exc
+    return TenantDelivery(tenant.id, store, transport, limits=limits, retry=retry,
+                          metrics=metrics)

@@ -1,0 +1,344 @@
+"""The delivery worker: leases a tenant's SMTP outbox rows and hands them to its transport.
+
+One `TenantDelivery` per tenant, each with its own sessions, rate and pause, so that one
+tenant's backlog or broken operator never holds up another. Per tenant:
+
+* `limits.concurrency` session tasks each lease up to `limits.batch_size` rows and send them over
+  one transport session (one SMTP connection for the batch). Leases are renewed while the batch
+  is being sent; a row whose lease was lost (cancelled by an operator, or taken over after a
+  stall) is skipped, and its transition refused by the store's fencing.
+* Outcomes (`SendResult.outcome`) become transitions, each with an audit entry:
+  * SENT → `sent`;
+  * TRANSIENT (4xx, time-out, disconnection) → `ready` again after the retry policy's backoff,
+    or `dead` once its budget is spent;
+  * PERMANENT (5xx) → `failed`, never retried;
+  * CONFIG_ERROR (certificate, TLS, authentication, STARTTLS not offered) → the tenant pauses
+    for `limits.config_error_pause_seconds` with one error log saying what to fix, and its rows
+    wait, untouched by a retry storm (the budget still applies).
+* A failure to open the session (the operator is down) pauses the tenant too, with the retry
+  backoff of consecutive failures: a backlog is not churned through, row after row, while the
+  operator is away.
+* `limits.rate_per_second` caps sends per second (0: no cap).
+
+A worker that dies mid-batch leaves its rows leased: they are taken again once their lease
+expires, so a mail may be sent twice, always with the same Message-ID (at least once delivery).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import structlog
+
+from connector.delivery.job import MailJob, MalformedJob
+from connector.delivery.retry import RetryPolicy
+from connector.delivery.smtp import SESSION_STAGES, Outcome, SendResult
+from connector.delivery.transports import Transport, TransportSession
+from connector.errors import ConfigError, LeaseLost, StoreError
+from connector.observability.metrics import ConnectorMetrics
+from connector.store import AuditAction, AuditEntry, OutboxKind, OutboxLease, OutboxStore
+
+log = structlog.get_logger(__name__)
+
+SMTP_KINDS = (OutboxKind.SMTP,)
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryLimits:
+    concurrency: int = 2  # sessions (SMTP connections) in parallel for the tenant
+    batch_size: int = 20  # rows leased at once by a session: sent over one connection
+    rate_per_second: float = 0.0  # 0: no cap
+    lease_seconds: float = 120.0
+    poll_seconds: float = 2.0  # how often to look for due rows when nothing wakes the worker
+    config_error_pause_seconds: float = 300.0
+
+    def __post_init__(self) -> None:
+        checks = (("concurrency", self.concurrency >= 1), ("batch_size", self.batch_size >= 1),
+                  ("rate_per_second", self.rate_per_second >= 0),
+                  ("lease_seconds", self.lease_seconds > 0),
+                  ("poll_seconds", self.poll_seconds > 0),
+                  ("config_error_pause_seconds", self.config_error_pause_seconds > 0))
+        for key, ok in checks:
+            if not ok:
+                raise ConfigError(f"delivery.{key}", "is out of range")
+
+
+class _RateLimiter:
+    """Token bucket: at most `rate` sends per second, bursts of at most one second's worth."""
+
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._rate = rate
+        self._clock = clock
+        self._tokens = max(1.0, rate)
+        self._updated = clock()
+        self._lock = asyncio.Lock()
+
+    async def acquire(self) -> None:
+        if self._rate <= 0:
+            return
+        async with self._lock:
+            while True:
+                now = self._clock()
+                self._tokens = min(max(1.0, self._rate),
+                                   self._tokens + (now - self._updated) * self._rate)
+                self._updated = now
+                if self._tokens >= 1:
+                    self._tokens -= 1
+                    return
+                await asyncio.sleep((1 - self._tokens) / self._rate)
+
+
+class TenantDelivery:
+    def __init__(self, tenant_id: str, store: OutboxStore, transport: Transport, *,
+                 limits: DeliveryLimits | None = None, retry: RetryPolicy | None = None,
+                 metrics: ConnectorMetrics | None = None,
+                 rng: random.Random | None = None) -> None:
+        self.tenant_id = tenant_id
+        self.store = store
+        self.transport = transport
+        self.limits = limits or DeliveryLimits()
+        self.retry = retry or RetryPolicy()
+        self.metrics = metrics
+        self._rng = rng or random.Random()  # noqa: S311 (jitter, not a secret)
+        self._rate = _RateLimiter(self.limits.rate_per_second)
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self.paused_until = 0.0  # epoch seconds
+        self.pause_reason: str | None = None
+        self._session_failures = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._stopping = False
+        self._tasks = [asyncio.create_task(self._session_loop(n),
+                                           name=f"delivery-{self.tenant_id}-{n}")
+                       for n in range(self.limits.concurrency)]
+
+    def wake(self) -> None:
+        """New rows are due (intake just committed some): look now rather than at the poll."""
+        self._wake.set()
+
+    async def stop(self, grace_seconds: float = 10.0) -> None:
+        """Finish the mail in hand (up to `grace_seconds`), release the rest of the batch."""
+        self._stopping = True
+        self._wake.set()
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(self._tasks, timeout=grace_seconds)
+        for task in pending:
+            task.cancel()
+        for task in pending:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    @property
+    def paused(self) -> bool:
+        return time.time() < self.paused_until
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    async def _session_loop(self, number: int) -> None:
+        while not self._stopping:
+            try:
+                if self.paused:
+                    await self._sleep(self.paused_until - time.time())
+                    continue
+                leases = await self.store.lease(
+                    tenant_id=self.tenant_id, kinds=SMTP_KINDS, limit=self.limits.batch_size,
+                    lease_seconds=self.limits.lease_seconds)
+                if not leases:
+                    await self._sleep(self.limits.poll_seconds)
+                    continue
+                await self.deliver(leases)
+            except StoreError as exc:  # the store is down: leases expire, rows are kept
+                log.warning("delivery_store_unavailable", tenant=self.tenant_id, error=str(exc))
+                await self._sleep(self.limits.poll_seconds)
+            except Exception:  # a bug must not end the tenant's delivery for good
+                log.exception("delivery_loop_failed", tenant=self.tenant_id, session=number)
+                await self._sleep(self.limits.poll_seconds)
+
+    async def _sleep(self, seconds: float) -> None:
+        if self._stopping:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, seconds))
+        self._wake.clear()
+
+    async def deliver(self, leases: Sequence[OutboxLease]) -> None:
+        """Send `leases` over one transport session, renewing them meanwhile."""
+        lost: set[int] = set()
+        remaining = {lease.id: lease for lease in leases}
+        renewer = asyncio.create_task(self._renew(remaining, lost))
+        session = self.transport.session()
+        try:
+            for lease in leases:
+                if lease.id in lost:
+                    remaining.pop(lease.id, None)
+                    continue
+                if self._stopping or self.paused:
+                    break
+                await self._rate.acquire()
+                await self._deliver_one(session, lease)
+                remaining.pop(lease.id, None)
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+            with contextlib.suppress(Exception):
+                await session.close()
+        await self._release(remaining.values(), lost)
+
+    async def _renew(self, leases: dict[int, OutboxLease], lost: set[int]) -> None:
+        interval = self.limits.lease_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            for lease in list(leases.values()):
+                if lease.id in lost:
+                    continue
+                try:
+                    await self.store.renew(lease.id, lease.token, self.limits.lease_seconds)
+                except LeaseLost:
+                    lost.add(lease.id)
+                    self._lease_lost(lease)
+                except StoreError as exc:
+                    log.warning("delivery_renew_failed", tenant=self.tenant_id,
+                                outbox_id=lease.id, error=str(exc))
+
+    async def _release(self, leases: Iterable[OutboxLease], lost: set[int]) -> None:
+        """Rows leased but not attempted (stopping, or the tenant paused): ready again, due
+        when the pause ends (now when stopping), without an error of their own."""
+        for lease in list(leases):
+            if lease.id in lost:
+                continue
+            with contextlib.suppress(LeaseLost, StoreError):
+                await self.store.schedule_retry(lease.id, lease.token,
+                                                max(time.time(), self.paused_until))
+
+    async def _deliver_one(self, session: TransportSession, lease: OutboxLease) -> None:
+        started = time.perf_counter()
+        try:
+            job = MailJob.decode(lease.payload)
+        except MalformedJob as exc:
+            reason = str(exc)
+            await self._transition(lease, "failed", lambda: self.store.mark_failed(
+                lease.id, lease.token, None, reason, error_class="malformed",
+                audit=AuditEntry(self.transport.actor, AuditAction.REFUSED, None, reason)))
+            return
+        result = await session.send(job, message_id=lease.message_id or "",
+                                    envid=lease.envid or str(lease.id))
+        if self.metrics is not None:
+            self.metrics.delivery_attempted(self.tenant_id, self.transport.name,
+                                            result.outcome.value,
+                                            time.perf_counter() - started)
+        await self._settle(lease, result)
+
+    async def _settle(self, lease: OutboxLease, result: SendResult) -> None:
+        actor = self.transport.actor
+        code = str(result.smtp_code) if result.smtp_code is not None else None
+        said = result.server_message or result.detail
+        error = result.error_code.code if result.error_code is not None else None
+        detail = f"{result.detail}: {result.server_message}" if result.server_message \
+            else result.detail
+        if result.outcome is Outcome.SENT:
+            self._session_failures = 0
+            await self._transition(lease, "sent", lambda: self.store.mark_sent(
+                lease.id, lease.token, code,
+                audit=AuditEntry(actor, AuditAction.SUBMITTED, code, said)))
+            log.info("mail_submitted", tenant=self.tenant_id, outbox_id=lease.id,
+                     transport=self.transport.name, smtp_code=code, attempt=lease.attempt,
+                     dsn_requested=result.dsn_requested)
+            return
+        if result.outcome is Outcome.PERMANENT:
+            await self._transition(lease, "failed", lambda: self.store.mark_failed(
+                lease.id, lease.token, error, detail, error_class=result.outcome.value,
+                audit=AuditEntry(actor, AuditAction.REFUSED, code, said)))
+            log.warning("mail_refused", tenant=self.tenant_id, outbox_id=lease.id,
+                        smtp_code=code, smtp_error=error, stage=result.stage.value,
+                        detail=result.detail)
+            return
+        now = time.time()
+        if result.outcome is Outcome.CONFIG_ERROR:
+            self._pause(now + self.limits.config_error_pause_seconds, result, config=True)
+            due: float | None = self.paused_until
+            if now - lease.created_at >= self.retry.budget_seconds:
+                due = None
+        else:
+            if result.stage in SESSION_STAGES:
+                self._session_failures += 1
+                self._pause(now + self.retry.delay(self._session_failures, self._rng), result,
+                            config=False)
+            due = self.retry.next_attempt_at(attempt=lease.attempt, created_at=lease.created_at,
+                                             now=now, rng=self._rng)
+            if due is not None:
+                due = max(due, self.paused_until)
+        if due is None:
+            await self._transition(lease, "dead", lambda: self.store.mark_dead(
+                lease.id, lease.token, error, detail, error_class=result.outcome.value,
+                audit=AuditEntry(actor, AuditAction.EXPIRED, code, said)))
+            log.error("mail_dead", tenant=self.tenant_id, outbox_id=lease.id,
+                      smtp_error=error, attempts=lease.attempt,
+                      budget_hours=self.retry.budget_seconds / 3600, detail=result.detail)
+            return
+        retry_at = due
+        await self._transition(lease, "ready", lambda: self.store.schedule_retry(
+            lease.id, lease.token, retry_at, error, detail, error_class=result.outcome.value,
+            audit=AuditEntry(actor, AuditAction.DEFERRED, code, said)))
+        if result.attempted:
+            log.info("mail_deferred", tenant=self.tenant_id, outbox_id=lease.id,
+                     smtp_code=code, smtp_error=error, attempt=lease.attempt,
+                     retry_in_seconds=round(retry_at - now, 1), detail=result.detail)
+
+    def _pause(self, until: float, result: SendResult, *, config: bool) -> None:
+        first = not self.paused
+        self.paused_until = max(self.paused_until, until)
+        self.pause_reason = result.detail
+        if self.metrics is not None:
+            self.metrics.delivery_paused.labels(self.tenant_id).set(1)
+        if first and result.attempted:
+            event = log.error if config else log.warning
+            event("delivery_paused", tenant=self.tenant_id, transport=self.transport.name,
+                  seconds=round(self.paused_until - time.time(), 1),
+                  reason="configuration" if config else "operator unreachable",
+                  detail=result.detail)
+
+    async def _transition(self, lease: OutboxLease, target: str,
+                          call: Callable[[], Awaitable[object]]) -> None:
+        try:
+            await call()
+        except LeaseLost:
+            self._lease_lost(lease, target)
+        if self.metrics is not None and not self.paused:
+            self.metrics.delivery_paused.labels(self.tenant_id).set(0)
+
+    def _lease_lost(self, lease: OutboxLease, target: str | None = None) -> None:
+        log.warning("delivery_lease_lost", tenant=self.tenant_id, outbox_id=lease.id,
+                    transition=target)
+        if self.metrics is not None:
+            self.metrics.lease_lost.labels(self.tenant_id).inc()
+
+
+class DeliveryService:
+    """Every tenant's delivery, started and stopped together."""
+
+    def __init__(self, tenants: Sequence[TenantDelivery]) -> None:
+        self.tenants = {t.tenant_id: t for t in tenants}
+
+    def start(self) -> None:
+        for tenant in self.tenants.values():
+            tenant.start()
+
+    def wake(self, tenant_id: str) -> None:
+        tenant = self.tenants.get(tenant_id)
+        if tenant is not None:
+            tenant.wake()
+
+    async def stop(self, grace_seconds: float = 10.0) -> None:
+        await asyncio.gather(*(t.stop(grace_seconds) for t in self.tenants.values()))
