@@ -53,7 +53,7 @@ async def test_send_to_nothing_fails_cleanly(tmp_path: Path) -> None:
 
 def test_check_config_names_the_key(tmp_path: Path, capsys: object) -> None:
     config = tmp_path / "bad.toml"
-    config.write_text('[[tenants]]\nid = "a"\noid = "1.2.250.1.71.4.2.2"\n[[tenants.listeners]]\nport = 99999\n')
+    config.write_text('[[tenants]]\nid = "a"\noid = "1.2.3"\n[[tenants.listeners]]\nport = 99999\n')
     assert main(["check-config", str(config)]) == 2
     err = capsys.readouterr().err  # type: ignore[attr-defined]
     assert f"{config}: tenants[0].listeners[0].port: must be between 1 and 65535" in err
@@ -61,14 +61,14 @@ def test_check_config_names_the_key(tmp_path: Path, capsys: object) -> None:
 
 def test_check_config_ok(tmp_path: Path, capsys: object) -> None:
     config = tmp_path / "good.toml"
-    config.write_text('[[tenants]]\nid = "a"\noid = "1.2.250.1.71.4.2.2"\n[[tenants.listeners]]\nport = 2575\n')
+    config.write_text('[[tenants]]\nid = "a"\noid = "1.2.3"\n[[tenants.listeners]]\nport = 2575\n')
     assert main(["check-config", str(config)]) == 0
     assert "OK (1 tenant(s), 1 listener(s)" in capsys.readouterr().out  # type: ignore[attr-defined]
 
 
 async def test_serve_refuses_bad_config(tmp_path: Path) -> None:
     config = tmp_path / "bad.toml"
-    config.write_text('[[tenants]]\nid = "a"\noid = "1.2.250.1.71.4.2.2"\ncolour = "blue"\n')
+    config.write_text('[[tenants]]\nid = "a"\noid = "1.2.3"\ncolour = "blue"\n')
     code, _, err = await run_cli("serve", "--config", str(config))
     assert code == 2
     assert "tenants[0].colour: unknown key" in err
@@ -76,7 +76,7 @@ async def test_serve_refuses_bad_config(tmp_path: Path) -> None:
 
 async def test_messages_list_and_show(tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
-    config.write_text(f'data_dir = "{tmp_path / "var"}"\n[[tenants]]\nid = "a"\noid = "1.2.250.1.71.4.2.2"\n'
+    config.write_text(f'data_dir = "{tmp_path / "var"}"\n[[tenants]]\nid = "a"\noid = "1.2.3"\n'
                       '[[tenants.listeners]]\nport = 2575\n')
     from connector.app import Application
     from connector.settings import load_settings
@@ -115,7 +115,8 @@ async def test_serve_refuses_a_malformed_whitelist(tmp_path: Path) -> None:
 
     config = tmp_path / "c.toml"
     shared_list = FIXTURES / "mssante" / "listeblanchemssante.xml"
-    config.write_text(f'[directory]\nwhitelist = "{shared_list}"\n[[tenants]]\nid = "a"\noid = "1.2.250.1.71.4.2.2"\n')
+    config.write_text(f'[directory]\nwhitelist = "{shared_list}"\n'
+                      '[[tenants]]\nid = "a"\noid = "1.2.3"\n')
     code, _, err = await run_cli("serve", "--config", str(config))
     assert code == 2
     assert "listeblanchemssante.xml" in err

@@ -37,7 +37,7 @@ data_dir = "{tmp_path / 'var'}"
 level = "warning"
 [[tenants]]
 id = "crash"
-oid = "1.2.250.1.71.4.2.2"
+oid = "1.2.3"
 [[tenants.listeners]]
 host = "127.0.0.1"
 port = {port}

@@ -18,7 +18,7 @@ MAIL = (b"From: pfi@chu.mssante.fr\r\nTo: 279035121518989@patient.mssante.fr\r\n
 @pytest.fixture
 async def config_with_items(tmp_path: Path) -> tuple[Path, list[int]]:
     config = tmp_path / "c.toml"
-    config.write_text(f'data_dir = "{tmp_path / "var"}"\n[[tenants]]\nid = "chu"\noid = "1.2.250.1.71.4.2.2"\n')
+    config.write_text(f'data_dir = "{tmp_path / "var"}"\n[[tenants]]\nid = "chu"\noid = "1.2.3"\n')
     store = build_store(load_settings(config))
     store.open()
     try:

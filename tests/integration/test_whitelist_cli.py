@@ -22,7 +22,7 @@ def whitelist(date: str, *domains: str) -> bytes:
 def config(tmp_path: Path) -> Path:
     path = tmp_path / "c.toml"
     path.write_text(f'[directory]\nwhitelist = "{tmp_path / "installed.xml"}"\n'
-                    '[[tenants]]\nid = "a"\noid = "1.2.250.1.71.4.2.2"\n')
+                    '[[tenants]]\nid = "a"\noid = "1.2.3"\n')
     return path
 
 
@@ -57,7 +57,7 @@ def test_malformed_file_leaves_the_installed_one(config: Path, tmp_path: Path,
 def test_import_needs_the_configured_target(tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "c.toml"
-    config.write_text('[[tenants]]\nid = "a"\noid = "1.2.250.1.71.4.2.2"\n')
+    config.write_text('[[tenants]]\nid = "a"\noid = "1.2.3"\n')
     source = tmp_path / "w.xml"
     source.write_bytes(whitelist("2025-03-13T14:54:10Z", "a.mssante.fr"))
     assert main(["whitelist", "import", str(source), "--config", str(config)]) == 2

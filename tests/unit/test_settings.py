@@ -78,7 +78,7 @@ level = "WARNING"
 
 [[tenants]]
 id = "chu-x"
-oid = "1.2.250.1.71.4.2.2"
+oid = "1.2.3"
 name = "CHU X"
 finess = "120456789"
 application = "PFI-X"
@@ -109,7 +109,7 @@ port = 2576
 
 [[tenants]]
 id = "site-2b"
-oid = "1.2.250.1.71.4.2.2"
+oid = "1.2.3"
 finess = "2B0000001"
 
 [[tenants.listeners]]
@@ -170,7 +170,8 @@ port = 2577
 
 
 def test_minimal_file_gets_the_defaults(tmp_path: Path) -> None:
-    settings = load_settings(write(tmp_path, '[[tenants]]\nid = "a"\noid = "1.2.250.1.71.4.2.2"\n[[tenants.listeners]]\n'),
+    settings = load_settings(write(tmp_path, '[[tenants]]\nid = "a"\noid = "1.2.3"\n'
+                                             '[[tenants.listeners]]\n'),
                              env={})
     assert settings.store.backend is StoreBackend.SQLITE
     assert settings.store.path == Path("var/connector.db")
@@ -207,7 +208,7 @@ current_key_id = "k1"
 keys_file = "{tmp_path}/keys"
 [[tenants]]
 id = "a"
-oid = "1.2.250.1.71.4.2.2"
+oid = "1.2.3"
 """), env={})
     assert settings.store.dsn == DSN
     assert settings.store.encryption is not None
@@ -220,7 +221,7 @@ def test_secret_from_the_process_environment(tmp_path: Path, monkeypatch: pytest
     path = write(tmp_path, f"""
 [[tenants]]
 id = "a"
-oid = "1.2.250.1.71.4.2.2"
+oid = "1.2.3"
 [[tenants.listeners]]
 [tenants.listeners.tls]
 certificate = "{tls_files['cert.pem']}"
@@ -255,7 +256,7 @@ def test_parse_settings_without_a_file_names_no_file() -> None:
 
 # -- errors ---------------------------------------------------------------------------------------
 
-TENANT = '[[tenants]]\nid = "chu-x"\noid = "1.2.250.1.71.4.2.2"\n'
+TENANT = '[[tenants]]\nid = "chu-x"\noid = "1.2.3"\n'
 LISTENER = "[[tenants.listeners]]\nport = 2575\n"
 BASE = TENANT + LISTENER
 B64_16 = base64.b64encode(bytes(16)).decode()
@@ -274,7 +275,7 @@ ERROR_CASES: list[tuple[str, str, dict[str, str], str]] = [
      "store.encryption.bogus"),
     ("unknown-logging", "[logging]\nlevle = 'info'\n" + BASE, {}, "logging.levle"),
     ("unknown-tenant", TENANT + "bogus = 1\n" + LISTENER, {}, "tenants[0].bogus"),
-    ("unknown-second-tenant", BASE + '[[tenants]]\nid = "b"\noid = "1.2.250.1.71.4.2.2"\nbogus = 1\n', {},
+    ("unknown-second-tenant", BASE + '[[tenants]]\nid = "b"\noid = "1.2.3"\nbogus = 1\n', {},
      "tenants[1].bogus"),
     ("unknown-listener", BASE + "[[tenants.listeners]]\nport = 2576\nprot = 1\n", {},
      "tenants[0].listeners[1].prot"),
@@ -310,9 +311,10 @@ ERROR_CASES: list[tuple[str, str, dict[str, str], str]] = [
     ("timeout-nan", BASE + "idle_timeout_seconds = nan\n", {},
      "tenants[0].listeners[0].idle_timeout_seconds"),
     ("tenant-id-missing", "[[tenants]]\nname = 'x'\n", {}, "tenants[0].id"),
-    ("tenant-id-bad", '[[tenants]]\nid = "CHU_X"\noid = "1.2.250.1.71.4.2.2"\n', {}, "tenants[0].id"),
-    ("duplicate-tenant", BASE + '[[tenants]]\nid = "chu-x"\noid = "1.2.250.1.71.4.2.2"\n', {}, "tenants[1].id"),
-    ("duplicate-endpoint-across-tenants", BASE + '[[tenants]]\nid = "b"\noid = "1.2.250.1.71.4.2.2"\n' + LISTENER, {},
+    ("tenant-id-bad", '[[tenants]]\nid = "CHU_X"\noid = "1.2.3"\n', {}, "tenants[0].id"),
+    ("duplicate-tenant", BASE + '[[tenants]]\nid = "chu-x"\noid = "1.2.3"\n', {}, "tenants[1].id"),
+    ("duplicate-endpoint-across-tenants",
+     BASE + '[[tenants]]\nid = "b"\noid = "1.2.3"\n' + LISTENER, {},
      "tenants[1].listeners[0].port"),
     ("duplicate-endpoint-in-tenant", BASE + LISTENER, {}, "tenants[0].listeners[1].port"),
     ("finess-short", TENANT + 'finess = "12045678"\n', {}, "tenants[0].finess"),
@@ -462,7 +464,7 @@ def test_directory_instead_of_a_file(tmp_path: Path) -> None:
 
 def test_file_not_utf8(tmp_path: Path) -> None:
     path = tmp_path / "connector.toml"
-    path.write_bytes(b'[[tenants]]\nid = "caf\xe9"\noid = "1.2.250.1.71.4.2.2"\n')
+    path.write_bytes(b'[[tenants]]\nid = "caf\xe9"\noid = "1.2.3"\n')
     with pytest.raises(ConfigError) as excinfo:
         load_settings(path, env={})
     assert excinfo.value.key == "(file)"

@@ -62,7 +62,7 @@ partial_sending = true
     ("", "tenants[0].oid"),
 ])
 def test_new_keys_name_their_errors(tmp_path: Path, snippet: str, key: str) -> None:
-    oid = "" if snippet.startswith("oid") or not snippet else 'oid = "1.2.250.1.71.4.2.2"\n'
+    oid = "" if snippet.startswith("oid") or not snippet else 'oid = "1.2.3"\n'
     config = write_config(tmp_path, f'[[tenants]]\nid = "chu"\n{oid}{snippet}\n')
     with pytest.raises(ConfigError) as caught:
         load_settings(config)
@@ -72,7 +72,7 @@ def test_new_keys_name_their_errors(tmp_path: Path, snippet: str, key: str) -> N
 
 def test_validation_files_must_exist(tmp_path: Path) -> None:
     config = write_config(tmp_path, f'[validation]\ncda_xsd = "{tmp_path / "missing.xsd"}"\n'
-                              '[[tenants]]\nid = "chu"\noid = "1.2.250.1.71.4.2.2"\n')
+                              '[[tenants]]\nid = "chu"\noid = "1.2.3"\n')
     with pytest.raises(ConfigError) as caught:
         load_settings(config)
     assert caught.value.key == "validation.cda_xsd"

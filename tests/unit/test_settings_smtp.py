@@ -1,0 +1,119 @@
+"""`[tenants.transport] kind = "smtp"` and `[tenants.delivery]`: parsed, checked, and built into a
+transport by the same code `serve` and `check-config` run; every error names its key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from connector.app import Application
+from connector.delivery.transports import SmtpTransport
+from connector.errors import ConfigError
+from connector.settings import SmtpSasl, SmtpTlsMode, TransportKind, load_settings
+from tests.support.pki import Issued, TestCA
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> tuple[TestCA, Issued]:
+    ca = TestCA(tmp_path_factory.mktemp("pki"))
+    return ca, ca.issue("BAL applicative", server=False)
+
+
+def config(tmp_path: Path, transport: str, delivery: str = "") -> Path:
+    path = tmp_path / "connector.toml"
+    path.write_text(f'data_dir = "{tmp_path}"\n[[tenants]]\nid = "chu"\noid = "1.2.3"\n'
+                    '[tenants.mailbox]\naddress = "pfi@chu.mssante.fr"\n'
+                    f"[tenants.transport]\n{transport}\n"
+                    + (f"[tenants.delivery]\n{delivery}\n" if delivery else ""))
+    return path
+
+
+def smtp(pki: tuple[TestCA, Issued], extra: str = "") -> str:
+    ca, client = pki
+    return (f'kind = "smtp"\nhost = "smtp.operator.test"\nca_bundle = "{ca.certificate}"\n'
+            f'client_certificate = "{client.certificate}"\n'
+            f'client_private_key = "{client.private_key}"\n{extra}')
+
+
+def test_a_complete_smtp_transport(tmp_path: Path, pki: tuple[TestCA, Issued]) -> None:
+    settings = load_settings(config(
+        tmp_path, smtp(pki, 'port = 465\ntls = "implicit-tls"\nsasl = "plain"\n'
+                            'username = "pfi"\npassword_env = "SMTP_PASSWORD"\n'),
+        "concurrency = 4\nrate_per_second = 50\nretry_budget_hours = 24\n"),
+        env={"SMTP_PASSWORD": "s3cret"})
+    tenant = settings.tenants[0]
+    assert tenant.transport.kind is TransportKind.SMTP
+    assert tenant.transport.smtp is not None
+    assert tenant.transport.smtp.port == 465
+    assert tenant.transport.smtp.tls is SmtpTlsMode.IMPLICIT_TLS
+    assert tenant.transport.smtp.sasl is SmtpSasl.PLAIN
+    assert tenant.transport.smtp.password == "s3cret"
+    assert "s3cret" not in repr(tenant)
+    assert (tenant.delivery.concurrency, tenant.delivery.rate_per_second) == (4, 50)
+    app = Application.build(settings)
+    worker = app.delivery.tenants["chu"]
+    assert isinstance(worker.transport, SmtpTransport)
+    assert worker.retry.budget_seconds == 24 * 3600
+    assert worker.limits.concurrency == 4
+
+
+@pytest.mark.parametrize(("extra", "key"), [
+    ('tls = "ssl3"', "tenants[0].transport.tls"),
+    ("port = 0", "tenants[0].transport.port"),
+    ('sasl = "plain"\nusername = "u"', "tenants[0].transport.password_env"),
+    ('sasl = "xoauth2"\npassword_env = "X"', "tenants[0].transport.password_env"),
+    ('password = "inline"', "tenants[0].transport.password"),
+    ('client_pkcs12 = "{ca}"', "tenants[0].transport.client_pkcs12"),
+    ("command_timeout_seconds = 0", "tenants[0].transport.command_timeout_seconds"),
+    ('colour = "blue"', "tenants[0].transport.colour"),
+])
+def test_smtp_errors_name_their_key(tmp_path: Path, pki: tuple[TestCA, Issued], extra: str,
+                                    key: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config(tmp_path, smtp(pki, extra.format(ca=pki[0].certificate))),
+                      env={})
+    assert caught.value.key == key
+
+
+def test_a_client_certificate_is_required(tmp_path: Path, pki: tuple[TestCA, Issued]) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config(tmp_path, f'kind = "smtp"\nhost = "h"\n'
+                                       f'ca_bundle = "{pki[0].certificate}"'))
+    assert caught.value.key == "tenants[0].transport.client_certificate"
+
+
+@pytest.mark.parametrize(("delivery", "key"), [
+    ("concurrency = 0", "tenants[0].delivery.concurrency"),
+    ("retry_budget_hours = 0", "tenants[0].delivery.retry_budget_hours"),
+    ("retry_initial_seconds = 10\nretry_maximum_seconds = 5",
+     "tenants[0].delivery.retry_maximum_seconds"),
+    ("batch = 3", "tenants[0].delivery.batch"),
+])
+def test_delivery_errors_name_their_key(tmp_path: Path, delivery: str, key: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config(tmp_path, 'kind = "maildir"', delivery))
+    assert caught.value.key == key
+
+
+def test_an_unreadable_ca_bundle_is_named_at_build(tmp_path: Path,
+                                                   pki: tuple[TestCA, Issued]) -> None:
+    garbage = tmp_path / "roots.pem"
+    garbage.write_text("not a certificate")
+    ca = pki[0]
+    settings = load_settings(config(tmp_path, smtp(pki).replace(str(ca.certificate),
+                                                                 str(garbage))))
+    with pytest.raises(ConfigError) as caught:
+        Application.build(settings)
+    assert caught.value.key == "tenants[0].transport.ca_bundle"
+    assert str(garbage) in caught.value.problem
+
+
+def test_a_key_that_does_not_match_is_named_at_build(tmp_path: Path,
+                                                     pki: tuple[TestCA, Issued]) -> None:
+    other = pki[0].issue("someone else", server=False)
+    settings = load_settings(config(tmp_path, smtp(pki).replace(
+        str(pki[1].private_key), str(other.private_key))))
+    with pytest.raises(ConfigError) as caught:
+        Application.build(settings)
+    assert caught.value.key.startswith("tenants[0].transport.client_")
