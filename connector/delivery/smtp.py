@@ -253,6 +253,8 @@ _BY_KIND: Final = {
 def classify(stage: Stage, failure: Failure) -> Classification:
     """Outcome and SMTPERRORCODE of a failure at a stage (the table in the module docstring)."""
     if failure.kind is FailureKind.REPLY:
+        if _refuses_our_certificate(stage, failure):
+            return Classification(Outcome.CONFIG_ERROR, SmtpErrorCode.CANNOT_CONNECT)
         return _classify_reply(stage, failure.code if failure.code is not None else -1,
                                enhanced_status(failure.text))
     if failure.kind is FailureKind.DISCONNECTED:
@@ -264,6 +266,12 @@ def classify(stage: Stage, failure: Failure) -> Classification:
                 else SmtpErrorCode.CANNOT_CONNECT)
         return Classification(Outcome.CONFIG_ERROR, code)
     return _BY_KIND[failure.kind]
+
+
+def _refuses_our_certificate(stage: Stage, failure: Failure) -> bool:
+    """A reply to the first command over TLS that names the client certificate (Postfix:
+    `421 4.7.1 ... No client certificate presented`): a configuration problem, even as 4xx."""
+    return stage is Stage.TLS and "CERTIFICATE" in failure.text.upper()
 
 
 def _classify_reply(stage: Stage, code: int, status: str | None) -> Classification:
@@ -715,6 +723,9 @@ def _session_detail(endpoint: SmtpEndpoint, tls: ClientTls, stage: Stage,
     if kind is FailureKind.NOT_OFFERED:
         return (f"{where} does not offer SASL {endpoint.sasl.name} (it offers: {failure.text}); "
                 f"check the endpoint's SASL setting")
+    if kind is FailureKind.REPLY and _refuses_our_certificate(stage, failure):
+        code = f"{failure.code} {enhanced_status(failure.text) or ''}".strip()
+        return _rejected_certificate_detail(where, tls, alert=f"reply {code}")
     if kind is FailureKind.REPLY:
         return _session_reply_detail(where, endpoint, stage, failure)
     return f"unexpected reply from {where} ({stage} stage)"

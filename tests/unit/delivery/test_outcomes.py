@@ -110,6 +110,11 @@ def test_codes_outside_the_table(code: int, status: str | None, expected: SmtpEr
     (Stage.TLS, Failure(FailureKind.DISCONNECTED), Outcome.CONFIG_ERROR, 101),
     (Stage.TLS, Failure(FailureKind.NOT_OFFERED), Outcome.CONFIG_ERROR, 101),
     (Stage.TLS, reply(454, "4.7.0 TLS not available"), Outcome.TRANSIENT, 451),
+    # Postfix with smtpd_tls_req_ccert, to a client without a certificate: 421 after STARTTLS
+    (Stage.TLS, reply(421, "4.7.1 mx.operator.test Error: No client certificate presented"),
+     Outcome.CONFIG_ERROR, 101),
+    (Stage.MAIL, reply(421, "4.7.1 certificate expired, come back later"), Outcome.TRANSIENT,
+     421),
     (Stage.TLS, Failure(FailureKind.TIMEOUT), Outcome.TRANSIENT, 420),
     # authentication
     (Stage.AUTH, reply(535, "5.7.8 bad credentials"), Outcome.CONFIG_ERROR, 530),
