@@ -3,17 +3,21 @@ connector owes, and what happened to each.
 
 `list` shows no patient data (ids, states, codes, the recipient's domain only). `show` prints one
 item in full, its payload and the server's last answer, for an operator allowed to read the store.
-`retry` and `cancel` change the store: with SQLite they need `serve` stopped (one writer process).
+`retry` and `cancel` change the store, with an audit entry naming the operator's account and host:
+with SQLite they need `serve` stopped (one writer process).
 """
 
 from __future__ import annotations
 
 import argparse
+import getpass
+import os
+import socket
 import sys
 from typing import Any
 
 from connector.cli._common import add_config_argument, run_with_store, utc_time
-from connector.store import OutboxState, OutboxSummary
+from connector.store import AuditAction, AuditEntry, OutboxState, OutboxSummary
 
 
 def register(sub: Any) -> None:
@@ -67,6 +71,13 @@ def run_show(args: argparse.Namespace) -> int:
         if detail.error_detail:
             print("--- last server answer")
             print(detail.error_detail)
+        audit = await store.list_audit(outbox_id=s.id)
+        if audit:
+            print("--- audit")
+            for entry in audit:
+                said = " ".join(x for x in (entry.result, entry.detail) if x)
+                print(f"{utc_time(entry.at)} {entry.action.value} by {entry.actor}"
+                      f"{': ' + said if said else ''}")
         print("--- payload")
         print(detail.payload.decode("utf-8", errors="replace").replace("\r\n", "\n").rstrip())
         return 0
@@ -74,9 +85,21 @@ def run_show(args: argparse.Namespace) -> int:
     return run_with_store(args, action)
 
 
+def _operator() -> str:
+    """Who acts, for the audit trail: the operating-system account and the host."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (containers)
+        user = f"uid {os.getuid()}"
+    return f"operator {user}@{socket.gethostname()} (cli)"
+
+
 def _change(args: argparse.Namespace, verb: str) -> int:
+    action_name = AuditAction.RETRIED if verb == "retry_now" else AuditAction.CANCELLED
+
     async def action(store: Any) -> int:
-        changed: bool = await getattr(store, verb)(args.id)
+        changed: bool = await getattr(store, verb)(
+            args.id, audit=AuditEntry(_operator(), action_name))
         if not changed:
             print(f"outbox item {args.id}: not changed (unknown, or its state does not allow "
                   f"{verb.replace('_', ' ')})", file=sys.stderr)

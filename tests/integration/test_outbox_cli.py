@@ -75,6 +75,12 @@ async def test_retry_and_cancel(config_with_items: tuple[Path, list[int]]) -> No
     finally:
         await store.close()
     assert states == {dead: OutboxState.READY, ready: OutboxState.CANCELLED}
+    code, out, _ = await run_cli("outbox", "show", str(dead), "--config", str(config))
+    assert code == 0
+    audit = out.split("--- audit\n", 1)[1].split("--- payload", 1)[0].splitlines()
+    assert len(audit) == 1
+    assert " retried by operator " in audit[0]
+    assert audit[0].endswith("(cli)")
 
 
 async def test_changes_are_refused_while_another_process_writes(
