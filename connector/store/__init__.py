@@ -25,6 +25,11 @@ from connector.store.model import (
     OutboxLease,
     OutboxState,
     OutboxSummary,
+    ReceiptStatus,
+    ReceiptUpdate,
+    RecordedMail,
+    ReturnedMail,
+    ReturnedMailSummary,
     UnknownOriginalPolicy,
     VersionCheck,
 )
@@ -51,6 +56,11 @@ __all__ = [
     "OutboxState",
     "OutboxStore",
     "OutboxSummary",
+    "ReceiptStatus",
+    "ReceiptUpdate",
+    "RecordedMail",
+    "ReturnedMail",
+    "ReturnedMailSummary",
     "UnknownOriginalPolicy",
     "VersionCheck",
 ]
@@ -114,8 +124,10 @@ class OutboxStore(Protocol):
 
     async def mark_failed(self, row_id: int, token: str, code: str | None = None,
                           detail: str | None = None, *, error_class: str | None = None,
-                          audit: AuditEntry | None = None) -> None:
-        """LEASED → FAILED: permanently refused. `detail` (the server's text) is sealed."""
+                          audit: AuditEntry | None = None, then: Sequence[OutboxItem] = ()
+                          ) -> None:
+        """LEASED → FAILED: permanently refused. `detail` (the server's text) is sealed.
+        `then`: rows to enqueue in the same transaction (the negative ZAM^Z02)."""
         ...
 
     async def schedule_retry(self, row_id: int, token: str, available_at: float,
@@ -127,8 +139,9 @@ class OutboxStore(Protocol):
 
     async def mark_dead(self, row_id: int, token: str, code: str | None = None,
                         detail: str | None = None, *, error_class: str | None = None,
-                        audit: AuditEntry | None = None) -> None:
-        """LEASED → DEAD: the retry budget is spent."""
+                        audit: AuditEntry | None = None, then: Sequence[OutboxItem] = ()
+                        ) -> None:
+        """LEASED → DEAD: the retry budget is spent. `then` as for `mark_failed`."""
         ...
 
     async def settle(self, row_id: int, *, delivered: bool, code: str | None = None,
@@ -152,6 +165,21 @@ class OutboxStore(Protocol):
                          limit: int = 10_000) -> list[AuditRecord]:
         """Audit rows, oldest first, `since` <= at < `until`."""
         ...
+
+    async def find_outbox_ids(self, tenant_id: str, *, envid: str | None = None,
+                              message_ids: Sequence[str] = ()) -> list[int]:
+        """Rows of `tenant_id` sent with this DSN envelope id, else with the first of these
+        Message-IDs that matches."""
+        ...
+
+    async def record_returned_mail(self, mail: ReturnedMail) -> RecordedMail:
+        """Store a mail fetched from the application mailbox with its updates and ZAMs, in one
+        transaction, once per (tenant, key)."""
+        ...
+
+    async def list_returned_mails(self, *, tenant_id: str | None = None,
+                                  status: ReceiptStatus | None = None, limit: int = 100
+                                  ) -> list[ReturnedMailSummary]: ...
 
     async def list_outbox(self, *, tenant_id: str | None = None,
                           state: OutboxState | None = None, limit: int = 100

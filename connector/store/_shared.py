@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import queue
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 from connector.store.cipher import PayloadCipher
@@ -21,6 +21,9 @@ from connector.store.model import (
     OutboxKind,
     OutboxState,
     OutboxSummary,
+    ReceiptStatus,
+    ReceiptUpdate,
+    ReturnedMailSummary,
 )
 
 # Column order `summary_from_row` expects (the same in both schemas).
@@ -103,8 +106,8 @@ OUTBOX_ERROR_KIND = "outbox-error"  # ... and of the servers' error texts
 OUTBOX_SUMMARY_COLUMNS = (
     "id, tenant_id, kind, state, inbound_id, message_id, envid, recipient_domain, attempts,"
     " created_at, updated_at, available_at, lease_expires_at, sent_at, smtp_code, error_code,"
-    " error_class, size")
-OUTBOX_SUMMARY_WIDTH = 18
+    " error_class, size, delivery_status, read_status, receipt_at")
+OUTBOX_SUMMARY_WIDTH = 21
 
 # Leasable now (two `?`: now, now): ready and due, or leased by someone whose lease expired.
 LEASABLE = ("((state = 'ready' AND available_at <= ?)"
@@ -176,7 +179,8 @@ def outbox_summary_from_row(row: Sequence[Any]) -> OutboxSummary:
         inbound_id=None if row[4] is None else int(row[4]), message_id=row[5], envid=row[6],
         recipient_domain=row[7], attempts=int(row[8]), created_at=row[9], updated_at=row[10],
         available_at=row[11], lease_expires_at=row[12], sent_at=row[13], smtp_code=row[14],
-        error_code=row[15], error_class=row[16], size=int(row[17]))
+        error_code=row[15], error_class=row[16], size=int(row[17]), delivery_status=row[18],
+        read_status=row[19], receipt_at=row[20])
 
 
 # -- audit --------------------------------------------------------------------------------------
@@ -213,3 +217,71 @@ def audit_from_row(row: Sequence[Any]) -> AuditRecord:
     return AuditRecord(int(row[0]), row[1], row[2], row[3], AuditAction(row[4]),
                        None if row[5] is None else int(row[5]),
                        None if row[6] is None else int(row[6]), row[7], row[8])
+
+
+# -- receipts -----------------------------------------------------------------------------------
+
+RECEIPT_KIND = "receipt"  # cipher associated data of returned mails
+RECEIPT_SUMMARY_COLUMNS = ("id, tenant_id, received_at, kind, status, outcome, outbox_id,"
+                           " detail, size")
+
+# A receipt's mark on its outbox row (`?`: delivery status, read status, error code, time, id).
+RECEIPT_UPDATE_SQL = ("UPDATE outbox SET delivery_status = COALESCE(?, delivery_status),"
+                      " read_status = COALESCE(?, read_status),"
+                      " error_code = COALESCE(?, error_code), receipt_at = ? WHERE id = ?")
+FIND_BY_ENVID_SQL = "SELECT id FROM outbox WHERE tenant_id = ? AND envid = ? ORDER BY id"
+FIND_BY_MESSAGE_ID_SQL = ("SELECT id FROM outbox WHERE tenant_id = ? AND message_id = ?"
+                          " ORDER BY id")
+
+
+def receipt_statements(update: ReceiptUpdate, now: float
+                       ) -> list[tuple[str, tuple[Any, ...]]]:
+    """The statements (`?` placeholders) applying `update` to its outbox row: its receipt
+    columns, the SENT → DELIVERED / FAILED settlement of a final DSN, and its audit entry."""
+    statements: list[tuple[str, tuple[Any, ...]]] = [
+        (RECEIPT_UPDATE_SQL, (update.delivery_status, update.read_status, update.error_code, now,
+                              update.outbox_id))]
+    if update.settle is not None:
+        statements.append((SETTLE_SQL, (settle_state(update.settle), update.error_code,
+                                        "receipt", None, None, now, update.outbox_id)))
+    if update.audit is not None:
+        statements.append((AUDIT_SQL, audit_params(update.audit, now, update.outbox_id)))
+    return statements
+
+
+def find_ids(fetch: Callable[[str, tuple[Any, ...]], Sequence[Sequence[Any]]], tenant_id: str,
+             envid: str | None, message_ids: Sequence[str]) -> list[int]:
+    """Outbox rows of `tenant_id` with this envelope id, else with one of these Message-IDs
+    (the first that matches), through `fetch(sql, params)`."""
+    if envid:
+        rows = fetch(FIND_BY_ENVID_SQL, (tenant_id, envid))
+        if rows:
+            return [int(r[0]) for r in rows]
+    for message_id in message_ids:
+        rows = fetch(FIND_BY_MESSAGE_ID_SQL, (tenant_id, message_id))
+        if rows:
+            return [int(r[0]) for r in rows]
+    return []
+
+
+def receipts_query(*, tenant_id: str | None, status: ReceiptStatus | None, limit: int
+                   ) -> tuple[str, tuple[Any, ...]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    if tenant_id is not None:
+        clauses.append("tenant_id = ?")
+        params.append(tenant_id)
+    if status is not None:
+        clauses.append("status = ?")
+        params.append(ReceiptStatus(status).value)
+    where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+    # Only constant column names are interpolated.
+    sql = (f"SELECT {RECEIPT_SUMMARY_COLUMNS} FROM receipts{where}"  # noqa: S608
+           " ORDER BY id DESC LIMIT ?")
+    return sql, (*params, limit)
+
+
+def receipt_summary_from_row(row: Sequence[Any]) -> ReturnedMailSummary:
+    return ReturnedMailSummary(int(row[0]), row[1], row[2], row[3], ReceiptStatus(row[4]),
+                               row[5], None if row[6] is None else int(row[6]), row[7],
+                               int(row[8]))

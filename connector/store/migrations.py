@@ -233,4 +233,53 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX outbox_by_message_id ON outbox (message_id);
         """,
     ),
+    Migration(
+        4,
+        "receipts returned to the application mailbox, per-recipient receipt status",
+        """
+        CREATE TABLE receipts (
+            id                  INTEGER PRIMARY KEY,
+            tenant_id           TEXT    NOT NULL,
+            receipt_key         TEXT    NOT NULL,  -- its Message-ID, else a digest of its bytes
+            received_at         REAL    NOT NULL,
+            kind                TEXT,              -- dsn, mdn, ko-mail, heuristic, or NULL
+            status              TEXT    NOT NULL CHECK (status IN ('matched', 'unmatched')),
+            outcome             TEXT,
+            outbox_id           INTEGER REFERENCES outbox (id),
+            detail              TEXT,              -- why unmatched: no patient data
+            payload_key         TEXT,
+            payload             BLOB,              -- the mail as fetched, sealed, inline or:
+            payload_segment     INTEGER,
+            payload_offset      INTEGER,
+            payload_length      INTEGER,
+            size                INTEGER NOT NULL,
+            UNIQUE (tenant_id, receipt_key)
+        );
+        CREATE INDEX receipts_by_outbox ON receipts (outbox_id);
+        ALTER TABLE outbox ADD COLUMN delivery_status TEXT;
+        ALTER TABLE outbox ADD COLUMN read_status TEXT;
+        ALTER TABLE outbox ADD COLUMN receipt_at REAL
+        """,
+        """
+        CREATE TABLE receipts (
+            id                  BIGINT  GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            tenant_id           TEXT    NOT NULL,
+            receipt_key         TEXT    NOT NULL,  -- its Message-ID, else a digest of its bytes
+            received_at         DOUBLE PRECISION NOT NULL,
+            kind                TEXT,              -- dsn, mdn, ko-mail, heuristic, or NULL
+            status              TEXT    NOT NULL CHECK (status IN ('matched', 'unmatched')),
+            outcome             TEXT,
+            outbox_id           BIGINT  REFERENCES outbox (id),
+            detail              TEXT,              -- why unmatched: no patient data
+            payload_key         TEXT,
+            payload             BYTEA   NOT NULL,  -- the mail as fetched, sealed
+            size                INTEGER NOT NULL,
+            UNIQUE (tenant_id, receipt_key)
+        );
+        CREATE INDEX receipts_by_outbox ON receipts (outbox_id);
+        ALTER TABLE outbox ADD COLUMN delivery_status TEXT;
+        ALTER TABLE outbox ADD COLUMN read_status TEXT;
+        ALTER TABLE outbox ADD COLUMN receipt_at DOUBLE PRECISION
+        """,
+    ),
 )

@@ -228,6 +228,9 @@ class OutboxSummary:
     error_code: str | None
     error_class: str | None
     size: int
+    delivery_status: str | None = None  # the last DSN action for its recipient (delivered...)
+    read_status: str | None = None  # the last MDN disposition (processed, error...)
+    receipt_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,3 +278,61 @@ class AuditRecord:
     inbound_id: int | None
     result: str | None
     detail: str | None
+
+
+# -- receipts -------------------------------------------------------------------------------------
+
+
+class ReceiptStatus(StrEnum):
+    MATCHED = "matched"  # it was about a mail we sent: applied to that outbox row
+    UNMATCHED = "unmatched"  # not a receipt, unreadable, or about no mail of ours: kept aside
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptUpdate:
+    """What one receipt does to one outbox row (the mail to one recipient)."""
+
+    outbox_id: int
+    delivery_status: str | None = None  # DSN Action
+    read_status: str | None = None  # MDN disposition type, "error" when it reports one
+    settle: bool | None = None  # a final DSN: True delivered, False failed; None: no change
+    error_code: str | None = None  # SMTPERRORCODE or application error code (negative only)
+    audit: AuditEntry | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReturnedMail:
+    """A mail fetched from the application mailbox, and what it does: stored (sealed) with its
+    updates and the ZAMs it triggers (`zams`, kind HL7) in one transaction, once per
+    (`tenant_id`, `key`): recording the same mail again changes nothing."""
+
+    tenant_id: str
+    key: str  # the mail's Message-ID, else a digest of its bytes
+    received_at: float
+    raw: bytes = field(repr=False)
+    status: ReceiptStatus
+    kind: str | None = None
+    outcome: str | None = None
+    outbox_id: int | None = None
+    detail: str | None = None  # why unmatched: no patient data
+    updates: tuple[ReceiptUpdate, ...] = ()
+    zams: tuple[OutboxItem, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedMail:
+    id: int
+    duplicate: bool  # recorded before (e.g. fetched again after a crash): nothing was changed
+
+
+@dataclass(frozen=True, slots=True)
+class ReturnedMailSummary:
+    id: int
+    tenant_id: str
+    received_at: float
+    kind: str | None
+    status: ReceiptStatus
+    outcome: str | None
+    outbox_id: int | None
+    detail: str | None
+    size: int

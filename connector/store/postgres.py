@@ -85,6 +85,7 @@ from connector.store._shared import (
     OUTBOX_KIND,
     OUTBOX_SUMMARY_COLUMNS,
     OUTBOX_SUMMARY_WIDTH,
+    RECEIPT_KIND,
     RENEW_SQL,
     RETRY_NOW_SQL,
     RETRY_SQL,
@@ -96,7 +97,11 @@ from connector.store._shared import (
     audit_query,
     check_item,
     check_lease,
+    find_ids,
     outbox_summary_from_row,
+    receipt_statements,
+    receipt_summary_from_row,
+    receipts_query,
     resolve,
     sealed_error,
     settle_state,
@@ -122,6 +127,10 @@ from connector.store.model import (
     OutboxLease,
     OutboxState,
     OutboxSummary,
+    ReceiptStatus,
+    RecordedMail,
+    ReturnedMail,
+    ReturnedMailSummary,
 )
 from connector.store.versions import DocumentRow, VersionPlan, plan_versions
 
@@ -475,6 +484,18 @@ class PostgresStore:
 
         return resolve
 
+    def _insert_outbox(self, conn: Connection, item: OutboxItem, now: float, *,
+                       inbound_id: int | None) -> None:
+        payload = self._cipher.seal(item.payload, OUTBOX_KIND)
+        conn.execute(
+            "INSERT INTO outbox (tenant_id, kind, inbound_id, state, payload_key, payload, size,"
+            " message_id, envid, recipient_domain, created_at, updated_at, available_at)"
+            " VALUES (%s, %s, %s, 'ready', %s, %b, %s, %s, %s, %s, %s, %s, %s)",
+            (item.tenant_id, OutboxKind(item.kind).value, inbound_id, payload.key_id,
+             payload.blob, len(item.payload), item.message_id, item.envid,
+             item.recipient_domain, now, now,
+             now if item.not_before is None else item.not_before))
+
     def _queue_outbox(self, conn: Connection, item: OutboxItem, now: float) -> None:
         """Queue the insert of an outbox row belonging to the inbound row just inserted."""
         payload = self._cipher.seal(item.payload, OUTBOX_KIND)
@@ -654,13 +675,20 @@ class PostgresStore:
                 for r in rows]
 
     async def _fenced(self, sql: str, params: tuple[Any, ...], row_id: int, token: str,
-                      audit: AuditEntry | None = None) -> None:
+                      audit: AuditEntry | None = None, then: Sequence[OutboxItem] = ()
+                      ) -> None:
         statement = _pg(sql)
+        for item in then:
+            check_item(item)
 
         def run(conn: Connection) -> int:
             changed = conn.execute(statement, (*params, row_id, token)).rowcount
             if changed == 1 and audit is not None:
                 conn.execute(_AUDIT_SQL, audit_params(audit, time.time(), row_id))
+            if changed == 1:
+                now = time.time()
+                for item in then:
+                    self._insert_outbox(conn, item, now, inbound_id=item.inbound_id)
             return changed
 
         if await self._transact(run) != 1:
@@ -694,15 +722,17 @@ class PostgresStore:
 
     async def mark_failed(self, row_id: int, token: str, code: str | None = None,
                           detail: str | None = None, *, error_class: str | None = None,
-                          audit: AuditEntry | None = None) -> None:
+                          audit: AuditEntry | None = None, then: Sequence[OutboxItem] = ()
+                          ) -> None:
         errors = sealed_error(self._cipher, code, error_class, detail)
-        await self._fenced(MARK_FAILED_SQL, (*errors, time.time()), row_id, token, audit)
+        await self._fenced(MARK_FAILED_SQL, (*errors, time.time()), row_id, token, audit, then)
 
     async def mark_dead(self, row_id: int, token: str, code: str | None = None,
                         detail: str | None = None, *, error_class: str | None = None,
-                        audit: AuditEntry | None = None) -> None:
+                        audit: AuditEntry | None = None, then: Sequence[OutboxItem] = ()
+                        ) -> None:
         errors = sealed_error(self._cipher, code, error_class, detail)
-        await self._fenced(MARK_DEAD_SQL, (*errors, time.time()), row_id, token, audit)
+        await self._fenced(MARK_DEAD_SQL, (*errors, time.time()), row_id, token, audit, then)
 
     async def schedule_retry(self, row_id: int, token: str, available_at: float,
                              code: str | None = None, detail: str | None = None, *,
@@ -735,6 +765,54 @@ class PostgresStore:
         statement = _pg(sql)
         rows = await self._read(lambda c: c.execute(statement, params).fetchall())
         return [audit_from_row(row) for row in rows]
+
+    # -- receipts -----------------------------------------------------------------------------
+
+    async def find_outbox_ids(self, tenant_id: str, *, envid: str | None = None,
+                              message_ids: Sequence[str] = ()) -> list[int]:
+        def run(conn: Connection) -> list[int]:
+            return find_ids(lambda sql, params: conn.execute(_pg(sql), params).fetchall(),
+                            tenant_id, envid, message_ids)
+
+        return await self._read(run)
+
+    async def record_returned_mail(self, mail: ReturnedMail) -> RecordedMail:
+        for item in mail.zams:
+            check_item(item)
+        sealed = self._cipher.seal(mail.raw, RECEIPT_KIND)
+
+        def run(conn: Connection) -> RecordedMail:
+            row = conn.execute(
+                "INSERT INTO receipts (tenant_id, receipt_key, received_at, kind, status,"
+                " outcome, outbox_id, detail, payload_key, payload, size)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %b, %s)"
+                " ON CONFLICT (tenant_id, receipt_key) DO NOTHING RETURNING id",
+                (mail.tenant_id, mail.key, mail.received_at, mail.kind, mail.status.value,
+                 mail.outcome, mail.outbox_id, mail.detail, sealed.key_id, sealed.blob,
+                 len(mail.raw))).fetchone()
+            if row is None:
+                existing = conn.execute(
+                    "SELECT id FROM receipts WHERE tenant_id = %s AND receipt_key = %s",
+                    (mail.tenant_id, mail.key)).fetchone()
+                assert existing is not None
+                return RecordedMail(int(existing[0]), duplicate=True)
+            now = time.time()
+            for update in mail.updates:
+                for sql, params in receipt_statements(update, now):
+                    conn.execute(_pg(sql), params)
+            for item in mail.zams:
+                self._insert_outbox(conn, item, now, inbound_id=item.inbound_id)
+            return RecordedMail(int(row[0]), duplicate=False)
+
+        return await self._transact(run)
+
+    async def list_returned_mails(self, *, tenant_id: str | None = None,
+                                  status: ReceiptStatus | None = None, limit: int = 100
+                                  ) -> list[ReturnedMailSummary]:
+        sql, params = receipts_query(tenant_id=tenant_id, status=status, limit=limit)
+        statement = _pg(sql)
+        rows = await self._read(lambda c: c.execute(statement, params).fetchall())
+        return [receipt_summary_from_row(row) for row in rows]
 
     async def list_outbox(self, *, tenant_id: str | None = None,
                           state: OutboxState | None = None, limit: int = 100

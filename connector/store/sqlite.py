@@ -41,6 +41,7 @@ from connector.store._shared import (
     OUTBOX_KIND,
     OUTBOX_SUMMARY_COLUMNS,
     OUTBOX_SUMMARY_WIDTH,
+    RECEIPT_KIND,
     RENEW_SQL,
     RETRY_NOW_SQL,
     RETRY_SQL,
@@ -52,7 +53,11 @@ from connector.store._shared import (
     audit_query,
     check_item,
     check_lease,
+    find_ids,
     outbox_summary_from_row,
+    receipt_statements,
+    receipt_summary_from_row,
+    receipts_query,
     resolve,
     sealed_error,
     settle_state,
@@ -78,6 +83,10 @@ from connector.store.model import (
     OutboxLease,
     OutboxState,
     OutboxSummary,
+    ReceiptStatus,
+    RecordedMail,
+    ReturnedMail,
+    ReturnedMailSummary,
 )
 from connector.store.payload_log import PayloadLog, PayloadRef
 from connector.store.versions import DocumentRow, VersionPlan, plan_versions
@@ -552,13 +561,20 @@ class SQLiteStore:
         return rows
 
     async def _fenced(self, sql: str, params: tuple[Any, ...], row_id: int, token: str,
-                      audit: AuditEntry | None = None) -> None:
+                      audit: AuditEntry | None = None, then: Sequence[OutboxItem] = ()
+                      ) -> None:
+        for item in then:
+            check_item(item)
+        sealed_then = [self._cipher.seal(item.payload, OUTBOX_KIND) for item in then]
+
         def run(conn: sqlite3.Connection) -> LeaseLost | None:
             changed = conn.execute(sql, (*params, row_id, token)).rowcount
             if changed != 1:
                 return LeaseLost(f"outbox {row_id}: lease lost")
             if audit is not None:
                 conn.execute(AUDIT_SQL, audit_params(audit, time.time(), row_id))
+            if then:
+                self._enqueue(conn, then, sealed_then, time.time())
             return None
 
         lost = await self._submit(run)
@@ -591,15 +607,17 @@ class SQLiteStore:
 
     async def mark_failed(self, row_id: int, token: str, code: str | None = None,
                           detail: str | None = None, *, error_class: str | None = None,
-                          audit: AuditEntry | None = None) -> None:
+                          audit: AuditEntry | None = None, then: Sequence[OutboxItem] = ()
+                          ) -> None:
         errors = sealed_error(self._cipher, code, error_class, detail)
-        await self._fenced(MARK_FAILED_SQL, (*errors, time.time()), row_id, token, audit)
+        await self._fenced(MARK_FAILED_SQL, (*errors, time.time()), row_id, token, audit, then)
 
     async def mark_dead(self, row_id: int, token: str, code: str | None = None,
                         detail: str | None = None, *, error_class: str | None = None,
-                        audit: AuditEntry | None = None) -> None:
+                        audit: AuditEntry | None = None, then: Sequence[OutboxItem] = ()
+                        ) -> None:
         errors = sealed_error(self._cipher, code, error_class, detail)
-        await self._fenced(MARK_DEAD_SQL, (*errors, time.time()), row_id, token, audit)
+        await self._fenced(MARK_DEAD_SQL, (*errors, time.time()), row_id, token, audit, then)
 
     async def schedule_retry(self, row_id: int, token: str, available_at: float,
                              code: str | None = None, detail: str | None = None, *,
@@ -631,6 +649,55 @@ class SQLiteStore:
                                   until=until, limit=limit)
         rows = await self._read(lambda c: c.execute(sql, params).fetchall())
         return [audit_from_row(row) for row in rows]
+
+    # -- receipts -----------------------------------------------------------------------------
+
+    async def find_outbox_ids(self, tenant_id: str, *, envid: str | None = None,
+                              message_ids: Sequence[str] = ()) -> list[int]:
+        def run(conn: sqlite3.Connection) -> list[int]:
+            return find_ids(lambda sql, params: conn.execute(sql, params).fetchall(),
+                            tenant_id, envid, message_ids)
+
+        return await self._read(run)
+
+    async def record_returned_mail(self, mail: ReturnedMail) -> RecordedMail:
+        for item in mail.zams:
+            check_item(item)
+        sealed = self._cipher.seal(mail.raw, RECEIPT_KIND)
+        sealed_zams = [self._cipher.seal(item.payload, OUTBOX_KIND) for item in mail.zams]
+        return await self._submit(lambda conn: self._record_mail(conn, mail, sealed, sealed_zams))
+
+    def _record_mail(self, conn: sqlite3.Connection, mail: ReturnedMail, sealed: SealedPayload,
+                     sealed_zams: list[SealedPayload]) -> RecordedMail:
+        existing = conn.execute("SELECT id FROM receipts WHERE tenant_id = ? AND receipt_key = ?",
+                                (mail.tenant_id, mail.key)).fetchone()
+        if existing is not None:
+            return RecordedMail(int(existing[0]), duplicate=True)
+        inline: bytes | None = sealed.blob
+        ref: PayloadRef | None = None
+        if len(sealed.blob) > _INLINE_PAYLOAD_MAX:
+            inline, ref = None, self._payloads.append(sealed.blob)
+        cursor = conn.execute(
+            "INSERT INTO receipts (tenant_id, receipt_key, received_at, kind, status, outcome,"
+            " outbox_id, detail, payload_key, payload, payload_segment, payload_offset,"
+            " payload_length, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (mail.tenant_id, mail.key, mail.received_at, mail.kind, mail.status.value,
+             mail.outcome, mail.outbox_id, mail.detail, sealed.key_id, inline,
+             ref and ref.segment, ref and ref.offset, ref and ref.length, len(mail.raw)))
+        now = time.time()
+        for update in mail.updates:
+            for sql, params in receipt_statements(update, now):
+                conn.execute(sql, params)
+        if mail.zams:
+            self._enqueue(conn, mail.zams, sealed_zams, now)
+        return RecordedMail(int(cursor.lastrowid or 0), duplicate=False)
+
+    async def list_returned_mails(self, *, tenant_id: str | None = None,
+                                  status: ReceiptStatus | None = None, limit: int = 100
+                                  ) -> list[ReturnedMailSummary]:
+        sql, params = receipts_query(tenant_id=tenant_id, status=status, limit=limit)
+        rows = await self._read(lambda c: c.execute(sql, params).fetchall())
+        return [receipt_summary_from_row(row) for row in rows]
 
     async def list_outbox(self, *, tenant_id: str | None = None,
                           state: OutboxState | None = None, limit: int = 100
