@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from connector.delivery.job import MailJob
+from connector.delivery.job import MailJob, MalformedJob
 from connector.delivery.smtp import (
     Outcome,
     OutgoingEnvelope,
@@ -26,10 +26,11 @@ from connector.delivery.smtp import (
 )
 from connector.delivery.tls import ClientTls
 from connector.hl7.codes import SmtpErrorCode
+from connector.store import OutboxKind, OutboxLease
 
 
 class TransportSession(Protocol):
-    async def send(self, job: MailJob, *, message_id: str, envid: str) -> SendResult: ...
+    async def send(self, lease: OutboxLease) -> SendResult: ...
 
     async def close(self) -> None: ...
 
@@ -37,7 +38,17 @@ class TransportSession(Protocol):
 class Transport(Protocol):
     @property
     def name(self) -> str:
-        """`smtp` or `maildir`: for metrics, logs and the audit trail."""
+        """`smtp`, `maildir` or `hl7`: for metrics, logs and the audit trail."""
+        ...
+
+    @property
+    def kind(self) -> OutboxKind:
+        """The outbox rows it carries."""
+        ...
+
+    @property
+    def dead_on_refusal(self) -> bool:
+        """A permanent refusal ends the row `dead` (True) rather than `failed`."""
         ...
 
     @property
@@ -58,6 +69,15 @@ def refused_envelope(message_id: str, detail: str) -> SendResult:
                       SmtpErrorCode.MAILBOX_NAME_INVALID, "", detail, dsn_requested=False)
 
 
+def _job(lease: OutboxLease) -> MailJob | SendResult:
+    """The lease's mail job, or the permanent result of a payload that is not one."""
+    try:
+        return MailJob.decode(lease.payload)
+    except MalformedJob as exc:
+        return SendResult(Outcome.PERMANENT, Stage.MAIL, lease.message_id or "", None, None,
+                          SmtpErrorCode.TRANSACTION_FAILED, "", str(exc), dsn_requested=False)
+
+
 # -- SMTP ------------------------------------------------------------------------------------------
 
 
@@ -69,6 +89,9 @@ class SmtpTransport:
     @property
     def name(self) -> str:
         return "smtp"
+
+    kind = OutboxKind.SMTP
+    dead_on_refusal = False
 
     @property
     def actor(self) -> str:
@@ -82,10 +105,14 @@ class _SmtpSession:
     def __init__(self, submitter: SmtpSubmitter) -> None:
         self._submitter = submitter
 
-    async def send(self, job: MailJob, *, message_id: str, envid: str) -> SendResult:
+    async def send(self, lease: OutboxLease) -> SendResult:
+        job = _job(lease)
+        if isinstance(job, SendResult):
+            return job
+        message_id = lease.message_id or ""
         try:
             envelope = OutgoingEnvelope(job.mail_from, job.rcpt_to, job.message,
-                                        message_id=message_id, envid=envid,
+                                        message_id=message_id, envid=lease.envid or str(lease.id),
                                         request_dsn=job.request_dsn)
         except ValueError as exc:  # names the field, never the address
             return refused_envelope(message_id, f"cannot be submitted: {exc}")
@@ -110,6 +137,9 @@ class MaildirTransport:
     def name(self) -> str:
         return "maildir"
 
+    kind = OutboxKind.SMTP
+    dead_on_refusal = False
+
     @property
     def actor(self) -> str:
         return f"{_process_name()} maildir"
@@ -124,7 +154,11 @@ class _MaildirSession:
     def __init__(self, root: Path) -> None:
         self._root = root
 
-    async def send(self, job: MailJob, *, message_id: str, envid: str) -> SendResult:
+    async def send(self, lease: OutboxLease) -> SendResult:
+        job = _job(lease)
+        if isinstance(job, SendResult):
+            return job
+        message_id = lease.message_id or ""
         try:
             name = await asyncio.to_thread(self._deliver, job.message)
         except OSError as exc:

@@ -35,17 +35,17 @@ from dataclasses import dataclass
 
 import structlog
 
-from connector.delivery.job import MailJob, MalformedJob
 from connector.delivery.retry import RetryPolicy
 from connector.delivery.smtp import SESSION_STAGES, Outcome, SendResult
 from connector.delivery.transports import Transport, TransportSession
 from connector.errors import ConfigError, LeaseLost, StoreError
 from connector.observability.metrics import ConnectorMetrics
-from connector.store import AuditAction, AuditEntry, OutboxKind, OutboxLease, OutboxStore
+from connector.store import AuditAction, AuditEntry, OutboxItem, OutboxLease, OutboxStore
 
 log = structlog.get_logger(__name__)
 
-SMTP_KINDS = (OutboxKind.SMTP,)
+#: Rows to enqueue with a final refusal of `lease` (e.g. the negative ZAM^Z02).
+FollowUp = Callable[[OutboxLease, SendResult], Awaitable[Sequence[OutboxItem]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,8 +97,9 @@ class TenantDelivery:
     def __init__(self, tenant_id: str, store: OutboxStore, transport: Transport, *,
                  limits: DeliveryLimits | None = None, retry: RetryPolicy | None = None,
                  metrics: ConnectorMetrics | None = None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, follow_up: FollowUp | None = None) -> None:
         self.tenant_id = tenant_id
+        self.follow_up = follow_up
         self.store = store
         self.transport = transport
         self.limits = limits or DeliveryLimits()
@@ -152,7 +153,8 @@ class TenantDelivery:
                     await self._sleep(self.paused_until - time.time())
                     continue
                 leases = await self.store.lease(
-                    tenant_id=self.tenant_id, kinds=SMTP_KINDS, limit=self.limits.batch_size,
+                    tenant_id=self.tenant_id, kinds=(self.transport.kind,),
+                    limit=self.limits.batch_size,
                     lease_seconds=self.limits.lease_seconds)
                 if not leases:
                     await self._sleep(self.limits.poll_seconds)
@@ -224,16 +226,7 @@ class TenantDelivery:
 
     async def _deliver_one(self, session: TransportSession, lease: OutboxLease) -> None:
         started = time.perf_counter()
-        try:
-            job = MailJob.decode(lease.payload)
-        except MalformedJob as exc:
-            reason = str(exc)
-            await self._transition(lease, "failed", lambda: self.store.mark_failed(
-                lease.id, lease.token, None, reason, error_class="malformed",
-                audit=AuditEntry(self.transport.actor, AuditAction.REFUSED, None, reason)))
-            return
-        result = await session.send(job, message_id=lease.message_id or "",
-                                    envid=lease.envid or str(lease.id))
+        result = await session.send(lease)
         if self.metrics is not None:
             self.metrics.delivery_attempted(self.tenant_id, self.transport.name,
                                             result.outcome.value,
@@ -257,9 +250,14 @@ class TenantDelivery:
                      dsn_requested=result.dsn_requested)
             return
         if result.outcome is Outcome.PERMANENT:
-            await self._transition(lease, "failed", lambda: self.store.mark_failed(
+            then = await self._follow_up(lease, result)
+            mark = (self.store.mark_dead if self.transport.dead_on_refusal
+                    else self.store.mark_failed)
+            await self._transition(lease, "failed", lambda: mark(
                 lease.id, lease.token, error, detail, error_class=result.outcome.value,
-                audit=AuditEntry(actor, AuditAction.REFUSED, code, said)))
+                audit=AuditEntry(actor, AuditAction.REFUSED, code, said), then=then))
+            if self.metrics is not None and self.transport.dead_on_refusal:
+                self.metrics.refused_for_good.labels(self.tenant_id, self.transport.name).inc()
             log.warning("mail_refused", tenant=self.tenant_id, outbox_id=lease.id,
                         smtp_code=code, smtp_error=error, stage=result.stage.value,
                         detail=result.detail)
@@ -280,9 +278,10 @@ class TenantDelivery:
             if due is not None:
                 due = max(due, self.paused_until)
         if due is None:
+            then = await self._follow_up(lease, result)
             await self._transition(lease, "dead", lambda: self.store.mark_dead(
                 lease.id, lease.token, error, detail, error_class=result.outcome.value,
-                audit=AuditEntry(actor, AuditAction.EXPIRED, code, said)))
+                audit=AuditEntry(actor, AuditAction.EXPIRED, code, said), then=then))
             log.error("mail_dead", tenant=self.tenant_id, outbox_id=lease.id,
                       smtp_error=error, attempts=lease.attempt,
                       budget_hours=self.retry.budget_seconds / 3600, detail=result.detail)
@@ -295,6 +294,17 @@ class TenantDelivery:
             log.info("mail_deferred", tenant=self.tenant_id, outbox_id=lease.id,
                      smtp_code=code, smtp_error=error, attempt=lease.attempt,
                      retry_in_seconds=round(retry_at - now, 1), detail=result.detail)
+
+    async def _follow_up(self, lease: OutboxLease, result: SendResult
+                         ) -> Sequence[OutboxItem]:
+        """Rows to enqueue with a final refusal (the negative ZAM^Z02), from `follow_up`."""
+        if self.follow_up is None:
+            return ()
+        try:
+            return await self.follow_up(lease, result)
+        except Exception:  # the refusal is recorded anyway; the ZAM is logged as missing
+            log.exception("delivery_follow_up_failed", tenant=self.tenant_id, outbox_id=lease.id)
+            return ()
 
     def _pause(self, until: float, result: SendResult, *, config: bool) -> None:
         first = not self.paused
@@ -326,19 +336,28 @@ class TenantDelivery:
 
 
 class DeliveryService:
-    """Every tenant's delivery, started and stopped together."""
+    """Every tenant's delivery (and return path), started and stopped together."""
 
     def __init__(self, tenants: Sequence[TenantDelivery]) -> None:
         self.tenants = {t.tenant_id: t for t in tenants}
+        self.returns: dict[str, TenantDelivery] = {}  # ZAMs back to each tenant's HIS
+
+    def _all(self) -> list[TenantDelivery]:
+        return [*self.tenants.values(), *self.returns.values()]
 
     def start(self) -> None:
-        for tenant in self.tenants.values():
-            tenant.start()
+        for worker in self._all():
+            worker.start()
 
     def wake(self, tenant_id: str) -> None:
         tenant = self.tenants.get(tenant_id)
         if tenant is not None:
             tenant.wake()
 
+    def wake_return(self, tenant_id: str) -> None:
+        worker = self.returns.get(tenant_id)
+        if worker is not None:
+            worker.wake()
+
     async def stop(self, grace_seconds: float = 10.0) -> None:
-        await asyncio.gather(*(t.stop(grace_seconds) for t in self.tenants.values()))
+        await asyncio.gather(*(w.stop(grace_seconds) for w in self._all()))

@@ -60,6 +60,11 @@ class ConnectorMetrics:
             "Outbox transitions refused because the worker no longer held the row's lease",
             ["tenant"], registry=self.registry)
 
+        self.refused_for_good = Counter(
+            "mssconnector_delivery_refused",
+            "Rows refused for good by their peer and left dead (alert on it: e.g. the HIS "
+            "answered AE to a ZAM)", ["tenant", "transport"], registry=self.registry)
+
     def delivery_attempted(self, tenant: str, transport: str, result: str,
                            seconds: float) -> None:
         self.smtp_sends.labels(tenant, transport, result).inc()

@@ -1,0 +1,167 @@
+"""The tenant's application mailbox over IMAP (blocking `imaplib`; the poller runs it in a thread).
+
+STARTTLS on 143 or implicit TLS on 993, with the same client TLS as SMTP (IGC-Santé roots passed
+explicitly, the application mailbox's certificate), then an optional LOGIN. Mails are read by UID
+with `BODY.PEEK[]` (never marked seen by reading) and moved to the processed or unmatched folder
+only after the caller committed what it learnt (UID MOVE, else COPY + \\Deleted + EXPUNGE).
+
+IDLE (RFC 2177) is used when offered: the poller waits for the server's word instead of polling.
+Whatever the wait saw, the next round searches the whole folder, so a notification lost in a
+buffer only delays a mail until the wait ends.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import select
+import ssl
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from connector.delivery.tls import ClientTls
+from connector.errors import ConnectorError
+
+
+class ImapError(ConnectorError):
+    """The mailbox cannot be used now (connection, TLS, login, a refused command)."""
+
+
+class ImapTlsMode(StrEnum):
+    STARTTLS = "starttls"
+    IMPLICIT_TLS = "implicit-tls"
+
+
+@dataclass(frozen=True, slots=True)
+class ImapEndpoint:
+    host: str
+    port: int = 993
+    mode: ImapTlsMode = ImapTlsMode.IMPLICIT_TLS
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    mailbox: str = "INBOX"
+    processed_folder: str = "processed"
+    unmatched_folder: str = "unmatched"
+    timeout_seconds: float = 30.0
+
+
+class ImapMailbox:
+    def __init__(self, endpoint: ImapEndpoint, tls: ClientTls) -> None:
+        self.endpoint = endpoint
+        self._tls = tls
+        self._conn: imaplib.IMAP4 | None = None
+        self.capabilities: frozenset[str] = frozenset()
+
+    @property
+    def where(self) -> str:
+        return f"imap://{self.endpoint.host}:{self.endpoint.port}"
+
+    def connect(self) -> None:
+        e = self.endpoint
+        try:
+            if e.mode is ImapTlsMode.IMPLICIT_TLS:
+                conn: imaplib.IMAP4 = imaplib.IMAP4_SSL(e.host, e.port,
+                                                        ssl_context=self._tls.context,
+                                                        timeout=e.timeout_seconds)
+            else:
+                conn = imaplib.IMAP4(e.host, e.port, timeout=e.timeout_seconds)
+                conn.starttls(ssl_context=self._tls.context)
+            if e.username is not None:
+                conn.login(e.username, e.password or "")
+            for folder in (e.processed_folder, e.unmatched_folder):
+                conn.create(folder)  # NO when it exists: fine
+            self._ok(conn.select(e.mailbox), "SELECT")
+        except ssl.SSLError as exc:
+            raise ImapError(f"TLS with {self.where} failed ({exc.reason}); trusted: "
+                            f"{self._tls.trust}") from exc
+        except (OSError, imaplib.IMAP4.error) as exc:
+            raise ImapError(f"{self.where}: {_reason(exc)}") from exc
+        self._conn = conn
+        self.capabilities = frozenset(c.upper() for c in conn.capabilities)
+
+    def _ok(self, answer: tuple[str, Sequence[object]], command: str) -> list[object]:
+        status, data = answer
+        if status != "OK":
+            raise ImapError(f"{self.where}: {command} refused")
+        return list(data)
+
+    @property
+    def conn(self) -> imaplib.IMAP4:
+        if self._conn is None:
+            raise ImapError(f"{self.where}: not connected")
+        return self._conn
+
+    def uids(self) -> list[str]:
+        """Every mail of the watched folder, oldest first."""
+        data = self._call(lambda c: c.uid("SEARCH", "ALL"), "UID SEARCH")
+        first = data[0] if data else b""
+        return [uid.decode() for uid in first.split()] if isinstance(first, bytes) else []
+
+    def fetch(self, uid: str) -> bytes | None:
+        """The mail's bytes, or None when it is gone (moved by someone else)."""
+        data = self._call(lambda c: c.uid("FETCH", uid, "(BODY.PEEK[])"), "UID FETCH")
+        for item in data:
+            if isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], bytes):
+                return item[1]
+        return None
+
+    def move(self, uid: str, folder: str) -> None:
+        if "MOVE" in self.capabilities:
+            self._call(lambda c: c.uid("MOVE", uid, folder), "UID MOVE")
+            return
+        self._call(lambda c: c.uid("COPY", uid, folder), "UID COPY")
+        self._call(lambda c: c.uid("STORE", uid, "+FLAGS.SILENT", r"(\Deleted)"), "UID STORE")
+        if "UIDPLUS" in self.capabilities:
+            self._call(lambda c: c.uid("EXPUNGE", uid), "UID EXPUNGE")
+        else:
+            self._call(lambda c: c.expunge(), "EXPUNGE")
+
+    def wait(self, seconds: float) -> None:
+        """IDLE up to `seconds` (or until the server reports a change); NOOP without IDLE."""
+        conn = self.conn
+        if "IDLE" not in self.capabilities:
+            self._call(lambda c: c.noop(), "NOOP")
+            return
+        try:
+            tag: bytes = conn._new_tag()  # imaplib has no IDLE before Python 3.14
+            conn.send(tag + b" IDLE\r\n")
+            if not conn.readline().startswith(b"+"):
+                raise ImapError(f"{self.where}: IDLE refused")
+            sock = conn.socket()
+            pending = sock.pending() if isinstance(sock, ssl.SSLSocket) else 0
+            if not pending:
+                select.select([sock], [], [], seconds)
+            conn.send(b"DONE\r\n")
+            while True:
+                line = conn.readline()
+                if not line:
+                    raise ImapError(f"{self.where}: connection closed during IDLE")
+                if line.startswith(tag):
+                    if b" OK" not in line[:len(tag) + 4]:
+                        raise ImapError(f"{self.where}: IDLE ended with an error")
+                    return
+        except (OSError, imaplib.IMAP4.error) as exc:
+            raise ImapError(f"{self.where}: {_reason(exc)}") from exc
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            conn.logout()
+        except (OSError, imaplib.IMAP4.error):
+            conn.shutdown()
+
+    def _call(self, command: Callable[[imaplib.IMAP4], tuple[str, Sequence[object]]],
+              name: str) -> list[object]:
+        try:
+            answer = command(self.conn)
+        except (OSError, imaplib.IMAP4.error) as exc:
+            raise ImapError(f"{self.where}: {name}: {_reason(exc)}") from exc
+        return self._ok(answer, name)
+
+
+def _reason(exc: BaseException) -> str:
+    """The error without the server's free text beyond its first line (it may quote a mail)."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:200]

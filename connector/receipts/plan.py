@@ -1,0 +1,192 @@
+"""What a receipt does to the mail it is about, and which ZAM it returns to the hospital (pure).
+
+One outbox row is one mail to one recipient, so a receipt matched to a row speaks of that
+recipient: the DSN block whose Original-Recipient / Final-Recipient is the row's recipient (else
+the only block), or the MDN / KO mail as a whole.
+
+| receipt | row | ZAM (only when the request asked for it) |
+|---|---|---|
+| DSN `delivered` / `expanded` | sent → delivered | Z02 Y (ACK_RECEPTION = Y) |
+| DSN `failed`, heuristic bounce | sent → failed, SMTPERRORCODE | Z02 N, ERR-5 SMTPERRORCODE |
+| DSN `delayed`, `relayed` | status noted, not final | none now (see below) |
+| MDN `processed` / `displayed` | read status noted | Z03 Y (ACK_LECTURE_MSS = Y) |
+| MDN with an error, KO mail | read status `error`, code | Z03 N, ERR-5 code^libellé |
+| MDN `deleted` / `dispatched` | read status noted | none: it says nothing of integration |
+
+A permanent submission failure (5xx, or the retry budget spent) also returns Z02 N with its
+SMTPERRORCODE, from the delivery worker (`negative_submission_zam`).
+
+Not final yet: `delayed` (the operator keeps trying) and `relayed` (the next hop does not do DSN,
+so no final report will come). Nothing is returned for them; the row keeps `sent` with its
+`delivery_status`, visible in `outbox show`. No timer turns silence into a ZAM in this version.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Final
+
+from connector.delivery.job import MailJob
+from connector.hl7.codes import Severity, SmtpErrorCode
+from connector.hl7.zam import (
+    HierarchicDesignator,
+    ZamError,
+    ZamEvent,
+    ZamRequest,
+    build_zam,
+)
+from connector.mail.receipts import (
+    DeliveryAction,
+    Outcome,
+    Receipt,
+    ReceiptKind,
+    RecipientOutcome,
+    smtp_error_for,
+)
+from connector.store import (
+    AuditAction,
+    AuditEntry,
+    InboundSummary,
+    OutboxItem,
+    OutboxKind,
+    ReceiptUpdate,
+)
+
+FINAL_DELIVERED: Final = frozenset({DeliveryAction.DELIVERED, DeliveryAction.EXPANDED})
+
+
+@dataclass(frozen=True, slots=True)
+class ZamIdentity:
+    """Who the ZAMs come from (our MSH-3/4) and how they are encoded."""
+
+    application: str
+    facility: str
+    charset: str = "UNICODE UTF-8"
+    codec: str = "utf-8"
+
+
+@dataclass(frozen=True, slots=True)
+class SentMail:
+    """What is known of one sent mail: its row, its request and its envelope."""
+
+    outbox_id: int
+    tenant_id: str
+    inbound: InboundSummary
+    job: MailJob
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptEffect:
+    update: ReceiptUpdate
+    zam: OutboxItem | None
+    outcome: Outcome
+
+
+def recipient_block(receipt: Receipt, address: str) -> RecipientOutcome | None:
+    """The block about `address` (case-insensitive domain, exact local part), else the only
+    block, else None."""
+    wanted = _normal(address)
+    for block in receipt.recipients:
+        if wanted in (_normal(block.original_recipient), _normal(block.final_recipient)):
+            return block
+    return receipt.recipients[0] if len(receipt.recipients) == 1 else None
+
+
+def _normal(address: str) -> str:
+    local, _, domain = address.strip().partition("@")
+    return f"{local}@{domain.lower()}" if domain else ""
+
+
+class ReceiptPlanner:
+    def __init__(self, identity: ZamIdentity, control_ids: Callable[[], str], *,
+                 actor: str) -> None:
+        self.identity = identity
+        self.control_ids = control_ids
+        self.actor = actor
+
+    def effect(self, receipt: Receipt, mail: SentMail, *, now: datetime | None = None
+               ) -> ReceiptEffect | None:
+        """The update and ZAM for `mail`; None when the receipt says nothing of its recipient."""
+        block = recipient_block(receipt, mail.job.rcpt_to)
+        if block is None:
+            return None
+        when = receipt.date or now or datetime.now(UTC)
+        if receipt.kind in (ReceiptKind.DSN, ReceiptKind.HEURISTIC):  # delivery (Z02)
+            return self._delivery(receipt, block, mail, when)
+        return self._reading(block, mail, when)  # MDN, KO mail: integration (Z03)
+
+    def _delivery(self, receipt: Receipt, block: RecipientOutcome, mail: SentMail,
+                  when: datetime) -> ReceiptEffect:
+        action = block.action.value if block.action else (block.action_text or None)
+        status = action or ("failed" if block.outcome is Outcome.NEGATIVE else None)
+        if block.outcome is Outcome.POSITIVE and block.action in FINAL_DELIVERED:
+            zam = self._zam(ZamEvent.RECEPTION_MSS, mail, True, when) \
+                if mail.job.request_dsn else None
+            return ReceiptEffect(
+                ReceiptUpdate(mail.outbox_id, delivery_status="delivered", settle=True,
+                              audit=AuditEntry(self.actor, AuditAction.DELIVERED,
+                                               block.status or None, receipt.kind.value)),
+                zam, block.outcome)
+        if block.outcome is Outcome.NEGATIVE:
+            error = smtp_error_for(block) or SmtpErrorCode.TRANSACTION_FAILED
+            zam = self._zam(ZamEvent.RECEPTION_MSS, mail, False, when,
+                            ZamError.smtp(error)) if mail.job.request_dsn else None
+            return ReceiptEffect(
+                ReceiptUpdate(mail.outbox_id, delivery_status=status or "failed", settle=False,
+                              error_code=error.code,
+                              audit=AuditEntry(self.actor, AuditAction.UNDELIVERED, error.code,
+                                               f"{receipt.kind.value} {block.status}".strip())),
+                zam, block.outcome)
+        return ReceiptEffect(ReceiptUpdate(mail.outbox_id, delivery_status=status), None,
+                             block.outcome)
+
+    def _reading(self, block: RecipientOutcome, mail: SentMail,
+                 when: datetime) -> ReceiptEffect:
+        reader = block.final_recipient or mail.job.rcpt_to
+        if block.outcome is Outcome.NEGATIVE:
+            reported = block.error
+            code = reported.code if reported else ""
+            label = reported.label if reported else "Erreur d'intégration"
+            severity = reported.severity if reported and reported.severity else Severity.ERROR
+            zam = self._zam(ZamEvent.LECTURE_MSS, mail, False, when,
+                            ZamError(code or "906", label, severity), reader=reader) \
+                if mail.job.request_mdn else None
+            return ReceiptEffect(ReceiptUpdate(mail.outbox_id, read_status="error",
+                                               error_code=code or None), zam, block.outcome)
+        kind = block.disposition.type_text if block.disposition else None
+        if block.outcome is Outcome.POSITIVE:
+            zam = self._zam(ZamEvent.LECTURE_MSS, mail, True, when, reader=reader) \
+                if mail.job.request_mdn else None
+            return ReceiptEffect(ReceiptUpdate(mail.outbox_id, read_status=kind or "read"), zam,
+                                 block.outcome)
+        return ReceiptEffect(ReceiptUpdate(mail.outbox_id, read_status=kind), None,
+                             block.outcome)
+
+    def negative_submission_zam(self, mail: SentMail, error: SmtpErrorCode,
+                                when: datetime | None = None) -> OutboxItem | None:
+        """Z02 N for a mail the operator refused for good (or that ran out of retries)."""
+        if not mail.job.request_dsn:
+            return None
+        return self._zam(ZamEvent.RECEPTION_MSS, mail, False, when or datetime.now(UTC),
+                         ZamError.smtp(error))
+
+    def _zam(self, event: ZamEvent, mail: SentMail, positive: bool, when: datetime,
+             error: ZamError | None = None, *, reader: str | None = None) -> OutboxItem:
+        control_id = self.control_ids()
+        inbound = mail.inbound
+        text = build_zam(ZamRequest(
+            event=event, control_id=control_id,
+            original_control_id=inbound.control_id or "",
+            receiving_application=HierarchicDesignator.from_raw(
+                inbound.sending_application or ""),
+            receiving_facility=HierarchicDesignator.from_raw(inbound.sending_facility or ""),
+            recipient_address=reader or mail.job.rcpt_to, positive=positive, event_time=when,
+            sending_application=HierarchicDesignator(self.identity.application),
+            sending_facility=HierarchicDesignator(self.identity.facility),
+            error=error, charset=self.identity.charset))
+        return OutboxItem(tenant_id=mail.tenant_id, kind=OutboxKind.HL7,
+                          payload=text.encode(self.identity.codec, errors="replace"),
+                          inbound_id=inbound.id, message_id=control_id,
+                          recipient_domain=mail.job.rcpt_to.partition("@")[2].lower() or None)
