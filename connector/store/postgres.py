@@ -63,6 +63,7 @@ import contextlib
 import hashlib
 import queue
 import secrets
+import select
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -92,6 +93,7 @@ from connector.store._shared import (
     SETTLE_SQL,
     SUMMARY_COLUMNS,
     SUMMARY_WIDTH,
+    Claim,
     audit_from_row,
     audit_params,
     audit_query,
@@ -306,9 +308,10 @@ class PostgresStore:
         outcomes: list[tuple[_Job, Any, BaseException | None]] = []
         for attempt in range(_ROLLBACK_RETRIES + 1):
             try:
-                if conn.closed or conn.broken or conn.info.transaction_status != _IDLE:
+                if _stale(conn) or conn.info.transaction_status != _IDLE:
                     # Never run a batch in a leftover transaction: transaction() would make it
-                    # a savepoint, and its rows would not be committed when it "ends".
+                    # a savepoint, and its rows would not be committed when it "ends". Nor on a
+                    # connection the server closed while it was idle (restart, fail-over).
                     with contextlib.suppress(psycopg.Error):
                         conn.close()
                     conn = self._connect()
@@ -768,6 +771,28 @@ class PostgresStore:
 
     # -- receipts -----------------------------------------------------------------------------
 
+    async def claim(self, name: str) -> Claim | None:
+        """A session advisory lock on a connection of its own: None when another process holds
+        it. Released by `release()`, or by the server when this process dies."""
+        if self._closed:
+            raise StoreUnavailable("the store is closed")
+        key = _key(self._seed, "claim", name)
+
+        def take() -> Claim | None:
+            with _translated("PostgreSQL claim failed"):
+                conn = self._connect()
+                try:
+                    row = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+                except BaseException:
+                    conn.close()
+                    raise
+            if not (row and row[0]):
+                conn.close()
+                return None
+            return Claim(conn.close)  # closing the session releases its advisory locks
+
+        return await asyncio.to_thread(take)
+
     async def find_outbox_ids(self, tenant_id: str, *, envid: str | None = None,
                               message_ids: Sequence[str] = ()) -> list[int]:
         def run(conn: Connection) -> list[int]:
@@ -902,6 +927,9 @@ class _ReaderPool:
         with self._slots:
             with self._lock:
                 conn = self._idle.pop() if self._idle else None
+            if conn is not None and _stale(conn):  # closed by the server while idle
+                conn.close()
+                conn = None
             if conn is None:
                 conn = self._connect()
             try:
@@ -920,6 +948,22 @@ class _ReaderPool:
             idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
+
+
+def _stale(conn: Connection) -> bool:
+    """True when `conn` cannot be used: closed, broken, or closed by the server while it was
+    idle. A server that restarts, fails over or terminates the backend sends its FATAL error and
+    closes the socket; an idle connection (we never LISTEN) has nothing else to read, so a
+    readable socket means it is gone. Checked without a round trip, before each use of an idle
+    connection, so that the first call after a restart does not fail on it."""
+    if conn.closed or conn.broken:
+        return True
+    try:
+        poller = select.poll()  # not select(): it fails on descriptors above 1023
+        poller.register(conn.fileno(), select.POLLIN)
+        return bool(poller.poll(0))  # POLLIN, or POLLHUP/POLLERR
+    except (OSError, ValueError, psycopg.Error):
+        return True
 
 
 def _storable(m: InboundMessage) -> InboundMessage:
