@@ -27,6 +27,8 @@ from connector.pipeline.documents import (
 )
 from connector.pipeline.intake import IntakeConfig, IntakeHandler
 from connector.pipeline.outgoing import MailPlanner
+from connector.receipts.factory import build_receipts
+from connector.receipts.poller import ReceiptPoller
 from connector.settings import Settings, StoreBackend, TenantSettings
 from connector.store.cipher import PayloadCipher
 from connector.store.sqlite import SQLiteStore
@@ -85,6 +87,7 @@ class Application:
     metrics: ConnectorMetrics = field(default_factory=ConnectorMetrics)
     admin: AdminServer | None = None
     delivery: DeliveryService = field(default_factory=lambda: DeliveryService(()))
+    pollers: list[ReceiptPoller] = field(default_factory=list)
 
     @classmethod
     def build(cls, settings: Settings) -> Application:
@@ -104,8 +107,15 @@ class Application:
                 checkers[policy] = build_cda_checker(settings, policy)
             cisis = CisisIntake(tenant.cisis, checkers[policy], whitelist)
             planner = _planner(tenant, prefix, settings.source)
+            receipts = build_receipts(tenant, store, prefix=prefix, source=settings.source,
+                                      control_ids=control_ids, metrics=app.metrics)
             deliveries.append(build_delivery(tenant, store, prefix=prefix,
-                                             source=settings.source, metrics=app.metrics))
+                                             source=settings.source, metrics=app.metrics,
+                                             follow_up=receipts.follow_up))
+            if receipts.returns is not None:
+                app.delivery.returns[tenant.id] = receipts.returns
+            if receipts.poller is not None:
+                app.pollers.append(receipts.poller)
             for listener in tenant.listeners:
                 handler = IntakeHandler(
                     IntakeConfig(tenant.id, listener.name,
@@ -125,6 +135,8 @@ class Application:
             for server in self.servers:
                 await server.start()
             self.delivery.start()
+            for poller in self.pollers:
+                poller.start()
             if self.settings.admin is not None:
                 self.admin = AdminServer(self.settings.admin.host, self.settings.admin.port,
                                          self.metrics, self.readiness)
@@ -148,6 +160,7 @@ class Application:
         for handler in self.handlers:
             handler.draining = True
         await asyncio.gather(*(s.stop(grace_seconds) for s in self.servers))
+        await asyncio.gather(*(poller.stop() for poller in self.pollers))
         await self.delivery.stop(grace_seconds)
         if self.admin is not None:
             await self.admin.stop()

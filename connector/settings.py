@@ -123,6 +123,42 @@ class TransportSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ReceiptsSettings:
+    """The application mailbox over IMAP, where DSNs and MDNs come back. TLS material defaults to
+    the SMTP transport's (the same application mailbox certificate)."""
+
+    host: str
+    port: int = 993
+    tls: SmtpTlsMode = SmtpTlsMode.IMPLICIT_TLS
+    ca_bundle: Path | None = None
+    client_certificate: Path | None = None
+    client_private_key: Path | None = None
+    client_private_key_password: str | None = field(default=None, repr=False)
+    client_pkcs12: Path | None = None
+    client_pkcs12_password: str | None = field(default=None, repr=False)
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    mailbox: str = "INBOX"
+    processed_folder: str = "processed"
+    unmatched_folder: str = "unmatched"
+    idle_seconds: float = 60.0
+    poll_seconds: float = 10.0
+    timeout_seconds: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class HisSettings:
+    """Where ZAM^Z02/Z03 go: the hospital's MLLP listener (optional TLS)."""
+
+    host: str
+    port: int
+    timeout_seconds: float = 30.0
+    ca_bundle: Path | None = None  # set: TLS, the HIS certificate verified against it
+    client_certificate: Path | None = None
+    client_private_key: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class DeliverySettings:
     """How a tenant's mails are sent: parallelism, rate and retries."""
 
@@ -180,6 +216,8 @@ class TenantSettings:
     mailbox: MailboxSettings = MailboxSettings()
     oid: str | None = None  # the establishment's OID: XDM sourceId, local ids without an OID
     delivery: DeliverySettings = DeliverySettings()
+    receipts: ReceiptsSettings | None = None  # no IMAP polling unless configured
+    his: HisSettings | None = None  # no ZAM unless configured
 
 
 @dataclass(frozen=True, slots=True)
@@ -547,6 +585,8 @@ def _tenant(reader: _Reader, index: int, base: Path) -> TenantSettings:
         mailbox=_mailbox(reader),
         oid=_oid(reader, "oid"),
         delivery=_delivery(reader),
+        receipts=_receipts(reader),
+        his=_his(reader),
     )
     reader.close()
     if tenant.oid is None:
@@ -608,6 +648,59 @@ def _smtp(tr: _Reader) -> SmtpSettings:
     for key in needs:
         if getattr(settings, key.removesuffix("_env")) is None:
             raise tr.fail(key, f"is required for sasl = {sasl.value!r}")
+    return settings
+
+
+def _client_tls_keys(r: _Reader) -> dict[str, Any]:
+    certificate = r.path("client_certificate", must_exist=True)
+    private_key = r.path("client_private_key", must_exist=True)
+    if (certificate is None) != (private_key is None):
+        raise r.fail("client_private_key" if certificate else "client_certificate",
+                     "client_certificate and client_private_key go together")
+    return {"ca_bundle": r.path("ca_bundle", must_exist=True),
+            "client_certificate": certificate, "client_private_key": private_key}
+
+
+def _receipts(reader: _Reader) -> ReceiptsSettings | None:
+    table = reader.subtable("receipts")
+    if table is None:
+        return None
+    r = _Reader(table, reader.key("receipts"), reader.source, reader.env)
+    tls = _choice(r, "tls", SmtpTlsMode, SmtpTlsMode.IMPLICIT_TLS)
+    pkcs12 = r.path("client_pkcs12", must_exist=True)
+    settings = ReceiptsSettings(
+        host=r.req_str("host"),
+        port=r.integer("port", 993 if tls is SmtpTlsMode.IMPLICIT_TLS else 143, 1, 65535),
+        tls=tls,
+        **_client_tls_keys(r),
+        client_private_key_password=r.secret("client_private_key_password"),
+        client_pkcs12=pkcs12,
+        client_pkcs12_password=r.secret("client_pkcs12_password"),
+        username=r.text("username"),
+        password=r.secret("password"),
+        mailbox=r.text("mailbox", "INBOX") or "INBOX",
+        processed_folder=r.text("processed_folder", "processed") or "processed",
+        unmatched_folder=r.text("unmatched_folder", "unmatched") or "unmatched",
+        idle_seconds=r.number("idle_seconds", 60.0, 0.1, 1740.0),  # RFC 2177: under 29 min
+        poll_seconds=r.number("poll_seconds", 10.0, 0.05, 3600.0),
+        timeout_seconds=r.number("timeout_seconds", 30.0, 0.1, 600.0),
+    )
+    r.close()
+    return settings
+
+
+def _his(reader: _Reader) -> HisSettings | None:
+    table = reader.subtable("his")
+    if table is None:
+        return None
+    r = _Reader(table, reader.key("his"), reader.source, reader.env)
+    host = r.req_str("host")
+    port = r.integer("port", 0, 1, 65535)
+    if "port" not in table:
+        raise r.fail("port", "is required")
+    settings = HisSettings(host, port, r.number("timeout_seconds", 30.0, 0.1, 600.0),
+                           **_client_tls_keys(r))
+    r.close()
     return settings
 
 

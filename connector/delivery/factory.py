@@ -12,7 +12,7 @@ from connector.delivery.tls import (
     build_client_tls,
 )
 from connector.delivery.transports import MaildirTransport, SmtpTransport, Transport
-from connector.delivery.worker import DeliveryLimits, TenantDelivery
+from connector.delivery.worker import DeliveryLimits, FollowUp, TenantDelivery
 from connector.errors import ConfigError
 from connector.observability.metrics import ConnectorMetrics
 from connector.settings import DeliverySettings, SmtpSettings, TenantSettings, TransportKind
@@ -84,12 +84,12 @@ def retry_policy(settings: DeliverySettings) -> RetryPolicy:
 
 
 def build_delivery(tenant: TenantSettings, store: OutboxStore, *, prefix: str,
-                   source: str | None = None, metrics: ConnectorMetrics | None = None
-                   ) -> TenantDelivery:
+                   source: str | None = None, metrics: ConnectorMetrics | None = None,
+                   follow_up: FollowUp | None = None) -> TenantDelivery:
     transport = build_transport(tenant, prefix=prefix, source=source)
     try:
         limits, retry = delivery_limits(tenant.delivery), retry_policy(tenant.delivery)
     except ConfigError as exc:
         raise _rekeyed(exc, prefix, source) from exc
     return TenantDelivery(tenant.id, store, transport, limits=limits, retry=retry,
-                          metrics=metrics)
+                          metrics=metrics, follow_up=follow_up)

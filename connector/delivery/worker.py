@@ -177,8 +177,9 @@ class TenantDelivery:
     async def deliver(self, leases: Sequence[OutboxLease]) -> None:
         """Send `leases` over one transport session, renewing them meanwhile."""
         lost: set[int] = set()
+        settling: set[int] = set()  # transitions under way: a renewal racing them is no loss
         remaining = {lease.id: lease for lease in leases}
-        renewer = asyncio.create_task(self._renew(remaining, lost))
+        renewer = asyncio.create_task(self._renew(remaining, lost, settling))
         session = self.transport.session()
         try:
             for lease in leases:
@@ -188,7 +189,7 @@ class TenantDelivery:
                 if self._stopping or self.paused:
                     break
                 await self._rate.acquire()
-                await self._deliver_one(session, lease)
+                await self._deliver_one(session, lease, settling)
                 remaining.pop(lease.id, None)
         finally:
             renewer.cancel()
@@ -198,16 +199,19 @@ class TenantDelivery:
                 await session.close()
         await self._release(remaining.values(), lost)
 
-    async def _renew(self, leases: dict[int, OutboxLease], lost: set[int]) -> None:
+    async def _renew(self, leases: dict[int, OutboxLease], lost: set[int],
+                     settling: set[int]) -> None:
         interval = self.limits.lease_seconds / 3
         while True:
             await asyncio.sleep(interval)
             for lease in list(leases.values()):
-                if lease.id in lost:
+                if lease.id in lost or lease.id in settling:
                     continue
                 try:
                     await self.store.renew(lease.id, lease.token, self.limits.lease_seconds)
                 except LeaseLost:
+                    if lease.id in settling or lease.id not in leases:
+                        continue  # it was just sent (or released): not a loss
                     lost.add(lease.id)
                     self._lease_lost(lease)
                 except StoreError as exc:
@@ -224,9 +228,11 @@ class TenantDelivery:
                 await self.store.schedule_retry(lease.id, lease.token,
                                                 max(time.time(), self.paused_until))
 
-    async def _deliver_one(self, session: TransportSession, lease: OutboxLease) -> None:
+    async def _deliver_one(self, session: TransportSession, lease: OutboxLease,
+                           settling: set[int]) -> None:
         started = time.perf_counter()
         result = await session.send(lease)
+        settling.add(lease.id)
         if self.metrics is not None:
             self.metrics.delivery_attempted(self.tenant_id, self.transport.name,
                                             result.outcome.value,

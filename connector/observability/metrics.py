@@ -65,6 +65,12 @@ class ConnectorMetrics:
             "Rows refused for good by their peer and left dead (alert on it: e.g. the HIS "
             "answered AE to a ZAM)", ["tenant", "transport"], registry=self.registry)
 
+        self.receipts = Counter(
+            "mssconnector_receipts",
+            "Mails read from the application mailbox, by tenant, kind (dsn, mdn, ko-mail, "
+            "heuristic, none) and outcome (positive, negative, pending, inconclusive, "
+            "unmatched)", ["tenant", "kind", "outcome"], registry=self.registry)
+
     def delivery_attempted(self, tenant: str, transport: str, result: str,
                            seconds: float) -> None:
         self.smtp_sends.labels(tenant, transport, result).inc()

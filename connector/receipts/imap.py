@@ -12,8 +12,10 @@ buffer only delays a mail until the wait ends.
 
 from __future__ import annotations
 
+import contextlib
 import imaplib
 import select
+import socket
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -143,6 +145,13 @@ class ImapMailbox:
         except (OSError, imaplib.IMAP4.error) as exc:
             raise ImapError(f"{self.where}: {_reason(exc)}") from exc
 
+    def abort(self) -> None:
+        """Cut the connection from another thread: a blocked IDLE or read ends at once."""
+        conn = self._conn
+        if conn is not None:
+            with contextlib.suppress(OSError):
+                conn.socket().shutdown(socket.SHUT_RDWR)
+
     def close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is None:
@@ -150,7 +159,8 @@ class ImapMailbox:
         try:
             conn.logout()
         except (OSError, imaplib.IMAP4.error):
-            conn.shutdown()
+            with contextlib.suppress(OSError):
+                conn.shutdown()
 
     def _call(self, command: Callable[[imaplib.IMAP4], tuple[str, Sequence[object]]],
               name: str) -> list[object]:

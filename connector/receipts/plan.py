@@ -24,7 +24,7 @@ so no final report will come). Nothing is returned for them; the row keeps `sent
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Final
 
@@ -100,11 +100,14 @@ def _normal(address: str) -> str:
 
 
 class ReceiptPlanner:
+    """`emit_zams=False` (a tenant without an HIS endpoint): statuses only, no ZAM rows."""
+
     def __init__(self, identity: ZamIdentity, control_ids: Callable[[], str], *,
-                 actor: str) -> None:
+                 actor: str, emit_zams: bool = True) -> None:
         self.identity = identity
         self.control_ids = control_ids
         self.actor = actor
+        self.emit_zams = emit_zams
 
     def effect(self, receipt: Receipt, mail: SentMail, *, now: datetime | None = None
                ) -> ReceiptEffect | None:
@@ -114,8 +117,10 @@ class ReceiptPlanner:
             return None
         when = receipt.date or now or datetime.now(UTC)
         if receipt.kind in (ReceiptKind.DSN, ReceiptKind.HEURISTIC):  # delivery (Z02)
-            return self._delivery(receipt, block, mail, when)
-        return self._reading(block, mail, when)  # MDN, KO mail: integration (Z03)
+            effect = self._delivery(receipt, block, mail, when)
+        else:  # MDN, KO mail: integration (Z03)
+            effect = self._reading(block, mail, when)
+        return effect if self.emit_zams else replace(effect, zam=None)
 
     def _delivery(self, receipt: Receipt, block: RecipientOutcome, mail: SentMail,
                   when: datetime) -> ReceiptEffect:
@@ -167,7 +172,7 @@ class ReceiptPlanner:
     def negative_submission_zam(self, mail: SentMail, error: SmtpErrorCode,
                                 when: datetime | None = None) -> OutboxItem | None:
         """Z02 N for a mail the operator refused for good (or that ran out of retries)."""
-        if not mail.job.request_dsn:
+        if not (mail.job.request_dsn and self.emit_zams):
             return None
         return self._zam(ZamEvent.RECEPTION_MSS, mail, False, when or datetime.now(UTC),
                          ZamError.smtp(error))

@@ -285,3 +285,16 @@ def receipt_summary_from_row(row: Sequence[Any]) -> ReturnedMailSummary:
     return ReturnedMailSummary(int(row[0]), row[1], row[2], row[3], ReceiptStatus(row[4]),
                                row[5], None if row[6] is None else int(row[6]), row[7],
                                int(row[8]))
+
+
+class Claim:
+    """A named claim on work only one process may do at a time (the poller of a mailbox).
+    `release()` gives it up; a process that dies releases it with its connection."""
+
+    def __init__(self, release: Callable[[], None] | None = None) -> None:
+        self._release = release
+
+    async def release(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            await asyncio.to_thread(release)

@@ -48,6 +48,7 @@ from connector.store._shared import (
     SETTLE_SQL,
     SUMMARY_COLUMNS,
     SUMMARY_WIDTH,
+    Claim,
     audit_from_row,
     audit_params,
     audit_query,
@@ -651,6 +652,12 @@ class SQLiteStore:
         return [audit_from_row(row) for row in rows]
 
     # -- receipts -----------------------------------------------------------------------------
+
+    async def claim(self, name: str) -> Claim | None:
+        """Always granted: one process owns a SQLite store (its lock file says so)."""
+        if self._closed:
+            raise StoreUnavailable("the store is closed")
+        return Claim()
 
     async def find_outbox_ids(self, tenant_id: str, *, envid: str | None = None,
                               message_ids: Sequence[str] = ()) -> list[int]:

@@ -1,0 +1,105 @@
+"""The return path: ZAM^Z02/Z03 outbox rows (kind `hl7`) sent to the tenant's HIS over MLLP.
+
+One connection per batch, kept while the HIS answers; each ZAM waits for its technical ACK:
+
+* AA (or CA) with MSA-2 equal to the ZAM's MSH-10: sent;
+* AE (CE): the HIS refuses it for good: the row ends `dead` and
+  `mssconnector_delivery_refused_total{transport="hl7"}` counts it (alert on it);
+* AR (CR), no answer in time, a closed connection, an ACK for another message: retried with the
+  tenant's backoff.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+
+import structlog
+
+from connector.delivery.smtp import Outcome, SendResult, Stage
+from connector.errors import ConnectorError, ProtocolError
+from connector.hl7.message import parse_message
+from connector.mllp.client import MLLPClient
+from connector.store import OutboxKind, OutboxLease
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class HisEndpoint:
+    host: str
+    port: int
+    timeout_seconds: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class HisTransport:
+    endpoint: HisEndpoint
+    ssl_context: ssl.SSLContext | None = None
+    process: str = ""
+
+    @property
+    def name(self) -> str:
+        return "hl7"
+
+    kind = OutboxKind.HL7
+    dead_on_refusal = True
+
+    @property
+    def actor(self) -> str:
+        return f"{self.process} mllp://{self.endpoint.host}:{self.endpoint.port}".strip()
+
+    def session(self) -> _HisSession:
+        return _HisSession(self)
+
+
+def _result(outcome: Outcome, lease: OutboxLease, detail: str, *,
+            code: str | None = None) -> SendResult:
+    return SendResult(outcome, Stage.DONE if outcome is Outcome.SENT else Stage.DATA,
+                      lease.message_id or "", None, None, None, code or "", detail,
+                      dsn_requested=False)
+
+
+class _HisSession:
+    def __init__(self, transport: HisTransport) -> None:
+        self._transport = transport
+        self._client: MLLPClient | None = None
+
+    async def send(self, lease: OutboxLease) -> SendResult:
+        endpoint = self._transport.endpoint
+        where = f"{endpoint.host}:{endpoint.port}"
+        try:
+            if self._client is None:
+                client = MLLPClient(endpoint.host, endpoint.port,
+                                    ssl_context=self._transport.ssl_context,
+                                    timeout=endpoint.timeout_seconds)
+                await client.connect()
+                self._client = client
+            answer = await self._client.send(lease.payload)
+        except ProtocolError as exc:
+            await self.close()
+            return _result(Outcome.TRANSIENT, lease, f"HIS {where}: {exc}")
+        return self._judge(lease, answer, where)
+
+    def _judge(self, lease: OutboxLease, answer: bytes, where: str) -> SendResult:
+        try:
+            msa = parse_message(answer.decode("utf-8", errors="replace")).first("MSA")
+        except ConnectorError:
+            msa = None
+        if msa is None:
+            return _result(Outcome.TRANSIENT, lease, f"HIS {where} answered without an MSA")
+        code, acknowledged = msa.value(1), msa.value(2)
+        if acknowledged != lease.message_id:
+            return _result(Outcome.TRANSIENT, lease,
+                           f"HIS {where} acknowledged another message ({acknowledged!r})",
+                           code=code)
+        if code in ("AA", "CA"):
+            return _result(Outcome.SENT, lease, f"acknowledged {code} by the HIS", code=code)
+        if code in ("AE", "CE"):
+            return _result(Outcome.PERMANENT, lease, f"refused {code} by the HIS", code=code)
+        return _result(Outcome.TRANSIENT, lease, f"HIS answered {code or 'no code'}", code=code)
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
