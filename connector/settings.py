@@ -144,6 +144,7 @@ class ReceiptsSettings:
     idle_seconds: float = 60.0
     poll_seconds: float = 10.0
     timeout_seconds: float = 30.0
+    final_report_timeout_hours: float = 72.0  # then Z02 N (W) for a DSN that never came
 
 
 @dataclass(frozen=True, slots=True)
@@ -684,6 +685,8 @@ def _receipts(reader: _Reader) -> ReceiptsSettings | None:
         idle_seconds=r.number("idle_seconds", 60.0, 0.1, 1740.0),  # RFC 2177: under 29 min
         poll_seconds=r.number("poll_seconds", 10.0, 0.05, 3600.0),
         timeout_seconds=r.number("timeout_seconds", 30.0, 0.1, 600.0),
+        final_report_timeout_hours=r.number("final_report_timeout_hours", 72.0, 0.0001,
+                                            30 * 24.0),
     )
     r.close()
     return settings

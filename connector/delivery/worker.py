@@ -40,7 +40,14 @@ from connector.delivery.smtp import SESSION_STAGES, Outcome, SendResult
 from connector.delivery.transports import Transport, TransportSession
 from connector.errors import ConfigError, LeaseLost, StoreError
 from connector.observability.metrics import ConnectorMetrics
-from connector.store import AuditAction, AuditEntry, OutboxItem, OutboxLease, OutboxStore
+from connector.store import (
+    AuditAction,
+    AuditEntry,
+    OutboxItem,
+    OutboxKind,
+    OutboxLease,
+    OutboxStore,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -250,7 +257,9 @@ class TenantDelivery:
             self._session_failures = 0
             await self._transition(lease, "sent", lambda: self.store.mark_sent(
                 lease.id, lease.token, code,
-                audit=AuditEntry(actor, AuditAction.SUBMITTED, code, said)))
+                audit=AuditEntry(actor, AuditAction.SUBMITTED, code, said),
+                delivery_status=None if self.transport.kind is not OutboxKind.SMTP
+                else "awaiting-report" if result.dsn_requested else "not-requested"))
             log.info("mail_submitted", tenant=self.tenant_id, outbox_id=lease.id,
                      transport=self.transport.name, smtp_code=code, attempt=lease.attempt,
                      dsn_requested=result.dsn_requested)

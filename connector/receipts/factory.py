@@ -112,8 +112,9 @@ def build_receipts(tenant: TenantSettings, store: Store, *, prefix: str, source:
         wake = returns.wake if returns is not None else None
         poller = ReceiptPoller(
             tenant.id, store, lambda: ImapMailbox(endpoint, tls), planner,
-            settings=PollerSettings(idle_seconds=settings.idle_seconds,
-                                    poll_seconds=settings.poll_seconds),
+            settings=PollerSettings(
+                idle_seconds=settings.idle_seconds, poll_seconds=settings.poll_seconds,
+                final_report_timeout_seconds=settings.final_report_timeout_hours * 3600.0),
             metrics=metrics, on_zams=(lambda _tenant: wake()) if wake else None)
 
     async def follow_up(lease: OutboxLease, result: SendResult) -> tuple[OutboxItem, ...]:

@@ -16,9 +16,13 @@ the only block), or the MDN / KO mail as a whole.
 A permanent submission failure (5xx, or the retry budget spent) also returns Z02 N with its
 SMTPERRORCODE, from the delivery worker (`negative_submission_zam`).
 
-Not final yet: `delayed` (the operator keeps trying) and `relayed` (the next hop does not do DSN,
-so no final report will come). Nothing is returned for them; the row keeps `sent` with its
-`delivery_status`, visible in `outbox show`. No timer turns silence into a ZAM in this version.
+Not final: `delayed` (the operator keeps trying) and `relayed` (the next hop does not do DSN, so
+no final report will come). Nothing is returned for them at once; the row keeps `sent` with its
+`delivery_status`, visible in `outbox show`. When no final report has come
+`final_report_timeout_hours` after submission (72 h by default: past the operators' own retry
+window), the poller decides (`silence_effect`): ZAM^Z02 **N with severity W** and SMTPERRORCODE
+251 (relayed: "l'envoi sera relayé") or 441 ("le serveur du destinataire ne répond pas"), so the
+hospital learns that delivery could not be confirmed; the row stays `sent` (`no-final-report`).
 """
 
 from __future__ import annotations
@@ -168,6 +172,22 @@ class ReceiptPlanner:
                                  block.outcome)
         return ReceiptEffect(ReceiptUpdate(mail.outbox_id, read_status=kind), None,
                              block.outcome)
+
+    def silence_effect(self, mail: SentMail, last_status: str | None,
+                       when: datetime | None = None) -> ReceiptEffect:
+        """No final DSN came in time: Z02 N with a W severity, SMTPERRORCODE 251 when the last
+        report said `relayed` (the next hop does not do DSN), else 441 (no answer from the
+        recipient's server). The row stays `sent`: nothing proves it was not delivered."""
+        error = SmtpErrorCode.RELAYED if last_status == "relayed" else SmtpErrorCode.NO_ANSWER
+        zam = (self._zam(ZamEvent.RECEPTION_MSS, mail, False, when or datetime.now(UTC),
+                         ZamError.smtp(error, Severity.WARNING))
+               if mail.job.request_dsn and self.emit_zams else None)
+        return ReceiptEffect(
+            ReceiptUpdate(mail.outbox_id, delivery_status="no-final-report",
+                          error_code=error.code,
+                          audit=AuditEntry(self.actor, AuditAction.UNCONFIRMED, error.code,
+                                           f"last report: {last_status or 'none'}")),
+            zam, Outcome.INCONCLUSIVE)
 
     def negative_submission_zam(self, mail: SentMail, error: SmtpErrorCode,
                                 when: datetime | None = None) -> OutboxItem | None:

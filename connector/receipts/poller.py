@@ -58,6 +58,8 @@ log = structlog.get_logger(__name__)
 class PollerSettings:
     idle_seconds: float = 60.0  # one IDLE (or poll interval without IDLE)
     poll_seconds: float = 10.0
+    final_report_timeout_seconds: float = 72 * 3600.0
+    sweep_seconds: float = 60.0  # how often to look for mails whose report never came
     reconnect_initial_seconds: float = 1.0
     reconnect_maximum_seconds: float = 300.0
 
@@ -93,6 +95,7 @@ class ReceiptPoller:
         self._on_zams = on_zams
         self._task: asyncio.Task[None] | None = None
         self._mailbox: ImapMailbox | None = None
+        self._next_sweep = 0.0
         self._stopping = False
         self.connected = False
         self.last_error: str | None = None
@@ -130,6 +133,9 @@ class ReceiptPoller:
                 delay = self.settings.reconnect_initial_seconds
                 while not self._stopping:
                     handled = await self.drain(mailbox)
+                    if time.monotonic() >= self._next_sweep:
+                        self._next_sweep = time.monotonic() + self.settings.sweep_seconds
+                        await self.sweep()
                     if not handled:
                         await asyncio.to_thread(mailbox.wait, self._wait_seconds(mailbox))
             except (ImapError, StoreError) as exc:
@@ -206,6 +212,33 @@ class ReceiptPoller:
                 self._on_zams(self.tenant_id)
         return Handled(ReceiptStatus.MATCHED, recorded.duplicate, 0 if recorded.duplicate
                        else len(zams))
+
+    async def sweep(self, now: float | None = None) -> int:
+        """Decide for mails whose requested DSN said nothing final in time (see
+        `ReceiptPlanner.silence_effect`); once per row. Return how many."""
+        at = time.time() if now is None else now
+        ids = await self.store.list_unconfirmed(
+            self.tenant_id, sent_before=at - self.settings.final_report_timeout_seconds)
+        decided = 0
+        for outbox_id in ids:
+            sent = await self._sent_mail(outbox_id)
+            detail = await self.store.get_outbox(outbox_id)
+            if sent is None or detail is None:
+                continue
+            effect = self.planner.silence_effect(sent, detail.summary.delivery_status)
+            recorded = await self.store.record_returned_mail(ReturnedMail(
+                tenant_id=self.tenant_id, key=f"no-final-report:{outbox_id}", received_at=at,
+                raw=b"", status=ReceiptStatus.MATCHED, kind="timeout",
+                outcome=effect.outcome.value, outbox_id=outbox_id, updates=(effect.update,),
+                zams=(effect.zam,) if effect.zam is not None else ()))
+            if not recorded.duplicate:
+                decided += 1
+                log.info("receipt_not_confirmed", tenant=self.tenant_id, outbox_id=outbox_id,
+                         last_status=detail.summary.delivery_status,
+                         zam=effect.zam is not None)
+        if decided and self._on_zams is not None:
+            self._on_zams(self.tenant_id)
+        return decided
 
     async def _sent_mail(self, outbox_id: int) -> SentMail | None:
         detail = await self.store.get_outbox(outbox_id)

@@ -118,8 +118,10 @@ class OutboxStore(Protocol):
         ...
 
     async def mark_sent(self, row_id: int, token: str, smtp_code: str | None = None, *,
-                        audit: AuditEntry | None = None) -> None:
-        """LEASED → SENT: the operator (or the hospital) accepted it."""
+                        audit: AuditEntry | None = None,
+                        delivery_status: str | None = None) -> None:
+        """LEASED → SENT: the operator (or the hospital) accepted it. `delivery_status`:
+        `awaiting-report` when a DSN was requested, `not-requested` otherwise."""
         ...
 
     async def mark_failed(self, row_id: int, token: str, code: str | None = None,
@@ -164,6 +166,12 @@ class OutboxStore(Protocol):
                          since: float | None = None, until: float | None = None,
                          limit: int = 10_000) -> list[AuditRecord]:
         """Audit rows, oldest first, `since` <= at < `until`."""
+        ...
+
+    async def list_unconfirmed(self, tenant_id: str, *, sent_before: float, limit: int = 100
+                               ) -> list[int]:
+        """SMTP rows sent before `sent_before` whose requested DSN has not said delivered or
+        failed (`awaiting-report`, `delayed`, `relayed`), oldest first."""
         ...
 
     async def find_outbox_ids(self, tenant_id: str, *, envid: str | None = None,

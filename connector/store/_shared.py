@@ -118,7 +118,8 @@ LEASABLE = ("((state = 'ready' AND available_at <= ?)"
 RENEW_SQL = ("UPDATE outbox SET lease_expires_at = ?, updated_at = ?"
              " WHERE id = ? AND state = 'leased' AND lease_token = ?")
 MARK_SENT_SQL = ("UPDATE outbox SET state = 'sent', sent_at = ?, smtp_code = ?,"
-                 " lease_token = NULL, lease_expires_at = NULL, updated_at = ?"
+                 " delivery_status = ?, lease_token = NULL, lease_expires_at = NULL,"
+                 " updated_at = ?"
                  " WHERE id = ? AND state = 'leased' AND lease_token = ?")
 MARK_FAILED_SQL = ("UPDATE outbox SET state = 'failed', error_code = ?, error_class = ?,"
                    " error_key = ?, error_detail = ?, lease_token = NULL,"
@@ -229,6 +230,10 @@ RECEIPT_SUMMARY_COLUMNS = ("id, tenant_id, received_at, kind, status, outcome, o
 RECEIPT_UPDATE_SQL = ("UPDATE outbox SET delivery_status = COALESCE(?, delivery_status),"
                       " read_status = COALESCE(?, read_status),"
                       " error_code = COALESCE(?, error_code), receipt_at = ? WHERE id = ?")
+UNCONFIRMED_SQL = ("SELECT id FROM outbox WHERE tenant_id = ? AND kind = 'smtp'"
+                   " AND state = 'sent' AND sent_at < ?"
+                   " AND delivery_status IN ('awaiting-report', 'delayed', 'relayed')"
+                   " ORDER BY sent_at LIMIT ?")
 FIND_BY_ENVID_SQL = "SELECT id FROM outbox WHERE tenant_id = ? AND envid = ? ORDER BY id"
 FIND_BY_MESSAGE_ID_SQL = ("SELECT id FROM outbox WHERE tenant_id = ? AND message_id = ?"
                           " ORDER BY id")

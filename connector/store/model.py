@@ -252,6 +252,7 @@ class AuditAction(StrEnum):
     EXPIRED = "expired"  # the retry budget is spent: dead
     DELIVERED = "delivered"  # a receipt said delivered
     UNDELIVERED = "undelivered"  # a receipt said failed
+    UNCONFIRMED = "unconfirmed"  # no final delivery report came in time
     RETRIED = "retried"  # an operator asked for a retry now
     CANCELLED = "cancelled"  # an operator cancelled it
 

@@ -48,6 +48,7 @@ from connector.store._shared import (
     SETTLE_SQL,
     SUMMARY_COLUMNS,
     SUMMARY_WIDTH,
+    UNCONFIRMED_SQL,
     Claim,
     audit_from_row,
     audit_params,
@@ -602,9 +603,11 @@ class SQLiteStore:
         return at + lease_seconds
 
     async def mark_sent(self, row_id: int, token: str, smtp_code: str | None = None, *,
-                        audit: AuditEntry | None = None) -> None:
+                        audit: AuditEntry | None = None,
+                        delivery_status: str | None = None) -> None:
         at = time.time()
-        await self._fenced(MARK_SENT_SQL, (at, smtp_code, at), row_id, token, audit)
+        await self._fenced(MARK_SENT_SQL, (at, smtp_code, delivery_status, at), row_id, token,
+                           audit)
 
     async def mark_failed(self, row_id: int, token: str, code: str | None = None,
                           detail: str | None = None, *, error_class: str | None = None,
@@ -658,6 +661,12 @@ class SQLiteStore:
         if self._closed:
             raise StoreUnavailable("the store is closed")
         return Claim()
+
+    async def list_unconfirmed(self, tenant_id: str, *, sent_before: float, limit: int = 100
+                               ) -> list[int]:
+        rows = await self._read(lambda c: c.execute(
+            UNCONFIRMED_SQL, (tenant_id, sent_before, limit)).fetchall())
+        return [int(r[0]) for r in rows]
 
     async def find_outbox_ids(self, tenant_id: str, *, envid: str | None = None,
                               message_ids: Sequence[str] = ()) -> list[int]:

@@ -404,3 +404,27 @@ async def test_a_receipt_committed_but_not_moved_is_applied_once(
     await asyncio.sleep(1.0)
     assert len(his.received) == 1
     assert len([r for r in await app.store.list_outbox() if r.kind is OutboxKind.HL7]) == 1
+
+
+async def test_a_dsn_that_never_comes_ends_in_a_warning_zam(
+        tmp_path: Path, operator: Operator, his: His, apps: Apps) -> None:
+    """Postfix's success DSN is held back (the connector does not poll it: no [receipts] at
+    first), so the row waits in `awaiting-report`; the sweep then decides: Z02 N, severity W,
+    441. Done once: a second sweep changes nothing."""
+    app = await apps(settings(tmp_path, operator, his.port))
+    poller = app.pollers[0]
+    await poller.stop()  # nobody reads the mailbox
+    await send(app, request("REQ-SILENT-DSN"))
+    await eventually(lambda: _state(app, OutboxKind.SMTP, OutboxState.SENT))
+    (row,) = [r for r in await app.store.list_outbox() if r.kind is OutboxKind.SMTP]
+    assert row.delivery_status == "awaiting-report"
+    assert await poller.sweep(now=time.time() + 71 * 3600) == 0  # not yet
+    assert await poller.sweep(now=time.time() + 73 * 3600) == 1
+    assert await poller.sweep(now=time.time() + 74 * 3600) == 0
+    app.delivery.wake_return("chu-test")
+    await eventually(lambda: bool(his.received))
+    fields = zam_fields(his.received[0])
+    assert (fields["status"], fields["error"], fields["original"]) == ("N", "441",
+                                                                       "REQ-SILENT-DSN")
+    (final,) = [r for r in await app.store.list_outbox() if r.kind is OutboxKind.SMTP]
+    assert (final.state, final.delivery_status) == (OutboxState.SENT, "no-final-report")

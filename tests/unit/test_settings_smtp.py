@@ -117,3 +117,45 @@ def test_a_key_that_does_not_match_is_named_at_build(tmp_path: Path,
     with pytest.raises(ConfigError) as caught:
         Application.build(settings)
     assert caught.value.key.startswith("tenants[0].transport.client_")
+
+
+def test_receipts_and_his_sections(tmp_path: Path, pki: tuple[TestCA, Issued]) -> None:
+    path = config(tmp_path, smtp(pki))
+    path.write_text(path.read_text() + '[tenants.receipts]\nhost = "imap.operator.test"\n'
+                    'username = "pfi@chu.mssante.fr"\npassword_env = "IMAP_PASSWORD"\n'
+                    "final_report_timeout_hours = 24\n"
+                    '[tenants.his]\nhost = "10.0.0.5"\nport = 6661\n')
+    settings = load_settings(path, env={"IMAP_PASSWORD": "pw"})
+    tenant = settings.tenants[0]
+    assert tenant.receipts is not None
+    assert (tenant.receipts.port, tenant.receipts.password) == (993, "pw")
+    assert tenant.his is not None
+    assert (tenant.his.host, tenant.his.port) == ("10.0.0.5", 6661)
+    app = Application.build(settings)
+    assert len(app.pollers) == 1
+    assert app.pollers[0].settings.final_report_timeout_seconds == 24 * 3600
+    assert "chu" in app.delivery.returns
+
+
+@pytest.mark.parametrize(("extra", "key"), [
+    ('[tenants.his]\nhost = "h"\n', "tenants[0].his.port"),
+    ('[tenants.his]\nport = 1\n', "tenants[0].his.host"),
+    ('[tenants.receipts]\nport = 993\n', "tenants[0].receipts.host"),
+    ('[tenants.receipts]\nhost = "h"\ntls = "none"\n', "tenants[0].receipts.tls"),
+    ('[tenants.receipts]\nhost = "h"\nidle_seconds = 3600\n', "tenants[0].receipts.idle_seconds"),
+])
+def test_receipts_and_his_errors_name_their_key(tmp_path: Path, pki: tuple[TestCA, Issued],
+                                                extra: str, key: str) -> None:
+    path = config(tmp_path, smtp(pki))
+    path.write_text(path.read_text() + extra)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, env={})
+    assert caught.value.key == key
+
+
+def test_receipts_without_any_ca_bundle_are_refused_at_build(tmp_path: Path) -> None:
+    path = config(tmp_path, 'kind = "maildir"')
+    path.write_text(path.read_text() + '[tenants.receipts]\nhost = "imap.operator.test"\n')
+    with pytest.raises(ConfigError) as caught:
+        Application.build(load_settings(path))
+    assert caught.value.key == "tenants[0].receipts.ca_bundle"
