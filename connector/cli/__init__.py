@@ -15,6 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
     from connector.cli.config_cmd import register as register_check_config
     from connector.cli.messages_cmd import register as register_messages
     from connector.cli.outbox_cmd import register as register_outbox
+    from connector.cli.receipts_cmd import register as register_receipts
     from connector.cli.render_cmd import register as register_render
     from connector.cli.send_cmd import register as register_send
     from connector.cli.serve_cmd import register as register_serve
@@ -27,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for register in (register_serve, register_check_config, register_send, register_messages,
-                     register_render, register_whitelist, register_outbox):
+                     register_render, register_whitelist, register_outbox, register_receipts):
         register(sub)
     return parser
 

@@ -42,8 +42,10 @@ def register(sub: Any) -> None:
 
 def _line(s: OutboxSummary) -> str:
     error = " ".join(x for x in (s.error_code, s.error_class) if x)
+    receipt = f" delivery={s.delivery_status}" if s.delivery_status else ""
+    receipt += f" read={s.read_status}" if s.read_status else ""
     return (f"{s.id:>8} {utc_time(s.created_at)} {s.tenant_id} {s.kind.value} {s.state.value}"
-            f" attempts={s.attempts} to=@{s.recipient_domain or '-'}"
+            f" attempts={s.attempts} to=@{s.recipient_domain or '-'}{receipt}"
             f" message-id={s.message_id or '-'} {error}").rstrip()
 
 
@@ -68,6 +70,10 @@ def run_show(args: argparse.Namespace) -> int:
         print(_line(s))
         print(f"inbound: {s.inbound_id}  envid: {s.envid}  smtp: {s.smtp_code}  "
               f"available: {utc_time(s.available_at)}  size: {s.size} bytes")
+        if s.delivery_status or s.read_status:
+            when = utc_time(s.receipt_at) if s.receipt_at else "-"
+            print(f"delivery: {s.delivery_status or '-'}  reading: {s.read_status or '-'}  "
+                  f"last receipt: {when}")
         if detail.error_detail:
             print("--- last server answer")
             print(detail.error_detail)

@@ -8,7 +8,7 @@ import pytest
 
 from connector.app import build_store
 from connector.settings import load_settings
-from connector.store import OutboxItem, OutboxKind, OutboxState
+from connector.store import OutboxItem, OutboxKind, OutboxState, ReceiptStatus, ReturnedMail
 from tests.integration.test_cli import run_cli
 
 MAIL = (b"From: pfi@chu.mssante.fr\r\nTo: 279035121518989@patient.mssante.fr\r\n"
@@ -96,3 +96,26 @@ async def test_changes_are_refused_while_another_process_writes(
         assert code == 0  # reading beside the writer is fine
     finally:
         await writer.close()
+
+
+async def test_receipts_list(config_with_items: tuple[Path, list[int]]) -> None:
+    config, ids = config_with_items
+    store = build_store(load_settings(config))
+    store.open()
+    try:
+        await store.record_returned_mail(ReturnedMail(
+            tenant_id="chu", key="<spam@x>", received_at=0.0, raw=b"Subject: PAT-TROIS",
+            status=ReceiptStatus.UNMATCHED, detail="not a receipt"))
+        await store.record_returned_mail(ReturnedMail(
+            tenant_id="chu", key="<dsn@x>", received_at=0.0, raw=b"dsn", kind="dsn",
+            outcome="positive", status=ReceiptStatus.MATCHED, outbox_id=ids[1]))
+    finally:
+        await store.close()
+    code, out, _ = await run_cli("receipts", "list", "--config", str(config))
+    assert code == 0
+    assert len(out.splitlines()) == 2
+    assert f"dsn matched positive outbox={ids[1]}" in out
+    assert "PAT-TROIS" not in out
+    code, out, _ = await run_cli("receipts", "list", "--status", "unmatched", "--config",
+                                 str(config))
+    assert out.splitlines()[0].endswith("- unmatched - (not a receipt)")
