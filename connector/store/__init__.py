@@ -23,6 +23,7 @@ from connector.store.model import (
     OutboxItem,
     OutboxKind,
     OutboxLease,
+    OutboxStat,
     OutboxState,
     OutboxSummary,
     ReceiptStatus,
@@ -53,6 +54,7 @@ __all__ = [
     "OutboxItem",
     "OutboxKind",
     "OutboxLease",
+    "OutboxStat",
     "OutboxState",
     "OutboxStore",
     "OutboxSummary",
@@ -166,6 +168,10 @@ class OutboxStore(Protocol):
                          since: float | None = None, until: float | None = None,
                          limit: int = 10_000) -> list[AuditRecord]:
         """Audit rows, oldest first, `since` <= at < `until`."""
+        ...
+
+    async def outbox_stats(self) -> list[OutboxStat]:
+        """Rows per tenant, kind and state, with the oldest one's creation time (metrics)."""
         ...
 
     async def list_unconfirmed(self, tenant_id: str, *, sent_before: float, limit: int = 100

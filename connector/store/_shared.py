@@ -19,6 +19,7 @@ from connector.store.model import (
     InboundSummary,
     OutboxItem,
     OutboxKind,
+    OutboxStat,
     OutboxState,
     OutboxSummary,
     ReceiptStatus,
@@ -230,6 +231,8 @@ RECEIPT_SUMMARY_COLUMNS = ("id, tenant_id, received_at, kind, status, outcome, o
 RECEIPT_UPDATE_SQL = ("UPDATE outbox SET delivery_status = COALESCE(?, delivery_status),"
                       " read_status = COALESCE(?, read_status),"
                       " error_code = COALESCE(?, error_code), receipt_at = ? WHERE id = ?")
+OUTBOX_STATS_SQL = ("SELECT tenant_id, kind, state, count(*), min(created_at) FROM outbox"
+                    " GROUP BY tenant_id, kind, state")
 UNCONFIRMED_SQL = ("SELECT id FROM outbox WHERE tenant_id = ? AND kind = 'smtp'"
                    " AND state = 'sent' AND sent_at < ?"
                    " AND delivery_status IN ('awaiting-report', 'delayed', 'relayed')"
@@ -303,3 +306,8 @@ class Claim:
         release, self._release = self._release, None
         if release is not None:
             await asyncio.to_thread(release)
+
+
+def outbox_stat_from_row(row: Sequence[Any]) -> OutboxStat:
+    return OutboxStat(row[0], OutboxKind(row[1]), OutboxState(row[2]), int(row[3]),
+                      float(row[4]))

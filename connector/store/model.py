@@ -234,6 +234,17 @@ class OutboxSummary:
 
 
 @dataclass(frozen=True, slots=True)
+class OutboxStat:
+    """How many rows a tenant has in one state of one kind, and the oldest one's age."""
+
+    tenant_id: str
+    kind: OutboxKind
+    state: OutboxState
+    count: int
+    oldest_created_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class OutboxDetail:
     summary: OutboxSummary
     payload: bytes = field(repr=False)

@@ -84,6 +84,7 @@ from connector.store._shared import (
     MARK_SENT_SQL,
     OUTBOX_ERROR_KIND,
     OUTBOX_KIND,
+    OUTBOX_STATS_SQL,
     OUTBOX_SUMMARY_COLUMNS,
     OUTBOX_SUMMARY_WIDTH,
     RECEIPT_KIND,
@@ -101,6 +102,7 @@ from connector.store._shared import (
     check_item,
     check_lease,
     find_ids,
+    outbox_stat_from_row,
     outbox_summary_from_row,
     receipt_statements,
     receipt_summary_from_row,
@@ -128,6 +130,7 @@ from connector.store.model import (
     OutboxItem,
     OutboxKind,
     OutboxLease,
+    OutboxStat,
     OutboxState,
     OutboxSummary,
     ReceiptStatus,
@@ -795,6 +798,10 @@ class PostgresStore:
             return Claim(conn.close)  # closing the session releases its advisory locks
 
         return await asyncio.to_thread(take)
+
+    async def outbox_stats(self) -> list[OutboxStat]:
+        rows = await self._read(lambda c: c.execute(_pg(OUTBOX_STATS_SQL)).fetchall())
+        return [outbox_stat_from_row(row) for row in rows]
 
     async def list_unconfirmed(self, tenant_id: str, *, sent_before: float, limit: int = 100
                                ) -> list[int]:

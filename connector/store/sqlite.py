@@ -39,6 +39,7 @@ from connector.store._shared import (
     MARK_SENT_SQL,
     OUTBOX_ERROR_KIND,
     OUTBOX_KIND,
+    OUTBOX_STATS_SQL,
     OUTBOX_SUMMARY_COLUMNS,
     OUTBOX_SUMMARY_WIDTH,
     RECEIPT_KIND,
@@ -56,6 +57,7 @@ from connector.store._shared import (
     check_item,
     check_lease,
     find_ids,
+    outbox_stat_from_row,
     outbox_summary_from_row,
     receipt_statements,
     receipt_summary_from_row,
@@ -83,6 +85,7 @@ from connector.store.model import (
     OutboxItem,
     OutboxKind,
     OutboxLease,
+    OutboxStat,
     OutboxState,
     OutboxSummary,
     ReceiptStatus,
@@ -661,6 +664,10 @@ class SQLiteStore:
         if self._closed:
             raise StoreUnavailable("the store is closed")
         return Claim()
+
+    async def outbox_stats(self) -> list[OutboxStat]:
+        rows = await self._read(lambda c: c.execute(OUTBOX_STATS_SQL).fetchall())
+        return [outbox_stat_from_row(row) for row in rows]
 
     async def list_unconfirmed(self, tenant_id: str, *, sent_before: float, limit: int = 100
                                ) -> list[int]:

@@ -128,3 +128,18 @@ async def test_a_refused_transition_writes_no_audit_entry(make_store: StoreFacto
     assert not await store.retry_now(leased.id,
                                      audit=AuditEntry("operator", AuditAction.RETRIED))
     assert await store.list_audit() == []
+
+
+async def test_outbox_stats_count_rows_per_tenant_kind_and_state(
+        make_store: StoreFactory) -> None:
+    store = make_store()
+    await store.enqueue([mail(1), mail(2), replace(mail(3), tenant_id="t2")], now=1000.0)
+    await store.enqueue([mail(4)], now=2000.0)
+    (leased,) = await store.lease(tenant_id="t1", kinds=SMTP, limit=1, lease_seconds=30)
+    await store.mark_sent(leased.id, leased.token, "250")
+    stats = {(s.tenant_id, s.kind, s.state): (s.count, s.oldest_created_at)
+             for s in await store.outbox_stats()}
+    assert stats == {
+        ("t1", OutboxKind.SMTP, OutboxState.READY): (2, 1000.0),
+        ("t1", OutboxKind.SMTP, OutboxState.SENT): (1, 1000.0),
+        ("t2", OutboxKind.SMTP, OutboxState.READY): (1, 1000.0)}
