@@ -17,6 +17,7 @@ from connector.directory.whitelist import load_whitelist
 from connector.errors import ConfigError
 from connector.hl7.ack import AckIdentity, ControlIdGenerator
 from connector.mllp.server import MLLPServer, server_ssl_context
+from connector.observability.gauges import Certificate, GaugeRefresher
 from connector.observability.http import AdminServer
 from connector.observability.metrics import ConnectorMetrics
 from connector.pipeline.documents import (
@@ -88,6 +89,7 @@ class Application:
     admin: AdminServer | None = None
     delivery: DeliveryService = field(default_factory=lambda: DeliveryService(()))
     pollers: list[ReceiptPoller] = field(default_factory=list)
+    gauges: GaugeRefresher | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> Application:
@@ -100,6 +102,7 @@ class Application:
                         hint="set [directory] whitelist to the MSSante liste blanche")
         checkers: dict[SchematronPolicy, CdaChecker] = {}
         deliveries = []
+        certificates: list[Certificate] = []
         for index, tenant in enumerate(settings.tenants):
             prefix = f"tenants[{index}]"
             policy = tenant.cisis.schematron_policy
@@ -116,6 +119,11 @@ class Application:
                 app.delivery.returns[tenant.id] = receipts.returns
             if receipts.poller is not None:
                 app.pollers.append(receipts.poller)
+            smtp_tls = getattr(deliveries[-1].transport, "tls", None)
+            if smtp_tls is not None and smtp_tls.client_certificate is not None:
+                certificates.append(Certificate(tenant.id, "smtp", smtp_tls.client_certificate))
+            if receipts.imap_certificate is not None:
+                certificates.append(Certificate(tenant.id, "imap", receipts.imap_certificate))
             for listener in tenant.listeners:
                 handler = IntakeHandler(
                     IntakeConfig(tenant.id, listener.name,
@@ -127,7 +135,16 @@ class Application:
                 app.handlers.append(handler)
                 app.servers.append(MLLPServer(listener, handler, ssl_context=ssl_context))
         app.delivery.tenants.update((d.tenant_id, d) for d in deliveries)
+        app.gauges = GaugeRefresher(
+            app.metrics, store.outbox_stats, [t.id for t in settings.tenants],
+            certificates=certificates,
+            whitelist_generated_at=whitelist.generated_at if whitelist else None,
+            mailboxes=app.mailboxes)
         return app
+
+    def mailboxes(self) -> dict[str, bool]:
+        """Each polled mailbox's tenant and whether its IMAP session is up."""
+        return {poller.tenant_id: poller.connected for poller in self.pollers}
 
     async def start(self) -> None:
         self.store.open()
@@ -137,6 +154,8 @@ class Application:
             self.delivery.start()
             for poller in self.pollers:
                 poller.start()
+            if self.gauges is not None:
+                self.gauges.start()
             if self.settings.admin is not None:
                 self.admin = AdminServer(self.settings.admin.host, self.settings.admin.port,
                                          self.metrics, self.readiness)
@@ -146,13 +165,24 @@ class Application:
             raise
 
     def readiness(self) -> tuple[bool, str]:
-        """Ready when the store accepts work and every listener is bound."""
+        """Ready when the store accepts work and every listener is bound. A mailbox that is
+        not connected is reported (`ready; mailbox down: <tenants>`) without making the
+        instance unready: intake must keep taking messages while an operator's IMAP is away
+        (receipts wait in the mailbox). `[admin] ready_requires_mailboxes = true` makes it
+        count."""
         if self.store.closed:
             return False, "store closed"
         if not all(server.bound for server in self.servers):
             return False, "a listener is not bound"
         if any(handler.draining for handler in self.handlers):
             return False, "draining"
+        down = sorted(tenant for tenant, up in self.mailboxes().items() if not up)
+        if down:
+            reason = f"mailbox not connected: {', '.join(down)}"
+            admin = self.settings.admin
+            if admin is not None and admin.ready_requires_mailboxes:
+                return False, reason
+            return True, f"ready; {reason}"
         return True, "ready"
 
     async def stop(self, grace_seconds: float = 10.0) -> None:
@@ -160,6 +190,8 @@ class Application:
         for handler in self.handlers:
             handler.draining = True
         await asyncio.gather(*(s.stop(grace_seconds) for s in self.servers))
+        if self.gauges is not None:
+            await self.gauges.stop()
         await asyncio.gather(*(poller.stop() for poller in self.pollers))
         await self.delivery.stop(grace_seconds)
         if self.admin is not None:

@@ -248,6 +248,7 @@ class AdminSettings:
 
     host: str = "127.0.0.1"
     port: int = 9610
+    ready_requires_mailboxes: bool = False  # /readyz fails while a receipts mailbox is down
 
 
 @dataclass(frozen=True, slots=True)
@@ -765,7 +766,8 @@ def parse_settings(data: Mapping[str, Any], *, source: str | None = None,
     if admin_table is not None:
         a = _Reader(admin_table, "admin", source, env)
         admin = AdminSettings(a.text("host", "127.0.0.1") or "127.0.0.1",
-                              a.integer("port", 9610, 0, 65535))
+                              a.integer("port", 9610, 0, 65535),
+                              a.flag("ready_requires_mailboxes", False))
         a.close()
     tenants = []
     raw_tenants = root.array("tenants")

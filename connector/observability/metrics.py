@@ -71,6 +71,34 @@ class ConnectorMetrics:
             "heuristic, none) and outcome (positive, negative, pending, inconclusive, "
             "unmatched)", ["tenant", "kind", "outcome"], registry=self.registry)
 
+        self.outbox_items = Gauge(
+            "mssconnector_outbox_items", "Outbox rows by tenant, kind (smtp, hl7) and state",
+            ["tenant", "kind", "state"], registry=self.registry)
+        self.outbox_oldest_pending_seconds = Gauge(
+            "mssconnector_outbox_oldest_pending_seconds",
+            "Age of the oldest row still to send (ready or leased), by tenant and kind",
+            ["tenant", "kind"], registry=self.registry)
+        self.zam_sent = Counter(
+            "mssconnector_zam_sent", "ZAMs handed to the HIS, by tenant and type (Z02, Z03)",
+            ["tenant", "type"], registry=self.registry)
+        self.zam_acknowledged = Counter(
+            "mssconnector_zam_acknowledged",
+            "Technical ACKs the HIS returned for ZAMs, by tenant and code (AA, AE, AR...)",
+            ["tenant", "code"], registry=self.registry)
+        self.client_certificate_expiry_days = Gauge(
+            "mssconnector_client_certificate_expiry_days",
+            "Days until the application mailbox's client certificate expires (negative: "
+            "expired), by tenant and use (smtp, imap)", ["tenant", "use"],
+            registry=self.registry)
+        self.whitelist_age_seconds = Gauge(
+            "mssconnector_whitelist_age_seconds",
+            "Age of the installed MSSanté whitelist (its DateDeGeneration)",
+            registry=self.registry)
+        self.mailbox_connected = Gauge(
+            "mssconnector_receipts_mailbox_connected",
+            "1 while the tenant's application mailbox is connected over IMAP", ["tenant"],
+            registry=self.registry)
+
     def delivery_attempted(self, tenant: str, transport: str, result: str,
                            seconds: float) -> None:
         self.smtp_sends.labels(tenant, transport, result).inc()

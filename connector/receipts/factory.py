@@ -11,6 +11,7 @@ from connector.delivery.factory import retry_policy
 from connector.delivery.job import MailJob
 from connector.delivery.smtp import SendResult
 from connector.delivery.tls import (
+    CertificateInfo,
     ClientCertificateSource,
     ClientTls,
     ClientTlsSettings,
@@ -40,6 +41,7 @@ class TenantReceipts:
     poller: ReceiptPoller | None
     returns: TenantDelivery | None
     follow_up: FollowUp
+    imap_certificate: CertificateInfo | None = None
 
 
 def _process() -> str:
@@ -72,14 +74,14 @@ def _imap_tls(tenant: TenantSettings, receipts: ReceiptsSettings) -> ClientTls:
     return build_client_tls(ClientTlsSettings(ca_bundle, client))
 
 
-def _his_transport(his: HisSettings) -> HisTransport:
+def _his_transport(his: HisSettings, metrics: ConnectorMetrics | None) -> HisTransport:
     context = None
     if his.ca_bundle is not None:
         client = (PemClientCertificate(his.client_certificate, his.client_private_key)
                   if his.client_certificate and his.client_private_key else None)
         context = build_client_tls(ClientTlsSettings(his.ca_bundle, client)).context
     return HisTransport(HisEndpoint(his.host, his.port, his.timeout_seconds), context,
-                        _process())
+                        _process(), metrics)
 
 
 def build_receipts(tenant: TenantSettings, store: Store, *, prefix: str, source: str | None,
@@ -90,7 +92,7 @@ def build_receipts(tenant: TenantSettings, store: Store, *, prefix: str, source:
     returns = None
     if tenant.his is not None:
         try:
-            transport = _his_transport(tenant.his)
+            transport = _his_transport(tenant.his, metrics)
         except ConfigError as exc:
             raise _rekey(exc, prefix, "his", source) from exc
         returns = TenantDelivery(
@@ -99,12 +101,14 @@ def build_receipts(tenant: TenantSettings, store: Store, *, prefix: str, source:
                                   lease_seconds=tenant.delivery.lease_seconds,
                                   poll_seconds=tenant.delivery.poll_seconds))
     poller = None
+    certificate = None
     settings = tenant.receipts
     if settings is not None:
         try:
             tls = _imap_tls(tenant, settings)
         except ConfigError as exc:
             raise _rekey(exc, prefix, "receipts", source) from exc
+        certificate = tls.client_certificate
         endpoint = ImapEndpoint(
             settings.host, settings.port, ImapTlsMode(settings.tls.value), settings.username,
             settings.password, settings.mailbox, settings.processed_folder,
@@ -130,4 +134,4 @@ def build_receipts(tenant: TenantSettings, store: Store, *, prefix: str, source:
             result.error_code or SmtpErrorCode.TRANSACTION_FAILED)
         return (zam,) if zam is not None else ()
 
-    return TenantReceipts(planner, poller, returns, follow_up)
+    return TenantReceipts(planner, poller, returns, follow_up, certificate)

@@ -20,9 +20,12 @@ from connector.delivery.smtp import Outcome, SendResult, Stage
 from connector.errors import ConnectorError, ProtocolError
 from connector.hl7.message import parse_message
 from connector.mllp.client import MLLPClient
+from connector.observability.metrics import ConnectorMetrics
 from connector.store import OutboxKind, OutboxLease
 
 log = structlog.get_logger(__name__)
+
+_ACK_CODES = frozenset({"AA", "AE", "AR", "CA", "CE", "CR"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +40,7 @@ class HisTransport:
     endpoint: HisEndpoint
     ssl_context: ssl.SSLContext | None = None
     process: str = ""
+    metrics: ConnectorMetrics | None = None
 
     @property
     def name(self) -> str:
@@ -51,6 +55,14 @@ class HisTransport:
 
     def session(self) -> _HisSession:
         return _HisSession(self)
+
+
+def _zam_type(payload: bytes) -> str:
+    """Z02 / Z03 from MSH-9 (bounded: anything else is `other`)."""
+    fields = payload.split(b"\r", 1)[0].split(b"|")
+    event = fields[8].split(b"^")[1:2] if len(fields) > 8 else []
+    return event[0].decode("ascii", "replace") if event and event[0] in (b"Z02", b"Z03") \
+        else "other"
 
 
 def _result(outcome: Outcome, lease: OutboxLease, detail: str, *,
@@ -75,11 +87,18 @@ class _HisSession:
                                     timeout=endpoint.timeout_seconds)
                 await client.connect()
                 self._client = client
+            metrics = self._transport.metrics
+            if metrics is not None:
+                metrics.zam_sent.labels(lease.tenant_id, _zam_type(lease.payload)).inc()
             answer = await self._client.send(lease.payload)
         except ProtocolError as exc:
             await self.close()
             return _result(Outcome.TRANSIENT, lease, f"HIS {where}: {exc}")
-        return self._judge(lease, answer, where)
+        result = self._judge(lease, answer, where)
+        if metrics is not None:
+            code = result.server_message if result.server_message in _ACK_CODES else "other"
+            metrics.zam_acknowledged.labels(lease.tenant_id, code).inc()
+        return result
 
     def _judge(self, lease: OutboxLease, answer: bytes, where: str) -> SendResult:
         try:

@@ -428,3 +428,26 @@ async def test_a_dsn_that_never_comes_ends_in_a_warning_zam(
                                                                        "REQ-SILENT-DSN")
     (final,) = [r for r in await app.store.list_outbox() if r.kind is OutboxKind.SMTP]
     assert (final.state, final.delivery_status) == (OutboxState.SENT, "no-final-report")
+
+
+async def test_receipts_zam_certificate_and_mailbox_metrics_move(
+        tmp_path: Path, operator: Operator, his: His, apps: Apps) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    app = await apps(settings(tmp_path, operator, his.port))
+    await send(app, request("REQ-METRICS"))
+    await eventually(lambda: _state(app, OutboxKind.HL7, OutboxState.SENT))
+    assert app.gauges is not None
+    await app.gauges.refresh()
+    values = {(s.name, tuple(sorted(s.labels.items()))): s.value
+              for family in text_string_to_metric_families(app.metrics.render().decode())
+              for s in family.samples}
+    tenant = ("tenant", "chu-test")
+    assert values[("mssconnector_receipts_total",
+                   (("kind", "dsn"), ("outcome", "positive"), tenant))] == 1
+    assert values[("mssconnector_zam_sent_total", (tenant, ("type", "Z02")))] == 1
+    assert values[("mssconnector_zam_acknowledged_total", (("code", "AA"), tenant))] == 1
+    assert values[("mssconnector_receipts_mailbox_connected", (tenant,))] == 1
+    for use in ("smtp", "imap"):  # the test CA issues for 10 days
+        days = values[("mssconnector_client_certificate_expiry_days", (tenant, ("use", use)))]
+        assert 9 < days <= 10

@@ -73,3 +73,41 @@ async def test_health_and_readiness(app_factory: Callable[..., object], tmp_path
     await running.app.store.close()
     assert await http_get(*address, "/readyz") == (503, "store closed\n")
     running.app.store.open()
+
+
+async def test_outbox_and_delivery_metrics_move(app_factory: Callable[..., object],
+                                                tmp_path: Path) -> None:
+    from connector.cda.policy import SchematronPolicy
+    from connector.cli.send_cmd import split_messages
+    from connector.settings import CisisSettings, SendingMatrixProfile
+    from tests.conftest import CISIS_FIXTURES
+
+    base = replace(make_settings(tmp_path), admin=AdminSettings("127.0.0.1", 0))
+    tenant = replace(base.tenants[0], cisis=CisisSettings(
+        schematron_policy=SchematronPolicy.OFF, sending_matrix=SendingMatrixProfile.ANS_EXAMPLES))
+    running: RunningApp = await app_factory(replace(base, tenants=(tenant,)))  # type: ignore[operator]
+    assert running.app.admin is not None
+    assert running.app.gauges is not None
+    payload = split_messages((CISIS_FIXTURES / "mdm-t02-initial/message.er7").read_bytes())[0]
+    before = samples((await http_get(*running.app.admin.address, "/metrics"))[1])
+    tenant_label = ("tenant", "chu-test")
+    assert before[("mssconnector_outbox_items",
+                   (("kind", "smtp"), ("state", "sent"), tenant_label))] == 0
+    assert b"MSA|AA" in await running.send(payload)
+    for _ in range(200):
+        rows = await running.app.store.list_outbox()
+        if rows and rows[0].state.value == "sent":
+            break
+        await asyncio.sleep(0.02)
+    await running.app.gauges.refresh()
+    values = samples((await http_get(*running.app.admin.address, "/metrics"))[1])
+    assert values[("mssconnector_outbox_items",
+                   (("kind", "smtp"), ("state", "sent"), tenant_label))] == 1
+    assert values[("mssconnector_outbox_items",
+                   (("kind", "smtp"), ("state", "ready"), tenant_label))] == 0
+    assert values[("mssconnector_outbox_oldest_pending_seconds",
+                   (("kind", "smtp"), tenant_label))] == 0
+    assert values[("mssconnector_smtp_sends_total",
+                   (("result", "sent"), tenant_label, ("transport", "maildir")))] == 1
+    assert values[("mssconnector_smtp_send_seconds_count",
+                   (tenant_label, ("transport", "maildir")))] == 1

@@ -1,0 +1,97 @@
+"""Gauges read from the state of things rather than counted as events: the outbox by tenant,
+kind and state, the oldest row still to send, client certificates' days to expiry, the
+whitelist's age, the mailboxes' connection. Refreshed every `interval` seconds (and on start) by
+one task, so a scrape never queries the store."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import structlog
+
+from connector.delivery.tls import CertificateInfo
+from connector.errors import StoreError
+from connector.observability.metrics import ConnectorMetrics
+from connector.store import OutboxKind, OutboxStat, OutboxState
+
+log = structlog.get_logger(__name__)
+
+PENDING = frozenset({OutboxState.READY, OutboxState.LEASED})
+
+
+@dataclass(frozen=True, slots=True)
+class Certificate:
+    tenant_id: str
+    use: str  # smtp, imap
+    info: CertificateInfo
+
+
+class GaugeRefresher:
+    def __init__(self, metrics: ConnectorMetrics,
+                 stats: Callable[[], Awaitable[list[OutboxStat]]],
+                 tenants: Sequence[str], *, certificates: Sequence[Certificate] = (),
+                 whitelist_generated_at: datetime | None = None,
+                 mailboxes: Callable[[], dict[str, bool]] | None = None,
+                 interval: float = 15.0) -> None:
+        self.metrics = metrics
+        self._stats = stats
+        self._tenants = tuple(tenants)
+        self._certificates = tuple(certificates)
+        self._whitelist = whitelist_generated_at
+        self._mailboxes = mailboxes
+        self.interval = interval
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="gauges")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            await self.refresh()
+            await asyncio.sleep(self.interval)
+
+    async def refresh(self, now: float | None = None) -> None:
+        at = time.time() if now is None else now
+        try:
+            stats = await self._stats()
+        except StoreError as exc:
+            log.warning("gauges_store_unavailable", error=str(exc))
+        else:
+            self._outbox(stats, at)
+        for certificate in self._certificates:
+            self.metrics.client_certificate_expiry_days.labels(
+                certificate.tenant_id, certificate.use).set(
+                round(certificate.info.days_to_expiry(), 3))
+        if self._whitelist is not None:
+            self.metrics.whitelist_age_seconds.set(at - self._whitelist.timestamp())
+        if self._mailboxes is not None:
+            for tenant, connected in self._mailboxes().items():
+                self.metrics.mailbox_connected.labels(tenant).set(1 if connected else 0)
+
+    def _outbox(self, stats: list[OutboxStat], at: float) -> None:
+        counts = {(t, k, s): 0 for t in self._tenants for k in OutboxKind for s in OutboxState}
+        oldest: dict[tuple[str, OutboxKind], float] = {}
+        for stat in stats:
+            counts[(stat.tenant_id, stat.kind, stat.state)] = stat.count
+            if stat.state in PENDING:
+                key = (stat.tenant_id, stat.kind)
+                oldest[key] = min(oldest.get(key, stat.oldest_created_at),
+                                  stat.oldest_created_at)
+        for (tenant, kind, state), count in counts.items():
+            self.metrics.outbox_items.labels(tenant, kind.value, state.value).set(count)
+        for tenant in {t for t, _, _ in counts}:
+            for kind in OutboxKind:
+                created = oldest.get((tenant, kind))
+                self.metrics.outbox_oldest_pending_seconds.labels(tenant, kind.value).set(
+                    max(0.0, at - created) if created is not None else 0.0)
