@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from connector.admin.api import AdminApi
 from connector.cda.policy import SchematronPolicy
 from connector.cda.validation import CdaValidator
 from connector.delivery.factory import build_delivery
@@ -157,8 +158,11 @@ class Application:
             if self.gauges is not None:
                 self.gauges.start()
             if self.settings.admin is not None:
-                self.admin = AdminServer(self.settings.admin.host, self.settings.admin.port,
-                                         self.metrics, self.readiness)
+                admin = self.settings.admin
+                api = AdminApi(self.store, admin.token) if admin.token else None
+                context = server_ssl_context(admin.tls) if admin.tls else None
+                self.admin = AdminServer(admin.host, admin.port, self.metrics, self.readiness,
+                                         api=api, ssl_context=context)
                 await self.admin.start()
         except BaseException:
             await self.stop()

@@ -249,6 +249,8 @@ class AdminSettings:
     host: str = "127.0.0.1"
     port: int = 9610
     ready_requires_mailboxes: bool = False  # /readyz fails while a receipts mailbox is down
+    token: str | None = field(default=None, repr=False)  # set: the JSON API under /api/
+    tls: ListenerTLS | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -765,9 +767,23 @@ def parse_settings(data: Mapping[str, Any], *, source: str | None = None,
     admin = None
     if admin_table is not None:
         a = _Reader(admin_table, "admin", source, env)
+        token = a.secret("token")
+        if token is not None and len(token) < 16:
+            raise a.fail("token_env" if "token_env" in admin_table else "token_file",
+                         "the admin API token must be at least 16 characters")
+        tls_table = a.subtable("tls")
+        admin_tls = None
+        if tls_table is not None:
+            t = _Reader(tls_table, "admin.tls", source, env)
+            cert, key = t.path("certificate", must_exist=True), t.path("private_key",
+                                                                       must_exist=True)
+            if cert is None or key is None:
+                raise t.fail("certificate" if cert is None else "private_key", "is required")
+            admin_tls = ListenerTLS(cert, key, t.secret("private_key_password"))
+            t.close()
         admin = AdminSettings(a.text("host", "127.0.0.1") or "127.0.0.1",
                               a.integer("port", 9610, 0, 65535),
-                              a.flag("ready_requires_mailboxes", False))
+                              a.flag("ready_requires_mailboxes", False), token, admin_tls)
         a.close()
     tenants = []
     raw_tenants = root.array("tenants")

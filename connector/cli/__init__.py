@@ -12,6 +12,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from connector.cli.audit_cmd import register as register_audit
     from connector.cli.config_cmd import register as register_check_config
     from connector.cli.messages_cmd import register as register_messages
     from connector.cli.outbox_cmd import register as register_outbox
@@ -28,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for register in (register_serve, register_check_config, register_send, register_messages,
-                     register_render, register_whitelist, register_outbox, register_receipts):
+                     register_render, register_whitelist, register_outbox, register_receipts,
+                     register_audit):
         register(sub)
     return parser
 

@@ -16,8 +16,9 @@ import socket
 import sys
 from typing import Any
 
+from connector.admin import queries
 from connector.cli._common import add_config_argument, run_with_store, utc_time
-from connector.store import AuditAction, AuditEntry, OutboxState, OutboxSummary
+from connector.store import OutboxState, OutboxSummary
 
 
 def register(sub: Any) -> None:
@@ -101,11 +102,10 @@ def _operator() -> str:
 
 
 def _change(args: argparse.Namespace, verb: str) -> int:
-    action_name = AuditAction.RETRIED if verb == "retry_now" else AuditAction.CANCELLED
+    change = queries.retry if verb == "retry_now" else queries.cancel
 
     async def action(store: Any) -> int:
-        changed: bool = await getattr(store, verb)(
-            args.id, audit=AuditEntry(_operator(), action_name))
+        changed = await change(store, args.id, _operator())
         if not changed:
             print(f"outbox item {args.id}: not changed (unknown, or its state does not allow "
                   f"{verb.replace('_', ' ')})", file=sys.stderr)

@@ -83,8 +83,11 @@ class IntakeStore(Protocol):
 
     async def list_inbound(
         self, *, tenant_id: str | None = None, status: InboundStatus | None = None,
-        limit: int = 100,
-    ) -> list[InboundSummary]: ...
+        limit: int = 100, since: float | None = None, until: float | None = None,
+        control_id: str | None = None,
+    ) -> list[InboundSummary]:
+        """Newest first; `since` <= received_at < `until`."""
+        ...
 
     async def get_inbound(self, inbound_id: int) -> InboundDetail | None: ...
 
@@ -192,11 +195,12 @@ class OutboxStore(Protocol):
         ...
 
     async def list_returned_mails(self, *, tenant_id: str | None = None,
-                                  status: ReceiptStatus | None = None, limit: int = 100
+                                  status: ReceiptStatus | None = None, limit: int = 100,
+                                  outbox_id: int | None = None
                                   ) -> list[ReturnedMailSummary]: ...
 
     async def list_outbox(self, *, tenant_id: str | None = None,
-                          state: OutboxState | None = None, limit: int = 100
-                          ) -> list[OutboxSummary]: ...
+                          state: OutboxState | None = None, limit: int = 100,
+                          inbound_id: int | None = None) -> list[OutboxSummary]: ...
 
     async def get_outbox(self, row_id: int) -> OutboxDetail | None: ...

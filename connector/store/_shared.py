@@ -272,17 +272,12 @@ def find_ids(fetch: Callable[[str, tuple[Any, ...]], Sequence[Sequence[Any]]], t
     return []
 
 
-def receipts_query(*, tenant_id: str | None, status: ReceiptStatus | None, limit: int
-                   ) -> tuple[str, tuple[Any, ...]]:
-    clauses: list[str] = []
-    params: list[Any] = []
-    if tenant_id is not None:
-        clauses.append("tenant_id = ?")
-        params.append(tenant_id)
-    if status is not None:
-        clauses.append("status = ?")
-        params.append(ReceiptStatus(status).value)
-    where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+def receipts_query(*, tenant_id: str | None, status: ReceiptStatus | None, limit: int,
+                   outbox_id: int | None = None) -> tuple[str, tuple[Any, ...]]:
+    where, params = _where((("tenant_id =", tenant_id),
+                            ("status =", ReceiptStatus(status).value if status is not None
+                             else None),
+                            ("outbox_id =", outbox_id)))
     # Only constant column names are interpolated.
     sql = (f"SELECT {RECEIPT_SUMMARY_COLUMNS} FROM receipts{where}"  # noqa: S608
            " ORDER BY id DESC LIMIT ?")
@@ -311,3 +306,34 @@ class Claim:
 def outbox_stat_from_row(row: Sequence[Any]) -> OutboxStat:
     return OutboxStat(row[0], OutboxKind(row[1]), OutboxState(row[2]), int(row[3]),
                       float(row[4]))
+
+
+def _where(filters: Sequence[tuple[str, object | None]]) -> tuple[str, list[Any]]:
+    """` WHERE a = ? AND ...` for the filters whose value is not None (`column op` given)."""
+    clauses = [f"{column} ?" for column, value in filters if value is not None]
+    params = [value for _, value in filters if value is not None]
+    return (f" WHERE {' AND '.join(clauses)}" if clauses else ""), params
+
+
+def inbound_query(*, tenant_id: str | None, status: InboundStatus | None, since: float | None,
+                  until: float | None, control_id: str | None, limit: int
+                  ) -> tuple[str, tuple[Any, ...]]:
+    """Inbound summaries, newest first (`?` placeholders)."""
+    where, params = _where((("tenant_id =", tenant_id),
+                            ("status =", status.value if status is not None else None),
+                            ("received_at >=", since), ("received_at <", until),
+                            ("control_id =", control_id)))
+    # Only constant column names and operators are interpolated.
+    sql = f"SELECT {SUMMARY_COLUMNS} FROM inbound{where} ORDER BY id DESC LIMIT ?"  # noqa: S608
+    return sql, (*params, limit)
+
+
+def outbox_query(*, tenant_id: str | None, state: OutboxState | None, inbound_id: int | None,
+                 limit: int) -> tuple[str, tuple[Any, ...]]:
+    """Outbox summaries, newest first (`?` placeholders)."""
+    where, params = _where((("tenant_id =", tenant_id),
+                            ("state =", OutboxState(state).value if state is not None else None),
+                            ("inbound_id =", inbound_id)))
+    sql = (f"SELECT {OUTBOX_SUMMARY_COLUMNS} FROM outbox{where}"  # noqa: S608
+           " ORDER BY id DESC LIMIT ?")
+    return sql, (*params, limit)

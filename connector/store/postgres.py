@@ -102,6 +102,8 @@ from connector.store._shared import (
     check_item,
     check_lease,
     find_ids,
+    inbound_query,
+    outbox_query,
     outbox_stat_from_row,
     outbox_summary_from_row,
     receipt_statements,
@@ -565,20 +567,13 @@ class PostgresStore:
 
 
     async def list_inbound(self, *, tenant_id: str | None = None,
-                           status: InboundStatus | None = None, limit: int = 100
-                           ) -> list[InboundSummary]:
-        clauses: list[str] = []
-        params: list[Any] = []
-        if tenant_id is not None:
-            clauses.append("tenant_id = %s")
-            params.append(tenant_id)
-        if status is not None:
-            clauses.append("status = %s")
-            params.append(status.value)
-        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-        # Only constant column names and placeholders are interpolated.
-        sql = f"SELECT {SUMMARY_COLUMNS} FROM inbound{where} ORDER BY id DESC LIMIT %s"  # noqa: S608
-        rows = await self._read(lambda c: c.execute(sql, (*params, limit)).fetchall())
+                           status: InboundStatus | None = None, limit: int = 100,
+                           since: float | None = None, until: float | None = None,
+                           control_id: str | None = None) -> list[InboundSummary]:
+        sql, params = inbound_query(tenant_id=tenant_id, status=status, since=since,
+                                    until=until, control_id=control_id, limit=limit)
+        statement = _pg(sql)
+        rows = await self._read(lambda c: c.execute(statement, params).fetchall())
         return [summary_from_row(row) for row in rows]
 
     async def get_inbound(self, inbound_id: int) -> InboundDetail | None:
@@ -849,28 +844,21 @@ class PostgresStore:
         return await self._transact(run)
 
     async def list_returned_mails(self, *, tenant_id: str | None = None,
-                                  status: ReceiptStatus | None = None, limit: int = 100
-                                  ) -> list[ReturnedMailSummary]:
-        sql, params = receipts_query(tenant_id=tenant_id, status=status, limit=limit)
+                                  status: ReceiptStatus | None = None, limit: int = 100,
+                                  outbox_id: int | None = None) -> list[ReturnedMailSummary]:
+        sql, params = receipts_query(tenant_id=tenant_id, status=status, limit=limit,
+                                     outbox_id=outbox_id)
         statement = _pg(sql)
         rows = await self._read(lambda c: c.execute(statement, params).fetchall())
         return [receipt_summary_from_row(row) for row in rows]
 
     async def list_outbox(self, *, tenant_id: str | None = None,
-                          state: OutboxState | None = None, limit: int = 100
-                          ) -> list[OutboxSummary]:
-        clauses: list[str] = []
-        params: list[Any] = []
-        if tenant_id is not None:
-            clauses.append("tenant_id = %s")
-            params.append(tenant_id)
-        if state is not None:
-            clauses.append("state = %s")
-            params.append(OutboxState(state).value)
-        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-        sql = (f"SELECT {OUTBOX_SUMMARY_COLUMNS} FROM outbox{where}"  # noqa: S608
-               " ORDER BY id DESC LIMIT %s")
-        rows = await self._read(lambda c: c.execute(sql, (*params, limit)).fetchall())
+                          state: OutboxState | None = None, limit: int = 100,
+                          inbound_id: int | None = None) -> list[OutboxSummary]:
+        sql, params = outbox_query(tenant_id=tenant_id, state=state, inbound_id=inbound_id,
+                                   limit=limit)
+        statement = _pg(sql)
+        rows = await self._read(lambda c: c.execute(statement, params).fetchall())
         return [outbox_summary_from_row(row) for row in rows]
 
     async def get_outbox(self, row_id: int) -> OutboxDetail | None:

@@ -57,6 +57,8 @@ from connector.store._shared import (
     check_item,
     check_lease,
     find_ids,
+    inbound_query,
+    outbox_query,
     outbox_stat_from_row,
     outbox_summary_from_row,
     receipt_statements,
@@ -446,19 +448,13 @@ class SQLiteStore:
 
 
     async def list_inbound(self, *, tenant_id: str | None = None,
-                           status: InboundStatus | None = None, limit: int = 100
-                           ) -> list[InboundSummary]:
-        clauses, params = [], []
-        if tenant_id is not None:
-            clauses.append("tenant_id = ?")
-            params.append(tenant_id)
-        if status is not None:
-            clauses.append("status = ?")
-            params.append(status.value)
-        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-        # Only constant column names and placeholders are interpolated.
-        sql = f"SELECT {SUMMARY_COLUMNS} FROM inbound{where} ORDER BY id DESC LIMIT ?"  # noqa: S608
-        rows = await self._read(lambda c: c.execute(sql, (*params, limit)).fetchall())
+                           status: InboundStatus | None = None, limit: int = 100,
+                           since: float | None = None, until: float | None = None,
+                           control_id: str | None = None) -> list[InboundSummary]:
+        sql, params = inbound_query(tenant_id=tenant_id, status=status, since=since,
+                                    until=until, control_id=control_id, limit=limit)
+        statement = sql
+        rows = await self._read(lambda c: c.execute(statement, params).fetchall())
         return [summary_from_row(row) for row in rows]
 
     async def get_inbound(self, inbound_id: int) -> InboundDetail | None:
@@ -716,26 +712,21 @@ class SQLiteStore:
         return RecordedMail(int(cursor.lastrowid or 0), duplicate=False)
 
     async def list_returned_mails(self, *, tenant_id: str | None = None,
-                                  status: ReceiptStatus | None = None, limit: int = 100
-                                  ) -> list[ReturnedMailSummary]:
-        sql, params = receipts_query(tenant_id=tenant_id, status=status, limit=limit)
-        rows = await self._read(lambda c: c.execute(sql, params).fetchall())
+                                  status: ReceiptStatus | None = None, limit: int = 100,
+                                  outbox_id: int | None = None) -> list[ReturnedMailSummary]:
+        sql, params = receipts_query(tenant_id=tenant_id, status=status, limit=limit,
+                                     outbox_id=outbox_id)
+        statement = sql
+        rows = await self._read(lambda c: c.execute(statement, params).fetchall())
         return [receipt_summary_from_row(row) for row in rows]
 
     async def list_outbox(self, *, tenant_id: str | None = None,
-                          state: OutboxState | None = None, limit: int = 100
-                          ) -> list[OutboxSummary]:
-        clauses, params = [], []
-        if tenant_id is not None:
-            clauses.append("tenant_id = ?")
-            params.append(tenant_id)
-        if state is not None:
-            clauses.append("state = ?")
-            params.append(OutboxState(state).value)
-        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-        sql = (f"SELECT {OUTBOX_SUMMARY_COLUMNS} FROM outbox{where}"  # noqa: S608
-               " ORDER BY id DESC LIMIT ?")
-        rows = await self._read(lambda c: c.execute(sql, (*params, limit)).fetchall())
+                          state: OutboxState | None = None, limit: int = 100,
+                          inbound_id: int | None = None) -> list[OutboxSummary]:
+        sql, params = outbox_query(tenant_id=tenant_id, state=state, inbound_id=inbound_id,
+                                   limit=limit)
+        statement = sql
+        rows = await self._read(lambda c: c.execute(statement, params).fetchall())
         return [outbox_summary_from_row(row) for row in rows]
 
     async def get_outbox(self, row_id: int) -> OutboxDetail | None:

@@ -1,0 +1,144 @@
+"""The admin JSON API, behind a bearer token (from a secret), on the admin listener:
+
+    GET  /api/requests?tenant=&status=&since=&until=&control_id=&limit=
+    GET  /api/requests/{id}                 the timeline of one request
+    POST /api/outbox/{id}/retry             due now (failed, dead or waiting)
+    POST /api/outbox/{id}/cancel            never send it (not once sent)
+    GET  /api/audit?from=&to=&tenant=&format=json|csv
+
+Times are ISO 8601 (`2026-11-23T08:00:00+01:00`, a date alone is midnight UTC) or epoch seconds.
+Every change is audited with the actor `admin api (<client address>)`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Final
+
+from connector.admin import queries
+from connector.store import InboundStatus
+
+if TYPE_CHECKING:
+    from connector.admin.queries import Store
+
+_REQUEST: Final = re.compile(r"/api/requests/(\d{1,18})\Z")
+_OUTBOX_ACTION: Final = re.compile(r"/api/outbox/(\d{1,18})/(retry|cancel)\Z")
+JSON: Final = "application/json"
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: str
+    content_type: str
+    body: bytes
+
+
+def _json(status: str, payload: object) -> Response:
+    return Response(status, JSON, (json.dumps(payload, ensure_ascii=False) + "\n").encode())
+
+
+def _error(status: str, message: str) -> Response:
+    return _json(status, {"error": message})
+
+
+class BadRequest(ValueError):
+    pass
+
+
+def parse_time(text: str | None, name: str) -> float | None:
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise BadRequest(f"{name}: not an ISO 8601 time or epoch seconds") from exc
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+class AdminApi:
+    def __init__(self, store: Store, token: str) -> None:
+        if len(token) < 16:
+            raise ValueError("the admin API token must be at least 16 characters")
+        self._store = store
+        self._token = token.encode()
+
+    def authorised(self, headers: dict[str, str]) -> bool:
+        scheme, _, given = headers.get("authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(),
+                                                                  self._token)
+
+    async def handle(self, method: str, path: str, query: dict[str, str],
+                     headers: dict[str, str], peer: str) -> Response:
+        if not self.authorised(headers):
+            return Response("401 Unauthorized", JSON, b'{"error": "bearer token required"}\n')
+        try:
+            return await self._route(method, path, query, peer)
+        except BadRequest as exc:
+            return _error("400 Bad Request", str(exc))
+
+    async def _route(self, method: str, path: str, query: dict[str, str],
+                     peer: str) -> Response:
+        if path == "/api/requests" and method == "GET":
+            return _json("200 OK", await queries.search_requests(
+                self._store, tenant_id=query.get("tenant"), status=_status(query),
+                since=parse_time(query.get("since"), "since"),
+                until=parse_time(query.get("until"), "until"),
+                control_id=query.get("control_id"), limit=_limit(query)))
+        if (match := _REQUEST.match(path)) and method == "GET":
+            found = await queries.timeline(self._store, int(match.group(1)))
+            return _json("200 OK", found) if found else _error("404 Not Found", "no request")
+        if (match := _OUTBOX_ACTION.match(path)) and method == "POST":
+            row_id, verb = int(match.group(1)), match.group(2)
+            actor = f"admin api ({peer})"
+            done = await (queries.retry if verb == "retry" else queries.cancel)(
+                self._store, row_id, actor)
+            if not done:
+                return _error("409 Conflict", f"outbox {row_id}: unknown, or its state does not "
+                                              f"allow {verb}")
+            return _json("200 OK", {"outbox_id": row_id, "done": verb})
+        if path == "/api/audit" and method == "GET":
+            records = await queries.audit_records(
+                self._store, since=parse_time(query.get("from"), "from"),
+                until=parse_time(query.get("to"), "to"), tenant_id=query.get("tenant"))
+            if query.get("format") == "csv":
+                return Response("200 OK", "text/csv; charset=utf-8",
+                                queries.audit_as_csv(records).encode())
+            return Response("200 OK", JSON, queries.audit_as_json(records).encode())
+        if path.startswith("/api/"):
+            return _error("404 Not Found", "no such resource or method")
+        return _error("404 Not Found", "not found")
+
+
+def _status(query: dict[str, str]) -> InboundStatus | None:
+    raw = query.get("status")
+    if raw is None:
+        return None
+    try:
+        return InboundStatus(raw)
+    except ValueError as exc:
+        raise BadRequest("status: accepted or rejected") from exc
+
+
+def _limit(query: dict[str, str]) -> int:
+    raw = query.get("limit", "100")
+    if not raw.isdigit() or not 1 <= int(raw) <= 10_000:
+        raise BadRequest("limit: 1 to 10000")
+    return int(raw)
+
+
+def query_of(target: str) -> tuple[str, dict[str, str]]:
+    from urllib.parse import parse_qsl, urlsplit
+
+    parts = urlsplit(target)
+    return parts.path, dict(parse_qsl(parts.query))
+
