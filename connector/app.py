@@ -1,10 +1,13 @@
-"""Composition root: build the store and the listeners from settings, run, drain on SIGTERM."""
+"""Composition root: build the store and each tenant's parts from settings, run, reload on
+SIGHUP (tenants added, replaced or removed without a restart), drain on SIGTERM."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import structlog
@@ -12,28 +15,25 @@ import structlog
 from connector.admin.api import AdminApi
 from connector.cda.policy import SchematronPolicy
 from connector.cda.validation import CdaValidator
-from connector.delivery.factory import build_delivery
 from connector.delivery.worker import DeliveryService
 from connector.directory.whitelist import load_whitelist
 from connector.errors import ConfigError
-from connector.hl7.ack import AckIdentity, ControlIdGenerator
+from connector.hl7.ack import ControlIdGenerator
 from connector.mllp.server import MLLPServer, server_ssl_context
-from connector.observability.gauges import Certificate, GaugeRefresher
+from connector.observability.gauges import GaugeRefresher
 from connector.observability.http import AdminServer
 from connector.observability.metrics import ConnectorMetrics
 from connector.pipeline.documents import (
     CdaChecker,
-    CisisIntake,
     UnconfiguredCdaChecker,
     ValidatingCdaChecker,
 )
-from connector.pipeline.intake import IntakeConfig, IntakeHandler
-from connector.pipeline.outgoing import MailPlanner
-from connector.receipts.factory import build_receipts
+from connector.pipeline.intake import IntakeHandler
 from connector.receipts.poller import ReceiptPoller
-from connector.settings import Settings, StoreBackend, TenantSettings
+from connector.settings import Settings, StoreBackend, load_settings
 from connector.store.cipher import PayloadCipher
 from connector.store.sqlite import SQLiteStore
+from connector.tenants import SharedParts, TenantRuntime, build_tenant
 
 if TYPE_CHECKING:
     from connector.store.postgres import PostgresStore
@@ -72,89 +72,99 @@ def build_cda_checker(settings: Settings, policy: SchematronPolicy) -> CdaChecke
         phase=validation.schematron_phase))
 
 
-def _planner(tenant: TenantSettings, prefix: str, source: str | None) -> MailPlanner:
-    try:
-        return MailPlanner(tenant)
-    except ConfigError as exc:  # names tenants[<id>]: say it with the index, as the file does
-        _, _, key = exc.key.partition("].")
-        raise ConfigError(f"{prefix}.{key}", exc.problem, source=source) from exc
+@dataclass(frozen=True, slots=True)
+class ReloadReport:
+    added: tuple[str, ...] = ()
+    replaced: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    needs_restart: tuple[str, ...] = ()  # sections a reload cannot change
+
+
+# Sections a running process cannot swap: the store, the admin listener, logging.
+_RESTART_ONLY = ("store", "admin", "logging")
+# Sections every tenant is built from: a change rebuilds them all.
+_SHARED = ("default_charset", "validation", "whitelist")
 
 
 @dataclass
 class Application:
     settings: Settings
     store: SQLiteStore | PostgresStore
-    servers: list[MLLPServer] = field(default_factory=list)
-    handlers: list[IntakeHandler] = field(default_factory=list)
     metrics: ConnectorMetrics = field(default_factory=ConnectorMetrics)
     admin: AdminServer | None = None
     delivery: DeliveryService = field(default_factory=lambda: DeliveryService(()))
-    pollers: list[ReceiptPoller] = field(default_factory=list)
     gauges: GaugeRefresher | None = None
+    tenants: dict[str, TenantRuntime] = field(default_factory=dict)
+    control_ids: ControlIdGenerator = field(default_factory=ControlIdGenerator)
+    _whitelist_date: datetime | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> Application:
         store = build_store(settings)
         app = cls(settings, store)
-        control_ids = ControlIdGenerator()
+        shared = app._shared(settings)
+        for index, tenant in enumerate(settings.tenants):
+            app._adopt(build_tenant(index, tenant, shared))
+        app.gauges = GaugeRefresher(
+            app.metrics, store.outbox_stats, lambda: list(app.tenants),
+            certificates=lambda: [c for t in app.tenants.values() for c in t.certificates],
+            whitelist_generated_at=lambda: app._whitelist_date, mailboxes=app.mailboxes)
+        return app
+
+    def _shared(self, settings: Settings) -> SharedParts:
         whitelist = load_whitelist(settings.whitelist) if settings.whitelist else None
         if whitelist is None:
             log.warning("trust_space_not_configured",
                         hint="set [directory] whitelist to the MSSante liste blanche")
+        self._whitelist_date = whitelist.generated_at if whitelist else None
         checkers: dict[SchematronPolicy, CdaChecker] = {}
-        deliveries = []
-        certificates: list[Certificate] = []
-        for index, tenant in enumerate(settings.tenants):
-            prefix = f"tenants[{index}]"
-            policy = tenant.cisis.schematron_policy
+
+        def checker(policy: SchematronPolicy) -> CdaChecker:
             if policy not in checkers:
                 checkers[policy] = build_cda_checker(settings, policy)
-            cisis = CisisIntake(tenant.cisis, checkers[policy], whitelist)
-            planner = _planner(tenant, prefix, settings.source)
-            receipts = build_receipts(tenant, store, prefix=prefix, source=settings.source,
-                                      control_ids=control_ids, metrics=app.metrics)
-            deliveries.append(build_delivery(tenant, store, prefix=prefix,
-                                             source=settings.source, metrics=app.metrics,
-                                             follow_up=receipts.follow_up))
-            if receipts.returns is not None:
-                app.delivery.returns[tenant.id] = receipts.returns
-            if receipts.poller is not None:
-                app.pollers.append(receipts.poller)
-            smtp_tls = getattr(deliveries[-1].transport, "tls", None)
-            if smtp_tls is not None and smtp_tls.client_certificate is not None:
-                certificates.append(Certificate(tenant.id, "smtp", smtp_tls.client_certificate))
-            if receipts.imap_certificate is not None:
-                certificates.append(Certificate(tenant.id, "imap", receipts.imap_certificate))
-            for listener in tenant.listeners:
-                handler = IntakeHandler(
-                    IntakeConfig(tenant.id, listener.name,
-                                 AckIdentity(tenant.application, tenant.facility),
-                                 listener.charset, settings.default_charset),
-                    store, control_ids, cisis, app.metrics, planner=planner,
-                    on_queued=app.delivery.wake)
-                ssl_context = server_ssl_context(listener.tls) if listener.tls else None
-                app.handlers.append(handler)
-                app.servers.append(MLLPServer(listener, handler, ssl_context=ssl_context))
-        app.delivery.tenants.update((d.tenant_id, d) for d in deliveries)
-        app.gauges = GaugeRefresher(
-            app.metrics, store.outbox_stats, [t.id for t in settings.tenants],
-            certificates=certificates,
-            whitelist_generated_at=whitelist.generated_at if whitelist else None,
-            mailboxes=app.mailboxes)
-        return app
+            return checkers[policy]
+
+        return SharedParts(settings, self.store, self.control_ids, whitelist, checker,
+                           self.metrics, self.delivery.wake)
+
+    def _adopt(self, runtime: TenantRuntime) -> None:
+        self.tenants[runtime.id] = runtime
+        self.delivery.tenants[runtime.id] = runtime.delivery
+        if runtime.returns is not None:
+            self.delivery.returns[runtime.id] = runtime.returns
+        else:
+            self.delivery.returns.pop(runtime.id, None)
+
+    def _forget(self, tenant_id: str) -> None:
+        self.tenants.pop(tenant_id, None)
+        self.delivery.tenants.pop(tenant_id, None)
+        self.delivery.returns.pop(tenant_id, None)
+
+    # -- views used by operators and tests ---------------------------------------------------
+
+    @property
+    def servers(self) -> list[MLLPServer]:
+        return [server for t in self.tenants.values() for server in t.servers]
+
+    @property
+    def handlers(self) -> list[IntakeHandler]:
+        return [handler for t in self.tenants.values() for handler in t.handlers]
+
+    @property
+    def pollers(self) -> list[ReceiptPoller]:
+        return [t.poller for t in self.tenants.values() if t.poller is not None]
 
     def mailboxes(self) -> dict[str, bool]:
         """Each polled mailbox's tenant and whether its IMAP session is up."""
         return {poller.tenant_id: poller.connected for poller in self.pollers}
 
+    # -- life cycle ----------------------------------------------------------------------------
+
     async def start(self) -> None:
         self.store.open()
         try:
-            for server in self.servers:
-                await server.start()
-            self.delivery.start()
-            for poller in self.pollers:
-                poller.start()
+            for runtime in self.tenants.values():
+                await runtime.start()
             if self.gauges is not None:
                 self.gauges.start()
             if self.settings.admin is not None:
@@ -170,10 +180,10 @@ class Application:
 
     def readiness(self) -> tuple[bool, str]:
         """Ready when the store accepts work and every listener is bound. A mailbox that is
-        not connected is reported (`ready; mailbox down: <tenants>`) without making the
-        instance unready: intake must keep taking messages while an operator's IMAP is away
-        (receipts wait in the mailbox). `[admin] ready_requires_mailboxes = true` makes it
-        count."""
+        not connected is reported (`ready; mailbox not connected: <tenants>`) without making
+        the instance unready: intake must keep taking messages while an operator's IMAP is
+        away (receipts wait in the mailbox). `[admin] ready_requires_mailboxes = true` makes
+        it count."""
         if self.store.closed:
             return False, "store closed"
         if not all(server.bound for server in self.servers):
@@ -189,15 +199,52 @@ class Application:
             return True, f"ready; {reason}"
         return True, "ready"
 
+    async def reload(self, settings: Settings, grace_seconds: float = 10.0) -> ReloadReport:
+        """Apply a new configuration without a restart: tenants added are started, tenants
+        removed are drained and stopped, tenants whose settings changed are replaced (the
+        others are not touched; a change of `whitelist`, `validation` or `default_charset`
+        replaces them all). `[store]`, `[admin]` and `[logging]` need a restart: reported,
+        not applied. Everything new is built before anything is stopped, so a `ConfigError`
+        leaves the running configuration as it was."""
+        old = self.settings
+        needs_restart = tuple(name for name in _RESTART_ONLY
+                              if getattr(old, name) != getattr(settings, name))
+        rebuild_all = any(getattr(old, name) != getattr(settings, name) for name in _SHARED)
+        shared = self._shared(settings)
+        current = {t.id: t for t in old.tenants}
+        fresh: dict[str, TenantRuntime] = {}
+        for index, tenant in enumerate(settings.tenants):
+            if rebuild_all or current.get(tenant.id) != tenant:
+                fresh[tenant.id] = build_tenant(index, tenant, shared)
+        wanted = {t.id for t in settings.tenants}
+        removed = tuple(tid for tid in self.tenants if tid not in wanted)
+        replaced = tuple(tid for tid in fresh if tid in self.tenants)
+        added = tuple(tid for tid in fresh if tid not in self.tenants)
+        for tenant_id in (*removed, *replaced):
+            await self.tenants[tenant_id].stop(grace_seconds)
+            self._forget(tenant_id)
+        for tenant_id, runtime in fresh.items():
+            try:
+                await runtime.start()
+            except OSError as exc:  # its port is taken: the others keep running
+                log.error("tenant_start_failed", tenant=tenant_id, error=str(exc))
+                continue
+            self._adopt(runtime)
+        order = [t.id for t in settings.tenants]
+        self.tenants = dict(sorted(self.tenants.items(), key=lambda kv: order.index(kv[0])))
+        self.settings = replace(settings, store=old.store, admin=old.admin, logging=old.logging)
+        report = ReloadReport(added, replaced, removed, needs_restart)
+        log.info("configuration_reloaded", added=list(added), replaced=list(replaced),
+                 removed=list(removed), needs_restart=list(needs_restart))
+        return report
+
     async def stop(self, grace_seconds: float = 10.0) -> None:
         """Stop accepting, answer AR to what is queued, finish what is in flight, close."""
         for handler in self.handlers:
             handler.draining = True
-        await asyncio.gather(*(s.stop(grace_seconds) for s in self.servers))
         if self.gauges is not None:
             await self.gauges.stop()
-        await asyncio.gather(*(poller.stop() for poller in self.pollers))
-        await self.delivery.stop(grace_seconds)
+        await asyncio.gather(*(t.stop(grace_seconds) for t in self.tenants.values()))
         if self.admin is not None:
             await self.admin.stop()
         await self.store.close()
@@ -209,6 +256,14 @@ class Application:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        reloads: set[asyncio.Task[None]] = set()
+
+        def on_sighup() -> None:
+            task = loop.create_task(self._reload_from_source())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_sighup)
         store = self.settings.store
         log.info("serving", tenants=len(self.settings.tenants), listeners=len(self.servers),
                  store=store.backend.value,
@@ -216,3 +271,14 @@ class Application:
         await stop.wait()
         log.info("draining")
         await self.stop()
+
+    async def _reload_from_source(self) -> None:
+        source = self.settings.source
+        if source is None:
+            log.warning("reload_ignored", reason="running the embedded default: no file")
+            return
+        try:
+            settings = await asyncio.to_thread(load_settings, Path(source))
+            await self.reload(settings)
+        except ConfigError as exc:
+            log.error("reload_refused", error=str(exc), kept="the running configuration")

@@ -34,14 +34,15 @@ class Certificate:
 class GaugeRefresher:
     def __init__(self, metrics: ConnectorMetrics,
                  stats: Callable[[], Awaitable[list[OutboxStat]]],
-                 tenants: Sequence[str], *, certificates: Sequence[Certificate] = (),
-                 whitelist_generated_at: datetime | None = None,
+                 tenants: Callable[[], Sequence[str]], *,
+                 certificates: Callable[[], Sequence[Certificate]] = tuple,
+                 whitelist_generated_at: Callable[[], datetime | None] = lambda: None,
                  mailboxes: Callable[[], dict[str, bool]] | None = None,
                  interval: float = 15.0) -> None:
         self.metrics = metrics
         self._stats = stats
-        self._tenants = tuple(tenants)
-        self._certificates = tuple(certificates)
+        self._tenants = tenants
+        self._certificates = certificates
         self._whitelist = whitelist_generated_at
         self._mailboxes = mailboxes
         self.interval = interval
@@ -69,18 +70,20 @@ class GaugeRefresher:
             log.warning("gauges_store_unavailable", error=str(exc))
         else:
             self._outbox(stats, at)
-        for certificate in self._certificates:
+        for certificate in self._certificates():
             self.metrics.client_certificate_expiry_days.labels(
                 certificate.tenant_id, certificate.use).set(
                 round(certificate.info.days_to_expiry(), 3))
-        if self._whitelist is not None:
-            self.metrics.whitelist_age_seconds.set(at - self._whitelist.timestamp())
+        generated = self._whitelist()
+        if generated is not None:
+            self.metrics.whitelist_age_seconds.set(at - generated.timestamp())
         if self._mailboxes is not None:
             for tenant, connected in self._mailboxes().items():
                 self.metrics.mailbox_connected.labels(tenant).set(1 if connected else 0)
 
     def _outbox(self, stats: list[OutboxStat], at: float) -> None:
-        counts = {(t, k, s): 0 for t in self._tenants for k in OutboxKind for s in OutboxState}
+        counts = {(t, k, s): 0 for t in self._tenants() for k in OutboxKind
+                  for s in OutboxState}
         oldest: dict[tuple[str, OutboxKind], float] = {}
         for stat in stats:
             counts[(stat.tenant_id, stat.kind, stat.state)] = stat.count
