@@ -196,7 +196,9 @@ class TenantDelivery:
                 if self._stopping or self.paused:
                     break
                 await self._rate.acquire()
-                await self._deliver_one(session, lease, settling)
+                with structlog.contextvars.bound_contextvars(tenant=self.tenant_id,
+                                                             outbox_id=lease.id):
+                    await self._deliver_one(session, lease, settling)
                 remaining.pop(lease.id, None)
         finally:
             renewer.cancel()

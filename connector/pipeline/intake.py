@@ -78,12 +78,22 @@ class IntakeHandler:
         self.draining = False
 
     async def handle(self, payload: bytes, peer: str) -> bytes | None:
+        # Every log line of this message carries its tenant, listener and connection (this
+        # runs in the connection's own task: the binding ends with it).
+        with structlog.contextvars.bound_contextvars(
+                tenant=self.config.tenant_id, listener=self.config.listener, connection=peer,
+                control_id=None):
+            return await self._handle(payload, peer)
+
+    async def _handle(self, payload: bytes, peer: str) -> bytes | None:
         started = time.perf_counter()
         received_at = time.time()
         if self.draining:
             return self._answered(started, None, self._transient(
                 payload, "the connector is shutting down; send again later"), "AR")
         decision = self.decider.first_pass(payload)
+        if decision.header is not None:
+            structlog.contextvars.bind_contextvars(control_id=decision.header.control_id)
         if decision.needs_document_checks:
             decision = await asyncio.to_thread(self.decider.check_documents, decision)
         header = decision.header
