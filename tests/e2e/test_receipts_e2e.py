@@ -371,9 +371,19 @@ async def test_spam_reports_for_unknown_mails_and_garbage_go_to_unmatched(
                                 "MDN-sent-automatically; processed"))
     await _submit(operator, b"Subject: broken\r\nContent-Type: multipart/report; boundary=\"x\"\r\n"
                             b"Message-ID: <broken@x>\r\n\r\n--x\r\nnot closed")
-    await eventually(lambda: folder_count(operator, "unmatched") == 3)
+    await _submit(operator, (  # a well-formed DSN for an envelope id we never used
+        f"From: MAILER-DAEMON@mx.operator.test\r\nTo: {SENDER}\r\nSubject: report\r\n"
+        "Message-ID: <dsn-unknown@mx>\r\nMIME-Version: 1.0\r\nContent-Type: multipart/report;"
+        " report-type=delivery-status; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/plain"
+        "\r\n\r\nreport\r\n--b\r\nContent-Type: message/delivery-status\r\n\r\n"
+        "Reporting-MTA: dns; mx.operator.test\r\nOriginal-Envelope-Id: nobody-knows-me\r\n\r\n"
+        f"Final-Recipient: rfc822; {RECIPIENT}\r\nAction: delivered\r\nStatus: 2.0.0\r\n"
+        "\r\n--b--\r\n").encode())
+    await eventually(lambda: folder_count(operator, "unmatched") == 4)
     unmatched = await app.store.list_returned_mails(status=ReceiptStatus.UNMATCHED)
-    assert len(unmatched) == 3
+    assert len(unmatched) == 4
+    kinds = {u.kind for u in unmatched}
+    assert {None, "mdn", "dsn"} <= kinds  # spam, the unknown MDN and the unknown DSN
     assert his.received == []
     assert app.pollers[0].connected
 

@@ -111,3 +111,24 @@ async def test_outbox_and_delivery_metrics_move(app_factory: Callable[..., objec
                    (("result", "sent"), tenant_label, ("transport", "maildir")))] == 1
     assert values[("mssconnector_smtp_send_seconds_count",
                    (tenant_label, ("transport", "maildir")))] == 1
+
+
+async def test_whitelist_age_is_exported(app_factory: Callable[..., object],
+                                         tmp_path: Path) -> None:
+    import time
+    from datetime import UTC, datetime, timedelta
+
+    from tests.integration.test_whitelist_cli import whitelist
+
+    generated = datetime.now(UTC) - timedelta(days=3)
+    path = tmp_path / "listeblanche.xml"
+    path.write_bytes(whitelist(generated.strftime("%Y-%m-%dT%H:%M:%SZ"), "medecin.mssante.fr"))
+    settings = replace(make_settings(tmp_path), admin=AdminSettings("127.0.0.1", 0),
+                       whitelist=path)
+    running: RunningApp = await app_factory(settings)  # type: ignore[operator]
+    assert running.app.gauges is not None
+    await running.app.gauges.refresh(now=time.time())
+    assert running.app.admin is not None
+    values = samples((await http_get(*running.app.admin.address, "/metrics"))[1])
+    age = values[("mssconnector_whitelist_age_seconds", ())]
+    assert 3 * 86400 - 5 < age < 3 * 86400 + 60
