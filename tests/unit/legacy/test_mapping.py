@@ -1,0 +1,85 @@
+"""Flow mappings: the shipped ones load; every mistake names its file, line and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from connector.errors import ConfigError
+from connector.legacy.mapping import (
+    BodySource,
+    MailboxChoice,
+    RecipientRule,
+    UnresolvedPolicy,
+    load_mapping,
+    load_mappings,
+)
+
+SHIPPED = Path(__file__).resolve().parents[3] / "mappings"
+GOOD = (SHIPPED / "labo-cr-bio" / "mapping.yaml").read_text("utf-8")
+
+
+def test_the_shipped_mappings_load() -> None:
+    mappings = {m.name: m for m in load_mappings(SHIPPED)}
+    assert set(mappings) == {"labo-cr-bio", "lettre-liaison-sortie"}
+    bio = mappings["labo-cr-bio"]
+    assert (bio.document_type.code, bio.body, bio.mailbox, bio.unresolved) == (
+        "11502-2", BodySource.OBX_PDF, MailboxChoice.PERSONAL, UnresolvedPolicy.SKIP)
+    assert bio.rules == (RecipientRule.ORDERING_PROVIDER, RecipientRule.COPIES)
+    assert bio.match.obr4_code == frozenset({"11502-2", "BIO"})
+    assert bio.service_event_time == ("OBR-7", "OBR-22")
+    assert bio.metadata.ack_reception
+    ldl = mappings["lettre-liaison-sortie"]
+    assert ldl.rules == (RecipientRule.MEDECIN_TRAITANT, RecipientRule.COPIES)
+
+
+def write(tmp_path: Path, text: str, name: str = "flow") -> Path:
+    path = tmp_path / name / "mapping.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, "utf-8")
+    return path
+
+
+def line_of(text: str, needle: str) -> int:
+    return next(n for n, line in enumerate(text.splitlines(), 1) if needle in line)
+
+
+@pytest.mark.parametrize(("old", "new", "key", "needle"), [
+    ("  mailbox: personal", "  mailbox: personel", "recipients.mailbox", "mailbox:"),
+    ("  unresolved: skip", "  unresolved: skip\n  colour: blue", "recipients.colour",
+     "colour:"),
+    ("  from: obx-pdf", "  from: obx-pfd", "body.from", "obx-pfd"),
+    ("  ack_reception: true", "  ack_reception: yes please", "metadata.ack_reception",
+     "ack_reception"),
+    ("  rules: [ordering-provider, copies]", "  rules: [ordering-provider, {fixed: [nope]}]",
+     "recipients.rules[1].fixed[0]", "rules:"),
+    ("  from: [OBR-32, ORC-12, OBX-16]", "  from: [OBR32]", "author.from[0]", "OBR32"),
+])
+def test_mistakes_name_the_file_line_and_key(tmp_path: Path, old: str, new: str, key: str,
+                                             needle: str) -> None:
+    assert old in GOOD
+    text = GOOD.replace(old, new)
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_mapping(path)
+    assert caught.value.key == key
+    assert caught.value.source == f"{path}:{line_of(text, needle)}"
+
+
+def test_a_yaml_syntax_error_names_its_line(tmp_path: Path) -> None:
+    text = GOOD.replace("  confidentiality: N", "  confidentiality: [N")
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_mapping(path)
+    assert caught.value.key == "(syntax)"
+    assert caught.value.source is not None
+    assert caught.value.source.startswith(f"{path}:")
+
+
+def test_duplicate_names_are_refused(tmp_path: Path) -> None:
+    write(tmp_path, GOOD, "a")
+    second = write(tmp_path, GOOD, "b")
+    with pytest.raises(ConfigError) as caught:
+        load_mappings(tmp_path)
+    assert (caught.value.key, caught.value.source) == ("name", str(second))
