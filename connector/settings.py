@@ -218,6 +218,7 @@ class TenantSettings:
     oid: str | None = None  # the establishment's OID: XDM sourceId, local ids without an OID
     delivery: DeliverySettings = DeliverySettings()
     receipts: ReceiptsSettings | None = None  # no IMAP polling unless configured
+    mappings: Path | None = None  # legacy flow mappings (<dir>/<flow>/mapping.yaml)
     his: HisSettings | None = None  # no ZAM unless configured
 
 
@@ -591,6 +592,7 @@ def _tenant(reader: _Reader, index: int, base: Path) -> TenantSettings:
         delivery=_delivery(reader),
         receipts=_receipts(reader),
         his=_his(reader),
+        mappings=_directory_path(reader, "mappings"),
     )
     reader.close()
     if tenant.oid is None:
@@ -732,6 +734,13 @@ def _delivery(reader: _Reader) -> DeliverySettings:
     )
     r.close()
     return settings
+
+
+def _directory_path(reader: _Reader, name: str) -> Path | None:
+    path = reader.path(name)
+    if path is not None and not path.is_dir():
+        raise reader.fail(name, f"not a directory: {path}")
+    return path
 
 
 def _oid(reader: _Reader, name: str) -> str | None:

@@ -16,6 +16,8 @@ from connector.delivery.worker import TenantDelivery
 from connector.directory.whitelist import Whitelist
 from connector.errors import ConfigError
 from connector.hl7.ack import AckIdentity, ControlIdGenerator
+from connector.legacy.flow import Establishment, LegacyFlows
+from connector.legacy.mapping import load_mappings
 from connector.mllp.server import MLLPServer, server_ssl_context
 from connector.observability.gauges import Certificate
 from connector.observability.metrics import ConnectorMetrics
@@ -98,6 +100,18 @@ def _planner(tenant: TenantSettings, prefix: str, source: str | None) -> MailPla
         raise ConfigError(f"{prefix}.{key}", exc.problem, source=source) from exc
 
 
+def _legacy(tenant: TenantSettings, prefix: str, source: str | None) -> LegacyFlows | None:
+    """The tenant's legacy mappings; their own file:line errors, or `tenants[i].mappings`."""
+    if tenant.mappings is None:
+        return None
+    mappings = load_mappings(tenant.mappings)
+    if not mappings:
+        raise ConfigError(f"{prefix}.mappings", f"no <flow>/mapping.yaml in {tenant.mappings}",
+                          source=source)
+    assert tenant.oid is not None  # required by the settings
+    return LegacyFlows(mappings, Establishment(tenant.name, tenant.oid, tenant.finess))
+
+
 def build_tenant(index: int, tenant: TenantSettings, shared: SharedParts) -> TenantRuntime:
     """Everything `tenant` runs; `ConfigError` naming `tenants[index]...` when it cannot."""
     settings, store, metrics = shared.settings, shared.store, shared.metrics
@@ -115,13 +129,15 @@ def build_tenant(index: int, tenant: TenantSettings, shared: SharedParts) -> Ten
         certificates.append(Certificate(tenant.id, "smtp", smtp_tls.client_certificate))
     if receipts.imap_certificate is not None:
         certificates.append(Certificate(tenant.id, "imap", receipts.imap_certificate))
+    legacy = _legacy(tenant, prefix, settings.source)
     handlers, servers = [], []
     for listener in tenant.listeners:
         handler = IntakeHandler(
             IntakeConfig(tenant.id, listener.name,
                          AckIdentity(tenant.application, tenant.facility),
                          listener.charset, settings.default_charset),
-            store, shared.control_ids, cisis, metrics, planner=planner, on_queued=shared.wake)
+            store, shared.control_ids, cisis, metrics, planner=planner, legacy=legacy,
+            on_queued=shared.wake)
         ssl_context = server_ssl_context(listener.tls) if listener.tls else None
         handlers.append(handler)
         servers.append(MLLPServer(listener, handler, ssl_context=ssl_context))

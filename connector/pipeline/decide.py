@@ -19,6 +19,7 @@ from connector.hl7.header import (
     salvage_header,
 )
 from connector.hl7.message import Message, parse_message
+from connector.legacy.flow import LegacyFlows, PatientTraits
 from connector.pipeline.documents import CisisIntake, DocumentVerdict, is_cisis
 from connector.pipeline.outgoing import MailPlanner
 from connector.pipeline.routing import Flow, route
@@ -41,6 +42,8 @@ class IntakeDecision:
     verdict: DocumentVerdict | None = None  # a checked CI-SIS request
     report: bytes | None = field(default=None, repr=False)
     outbox: tuple[OutboxItem, ...] = ()  # its mails, stored with it when it is accepted
+    legacy: bool = False  # an ORU without the CI-SIS profile, for the legacy mappings
+    traits: PatientTraits | None = None  # the ADT context of its patient (legacy flows)
 
     @property
     def needs_document_checks(self) -> bool:
@@ -56,9 +59,11 @@ class IntakeDecider:
     """`planner`: builds the mails of accepted requests (serve); None only checks (render)."""
 
     def __init__(self, cisis: CisisIntake, *, planner: MailPlanner | None = None,
-                 forced_charset: str | None = None, default_charset: str = "utf-8") -> None:
+                 legacy: LegacyFlows | None = None, forced_charset: str | None = None,
+                 default_charset: str = "utf-8") -> None:
         self.cisis = cisis
         self.planner = planner
+        self.legacy = legacy
         self.forced_charset = forced_charset
         self.default_charset = default_charset
 
@@ -79,16 +84,23 @@ class IntakeDecider:
         except MessageError as exc:
             return IntakeDecision(header or salvage_header(payload), codec, Outcome.ERROR,
                                   (AckError.from_exception(exc),))
-        if flow is Flow.DOCUMENT_ORU and not is_cisis(message):  # no worker thread needed
-            return IntakeDecision(header, codec, Outcome.ERROR, (NO_LEGACY_MAPPING,), message,
-                                  flow)
+        if flow is Flow.DOCUMENT_ORU and not is_cisis(message):
+            if self.legacy is None:  # no worker thread needed
+                return IntakeDecision(header, codec, Outcome.ERROR, (NO_LEGACY_MAPPING,),
+                                      message, flow)
+            return IntakeDecision(header, codec, Outcome.ACCEPTED, (), message, flow,
+                                  legacy=True)
         return IntakeDecision(header, codec, Outcome.ACCEPTED, (), message, flow)
 
     def check_documents(self, decision: IntakeDecision) -> IntakeDecision:
         """CI-SIS checks and CDA validation (slow: call from a worker thread)."""
         assert decision.message is not None
         try:
-            verdict = self.cisis.check(decision.message)
+            if decision.legacy and self.legacy is not None and decision.header is not None:
+                built = self.legacy.request(decision.header, decision.message, decision.traits)
+                verdict = self.cisis.verify(built.request)
+            else:
+                verdict = self.cisis.check(decision.message)
         except MessageError as exc:
             report = getattr(exc, "report", None)
             return replace(decision, outcome=Outcome.ERROR, errors=(AckError.from_exception(exc),),

@@ -125,7 +125,11 @@ class CisisIntake:
         self.whitelist = whitelist
 
     def check(self, message: Message) -> DocumentVerdict:
-        request = parse_document_request(message, matrix=self.matrix)
+        return self.verify(parse_document_request(message, matrix=self.matrix))
+
+    def verify(self, request: DocumentRequest) -> DocumentVerdict:
+        """Recipients (patient mailbox rule, trust space) and every CDA (XSD, schematron) of a
+        request, parsed from a CI-SIS message or built by a legacy mapping."""
         warnings = [AckError(w.condition, w.severity, w.location, None, w.detail)
                     for w in request.warnings]
         request = self._check_recipients(request, warnings)

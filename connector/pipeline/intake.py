@@ -30,6 +30,7 @@ from connector.hl7.ack import (
 )
 from connector.hl7.codes import AckCode, ApplicationError, ErrorCondition
 from connector.hl7.header import msh18_for_codec, salvage_header
+from connector.legacy.flow import LegacyFlows
 from connector.observability.metrics import ConnectorMetrics
 from connector.pipeline.decide import IntakeDecider, IntakeDecision
 from connector.pipeline.documents import CisisIntake
@@ -65,14 +66,14 @@ class IntakeHandler:
     def __init__(self, config: IntakeConfig, store: IntakeStore,
                  control_ids: ControlIdGenerator, cisis: CisisIntake,
                  metrics: ConnectorMetrics | None = None, *,
-                 planner: MailPlanner | None = None,
+                 planner: MailPlanner | None = None, legacy: LegacyFlows | None = None,
                  on_queued: Callable[[str], None] | None = None) -> None:
         self.config = config
         self.metrics = metrics
         self._store = store
         self._control_ids = control_ids
         self._on_queued = on_queued
-        self.decider = IntakeDecider(cisis, planner=planner,
+        self.decider = IntakeDecider(cisis, planner=planner, legacy=legacy,
                                      forced_charset=config.forced_charset,
                                      default_charset=config.default_charset)
         self.draining = False

@@ -1,0 +1,436 @@
+"""A legacy ORU^R01 (no CI-SIS profile) through its mapping: a CDA R2 level 1 document and a
+`DocumentRequest`, so that it takes the same checks, mails, delivery and receipts as a CI-SIS
+request.
+
+Steps (`LegacyFlows.request`):
+
+1. the first mapping whose `match` holds (MSH-3/MSH-4 namespace, MSH-9 `code^event`, OBR-4.1);
+   none: `LegacyMappingError` (AE 207, ERR-5 906, at OBR-4);
+2. the body: the first OBX of type ED whose subtype is PDF (`^application^pdf^Base64^...`,
+   also `AP^PDF`), or the TX/FT/ST OBX joined line by line as `text/plain` (UTF-8);
+3. the patient from PID (IPP = PID-3 with CX-5 `PI`; INS = PID-3 with CX-5 `INS` and an INS OID;
+   PID-5 birth name (type L); PID-7; PID-8; PID-11 `BDL` county = birth place; PID-32), enriched
+   by the ADT context when one is given (`PatientTraits`). The INS goes into the document only
+   when the identity is VALI and its traits are complete (structuration minimale requires birth
+   names and given names, birth date and place, sex with an INS);
+4. the author and legal authenticator from the mapping's fields (OBR-32 NDL, ORC-12 / OBR-16 /
+   OBX-16 XCN), the first that carries an RPPS or a national PS id, else the default person;
+5. the recipients by rule: `ordering-provider` (ORC-12, else OBR-16), `copies` (OBR-28
+   repetitions), `medecin-traitant` (ADT context), fixed addresses; persons are resolved to
+   MSSanté addresses by the directory; an unresolved one is skipped (W warning) or refuses the
+   request (AE), per the mapping.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Final, Protocol
+
+from connector.cda.header import read_cda_header
+from connector.cda.safe_xml import parse_xml
+from connector.cisis.model import (
+    Action,
+    CdaDocument,
+    CodedValue,
+    DmpMssMetadata,
+    MailBodies,
+    MailRoute,
+    MessageKind,
+    MessageOrigin,
+    Participant,
+    ParticipationRole,
+    PatientIdentifier,
+    PatientIdentity,
+    PersonRef,
+    Recipient,
+    RecipientKind,
+    RequestWarning,
+    SendingDecision,
+)
+from connector.cisis.model import DocumentRequest as Request
+from connector.errors import ErrorLocation, MessageError, ProfileError
+from connector.hl7.codes import ApplicationError, ErrorCondition
+from connector.hl7.header import MessageHeader
+from connector.hl7.message import Message, Segment, component_of
+from connector.legacy.cda import (
+    CodedConcept,
+    InstanceId,
+    LevelOneDocument,
+    Organisation,
+    Patient,
+    Person,
+    build_level_one,
+)
+from connector.legacy.mapping import (
+    BodySource,
+    Code,
+    FlowMapping,
+    MailboxChoice,
+    RecipientRule,
+    UnresolvedPolicy,
+)
+
+INS_OIDS: Final = frozenset({"1.2.250.1.213.1.4.8", "1.2.250.1.213.1.4.9",
+                             "1.2.250.1.213.1.4.10", "1.2.250.1.213.1.4.11"})
+STRUCTURE_ROOT: Final = "1.2.250.1.71.4.2.2"
+DEFAULT_PRACTICE_SETTING: Final = CodedConcept("ETABLISSEMENT", "Etablissement de santé",
+                                               "1.2.250.1.213.1.1.4.9")
+DEFAULT_FACILITY: Final = CodedConcept("SA01", "Etablissement public de santé",
+                                       "1.2.250.1.71.4.2.4")
+_TS: Final = re.compile(r"(\d{8})(\d{4,6})?(?:\.\d+)?([+-]\d{4})?")
+
+
+class LegacyMappingError(MessageError):
+    """No mapping matches, or the message lacks what its mapping needs: AE, kept."""
+
+
+class Resolver(Protocol):
+    """The directory, as the flow needs it: a PS national id (8 + RPPS, or an RPPS) to the
+    MSSanté addresses chosen by the mapping's mailbox rule, inside the trust space."""
+
+    def addresses(self, national_id: str, choice: MailboxChoice) -> Sequence[str]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PatientTraits:
+    """What the ADT context knows of the patient (overrides PID where set)."""
+
+    birth_family: str | None = None
+    used_family: str | None = None
+    given: str | None = None
+    given_names: str | None = None
+    birth_time: str | None = None
+    gender: str | None = None
+    birth_place_code: str | None = None
+    ins: str | None = None
+    ins_oid: str | None = None
+    identity_status: str | None = None
+    medecin_traitant: str | None = None  # national id (8 + RPPS)
+
+
+@dataclass(frozen=True, slots=True)
+class Establishment:
+    """The tenant as custodian: its name, FINESS and OID (for the IPP authority)."""
+
+    name: str
+    oid: str
+    finess: str | None = None
+
+    @property
+    def custodian(self) -> Organisation:
+        if self.finess:
+            return Organisation(InstanceId(STRUCTURE_ROOT, f"1{self.finess}"), self.name)
+        return Organisation(InstanceId(self.oid), self.name)
+
+
+@dataclass(frozen=True, slots=True)
+class LegacyOutcome:
+    request: Request
+    mapping: FlowMapping
+    unresolved: tuple[str, ...] = field(default=())  # rules or ids not resolved (skipped)
+
+
+def _located(detail: str, segment: str, sequence: int, position: int,
+             component: int | None = None) -> LegacyMappingError:
+    return LegacyMappingError(detail, condition=ErrorCondition.APPLICATION_ERROR,
+                              application_error=ApplicationError.OTHER,
+                              location=ErrorLocation(segment, sequence, position, component))
+
+
+def _concept(code: Code | None, fallback: CodedConcept) -> CodedConcept:
+    if code is None:
+        return fallback
+    return CodedConcept(code.code, code.display, code.system, code.system_name)
+
+
+def hl7_time(value: str, now: datetime) -> str | None:
+    """An HL7 TS with minutes and an offset (the local one when the sender gave none)."""
+    match = _TS.fullmatch(value.strip())
+    if match is None:
+        return None
+    day, clock, offset = match.group(1), match.group(2) or "0000", match.group(3)
+    if offset is None:
+        offset = now.strftime("%z") or "+0000"
+    return f"{day}{clock}{offset}"
+
+
+def national_id(identifier: str) -> str | None:
+    """8 + RPPS (12 digits) from an RPPS (11 digits) or a national id; None otherwise."""
+    value = identifier.strip()
+    if re.fullmatch(r"\d{11}", value):
+        return f"8{value}"
+    if re.fullmatch(r"[0-9]\d{11}", value):
+        return value
+    return None
+
+
+class LegacyFlows:
+    def __init__(self, mappings: Sequence[FlowMapping], establishment: Establishment, *,
+                 resolver: Resolver | None = None,
+                 clock: Callable[[], datetime] = lambda: datetime.now().astimezone()) -> None:
+        self.mappings = tuple(mappings)
+        self.establishment = establishment
+        self.resolver = resolver
+        self.clock = clock
+
+    def match(self, header: MessageHeader, message: Message) -> FlowMapping:
+        obr = message.first("OBR")
+        obr4 = obr.value(4) if obr is not None else ""
+        for mapping in self.mappings:
+            m = mapping.match
+            if m.sending_application and component_of(header.sending_application or "") \
+                    not in m.sending_application:
+                continue
+            if m.sending_facility and component_of(header.sending_facility or "") \
+                    not in m.sending_facility:
+                continue
+            kind = f"{header.message_type.code}^{header.message_type.event}"
+            if m.message_type and kind not in m.message_type:
+                continue
+            if m.obr4_code and obr4 not in m.obr4_code:
+                continue
+            return mapping
+        raise _located("no legacy mapping matches this message (sending application, MSH-9, "
+                       "OBR-4)", "OBR", 1, 4)
+
+    def request(self, header: MessageHeader, message: Message,
+                traits: PatientTraits | None = None) -> LegacyOutcome:
+        mapping = self.match(header, message)
+        now = self.clock()
+        media_type, content, obx_sequence = self._body(mapping, message)
+        patient, identity = self._patient(message, traits)
+        author = self._person(mapping.author.fields, mapping.author.default, message, "author")
+        legal = self._person(mapping.legal_authenticator.fields,
+                             mapping.legal_authenticator.default, message,
+                             "legal authenticator")
+        obr = message.first("OBR")
+        stamp = now.strftime("%Y%m%d%H%M%S%z")
+        service_start = next((t for f in mapping.service_event_time
+                              if (t := hl7_time(self._field(message, f), now))), stamp)
+        document = LevelOneDocument(
+            id=InstanceId(f"2.25.{uuid.uuid4().int}"),
+            set_id=InstanceId(f"2.25.{uuid.uuid4().int}"), version=1, effective_time=stamp,
+            type=_concept(mapping.document_type, DEFAULT_PRACTICE_SETTING),
+            title=mapping.title, confidentiality=mapping.confidentiality, patient=patient,
+            author=author, author_time=hl7_time(obr.value(22), now) or stamp
+            if obr is not None else stamp,
+            custodian=self.establishment.custodian, legal_authenticator=legal,
+            legal_time=(hl7_time(obr.value(22), now) if obr is not None else None) or stamp,
+            service_event=_concept(mapping.service_event or mapping.document_type,
+                                   DEFAULT_PRACTICE_SETTING),
+            service_start=service_start, service_end=None,
+            practice_setting=_concept(mapping.practice_setting, DEFAULT_PRACTICE_SETTING),
+            healthcare_facility=_concept(mapping.healthcare_facility, DEFAULT_FACILITY),
+            encounter_start=service_start, media_type=media_type, content=content)
+        cda = build_level_one(document)
+        cda_header = read_cda_header(parse_xml(cda))
+        recipients, unresolved = self._recipients(mapping, message, traits)
+        warnings = tuple(RequestWarning(f"recipient not resolved ({what}): skipped",
+                                        ErrorCondition.APPLICATION_ERROR)
+                         for what in unresolved)
+        code = mapping.document_type
+        request = Request(
+            origin=MessageOrigin(MessageKind.ORU_R01, header.control_id or "",
+                                 header.sending_application or "",
+                                 header.sending_facility or "", ""),
+            action=Action.NEW,
+            documents=(CdaDocument(obx_sequence, CodedValue(code.code, code.display,
+                                                            code.system), cda, cda_header),),
+            patient=identity, patient_class=self._patient_class(message),
+            unique_document_id=None, parent_document_id=None, sender=None,
+            recipients=recipients, reply_to=None, metadata=self._metadata(mapping),
+            bodies=MailBodies(), patient_may_reply=False,
+            sending=SendingDecision(MailRoute.PS_ONLY, None, f"legacy mapping {mapping.name}",
+                                    recipients),
+            warnings=warnings)
+        return LegacyOutcome(request, mapping, unresolved)
+
+    # -- pieces ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _field(message: Message, reference: str) -> str:
+        name, _, position = reference.partition("-")
+        segment = message.first(name)
+        return segment.value(int(position)) if segment is not None else ""
+
+    @staticmethod
+    def _body(mapping: FlowMapping, message: Message) -> tuple[str, bytes, int]:
+        observations = list(enumerate(message.all("OBX"), start=1))
+        wanted = [(n, obx) for n, obx in observations
+                  if mapping.body_obx_code is None or obx.value(3) == mapping.body_obx_code]
+        if mapping.body is BodySource.OBX_PDF:
+            for n, obx in wanted:
+                subtype = (obx.component(5, 2) + obx.component(5, 3)).upper()
+                if obx.value(2) == "ED" and "PDF" in subtype:
+                    try:
+                        data = base64.b64decode(obx.component(5, 5), validate=False)
+                    except (binascii.Error, ValueError) as exc:
+                        raise _located("the PDF of the OBX is not valid base64", "OBX", n, 5,
+                                       5) from exc
+                    if not data.startswith(b"%PDF"):
+                        raise _located("the OBX ED does not hold a PDF", "OBX", n, 5, 5)
+                    return "application/pdf", data, n
+            raise _located("no OBX of type ED with a PDF", "OBX", 1, 2)
+        lines = [obx.component(5, 1) for _, obx in wanted if obx.value(2) in ("TX", "FT", "ST")]
+        if not lines:
+            raise _located("no OBX of type TX, FT or ST with the report text", "OBX", 1, 2)
+        first = next(n for n, obx in wanted if obx.value(2) in ("TX", "FT", "ST"))
+        return "text/plain", ("\n".join(lines) + "\n").encode("utf-8"), first
+
+    @staticmethod
+    def _patient_class(message: Message) -> str:
+        pv1 = message.first("PV1")
+        return pv1.value(2) if pv1 is not None else ""
+
+    def _patient(self, message: Message, traits: PatientTraits | None
+                 ) -> tuple[Patient, PatientIdentity]:
+        pid = message.first("PID")
+        if pid is None:
+            raise ProfileError("the message has no PID segment",
+                               location=ErrorLocation("PID", 1, 3))
+        t = traits or PatientTraits()
+        identifiers: list[PatientIdentifier] = []
+        ipp = ins = ins_oid = None
+        for rep in range(1, len(pid.repetitions(3)) + 1):
+            value, kind = pid.component(3, 1, repetition=rep), pid.component(3, 5, repetition=rep)
+            oid = pid.component(3, 4, 2, repetition=rep) or None
+            identifiers.append(PatientIdentifier(value, oid, pid.component(3, 4, 1,
+                                                                          repetition=rep),
+                                                 kind))
+            if kind == "PI" and ipp is None:
+                ipp = value
+            elif kind == "INS" and oid in INS_OIDS and ins is None:
+                ins, ins_oid = value, oid
+        if ipp is None:
+            raise ProfileError("PID-3 has no IPP (CX-5 = PI)",
+                               location=ErrorLocation("PID", 1, 3))
+        status = t.identity_status or pid.value(32)
+        names = [rep for rep in range(1, len(pid.repetitions(5)) + 1)]
+        birth_rep = next((r for r in names if pid.component(5, 7, repetition=r) == "L"), 1)
+        used_rep = next((r for r in names if pid.component(5, 7, repetition=r) == "D"), None)
+        birth_family = t.birth_family or pid.component(5, 1, repetition=birth_rep)
+        given = t.given or pid.component(5, 2, repetition=birth_rep)
+        given_names = t.given_names or " ".join(
+            p for p in (pid.component(5, 2, repetition=birth_rep),
+                        pid.component(5, 3, repetition=birth_rep)) if p) or None
+        birth_time = t.birth_time or pid.value(7)[:8]
+        gender = t.gender or pid.value(8) or "U"
+        place = t.birth_place_code or next(
+            (pid.component(11, 9, repetition=r) for r in range(1, len(pid.repetitions(11)) + 1)
+             if pid.component(11, 7, repetition=r) == "BDL"), None) or None
+        ins, ins_oid = (t.ins or ins), (t.ins_oid or ins_oid)
+        if not (birth_family and given and birth_time):
+            raise ProfileError("PID-5 and PID-7 must give the birth name, first given name and "
+                               "birth date", location=ErrorLocation("PID", 1, 5))
+        complete = bool(given_names and place and gender in ("M", "F"))
+        ids = [InstanceId(self.establishment.oid, ipp)]
+        if ins and ins_oid and status == "VALI" and complete:
+            ids.insert(0, InstanceId(ins_oid, ins))
+        patient = Patient(tuple(ids), birth_family, given, birth_time, gender,
+                          used_family=(t.used_family or (pid.component(5, 1, repetition=used_rep)
+                                                         if used_rep else None)),
+                          given_names=given_names, birth_place_code=place)
+        return patient, PatientIdentity(tuple(identifiers), status)
+
+    def _person(self, fields: Sequence[str], default: object, message: Message,
+                what: str) -> Person:
+        for reference in fields:
+            name, _, position = reference.partition("-")
+            segment = message.first(name)
+            if segment is None:
+                continue
+            column = int(position)
+            if name == "OBR" and column == 32:  # NDL: its first component is a CNN
+                ident = segment.component(column, 1, 1)
+                family, given = segment.component(column, 1, 2), segment.component(column, 1, 3)
+            else:
+                ident = segment.component(column, 1)
+                family, given = segment.component(column, 2), segment.component(column, 3)
+            found = national_id(ident)
+            if found and family:
+                return Person(found, family, given or "-")
+        if default is not None:
+            from connector.legacy.mapping import DefaultPerson
+
+            assert isinstance(default, DefaultPerson)
+            profession = (CodedConcept(default.profession.code, default.profession.display,
+                                       default.profession.system)
+                          if default.profession else None)
+            return Person(f"8{default.rpps}", default.family, default.given, profession)
+        raise _located(f"no {what} with an RPPS in {', '.join(fields)} and no default",
+                       "OBR", 1, 32)
+
+    def _recipients(self, mapping: FlowMapping, message: Message,
+                    traits: PatientTraits | None) -> tuple[tuple[Recipient, ...],
+                                                           tuple[str, ...]]:
+        wanted: list[tuple[str, PersonRef | None, str | None]] = []  # (what, person, address)
+        orc, obr = message.first("ORC"), message.first("OBR")
+        for rule in mapping.rules:
+            if rule is RecipientRule.ORDERING_PROVIDER:
+                source = (orc, 12) if orc is not None and orc.value(12) else (obr, 16)
+                segment, column = source
+                if segment is not None and segment.value(column):
+                    wanted.append(("ordering provider", _xcn(segment, column, 1), None))
+                else:
+                    wanted.append(("ordering provider (ORC-12/OBR-16 empty)", None, None))
+            elif rule is RecipientRule.COPIES:
+                if obr is not None:
+                    for rep in range(1, len(obr.repetitions(28)) + 1):
+                        wanted.append((f"copy {rep} (OBR-28)", _xcn(obr, 28, rep), None))
+            elif rule is RecipientRule.MEDECIN_TRAITANT:
+                doctor = traits.medecin_traitant if traits else None
+                person = PersonRef(doctor, "", "", None, "", "RPPS") if doctor else None
+                wanted.append(("médecin traitant (ADT context)", person, None))
+            else:
+                wanted.append(("fixed address", None, str(rule)))
+        recipients: list[Recipient] = []
+        unresolved: list[str] = []
+        seen: set[str] = set()
+        for what, person, address in wanted:
+            addresses = [address] if address else self._resolve(person, mapping.mailbox)
+            if not addresses:
+                unresolved.append(what)
+                continue
+            for found in addresses:
+                if found.lower() in seen:
+                    continue
+                seen.add(found.lower())
+                participant = Participant(ParticipationRole.RECIPIENT, 0, person, None, None,
+                                          found)
+                kind = RecipientKind.PROFESSIONAL if person else RecipientKind.UNIDENTIFIED
+                recipients.append(Recipient(kind, found, participant))
+        if unresolved and mapping.unresolved is UnresolvedPolicy.REJECT:
+            raise _located(f"recipient not resolved: {unresolved[0]}", "OBR", 1, 28)
+        if not recipients:
+            raise _located("no recipient could be resolved for this document", "OBR", 1, 28)
+        return tuple(recipients), tuple(unresolved)
+
+    def _resolve(self, person: PersonRef | None, choice: MailboxChoice) -> list[str]:
+        if person is None or self.resolver is None:
+            return []
+        found = national_id(person.id)
+        return list(self.resolver.addresses(found, choice)) if found else []
+
+    @staticmethod
+    def _metadata(mapping: FlowMapping) -> DmpMssMetadata:
+        m = mapping.metadata
+        return DmpMssMetadata(
+            masque_ps=m.masque_ps, invisible_patient=m.invisible_patient,
+            invisible_rep_legaux=False, connexion_secrete=False, modif_conf_code=False,
+            destdmp=False, destmssanteps=True, destmssantepat=m.destmssantepat,
+            ack_reception=m.ack_reception, ack_lecture_mss=m.ack_lecture_mss)
+
+
+def _xcn(segment: Segment, column: int, repetition: int) -> PersonRef:
+    return PersonRef(segment.component(column, 1, repetition=repetition),
+                     segment.component(column, 2, repetition=repetition),
+                     segment.component(column, 3, repetition=repetition),
+                     segment.component(column, 9, 2, repetition=repetition) or None,
+                     segment.component(column, 9, 1, repetition=repetition),
+                     segment.component(column, 13, repetition=repetition))
