@@ -100,7 +100,8 @@ def _planner(tenant: TenantSettings, prefix: str, source: str | None) -> MailPla
         raise ConfigError(f"{prefix}.{key}", exc.problem, source=source) from exc
 
 
-def _legacy(tenant: TenantSettings, prefix: str, source: str | None) -> LegacyFlows | None:
+def build_legacy(tenant: TenantSettings, prefix: str, source: str | None
+                 ) -> LegacyFlows | None:
     """The tenant's legacy mappings; their own file:line errors, or `tenants[i].mappings`."""
     if tenant.mappings is None:
         return None
@@ -129,7 +130,7 @@ def build_tenant(index: int, tenant: TenantSettings, shared: SharedParts) -> Ten
         certificates.append(Certificate(tenant.id, "smtp", smtp_tls.client_certificate))
     if receipts.imap_certificate is not None:
         certificates.append(Certificate(tenant.id, "imap", receipts.imap_certificate))
-    legacy = _legacy(tenant, prefix, settings.source)
+    legacy = build_legacy(tenant, prefix, settings.source)
     handlers, servers = [], []
     for listener in tenant.listeners:
         handler = IntakeHandler(

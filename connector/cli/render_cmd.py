@@ -9,7 +9,8 @@ matrix, the trust space (`[directory] whitelist`) and the CDA validator (`[valid
   <detail>`, the answer `serve` would give (CE in enhanced mode), and the exit status is 1;
 * accepted: builds the mails (`connector.pipeline.mails.build_mails`) and writes to DIR, for the
   k-th message of the run and its i-th mail: `<k>-<i>-<kind>.eml` (the message as sent, CRLF),
-  `<k>-<i>-<kind>-IHE_XDM.zip` and `<k>-<i>-<kind>-pdf<j>.pdf`. Files are named by number and
+  `<k>-<i>-<kind>-IHE_XDM.zip` and `<k>-<i>-<kind>-pdf<j>.pdf`; for a legacy ORU (the tenant's
+  `mappings`), also the generated CDA as `<k>-cda<j>.xml`. Files are named by number and
   recipient kind, never by patient, and created readable by the owner only (they hold health
   data). One line per mail gives the recipient address, the Message-ID and the sizes.
 
@@ -102,7 +103,11 @@ def _prepare(args: argparse.Namespace) -> _Offline:
     whitelist = load_whitelist(settings.whitelist) if settings.whitelist else None
     checker = build_cda_checker(settings, tenant.cisis.schematron_policy)
     args.out.mkdir(parents=True, exist_ok=True, mode=0o700)
+    from connector.tenants import build_legacy
+
+    index = settings.tenants.index(tenant)
     decider = IntakeDecider(CisisIntake(tenant.cisis, checker, whitelist),
+                            legacy=build_legacy(tenant, f"tenants[{index}]", settings.source),
                             default_charset=settings.default_charset)
     return _Offline(tenant, decider, args.out)
 
@@ -144,6 +149,10 @@ def _render_one(offline: _Offline, where: str, number: int, payload: bytes) -> b
               f"{_err(AckError.from_exception(exc))}")
         return False
     print(f"{label} {accepted} {len(mails)} e-mail(s), route {request.sending.route.value}")
+    if decision.legacy:  # the generated documents, to develop a mapping offline
+        for k, document in enumerate(request.documents, start=1):
+            _write(offline.out / f"{number:03d}-cda{k}.xml", document.content)
+            print(f"  generated CDA {k}: {number:03d}-cda{k}.xml ({request.sending.matrix_source})")
     for warning in decision.verdict.warnings:
         print(f"  warning {_err(warning)}")
     for mail in mails:

@@ -1,0 +1,141 @@
+"""Legacy ORUs (no CI-SIS profile) through the real intake with the tenant's mappings: accepted
+ones produce a generated CDA and its mails; no matching mapping is AE 207 and kept; the
+unresolved-recipient policy; render and check-config on mappings."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import zipfile
+from collections.abc import Callable
+from dataclasses import replace
+from email import message_from_bytes, policy
+from pathlib import Path
+
+from connector.cda.policy import SchematronPolicy
+from connector.delivery.job import MailJob
+from connector.hl7.message import parse_message
+from connector.settings import CisisSettings, Settings, ValidationSettings
+from connector.store import InboundStatus
+from tests.conftest import SCHEMAS
+from tests.integration.conftest import RunningApp, make_settings
+from tests.integration.test_cli import run_cli
+
+SHIPPED = Path(__file__).resolve().parents[2] / "mappings"
+LAB_CASE = (SHIPPED / "labo-cr-bio" / "cases" / "cr-bio-pdf.hl7").read_bytes()
+
+
+def mappings_dir(tmp_path: Path, rules: str, unresolved: str = "skip") -> Path:
+    """The shipped lab mapping with other recipient rules."""
+    text = (SHIPPED / "labo-cr-bio" / "mapping.yaml").read_text("utf-8")
+    text = text.replace("  rules: [ordering-provider, copies]", f"  rules: {rules}")
+    text = text.replace("  unresolved: skip", f"  unresolved: {unresolved}")
+    target = tmp_path / "mappings" / "labo"
+    target.mkdir(parents=True)
+    (target / "mapping.yaml").write_text(text, "utf-8")
+    return target.parent
+
+
+def settings_with(tmp_path: Path, mappings: Path) -> Settings:
+    """The CDA XSD checks the generated documents (the schematron runs in the golden tests:
+    with the ANS copy it adds one "not run" W to every answer)."""
+    base = make_settings(tmp_path)
+    tenant = replace(base.tenants[0], mappings=mappings,
+                     cisis=CisisSettings(schematron_policy=SchematronPolicy.OFF))
+    return replace(base, tenants=(tenant,),
+                   validation=ValidationSettings(SCHEMAS / "cda-xsd" / "CDA_extended.xsd"))
+
+
+def ack(answer: bytes) -> tuple[str, list[tuple[str, str, str]]]:
+    """MSA-1 and, per ERR: ERR-3.1, ERR-5.1, ERR-2 as sent."""
+    message = parse_message(answer.decode())
+    msa = message.first("MSA")
+    assert msa is not None
+    return msa.value(1), [(err.component(3, 1), err.component(5, 1), err.raw(2))
+                          for err in message.all("ERR")]
+
+
+async def test_a_legacy_pdf_report_is_accepted_and_mailed(
+        tmp_path: Path, app_factory: Callable[..., object]) -> None:
+    mappings = mappings_dir(tmp_path, '[{fixed: ["labo.resultats@chu-x.mssante.fr"]}]')
+    running: RunningApp = await app_factory(settings_with(tmp_path, mappings))  # type: ignore[operator]
+    code, errors = ack(await running.send(LAB_CASE))
+    assert (code, errors) == ("AA", [])
+    (row,) = await running.app.store.list_outbox()
+    detail = await running.app.store.get_outbox(row.id)
+    assert detail is not None
+    job = MailJob.decode(detail.payload)
+    assert job.rcpt_to == "labo.resultats@chu-x.mssante.fr"
+    assert job.request_dsn  # the mapping's ACK_RECEPTION default
+    mail = message_from_bytes(job.message, policy=policy.default)
+    parts = {(part.get_filename() or "").upper(): part.get_payload(decode=True)
+             for part in mail.iter_attachments()}  # type: ignore[attr-defined]
+    with zipfile.ZipFile(io.BytesIO(parts["IHE_XDM.ZIP"])) as archive:
+        cda = archive.read("IHE_XDM/SUBSET01/DOC0001.XML")
+    assert b'code="11502-2"' in cda
+    assert b"<nonXMLBody>" in cda
+    assert any(name.endswith(".PDF") for name in parts)
+    for _ in range(100):  # delivered to the dry-run Maildir like any request
+        if (await running.app.store.list_outbox())[0].state.value == "sent":
+            break
+        await asyncio.sleep(0.02)
+    assert (await running.app.store.list_outbox())[0].state.value == "sent"
+
+
+async def test_a_legacy_oru_no_mapping_matches_is_ae_and_kept(
+        tmp_path: Path, app_factory: Callable[..., object]) -> None:
+    mappings = mappings_dir(tmp_path, '[{fixed: ["labo.resultats@chu-x.mssante.fr"]}]')
+    running: RunningApp = await app_factory(settings_with(tmp_path, mappings))  # type: ignore[operator]
+    other = LAB_CASE.replace(b"|11502-2^CR d'examens biologiques^LN|||", b"|99999-9^Autre^LN|||")
+    code, errors = ack(await running.send(other))
+    assert code == "AE"
+    assert errors == [("207", "906", "OBR^1^4")]
+    (row,) = await running.rows()
+    assert row.status is InboundStatus.REJECTED
+    assert row.error_detail is not None
+    assert "no legacy mapping matches" in row.error_detail
+    assert await running.app.store.list_outbox() == []
+
+
+async def test_unresolved_recipients_follow_the_mapping_policy(
+        tmp_path: Path, app_factory: Callable[..., object]) -> None:
+    # No directory is configured: the ordering provider cannot be resolved.
+    skip = mappings_dir(tmp_path / "skip",
+                        '[ordering-provider, {fixed: ["labo.resultats@chu-x.mssante.fr"]}]')
+    running: RunningApp = await app_factory(settings_with(tmp_path / "skip", skip))  # type: ignore[operator]
+    code, errors = ack(await running.send(LAB_CASE))
+    assert code == "AA"
+    assert len(errors) == 1  # one W: the ordering provider was skipped
+    assert len(await running.app.store.list_outbox()) == 1
+    reject = mappings_dir(tmp_path / "reject", "[ordering-provider, copies]", "reject")
+    strict: RunningApp = await app_factory(settings_with(tmp_path / "reject", reject))  # type: ignore[operator]
+    code, errors = ack(await strict.send(LAB_CASE))
+    assert code == "AE"
+    assert errors == [("207", "906", "OBR^1^28")]
+    assert await strict.app.store.list_outbox() == []
+
+
+async def test_render_writes_the_generated_cda(tmp_path: Path) -> None:
+    mappings = mappings_dir(tmp_path, '[{fixed: ["labo.resultats@chu-x.mssante.fr"]}]')
+    config = tmp_path / "c.toml"
+    config.write_text(f'data_dir = "{tmp_path / "var"}"\n[[tenants]]\nid = "chu"\n'
+                      f'oid = "1.2.250.1.71.4.2.2.1120456789"\nmappings = "{mappings}"\n')
+    case = tmp_path / "case.hl7"
+    case.write_bytes(LAB_CASE)
+    code, out, err = await run_cli("render", str(case), "--out", str(tmp_path / "out"),
+                                   "--config", str(config))
+    assert code == 0, err
+    assert "generated CDA 1: 001-cda1.xml (legacy mapping labo-cr-bio)" in out
+    assert b'code="11502-2"' in (tmp_path / "out" / "001-cda1.xml").read_bytes()
+
+
+async def test_a_mapping_typo_stops_start_up_with_its_file_and_line(tmp_path: Path) -> None:
+    mappings = mappings_dir(tmp_path, "[ordering-provider, copie]")
+    config = tmp_path / "c.toml"
+    config.write_text(f'data_dir = "{tmp_path / "var"}"\n[[tenants]]\nid = "chu"\n'
+                      f'oid = "1.2.3"\nmappings = "{mappings}"\n')
+    code, _, err = await run_cli("check-config", str(config))
+    assert code == 2
+    line = next(n for n, text in enumerate(
+        (mappings / "labo" / "mapping.yaml").read_text().splitlines(), 1) if "copie]" in text)
+    assert f"mapping.yaml:{line}: recipients.rules[1]" in err
