@@ -233,7 +233,8 @@ def normalize_national_id(identifier: str) -> str:
     raise InvalidIdentifierError("not a national professional identifier (letters and digits)")
 
 
-def _check_structure_id(identifier: str) -> str:
+def normalize_structure_id(identifier: str) -> str:
+    """A structure id as given (FINESS, SIRET, `1` + FINESS…), checked for its characters."""
     text = identifier.strip()
     if not _STRUCTURE_ID.fullmatch(text):
         raise InvalidIdentifierError("not a structure identifier (FINESS, SIRET…)")
@@ -1030,7 +1031,7 @@ class Directory:
         return self._query("national_id", normalize_national_id(national_id))
 
     def by_structure(self, structure_id: str) -> tuple[Mailbox, ...]:
-        return self._query("structure_id", _check_structure_id(structure_id))
+        return self._query("structure_id", normalize_structure_id(structure_id))
 
     def _query(self, column: str, value: str) -> tuple[Mailbox, ...]:
         sql = f"{_SELECT} WHERE {column} = ? ORDER BY id"  # column is one of ours, not input
