@@ -16,7 +16,8 @@ from connector.admin.api import AdminApi
 from connector.cda.policy import SchematronPolicy
 from connector.cda.validation import CdaValidator
 from connector.delivery.worker import DeliveryService
-from connector.directory.whitelist import load_whitelist
+from connector.directory.annuaire import Directory, DirectoryError, directory_path
+from connector.directory.whitelist import Whitelist, load_whitelist
 from connector.errors import ConfigError
 from connector.hl7.ack import ControlIdGenerator
 from connector.mllp.server import MLLPServer, server_ssl_context
@@ -72,6 +73,23 @@ def build_cda_checker(settings: Settings, policy: SchematronPolicy) -> CdaChecke
         phase=validation.schematron_phase))
 
 
+def open_directory(settings: Settings, whitelist: Whitelist | None) -> Directory | None:
+    """The imported Annuaire Santé extraction, when there is one (legacy flows resolve
+    recipients with it); opened again at each reload, so a new import is picked up."""
+    if not any(t.mappings for t in settings.tenants):
+        return None
+    path = directory_path(settings)
+    if not path.is_file():
+        log.warning("directory_not_imported", hint="run `mssante-connector directory import`"
+                    " with the Annuaire Santé extraction; legacy recipients by RPPS stay "
+                    "unresolved")
+        return None
+    try:
+        return Directory(path, whitelist=whitelist)
+    except DirectoryError as exc:
+        raise ConfigError("directory", str(exc), source=settings.source) from exc
+
+
 @dataclass(frozen=True, slots=True)
 class ReloadReport:
     added: tuple[str, ...] = ()
@@ -125,7 +143,7 @@ class Application:
             return checkers[policy]
 
         return SharedParts(settings, self.store, self.control_ids, whitelist, checker,
-                           self.metrics, self.delivery.wake)
+                           self.metrics, self.delivery.wake, open_directory(settings, whitelist))
 
     def _adopt(self, runtime: TenantRuntime) -> None:
         self.tenants[runtime.id] = runtime

@@ -13,11 +13,13 @@ import structlog
 from connector.cda.policy import SchematronPolicy
 from connector.delivery.factory import build_delivery
 from connector.delivery.worker import TenantDelivery
+from connector.directory.annuaire import DirectoryLookup
 from connector.directory.whitelist import Whitelist
 from connector.errors import ConfigError
 from connector.hl7.ack import AckIdentity, ControlIdGenerator
 from connector.legacy.flow import Establishment, LegacyFlows
 from connector.legacy.mapping import load_mappings
+from connector.legacy.resolver import DirectoryResolver
 from connector.mllp.server import MLLPServer, server_ssl_context
 from connector.observability.gauges import Certificate
 from connector.observability.metrics import ConnectorMetrics
@@ -49,6 +51,7 @@ class SharedParts:
     checker: Callable[[SchematronPolicy], CdaChecker]
     metrics: ConnectorMetrics
     wake: Callable[[str], None]
+    directory: DirectoryLookup | None = None  # the imported Annuaire Santé extraction
 
 
 @dataclass
@@ -100,8 +103,8 @@ def _planner(tenant: TenantSettings, prefix: str, source: str | None) -> MailPla
         raise ConfigError(f"{prefix}.{key}", exc.problem, source=source) from exc
 
 
-def build_legacy(tenant: TenantSettings, prefix: str, source: str | None
-                 ) -> LegacyFlows | None:
+def build_legacy(tenant: TenantSettings, prefix: str, source: str | None,
+                 directory: DirectoryLookup | None = None) -> LegacyFlows | None:
     """The tenant's legacy mappings; their own file:line errors, or `tenants[i].mappings`."""
     if tenant.mappings is None:
         return None
@@ -110,7 +113,10 @@ def build_legacy(tenant: TenantSettings, prefix: str, source: str | None
         raise ConfigError(f"{prefix}.mappings", f"no <flow>/mapping.yaml in {tenant.mappings}",
                           source=source)
     assert tenant.oid is not None  # required by the settings
-    return LegacyFlows(mappings, Establishment(tenant.name, tenant.oid, tenant.finess))
+    resolver = (DirectoryResolver(directory, f"1{tenant.finess}" if tenant.finess else None)
+                if directory is not None else None)
+    return LegacyFlows(mappings, Establishment(tenant.name, tenant.oid, tenant.finess),
+                       resolver=resolver)
 
 
 def build_tenant(index: int, tenant: TenantSettings, shared: SharedParts) -> TenantRuntime:
@@ -130,7 +136,7 @@ def build_tenant(index: int, tenant: TenantSettings, shared: SharedParts) -> Ten
         certificates.append(Certificate(tenant.id, "smtp", smtp_tls.client_certificate))
     if receipts.imap_certificate is not None:
         certificates.append(Certificate(tenant.id, "imap", receipts.imap_certificate))
-    legacy = build_legacy(tenant, prefix, settings.source)
+    legacy = build_legacy(tenant, prefix, settings.source, shared.directory)
     handlers, servers = [], []
     for listener in tenant.listeners:
         handler = IntakeHandler(

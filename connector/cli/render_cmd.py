@@ -103,11 +103,14 @@ def _prepare(args: argparse.Namespace) -> _Offline:
     whitelist = load_whitelist(settings.whitelist) if settings.whitelist else None
     checker = build_cda_checker(settings, tenant.cisis.schematron_policy)
     args.out.mkdir(parents=True, exist_ok=True, mode=0o700)
+    from connector.app import open_directory
     from connector.tenants import build_legacy
 
     index = settings.tenants.index(tenant)
+    directory = open_directory(settings, whitelist)
     decider = IntakeDecider(CisisIntake(tenant.cisis, checker, whitelist),
-                            legacy=build_legacy(tenant, f"tenants[{index}]", settings.source),
+                            legacy=build_legacy(tenant, f"tenants[{index}]", settings.source,
+                                                directory),
                             default_charset=settings.default_charset)
     return _Offline(tenant, decider, args.out)
 

@@ -139,3 +139,34 @@ async def test_a_mapping_typo_stops_start_up_with_its_file_and_line(tmp_path: Pa
     line = next(n for n, text in enumerate(
         (mappings / "labo" / "mapping.yaml").read_text().splitlines(), 1) if "copie]" in text)
     assert f"mapping.yaml:{line}: recipients.rules[1]" in err
+
+
+async def test_recipients_are_resolved_through_the_imported_directory(
+        tmp_path: Path, app_factory: Callable[..., object]) -> None:
+    """The shipped rules (ordering provider ORC-12, copies OBR-28) resolved by RPPS through
+    `directory import` of an Annuaire Santé extraction."""
+    from connector.directory.annuaire import directory_path, import_extraction
+    from tests.unit.directory.test_annuaire import extraction, line
+
+    mappings = mappings_dir(tmp_path, "[ordering-provider, copies]")
+    settings = settings_with(tmp_path, mappings)
+    source = tmp_path / "Extraction_Correspondance_MSSante.txt"
+    source.write_text(extraction(
+        line(pp_id="10101010101", national_id="810101010101",
+             address="paul.martin@medecin.mssante.fr", family="MARTIN", given="Paul"),
+        line(pp_id="10202020202", national_id="810202020202",
+             address="claire.durand@medecin.mssante.fr", family="DURAND", given="Claire")),
+        "utf-8")
+    target = directory_path(settings)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    import_extraction(source, target)
+    running: RunningApp = await app_factory(settings)  # type: ignore[operator]
+    code, errors = ack(await running.send(LAB_CASE))
+    assert (code, errors) == ("AA", [])
+    rows = await running.app.store.list_outbox()
+    recipients = set()
+    for row in rows:
+        detail = await running.app.store.get_outbox(row.id)
+        assert detail is not None
+        recipients.add(MailJob.decode(detail.payload).rcpt_to)
+    assert recipients == {"paul.martin@medecin.mssante.fr", "claire.durand@medecin.mssante.fr"}
