@@ -148,8 +148,10 @@ class ReceiptPlanner:
                               audit=AuditEntry(self.actor, AuditAction.UNDELIVERED, error.code,
                                                f"{receipt.kind.value} {block.status}".strip())),
                 zam, block.outcome)
-        return ReceiptEffect(ReceiptUpdate(mail.outbox_id, delivery_status=status), None,
-                             block.outcome)
+        return ReceiptEffect(
+            ReceiptUpdate(mail.outbox_id, delivery_status=status,
+                          audit=self._reported(receipt.kind.value, status)),
+            None, block.outcome)
 
     def _reading(self, block: RecipientOutcome, mail: SentMail,
                  when: datetime) -> ReceiptEffect:
@@ -163,15 +165,23 @@ class ReceiptPlanner:
                             ZamError(code or "906", label, severity), reader=reader) \
                 if mail.job.request_mdn else None
             return ReceiptEffect(ReceiptUpdate(mail.outbox_id, read_status="error",
-                                               error_code=code or None), zam, block.outcome)
+                                               error_code=code or None,
+                                               audit=self._reported("mdn", "error", code)),
+                                 zam, block.outcome)
         kind = block.disposition.type_text if block.disposition else None
         if block.outcome is Outcome.POSITIVE:
             zam = self._zam(ZamEvent.LECTURE_MSS, mail, True, when, reader=reader) \
                 if mail.job.request_mdn else None
-            return ReceiptEffect(ReceiptUpdate(mail.outbox_id, read_status=kind or "read"), zam,
-                                 block.outcome)
-        return ReceiptEffect(ReceiptUpdate(mail.outbox_id, read_status=kind), None,
-                             block.outcome)
+            return ReceiptEffect(ReceiptUpdate(mail.outbox_id, read_status=kind or "read",
+                                               audit=self._reported("mdn", kind or "read")),
+                                 zam, block.outcome)
+        return ReceiptEffect(ReceiptUpdate(mail.outbox_id, read_status=kind,
+                                           audit=self._reported("mdn", kind)),
+                             None, block.outcome)
+
+    def _reported(self, kind: str, what: str | None, code: str | None = None) -> AuditEntry:
+        """The audit entry of a receipt that settles nothing: which report, saying what."""
+        return AuditEntry(self.actor, AuditAction.REPORTED, code, f"{kind} {what or '-'}")
 
     def silence_effect(self, mail: SentMail, last_status: str | None,
                        when: datetime | None = None) -> ReceiptEffect:

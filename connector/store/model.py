@@ -264,6 +264,7 @@ class AuditAction(StrEnum):
     DELIVERED = "delivered"  # a receipt said delivered
     UNDELIVERED = "undelivered"  # a receipt said failed
     UNCONFIRMED = "unconfirmed"  # no final delivery report came in time
+    REPORTED = "reported"  # a receipt that settles nothing (delayed, relayed, read, deleted...)
     RETRIED = "retried"  # an operator asked for a retry now
     CANCELLED = "cancelled"  # an operator cancelled it
 
