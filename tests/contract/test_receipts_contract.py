@@ -20,7 +20,7 @@ from connector.store import (
     ReceiptUpdate,
     ReturnedMail,
 )
-from tests.contract.conftest import Store, StoreFactory
+from tests.contract.conftest import Store, StoreFactory, only_on
 from tests.contract.test_intake_outbox_contract import mail
 from tests.contract.test_store_contract import inbound
 
@@ -118,3 +118,27 @@ async def test_a_permanent_failure_enqueues_its_negative_zam_atomically(
         await store.mark_dead(second.id, "stale-token", "451", then=(zam(2, receipt.inbound_id),))
     hl7 = [r for r in await store.list_outbox() if r.kind is OutboxKind.HL7]
     assert [(r.message_id, r.inbound_id) for r in hl7] == [("ZAM1", receipt.inbound_id)]
+
+
+async def test_one_poller_per_mailbox_across_replicas(make_store: StoreFactory) -> None:
+    only_on(make_store, "postgres", "SQLite is embedded: one process owns the store, so the "
+            "claim is always granted")
+    first, second = make_store(), make_store()
+    held = await first.claim("receipts:t1")
+    assert held is not None
+    assert await second.claim("receipts:t1") is None  # the other replica waits
+    other = await second.claim("receipts:t2")  # another mailbox is free
+    assert other is not None
+    await held.release()
+    taken = await second.claim("receipts:t1")
+    assert taken is not None
+    await taken.release()
+    await other.release()
+
+
+async def test_sqlite_grants_the_claim(make_store: StoreFactory) -> None:
+    only_on(make_store, "sqlite", "PostgreSQL arbitrates between replicas (previous test)")
+    store = make_store()
+    claim = await store.claim("receipts:t1")
+    assert claim is not None
+    await claim.release()
