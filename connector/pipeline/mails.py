@@ -80,7 +80,7 @@ from connector.cisis.model import (
 )
 from connector.directory.whitelist import InvalidAddressError, MailAddress, parse_address
 from connector.errors import ConfigError, DocumentError, ErrorLocation, MessageError, ProfileError
-from connector.mail.compose import Attachment, MailAction, MailSpec, as_bytes, compose_mail
+from connector.mail.compose import Attachment, MailAction, MailSpec, render_mail
 from connector.mail.subject import SubjectInput, build_subject
 from connector.settings import TenantSettings
 from connector.xdm import (
@@ -265,7 +265,29 @@ def _mail(
 ) -> OutgoingMail:
     to_address = _recipient_address(recipient)
     xdm_zip = build_xdm_zip(_submission(request, context, common, recipient, to_address))
-    spec = MailSpec(
+    spec = _mail_spec(request, context, common, recipient, to_address, xdm_zip)
+    return OutgoingMail(
+        index=index,
+        recipient=to_address,
+        kind=recipient.kind,
+        prt_sequence=recipient.participant.prt_sequence,
+        message_id=spec.message_id,
+        content=render_mail(spec),
+        xdm_zip=xdm_zip,
+        pdfs=common.pdfs,
+        documents_without_pdf=common.documents_without_pdf,
+    )
+
+
+def _mail_spec(
+    request: DocumentRequest,
+    context: MailContext,
+    common: _Common,
+    recipient: Recipient,
+    to_address: MailAddress,
+    xdm_zip: bytes,
+) -> MailSpec:
+    return MailSpec(
         from_address=context.mailbox,
         to_address=to_address,
         subject=common.subject,
@@ -282,17 +304,6 @@ def _mail(
         body_text=body_for(recipient.kind, request.bodies),
         xdm_zip=xdm_zip,
         pdfs=common.pdfs,
-    )
-    return OutgoingMail(
-        index=index,
-        recipient=to_address,
-        kind=recipient.kind,
-        prt_sequence=recipient.participant.prt_sequence,
-        message_id=spec.message_id,
-        content=as_bytes(compose_mail(spec)),
-        xdm_zip=xdm_zip,
-        pdfs=common.pdfs,
-        documents_without_pdf=common.documents_without_pdf,
     )
 
 
@@ -355,8 +366,9 @@ def patient_id(request: DocumentRequest, establishment_oid: str) -> InstanceId:
     if ins is not None and ins.oid:
         return InstanceId(ins.oid, ins.value)
     ipp = request.patient.ipp
-    if ipp is not None and ipp.value:
-        return InstanceId(ipp.oid or establishment_oid, ipp.value)
+    if ipp is not None and ipp.value:  # CX-4.2 may hold a local code rather than an OID
+        root = ipp.oid if ipp.oid and _OID.fullmatch(ipp.oid) else establishment_oid
+        return InstanceId(root, ipp.value)
     raise ProfileError(
         "PID-3 has neither an INS nor an IPP (CX-5 = PI) for the XDS patientId",
         location=ErrorLocation("PID", 1, 3),

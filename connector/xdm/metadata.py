@@ -458,18 +458,34 @@ def _rim(tag: str) -> str:
     return f"{{{RIM_NS}}}{tag}"
 
 
+_SLOT = _rim("Slot")
+_VALUE_LIST = _rim("ValueList")
+_VALUE = _rim("Value")
+_LOCALIZED_STRING = _rim("LocalizedString")
+_CLASSIFICATION = _rim("Classification")
+_XML_LANG = "{http://www.w3.org/XML/1998/namespace}lang"
+_OID_NAMESPACE = uuid.NAMESPACE_OID.bytes
+
+
 def _uuid(*parts: str) -> str:
-    return "urn:uuid:" + str(uuid.uuid5(uuid.NAMESPACE_OID, "|".join(parts)))
+    """`urn:uuid:` + `uuid.uuid5(uuid.NAMESPACE_OID, "|".join(parts))`, computed directly (the
+    same SHA-1 and the same version and variant bits, without building `UUID` objects)."""
+    name = "|".join(parts).encode("utf-8")
+    digest = bytearray(hashlib.sha1(_OID_NAMESPACE + name, usedforsecurity=False).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = digest.hex()
+    return f"urn:uuid:{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _slot(parent: etree._Element, name: str, values: Iterable[str]) -> None:
     values = [v for v in values if v]
     if not values:
         return
-    slot = etree.SubElement(parent, _rim("Slot"), name=name)
-    value_list = etree.SubElement(slot, _rim("ValueList"))
+    slot = etree.SubElement(parent, _SLOT, name=name)
+    value_list = etree.SubElement(slot, _VALUE_LIST)
     for value in values:
-        etree.SubElement(value_list, _rim("Value")).text = value
+        etree.SubElement(value_list, _VALUE).text = value
 
 
 def _localized(parent: etree._Element, tag: str, text: str | None) -> None:
@@ -478,8 +494,8 @@ def _localized(parent: etree._Element, tag: str, text: str | None) -> None:
     holder = etree.SubElement(parent, _rim(tag))
     etree.SubElement(
         holder,
-        _rim("LocalizedString"),
-        {"{http://www.w3.org/XML/1998/namespace}lang": "fr-FR", "charset": "UTF-8", "value": text},
+        _LOCALIZED_STRING,
+        {_XML_LANG: "fr-FR", "charset": "UTF-8", "value": text},
     )
 
 
@@ -488,7 +504,7 @@ def _classification_element(
 ) -> etree._Element:
     return etree.SubElement(
         parent,
-        _rim("Classification"),
+        _CLASSIFICATION,
         id=_uuid(classified, scheme, salt),
         objectType=_OT_CLASSIFICATION,
         classificationScheme=scheme,
