@@ -151,15 +151,20 @@ def _authority(
 
 def read_patient(pid: Segment) -> PatientIdentity:
     """PID-3 (every repetition with a value) and PID-32."""
+    return PatientIdentity(read_identifiers(pid, 3), pid.value(32).upper())
+
+
+def read_identifiers(segment: Segment, position: int) -> tuple[PatientIdentifier, ...]:
+    """A repeating CX field (PID-3, MRG-1): every repetition with a value."""
     identifiers: list[PatientIdentifier] = []
-    for repetition in range(1, len(pid.repetitions(3)) + 1):
-        value = pid.component(3, 1, repetition=repetition)
+    for repetition in range(1, len(segment.repetitions(position)) + 1):
+        value = segment.component(position, 1, repetition=repetition)
         if not value:
             continue
-        oid, namespace = _authority(pid, 3, 4, repetition)
-        type_code = pid.component(3, 5, repetition=repetition).upper()
+        oid, namespace = _authority(segment, position, 4, repetition)
+        type_code = segment.component(position, 5, repetition=repetition).upper()
         identifiers.append(PatientIdentifier(value, oid, namespace, type_code))
-    return PatientIdentity(tuple(identifiers), pid.value(32).upper())
+    return tuple(identifiers)
 
 
 # -- PRT -------------------------------------------------------------------------------------------
@@ -177,18 +182,23 @@ def participation_role(prt: Segment) -> ParticipationRole | None:
 
 def read_person(prt: Segment) -> PersonRef | None:
     """PRT-5 (XCN), or None when it holds no identifier and no name."""
-    ident = prt.component(5, 1)
-    family = prt.component(5, 2)
+    return read_xcn(prt, 5)
+
+
+def read_xcn(segment: Segment, position: int) -> PersonRef | None:
+    """An XCN field (its first repetition), or None when it holds no identifier and no name."""
+    ident = segment.component(position, 1)
+    family = segment.component(position, 2)
     if not ident and not family:
         return None
-    oid, namespace = _authority(prt, 5, 9)
+    oid, namespace = _authority(segment, position, 9)
     return PersonRef(
         id=ident,
         family_name=family,
-        given_name=prt.component(5, 3),
+        given_name=segment.component(position, 3),
         authority_oid=oid,
         authority_namespace=namespace,
-        id_type=prt.component(5, 13).upper(),
+        id_type=segment.component(position, 13).upper(),
     )
 
 

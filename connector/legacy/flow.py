@@ -83,6 +83,7 @@ DEFAULT_PRACTICE_SETTING: Final = CodedConcept("ETABLISSEMENT", "Etablissement d
                                                "1.2.250.1.213.1.1.4.9")
 DEFAULT_FACILITY: Final = CodedConcept("SA01", "Etablissement public de santé",
                                        "1.2.250.1.71.4.2.4")
+_OID: Final = re.compile(r"[0-2](\.(0|[1-9][0-9]*))+")
 _TS: Final = re.compile(r"(\d{8})(\d{4,6})?(?:\.\d+)?([+-]\d{4})?")
 
 
@@ -329,7 +330,9 @@ class LegacyFlows:
             raise ProfileError("PID-5 and PID-7 must give the birth name, first given name and "
                                "birth date", location=ErrorLocation("PID", 1, 5))
         complete = bool(given_names and place and gender in ("M", "F"))
-        ids = [InstanceId(self.establishment.oid, ipp)]
+        ipp_root = next((i.oid for i in identifiers if i.type_code == "PI" and i.value == ipp
+                         and i.oid and _OID.fullmatch(i.oid)), self.establishment.oid)
+        ids = [InstanceId(ipp_root, ipp)]  # the same root as the XDS patientId (mails)
         if ins and ins_oid and status == "VALI" and complete:
             ids.insert(0, InstanceId(ins_oid, ins))
         patient = Patient(tuple(ids), birth_family, given, birth_time, gender,

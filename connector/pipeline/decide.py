@@ -20,6 +20,7 @@ from connector.hl7.header import (
 )
 from connector.hl7.message import Message, parse_message
 from connector.legacy.flow import LegacyFlows, PatientTraits
+from connector.patients import PatientUpdate, plan_adt
 from connector.pipeline.documents import CisisIntake, DocumentVerdict, is_cisis
 from connector.pipeline.outgoing import MailPlanner
 from connector.pipeline.routing import Flow, route
@@ -44,6 +45,7 @@ class IntakeDecision:
     outbox: tuple[OutboxItem, ...] = ()  # its mails, stored with it when it is accepted
     legacy: bool = False  # an ORU without the CI-SIS profile, for the legacy mappings
     traits: PatientTraits | None = None  # the ADT context of its patient (legacy flows)
+    patient_update: PatientUpdate | None = None  # an ADT: stored with it when it is accepted
 
     @property
     def needs_document_checks(self) -> bool:
@@ -84,6 +86,14 @@ class IntakeDecider:
         except MessageError as exc:
             return IntakeDecision(header or salvage_header(payload), codec, Outcome.ERROR,
                                   (AckError.from_exception(exc),))
+        if flow is Flow.PATIENT_ADT:
+            try:
+                update = plan_adt(message, header)
+            except MessageError as exc:
+                return IntakeDecision(header, codec, Outcome.ERROR,
+                                      (AckError.from_exception(exc),), message, flow)
+            return IntakeDecision(header, codec, Outcome.ACCEPTED, (), message, flow,
+                                  patient_update=update)
         if flow is Flow.DOCUMENT_ORU and not is_cisis(message):
             if self.legacy is None:  # no worker thread needed
                 return IntakeDecision(header, codec, Outcome.ERROR, (NO_LEGACY_MAPPING,),

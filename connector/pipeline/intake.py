@@ -15,7 +15,7 @@ import asyncio
 import hashlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import structlog
 
@@ -30,6 +30,7 @@ from connector.hl7.ack import (
 )
 from connector.hl7.codes import AckCode, ApplicationError, ErrorCondition
 from connector.hl7.header import msh18_for_codec, salvage_header
+from connector.legacy.context import context_traits
 from connector.legacy.flow import LegacyFlows
 from connector.observability.metrics import ConnectorMetrics
 from connector.pipeline.decide import IntakeDecider, IntakeDecision
@@ -95,6 +96,13 @@ class IntakeHandler:
         decision = self.decider.first_pass(payload)
         if decision.header is not None:
             structlog.contextvars.bind_contextvars(control_id=decision.header.control_id)
+        if decision.legacy and decision.message is not None and hasattr(self._store,
+                                                                         "get_patient"):
+            try:  # the ADT context completes a legacy message's patient
+                decision = replace(decision, traits=await context_traits(
+                    self._store, self.config.tenant_id, decision.message))  # type: ignore[arg-type]
+            except StoreError as exc:
+                log.warning("patient_context_unavailable", error=str(exc))
         if decision.needs_document_checks:
             decision = await asyncio.to_thread(self.decider.check_documents, decision)
         header = decision.header
@@ -131,6 +139,9 @@ class IntakeHandler:
             report=decision.report,
             versions=versions,
             outbox=decision.outbox if decision.outcome is Outcome.ACCEPTED else (),
+            patient_update=(decision.patient_update.change()
+                            if decision.patient_update is not None
+                            and decision.outcome is Outcome.ACCEPTED else None),
         )
         try:
             receipt = await self._store.record_inbound(record)

@@ -14,6 +14,7 @@ from connector.store.model import (
     DocumentStatus,
     DocumentVersion,
     EventKind,
+    IdentifierKind,
     InboundDetail,
     InboundMessage,
     InboundReceipt,
@@ -26,11 +27,16 @@ from connector.store.model import (
     OutboxStat,
     OutboxState,
     OutboxSummary,
+    PatientAction,
+    PatientChange,
+    PatientHistoryEntry,
+    PatientKey,
     ReceiptStatus,
     ReceiptUpdate,
     RecordedMail,
     ReturnedMail,
     ReturnedMailSummary,
+    StoredPatient,
     UnknownOriginalPolicy,
     VersionCheck,
 )
@@ -44,6 +50,7 @@ __all__ = [
     "DocumentStatus",
     "DocumentVersion",
     "EventKind",
+    "IdentifierKind",
     "InboundDetail",
     "InboundMessage",
     "InboundReceipt",
@@ -58,11 +65,17 @@ __all__ = [
     "OutboxState",
     "OutboxStore",
     "OutboxSummary",
+    "PatientAction",
+    "PatientChange",
+    "PatientHistoryEntry",
+    "PatientKey",
+    "PatientStore",
     "ReceiptStatus",
     "ReceiptUpdate",
     "RecordedMail",
     "ReturnedMail",
     "ReturnedMailSummary",
+    "StoredPatient",
     "UnknownOriginalPolicy",
     "VersionCheck",
 ]
@@ -204,3 +217,20 @@ class OutboxStore(Protocol):
                           inbound_id: int | None = None) -> list[OutboxSummary]: ...
 
     async def get_outbox(self, row_id: int) -> OutboxDetail | None: ...
+
+
+class PatientStore(Protocol):
+    """The patient context learnt from ADT (written by `record_inbound`, `patient_update`)."""
+
+    async def get_patient(self, tenant_id: str, *, ipp: str | None = None,
+                          authority: str | None = None, ins: str | None = None
+                          ) -> StoredPatient | None:
+        """The patient of `tenant_id` with this IPP (under `authority` when given: an IPP found
+        under two authorities is ambiguous, ValueError) or this INS, following merges and
+        identifier changes; None when unknown."""
+        ...
+
+    async def get_patient_history(self, tenant_id: str, patient_id: int
+                                  ) -> list[PatientHistoryEntry]:
+        """What each message did to the patient, oldest first."""
+        ...

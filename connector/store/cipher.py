@@ -3,10 +3,17 @@
 Keys rotate by adding a new key and making it current: old rows still name the key that sealed
 them, so they open as long as that key stays in the key ring. The associated data binds a payload
 to its kind ("inbound", "mail"...), so a blob cannot be moved to another column unnoticed.
+
+Identifiers the store must find rows by (a patient's IPP or INS) are not kept in clear either:
+`index` gives a keyed digest (HMAC-SHA256 under a key derived from the current key) to store and
+`index_candidates` the digests to look for, one per key of the ring, so rows indexed before a
+rotation are still found. Without keys the digest is a plain SHA-256 (nothing is secret then).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,6 +25,7 @@ from connector.errors import PayloadDecryptionError
 
 _NONCE_BYTES = 12
 _TAG_BYTES = 16
+_INDEX_LABEL = b"mssante-connector lookup index"
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +40,8 @@ class PayloadCipher:
     def __init__(self, keys: Mapping[str, bytes] | None = None, current_key_id: str | None = None
                  ) -> None:
         self._keys = {k: AESGCM(v) for k, v in (keys or {}).items()}
+        self._index_keys = {k: hmac.digest(v, _INDEX_LABEL, "sha256")
+                            for k, v in (keys or {}).items()}
         if current_key_id is not None and current_key_id not in self._keys:
             raise ValueError("current key id is not in the key ring")
         self._current = current_key_id
@@ -62,3 +72,20 @@ class PayloadCipher:
         except InvalidTag as exc:
             raise PayloadDecryptionError(
                 f"payload sealed with key {sealed.key_id!r} failed authentication") from exc
+
+    def index(self, value: bytes, kind: str) -> bytes:
+        """The lookup digest to store for `value` (an identifier) of `kind`."""
+        return self._digest(self._current, value, kind)
+
+    def index_candidates(self, value: bytes, kind: str) -> tuple[bytes, ...]:
+        """Every digest `value` may be stored under: `index`'s first, then the other keys'
+        (rows indexed before a rotation), then the keyless one (before encryption)."""
+        others = (k for k in (*self._index_keys, None) if k != self._current)
+        return tuple(dict.fromkeys([self.index(value, kind),
+                                    *(self._digest(k, value, kind) for k in others)]))
+
+    def _digest(self, key_id: str | None, value: bytes, kind: str) -> bytes:
+        message = kind.encode() + b"\x00" + value
+        if key_id is None:
+            return hashlib.sha256(message).digest()
+        return hmac.digest(self._index_keys[key_id], message, "sha256")

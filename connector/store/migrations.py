@@ -282,4 +282,80 @@ MIGRATIONS: tuple[Migration, ...] = (
         ALTER TABLE outbox ADD COLUMN receipt_at DOUBLE PRECISION
         """,
     ),
+    Migration(
+        5,
+        "patient context from ADT: patients, their identifiers, their history",
+        """
+        CREATE TABLE patients (
+            id                  INTEGER PRIMARY KEY,
+            tenant_id           TEXT    NOT NULL,
+            context_key         TEXT,
+            context             BLOB    NOT NULL,  -- the context as JSON, sealed
+            merged_into         INTEGER REFERENCES patients (id),
+            created_at          REAL    NOT NULL,
+            updated_at          REAL    NOT NULL,
+            inbound_id          INTEGER NOT NULL REFERENCES inbound (id)  -- the last applied
+        );
+        CREATE TABLE patient_identifiers (
+            tenant_id           TEXT    NOT NULL,
+            kind                TEXT    NOT NULL CHECK (kind IN ('ipp', 'ins')),
+            authority           TEXT    NOT NULL,  -- IPP assigning authority, or the INS OID
+            digest              BLOB    NOT NULL,  -- keyed digest of the value, never the value
+            patient_id          INTEGER NOT NULL REFERENCES patients (id),
+            inbound_id          INTEGER NOT NULL REFERENCES inbound (id),
+            updated_at          REAL    NOT NULL,
+            PRIMARY KEY (tenant_id, kind, authority, digest)
+        );
+        CREATE INDEX patient_identifiers_by_patient ON patient_identifiers (patient_id);
+        CREATE TABLE patient_history (
+            id                  INTEGER PRIMARY KEY,
+            tenant_id           TEXT    NOT NULL,
+            patient_id          INTEGER NOT NULL REFERENCES patients (id),
+            inbound_id          INTEGER NOT NULL REFERENCES inbound (id),
+            event               TEXT    NOT NULL,  -- the trigger event (A01...)
+            action              TEXT    NOT NULL CHECK (action IN ('created', 'updated',
+                                    'identifier_changed', 'merged', 'absorbed')),
+            other_patient_id    INTEGER REFERENCES patients (id),  -- the other side of a merge
+            detail              TEXT,              -- the sections set, never values
+            at                  REAL    NOT NULL
+        );
+        CREATE INDEX patient_history_by_patient ON patient_history (patient_id, id)
+        """,
+        """
+        CREATE TABLE patients (
+            id                  BIGINT  GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            tenant_id           TEXT    NOT NULL,
+            context_key         TEXT,
+            context             BYTEA   NOT NULL,  -- the context as JSON, sealed
+            merged_into         BIGINT  REFERENCES patients (id),
+            created_at          DOUBLE PRECISION NOT NULL,
+            updated_at          DOUBLE PRECISION NOT NULL,
+            inbound_id          BIGINT  NOT NULL REFERENCES inbound (id)  -- the last applied
+        );
+        CREATE TABLE patient_identifiers (
+            tenant_id           TEXT    NOT NULL,
+            kind                TEXT    NOT NULL CHECK (kind IN ('ipp', 'ins')),
+            authority           TEXT    NOT NULL,  -- IPP assigning authority, or the INS OID
+            digest              BYTEA   NOT NULL,  -- keyed digest of the value, never the value
+            patient_id          BIGINT  NOT NULL REFERENCES patients (id),
+            inbound_id          BIGINT  NOT NULL REFERENCES inbound (id),
+            updated_at          DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (tenant_id, kind, authority, digest)
+        );
+        CREATE INDEX patient_identifiers_by_patient ON patient_identifiers (patient_id);
+        CREATE TABLE patient_history (
+            id                  BIGINT  GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            tenant_id           TEXT    NOT NULL,
+            patient_id          BIGINT  NOT NULL REFERENCES patients (id),
+            inbound_id          BIGINT  NOT NULL REFERENCES inbound (id),
+            event               TEXT    NOT NULL,  -- the trigger event (A01...)
+            action              TEXT    NOT NULL CHECK (action IN ('created', 'updated',
+                                    'identifier_changed', 'merged', 'absorbed')),
+            other_patient_id    BIGINT  REFERENCES patients (id),  -- the other side of a merge
+            detail              TEXT,              -- the sections set, never values
+            at                  DOUBLE PRECISION NOT NULL
+        );
+        CREATE INDEX patient_history_by_patient ON patient_history (patient_id, id)
+        """,
+    ),
 )

@@ -1,8 +1,10 @@
 """Values the store records and returns. They hold metadata in clear but no patient data: the
-raw message is the only patient-bearing field, and it is sealed by the adapter."""
+raw message, payloads and patient contexts are the patient-bearing fields, and the adapter seals
+them (identifiers it finds patients by are kept as keyed digests)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -66,6 +68,80 @@ class VersionCheck:
     unknown_original: UnknownOriginalPolicy = UnknownOriginalPolicy.ACCEPT
 
 
+class IdentifierKind(StrEnum):
+    IPP = "ipp"  # PID-3 with CX-5 = PI, under its assigning authority
+    INS = "ins"  # PID-3 with an INS OID (the authority is the OID)
+
+
+@dataclass(frozen=True, slots=True)
+class PatientKey:
+    """An identifier the store finds a patient by. The value is patient data: the store keeps
+    only a keyed digest of it (`PayloadCipher.index`); the authority stays in clear."""
+
+    kind: IdentifierKind
+    authority: str
+    value: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class PatientChange:
+    """What one accepted ADT message does to its patient, applied atomically with its inbound row.
+
+    The store finds the patient by `key` (creating it when unknown), merges into it the patients
+    found by `absorbed` (A40: MRG-1; A47: the identifier being replaced; when `key` is unknown the
+    first of them is the patient and takes `key`), and replaces its context by `apply(current)`:
+    `current` is the stored context (JSON, opened; None for a new patient), the result is sealed.
+    Every identifier given keeps finding the patient; `ins` becomes its only INS (None: none).
+    """
+
+    event: str  # the trigger event (A01...), recorded in the history
+    key: PatientKey
+    apply: Callable[[bytes | None], bytes] = field(repr=False, compare=False)
+    ins: PatientKey | None = None
+    absorbed: tuple[PatientKey, ...] = ()
+    identifier_change: bool = False  # A47: the history says identifier_changed, not updated
+    sections: tuple[str, ...] = ()  # what the message sets (no values), for the history
+
+    @property
+    def lookup_keys(self) -> tuple[PatientKey, ...]:
+        """The identifiers the store reads under: `key`, then `absorbed`."""
+        return (self.key, *self.absorbed)
+
+
+class PatientAction(StrEnum):
+    """A line of a patient's history: what a message did to it."""
+
+    CREATED = "created"
+    UPDATED = "updated"
+    IDENTIFIER_CHANGED = "identifier_changed"  # A47 (or A40 onto an unknown IPP): new key
+    MERGED = "merged"  # it absorbed `other_patient_id`
+    ABSORBED = "absorbed"  # merged into `other_patient_id`: its identifiers find that one now
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPatient:
+    """A patient as stored: its context JSON (opened), and the last message applied to it."""
+
+    id: int
+    tenant_id: str
+    context: bytes = field(repr=False)
+    created_at: float
+    updated_at: float
+    inbound_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class PatientHistoryEntry:
+    id: int
+    patient_id: int
+    inbound_id: int
+    event: str
+    action: PatientAction
+    other_patient_id: int | None
+    detail: str | None  # the sections the message set, never values
+    at: float
+
+
 @dataclass(frozen=True, slots=True)
 class InboundMessage:
     """One received HL7 message and the answer decided for it, to be stored atomically."""
@@ -92,6 +168,8 @@ class InboundMessage:
     # and only when the message is finally accepted: not for a retransmission, not when the
     # version check turns it into a rejection.
     outbox: tuple[OutboxItem, ...] = ()
+    # What an ADT does to its patient's context: applied under the same rule as `outbox`.
+    patient_update: PatientChange | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,9 @@ Writing
 
 Race-freedom (between the writer threads of one process and between processes)
     Every job names, before it runs, the keys it will read: ``(tenant, sender, MSH-10)`` for the
-    retransmission check and ``(tenant, document id)`` for each document the version plan reads.
+    retransmission check, ``(tenant, document id)`` for each document the version plan reads and
+    ``(tenant, identifier)`` for each patient identifier an ADT looks up (the patient rows read
+    are also locked ``FOR UPDATE``: another identifier may reach the same patient).
     The transaction starts by taking ``pg_advisory_xact_lock`` on the hashes of all the keys of its
     batch, in ascending order, in one statement. Then, in READ COMMITTED, every later statement
     sees what the previous holder of a key committed, so:
@@ -135,10 +137,22 @@ from connector.store.model import (
     OutboxStat,
     OutboxState,
     OutboxSummary,
+    PatientChange,
+    PatientHistoryEntry,
     ReceiptStatus,
     RecordedMail,
     ReturnedMail,
     ReturnedMailSummary,
+    StoredPatient,
+)
+from connector.store.patients import (
+    HISTORY_SQL,
+    Expr,
+    PatientReads,
+    apply_change,
+    find_patient_query,
+    history_from_row,
+    patient_from_rows,
 )
 from connector.store.versions import DocumentRow, VersionPlan, plan_versions
 
@@ -364,9 +378,13 @@ class PostgresStore:
     # -- recording, in pipeline mode ----------------------------------------------------------
 
     def _lock_keys(self, m: InboundMessage) -> frozenset[int]:
-        """The keys `m` reads under: its retransmission key and the documents its plan reads."""
+        """The keys `m` reads under: its retransmission key, the documents its plan reads and
+        the identifiers its patient change looks up."""
         keys = {_key(self._seed, "document", m.tenant_id, document_id)
                 for document_id in _document_ids(m)}
+        if m.patient_update is not None and m.status is InboundStatus.ACCEPTED:
+            keys |= {_key(self._seed, "patient", m.tenant_id, k.kind.value, k.authority, k.value)
+                     for k in m.patient_update.lookup_keys}
         if m.control_id:
             keys.add(_key(self._seed, "inbound", m.tenant_id, m.sending_application,
                           m.sending_facility, m.control_id))
@@ -383,8 +401,10 @@ class PostgresStore:
         results: list[Callable[[], InboundReceipt]] = []
         for segment in _segments(batch):
             messages = [job.message for job in segment]
+            patients = self._read_patients(conn, messages)  # comes back with the prefetch
             previous, documents = self._prefetch(conn, messages)
-            pending = [self._queue_record(conn, m, previous, documents) for m in messages]
+            pending = [self._queue_record(conn, m, previous, documents, patients)
+                       for m in messages]
             for finish in pending:  # the first one waits for the segment's results
                 finish()
             results.extend(pending)
@@ -422,7 +442,8 @@ class PostgresStore:
 
     def _queue_record(self, conn: Connection, m: InboundMessage,
                       candidates: list[tuple[Any, ...]],
-                      documents: dict[tuple[str, str], DocumentRow]
+                      documents: dict[tuple[str, str], DocumentRow],
+                      patients: PatientReads | None = None
                       ) -> Callable[[], InboundReceipt]:
         """Queue the statements recording `m`; return what gives its receipt once they ran."""
         previous: list[tuple[Any, ...]] = []
@@ -479,6 +500,8 @@ class PostgresStore:
             for item in m.outbox:
                 self._queue_outbox(conn, item, m.received_at)
                 queued += 1
+            if m.patient_update is not None and patients is not None:
+                self._apply_patient(conn, m.tenant_id, m.patient_update, patients)
         receipt: list[InboundReceipt] = []
 
         def resolve() -> InboundReceipt:
@@ -878,6 +901,75 @@ class PostgresStore:
                                     OUTBOX_ERROR_KIND).decode()
                   if error is not None else None)
         return OutboxDetail(outbox_summary_from_row(row[:OUTBOX_SUMMARY_WIDTH]), opened, detail)
+
+    # -- patient context (ADT) ------------------------------------------------------------------
+
+    def _read_patients(self, conn: Connection, messages: list[InboundMessage]
+                       ) -> PatientReads | None:
+        """Queue the read of the patients the segment's ADT changes find, locked FOR UPDATE
+        (the advisory keys cover their identifiers, not a patient reached through another
+        one); their rows come back with the prefetch's round trip."""
+        reads = PatientReads(self._cipher, [
+            (m.tenant_id, m.patient_update) for m in messages
+            if m.patient_update is not None and m.status is InboundStatus.ACCEPTED])
+        query = reads.query(" FOR UPDATE OF p")
+        if query is None:
+            return None
+        cursor = conn.execute(_pg(query[0]), query[1])
+        reads.load_later(cursor.fetchall)
+        return reads
+
+    @staticmethod
+    def _apply_patient(conn: Connection, tenant_id: str, change: PatientChange,
+                       patients: PatientReads) -> None:
+        """Queue the writes of `change`, for the inbound row just queued."""
+        apply_change(_PgDb(conn), patients, tenant_id, change, _CURRENT_INBOUND, time.time())
+
+    async def get_patient(self, tenant_id: str, *, ipp: str | None = None,
+                          authority: str | None = None, ins: str | None = None
+                          ) -> StoredPatient | None:
+        sql, params = find_patient_query(self._cipher, tenant_id, ipp=ipp, authority=authority,
+                                         ins=ins)
+        statement = _pg(sql)
+
+        def fetch(conn: Connection) -> list[tuple[Any, ...]]:
+            with conn.cursor(binary=True) as cursor:  # bytea without hex decoding
+                return cursor.execute(statement, params).fetchall()
+
+        return patient_from_rows(self._cipher, await self._read(fetch))
+
+    async def get_patient_history(self, tenant_id: str, patient_id: int
+                                  ) -> list[PatientHistoryEntry]:
+        statement = _pg(HISTORY_SQL)
+        rows = await self._read(lambda c: c.execute(statement, (tenant_id, patient_id))
+                                .fetchall())
+        return [history_from_row(row) for row in rows]
+
+
+_CURRENT_INBOUND = Expr("currval(pg_get_serial_sequence('inbound', 'id'))")
+
+
+@dataclass(slots=True)
+class _PgDb:
+    """Statements queued in the pipeline; an `Expr` parameter is written into the SQL."""
+
+    conn: Connection
+
+    def execute(self, sql: str, params: Sequence[Any]) -> None:
+        parts = sql.split("?")
+        text, values = [parts[0]], []
+        for param, part in zip(params, parts[1:], strict=True):
+            if isinstance(param, Expr):
+                text.append(param.sql)
+            else:
+                text.append("%s")
+                values.append(param)
+            text.append(part)
+        self.conn.execute("".join(text), values)
+
+    def insert(self, sql: str, params: Sequence[Any], table: str) -> Expr:
+        self.execute(sql, params)
+        return Expr(f"currval(pg_get_serial_sequence('{table}', 'id'))")
 
 
 # -- migrations ---------------------------------------------------------------------------------

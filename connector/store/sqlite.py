@@ -90,10 +90,21 @@ from connector.store.model import (
     OutboxStat,
     OutboxState,
     OutboxSummary,
+    PatientChange,
+    PatientHistoryEntry,
     ReceiptStatus,
     RecordedMail,
     ReturnedMail,
     ReturnedMailSummary,
+    StoredPatient,
+)
+from connector.store.patients import (
+    HISTORY_SQL,
+    PatientReads,
+    apply_change,
+    find_patient_query,
+    history_from_row,
+    patient_from_rows,
 )
 from connector.store.payload_log import PayloadLog, PayloadRef
 from connector.store.versions import DocumentRow, VersionPlan, plan_versions
@@ -386,6 +397,8 @@ class SQLiteStore:
             sealed_items = [self._cipher.seal(item.payload, OUTBOX_KIND) for item in m.outbox]
             queued = len(self._enqueue(conn, m.outbox, sealed_items, m.received_at,
                                        inbound_id=row_id))
+        if status is InboundStatus.ACCEPTED and m.patient_update is not None:
+            self._apply_patient(conn, m.tenant_id, m.patient_update, row_id)
         return InboundReceipt(row_id, ack, control_id_reused=bool(previous),
                               version_conflict=plan.conflict,
                               unknown_originals=plan.unknown_originals, queued=queued)
@@ -745,6 +758,43 @@ class SQLiteStore:
                                     OUTBOX_ERROR_KIND).decode()
                   if error is not None else None)
         return OutboxDetail(outbox_summary_from_row(row[:OUTBOX_SUMMARY_WIDTH]), payload, detail)
+
+    # -- patient context (ADT) ------------------------------------------------------------------
+
+    def _apply_patient(self, conn: sqlite3.Connection, tenant_id: str, change: PatientChange,
+                       inbound_id: int) -> None:
+        """In the transaction of the inbound row: the one writer needs no lock."""
+        reads = PatientReads(self._cipher, [(tenant_id, change)])
+        query = reads.query()
+        assert query is not None  # a change always has its key to look up
+        reads.load(conn.execute(*query).fetchall())
+        apply_change(_SQLiteDb(conn), reads, tenant_id, change, inbound_id, time.time())
+
+    async def get_patient(self, tenant_id: str, *, ipp: str | None = None,
+                          authority: str | None = None, ins: str | None = None
+                          ) -> StoredPatient | None:
+        sql, params = find_patient_query(self._cipher, tenant_id, ipp=ipp, authority=authority,
+                                         ins=ins)
+        rows = await self._read(lambda c: c.execute(sql, params).fetchall())
+        return patient_from_rows(self._cipher, rows)
+
+    async def get_patient_history(self, tenant_id: str, patient_id: int
+                                  ) -> list[PatientHistoryEntry]:
+        rows = await self._read(lambda c: c.execute(HISTORY_SQL, (tenant_id, patient_id))
+                                .fetchall())
+        return [history_from_row(row) for row in rows]
+
+
+@dataclass(slots=True)
+class _SQLiteDb:
+    conn: sqlite3.Connection
+
+    def execute(self, sql: str, params: Sequence[Any]) -> None:
+        self.conn.execute(sql, tuple(params))
+
+    def insert(self, sql: str, params: Sequence[Any], table: str) -> int:
+        return int(self.conn.execute(sql, tuple(params)).lastrowid or 0)
+
 
 
 

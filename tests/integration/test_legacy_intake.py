@@ -170,3 +170,52 @@ async def test_recipients_are_resolved_through_the_imported_directory(
         assert detail is not None
         recipients.add(MailJob.decode(detail.payload).rcpt_to)
     assert recipients == {"paul.martin@medecin.mssante.fr", "claire.durand@medecin.mssante.fr"}
+
+
+def legacy_without_ins(pid32: str = "") -> bytes:
+    """The lab case for the ADT fixture's patient (same IPP and authority), without the INS."""
+    text = LAB_CASE.decode()
+    pid = next(seg for seg in text.split("\r") if seg.startswith("PID|"))
+    fields = pid.split("|")
+    fields[3] = "000003^^^CHU-X&000897406&N^PI"
+    fields[32] = pid32
+    return text.replace(pid, "|".join(fields)).encode()
+
+
+async def test_a_legacy_oru_is_enriched_from_the_adt_context(
+        tmp_path: Path, app_factory: Callable[..., object]) -> None:
+    from tests.conftest import HL7_FIXTURES
+
+    mappings = mappings_dir(tmp_path, '[{fixed: ["labo.resultats@chu-x.mssante.fr"]}]')
+    running: RunningApp = await app_factory(settings_with(tmp_path, mappings))  # type: ignore[operator]
+    admission = (HL7_FIXTURES / "pam-fr-2.11" / "adt-a01-admission.er7").read_bytes()
+    assert ack(await running.send(admission.replace(b"\n", b"\r")))[0] == "AA"  # VALI
+    assert ack(await running.send(legacy_without_ins()))[0] == "AA"
+    cda = await _first_cda(running)
+    assert b'<id root="1.2.250.1.213.1.4.10" extension="279035121518989"/>' in cda
+
+
+async def test_no_ins_from_the_context_unless_the_identity_is_validated(
+        tmp_path: Path, app_factory: Callable[..., object]) -> None:
+    from tests.conftest import HL7_FIXTURES
+
+    mappings = mappings_dir(tmp_path, '[{fixed: ["labo.resultats@chu-x.mssante.fr"]}]')
+    running: RunningApp = await app_factory(settings_with(tmp_path, mappings))  # type: ignore[operator]
+    admission = (HL7_FIXTURES / "pam-fr-2.11" / "adt-a01-admission.er7").read_bytes()
+    provisional = admission.replace(b"\n", b"\r").replace(b"|VALI|", b"|PROV|")
+    assert ack(await running.send(provisional))[0] == "AA"
+    assert ack(await running.send(legacy_without_ins()))[0] == "AA"
+    cda = await _first_cda(running)
+    assert b"279035121518989" not in cda
+    assert b'extension="000003"' in cda  # the IPP is there
+
+
+async def _first_cda(running: RunningApp) -> bytes:
+    (row,) = await running.app.store.list_outbox()
+    detail = await running.app.store.get_outbox(row.id)
+    assert detail is not None
+    mail = message_from_bytes(MailJob.decode(detail.payload).message, policy=policy.default)
+    parts = {(part.get_filename() or "").upper(): part.get_payload(decode=True)
+             for part in mail.iter_attachments()}  # type: ignore[attr-defined]
+    with zipfile.ZipFile(io.BytesIO(parts["IHE_XDM.ZIP"])) as archive:
+        return archive.read("IHE_XDM/SUBSET01/DOC0001.XML")

@@ -1,0 +1,473 @@
+"""The patient context learnt from ADT (IHE PAM France 2.11), as values.
+
+`PatientContext` is what the connector knows of one patient of one tenant: identity (IPP, INS
+and its status), birth and used traits, médecin traitant, current encounter, DMP status.
+`PatientUpdate` is what one ADT message does (`adt.plan_adt` reads it from the message alone);
+`PatientUpdate.apply` turns the stored context into the next one, and `PatientUpdate.change`
+gives the store what it needs to apply it in the transaction of the inbound row.
+
+A PAM message always carries the whole PID: identity and traits are replaced by each message.
+The médecin traitant (ROL/PD1), the encounter (PV1/ZBE) and the DMP status (ZFA) are replaced
+only by a message that carries them.
+
+Dates are kept as sent (HL7 TS text, e.g. `20240306110000`). The JSON form (`to_json`) is what
+the store seals; `from_json` ignores keys it does not know.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import Any, TypeVar
+
+from connector.cisis.model import INS_OIDS, InsKind
+from connector.store.model import IdentifierKind, PatientChange, PatientKey
+
+_FORMAT = 1
+MAX_MOVEMENTS = 100  # movements kept per encounter (the oldest are dropped)
+
+E = TypeVar("E", bound=StrEnum)
+
+
+class IdentityStatus(StrEnum):
+    """PID-32 identity reliability: the status repetition (French table 0445 and INS annex)."""
+
+    VIDE = "VIDE"  # no identity collected yet
+    PROV = "PROV"  # provisional
+    RECUP = "RECUP"  # retrieved (INSi) but not checked against an identity document
+    VALI = "VALI"  # validated
+    QUAL = "QUAL"  # qualified
+
+
+class Sex(StrEnum):
+    """PID-8 (HL7 table 0001)."""
+
+    FEMALE = "F"
+    MALE = "M"
+    UNKNOWN = "U"
+    OTHER = "O"
+    AMBIGUOUS = "A"
+    NOT_APPLICABLE = "N"
+
+
+class EncounterStatus(StrEnum):
+    PLANNED = "planned"  # pre-admission (A05)
+    IN_PROGRESS = "in-progress"
+    ON_LEAVE = "on-leave"  # leave of absence (A21, until A22)
+    FINISHED = "finished"  # discharged (A03)
+    CANCELLED = "cancelled"  # admission or pre-admission cancelled (A11, A38)
+
+
+class MovementAction(StrEnum):
+    """ZBE-4."""
+
+    INSERT = "INSERT"
+    UPDATE = "UPDATE"
+    CANCEL = "CANCEL"
+
+
+class DmpStatus(StrEnum):
+    """ZFA-1."""
+
+    ACTIVE = "ACTIF"
+    CLOSED = "FERME"
+    ARCHIVED = "ARCHIVE"
+    NONEXISTENT = "INEXISTANT"
+
+
+class DmpFeeding(StrEnum):
+    """ZFA-9: the patient, informed, opposes feeding the DMP or not."""
+
+    NOT_OPPOSED = "INO"
+    OPPOSED = "IO"
+
+
+class DmpConsultation(StrEnum):
+    """ZFA-11: consent to the DMP being consulted."""
+
+    CONSENTED = "IC"
+    REFUSED = "INC"
+    NOT_COLLECTED = "NA"
+
+
+@dataclass(frozen=True, slots=True)
+class Ipp:
+    """PID-3 with CX-5 = PI. `authority`: CX-4's OID when it has one, else its namespace."""
+
+    value: str
+    authority: str
+
+    def key(self) -> PatientKey:
+        return PatientKey(IdentifierKind.IPP, self.authority, self.value)
+
+
+@dataclass(frozen=True, slots=True)
+class Ins:
+    value: str  # the matricule (15 characters for a NIR)
+    oid: str  # one of `INS_OIDS`
+
+    @property
+    def kind(self) -> InsKind:
+        return INS_OIDS[self.oid]
+
+    def key(self) -> PatientKey:
+        return PatientKey(IdentifierKind.INS, self.oid, self.value)
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    ipp: Ipp
+    ins: Ins | None = None
+    status: IdentityStatus | None = None  # the first PID-32 repetition that is a status
+    reliability: tuple[str, ...] = ()  # every PID-32 code, as sent (DOUB, HOMO...)
+
+    @property
+    def ins_usable(self) -> bool:
+        """Documents carry the INS only for a validated identity (PID-32 VALI)."""
+        return self.ins is not None and self.status is IdentityStatus.VALI
+
+
+@dataclass(frozen=True, slots=True)
+class PersonName:
+    """XPN: family name, first given name (XPN-2), every given name (XPN-3, PAM.FR: the list
+    of birth given names)."""
+
+    family: str
+    given: str = ""
+    given_names: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BirthPlace:
+    insee_code: str | None = None  # the COG code of the commune (or country, born abroad)
+    city: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Traits:
+    birth_name: PersonName | None = None  # PID-5 with name type L
+    used_name: PersonName | None = None  # PID-5 with name type D
+    birth_date: str | None = None  # PID-7
+    sex: Sex | None = None  # PID-8
+    birth_place: BirthPlace | None = None  # PID-11 type BDL (its county code), else PID-23
+
+
+@dataclass(frozen=True, slots=True)
+class MedecinTraitant:
+    """ROL with ROL-3 ODRP (else PD1-4): an XCN."""
+
+    id: str  # XCN-1 as sent
+    id_type: str  # XCN-13 (RPPS, IDNPS, ADELI...)
+    family: str = ""
+    given: str = ""
+    rpps: str | None = None  # the RPPS number (11 digits)
+
+    @property
+    def national_id(self) -> str | None:
+        """The national PS identifier the directory knows: `8` + RPPS."""
+        return f"8{self.rpps}" if self.rpps else None
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    """A functional unit (UF) of ZBE-7/ZBE-8: an XON."""
+
+    code: str  # XON-10
+    name: str = ""  # XON-1
+
+
+@dataclass(frozen=True, slots=True)
+class Movement:
+    """A ZBE movement. A cancelled one stays, marked, until the encounter ends."""
+
+    id: str  # ZBE-1.1
+    event: str  # the event that made it (ZBE-6 for an update or a cancellation, when given)
+    at: str | None = None  # ZBE-2
+    medical_unit: Unit | None = None  # ZBE-7: UF de responsabilité médicale
+    care_unit: Unit | None = None  # ZBE-8: UF de responsabilité de soins
+    action: MovementAction = MovementAction.INSERT
+    cancelled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Visit:
+    """What PV1 says of the encounter."""
+
+    number: str | None = None  # PV1-19.1
+    patient_class: str | None = None  # PV1-2 (I, O, E, R, N...)
+    admitted_at: str | None = None  # PV1-44
+    discharged_at: str | None = None  # PV1-45
+
+
+@dataclass(frozen=True, slots=True)
+class Encounter:
+    visit_number: str | None
+    patient_class: str | None
+    status: EncounterStatus
+    admitted_at: str | None = None
+    discharged_at: str | None = None
+    movements: tuple[Movement, ...] = ()  # in the order received
+
+    @property
+    def current_movement(self) -> Movement | None:
+        return next((m for m in reversed(self.movements) if not m.cancelled), None)
+
+    @property
+    def medical_unit(self) -> Unit | None:
+        movement = self.current_movement
+        return movement.medical_unit if movement else None
+
+    @property
+    def care_unit(self) -> Unit | None:
+        movement = self.current_movement
+        return movement.care_unit if movement else None
+
+
+@dataclass(frozen=True, slots=True)
+class DmpInfo:
+    """ZFA: the DMP status and the patient's choices about it."""
+
+    status: DmpStatus | None = None  # ZFA-1
+    status_at: str | None = None  # ZFA-2
+    feeding: DmpFeeding | None = None  # ZFA-9
+    feeding_at: str | None = None  # ZFA-10
+    consultation: DmpConsultation | None = None  # ZFA-11
+    consultation_at: str | None = None  # ZFA-12
+
+    @property
+    def feeding_allowed(self) -> bool:
+        """An active DMP the patient did not oppose feeding."""
+        return self.status is DmpStatus.ACTIVE and self.feeding is not DmpFeeding.OPPOSED
+
+
+@dataclass(frozen=True, slots=True)
+class PatientContext:
+    identity: Identity
+    traits: Traits
+    medecin_traitant: MedecinTraitant | None = None
+    encounter: Encounter | None = None
+    dmp: DmpInfo | None = None
+    former_ipps: tuple[Ipp, ...] = ()  # merged into it (A40) or replaced (A47): still find it
+    last_event: str = ""
+
+    @property
+    def ins_usable(self) -> bool:
+        return self.identity.ins_usable
+
+    def to_json(self) -> bytes:
+        return json.dumps({"format": _FORMAT, **_encode(self)}, ensure_ascii=False,
+                          separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> PatientContext:
+        raw = json.loads(data)
+        if raw.get("format") != _FORMAT:
+            raise ValueError(f"unknown patient context format {raw.get('format')!r}")
+        identity = raw["identity"]
+        return cls(
+            identity=Identity(
+                _ipp(identity["ipp"]),
+                _ins(identity.get("ins")),
+                enum_or_none(IdentityStatus, identity.get("status")),
+                tuple(identity.get("reliability") or ())),
+            traits=Traits(
+                _build(PersonName, raw["traits"].get("birth_name")),
+                _build(PersonName, raw["traits"].get("used_name")),
+                raw["traits"].get("birth_date"),
+                enum_or_none(Sex, raw["traits"].get("sex")),
+                _build(BirthPlace, raw["traits"].get("birth_place"))),
+            medecin_traitant=_build(MedecinTraitant, raw.get("medecin_traitant")),
+            encounter=_encounter(raw.get("encounter")),
+            dmp=_build(DmpInfo, raw.get("dmp"), status=DmpStatus, feeding=DmpFeeding,
+                       consultation=DmpConsultation),
+            former_ipps=tuple(_ipp(i) for i in raw.get("former_ipps") or ()),
+            last_event=raw.get("last_event") or "",
+        )
+
+
+# Trigger events and what they do to the encounter.
+ADMISSIONS = frozenset({"A01", "A04", "A05"})  # start an encounter (a new one without PV1-19)
+_STATUS_AFTER = {
+    "A01": EncounterStatus.IN_PROGRESS, "A04": EncounterStatus.IN_PROGRESS,
+    "A05": EncounterStatus.PLANNED, "A06": EncounterStatus.IN_PROGRESS,
+    "A07": EncounterStatus.IN_PROGRESS, "A02": EncounterStatus.IN_PROGRESS,
+    "A03": EncounterStatus.FINISHED, "A21": EncounterStatus.ON_LEAVE,
+    "A22": EncounterStatus.IN_PROGRESS, "A11": EncounterStatus.CANCELLED,
+    "A38": EncounterStatus.CANCELLED, "A13": EncounterStatus.IN_PROGRESS,
+}
+CANCELLATIONS = frozenset({"A11", "A12", "A13", "A38"})  # cancel a movement
+MERGES = frozenset({"A40", "A47"})  # MRG-1 names the identifier absorbed or replaced
+
+
+@dataclass(frozen=True, slots=True)
+class PatientUpdate:
+    """What one ADT message does to its patient: computed from the message alone."""
+
+    event: str  # MSH-9.2
+    identity: Identity
+    traits: Traits
+    event_at: str | None = None  # EVN-6, else EVN-2
+    medecin_traitant: MedecinTraitant | None = None
+    removes_medecin_traitant: bool = False  # ROL ODRP with ROL-2 = DE
+    visit: Visit | None = None  # PV1, when it describes an encounter
+    movement: Movement | None = None  # ZBE
+    dmp: DmpInfo | None = None  # ZFA
+    absorbed: tuple[Ipp, ...] = ()  # MRG-1 of an A40 (merged) or an A47 (replaced)
+
+    @property
+    def sections(self) -> tuple[str, ...]:
+        """What the message sets, by name (the history records these, never values)."""
+        names = ["identity", "traits"]
+        if self.medecin_traitant is not None or self.removes_medecin_traitant:
+            names.append("medecin_traitant")
+        if self.visit is not None or self.movement is not None or self.event in CANCELLATIONS:
+            names.append("encounter")
+        if self.dmp is not None:
+            names.append("dmp")
+        if self.absorbed:
+            names.append("identifier_change" if self.event == "A47" else "merge")
+        return tuple(names)
+
+    def apply(self, current: PatientContext | None) -> PatientContext:
+        """The context after this message, from the one before (None: a new patient)."""
+        identity, former = self.identity, current.former_ipps if current else ()
+        if current is not None and identity.ipp != current.identity.ipp:
+            if identity.ipp in former:  # a late message under an IPP merged into this patient
+                identity = replace(identity, ipp=current.identity.ipp)
+            else:  # merged (A40) or renamed (A47): the IPP it had still finds it
+                former = (*former, current.identity.ipp)
+        former = (*former, *(i for i in self.absorbed if i not in former and i != identity.ipp))
+        if self.removes_medecin_traitant:
+            medecin = None
+        else:
+            medecin = self.medecin_traitant or (current.medecin_traitant if current else None)
+        return PatientContext(
+            identity=identity, traits=self.traits, medecin_traitant=medecin,
+            encounter=self._encounter(current.encounter if current else None),
+            dmp=self.dmp or (current.dmp if current else None), former_ipps=former,
+            last_event=self.event)
+
+    def change(self) -> PatientChange:
+        """What the store needs to apply this update with its inbound row."""
+        return PatientChange(
+            event=self.event, key=self.identity.ipp.key(), apply=self._apply_json,
+            ins=self.identity.ins.key() if self.identity.ins else None,
+            absorbed=tuple(ipp.key() for ipp in self.absorbed),
+            identifier_change=self.event == "A47", sections=self.sections)
+
+    def _apply_json(self, current: bytes | None) -> bytes:
+        return self.apply(None if current is None else PatientContext.from_json(current)
+                          ).to_json()
+
+    def _encounter(self, current: Encounter | None) -> Encounter | None:
+        visit, event = self.visit, self.event
+        if visit is None and self.movement is None and event not in CANCELLATIONS:
+            return current
+        if visit is not None and visit.number:
+            same = current is not None and visit.number == current.visit_number
+        else:
+            same = current is not None and event not in ADMISSIONS
+        if not same:
+            if event in CANCELLATIONS:  # cancels what the connector never saw
+                return current
+            status = _STATUS_AFTER.get(event) or (
+                EncounterStatus.FINISHED if visit and visit.discharged_at
+                else EncounterStatus.IN_PROGRESS)
+            encounter = Encounter(visit.number if visit else None,
+                                  visit.patient_class if visit else None, status)
+        else:
+            assert current is not None
+            encounter = replace(current, status=_STATUS_AFTER.get(event, current.status))
+            if visit is not None and visit.patient_class:
+                encounter = replace(encounter, patient_class=visit.patient_class)
+        at = self.movement.at if self.movement and self.movement.at else self.event_at
+        admitted = visit.admitted_at if visit else None
+        if admitted or event in ("A01", "A04"):
+            encounter = replace(encounter, admitted_at=admitted or encounter.admitted_at or at)
+        discharged = visit.discharged_at if visit else None
+        if event == "A03":
+            encounter = replace(encounter, discharged_at=discharged or at)
+        elif event == "A13":
+            encounter = replace(encounter, discharged_at=None)
+        elif discharged:
+            encounter = replace(encounter, discharged_at=discharged)
+        if self.movement is not None:
+            encounter = replace(encounter, movements=_moved(encounter.movements, self.movement))
+        return encounter
+
+
+def _moved(movements: tuple[Movement, ...], movement: Movement) -> tuple[Movement, ...]:
+    """`movements` after `movement`: a cancellation marks the movement it names, an insert or
+    an update replaces the movement with its id (a replayed message changes nothing)."""
+    index = next((n for n, m in enumerate(movements) if m.id == movement.id), None)
+    if movement.action is MovementAction.CANCEL:
+        if index is None:
+            return movements
+        return (*movements[:index], replace(movements[index], cancelled=True),
+                *movements[index + 1:])
+    if index is not None:
+        return (*movements[:index], movement, *movements[index + 1:])
+    return (*movements, movement)[-MAX_MOVEMENTS:]
+
+
+# -- JSON ---------------------------------------------------------------------------------------
+
+
+def _encode(value: object) -> Any:
+    """Dataclasses as objects, tuples as arrays; the rest as is (enums are `str`s)."""
+    if value is None or isinstance(value, str | bool | int):
+        return value
+    if isinstance(value, tuple):
+        return [_encode(v) for v in value]
+    return {name: _encode(getattr(value, name)) for name in value.__dataclass_fields__}  # type: ignore[attr-defined]
+
+
+def enum_or_none(cls: type[E], value: object) -> E | None:
+    """The member of `cls` with this value; None for anything else (unknown codes included)."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return cls(value)
+    except ValueError:
+        return None
+
+
+T = TypeVar("T")
+
+
+def _build(cls: type[T], raw: dict[str, Any] | None, **enums: type[StrEnum]) -> T | None:
+    """`cls` from its JSON object (fields it does not have are ignored), enums converted."""
+    if raw is None:
+        return None
+    fields = getattr(cls, "__dataclass_fields__", {})
+    values = {k: v for k, v in raw.items() if k in fields}
+    for name, enum in enums.items():
+        if name in values:
+            values[name] = enum_or_none(enum, values[name])
+    return cls(**values)
+
+
+def _ipp(raw: dict[str, Any]) -> Ipp:
+    ipp = _build(Ipp, raw)
+    assert ipp is not None
+    return ipp
+
+
+def _ins(raw: dict[str, Any] | None) -> Ins | None:
+    ins = _build(Ins, raw)
+    return ins if ins is not None and ins.oid in INS_OIDS else None
+
+
+def _encounter(raw: dict[str, Any] | None) -> Encounter | None:
+    if raw is None:
+        return None
+    movements = tuple(
+        Movement(m["id"], m["event"], m.get("at"), _build(Unit, m.get("medical_unit")),
+                 _build(Unit, m.get("care_unit")),
+                 enum_or_none(MovementAction, m.get("action")) or MovementAction.INSERT,
+                 bool(m.get("cancelled")))
+        for m in raw.get("movements") or ())
+    status = enum_or_none(EncounterStatus, raw.get("status")) or EncounterStatus.IN_PROGRESS
+    return Encounter(raw.get("visit_number"), raw.get("patient_class"), status,
+                     raw.get("admitted_at"), raw.get("discharged_at"), movements)
