@@ -70,6 +70,7 @@ from connector.directory.whitelist import (
     InvalidAddressError,
     MailAddress,
     Whitelist,
+    fsync_directory,
     normalize_domain,
     parse_address,
 )
@@ -848,7 +849,7 @@ def import_extraction(source: Path, target: Path, *,
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
-    _fsync_directory(target.parent)
+    fsync_directory(target.parent)
     report = dataclasses.replace(report, elapsed_seconds=time.perf_counter() - started)
     log.info("directory_imported", entries=report.entries, by_type=dict(report.by_type),
              red_listed=report.red_listed, malformed=report.malformed,
@@ -954,19 +955,6 @@ def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_directory(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
     finally:
         os.close(fd)
 

@@ -400,10 +400,10 @@ def _atomic_write(target: Path, data: bytes, config_key: str) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
-    _fsync_directory(target.parent)
+    fsync_directory(target.parent)
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
     """Make the rename durable (POSIX); a platform that cannot open directories is skipped."""
     try:
         fd = os.open(directory, os.O_RDONLY)

@@ -12,7 +12,6 @@ at what each backend keeps at rest without knowing which one it is.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import secrets
 import sqlite3
@@ -29,25 +28,12 @@ from psycopg.conninfo import make_conninfo
 from connector.store.cipher import PayloadCipher
 from connector.store.postgres import PostgresStore
 from connector.store.sqlite import SQLiteStore
+from tests.support.pg import PG_DSN_ENV, pg_dsn
 
-PG_DSN_ENV = "MSSCONNECTOR_TEST_PG_DSN"
+__all__ = ["PG_DSN_ENV", "pg_dsn"]  # the session fixture and its variable, shared with e2e
+
 
 Store = SQLiteStore | PostgresStore
-
-
-@pytest.fixture(scope="session")
-def pg_dsn() -> str:
-    """The test server's DSN, or a skip saying why there is none."""
-    dsn = os.environ.get(PG_DSN_ENV)
-    if not dsn:
-        pytest.skip(f"PostgreSQL store tests need {PG_DSN_ENV} "
-                    "(e.g. postgresql://postgres@127.0.0.1:5432/test)")
-    try:
-        psycopg.connect(dsn, connect_timeout=3).close()
-    except psycopg.Error as exc:  # the reason names the failure, not the DSN (may hold a password)
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        pytest.skip(f"PostgreSQL from {PG_DSN_ENV} is unreachable: {reason}")
-    return dsn
 
 
 class StoreFactory:

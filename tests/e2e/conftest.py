@@ -7,16 +7,36 @@ that used them fails, its report gets the tail of their logs as extra sections.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
 
 import pytest
 
+from connector.app import Application
+from connector.settings import Settings
 from tests.support.mailserver import (
     DovecotServer,
     MailServer,
     dovecot_unavailable,
     postfix_unavailable,
 )
+
+Apps = Callable[[Settings], Awaitable[Application]]
+
+
+@pytest.fixture
+async def apps() -> AsyncIterator[Apps]:
+    """Start connectors in-process (`await apps(settings)`); stopped at the end of the test."""
+    started: list[Application] = []
+
+    async def start(config: Settings) -> Application:
+        app = Application.build(config)
+        await app.start()
+        started.append(app)
+        return app
+
+    yield start
+    for app in started:
+        await app.stop(grace_seconds=2)
 
 
 @pytest.fixture(scope="module")

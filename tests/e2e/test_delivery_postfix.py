@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import zipfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
 from email.message import EmailMessage
 from io import BytesIO
@@ -43,6 +43,7 @@ from connector.settings import (
 from connector.store import AuditAction, OutboxItem, OutboxKind, OutboxState
 from connector.store.sqlite import SQLiteStore
 from tests.conftest import CISIS_FIXTURES
+from tests.e2e.conftest import Apps
 from tests.integration.conftest import make_settings
 from tests.support.mailserver import (
     DEFAULT_MAILBOXES,
@@ -103,24 +104,6 @@ def settings(tmp_path: Path, smtp: SmtpSettings, **delivery: float) -> Settings:
                                           retry_maximum_seconds=1.0, retry_jitter=0.0,
                                           config_error_pause_seconds=30.0), **delivery))
     return replace(base, tenants=(tenant,))
-
-
-Apps = Callable[[Settings], Awaitable[Application]]
-
-
-@pytest.fixture
-async def apps() -> AsyncIterator[Apps]:
-    started: list[Application] = []
-
-    async def start(config: Settings) -> Application:
-        app = Application.build(config)
-        await app.start()
-        started.append(app)
-        return app
-
-    yield start
-    for app in started:
-        await app.stop(grace_seconds=2)
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 20.0) -> None:

@@ -39,6 +39,7 @@ from connector.settings import (
 )
 from connector.store import OutboxKind, OutboxState, ReceiptStatus
 from tests.conftest import CISIS_FIXTURES
+from tests.e2e.conftest import Apps
 from tests.integration.conftest import make_settings
 from tests.support.mailserver import (
     BOUNCE_DOMAIN,
@@ -151,24 +152,6 @@ def settings(tmp_path: Path, operator: Operator, his_port: int) -> Settings:
         delivery=DeliverySettings(poll_seconds=0.05, retry_initial_seconds=0.3,
                                   retry_maximum_seconds=1.0, retry_jitter=0.0))
     return replace(base, tenants=(tenant,))
-
-
-Apps = Callable[[Settings], Awaitable[Application]]
-
-
-@pytest.fixture
-async def apps() -> AsyncIterator[Apps]:
-    started: list[Application] = []
-
-    async def start(config: Settings) -> Application:
-        app = Application.build(config)
-        await app.start()
-        started.append(app)
-        return app
-
-    yield start
-    for app in started:
-        await app.stop(grace_seconds=2)
 
 
 async def eventually(check: Callable[[], Awaitable[bool] | bool], timeout: float = 30.0) -> None:
