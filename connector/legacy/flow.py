@@ -228,7 +228,8 @@ class LegacyFlows:
             service_start=service_start, service_end=None,
             practice_setting=_concept(mapping.practice_setting, DEFAULT_PRACTICE_SETTING),
             healthcare_facility=_concept(mapping.healthcare_facility, DEFAULT_FACILITY),
-            encounter_start=service_start, media_type=media_type, content=content)
+            encounter_start=self._encounter_start(message, now) or service_start,
+            media_type=media_type, content=content)
         cda = build_level_one(document)
         cda_header = read_cda_header(parse_xml(cda))
         recipients, unresolved = self._recipients(mapping, message, traits)
@@ -283,6 +284,12 @@ class LegacyFlows:
             raise _located("no OBX of type TX, FT or ST with the report text", "OBX", 1, 2)
         first = next(n for n, obx in wanted if obx.value(2) in ("TX", "FT", "ST"))
         return "text/plain", ("\n".join(lines) + "\n").encode("utf-8"), first
+
+    @staticmethod
+    def _encounter_start(message: Message, now: datetime) -> str | None:
+        """PV1-44 (admission date/time) when the message gives it."""
+        pv1 = message.first("PV1")
+        return hl7_time(pv1.value(44), now) if pv1 is not None and pv1.value(44) else None
 
     @staticmethod
     def _patient_class(message: Message) -> str:
