@@ -28,7 +28,7 @@ import binascii
 import re
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Final, Protocol
 
@@ -54,6 +54,7 @@ from connector.cisis.model import (
     SendingDecision,
 )
 from connector.cisis.model import DocumentRequest as Request
+from connector.directory.whitelist import PATIENT_DOMAIN
 from connector.errors import ErrorLocation, MessageError, ProfileError
 from connector.hl7.codes import ApplicationError, ErrorCondition
 from connector.hl7.header import MessageHeader
@@ -233,6 +234,26 @@ class LegacyFlows:
         cda = build_level_one(document)
         cda_header = read_cda_header(parse_xml(cda))
         recipients, unresolved = self._recipients(mapping, message, traits)
+        route = MailRoute.PS_ONLY
+        if mapping.metadata.destmssantepat:  # the patient's own mailbox (Mon espace santé)
+            ins = patient.ids[0] if patient.ids[0].root in INS_OIDS else None
+            if ins is not None and ins.extension:
+                address = f"{ins.extension}@{PATIENT_DOMAIN}"
+                person = PersonRef(ins.extension, patient.birth_family, patient.given,
+                                   ins.root, "", "INS")
+                recipients = (*recipients, Recipient(
+                    RecipientKind.PATIENT, address,
+                    Participant(ParticipationRole.RECIPIENT, 0, person, None, None, address)))
+                route = MailRoute.PS_AND_PATIENT
+                if not any(i.is_ins for i in identity.identifiers):  # the INS came from ADT
+                    identity = replace(identity, identifiers=(
+                        *identity.identifiers,
+                        PatientIdentifier(ins.extension, ins.root, "", "INS")))
+            elif mapping.unresolved is UnresolvedPolicy.REJECT:
+                raise _located("the patient's mailbox needs a validated INS with its traits",
+                               "PID", 1, 3)
+            else:
+                unresolved = (*unresolved, "patient mailbox (no validated INS)")
         warnings = tuple(RequestWarning(f"recipient not resolved ({what}): skipped",
                                         ErrorCondition.APPLICATION_ERROR)
                          for what in unresolved)
@@ -248,8 +269,7 @@ class LegacyFlows:
             unique_document_id=None, parent_document_id=None, sender=None,
             recipients=recipients, reply_to=None, metadata=self._metadata(mapping),
             bodies=MailBodies(), patient_may_reply=False,
-            sending=SendingDecision(MailRoute.PS_ONLY, None, f"legacy mapping {mapping.name}",
-                                    recipients),
+            sending=SendingDecision(route, None, f"legacy mapping {mapping.name}", recipients),
             warnings=warnings)
         return LegacyOutcome(request, mapping, unresolved)
 

@@ -219,3 +219,24 @@ async def _first_cda(running: RunningApp) -> bytes:
              for part in mail.iter_attachments()}  # type: ignore[attr-defined]
     with zipfile.ZipFile(io.BytesIO(parts["IHE_XDM.ZIP"])) as archive:
         return archive.read("IHE_XDM/SUBSET01/DOC0001.XML")
+
+
+async def test_destmssantepat_sends_to_the_patients_own_mailbox(
+        tmp_path: Path, app_factory: Callable[..., object]) -> None:
+    mappings = mappings_dir(tmp_path, '[{fixed: ["labo.resultats@chu-x.mssante.fr"]}]')
+    path = mappings / "labo" / "mapping.yaml"
+    path.write_text(path.read_text().replace("  ack_lecture_mss: false",
+                                             "  ack_lecture_mss: false\n  destmssantepat: true"))
+    running: RunningApp = await app_factory(settings_with(tmp_path, mappings))  # type: ignore[operator]
+    code, errors = ack(await running.send(LAB_CASE))  # PID-3 carries a production INS, VALI
+    assert (code, errors) == ("AA", [])
+    recipients = set()
+    for row in await running.app.store.list_outbox():
+        detail = await running.app.store.get_outbox(row.id)
+        assert detail is not None
+        recipients.add(MailJob.decode(detail.payload).rcpt_to)
+    assert recipients == {"labo.resultats@chu-x.mssante.fr",
+                          "279035121518989@patient.mssante.fr"}
+    code, errors = ack(await running.send(legacy_without_ins().replace(b"LAB0001", b"LAB0002")))
+    assert code == "AA"  # no INS known: the patient's mailbox is skipped, with a W
+    assert [e[0] for e in errors] == ["207"]
