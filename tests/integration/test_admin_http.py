@@ -89,6 +89,7 @@ async def test_outbox_and_delivery_metrics_move(app_factory: Callable[..., objec
     assert running.app.admin is not None
     assert running.app.gauges is not None
     payload = split_messages((CISIS_FIXTURES / "mdm-t02-initial/message.er7").read_bytes())[0]
+    await running.app.gauges.refresh()  # the refresher's first round may not have run yet
     before = samples((await http_get(*running.app.admin.address, "/metrics"))[1])
     tenant_label = ("tenant", "chu-test")
     assert before[("mssconnector_outbox_items",
