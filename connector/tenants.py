@@ -144,7 +144,7 @@ def build_tenant(index: int, tenant: TenantSettings, shared: SharedParts) -> Ten
                          AckIdentity(tenant.application, tenant.facility),
                          listener.charset, settings.default_charset),
             store, shared.control_ids, cisis, metrics, planner=planner, legacy=legacy,
-            on_queued=shared.wake)
+            patients=store if legacy is not None else None, on_queued=shared.wake)
         ssl_context = server_ssl_context(listener.tls) if listener.tls else None
         handlers.append(handler)
         servers.append(MLLPServer(listener, handler, ssl_context=ssl_context))

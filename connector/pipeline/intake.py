@@ -40,6 +40,7 @@ from connector.store import (
     InboundMessage,
     InboundStatus,
     IntakeStore,
+    PatientStore,
     UnknownOriginalPolicy,
     VersionCheck,
 )
@@ -68,12 +69,14 @@ class IntakeHandler:
                  control_ids: ControlIdGenerator, cisis: CisisIntake,
                  metrics: ConnectorMetrics | None = None, *,
                  planner: MailPlanner | None = None, legacy: LegacyFlows | None = None,
+                 patients: PatientStore | None = None,
                  on_queued: Callable[[str], None] | None = None) -> None:
         self.config = config
         self.metrics = metrics
         self._store = store
         self._control_ids = control_ids
         self._on_queued = on_queued
+        self._patients = patients  # the ADT context, for legacy messages
         self.decider = IntakeDecider(cisis, planner=planner, legacy=legacy,
                                      forced_charset=config.forced_charset,
                                      default_charset=config.default_charset)
@@ -96,13 +99,12 @@ class IntakeHandler:
         decision = self.decider.first_pass(payload)
         if decision.header is not None:
             structlog.contextvars.bind_contextvars(control_id=decision.header.control_id)
-        if decision.legacy and decision.message is not None and hasattr(self._store,
-                                                                         "get_patient"):
+        if decision.legacy and decision.message is not None and self._patients is not None:
             try:  # the ADT context completes a legacy message's patient
                 decision = replace(decision, traits=await context_traits(
-                    self._store, self.config.tenant_id, decision.message))  # type: ignore[arg-type]
-            except StoreError as exc:
-                log.warning("patient_context_unavailable", error=str(exc))
+                    self._patients, self.config.tenant_id, decision.message))
+            except (StoreError, ValueError) as exc:  # unreachable, or an ambiguous IPP
+                log.warning("patient_context_unavailable", error=type(exc).__name__)
         if decision.needs_document_checks:
             decision = await asyncio.to_thread(self.decider.check_documents, decision)
         header = decision.header
