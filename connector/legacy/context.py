@@ -6,18 +6,15 @@ when the context (or PID-32) says VALI and the traits are complete (see `legacy.
 
 from __future__ import annotations
 
-import re
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
+from connector.cisis.parse import is_oid
 from connector.hl7.message import Message
 from connector.legacy.flow import PatientTraits
 from connector.patients import PatientContext, load_patient
 
 if TYPE_CHECKING:
     from connector.store import PatientStore
-
-
-_OID: Final = re.compile(r"[0-2](\.(0|[1-9][0-9]*))+")
 
 
 def patient_ipp(message: Message) -> tuple[str, str | None] | None:
@@ -30,7 +27,7 @@ def patient_ipp(message: Message) -> tuple[str, str | None] | None:
             value = pid.component(3, 1, repetition=rep)
             oid = pid.component(3, 4, 2, repetition=rep)
             # As the ADT context keys it: CX-4's OID when it is one, else its namespace.
-            authority = (oid if _OID.fullmatch(oid) else
+            authority = (oid if is_oid(oid) else
                          pid.component(3, 4, 1, repetition=rep)) or None
             return (value, authority) if value else None
     return None

@@ -35,6 +35,7 @@ from typing import Final, Protocol
 from connector.cda.header import read_cda_header
 from connector.cda.safe_xml import parse_xml
 from connector.cisis.model import (
+    INS_OIDS,
     Action,
     CdaDocument,
     CodedValue,
@@ -54,12 +55,14 @@ from connector.cisis.model import (
     SendingDecision,
 )
 from connector.cisis.model import DocumentRequest as Request
+from connector.cisis.parse import is_oid
 from connector.directory.whitelist import PATIENT_DOMAIN
 from connector.errors import ErrorLocation, MessageError, ProfileError
 from connector.hl7.codes import ApplicationError, ErrorCondition
 from connector.hl7.header import MessageHeader
 from connector.hl7.message import Message, Segment, component_of
 from connector.legacy.cda import (
+    STRUCTURE_ROOT,
     CodedConcept,
     InstanceId,
     LevelOneDocument,
@@ -71,20 +74,17 @@ from connector.legacy.cda import (
 from connector.legacy.mapping import (
     BodySource,
     Code,
+    DefaultPerson,
     FlowMapping,
     MailboxChoice,
     RecipientRule,
     UnresolvedPolicy,
 )
 
-INS_OIDS: Final = frozenset({"1.2.250.1.213.1.4.8", "1.2.250.1.213.1.4.9",
-                             "1.2.250.1.213.1.4.10", "1.2.250.1.213.1.4.11"})
-STRUCTURE_ROOT: Final = "1.2.250.1.71.4.2.2"
 DEFAULT_PRACTICE_SETTING: Final = CodedConcept("ETABLISSEMENT", "Etablissement de santé",
                                                "1.2.250.1.213.1.1.4.9")
 DEFAULT_FACILITY: Final = CodedConcept("SA01", "Etablissement public de santé",
                                        "1.2.250.1.71.4.2.4")
-_OID: Final = re.compile(r"[0-2](\.(0|[1-9][0-9]*))+")
 _TS: Final = re.compile(r"(\d{8})(\d{4,6})?(?:\.\d+)?([+-]\d{4})?")
 
 
@@ -145,9 +145,7 @@ def _located(detail: str, segment: str, sequence: int, position: int,
                               location=ErrorLocation(segment, sequence, position, component))
 
 
-def _concept(code: Code | None, fallback: CodedConcept) -> CodedConcept:
-    if code is None:
-        return fallback
+def _concept(code: Code) -> CodedConcept:
     return CodedConcept(code.code, code.display, code.system, code.system_name)
 
 
@@ -211,24 +209,24 @@ class LegacyFlows:
         legal = self._person(mapping.legal_authenticator.fields,
                              mapping.legal_authenticator.default, message,
                              "legal authenticator")
-        obr = message.first("OBR")
         stamp = now.strftime("%Y%m%d%H%M%S%z")
+        signed = hl7_time(self._field(message, "OBR-22"), now) or stamp  # results reported
         service_start = next((t for f in mapping.service_event_time
                               if (t := hl7_time(self._field(message, f), now))), stamp)
         document = LevelOneDocument(
             id=InstanceId(f"2.25.{uuid.uuid4().int}"),
             set_id=InstanceId(f"2.25.{uuid.uuid4().int}"), version=1, effective_time=stamp,
-            type=_concept(mapping.document_type, DEFAULT_PRACTICE_SETTING),
+            type=_concept(mapping.document_type),
             title=mapping.title, confidentiality=mapping.confidentiality, patient=patient,
-            author=author, author_time=hl7_time(obr.value(22), now) or stamp
-            if obr is not None else stamp,
+            author=author, author_time=signed,
             custodian=self.establishment.custodian, legal_authenticator=legal,
-            legal_time=(hl7_time(obr.value(22), now) if obr is not None else None) or stamp,
-            service_event=_concept(mapping.service_event or mapping.document_type,
-                                   DEFAULT_PRACTICE_SETTING),
+            legal_time=signed,
+            service_event=_concept(mapping.service_event or mapping.document_type),
             service_start=service_start, service_end=None,
-            practice_setting=_concept(mapping.practice_setting, DEFAULT_PRACTICE_SETTING),
-            healthcare_facility=_concept(mapping.healthcare_facility, DEFAULT_FACILITY),
+            practice_setting=(_concept(mapping.practice_setting) if mapping.practice_setting
+                              else DEFAULT_PRACTICE_SETTING),
+            healthcare_facility=(_concept(mapping.healthcare_facility)
+                                 if mapping.healthcare_facility else DEFAULT_FACILITY),
             encounter_start=self._encounter_start(message, now) or service_start,
             media_type=media_type, content=content)
         cda = build_level_one(document)
@@ -339,7 +337,7 @@ class LegacyFlows:
             raise ProfileError("PID-3 has no IPP (CX-5 = PI)",
                                location=ErrorLocation("PID", 1, 3))
         status = t.identity_status or pid.value(32)
-        names = [rep for rep in range(1, len(pid.repetitions(5)) + 1)]
+        names = range(1, len(pid.repetitions(5)) + 1)
         birth_rep = next((r for r in names if pid.component(5, 7, repetition=r) == "L"), 1)
         used_rep = next((r for r in names if pid.component(5, 7, repetition=r) == "D"), None)
         birth_family = t.birth_family or pid.component(5, 1, repetition=birth_rep)
@@ -358,7 +356,7 @@ class LegacyFlows:
                                "birth date", location=ErrorLocation("PID", 1, 5))
         complete = bool(given_names and place and gender in ("M", "F"))
         ipp_root = next((i.oid for i in identifiers if i.type_code == "PI" and i.value == ipp
-                         and i.oid and _OID.fullmatch(i.oid)), self.establishment.oid)
+                         and i.oid and is_oid(i.oid)), self.establishment.oid)
         ids = [InstanceId(ipp_root, ipp)]  # the same root as the XDS patientId (mails)
         if ins and ins_oid and status == "VALI" and complete:
             ids.insert(0, InstanceId(ins_oid, ins))
@@ -368,7 +366,7 @@ class LegacyFlows:
                           given_names=given_names, birth_place_code=place)
         return patient, PatientIdentity(tuple(identifiers), status)
 
-    def _person(self, fields: Sequence[str], default: object, message: Message,
+    def _person(self, fields: Sequence[str], default: DefaultPerson | None, message: Message,
                 what: str) -> Person:
         for reference in fields:
             name, _, position = reference.partition("-")
@@ -386,9 +384,6 @@ class LegacyFlows:
             if found and family:
                 return Person(found, family, given or "-")
         if default is not None:
-            from connector.legacy.mapping import DefaultPerson
-
-            assert isinstance(default, DefaultPerson)
             profession = (CodedConcept(default.profession.code, default.profession.display,
                                        default.profession.system)
                           if default.profession else None)
