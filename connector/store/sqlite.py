@@ -369,10 +369,6 @@ class SQLiteStore:
         report = (self._cipher.seal(m.report, _REPORT_KIND) if m.report is not None
                   else SealedPayload(None, b""))
         sealed = self._cipher.seal(m.raw, _INBOUND_KIND)
-        inline: bytes | None = sealed.blob
-        ref: PayloadRef | None = None
-        if len(sealed.blob) > _INLINE_PAYLOAD_MAX:
-            inline, ref = None, self._payloads.append(sealed.blob)
         cursor = conn.execute(
             "INSERT INTO inbound (tenant_id, listener, peer, received_at, sending_application,"
             " sending_facility, message_type, control_id, version, digest, payload_key, payload,"
@@ -381,8 +377,7 @@ class SQLiteStore:
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (m.tenant_id, m.listener, m.peer, m.received_at, m.sending_application,
              m.sending_facility, m.message_type, m.control_id, m.version, m.digest,
-             sealed.key_id, inline, ref and ref.segment, ref and ref.offset, ref and ref.length,
-             len(m.raw), status.value,
+             sealed.key_id, *self._place(sealed.blob), len(m.raw), status.value,
              m.versions.conflict_ack_code if plan.conflict and m.versions else m.ack_code,
              ack, error_code, error_detail, report.key_id,
              report.blob if m.report is not None else None, 1 if previous else 0),
@@ -441,6 +436,26 @@ class SQLiteStore:
                      " VALUES (?, ?, ?, ?, ?)",
                      (time.time(), m.tenant_id, kind.value, inbound_id, detail))
 
+    # -- payload placement ------------------------------------------------------------------
+
+    def _place(self, blob: bytes) -> tuple[bytes | None, int | None, int | None, int | None]:
+        """The four payload columns of a sealed payload: inline when small, else a record of
+        the payload log (appended now, synced before the batch commits)."""
+        if len(blob) <= _INLINE_PAYLOAD_MAX:
+            return blob, None, None, None
+        ref = self._payloads.append(blob)
+        return None, ref.segment, ref.offset, ref.length
+
+    async def _load(self, inline: bytes | None, segment: int | None, offset: int | None,
+                    length: int | None) -> bytes:
+        """A sealed payload back from its four columns."""
+        if inline is not None:
+            return bytes(inline)
+        assert segment is not None  # a row without inline bytes points at a log record
+        assert offset is not None
+        assert length is not None
+        return await asyncio.to_thread(self._payloads.read, PayloadRef(segment, offset, length))
+
     # -- reads (operators) ----------------------------------------------------------------------
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -466,8 +481,7 @@ class SQLiteStore:
                            control_id: str | None = None) -> list[InboundSummary]:
         sql, params = inbound_query(tenant_id=tenant_id, status=status, since=since,
                                     until=until, control_id=control_id, limit=limit)
-        statement = sql
-        rows = await self._read(lambda c: c.execute(statement, params).fetchall())
+        rows = await self._read(lambda c: c.execute(sql, params).fetchall())
         return [summary_from_row(row) for row in rows]
 
     async def get_inbound(self, inbound_id: int) -> InboundDetail | None:
@@ -478,9 +492,7 @@ class SQLiteStore:
         if row is None:
             return None
         key_id, inline, segment, offset, length, ack, report_key, report = row[SUMMARY_WIDTH:]
-        blob = (bytes(inline) if inline is not None
-                else await asyncio.to_thread(self._payloads.read,
-                                             PayloadRef(segment, offset, length)))
+        blob = await self._load(inline, segment, offset, length)
         raw = self._cipher.open(SealedPayload(key_id, blob), _INBOUND_KIND)
         opened_report = (self._cipher.open(SealedPayload(report_key, bytes(report)), _REPORT_KIND)
                          if report is not None else None)
@@ -517,10 +529,6 @@ class SQLiteStore:
                  ) -> list[int]:
         ids: list[int] = []
         for item, payload in zip(items, sealed, strict=True):
-            inline: bytes | None = payload.blob
-            ref: PayloadRef | None = None
-            if len(payload.blob) > _INLINE_PAYLOAD_MAX:
-                inline, ref = None, self._payloads.append(payload.blob)
             cursor = conn.execute(
                 "INSERT INTO outbox (tenant_id, kind, inbound_id, state, payload_key, payload,"
                 " payload_segment, payload_offset, payload_length, size, message_id, envid,"
@@ -528,7 +536,7 @@ class SQLiteStore:
                 " VALUES (?, ?, ?, 'ready', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (item.tenant_id, OutboxKind(item.kind).value,
                  item.inbound_id if inbound_id is None else inbound_id, payload.key_id,
-                 inline, ref and ref.segment, ref and ref.offset, ref and ref.length,
+                 *self._place(payload.blob),
                  len(item.payload), item.message_id, item.envid, item.recipient_domain, now, now,
                  now if item.not_before is None else item.not_before))
             ids.append(int(cursor.lastrowid or 0))
@@ -544,9 +552,7 @@ class SQLiteStore:
         for row in rows:
             (row_id, token, expires, attempts, tenant, kind, inbound_id, message_id, envid,
              domain, key_id, inline, segment, offset, length, created_at) = row
-            blob = (bytes(inline) if inline is not None
-                    else await asyncio.to_thread(self._payloads.read,
-                                                 PayloadRef(segment, offset, length)))
+            blob = await self._load(inline, segment, offset, length)
             payload = self._cipher.open(SealedPayload(key_id, blob), OUTBOX_KIND)
             leases.append(OutboxLease(int(row_id), token, expires, int(attempts), tenant,
                                       OutboxKind(kind), inbound_id, message_id, envid, domain,
@@ -705,17 +711,13 @@ class SQLiteStore:
                                 (mail.tenant_id, mail.key)).fetchone()
         if existing is not None:
             return RecordedMail(int(existing[0]), duplicate=True)
-        inline: bytes | None = sealed.blob
-        ref: PayloadRef | None = None
-        if len(sealed.blob) > _INLINE_PAYLOAD_MAX:
-            inline, ref = None, self._payloads.append(sealed.blob)
         cursor = conn.execute(
             "INSERT INTO receipts (tenant_id, receipt_key, received_at, kind, status, outcome,"
             " outbox_id, detail, payload_key, payload, payload_segment, payload_offset,"
             " payload_length, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (mail.tenant_id, mail.key, mail.received_at, mail.kind, mail.status.value,
-             mail.outcome, mail.outbox_id, mail.detail, sealed.key_id, inline,
-             ref and ref.segment, ref and ref.offset, ref and ref.length, len(mail.raw)))
+             mail.outcome, mail.outbox_id, mail.detail, sealed.key_id,
+             *self._place(sealed.blob), len(mail.raw)))
         now = time.time()
         for update in mail.updates:
             for sql, params in receipt_statements(update, now):
@@ -729,8 +731,7 @@ class SQLiteStore:
                                   outbox_id: int | None = None) -> list[ReturnedMailSummary]:
         sql, params = receipts_query(tenant_id=tenant_id, status=status, limit=limit,
                                      outbox_id=outbox_id)
-        statement = sql
-        rows = await self._read(lambda c: c.execute(statement, params).fetchall())
+        rows = await self._read(lambda c: c.execute(sql, params).fetchall())
         return [receipt_summary_from_row(row) for row in rows]
 
     async def list_outbox(self, *, tenant_id: str | None = None,
@@ -738,8 +739,7 @@ class SQLiteStore:
                           inbound_id: int | None = None) -> list[OutboxSummary]:
         sql, params = outbox_query(tenant_id=tenant_id, state=state, inbound_id=inbound_id,
                                    limit=limit)
-        statement = sql
-        rows = await self._read(lambda c: c.execute(statement, params).fetchall())
+        rows = await self._read(lambda c: c.execute(sql, params).fetchall())
         return [outbox_summary_from_row(row) for row in rows]
 
     async def get_outbox(self, row_id: int) -> OutboxDetail | None:
@@ -750,9 +750,7 @@ class SQLiteStore:
         if row is None:
             return None
         key_id, inline, segment, offset, length, error_key, error = row[OUTBOX_SUMMARY_WIDTH:]
-        blob = (bytes(inline) if inline is not None
-                else await asyncio.to_thread(self._payloads.read,
-                                             PayloadRef(segment, offset, length)))
+        blob = await self._load(inline, segment, offset, length)
         payload = self._cipher.open(SealedPayload(key_id, blob), OUTBOX_KIND)
         detail = (self._cipher.open(SealedPayload(error_key, bytes(error)),
                                     OUTBOX_ERROR_KIND).decode()
