@@ -40,6 +40,7 @@ from connector.receipts.plan import ReceiptPlanner, SentMail
 from connector.store import (
     OutboxItem,
     OutboxKind,
+    OutboxSummary,
     ReceiptStatus,
     ReceiptUpdate,
     ReturnedMail,
@@ -185,10 +186,10 @@ class ReceiptPoller:
         zams: list[OutboxItem] = []
         outcomes: list[str] = []
         for outbox_id in ids:
-            sent = await self._sent_mail(outbox_id)
-            if sent is None:
+            found = await self._sent_mail(outbox_id)
+            if found is None:
                 continue
-            effect = self.planner.effect(receipt, sent)
+            effect = self.planner.effect(receipt, found[0])
             if effect is None:
                 continue
             updates.append(effect.update)
@@ -221,11 +222,11 @@ class ReceiptPoller:
             self.tenant_id, sent_before=at - self.settings.final_report_timeout_seconds)
         decided = 0
         for outbox_id in ids:
-            sent = await self._sent_mail(outbox_id)
-            detail = await self.store.get_outbox(outbox_id)
-            if sent is None or detail is None:
+            found = await self._sent_mail(outbox_id)
+            if found is None:
                 continue
-            effect = self.planner.silence_effect(sent, detail.summary.delivery_status)
+            sent, row = found
+            effect = self.planner.silence_effect(sent, row.delivery_status)
             recorded = await self.store.record_returned_mail(ReturnedMail(
                 tenant_id=self.tenant_id, key=f"no-final-report:{outbox_id}", received_at=at,
                 raw=b"", status=ReceiptStatus.MATCHED, kind="timeout",
@@ -234,13 +235,14 @@ class ReceiptPoller:
             if not recorded.duplicate:
                 decided += 1
                 log.info("receipt_not_confirmed", tenant=self.tenant_id, outbox_id=outbox_id,
-                         last_status=detail.summary.delivery_status,
+                         last_status=row.delivery_status,
                          zam=effect.zam is not None)
         if decided and self._on_zams is not None:
             self._on_zams(self.tenant_id)
         return decided
 
-    async def _sent_mail(self, outbox_id: int) -> SentMail | None:
+    async def _sent_mail(self, outbox_id: int) -> tuple[SentMail, OutboxSummary] | None:
+        """The mail a receipt is about, and its row, read once."""
         detail = await self.store.get_outbox(outbox_id)
         if detail is None or detail.summary.kind is not OutboxKind.SMTP \
                 or detail.summary.inbound_id is None:
@@ -252,7 +254,7 @@ class ReceiptPoller:
             job = MailJob.decode(detail.payload)
         except MalformedJob:
             return None
-        return SentMail(outbox_id, self.tenant_id, inbound.summary, job)
+        return SentMail(outbox_id, self.tenant_id, inbound.summary, job), detail.summary
 
     async def _unmatched(self, key: str, raw: bytes, received_at: float,
                          receipt: Receipt | None, why: str) -> Handled:
