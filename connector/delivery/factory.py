@@ -15,7 +15,13 @@ from connector.delivery.transports import MaildirTransport, SmtpTransport, Trans
 from connector.delivery.worker import DeliveryLimits, FollowUp, TenantDelivery
 from connector.errors import ConfigError
 from connector.observability.metrics import ConnectorMetrics
-from connector.settings import DeliverySettings, SmtpSettings, TenantSettings, TransportKind
+from connector.settings import (
+    DeliverySettings,
+    ReceiptsSettings,
+    SmtpSettings,
+    TenantSettings,
+    TransportKind,
+)
 from connector.store import OutboxStore
 
 # Keys the delivery package names → the settings keys of [tenants.transport] / [tenants.delivery]
@@ -51,14 +57,20 @@ def build_transport(tenant: TenantSettings, *, prefix: str, source: str | None =
         raise _rekeyed(exc, prefix, source) from exc
 
 
+def client_certificate(table: SmtpSettings | ReceiptsSettings
+                       ) -> ClientCertificateSource | None:
+    """The application mailbox certificate a settings table names: its PKCS#12 file, else its
+    PEM certificate and key, else none."""
+    if table.client_pkcs12 is not None:
+        return Pkcs12ClientCertificate(table.client_pkcs12, table.client_pkcs12_password)
+    if table.client_certificate is not None and table.client_private_key is not None:
+        return PemClientCertificate(table.client_certificate, table.client_private_key,
+                                    table.client_private_key_password)
+    return None
+
+
 def _smtp_transport(smtp: SmtpSettings) -> SmtpTransport:
-    client: ClientCertificateSource | None = None
-    if smtp.client_pkcs12 is not None:
-        client = Pkcs12ClientCertificate(smtp.client_pkcs12, smtp.client_pkcs12_password)
-    elif smtp.client_certificate is not None and smtp.client_private_key is not None:
-        client = PemClientCertificate(smtp.client_certificate, smtp.client_private_key,
-                                      smtp.client_private_key_password)
-    tls = build_client_tls(ClientTlsSettings(smtp.ca_bundle, client))
+    tls = build_client_tls(ClientTlsSettings(smtp.ca_bundle, client_certificate(smtp)))
     endpoint = SmtpEndpoint(
         host=smtp.host, port=smtp.port, mode=TlsMode(smtp.tls.value),
         connect_timeout=smtp.connect_timeout_seconds,

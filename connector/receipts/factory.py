@@ -7,16 +7,14 @@ import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from connector.delivery.factory import retry_policy
+from connector.delivery.factory import client_certificate, retry_policy
 from connector.delivery.job import MailJob
 from connector.delivery.smtp import SendResult
 from connector.delivery.tls import (
     CertificateInfo,
-    ClientCertificateSource,
     ClientTls,
     ClientTlsSettings,
     PemClientCertificate,
-    Pkcs12ClientCertificate,
     build_client_tls,
 )
 from connector.delivery.worker import DeliveryLimits, FollowUp, TenantDelivery
@@ -60,17 +58,7 @@ def _imap_tls(tenant: TenantSettings, receipts: ReceiptsSettings) -> ClientTls:
     if ca_bundle is None:
         raise ConfigError("tls.ca_bundle", "is required (the operator's IGC-Santé roots), here "
                                            "or in [tenants.transport]")
-    client: ClientCertificateSource | None = None
-    if receipts.client_pkcs12 is not None:
-        client = Pkcs12ClientCertificate(receipts.client_pkcs12, receipts.client_pkcs12_password)
-    elif receipts.client_certificate and receipts.client_private_key:
-        client = PemClientCertificate(receipts.client_certificate, receipts.client_private_key,
-                                      receipts.client_private_key_password)
-    elif smtp is not None and smtp.client_pkcs12 is not None:
-        client = Pkcs12ClientCertificate(smtp.client_pkcs12, smtp.client_pkcs12_password)
-    elif smtp is not None and smtp.client_certificate and smtp.client_private_key:
-        client = PemClientCertificate(smtp.client_certificate, smtp.client_private_key,
-                                      smtp.client_private_key_password)
+    client = client_certificate(receipts) or (client_certificate(smtp) if smtp else None)
     return build_client_tls(ClientTlsSettings(ca_bundle, client))
 
 
