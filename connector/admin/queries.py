@@ -37,12 +37,9 @@ def _plain(value: object) -> Any:
     return value.value if hasattr(value, "value") else value
 
 
-def request_summary(s: InboundSummary) -> dict[str, Any]:
-    return {k: _plain(v) for k, v in asdict(s).items()}
-
-
-def outbox_summary(s: OutboxSummary) -> dict[str, Any]:
-    return {k: _plain(v) for k, v in asdict(s).items()}
+def as_json(value: InboundSummary | OutboxSummary | AuditRecord) -> dict[str, Any]:
+    """A summary row as JSON-ready data (enums as their values)."""
+    return {k: _plain(v) for k, v in asdict(value).items()}
 
 
 async def search_requests(store: Store, *, tenant_id: str | None = None,
@@ -51,7 +48,7 @@ async def search_requests(store: Store, *, tenant_id: str | None = None,
                           limit: int = 100) -> list[dict[str, Any]]:
     rows = await store.list_inbound(tenant_id=tenant_id, status=status, since=since,
                                     until=until, control_id=control_id, limit=limit)
-    return [request_summary(row) for row in rows]
+    return [as_json(row) for row in rows]
 
 
 async def timeline(store: Store, inbound_id: int) -> dict[str, Any] | None:
@@ -84,7 +81,7 @@ async def timeline(store: Store, inbound_id: int) -> dict[str, Any] | None:
                            "receipt_id": receipt.id})
     order = {"received": 0, "accepted": 1, "rejected": 1, "mail": 2, "zam": 2}
     events.sort(key=lambda e: (e["at"], order.get(e["event"], 3)))
-    return {"request": request_summary(s), "mails": [outbox_summary(r) for r in rows],
+    return {"request": as_json(s), "mails": [as_json(r) for r in rows],
             "events": events}
 
 
@@ -103,7 +100,7 @@ async def audit_records(store: Store, *, since: float | None, until: float | Non
 
 
 def audit_as_json(records: Sequence[AuditRecord]) -> str:
-    return json.dumps([{k: _plain(v) for k, v in asdict(r).items()} for r in records],
+    return json.dumps([as_json(r) for r in records],
                       ensure_ascii=False, indent=1) + "\n"
 
 
