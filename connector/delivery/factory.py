@@ -24,23 +24,26 @@ from connector.settings import (
 )
 from connector.store import OutboxStore
 
-# Keys the delivery package names → the settings keys of [tenants.transport] / [tenants.delivery]
-_KEYS = {
-    "tls.client_key": "transport.client_private_key",
-    "smtp.connect_timeout": "transport.connect_timeout_seconds",
-    "smtp.command_timeout": "transport.command_timeout_seconds",
-    "smtp.data_timeout": "transport.data_timeout_seconds",
-    "smtp.oauth_token": "transport.oauth_token_env",
-    "smtp.password": "transport.password_env",
-    "delivery.retry_initial_seconds": "delivery.retry_initial_seconds",
+# Keys the delivery package names → the key of the tenant's settings table that holds them.
+_RENAMED = {
+    "tls.client_key": "client_private_key",
+    "smtp.connect_timeout": "connect_timeout_seconds",
+    "smtp.command_timeout": "command_timeout_seconds",
+    "smtp.data_timeout": "data_timeout_seconds",
+    "smtp.oauth_token": "oauth_token_env",
+    "smtp.password": "password_env",
 }
 
 
-def _rekeyed(exc: ConfigError, prefix: str, source: str | None) -> ConfigError:
-    key = _KEYS.get(exc.key)
-    if key is None:
-        head, _, tail = exc.key.partition(".")
-        key = f"delivery.{tail}" if head == "delivery" else f"transport.{tail or head}"
+def rekeyed(exc: ConfigError, prefix: str, source: str | None, table: str = "transport"
+            ) -> ConfigError:
+    """`exc` (keyed `tls.*`, `smtp.*` or `delivery.*` by the delivery package) keyed as the
+    file says: `<prefix>.<table>.<key>`, or `<prefix>.delivery.<key>`."""
+    head, _, tail = exc.key.partition(".")
+    if head == "delivery":
+        key = f"delivery.{tail}"
+    else:
+        key = f"{table}.{_RENAMED.get(exc.key, tail or head)}"
     return ConfigError(f"{prefix}.{key}", exc.problem, source=source)
 
 
@@ -54,7 +57,7 @@ def build_transport(tenant: TenantSettings, *, prefix: str, source: str | None =
     try:
         return _smtp_transport(transport.smtp)
     except ConfigError as exc:
-        raise _rekeyed(exc, prefix, source) from exc
+        raise rekeyed(exc, prefix, source) from exc
 
 
 def client_certificate(table: SmtpSettings | ReceiptsSettings
@@ -102,6 +105,6 @@ def build_delivery(tenant: TenantSettings, store: OutboxStore, *, prefix: str,
     try:
         limits, retry = delivery_limits(tenant.delivery), retry_policy(tenant.delivery)
     except ConfigError as exc:
-        raise _rekeyed(exc, prefix, source) from exc
+        raise rekeyed(exc, prefix, source) from exc
     return TenantDelivery(tenant.id, store, transport, limits=limits, retry=retry,
                           metrics=metrics, follow_up=follow_up)

@@ -7,7 +7,7 @@ import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from connector.delivery.factory import client_certificate, retry_policy
+from connector.delivery.factory import client_certificate, rekeyed, retry_policy
 from connector.delivery.job import MailJob
 from connector.delivery.smtp import SendResult
 from connector.delivery.tls import (
@@ -46,12 +46,6 @@ def _process() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _rekey(exc: ConfigError, prefix: str, table: str, source: str | None) -> ConfigError:
-    tail = exc.key.partition(".")[2] or exc.key
-    tail = {"client_key": "client_private_key"}.get(tail, tail)
-    return ConfigError(f"{prefix}.{table}.{tail}", exc.problem, source=source)
-
-
 def _imap_tls(tenant: TenantSettings, receipts: ReceiptsSettings) -> ClientTls:
     smtp = tenant.transport.smtp
     ca_bundle = receipts.ca_bundle or (smtp.ca_bundle if smtp else None)
@@ -82,7 +76,7 @@ def build_receipts(tenant: TenantSettings, store: Store, *, prefix: str, source:
         try:
             transport = _his_transport(tenant.his, metrics)
         except ConfigError as exc:
-            raise _rekey(exc, prefix, "his", source) from exc
+            raise rekeyed(exc, prefix, source, "his") from exc
         returns = TenantDelivery(
             tenant.id, store, transport, metrics=metrics, retry=retry_policy(tenant.delivery),
             limits=DeliveryLimits(concurrency=1, batch_size=tenant.delivery.batch_size,
@@ -95,7 +89,7 @@ def build_receipts(tenant: TenantSettings, store: Store, *, prefix: str, source:
         try:
             tls = _imap_tls(tenant, settings)
         except ConfigError as exc:
-            raise _rekey(exc, prefix, "receipts", source) from exc
+            raise rekeyed(exc, prefix, source, "receipts") from exc
         certificate = tls.client_certificate
         endpoint = ImapEndpoint(
             settings.host, settings.port, ImapTlsMode(settings.tls.value), settings.username,
