@@ -19,10 +19,9 @@ from dataclasses import dataclass
 
 from lxml import etree
 
+from connector.cda.paths import HL7_NS, select
 from connector.errors import DocumentError
 
-HL7_NS = "urn:hl7-org:v3"
-_NS = {"h": HL7_NS}
 _CLINICAL_DOCUMENT = f"{{{HL7_NS}}}ClinicalDocument"
 
 #: OIDs of the INS (NIR, NIA, and their test counterparts) in `patientRole/id/@root` (§4.3).
@@ -211,11 +210,7 @@ class CdaHeader:
 
 
 def _children(parent: etree._Element | None, path: str) -> list[etree._Element]:
-    if parent is None:
-        return []
-    found = parent.xpath(path, namespaces=_NS)
-    assert isinstance(found, list)
-    return [el for el in found if isinstance(el, etree._Element)]
+    return [] if parent is None else select(parent, path)
 
 
 def _child(parent: etree._Element | None, path: str) -> etree._Element | None:

@@ -22,7 +22,8 @@ import unicodedata
 
 from lxml import etree
 
-from connector.cda.header import HL7_NS, CdaHeader
+from connector.cda.header import CdaHeader
+from connector.cda.paths import select
 from connector.errors import DocumentError
 
 PDF_MAGIC = b"%PDF-"
@@ -30,7 +31,6 @@ PDF_MEDIA_TYPE = "application/pdf"
 #: templateId of the level-3 section FR-Document-PDF-copie (LOINC 55108-5).
 PDF_COPY_SECTION_TEMPLATE_ID = "1.2.250.1.213.1.1.2.243"
 
-_NS = {"h": HL7_NS}
 _LEVEL1_TEXT = "h:component/h:nonXMLBody/h:text"
 _LEVEL3_PDF_VALUE = (
     "h:component/h:structuredBody//h:section"
@@ -40,12 +40,8 @@ _LEVEL3_PDF_VALUE = (
 
 
 def _first(root: etree._Element, path: str) -> etree._Element | None:
-    found = root.xpath(path, namespaces=_NS)
-    assert isinstance(found, list)
-    for el in found:
-        if isinstance(el, etree._Element):
-            return el
-    return None
+    found = select(root, path)
+    return found[0] if found else None
 
 
 def _decode_b64_pdf(el: etree._Element, where: str) -> bytes:

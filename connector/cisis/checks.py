@@ -427,12 +427,13 @@ def decode_document(ref: ObxRef) -> CdaDocument:
             f"OBX {ref.sequence}: OBX-5.5 decodes to {len(data)} bytes of non-XML data, "
             "not a CDA document (a placeholder text in place of the base64 CDA?)", location)
     try:
-        header = read_cda_header(parse_xml(data, what="CDA document"))
+        tree = parse_xml(data, what="CDA document")
+        header = read_cda_header(tree)
     except DocumentError as exc:
         raise DocumentError(f"OBX {ref.sequence}: {exc.detail}", report=exc.report,
                             location=location,
                             application_error=ApplicationError.OTHER) from exc
-    return CdaDocument(ref.sequence, read_coded(ref.segment, 3), data, header)
+    return CdaDocument(ref.sequence, read_coded(ref.segment, 3), data, header, tree)
 
 
 def decode_documents(

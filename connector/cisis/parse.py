@@ -20,7 +20,6 @@ Tolerated variants:
 
 from __future__ import annotations
 
-import base64
 import binascii
 import re
 from dataclasses import dataclass
@@ -45,8 +44,6 @@ from connector.hl7.codes import ErrorCondition
 from connector.hl7.message import Message, Segment, component_of
 
 _OID = re.compile(r"[0-2](\.(0|[1-9][0-9]*))+\Z")
-_BASE64_CHARS = re.compile(r"[A-Za-z0-9+/]*={0,2}\Z")
-_WHITESPACE = re.compile(r"\s+")
 # A deliberately plain address shape: one @, no white space, no characters that could break an
 # e-mail header (<>,;:"()[]\) or be a control character, a dotted domain.
 _ADDRESS = re.compile(r"[^@\s<>(),;:\"\[\]\\\x00-\x1f\x7f]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+\Z")
@@ -92,16 +89,18 @@ def decode_base64(text: str) -> bytes | None:
 
     Returns None when the text is not base64 at all (bad characters, or a length that no
     padding can repair, as in the truncated CORPSMAIL strings of the ANS ORU examples).
+
+    The ~70 KB of an OBX-5 CDA go through this on every request: `str.split` drops what `\\s`
+    matches at memchr speed, and binascii's strict mode checks the alphabet and the padding in
+    C (a regular expression over the text cost ~20 times as much).
     """
-    compact = _WHITESPACE.sub("", text)
-    if not compact or not _BASE64_CHARS.match(compact):
-        return None
+    compact = "".join(text.split())
     unpadded = compact.rstrip("=")
-    if len(unpadded) % 4 == 1:
+    if not unpadded or len(compact) - len(unpadded) > 2 or len(unpadded) % 4 == 1:
         return None
     try:
-        return base64.b64decode(unpadded + "=" * (-len(unpadded) % 4), validate=True)
-    except (binascii.Error, ValueError):
+        return binascii.a2b_base64(unpadded + "=" * (-len(unpadded) % 4), strict_mode=True)
+    except (binascii.Error, ValueError):  # ValueError: a character outside ASCII
         return None
 
 

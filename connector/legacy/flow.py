@@ -230,7 +230,8 @@ class LegacyFlows:
             encounter_start=self._encounter_start(message, now) or service_start,
             media_type=media_type, content=content)
         cda = build_level_one(document)
-        cda_header = read_cda_header(parse_xml(cda))
+        cda_tree = parse_xml(cda)
+        cda_header = read_cda_header(cda_tree)
         recipients, unresolved = self._recipients(mapping, message, traits)
         route = MailRoute.PS_ONLY
         if mapping.metadata.destmssantepat:  # the patient's own mailbox (Mon espace santé)
@@ -262,7 +263,8 @@ class LegacyFlows:
                                  header.sending_facility or "", ""),
             action=Action.NEW,
             documents=(CdaDocument(obx_sequence, CodedValue(code.code, code.display,
-                                                            code.system), cda, cda_header),),
+                                                            code.system), cda, cda_header,
+                                     cda_tree),),
             patient=identity, patient_class=self._patient_class(message),
             unique_document_id=None, parent_document_id=None, sender=None,
             recipients=recipients, reply_to=None, metadata=self._metadata(mapping),

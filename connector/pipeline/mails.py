@@ -65,7 +65,6 @@ from typing import Final
 
 from connector.cda.header import CdaHeader, InstanceId
 from connector.cda.pdf import extract_pdf, pdf_attachment_name
-from connector.cda.safe_xml import parse_xml
 from connector.cisis.model import (
     Action,
     CdaDocument,
@@ -462,7 +461,7 @@ def _renditions(
     missing: list[int] = []
     for document in documents:
         with _located(_obx(document)):
-            content = extract_pdf(parse_xml(document.content))
+            content = extract_pdf(document.root())
             if content is None:
                 missing.append(document.obx_sequence)
                 continue

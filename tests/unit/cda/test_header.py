@@ -372,3 +372,16 @@ def test_null_flavoured_codes_read_as_none() -> None:
     assert header.authors[0].person_name is None
     assert header.authors[0].device is not None
     assert header.authors[0].device.software_name == "S"
+
+
+def test_headers_read_in_several_threads_at_once_agree() -> None:
+    """Compiled element paths are kept per thread (`connector.cda.paths`): intake reads headers
+    in a pool of worker threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = sorted(EXPECTED)
+    expected = [read_cda_header(_root(path)) for path in paths]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for _ in range(3):
+            found = list(pool.map(lambda p: read_cda_header(_root(p)), paths))
+            assert found == expected

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from lxml import etree
 
 from connector.cisis import (
     CISIS_MATRIX,
@@ -874,3 +876,12 @@ def test_placeholder_and_matrix_fixture_ordering() -> None:
 
 def test_fixture_paths_are_files() -> None:
     assert all(isinstance(p, Path) and p.is_file() for p in fixture_paths())
+
+
+def test_a_decoded_document_keeps_its_parsed_tree_for_the_mail_stage() -> None:
+    [document] = request(small_mdm("T02")).documents
+    assert document.tree is not None
+    assert document.root() is document.tree  # not parsed a second time
+    copy = replace(document, tree=None)
+    assert copy == document  # the tree is not part of the value
+    assert etree.tostring(copy.root()) == etree.tostring(document.tree)  # parsed on demand
