@@ -616,7 +616,7 @@ class SmtpSubmitter:
             stage = Stage.RCPT
             await client.rcpt(envelope.rcpt_to, options=_rcpt_options(envelope, dsn))
             stage = Stage.DATA
-            reply = await client.data(envelope.message, timeout=self._endpoint.data_timeout)
+            reply = await send_data(client, envelope.message, self._endpoint.data_timeout)
         except _SMTP_ERRORS as exc:
             failure = failure_from_exception(exc)
             await self._reset_after_failure(client)
@@ -693,6 +693,49 @@ def _rcpt_options(envelope: OutgoingEnvelope, dsn: bool) -> list[str]:
         return []
     return ["NOTIFY=SUCCESS,FAILURE,DELAY",
             f"ORCPT=rfc822;{xtext_encode(envelope.original_recipient)}"]
+
+
+# -- DATA ----------------------------------------------------------------------------------------
+
+
+def is_wire_form(message: bytes) -> bool:
+    """True when `message` can go after DATA as it is: CRLF line ends only, the last included,
+    and no line starting with a period (nothing to dot-stuff). `render_mail` output always is:
+    header lines and 76-character base64 lines."""
+    crlf = message.count(b"\r\n")
+    return (message.endswith(b"\r\n") and message.count(b"\n") == crlf
+            and message.count(b"\r") == crlf and not message.startswith(b".")
+            and b"\n." not in message)
+
+
+async def send_data(client: aiosmtplib.SMTP, message: bytes,
+                    timeout: float) -> aiosmtplib.SMTPResponse:
+    """The DATA exchange. A message in wire form (`is_wire_form`) is written as it is, which
+    the server receives exactly as if `SMTP.data` had sent it; anything else goes through
+    `SMTP.data`. `SMTP.data` normalises line ends and dot-stuffs every message with two
+    regular expressions: ~1 ms of CPU on the event loop for a 100 KB mail, which four `count`
+    calls replace here.
+
+    Raises what `SMTP.data` raises (`SMTPDataError` for a reply other than 354 then 250), and
+    closes the client when the connection is lost or times out, as it does.
+    """
+    protocol = client.protocol
+    if protocol is None or not is_wire_form(message):
+        return await client.data(message, timeout=timeout)
+    try:
+        start = await protocol.execute_command(b"DATA", timeout=timeout)
+        if start.code != aiosmtplib.SMTPStatus.start_input:
+            raise aiosmtplib.SMTPDataError(start.code, start.message)
+        # No await between the writes and read_response: the reply cannot arrive unclaimed.
+        protocol.write(message)
+        protocol.write(b".\r\n")
+        reply = await protocol.read_response(timeout=timeout)
+    except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
+        client.close()
+        raise
+    if reply.code != aiosmtplib.SMTPStatus.completed:
+        raise aiosmtplib.SMTPDataError(reply.code, reply.message)
+    return reply
 
 
 # -- operator-facing details (no patient data: no recipient, subject or server text) -------------

@@ -32,6 +32,7 @@ from connector.delivery import (
     build_client_tls,
     client_certificate_info,
 )
+from connector.delivery.smtp import is_wire_form
 from connector.errors import ConfigError
 from connector.hl7.codes import SmtpErrorCode
 from tests.support.pki import Issued
@@ -65,11 +66,15 @@ def endpoint(server: RunningServer, **overrides: Any) -> SmtpEndpoint:
 
 
 def envelope(n: int = 1, *, rcpt: str = DOCTOR, request_dsn: bool = False,
-             envid: str | None = None, size: int = 0) -> OutgoingEnvelope:
+             envid: str | None = None, size: int = 0, wire: bool = False) -> OutgoingEnvelope:
+    """`wire`: a message in wire form (CRLF only, no line starting with a period), which the
+    submitter writes as it is; else one aiosmtplib has to dot-stuff."""
     body = "x" * size
+    second_line = "no leading dot" if wire else ".leading dot"
     message = (f"From: {SENDER}\r\nTo: {rcpt}\r\nMessage-ID: <m{n}@chu-test.mssante.fr>\r\n"
-               f"Subject: test {n}\r\nMIME-Version: 1.0\r\n\r\nbody {n}\r\n.leading dot\r\n"
+               f"Subject: test {n}\r\nMIME-Version: 1.0\r\n\r\nbody {n}\r\n{second_line}\r\n"
                f"{body}\r\n").encode("ascii")
+    assert is_wire_form(message) is wire
     return OutgoingEnvelope(mail_from=SENDER, rcpt_to=rcpt, message=message,
                             message_id=f"<m{n}@chu-test.mssante.fr>", envid=envid or f"outbox-{n}",
                             request_dsn=request_dsn)
@@ -91,9 +96,14 @@ def no_patient_data(result: SendResult) -> None:
 # -- STARTTLS and certificates -------------------------------------------------------------------
 
 
-async def test_starttls_with_client_certificate(smtp_server: ServerFactory, pki: Pki) -> None:
+WIRE_FORMS = pytest.mark.parametrize("wire", [False, True], ids=["dot-stuffed", "wire-form"])
+
+
+@WIRE_FORMS
+async def test_starttls_with_client_certificate(smtp_server: ServerFactory, pki: Pki,
+                                                wire: bool) -> None:
     server = await smtp_server()
-    mail = envelope()
+    mail = envelope(wire=wire)
     [result], _ = await send(endpoint(server), client_tls(pki), mail)
 
     assert result.outcome is Outcome.SENT
@@ -349,10 +359,11 @@ async def test_5xx_at_rcpt_is_permanent(smtp_server: ServerFactory, pki: Pki) ->
     ("552 5.3.4 Message too big for system", SmtpErrorCode.STORAGE_EXCEEDED),
     ("556 5.7.0 Unknown policy", SmtpErrorCode.TRANSACTION_FAILED),
 ])
+@WIRE_FORMS
 async def test_5xx_at_data_is_permanent(smtp_server: ServerFactory, pki: Pki, reply: str,
-                                        error_code: SmtpErrorCode) -> None:
+                                        error_code: SmtpErrorCode, wire: bool) -> None:
     server = await smtp_server(data_reply=reply)
-    [result], _ = await send(endpoint(server), client_tls(pki), envelope())
+    [result], _ = await send(endpoint(server), client_tls(pki), envelope(wire=wire))
 
     assert (result.outcome, result.stage, result.error_code) == (Outcome.PERMANENT, Stage.DATA,
                                                                  error_code)
@@ -372,9 +383,11 @@ async def test_message_over_the_server_size_is_refused_locally(smtp_server: Serv
 # -- disconnections and time-outs ----------------------------------------------------------------
 
 
-async def test_disconnect_mid_session_is_transient(smtp_server: ServerFactory, pki: Pki) -> None:
+@WIRE_FORMS
+async def test_disconnect_mid_session_is_transient(smtp_server: ServerFactory, pki: Pki,
+                                                   wire: bool) -> None:
     server = await smtp_server(drop_at_data=True)
-    results, _ = await send(endpoint(server), client_tls(pki), envelope(1))
+    results, _ = await send(endpoint(server), client_tls(pki), envelope(1, wire=wire))
 
     [result] = results
     assert (result.outcome, result.stage) == (Outcome.TRANSIENT, Stage.DATA)
@@ -383,11 +396,12 @@ async def test_disconnect_mid_session_is_transient(smtp_server: ServerFactory, p
     assert "may have been accepted" in result.detail
 
 
+@WIRE_FORMS
 async def test_next_envelope_reconnects_after_a_disconnect(smtp_server: ServerFactory,
-                                                           pki: Pki) -> None:
+                                                           pki: Pki, wire: bool) -> None:
     server = await smtp_server(close_after_message=True)
     results, submitter = await send(endpoint(server), client_tls(pki),
-                                    *(envelope(n) for n in range(1, 4)))
+                                    *(envelope(n, wire=wire) for n in range(1, 4)))
 
     assert [r.outcome for r in results] == [Outcome.SENT] * 3
     assert submitter.connections_opened == server.recorder.connections == 3
@@ -417,9 +431,12 @@ async def test_connection_refused_is_transient_111(pki: Pki) -> None:
     assert submitter.connections_opened == 1
 
 
-async def test_no_reply_in_time_is_transient_420(smtp_server: ServerFactory, pki: Pki) -> None:
+@WIRE_FORMS
+async def test_no_reply_in_time_is_transient_420(smtp_server: ServerFactory, pki: Pki,
+                                                 wire: bool) -> None:
     server = await smtp_server(stall_at_data=True)
-    [result], _ = await send(endpoint(server, data_timeout=0.5), client_tls(pki), envelope())
+    [result], _ = await send(endpoint(server, data_timeout=0.5), client_tls(pki),
+                             envelope(wire=wire))
 
     assert (result.outcome, result.stage) == (Outcome.TRANSIENT, Stage.DATA)
     assert result.error_code is SmtpErrorCode.TIMEOUT

@@ -12,6 +12,7 @@ import socket
 import ssl
 
 import pytest
+from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -29,6 +30,7 @@ from connector.delivery.smtp import (
     classify,
     enhanced_status,
     failure_from_exception,
+    is_wire_form,
     sanitise_server_message,
     smtp_error_code,
     xtext_decode,
@@ -324,3 +326,30 @@ def test_outcomes_map_onto_the_connector_errors() -> None:
     assert result(Outcome.TRANSIENT).retryable
     assert not result(Outcome.PERMANENT).retryable
     assert result(Outcome.TRANSIENT).error_label == SmtpErrorCode.MAILBOX_BUSY.label
+
+
+# -- wire form: what DATA can send without aiosmtplib's normalisation ----------------------------
+
+
+@pytest.mark.parametrize(("message", "wire"), [
+    (b"Subject: x\r\n\r\nbody\r\n", True),
+    (b"Subject: x\r\n\r\nbody\r\n..\r\n", False),  # a line starting with a period
+    (b".Subject: x\r\n\r\nbody\r\n", False),  # the first line too
+    (b"Subject: x\n\nbody\n", False),  # bare LF
+    (b"Subject: x\r\n\r\nbo\rdy\r\n", False),  # bare CR
+    (b"Subject: x\r\n\r\nbody", False),  # no final CRLF
+    (b"Subject: x\r\n\r\nline with a . inside\r\n", True),
+])
+def test_wire_form_is_what_aiosmtplib_would_send_unchanged(message: bytes, wire: bool) -> None:
+    assert is_wire_form(message) is wire
+    normalised = PERIOD_REGEX.sub(b"..", normalize_message_line_endings(message))
+    if wire:  # the fast path sends exactly what SMTP.data would have sent
+        assert normalised == message
+
+
+@settings(max_examples=300)
+@given(st.lists(st.sampled_from([b"a", b".", b"\r", b"\n", b"\r\n", b" ", b"=0D"]), max_size=30))
+def test_wire_form_never_needs_normalising(parts: list[bytes]) -> None:
+    message = b"".join(parts)
+    if is_wire_form(message):
+        assert PERIOD_REGEX.sub(b"..", normalize_message_line_endings(message)) == message
