@@ -193,12 +193,14 @@ def tail(path: Path, lines: int = 30) -> str:
 
 
 def write_config(workdir: Path, mail: MailServer, port: int, concurrency: int,
-                 batch_size: int) -> Path:
+                 batch_size: int, document_processes: int) -> Path:
     config = workdir / "bench.toml"
     config.write_text(f"""
 data_dir = "{workdir / 'var'}"
 [logging]
 level = "warning"
+[intake]
+document_processes = {document_processes}
 [[tenants]]
 id = "{TENANT}"
 oid = "1.2.250.1.71.4.2.2.1120456789"
@@ -356,10 +358,11 @@ def _proc_stat(pid: int | str) -> list[str] | None:
 
 
 class CpuMeter:
-    """CPU seconds used during a phase, from /proc: the connector process (all its threads),
-    this process (the MLLP load, or the baseline's SMTP client), Postfix (every process of the
-    master's session, plus what the master reaped) and the rest of the machine (the kernel, and
-    anything else running: another test run on the same machine skews the figures)."""
+    """CPU seconds used during a phase, from /proc: the connector (every process of its
+    session: the server with all its threads, and its document worker processes), this process
+    (the MLLP load, or the baseline's SMTP client), Postfix (every process of the master's
+    session, plus what the master reaped) and the rest of the machine (the kernel, and anything
+    else running: another test run on the same machine skews the figures)."""
 
     def __init__(self, pid: int, mail: MailServer) -> None:
         self.pid = pid
@@ -372,15 +375,19 @@ class CpuMeter:
             master = self.master.read_text().split()[0]
         except (OSError, IndexError):
             return 0.0
+        return self._session(master)
+
+    def _session(self, leader: str) -> float:
+        """CPU seconds of the processes of `leader`'s session, and of its reaped children."""
         total = 0
         for entry in os.scandir("/proc"):
             if not entry.name.isdigit():
                 continue
             fields = _proc_stat(entry.name)
-            if fields is None or fields[3] != master:  # field 6: session id
+            if fields is None or fields[3] != leader:  # field 6: session id
                 continue
             total += int(fields[11]) + int(fields[12])  # utime, stime
-            if entry.name == master:  # the daemons that exited, reaped by the master
+            if entry.name == leader:  # the children that exited, reaped by the leader
                 total += int(fields[13]) + int(fields[14])
         return total / self.tick
 
@@ -388,11 +395,9 @@ class CpuMeter:
         with open("/proc/stat", encoding="ascii") as fh:
             values = [int(v) for v in fh.readline().split()[1:8]]
         idle = values[3] + values[4]  # idle + iowait
-        fields = _proc_stat(self.pid) or ["0"] * 13
         times = os.times()
         return (time.monotonic(), (sum(values) - idle) / self.tick,
-                (int(fields[11]) + int(fields[12])) / self.tick, times.user + times.system,
-                self._postfix())
+                self._session(str(self.pid)), times.user + times.system, self._postfix())
 
     def stop(self) -> dict[str, float]:
         wall, busy, connector, own, postfix = (
@@ -484,7 +489,8 @@ async def run(args: argparse.Namespace, mail: MailServer, port: int, store_path:
         mail.clear()
 
         print(f"cpus={os.cpu_count()} messages={args.messages} connections={args.connections} "
-              f"concurrency={args.concurrency} batch_size={args.batch_size}")
+              f"concurrency={args.concurrency} batch_size={args.batch_size} "
+              f"document_processes={args.document_processes}")
         print(f"request {len(sample) / 1000:.1f} KB (PDF {template.pdf_size / 1000:.1f} KB), "
               f"mail {len(job.message) / 1000:.1f} KB to {job.rcpt_to}; connector: SQLite WAL, "
               "fsync before every ACK, serve subprocess")
@@ -538,6 +544,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=50,
                         help="[tenants.delivery] batch_size: mails per SMTP connection")
     parser.add_argument("--message-kb", type=int, default=70, help="request size")
+    parser.add_argument("--document-processes", type=int, default=1,
+                        help="[intake] document_processes of the connector (0: threads)")
     args = parser.parse_args()
     reason = postfix_unavailable()
     if reason is not None:
@@ -554,7 +562,8 @@ def main() -> None:
         mail = MailServer(mailboxes=[RECIPIENT, SENDER])
         mail.start()
         port = free_port()
-        config = write_config(workdir, mail, port, args.concurrency, args.batch_size)
+        config = write_config(workdir, mail, port, args.concurrency, args.batch_size,
+                              args.document_processes)
         proc = start_connector(config, log)
         asyncio.run(run(args, mail, port, workdir / "var" / "connector.db", proc, log))
     except KeyboardInterrupt:

@@ -24,17 +24,19 @@ from connector.mllp.server import MLLPServer, server_ssl_context
 from connector.observability.gauges import GaugeRefresher
 from connector.observability.http import AdminServer
 from connector.observability.metrics import ConnectorMetrics
+from connector.pipeline.decide import IntakeDecider
 from connector.pipeline.documents import (
     CdaChecker,
     UnconfiguredCdaChecker,
     ValidatingCdaChecker,
 )
 from connector.pipeline.intake import IntakeHandler
+from connector.pipeline.offload import DocumentProcesses
 from connector.receipts.poller import ReceiptPoller
 from connector.settings import Settings, StoreBackend, load_settings
 from connector.store.cipher import PayloadCipher
 from connector.store.sqlite import SQLiteStore
-from connector.tenants import SharedParts, TenantRuntime, build_tenant
+from connector.tenants import SharedParts, TenantRuntime, build_intake_parts, build_tenant
 
 if TYPE_CHECKING:
     from connector.store.postgres import PostgresStore
@@ -90,6 +92,27 @@ def open_directory(settings: Settings, whitelist: Whitelist | None) -> Directory
         raise ConfigError("directory", str(exc), source=settings.source) from exc
 
 
+def build_intake_deciders(settings: Settings) -> dict[str, IntakeDecider]:
+    """Every tenant's document-stage decider, as a worker process of `[intake]
+    document_processes` holds them: the same parts `build_tenant` gives the server."""
+    whitelist = load_whitelist(settings.whitelist) if settings.whitelist else None
+    checkers: dict[SchematronPolicy, CdaChecker] = {}
+
+    def checker(policy: SchematronPolicy) -> CdaChecker:
+        if policy not in checkers:
+            checkers[policy] = build_cda_checker(settings, policy)
+        return checkers[policy]
+
+    directory = open_directory(settings, whitelist)
+    deciders = {}
+    for index, tenant in enumerate(settings.tenants):
+        parts = build_intake_parts(index, tenant, settings, checker, whitelist, directory)
+        deciders[tenant.id] = IntakeDecider(parts.cisis, planner=parts.planner,
+                                            legacy=parts.legacy,
+                                            default_charset=settings.default_charset)
+    return deciders
+
+
 @dataclass(frozen=True, slots=True)
 class ReloadReport:
     added: tuple[str, ...] = ()
@@ -114,6 +137,7 @@ class Application:
     gauges: GaugeRefresher | None = None
     tenants: dict[str, TenantRuntime] = field(default_factory=dict)
     control_ids: ControlIdGenerator = field(default_factory=ControlIdGenerator)
+    documents: DocumentProcesses | None = None  # started by `start`, not by `build`
     _whitelist_date: datetime | None = None
 
     @classmethod
@@ -143,7 +167,8 @@ class Application:
             return checkers[policy]
 
         return SharedParts(settings, self.store, self.control_ids, whitelist, checker,
-                           self.metrics, self.delivery.wake, open_directory(settings, whitelist))
+                           self.metrics, self.delivery.wake, open_directory(settings, whitelist),
+                           documents=lambda: self.documents)
 
     def _adopt(self, runtime: TenantRuntime) -> None:
         self.tenants[runtime.id] = runtime
@@ -181,6 +206,7 @@ class Application:
     async def start(self) -> None:
         self.store.open()
         try:
+            await self._start_documents(self.settings)
             for runtime in self.tenants.values():
                 await runtime.start()
             if self.gauges is not None:
@@ -195,6 +221,21 @@ class Application:
         except BaseException:
             await self.stop()
             raise
+
+    async def _start_documents(self, settings: Settings) -> None:
+        """Start the worker processes of `[intake] document_processes` for `settings` and put
+        them in place of the running ones, which finish what they run and exit."""
+        processes = settings.intake.document_processes
+        fresh = DocumentProcesses(settings, processes) if processes else None
+        if fresh is not None:
+            try:
+                await fresh.start()
+            except BaseException:
+                fresh.close()
+                raise
+        previous, self.documents = self.documents, fresh
+        if previous is not None:
+            previous.close()
 
     def readiness(self) -> tuple[bool, str]:
         """Ready when the store accepts work and every listener is bound. A mailbox that is
@@ -238,6 +279,10 @@ class Application:
         removed = tuple(tid for tid in self.tenants if tid not in wanted)
         replaced = tuple(tid for tid in fresh if tid in self.tenants)
         added = tuple(tid for tid in fresh if tid not in self.tenants)
+        if fresh or removed or settings.intake != old.intake:
+            # The workers hold every tenant's decider: new ones for the new settings (built
+            # before anything stops; a failure leaves everything as it was).
+            await self._start_documents(replace(settings, store=old.store))
         for tenant_id in (*removed, *replaced):
             await self.tenants[tenant_id].stop(grace_seconds)
             self._forget(tenant_id)
@@ -265,6 +310,9 @@ class Application:
         await asyncio.gather(*(t.stop(grace_seconds) for t in self.tenants.values()))
         if self.admin is not None:
             await self.admin.stop()
+        if self.documents is not None:
+            self.documents.close()
+            self.documents = None
         await self.store.close()
         log.info("stopped")
 

@@ -244,6 +244,16 @@ class LoggingSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class IntakeSettings:
+    """How intake uses the machine's cores."""
+
+    # The CI-SIS checks, CDA validation and mail building of document messages (milliseconds of
+    # CPU each) run in this many worker processes; 0: in threads of the server process, which
+    # the GIL keeps to one core for all intake and delivery work.
+    document_processes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class AdminSettings:
     """The admin HTTP listener (/metrics, /healthz, /readyz): keep it on a private address."""
 
@@ -264,6 +274,7 @@ class Settings:
     whitelist: Path | None = None  # the MSSanté trust-space list (liste blanche) the site installs
     admin: AdminSettings | None = None  # no admin listener unless configured
     source: str | None = None  # the file it came from, for messages
+    intake: IntakeSettings = IntakeSettings()
 
     def tenant(self, tenant_id: str) -> TenantSettings:
         for t in self.tenants:
@@ -772,6 +783,9 @@ def parse_settings(data: Mapping[str, Any], *, source: str | None = None,
     # without a valid list when the key is set.
     whitelist = directory.path("whitelist")
     directory.close()
+    intake_table = _Reader(root.subtable("intake") or {}, "intake", source, env)
+    intake = IntakeSettings(intake_table.integer("document_processes", 0, 0, 64))
+    intake_table.close()
     admin_table = root.subtable("admin")
     admin = None
     if admin_table is not None:
@@ -805,7 +819,7 @@ def parse_settings(data: Mapping[str, Any], *, source: str | None = None,
     root.close()
     _check_unique(tenants, source)
     return Settings(store, tuple(tenants), LoggingSettings(log_format, level), default_charset,
-                    validation, whitelist, admin, source)
+                    validation, whitelist, admin, source, intake)
 
 
 def _check_unique(tenants: list[TenantSettings], source: str | None) -> None:

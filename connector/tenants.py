@@ -33,6 +33,7 @@ from connector.settings import Settings, TenantSettings
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from connector.pipeline.offload import DocumentProcesses
     from connector.store.postgres import PostgresStore
     from connector.store.sqlite import SQLiteStore
 
@@ -52,6 +53,9 @@ class SharedParts:
     metrics: ConnectorMetrics
     wake: Callable[[str], None]
     directory: DirectoryLookup | None = None  # the imported Annuaire Santé extraction
+    # The worker processes of `[intake] document_processes` running now (None: threads);
+    # a getter, as a reload replaces them under tenants it leaves running.
+    documents: Callable[[], DocumentProcesses | None] | None = None
 
 
 @dataclass
@@ -119,13 +123,34 @@ def build_legacy(tenant: TenantSettings, prefix: str, source: str | None,
                        resolver=resolver)
 
 
+@dataclass(frozen=True, slots=True)
+class IntakeParts:
+    """What decides about a tenant's messages: built alike by the server and by each worker
+    process of `[intake] document_processes`."""
+
+    cisis: CisisIntake
+    planner: MailPlanner
+    legacy: LegacyFlows | None
+
+
+def build_intake_parts(index: int, tenant: TenantSettings, settings: Settings,
+                       checker: Callable[[SchematronPolicy], CdaChecker],
+                       whitelist: Whitelist | None,
+                       directory: DirectoryLookup | None) -> IntakeParts:
+    prefix = f"tenants[{index}]"
+    return IntakeParts(
+        CisisIntake(tenant.cisis, checker(tenant.cisis.schematron_policy), whitelist),
+        _planner(tenant, prefix, settings.source),
+        build_legacy(tenant, prefix, settings.source, directory))
+
+
 def build_tenant(index: int, tenant: TenantSettings, shared: SharedParts) -> TenantRuntime:
     """Everything `tenant` runs; `ConfigError` naming `tenants[index]...` when it cannot."""
     settings, store, metrics = shared.settings, shared.store, shared.metrics
     prefix = f"tenants[{index}]"
-    cisis = CisisIntake(tenant.cisis, shared.checker(tenant.cisis.schematron_policy),
-                        shared.whitelist)
-    planner = _planner(tenant, prefix, settings.source)
+    intake = build_intake_parts(index, tenant, settings, shared.checker, shared.whitelist,
+                                shared.directory)
+    cisis, planner, legacy = intake.cisis, intake.planner, intake.legacy
     receipts = build_receipts(tenant, store, prefix=prefix, source=settings.source,
                               control_ids=shared.control_ids, metrics=metrics)
     delivery = build_delivery(tenant, store, prefix=prefix, source=settings.source,
@@ -136,7 +161,6 @@ def build_tenant(index: int, tenant: TenantSettings, shared: SharedParts) -> Ten
         certificates.append(Certificate(tenant.id, "smtp", smtp_tls.client_certificate))
     if receipts.imap_certificate is not None:
         certificates.append(Certificate(tenant.id, "imap", receipts.imap_certificate))
-    legacy = build_legacy(tenant, prefix, settings.source, shared.directory)
     handlers, servers = [], []
     for listener in tenant.listeners:
         handler = IntakeHandler(
@@ -144,7 +168,8 @@ def build_tenant(index: int, tenant: TenantSettings, shared: SharedParts) -> Ten
                          AckIdentity(tenant.application, tenant.facility),
                          listener.charset, settings.default_charset),
             store, shared.control_ids, cisis, metrics, planner=planner, legacy=legacy,
-            patients=store if legacy is not None else None, on_queued=shared.wake)
+            patients=store if legacy is not None else None, on_queued=shared.wake,
+            documents=shared.documents)
         ssl_context = server_ssl_context(listener.tls) if listener.tls else None
         handlers.append(handler)
         servers.append(MLLPServer(listener, handler, ssl_context=ssl_context))

@@ -35,6 +35,7 @@ from connector.legacy.flow import LegacyFlows
 from connector.observability.metrics import ConnectorMetrics
 from connector.pipeline.decide import IntakeDecider, IntakeDecision
 from connector.pipeline.documents import CisisIntake
+from connector.pipeline.offload import DocumentProcesses
 from connector.pipeline.outgoing import MailPlanner
 from connector.store import (
     InboundMessage,
@@ -70,12 +71,14 @@ class IntakeHandler:
                  metrics: ConnectorMetrics | None = None, *,
                  planner: MailPlanner | None = None, legacy: LegacyFlows | None = None,
                  patients: PatientStore | None = None,
-                 on_queued: Callable[[str], None] | None = None) -> None:
+                 on_queued: Callable[[str], None] | None = None,
+                 documents: Callable[[], DocumentProcesses | None] | None = None) -> None:
         self.config = config
         self.metrics = metrics
         self._store = store
         self._control_ids = control_ids
         self._on_queued = on_queued
+        self._documents = documents  # the worker processes of the document stage, if any
         self._patients = patients  # the ADT context, for legacy messages
         self.decider = IntakeDecider(cisis, planner=planner, legacy=legacy,
                                      forced_charset=config.forced_charset,
@@ -106,7 +109,7 @@ class IntakeHandler:
             except (StoreError, ValueError) as exc:  # unreachable, or an ambiguous IPP
                 log.warning("patient_context_unavailable", error=type(exc).__name__)
         if decision.needs_document_checks:
-            decision = await asyncio.to_thread(self.decider.check_documents, decision)
+            decision = await self._check_documents(decision)
         header = decision.header
         code = choose_ack_code(header, decision.outcome)
         ack = self._ack(decision, code, decision.errors)
@@ -176,6 +179,14 @@ class IntakeHandler:
         if receipt.version_conflict is not None and versions is not None:
             ack_code = versions.conflict_ack_code
         return self._answered(started, decision, receipt.ack or None, ack_code)
+
+    async def _check_documents(self, decision: IntakeDecision) -> IntakeDecision:
+        """The document stage: in a worker process when `[intake] document_processes` runs
+        some, else in a thread (never on the event loop: milliseconds of CPU)."""
+        processes = self._documents() if self._documents is not None else None
+        if processes is None:
+            return await asyncio.to_thread(self.decider.check_documents, decision)
+        return await processes.check(self.config.tenant_id, decision, self.decider)
 
     def _answered(self, started: float, decision: IntakeDecision | None, ack: bytes | None,
                   ack_code: str) -> bytes | None:

@@ -1,0 +1,123 @@
+"""The document stage of intake in worker processes (`[intake] document_processes`).
+
+`IntakeDecider.check_documents` (CI-SIS checks, CDA validation, the mails: milliseconds of CPU
+per message) holds the GIL for most of its time. In threads it shares one core with everything
+else the server process does (MLLP, ACKs, the store's writer, SMTP and TLS). `DocumentProcesses`
+runs it in a pool of processes instead. Each worker builds, once, the same deciders as the server
+(`connector.tenants.build_intake_parts`) from the settings it was started with.
+
+What crosses the process boundary is plain data: the first-pass decision out (the parsed message
+and the patient's ADT context), the decided one back without the parsed HL7 message (the
+server keeps its own) or the CDA trees (`lxml` trees do not pickle; nothing after this stage
+reads them). Log context (tenant, listener, connection, control id) goes with each task, so the
+worker's log lines carry it as the server's do.
+
+One pool per settings generation: a reload starts a new pool for the new settings and closes
+the old one once what it is running has finished. A broken pool (a worker killed by the system)
+is replaced, and the message that found it broken is checked in a thread: it is still answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import replace
+from typing import Any
+
+import structlog
+
+from connector.pipeline.decide import IntakeDecider, IntakeDecision
+from connector.settings import Settings, TransportSettings
+
+log = structlog.get_logger(__name__)
+
+_DECIDERS: dict[str, IntakeDecider] = {}  # in a worker process: its tenants' deciders
+
+
+def worker_settings(settings: Settings) -> Settings:
+    """What a worker needs: the tenants' intake settings, without the secrets it never uses
+    (SMTP/IMAP credentials, the store's DSN and keys, the admin token)."""
+    return replace(
+        settings,
+        store=replace(settings.store, dsn=None, encryption=None),
+        admin=None,
+        tenants=tuple(replace(t, transport=TransportSettings(), receipts=None, his=None)
+                      for t in settings.tenants))
+
+
+def _start_worker(settings: Settings) -> None:
+    from connector.app import build_intake_deciders  # the composition root, in the worker
+    from connector.observability.logs import configure_logging
+
+    configure_logging(settings.logging)
+    _DECIDERS.update(build_intake_deciders(settings))
+
+
+def _ping() -> int:
+    return len(_DECIDERS)
+
+
+def _check(tenant_id: str, decision: IntakeDecision, context: dict[str, Any]) -> IntakeDecision:
+    decider = _DECIDERS[tenant_id]  # KeyError: see DocumentProcesses.check
+    with structlog.contextvars.bound_contextvars(**context):
+        decided = decider.check_documents(decision)
+    return portable(decided)
+
+
+def portable(decision: IntakeDecision) -> IntakeDecision:
+    """`decision` as it crosses back: no parsed message, no CDA trees."""
+    verdict = decision.verdict
+    if verdict is not None:
+        request = verdict.request
+        documents = tuple(replace(d, tree=None) for d in request.documents)
+        verdict = replace(verdict, request=replace(request, documents=documents))
+    return replace(decision, message=None, verdict=verdict)
+
+
+class DocumentProcesses:
+    """A pool of `processes` workers holding the deciders of every tenant of `settings`."""
+
+    def __init__(self, settings: Settings, processes: int) -> None:
+        self.processes = processes
+        self._settings = worker_settings(settings)
+        self._executor = self._new_executor()
+
+    def _new_executor(self) -> ProcessPoolExecutor:
+        # spawn: the server process runs threads (the store's writer), which fork would copy
+        # in whatever state they are in.
+        return ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_start_worker, initargs=(self._settings,))
+
+    async def start(self) -> None:
+        """Start every worker now (each loads the whitelist, the validators and the mappings),
+        rather than on the first message, whose ACK would wait for it."""
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(loop.run_in_executor(self._executor, _ping)
+                               for _ in range(self.processes)))
+        log.info("document_processes_started", processes=self.processes)
+
+    async def check(self, tenant_id: str, decision: IntakeDecision,
+                    fallback: IntakeDecider) -> IntakeDecision:
+        """`fallback.check_documents(decision)`, run by a worker; in a thread of this process
+        when the pool is broken (it is then replaced for the next messages)."""
+        context = structlog.contextvars.get_contextvars()
+        executor = self._executor
+        try:
+            decided = await asyncio.get_running_loop().run_in_executor(
+                executor, _check, tenant_id, decision, context)
+        except KeyError:  # a tenant this generation's workers do not know (removed by a reload)
+            return await asyncio.to_thread(fallback.check_documents, decision)
+        except BrokenProcessPool:
+            if executor is self._executor:
+                log.error("document_processes_broken",
+                          hint="a worker process died (killed for memory?); starting new ones")
+                executor.shutdown(wait=False, cancel_futures=True)
+                self._executor = self._new_executor()
+            return await asyncio.to_thread(fallback.check_documents, decision)
+        return replace(decided, message=decision.message)
+
+    def close(self) -> None:
+        """Stop taking work; the workers exit once what they run has finished."""
+        self._executor.shutdown(wait=False)

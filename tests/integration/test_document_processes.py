@@ -1,0 +1,133 @@
+"""`[intake] document_processes`: the document stage in worker processes answers as threads do,
+keeps what the store needs, survives a killed worker, and follows a reload."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from connector.app import Application
+from connector.cda.policy import SchematronPolicy
+from connector.cli.send_cmd import split_messages
+from connector.hl7.message import parse_message
+from connector.settings import CisisSettings, IntakeSettings, SendingMatrixProfile, Settings
+from connector.store import InboundStatus, OutboxKind
+from tests.conftest import CISIS_FIXTURES
+from tests.integration.conftest import make_settings
+from tests.integration.test_cisis_fixtures import FIXTURES, VALIDATION
+
+MDM_T02 = "mdm-t02-initial/message.er7"
+
+
+def settings_for(tmp_path: Path, processes: int, *, validation: bool = False) -> Settings:
+    base = make_settings(tmp_path)
+    tenant = replace(base.tenants[0], cisis=CisisSettings(
+        schematron_policy=SchematronPolicy.WARN,
+        sending_matrix=SendingMatrixProfile.ANS_EXAMPLES))
+    settings = replace(base, tenants=(tenant,), intake=IntakeSettings(processes))
+    return replace(settings, validation=VALIDATION) if validation else settings
+
+
+@pytest.fixture
+async def apps() -> AsyncIterator[list[Application]]:
+    started: list[Application] = []
+    yield started
+    for app in started:
+        await app.stop(grace_seconds=2.0)
+
+
+async def started(apps: list[Application], settings: Settings) -> Application:
+    app = Application.build(settings)
+    await app.start()
+    apps.append(app)
+    return app
+
+
+async def answer(app: Application, fixture: str, control_id: str | None = None
+                 ) -> tuple[str, list[tuple[str, str, str]]]:
+    payload = split_messages((CISIS_FIXTURES / fixture).read_bytes())[0]
+    if control_id is not None:
+        payload = payload.replace(b"|015|", f"|{control_id}|".encode(), 1)
+    ack = await app.handlers[0].handle(payload, "127.0.0.1:1")
+    assert ack is not None
+    message = parse_message(ack.decode())
+    msa = message.first("MSA")
+    assert msa is not None
+    return msa.value(1), [(e.component(3, 1), e.value(4), e.value(8)) for e in message.all("ERR")]
+
+
+async def test_every_fixture_gets_the_answer_threads_give(apps: list[Application],
+                                                          tmp_path: Path) -> None:
+    """Same settings (XSD and schematron included) with threads and with two processes."""
+    threads = await started(apps, settings_for(tmp_path / "threads", 0, validation=True))
+    processes = await started(apps, settings_for(tmp_path / "processes", 2, validation=True))
+    assert threads.documents is None
+    assert processes.documents is not None
+    for fixture in FIXTURES:
+        assert await answer(processes, fixture) == await answer(threads, fixture), fixture
+    for app in (threads, processes):
+        rows = await app.store.list_inbound()
+        assert len(rows) == len(FIXTURES)
+    by_status = [sorted(r.status.value for r in await app.store.list_inbound())
+                 for app in (threads, processes)]
+    assert by_status[0] == by_status[1]
+    assert InboundStatus.ACCEPTED.value in by_status[1]
+
+
+async def test_the_mails_come_back_and_are_stored_with_the_request(apps: list[Application],
+                                                                   tmp_path: Path) -> None:
+    app = await started(apps, settings_for(tmp_path, 1))
+    code, errors = await answer(app, MDM_T02)
+    assert code == "AA", errors
+    [row] = await app.store.list_inbound()
+    assert row.status is InboundStatus.ACCEPTED
+    mails = [m for m in await app.store.list_outbox() if m.kind is OutboxKind.SMTP]
+    assert mails, "the request's mails were stored with it"
+    assert {m.inbound_id for m in mails} == {row.id}
+    assert all(m.recipient_domain for m in mails)
+
+
+def _worker_pids(app: Application) -> list[int]:
+    assert app.documents is not None
+    processes = app.documents._executor._processes  # the test kills one
+    return [p.pid for p in processes.values() if p.pid is not None]
+
+
+async def test_a_killed_worker_costs_no_answer(apps: list[Application], tmp_path: Path) -> None:
+    app = await started(apps, settings_for(tmp_path, 1))
+    assert (await answer(app, MDM_T02, "A1"))[0] == "AA"
+    assert (await answer(app, MDM_T02, "A2"))[0] == "AA"
+    [pid] = _worker_pids(app)
+    os.kill(pid, signal.SIGKILL)
+    code, _ = await answer(app, MDM_T02, "A3")  # finds the pool broken: checked in a thread
+    assert code == "AA"
+    code, _ = await answer(app, MDM_T02, "A4")  # a new pool
+    assert code == "AA"
+    assert pid not in _worker_pids(app)
+    assert len(await app.store.list_inbound()) == 4
+
+
+async def test_a_reload_starts_workers_for_the_new_settings(apps: list[Application],
+                                                            tmp_path: Path) -> None:
+    app = await started(apps, settings_for(tmp_path, 1))
+    first = app.documents
+    assert (await answer(app, MDM_T02, "R1"))[0] == "AA"
+    changed = replace(app.settings.tenants[0], cisis=CisisSettings(
+        schematron_policy=SchematronPolicy.WARN, sending_matrix=SendingMatrixProfile.STRICT))
+    report = await app.reload(replace(app.settings, tenants=(changed,)))
+    assert report.replaced == ("chu-test",)
+    assert app.documents is not None
+    assert app.documents is not first
+    # The strict matrix refuses what ans-examples let through: the workers use the new settings.
+    code, errors = await answer(app, MDM_T02, "R2")
+    assert code == "AE"
+    assert "not in the MSSanté sending matrix" in errors[0][2]
+    turned_off = await app.reload(replace(app.settings, intake=IntakeSettings(0)))
+    assert turned_off.replaced == ()
+    assert app.documents is None
+    assert (await answer(app, MDM_T02, "R3"))[0] == "AE"  # in a thread, same settings
