@@ -113,7 +113,8 @@ class _SmtpSession:
         try:
             envelope = OutgoingEnvelope(job.mail_from, job.rcpt_to, job.message,
                                         message_id=message_id, envid=lease.envid or str(lease.id),
-                                        request_dsn=job.request_dsn)
+                                        request_dsn=job.request_dsn,
+                                        wire_form=job.wire_form)
         except ValueError as exc:  # names the field, never the address
             return refused_envelope(message_id, f"cannot be submitted: {exc}")
         return await self._submitter.send(envelope)

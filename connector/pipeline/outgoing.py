@@ -48,9 +48,9 @@ class MailPlanner:
             OutboxItem(
                 tenant_id=self.tenant.id,
                 kind=OutboxKind.SMTP,
-                payload=MailJob(sender, str(mail.recipient), mail.content,
-                                request_dsn=metadata.ack_reception,
-                                request_mdn=metadata.ack_lecture_mss).encode(),
+                payload=MailJob.of(sender, str(mail.recipient), mail.content,
+                                   request_dsn=metadata.ack_reception,
+                                   request_mdn=metadata.ack_lecture_mss).encode(),
                 message_id=mail.message_id,
                 envid=uuid.uuid4().hex,
                 recipient_domain=mail.recipient.domain,

@@ -32,7 +32,7 @@ from connector.delivery import (
     build_client_tls,
     client_certificate_info,
 )
-from connector.delivery.smtp import is_wire_form
+from connector.delivery.job import is_wire_form
 from connector.errors import ConfigError
 from connector.hl7.codes import SmtpErrorCode
 from tests.support.pki import Issued
@@ -113,6 +113,18 @@ async def test_starttls_with_client_certificate(smtp_server: ServerFactory, pki:
     assert server.recorder.mail[0][0] == SENDER
     assert server.recorder.rcpt[0][0] == DOCTOR
     assert server.recorder.messages == [mail.message]  # byte for byte, dot-stuffing undone
+
+
+async def test_a_wire_form_flag_never_lets_a_leading_period_through(smtp_server: ServerFactory,
+                                                                   pki: Pki) -> None:
+    """A row claiming wire form for a message with a line starting with a period (a bug, or a
+    tampered row) is still dot-stuffed: the data cannot end early (SMTP smuggling)."""
+    server = await smtp_server()
+    mail = replace(envelope(), wire_form=True)
+    [result], _ = await send(endpoint(server), client_tls(pki), mail)
+
+    assert result.outcome is Outcome.SENT
+    assert server.recorder.messages == [mail.message]
 
 
 async def test_one_connection_carries_a_batch(smtp_server: ServerFactory, pki: Pki) -> None:

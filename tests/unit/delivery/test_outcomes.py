@@ -16,6 +16,7 @@ from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from connector.delivery.job import is_wire_form
 from connector.delivery.smtp import (
     Failure,
     FailureKind,
@@ -30,7 +31,6 @@ from connector.delivery.smtp import (
     classify,
     enhanced_status,
     failure_from_exception,
-    is_wire_form,
     sanitise_server_message,
     smtp_error_code,
     xtext_decode,

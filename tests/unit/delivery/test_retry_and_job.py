@@ -64,6 +64,19 @@ def test_job_round_trip_keeps_the_message_byte_for_byte() -> None:
     assert MailJob.decode(payload) == job
 
 
+def test_a_new_job_knows_whether_its_message_is_in_wire_form() -> None:
+    wire = b"From: a@b.fr\r\n\r\nbody\r\n"
+    assert MailJob.of("a@b.fr", "c@d.fr", wire).wire_form
+    assert not MailJob.of("a@b.fr", "c@d.fr", MESSAGE).wire_form  # bare LF
+    job = MailJob.of("a@b.fr", "c@d.fr", wire, request_dsn=True)
+    assert MailJob.decode(job.encode()) == job
+
+
+def test_a_job_written_before_the_wire_flag_reads_as_not_known() -> None:
+    old = MAGIC + b'{"from":"a@b.fr","to":"c@d.fr","dsn":false,"mdn":false}\nbody\r\n'
+    assert MailJob.decode(old).wire_form is False
+
+
 def test_job_repr_shows_no_address() -> None:
     job = MailJob("pfi@chu.mssante.fr", "279035121518989@patient.mssante.fr", MESSAGE)
     assert "279035121518989" not in repr(job)
@@ -74,6 +87,7 @@ def test_job_repr_shows_no_address() -> None:
     b"", b"mail", MAGIC, MAGIC + b"{}\n", MAGIC + b"not json\nmsg", MAGIC + b"[1]\nmsg",
     MAGIC + b'{"from": "a@b.fr"}\nmsg', MAGIC + b'{"from": "a@b.fr", "to": 3}\nmsg',
     MAGIC + b'{"from": "a@b.fr", "to": "c@d.fr", "dsn": "yes"}\nmsg',
+    MAGIC + b'{"from": "a@b.fr", "to": "c@d.fr", "wire": 1}\nmsg',
 ])
 def test_malformed_payloads_are_permanent_errors(payload: bytes) -> None:
     with pytest.raises(MalformedJob) as caught:
