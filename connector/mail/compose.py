@@ -256,10 +256,11 @@ def render_mail(spec: MailSpec) -> bytes:
     (`HeaderSafetyError` otherwise), and the folded text checked is the text written.
     """
     boundary = _boundary(spec).encode("ascii")
-    top = EmailMessage(policy=SMTP_POLICY)
-    _set_headers(top, spec)
-    top["MIME-Version"] = "1.0"  # where compose_mail's set_content / make_mixed put them
-    top["Content-Type"] = f'multipart/mixed; boundary="{boundary.decode("ascii")}"'
+    headers = [_folded(name, value) for name, value in _header_values(spec)]
+    # Where compose_mail's set_content / make_mixed put them, as email folds them: the boundary
+    # is always "=_" and 40 hex digits, quoted (`=` is a tspecial), too long for one line.
+    headers.append("MIME-Version: 1.0\r\n")
+    headers.append(f'Content-Type: multipart/mixed;\r\n boundary="{boundary.decode("ascii")}"\r\n')
     parts = [_text_part_headers() + _text_body(_body(spec))]
     if spec.xdm_zip is not None:
         parts.append(_xdm_part_headers() + _base64_body(spec.xdm_zip))
@@ -267,7 +268,7 @@ def render_mail(spec: MailSpec) -> bytes:
         parts.append(_pdf_part_headers(clean_filename(pdf.filename)) + _base64_body(pdf.content))
     # email.generator's multipart layout: no preamble, CRLF before each delimiter, no epilogue.
     return b"".join((
-        _header_block(top),
+        ("".join(headers) + "\r\n").encode("ascii"),
         b"--" + boundary + b"\r\n",
         (b"\r\n--" + boundary + b"\r\n").join(parts),
         b"\r\n--" + boundary + b"--\r\n",
@@ -334,23 +335,77 @@ def _base64_body(content: bytes) -> bytes:
     return b"\r\n".join([encoded[i : i + width] for i in range(0, len(encoded), width)]) + b"\r\n"
 
 
-def _set_headers(message: EmailMessage, spec: MailSpec) -> None:
-    message["Date"] = format_datetime(spec.date)
-    message["From"] = _address(spec.from_address, spec.from_display_name)
-    message["To"] = _address(spec.to_address, spec.to_display_name)
+HeaderValue = str | Address
+
+
+def _header_values(spec: MailSpec) -> list[tuple[str, HeaderValue]]:
+    """The top-level headers of the mail, in the order they are written."""
+    headers: list[tuple[str, HeaderValue]] = [
+        ("Date", format_datetime(spec.date)),
+        ("From", _address(spec.from_address, spec.from_display_name)),
+        ("To", _address(spec.to_address, spec.to_display_name)),
+    ]
     if spec.reply_to is not None:
-        message["Reply-To"] = _address(spec.reply_to, None)
-    message["Message-ID"] = spec.message_id
-    message["Subject"] = build_subject(spec.subject)
+        headers.append(("Reply-To", _address(spec.reply_to, None)))
+    headers += [("Message-ID", spec.message_id), ("Subject", build_subject(spec.subject))]
     if spec.cda_codes:
-        message["X-MSS-CODECDA"] = ",".join(spec.cda_codes)
-        message["X-MSS-INS"] = "O" if spec.ins_qualified else "N"
+        headers.append(("X-MSS-CODECDA", ",".join(spec.cda_codes)))
+        headers.append(("X-MSS-INS", "O" if spec.ins_qualified else "N"))
     if spec.nil is not None:
-        message["X-MSS-NIL"] = spec.nil
+        headers.append(("X-MSS-NIL", spec.nil))
     if spec.no_reply and spec.to_address.is_patient:
-        message["X-MSS-MES"] = "FIN"
+        headers.append(("X-MSS-MES", "FIN"))
     if spec.read_receipt:
-        message["Disposition-Notification-To"] = str(spec.from_address)
+        headers.append(("Disposition-Notification-To", str(spec.from_address)))
+    return headers
+
+
+def _set_headers(message: EmailMessage, spec: MailSpec) -> None:
+    for name, value in _header_values(spec):
+        message[name] = value
+
+
+# Headers whose value is the same for every mail of a tenant (its mailbox, its NIL) or takes a
+# few values (document codes, flags): their checked folding is kept. Never one that can carry
+# patient data (To, Subject), nor one that changes with every mail.
+_STABLE_HEADERS: Final = frozenset({
+    "From", "Reply-To", "Disposition-Notification-To", "X-MSS-CODECDA", "X-MSS-INS",
+    "X-MSS-NIL", "X-MSS-MES"})
+# Headers whose value has a form `email` writes back unchanged on one line: format_datetime's
+# date, make_message_id's id. Anything else, a bug's or an attack's, goes through `email` and
+# `_checked_fold`.
+_VERBATIM: Final = MappingProxyType({
+    "Date": re.compile(r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d{2} "
+                       r"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) \d{4} "
+                       r"\d{2}:\d{2}:\d{2} [+-]\d{4}"),
+    "Message-ID": re.compile(r"<[A-Za-z0-9._-]{1,64}@[A-Za-z0-9.-]{1,200}>"),
+})
+
+
+def _folded(name: str, value: HeaderValue) -> str:
+    """`_checked_fold` of the header `message[name] = value` stores (ValueError for a value with
+    a line break, as there), as `_header_block` writes it, at less cost where the result is
+    known."""
+    if name in _STABLE_HEADERS:
+        if isinstance(value, Address):
+            return _folded_stable_address(name, value.display_name, value.addr_spec)
+        return _folded_stable(name, value)
+    verbatim = _VERBATIM.get(name)
+    if (verbatim is not None and isinstance(value, str)
+            and len(name) + 2 + len(value) <= _POLICY_LINE and verbatim.fullmatch(value)):
+        return f"{name}: {value}\r\n"
+    return _checked_fold(*SMTP_POLICY.header_store_parse(name, value))
+
+
+@lru_cache(maxsize=256)
+def _folded_stable(name: str, value: str) -> str:
+    return _checked_fold(*SMTP_POLICY.header_store_parse(name, value))
+
+
+@lru_cache(maxsize=256)
+def _folded_stable_address(name: str, display_name: str, addr_spec: str) -> str:
+    address = Address(display_name=display_name, addr_spec=addr_spec)
+    return _checked_fold(*SMTP_POLICY.header_store_parse(name, address))
 
 
 def _address(address: MailAddress, display_name: str | None) -> Address:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 from datetime import date
-from email.message import EmailMessage
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -117,16 +116,33 @@ def test_render_mail_neutralises_header_smuggling() -> None:
     assert b"\r\nCc:" not in raw
 
 
-def test_render_mail_checks_every_top_level_header(monkeypatch: pytest.MonkeyPatch) -> None:
-    set_headers = compose_module._set_headers
+@pytest.mark.parametrize(("name", "value"), [
+    ("Comments", SMUGGLED), ("Message-ID", SMUGGLED), ("X-MSS-NIL", SMUGGLED),
+    ("Message-ID", "<a@b.fr>\r\nBcc: spy@evil.example"),
+    ("Date", "Tue, 07 May 2024 10:11:12 +0200\r\nBcc: spy@evil.example"),
+])
+def test_render_mail_checks_every_top_level_header(monkeypatch: pytest.MonkeyPatch,
+                                                   name: str, value: str) -> None:
+    """Whichever way a header is written (folded by email, kept folded, or written as it is
+    when email would write it unchanged), a smuggled line break is refused."""
+    header_values = compose_module._header_values
 
-    def buggy(message: EmailMessage, spec: MailSpec) -> None:
-        set_headers(message, spec)
-        message["Comments"] = SMUGGLED  # bypasses the cleaning, as a bug would
+    def buggy(spec: MailSpec) -> list[tuple[str, compose_module.HeaderValue]]:
+        return [*header_values(spec), (name, value)]  # bypasses the cleaning, as a bug would
 
-    monkeypatch.setattr(compose_module, "_set_headers", buggy)
-    with pytest.raises(HeaderSafetyError, match="Comments"):
+    monkeypatch.setattr(compose_module, "_header_values", buggy)
+    with pytest.raises((HeaderSafetyError, ValueError), match=f"{name}|linefeed"):
         render_mail(make_spec())
+
+
+def test_no_header_that_can_carry_patient_data_is_kept_folded() -> None:
+    assert not {"To", "Subject", "Message-ID", "Date"} & compose_module._STABLE_HEADERS
+    compose_module._folded_stable.cache_clear()
+    compose_module._folded_stable_address.cache_clear()
+    for n in range(3):
+        render_mail(make_spec(to_display_name=f"Patient {n}"))
+    assert compose_module._folded_stable_address.cache_info().currsize == 1  # From only
+    assert compose_module._folded_stable_address.cache_info().hits == 2
 
 
 def test_render_mail_checks_the_attachment_headers(monkeypatch: pytest.MonkeyPatch) -> None:
