@@ -179,6 +179,7 @@ def test_minimal_file_gets_the_defaults(tmp_path: Path) -> None:
     assert settings.store.dsn is None
     assert settings.default_charset == "utf-8"
     assert settings.logging.format is LogFormat.CONSOLE
+    assert settings.intake.document_processes == 0
     (listener,) = settings.tenants[0].listeners
     assert (listener.name, listener.host, listener.port) == ("a-0", "127.0.0.1", DEFAULT_PORT)
 
@@ -194,6 +195,11 @@ def test_accepted_charsets(tmp_path: Path, charset: str, codec: str) -> None:
     settings = load_settings(path, env={})
     assert settings.default_charset == codec
     assert settings.tenants[0].listeners[0].charset == codec
+
+
+def test_document_processes(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, "[intake]\ndocument_processes = 3\n" + BASE), env={})
+    assert settings.intake.document_processes == 3
 
 
 def test_secrets_from_files(tmp_path: Path) -> None:
@@ -370,6 +376,11 @@ ERROR_CASES: list[tuple[str, str, dict[str, str], str]] = [
      "store.encryption.current_key_id"),
     ("current-missing", "[store.encryption]\nkeys_env = 'KEYS'\n" + BASE, {"KEYS": KEYS_TEXT},
      "store.encryption.current_key_id"),
+    ("negative-processes", "[intake]\ndocument_processes = -1\n" + BASE, {},
+     "intake.document_processes"),
+    ("text-processes", "[intake]\ndocument_processes = 'auto'\n" + BASE, {},
+     "intake.document_processes"),
+    ("unknown-intake-key", "[intake]\nprocesses = 2\n" + BASE, {}, "intake.processes"),
 ]
 
 

@@ -11,6 +11,11 @@ data_dir = {{ $dataDir | toJson }}
 [logging]
 {{- include "mssante-connector.toml.str" (list "format" .Values.config.logging "format") }}
 {{- include "mssante-connector.toml.str" (list "level" .Values.config.logging "level") }}
+{{- if .Values.config.documentProcesses }}
+
+[intake]
+{{- include "mssante-connector.toml.int" (list "document_processes" .Values.config "documentProcesses") }}
+{{- end }}
 
 [admin]
 {{- include "mssante-connector.toml.str" (list "host" .Values.config.admin "host") }}
