@@ -112,8 +112,31 @@ class ControlIdGenerator:
 
 
 def hl7_timestamp(moment: datetime | None = None) -> str:
-    moment = (moment or datetime.now()).astimezone()
-    return moment.strftime("%Y%m%d%H%M%S%z")
+    """`moment` (default: now) as an HL7 TS in local time with its offset, to the second."""
+    if moment is None:
+        return _now()
+    return moment.astimezone().strftime(_TS_FORMAT)
+
+
+_TS_FORMAT = "%Y%m%d%H%M%S%z"
+
+
+class _SecondClock:
+    """Now as an HL7 TS, formatted once a second rather than once an ACK."""
+
+    def __init__(self) -> None:
+        self._last = (-1, "")  # one tuple, replaced whole: threads never see half an update
+
+    def __call__(self) -> str:
+        second = int(time.time())
+        last = self._last
+        if last[0] != second:
+            last = (second, datetime.fromtimestamp(second).astimezone().strftime(_TS_FORMAT))
+            self._last = last
+        return last[1]
+
+
+_now = _SecondClock()
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import codecs
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import AnyStr
 
 from connector.errors import ErrorLocation, HL7ParseError
 from connector.hl7.codes import AcknowledgmentCondition, ErrorCondition
-from connector.hl7.message import Delimiters, Segment, parse_segment
+from connector.hl7.message import Delimiters, Segment, component_of, parse_segment
 
 # MSH-18 (HL7 table 0211) values we decode, mapped to Python codecs.
 CHARSETS: dict[str, str] = {
@@ -30,6 +32,7 @@ CODEC_TO_MSH18: dict[str, str] = {
 }
 
 
+@lru_cache(maxsize=64)
 def msh18_for_codec(codec_name: str) -> str:
     return CODEC_TO_MSH18.get(codecs.lookup(codec_name).name, "")
 
@@ -107,12 +110,17 @@ def _first_segment(raw: bytes) -> bytes:
     start = raw.find(b"MSH")
     if start < 0:
         raise HL7ParseError("no MSH segment", location=ErrorLocation("MSH", 1))
-    cut = len(raw)
-    for sep in (b"\r", b"\n"):
-        pos = raw.find(sep, start)
-        if 0 <= pos < cut:
-            cut = pos
-    return raw[start:cut]
+    return raw[start:_line_end(raw, start, b"\r", b"\n")]
+
+
+def _line_end(text: AnyStr, start: int, cr: AnyStr, lf: AnyStr) -> int:
+    """Where the line starting at `start` ends: its first CR or LF, else the end of `text`.
+    LF is looked for only before the first CR: a long CR-separated message is not scanned."""
+    end = text.find(cr, start)
+    if end < 0:
+        end = len(text)
+    pos = text.find(lf, start, end)
+    return end if pos < 0 else pos
 
 
 def resolve_codec(raw: bytes, *, forced: str | None, default: str) -> str:
@@ -125,8 +133,10 @@ def resolve_codec(raw: bytes, *, forced: str | None, default: str) -> str:
         return forced
     first = _first_segment(raw).decode("latin-1")
     d = Delimiters.from_msh(first)
-    msh = parse_segment(first, d, is_msh=True)
-    declared = msh.value(18).upper()
+    # MSH-18 only: "MSH|^~\\&|..." splits with MSH-1 missing, so MSH-18 is the 18th part.
+    parts = first.split(d.field, 18)
+    msh18 = parts[17].split(d.repetition)[0] if len(parts) > 17 else ""
+    declared = component_of(msh18, 1, None, d).upper()
     if not declared:
         return default
     codec = CHARSETS.get(" ".join(declared.split()))
@@ -159,12 +169,7 @@ def read_header(text: str) -> MessageHeader:
         raise HL7ParseError(
             "data before the MSH segment", location=ErrorLocation("MSH", 1)
         )
-    end = len(text)
-    for sep in ("\r", "\n"):
-        pos = text.find(sep, start)
-        if 0 <= pos < end:
-            end = pos
-    first = text[start:end]
+    first = text[start:_line_end(text, start, "\r", "\n")]
     d = Delimiters.from_msh(first)
     return MessageHeader.from_segment(parse_segment(first, d, is_msh=True))
 

@@ -43,6 +43,9 @@ class Delimiters:
         field_sep = msh_segment[3:4]
         end = msh_segment.find(field_sep, 4) if field_sep else -1
         encoding = msh_segment[4:] if end < 0 else msh_segment[4:end]
+        known = _CHECKED.get(field_sep + encoding)
+        if known is not None:
+            return known
         # v2.7 adds a fifth (truncation) character; it carries no meaning for parsing here, but
         # it must still be distinct from the other delimiters.
         chars = [field_sep, *encoding]
@@ -57,10 +60,17 @@ class Delimiters:
                 condition=ErrorCondition.DATA_TYPE_ERROR,
                 location=ErrorLocation("MSH", 1, 2),
             )
-        return cls(field_sep, encoding[0], encoding[1], encoding[2], encoding[3])
+        delimiters = cls(field_sep, encoding[0], encoding[1], encoding[2], encoding[3])
+        if len(_CHECKED) < _CHECKED_MAX:
+            _CHECKED[field_sep + encoding] = delimiters
+        return delimiters
 
 
 DEFAULT_DELIMITERS = Delimiters()
+# MSH-1 + MSH-2 values already checked, and their delimiters: every message of every sender
+# has one, usually `|^~\&`.
+_CHECKED: dict[str, Delimiters] = {}
+_CHECKED_MAX = 64
 
 
 def unescape(value: str, d: Delimiters = DEFAULT_DELIMITERS) -> str:
@@ -102,6 +112,8 @@ def unescape(value: str, d: Delimiters = DEFAULT_DELIMITERS) -> str:
 
 def escape(value: str, d: Delimiters = DEFAULT_DELIMITERS) -> str:
     """Escape delimiters and line breaks so `value` can never split a field or a segment."""
+    if value.isalnum():  # no delimiter is alphanumeric (`Delimiters.from_msh`), nor CR, LF...
+        return value
     esc = d.escape
     out = value.replace(esc, f"{esc}E{esc}")
     out = out.replace(d.field, f"{esc}F{esc}").replace(d.component, f"{esc}S{esc}")
@@ -138,7 +150,7 @@ class Segment:
         raw = self.raw(position)
         if not raw:
             return []
-        if self.name == "MSH" and position <= 2:
+        if position <= 2 and self.fields[0] == "MSH":
             return [raw]
         return raw.split(self.delimiters.repetition)
 
@@ -147,10 +159,24 @@ class Segment:
         repetition: int = 1,
     ) -> str:
         """Unescaped component (1-based) of a field repetition (1-based), stripped of spaces."""
-        reps = self.repetitions(position)
+        # `repetitions` and `component_of` inlined: intake reads some 50 components a message.
+        fields, d = self.fields, self.delimiters
+        raw = fields[position] if 0 <= position < len(fields) else ""
+        if not raw:
+            return ""
+        reps = [raw] if position <= 2 and fields[0] == "MSH" else raw.split(d.repetition)
         if len(reps) < repetition:
             return ""
-        return component_of(reps[repetition - 1], component, subcomponent, self.delimiters)
+        comps = reps[repetition - 1].split(d.component)
+        if len(comps) < component:
+            return ""
+        comp = comps[component - 1]
+        if subcomponent is not None:
+            subs = comp.split(d.subcomponent)
+            comp = subs[subcomponent - 1] if len(subs) >= subcomponent else ""
+        if d.escape in comp:
+            comp = unescape(comp, d)
+        return comp.strip()
 
     def value(self, position: int) -> str:
         """The first component of the first repetition, unescaped: the usual "field value"."""
@@ -183,11 +209,11 @@ class Message:
         return self.segments[0]
 
     def all(self, name: str) -> list[Segment]:
-        return [s for s in self.segments if s.name == name]
+        return [s for s in self.segments if s.fields[0] == name]
 
     def first(self, name: str) -> Segment | None:
         for s in self.segments:
-            if s.name == name:
+            if s.fields[0] == name:
                 return s
         return None
 
@@ -212,13 +238,23 @@ def parse_segment(text: str, d: Delimiters, *, is_msh: bool = False) -> Segment:
         # "MSH|^~\&|A|B" splits to ["MSH", "^~\&", "A", "B"]: re-insert MSH-1.
         parts.insert(1, d.field)
     seg_id = parts[0].strip()
-    if not _SEGMENT_ID.match(seg_id):
+    if seg_id not in _VALID_IDS and not _valid_id(seg_id):
         raise HL7ParseError(
             "segment id is not three upper-case letters or digits",
             condition=ErrorCondition.SEGMENT_SEQUENCE_ERROR,
         )
     parts[0] = seg_id
     return Segment(tuple(parts), d)
+
+
+def _valid_id(seg_id: str) -> bool:
+    if not _SEGMENT_ID.match(seg_id):
+        return False
+    _VALID_IDS.add(seg_id)  # at most 26 * 36 * 36 of them
+    return True
+
+
+_VALID_IDS: set[str] = set()
 
 
 def parse_message(text: str) -> Message:

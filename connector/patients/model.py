@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from functools import cache
 from typing import Any, TypeVar
 
 from connector.cisis.model import INS_OIDS, InsKind
@@ -256,15 +257,14 @@ class PatientContext:
         return self.identity.ins_usable
 
     def to_json(self) -> bytes:
-        return json.dumps({"format": _FORMAT, **_encode(self)}, ensure_ascii=False,
-                          separators=(",", ":")).encode()
+        return _JSON.encode(_context_json(self)).encode()
 
     @classmethod
     def from_json(cls, data: bytes) -> PatientContext:
         raw = json.loads(data)
         if raw.get("format") != _FORMAT:
             raise ValueError(f"unknown patient context format {raw.get('format')!r}")
-        identity = raw["identity"]
+        identity, traits = raw["identity"], raw["traits"]
         return cls(
             identity=Identity(
                 _ipp(identity["ipp"]),
@@ -272,15 +272,14 @@ class PatientContext:
                 enum_or_none(IdentityStatus, identity.get("status")),
                 tuple(identity.get("reliability") or ())),
             traits=Traits(
-                _build(PersonName, raw["traits"].get("birth_name")),
-                _build(PersonName, raw["traits"].get("used_name")),
-                raw["traits"].get("birth_date"),
-                enum_or_none(Sex, raw["traits"].get("sex")),
-                _build(BirthPlace, raw["traits"].get("birth_place"))),
-            medecin_traitant=_build(MedecinTraitant, raw.get("medecin_traitant")),
+                _name(traits.get("birth_name")),
+                _name(traits.get("used_name")),
+                traits.get("birth_date"),
+                enum_or_none(Sex, traits.get("sex")),
+                _birth_place(traits.get("birth_place"))),
+            medecin_traitant=_medecin(raw.get("medecin_traitant")),
             encounter=_encounter(raw.get("encounter")),
-            dmp=_build(DmpInfo, raw.get("dmp"), status=DmpStatus, feeding=DmpFeeding,
-                       consultation=DmpConsultation),
+            dmp=_dmp(raw.get("dmp")),
             former_ipps=tuple(_ipp(i) for i in raw.get("former_ipps") or ()),
             last_event=raw.get("last_event") or "",
         )
@@ -374,27 +373,32 @@ class PatientUpdate:
             status = _STATUS_AFTER.get(event) or (
                 EncounterStatus.FINISHED if visit and visit.discharged_at
                 else EncounterStatus.IN_PROGRESS)
-            encounter = Encounter(visit.number if visit else None,
-                                  visit.patient_class if visit else None, status)
+            number, patient_class = (visit.number, visit.patient_class) if visit else (None, None)
+            admitted_at: str | None = None
+            discharged_at: str | None = None
+            movements: tuple[Movement, ...] = ()
         else:
             assert current is not None
-            encounter = replace(current, status=_STATUS_AFTER.get(event, current.status))
+            status = _STATUS_AFTER.get(event, current.status)
+            number, patient_class = current.visit_number, current.patient_class
             if visit is not None and visit.patient_class:
-                encounter = replace(encounter, patient_class=visit.patient_class)
+                patient_class = visit.patient_class
+            admitted_at, discharged_at = current.admitted_at, current.discharged_at
+            movements = current.movements
         at = self.movement.at if self.movement and self.movement.at else self.event_at
         admitted = visit.admitted_at if visit else None
         if admitted or event in ("A01", "A04"):
-            encounter = replace(encounter, admitted_at=admitted or encounter.admitted_at or at)
+            admitted_at = admitted or admitted_at or at
         discharged = visit.discharged_at if visit else None
         if event == "A03":
-            encounter = replace(encounter, discharged_at=discharged or at)
+            discharged_at = discharged or at
         elif event == "A13":
-            encounter = replace(encounter, discharged_at=None)
+            discharged_at = None
         elif discharged:
-            encounter = replace(encounter, discharged_at=discharged)
+            discharged_at = discharged
         if self.movement is not None:
-            encounter = replace(encounter, movements=_moved(encounter.movements, self.movement))
-        return encounter
+            movements = _moved(movements, self.movement)
+        return Encounter(number, patient_class, status, admitted_at, discharged_at, movements)
 
 
 def _moved(movements: tuple[Movement, ...], movement: Movement) -> tuple[Movement, ...]:
@@ -414,57 +418,130 @@ def _moved(movements: tuple[Movement, ...], movement: Movement) -> tuple[Movemen
 # -- JSON ---------------------------------------------------------------------------------------
 
 
-def _encode(value: object) -> Any:
-    """Dataclasses as objects, tuples as arrays; the rest as is (enums are `str`s)."""
-    if value is None or isinstance(value, str | bool | int):
-        return value
-    if isinstance(value, tuple):
-        return [_encode(v) for v in value]
-    return {name: _encode(getattr(value, name)) for name in value.__dataclass_fields__}  # type: ignore[attr-defined]
+# Written by hand, field by field in declaration order (a generic walk of the dataclasses cost
+# three times as much): tests/unit/patients/test_context_json.py checks them against that walk.
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
+
+
+def _context_json(context: PatientContext) -> dict[str, Any]:
+    identity, traits, medecin, encounter = (context.identity, context.traits,
+                                            context.medecin_traitant, context.encounter)
+    ins, dmp = identity.ins, context.dmp
+    return {
+        "format": _FORMAT,
+        "identity": {
+            "ipp": _ipp_json(identity.ipp),
+            "ins": {"value": ins.value, "oid": ins.oid} if ins is not None else None,
+            "status": identity.status, "reliability": list(identity.reliability)},
+        "traits": {
+            "birth_name": _name_json(traits.birth_name),
+            "used_name": _name_json(traits.used_name),
+            "birth_date": traits.birth_date, "sex": traits.sex,
+            "birth_place": {"insee_code": traits.birth_place.insee_code,
+                            "city": traits.birth_place.city} if traits.birth_place else None},
+        "medecin_traitant": {
+            "id": medecin.id, "id_type": medecin.id_type, "family": medecin.family,
+            "given": medecin.given, "rpps": medecin.rpps} if medecin is not None else None,
+        "encounter": {
+            "visit_number": encounter.visit_number, "patient_class": encounter.patient_class,
+            "status": encounter.status, "admitted_at": encounter.admitted_at,
+            "discharged_at": encounter.discharged_at,
+            "movements": [_movement_json(m) for m in encounter.movements],
+        } if encounter is not None else None,
+        "dmp": {
+            "status": dmp.status, "status_at": dmp.status_at, "feeding": dmp.feeding,
+            "feeding_at": dmp.feeding_at, "consultation": dmp.consultation,
+            "consultation_at": dmp.consultation_at} if dmp is not None else None,
+        "former_ipps": [_ipp_json(ipp) for ipp in context.former_ipps],
+        "last_event": context.last_event,
+    }
+
+
+def _ipp_json(ipp: Ipp) -> dict[str, Any]:
+    return {"value": ipp.value, "authority": ipp.authority}
+
+
+def _name_json(name: PersonName | None) -> dict[str, Any] | None:
+    if name is None:
+        return None
+    return {"family": name.family, "given": name.given, "given_names": name.given_names}
+
+
+def _unit_json(unit: Unit | None) -> dict[str, Any] | None:
+    return {"code": unit.code, "name": unit.name} if unit is not None else None
+
+
+def _movement_json(movement: Movement) -> dict[str, Any]:
+    return {"id": movement.id, "event": movement.event, "at": movement.at,
+            "medical_unit": _unit_json(movement.medical_unit),
+            "care_unit": _unit_json(movement.care_unit), "action": movement.action,
+            "cancelled": movement.cancelled}
 
 
 def enum_or_none(cls: type[E], value: object) -> E | None:
     """The member of `cls` with this value; None for anything else (unknown codes included)."""
     if not isinstance(value, str) or not value:
         return None
-    try:
-        return cls(value)
-    except ValueError:
-        return None
+    return _members(cls).get(value)
 
 
-T = TypeVar("T")
+@cache
+def _members(cls: type[E]) -> dict[str, E]:
+    """`cls`'s members by value: a lookup that costs no exception when the value is unknown."""
+    return {member.value: member for member in cls}
 
 
-def _build(cls: type[T], raw: dict[str, Any] | None, **enums: type[StrEnum]) -> T | None:
-    """`cls` from its JSON object (fields it does not have are ignored), enums converted."""
-    if raw is None:
-        return None
-    fields = getattr(cls, "__dataclass_fields__", {})
-    values = {k: v for k, v in raw.items() if k in fields}
-    for name, enum in enums.items():
-        if name in values:
-            values[name] = enum_or_none(enum, values[name])
-    return cls(**values)
+# Read back by hand too: keys a class does not have are ignored, a missing key takes the field's
+# default (a field without a default cannot be missing: KeyError, the context is unreadable).
 
 
 def _ipp(raw: dict[str, Any]) -> Ipp:
-    ipp = _build(Ipp, raw)
-    assert ipp is not None
-    return ipp
+    return Ipp(raw["value"], raw["authority"])
 
 
 def _ins(raw: dict[str, Any] | None) -> Ins | None:
-    ins = _build(Ins, raw)
-    return ins if ins is not None and ins.oid in INS_OIDS else None
+    if raw is None:
+        return None
+    ins = Ins(raw["value"], raw["oid"])
+    return ins if ins.oid in INS_OIDS else None
+
+
+def _name(raw: dict[str, Any] | None) -> PersonName | None:
+    if raw is None:
+        return None
+    return PersonName(raw["family"], raw.get("given", ""), raw.get("given_names", ""))
+
+
+def _birth_place(raw: dict[str, Any] | None) -> BirthPlace | None:
+    return BirthPlace(raw.get("insee_code"), raw.get("city")) if raw is not None else None
+
+
+def _medecin(raw: dict[str, Any] | None) -> MedecinTraitant | None:
+    if raw is None:
+        return None
+    return MedecinTraitant(raw["id"], raw["id_type"], raw.get("family", ""),
+                           raw.get("given", ""), raw.get("rpps"))
+
+
+def _dmp(raw: dict[str, Any] | None) -> DmpInfo | None:
+    if raw is None:
+        return None
+    return DmpInfo(enum_or_none(DmpStatus, raw.get("status")), raw.get("status_at"),
+                   enum_or_none(DmpFeeding, raw.get("feeding")), raw.get("feeding_at"),
+                   enum_or_none(DmpConsultation, raw.get("consultation")),
+                   raw.get("consultation_at"))
+
+
+def _unit(raw: dict[str, Any] | None) -> Unit | None:
+    return Unit(raw["code"], raw.get("name", "")) if raw is not None else None
 
 
 def _encounter(raw: dict[str, Any] | None) -> Encounter | None:
     if raw is None:
         return None
     movements = tuple(
-        Movement(m["id"], m["event"], m.get("at"), _build(Unit, m.get("medical_unit")),
-                 _build(Unit, m.get("care_unit")),
+        Movement(m["id"], m["event"], m.get("at"), _unit(m.get("medical_unit")),
+                 _unit(m.get("care_unit")),
                  enum_or_none(MovementAction, m.get("action")) or MovementAction.INSERT,
                  bool(m.get("cancelled")))
         for m in raw.get("movements") or ())

@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from connector.errors import ErrorLocation, HL7ParseError, MessageError, ProfileError
+from connector.hl7 import ack as ack_module
 from connector.hl7.ack import (
     AckError,
     AckIdentity,
@@ -176,6 +177,18 @@ def test_default_version_is_escaped_when_dot_is_a_delimiter() -> None:
 def test_hl7_timestamp() -> None:
     assert hl7_timestamp(datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)) == "20240102030405+0000"
     assert re.fullmatch(r"\d{14}[+-]\d{4}", hl7_timestamp())
+
+
+def test_hl7_timestamp_of_now_follows_the_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Now is formatted once a second: the same text within a second, the next one after."""
+    clock = [1_709_720_000.25]
+    monkeypatch.setattr(ack_module.time, "time", lambda: clock[0])
+    first = hl7_timestamp()
+    assert first == hl7_timestamp(datetime.fromtimestamp(1_709_720_000))
+    clock[0] = 1_709_720_000.99
+    assert hl7_timestamp() == first
+    clock[0] = 1_709_720_001.0
+    assert hl7_timestamp() == hl7_timestamp(datetime.fromtimestamp(1_709_720_001)) != first
 
 
 # -- ERR ------------------------------------------------------------------------------------------

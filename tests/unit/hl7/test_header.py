@@ -227,6 +227,27 @@ def test_utf8_bom_is_tolerated_end_to_end() -> None:
     assert pid.value(3) == "é"
 
 
+@pytest.mark.parametrize(("first_segment", "codec"), [
+    ("MSH|^~\\&|A|B|C|D|20240101||ADT^A01|1|P|2.5", "cp1252"),  # MSH-18 absent
+    ("MSH|^~\\&|A|B|C|D|20240101||ADT^A01|1|P|2.5||||||8859/1", "iso-8859-1"),  # the last
+    ("MSH|^~\\&|A|B|C|D|20240101||ADT^A01|1|P|2.5||||||8859/15~UNICODE UTF-8^x|FR",
+     "iso-8859-15"),  # its first repetition, first component
+    ("MSH#$*!@#A#B#C#D#20240101##ADT$A01#1#P#2.5######UNICODE UTF-8", "utf-8"),
+])
+def test_resolve_codec_reads_msh18_alone(first_segment: str, codec: str) -> None:
+    for rest in ("\rPID|1||X\r", "\nPID|1||X\n", "\r\nPID|1||X\r\n", ""):
+        raw = f"{first_segment}{rest}".encode("ascii")
+        assert resolve_codec(raw, forced=None, default="cp1252") == codec
+
+
+def test_first_segment_ends_at_the_first_line_break() -> None:
+    """An LF before the first CR ends the MSH too (an LF after it belongs to another line)."""
+    raw = msh("8859/1").encode("ascii") + b"\nPID|1\rNTE|1||UTF-8\n"
+    assert resolve_codec(raw, forced=None, default="utf-8") == "iso-8859-1"
+    assert read_header(raw.decode("ascii")).charset == "8859/1"
+    assert salvage_header(b"MSH|^~\\&|A||||||||||||||KOI8\nPID|1\r") is not None
+
+
 def test_resolve_codec_without_msh() -> None:
     with pytest.raises(HL7ParseError) as excinfo:
         resolve_codec(b"PID|1||X", forced=None, default="utf-8")

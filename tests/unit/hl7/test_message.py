@@ -17,6 +17,8 @@ from connector.hl7.message import (
     DEFAULT_DELIMITERS,
     Delimiters,
     Message,
+    Segment,
+    component_of,
     escape,
     parse_message,
     split_segments,
@@ -414,3 +416,45 @@ def test_escape_keeps_mllp_block_characters_off_the_wire() -> None:
     assert "\x0b" not in escaped
     assert "\x1c" not in escaped
     assert unescape(escaped) == value
+
+
+# -- component access -----------------------------------------------------------------------------
+
+field_texts = st.text(alphabet=st.sampled_from(["a", " ", "|", "^", "~", "&", "\\", "F", "S"]),
+                      max_size=24)
+
+
+@given(st.lists(field_texts, max_size=6), st.sampled_from(["MSH", "PID"]),
+       st.integers(-1, 7), st.integers(1, 4), st.sampled_from([None, 1, 2]), st.integers(1, 3))
+def test_component_is_component_of_the_repetition(
+        fields: list[str], name: str, position: int, component: int, subcomponent: int | None,
+        repetition: int) -> None:
+    """`Segment.component` (inlined for speed) agrees with its definition: `component_of` of
+    the field's repetition, '' when the field or the repetition is absent."""
+    segment = Segment((name, *fields))
+    reps = segment.repetitions(position)
+    expected = (component_of(reps[repetition - 1], component, subcomponent)
+                if len(reps) >= repetition else "")
+    assert segment.component(position, component, subcomponent, repetition) == expected
+
+
+def test_msh1_and_msh2_do_not_repeat() -> None:
+    msh = parse_message("MSH|^~\\&|A~B|C\r").msh
+    assert msh.repetitions(2) == ["^~\\&"]
+    assert msh.component(2, 1, repetition=2) == ""
+    assert msh.component(3, 1, repetition=2) == "B"
+
+
+def test_delimiters_checked_once_still_refuse_bad_ones() -> None:
+    """`Delimiters.from_msh` remembers the MSH-1/MSH-2 it accepted, not the ones it refused."""
+    for _ in range(2):
+        assert Delimiters.from_msh("MSH#$*!@#A") == Delimiters("#", "$", "*", "!", "@")
+        with pytest.raises(HL7ParseError):
+            Delimiters.from_msh("MSH#$*!$#A")
+    assert Delimiters.from_msh("MSH|^~\\&") == DEFAULT_DELIMITERS
+    assert Delimiters.from_msh("MSH|^~\\&#|A").encoding_characters == "^~\\&"
+
+
+@pytest.mark.parametrize("value", ["ABC123", "20240306", "P", "é", "", "2.5", "A B"])
+def test_escape_leaves_plain_values_as_they_are(value: str) -> None:
+    assert escape(value) == value
