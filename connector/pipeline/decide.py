@@ -46,15 +46,15 @@ class IntakeDecision:
     legacy: bool = False  # an ORU without the CI-SIS profile, for the legacy mappings
     traits: PatientTraits | None = None  # the ADT context of its patient (legacy flows)
     patient_update: PatientUpdate | None = None  # an ADT: stored with it when it is accepted
+    # What intake needs of `verdict` (which a worker process does not send back, see
+    # pipeline.offload): the version changes to store, and whether the request asked for the DMP.
+    changes: tuple[DocumentChange, ...] = ()
+    asks_dmp: bool = False
 
     @property
     def needs_document_checks(self) -> bool:
         return (self.outcome is Outcome.ACCEPTED and self.flow in DOCUMENT_FLOWS
                 and self.verdict is None)
-
-    @property
-    def changes(self) -> tuple[DocumentChange, ...]:
-        return self.verdict.changes if self.verdict else ()
 
 
 class IntakeDecider:
@@ -123,4 +123,5 @@ class IntakeDecider:
                 return replace(decision, outcome=Outcome.ERROR,
                                errors=(AckError.from_exception(exc),), report=verdict.report)
         return replace(decision, errors=verdict.warnings, verdict=verdict, report=verdict.report,
-                       outbox=outbox)
+                       outbox=outbox, changes=verdict.changes,
+                       asks_dmp=verdict.request.metadata.destdmp)

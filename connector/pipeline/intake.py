@@ -211,7 +211,7 @@ class IntakeHandler:
             self.metrics.retransmissions.labels(tenant).inc()
         elif conflict:
             self.metrics.version_conflicts.labels(tenant).inc()
-        elif decision.verdict is not None and decision.verdict.request.metadata.destdmp:
+        elif decision.asks_dmp:
             self.metrics.dmp_not_fed.labels(tenant).inc()
 
     def _ack(self, decision: IntakeDecision, code: AckCode | None,

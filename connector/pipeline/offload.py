@@ -8,9 +8,9 @@ runs it in a pool of processes instead. Each worker builds, once, the same decid
 
 What crosses the process boundary is plain data: the first-pass decision out (the parsed message
 and the patient's ADT context), the decided one back without the parsed HL7 message (the
-server keeps its own) or the CDA trees (`lxml` trees do not pickle; nothing after this stage
-reads them). Log context (tenant, listener, connection, control id) goes with each task, so the
-worker's log lines carry it as the server's do.
+server keeps its own) or the checked request (`portable`: intake reads only the decision's own
+fields after this stage). Log context (tenant, listener, connection, control id) goes with
+each task, so the worker's log lines carry it as the server's do.
 
 One pool per settings generation: a reload starts a new pool for the new settings and closes
 the old one once what it is running has finished. A broken pool (a worker killed by the system)
@@ -67,13 +67,11 @@ def _check(tenant_id: str, decision: IntakeDecision, context: dict[str, Any]) ->
 
 
 def portable(decision: IntakeDecision) -> IntakeDecision:
-    """`decision` as it crosses back: no parsed message, no CDA trees."""
-    verdict = decision.verdict
-    if verdict is not None:
-        request = verdict.request
-        documents = tuple(replace(d, tree=None) for d in request.documents)
-        verdict = replace(verdict, request=replace(request, documents=documents))
-    return replace(decision, message=None, verdict=verdict)
+    """`decision` as it crosses back: what intake stores and answers (outcome, ERR, report,
+    mails, version changes), without the parsed message or the checked request (its CDA
+    documents, their lxml trees, which do not pickle, and a tree of dataclasses that costs the
+    server's event loop more to unpickle than anything it reads of it)."""
+    return replace(decision, message=None, verdict=None)
 
 
 class DocumentProcesses:

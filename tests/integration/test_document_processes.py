@@ -79,6 +79,22 @@ async def test_every_fixture_gets_the_answer_threads_give(apps: list[Application
     assert InboundStatus.ACCEPTED.value in by_status[1]
 
 
+async def test_versions_and_the_dmp_count_cross_back(apps: list[Application],
+                                                     tmp_path: Path) -> None:
+    """T02 (v1) -> T10 (v2 replaces v1) -> T04 (delete v2), checked by a worker: the version
+    changes and the DESTDMP flag come back with the decision."""
+    app = await started(apps, settings_for(tmp_path, 1))
+    sequence = ("mdm-t02-initial/message.er7", "mdm-t10-replace/message.er7",
+                "mdm-t04-delete/message.er7")
+    codes = [(await answer(app, fixture))[0] for fixture in sequence]
+    assert codes == ["AA", "AA", "AA"]
+    documents = sorted(d.status.value for d in await app.store.get_documents("chu-test"))
+    assert documents == ["deleted", "replaced"]
+    dmp = app.metrics.registry.get_sample_value("mssconnector_cisis_dmp_not_fed_total",
+                                                {"tenant": "chu-test"})
+    assert dmp == 3
+
+
 async def test_the_mails_come_back_and_are_stored_with_the_request(apps: list[Application],
                                                                    tmp_path: Path) -> None:
     app = await started(apps, settings_for(tmp_path, 1))
