@@ -113,7 +113,7 @@ class IntakeHandler:
             except (StoreError, ValueError) as exc:  # unreachable, or an ambiguous IPP
                 log.warning("patient_context_unavailable", error=type(exc).__name__)
         if decision.needs_document_checks:
-            decision = await self._check_documents(decision)
+            decision = await self._check_documents(decision, payload)
         header = decision.header
         code = choose_ack_code(header, decision.outcome)
         ack = self._ack(decision, code, decision.errors)
@@ -184,13 +184,14 @@ class IntakeHandler:
             ack_code = versions.conflict_ack_code
         return self._answered(started, decision, receipt.ack or None, ack_code)
 
-    async def _check_documents(self, decision: IntakeDecision) -> IntakeDecision:
+    async def _check_documents(self, decision: IntakeDecision, payload: bytes
+                               ) -> IntakeDecision:
         """The document stage: in a worker process when `[intake] document_processes` runs
         some, else in a thread (never on the event loop: milliseconds of CPU)."""
         processes = self._documents() if self._documents is not None else None
         if processes is None:
             return await asyncio.to_thread(self.decider.check_documents, decision)
-        return await processes.check(self.config.tenant_id, decision, self.decider)
+        return await processes.check(self.config.tenant_id, decision, payload, self.decider)
 
     def _answered(self, started: float, decision: IntakeDecision | None, ack: bytes | None,
                   ack_code: str) -> bytes | None:

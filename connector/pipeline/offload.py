@@ -6,11 +6,12 @@ else the server process does (MLLP, ACKs, the store's writer, SMTP and TLS). `Do
 runs it in a pool of processes instead. Each worker builds, once, the same deciders as the server
 (`connector.tenants.build_intake_parts`) from the settings it was started with.
 
-What crosses the process boundary is plain data: the first-pass decision out (the parsed message
-and the patient's ADT context), the decided one back without the parsed HL7 message (the
-server keeps its own) or the checked request (`portable`: intake reads only the decision's own
-fields after this stage). Log context (tenant, listener, connection, control id) goes with
-each task, so the worker's log lines carry it as the server's do.
+What crosses the process boundary is plain data: the message's bytes and its first-pass
+decision out (with the patient's ADT context; the worker parses the bytes again), the decided
+one back without the parsed message (the server keeps its own) or the checked request
+(`portable`: intake reads only the decision's own fields after this stage). Log context
+(tenant, listener, connection, control id) goes with each task, so the worker's log lines carry
+it as the server's do.
 
 One pool per settings generation: a reload starts a new pool for the new settings and closes
 the old one once what it is running has finished. A broken pool (a worker killed by the system)
@@ -28,6 +29,8 @@ from typing import Any
 
 import structlog
 
+from connector.hl7.header import decode_message
+from connector.hl7.message import parse_message
 from connector.pipeline.decide import IntakeDecider, IntakeDecision
 from connector.settings import Settings, TransportSettings
 
@@ -59,10 +62,14 @@ def _ping() -> int:
     return len(_DECIDERS)
 
 
-def _check(tenant_id: str, decision: IntakeDecision, context: dict[str, Any]) -> IntakeDecision:
+def _check(tenant_id: str, decision: IntakeDecision, payload: bytes,
+           context: dict[str, Any]) -> IntakeDecision:
     decider = _DECIDERS[tenant_id]  # KeyError: see DocumentProcesses.check
+    # The message is parsed again here from its bytes, with the codec the server chose: a few
+    # tens of µs in the worker, less than pickling the parsed segments costs the server.
+    message = parse_message(decode_message(payload, decision.codec))
     with structlog.contextvars.bound_contextvars(**context):
-        decided = decider.check_documents(decision)
+        decided = decider.check_documents(replace(decision, message=message))
     return portable(decided)
 
 
@@ -96,15 +103,16 @@ class DocumentProcesses:
                                for _ in range(self.processes)))
         log.info("document_processes_started", processes=self.processes)
 
-    async def check(self, tenant_id: str, decision: IntakeDecision,
+    async def check(self, tenant_id: str, decision: IntakeDecision, payload: bytes,
                     fallback: IntakeDecider) -> IntakeDecision:
-        """`fallback.check_documents(decision)`, run by a worker; in a thread of this process
-        when the pool is broken (it is then replaced for the next messages)."""
+        """`fallback.check_documents(decision)` for the message `payload` (whose first pass
+        `decision` is), run by a worker; in a thread of this process when the pool is broken
+        (it is then replaced for the next messages)."""
         context = structlog.contextvars.get_contextvars()
         executor = self._executor
         try:
             decided = await asyncio.get_running_loop().run_in_executor(
-                executor, _check, tenant_id, decision, context)
+                executor, _check, tenant_id, replace(decision, message=None), payload, context)
         except KeyError:  # a tenant this generation's workers do not know (removed by a reload)
             return await asyncio.to_thread(fallback.check_documents, decision)
         except BrokenProcessPool:
