@@ -2,7 +2,7 @@
 aiosmtplib pushing the same mails straight to the same Postfix with nothing stored, in one run.
 
     .venv/bin/python bench/delivery.py [--messages 2000] [--connections 4] [--concurrency 8]
-        [--batch-size 50] [--message-kb 70]
+        [--batch-size 50] [--message-kb 70] [--document-processes 2]
 
 Needs root and Debian's postfix (`tests/support/mailserver.py` runs a private Postfix on loopback:
 submission with STARTTLS and a required client certificate, delivery into virtual Maildirs).
@@ -28,11 +28,12 @@ competes with the previous one's local delivery. Each phase also prints the CPU 
 the connector, this process, Postfix and the rest of the machine, and warns when something else
 was busy (the figures are then skewed).
 
-Defaults, measured on the 2-core machine with 1,000 requests: the connector is CPU-bound by
-intake (about 30 ms of CPU per request and its mail, in one process), so the delivery settings
-change mails/s little; they set how long acknowledged requests wait for their mail: p50 under
-1 s with 8 SMTP connections, 1.2-2.5 s with 4, 5-11 s with 1 or 2 (delivery then lags behind
-intake and catches up after the last ACK). Batch sizes 20, 50 and 100 made no difference.
+Defaults, measured on the 2-core machine with 1,500 requests: `[intake] document_processes = 2`
+(the CI-SIS checks and mail building in two worker processes) gives 101-107 mails/s at 4 MLLP
+connections (101-121 at 8), about 11-12 ms of connector CPU per request and its mail, p50 ACK to
+250 about 0.12 s. With `--document-processes 0` (threads: the GIL keeps intake and delivery on one
+core) the same machine gives 73-84 mails/s, and p50 0.22-0.29 s. The machine's speed varies by
+up to 30% from one run to the next: compare configurations in alternation.
 """
 
 from __future__ import annotations
@@ -544,7 +545,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=50,
                         help="[tenants.delivery] batch_size: mails per SMTP connection")
     parser.add_argument("--message-kb", type=int, default=70, help="request size")
-    parser.add_argument("--document-processes", type=int, default=1,
+    parser.add_argument("--document-processes", type=int, default=2,
                         help="[intake] document_processes of the connector (0: threads)")
     args = parser.parse_args()
     reason = postfix_unavailable()
