@@ -159,7 +159,7 @@ class Segment:
         repetition: int = 1,
     ) -> str:
         """Unescaped component (1-based) of a field repetition (1-based), stripped of spaces."""
-        # `repetitions` and `component_of` inlined: intake reads some 50 components a message.
+        # `repetitions` inlined (intake reads some 50 components a message).
         fields, d = self.fields, self.delimiters
         raw = fields[position] if 0 <= position < len(fields) else ""
         if not raw:
@@ -167,16 +167,7 @@ class Segment:
         reps = [raw] if position <= 2 and fields[0] == "MSH" else raw.split(d.repetition)
         if len(reps) < repetition:
             return ""
-        comps = reps[repetition - 1].split(d.component)
-        if len(comps) < component:
-            return ""
-        comp = comps[component - 1]
-        if subcomponent is not None:
-            subs = comp.split(d.subcomponent)
-            comp = subs[subcomponent - 1] if len(subs) >= subcomponent else ""
-        if d.escape in comp:
-            comp = unescape(comp, d)
-        return comp.strip()
+        return component_of(reps[repetition - 1], component, subcomponent, d)
 
     def value(self, position: int) -> str:
         """The first component of the first repetition, unescaped: the usual "field value"."""
