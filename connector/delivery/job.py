@@ -22,14 +22,19 @@ from connector.errors import PermanentDeliveryError
 MAGIC: Final = b"MSSJOB/1\n"
 
 
+def ends_data_only_at_its_end(message: bytes) -> bool:
+    """No line of `message` starts with a period and it ends with CRLF: written after SMTP DATA
+    as it is, nothing in it can end the data early (SMTP smuggling's lever)."""
+    return message.endswith(b"\r\n") and not message.startswith(b".") and b"\n." not in message
+
+
 def is_wire_form(message: bytes) -> bool:
     """True when `message` can go after SMTP DATA as it is: CRLF line ends only, the last
     included, and no line starting with a period (nothing to dot-stuff). What `render_mail`
     writes is, unless the text part has a line starting with a period."""
     crlf = message.count(b"\r\n")
-    return (message.endswith(b"\r\n") and message.count(b"\n") == crlf
-            and message.count(b"\r") == crlf and not message.startswith(b".")
-            and b"\n." not in message)
+    return (message.count(b"\n") == crlf and message.count(b"\r") == crlf
+            and ends_data_only_at_its_end(message))
 
 
 class MalformedJob(PermanentDeliveryError):

@@ -56,7 +56,7 @@ from typing import Final
 import aiosmtplib
 import structlog
 
-from connector.delivery.job import is_wire_form
+from connector.delivery.job import ends_data_only_at_its_end, is_wire_form
 from connector.delivery.tls import ClientTls
 from connector.errors import ConfigError, PermanentDeliveryError, TransientDeliveryError
 from connector.hl7.codes import SmtpErrorCode
@@ -702,11 +702,9 @@ def _rcpt_options(envelope: OutgoingEnvelope, dsn: bool) -> list[str]:
 
 
 def _writable_as_is(message: bytes, wire_form: bool) -> bool:
-    if not wire_form:
-        return is_wire_form(message)
-    # Known when the mail was built; what could end the data early (a line starting with a
-    # period, SMTP smuggling's lever) is checked again here, whatever the row says.
-    return message.endswith(b"\r\n") and not message.startswith(b".") and b"\n." not in message
+    # A row's wire form was checked when the mail was built; what could end the data early is
+    # checked again here, whatever the row says.
+    return ends_data_only_at_its_end(message) if wire_form else is_wire_form(message)
 
 
 async def send_data(client: aiosmtplib.SMTP, message: bytes, timeout: float, *,
