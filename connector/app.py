@@ -4,7 +4,9 @@ SIGHUP (tenants added, replaced or removed without a restart), drain on SIGTERM.
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -92,21 +94,30 @@ def open_directory(settings: Settings, whitelist: Whitelist | None) -> Directory
         raise ConfigError("directory", str(exc), source=settings.source) from exc
 
 
+@dataclass(frozen=True, slots=True)
+class IntakeInputs:
+    """What every tenant's intake is built from: the trust-space list, the CDA validators (one
+    per schematron policy, built when first asked for) and the imported directory."""
+
+    whitelist: Whitelist | None
+    checker: Callable[[SchematronPolicy], CdaChecker]
+    directory: Directory | None
+
+
+def intake_inputs(settings: Settings) -> IntakeInputs:
+    whitelist = load_whitelist(settings.whitelist) if settings.whitelist else None
+    checker = functools.cache(functools.partial(build_cda_checker, settings))
+    return IntakeInputs(whitelist, checker, open_directory(settings, whitelist))
+
+
 def build_intake_deciders(settings: Settings) -> dict[str, IntakeDecider]:
     """Every tenant's document-stage decider, as a worker process of `[intake]
     document_processes` holds them: the same parts `build_tenant` gives the server."""
-    whitelist = load_whitelist(settings.whitelist) if settings.whitelist else None
-    checkers: dict[SchematronPolicy, CdaChecker] = {}
-
-    def checker(policy: SchematronPolicy) -> CdaChecker:
-        if policy not in checkers:
-            checkers[policy] = build_cda_checker(settings, policy)
-        return checkers[policy]
-
-    directory = open_directory(settings, whitelist)
+    inputs = intake_inputs(settings)
     deciders = {}
     for index, tenant in enumerate(settings.tenants):
-        parts = build_intake_parts(index, tenant, settings, checker, whitelist, directory)
+        parts = build_intake_parts(index, tenant, settings, inputs.checker, inputs.whitelist,
+                                   inputs.directory)
         deciders[tenant.id] = IntakeDecider(parts.cisis, planner=parts.planner,
                                             legacy=parts.legacy,
                                             default_charset=settings.default_charset)
@@ -154,20 +165,13 @@ class Application:
         return app
 
     def _shared(self, settings: Settings) -> SharedParts:
-        whitelist = load_whitelist(settings.whitelist) if settings.whitelist else None
-        if whitelist is None:
+        inputs = intake_inputs(settings)
+        if inputs.whitelist is None:
             log.warning("trust_space_not_configured",
                         hint="set [directory] whitelist to the MSSante liste blanche")
-        self._whitelist_date = whitelist.generated_at if whitelist else None
-        checkers: dict[SchematronPolicy, CdaChecker] = {}
-
-        def checker(policy: SchematronPolicy) -> CdaChecker:
-            if policy not in checkers:
-                checkers[policy] = build_cda_checker(settings, policy)
-            return checkers[policy]
-
-        return SharedParts(settings, self.store, self.control_ids, whitelist, checker,
-                           self.metrics, self.delivery.wake, open_directory(settings, whitelist),
+        self._whitelist_date = inputs.whitelist.generated_at if inputs.whitelist else None
+        return SharedParts(settings, self.store, self.control_ids, inputs.whitelist,
+                           inputs.checker, self.metrics, self.delivery.wake, inputs.directory,
                            documents=lambda: self.documents)
 
     def _adopt(self, runtime: TenantRuntime) -> None:
@@ -279,10 +283,12 @@ class Application:
         removed = tuple(tid for tid in self.tenants if tid not in wanted)
         replaced = tuple(tid for tid in fresh if tid in self.tenants)
         added = tuple(tid for tid in fresh if tid not in self.tenants)
+        # What runs from now on: the sections a reload cannot change stay as they were.
+        effective = replace(settings, store=old.store, admin=old.admin, logging=old.logging)
         if fresh or removed or settings.intake != old.intake:
             # The workers hold every tenant's decider: new ones for the new settings (built
             # before anything stops; a failure leaves everything as it was).
-            await self._start_documents(replace(settings, store=old.store))
+            await self._start_documents(effective)
         for tenant_id in (*removed, *replaced):
             await self.tenants[tenant_id].stop(grace_seconds)
             self._forget(tenant_id)
@@ -295,7 +301,7 @@ class Application:
             self._adopt(runtime)
         order = [t.id for t in settings.tenants]
         self.tenants = dict(sorted(self.tenants.items(), key=lambda kv: order.index(kv[0])))
-        self.settings = replace(settings, store=old.store, admin=old.admin, logging=old.logging)
+        self.settings = effective
         report = ReloadReport(added, replaced, removed, needs_restart)
         log.info("configuration_reloaded", added=list(added), replaced=list(replaced),
                  removed=list(removed), needs_restart=list(needs_restart))
