@@ -50,11 +50,12 @@ class IntakeDecision:
     # pipeline.offload): the version changes to store, and whether the request asked for the DMP.
     changes: tuple[DocumentChange, ...] = ()
     asks_dmp: bool = False
+    documents_checked: bool = False  # by check_documents (`verdict` may not come back with it)
 
     @property
     def needs_document_checks(self) -> bool:
         return (self.outcome is Outcome.ACCEPTED and self.flow in DOCUMENT_FLOWS
-                and self.verdict is None)
+                and not self.documents_checked)
 
 
 class IntakeDecider:
@@ -124,4 +125,4 @@ class IntakeDecider:
                                errors=(AckError.from_exception(exc),), report=verdict.report)
         return replace(decision, errors=verdict.warnings, verdict=verdict, report=verdict.report,
                        outbox=outbox, changes=verdict.changes,
-                       asks_dmp=verdict.request.metadata.destdmp)
+                       asks_dmp=verdict.request.metadata.destdmp, documents_checked=True)

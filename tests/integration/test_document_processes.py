@@ -108,6 +108,20 @@ async def test_the_mails_come_back_and_are_stored_with_the_request(apps: list[Ap
     assert all(m.recipient_domain for m in mails)
 
 
+async def test_a_decision_checked_by_a_worker_needs_no_more_checks(apps: list[Application],
+                                                                   tmp_path: Path) -> None:
+    app = await started(apps, settings_for(tmp_path, 1))
+    assert app.documents is not None
+    handler = app.handlers[0]
+    payload = split_messages((CISIS_FIXTURES / MDM_T02).read_bytes())[0]
+    first = handler.decider.first_pass(payload)
+    assert first.needs_document_checks
+    checked = await app.documents.check("chu-test", first, payload, handler.decider)
+    assert checked.verdict is None  # not sent back
+    assert checked.outbox
+    assert not checked.needs_document_checks
+
+
 def _worker_pids(app: Application) -> list[int]:
     assert app.documents is not None
     processes = app.documents._executor._processes  # the test kills one
