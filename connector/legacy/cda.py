@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from lxml import etree
 
+from connector.cda.header import InstanceId
 from connector.cda.safe_xml import parse_xml
 
 NS = "urn:hl7-org:v3"
@@ -40,12 +41,6 @@ class CodedConcept:
     display: str
     system: str
     system_name: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class InstanceId:
-    root: str
-    extension: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

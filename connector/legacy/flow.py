@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Final, Protocol
 
-from connector.cda.header import read_cda_header
+from connector.cda.header import InstanceId, read_cda_header
 from connector.cda.safe_xml import parse_xml
 from connector.cisis.model import (
     INS_OIDS,
@@ -64,7 +64,6 @@ from connector.hl7.message import Message, Segment, component_of
 from connector.legacy.cda import (
     STRUCTURE_ROOT,
     CodedConcept,
-    InstanceId,
     LevelOneDocument,
     Organisation,
     Patient,
@@ -73,7 +72,6 @@ from connector.legacy.cda import (
 )
 from connector.legacy.mapping import (
     BodySource,
-    Code,
     DefaultPerson,
     FlowMapping,
     MailboxChoice,
@@ -145,10 +143,6 @@ def _located(detail: str, segment: str, sequence: int, position: int,
                               location=ErrorLocation(segment, sequence, position, component))
 
 
-def _concept(code: Code) -> CodedConcept:
-    return CodedConcept(code.code, code.display, code.system, code.system_name)
-
-
 def hl7_time(value: str, now: datetime) -> str | None:
     """An HL7 TS with minutes and an offset (the local one when the sender gave none)."""
     match = _TS.fullmatch(value.strip())
@@ -216,17 +210,15 @@ class LegacyFlows:
         document = LevelOneDocument(
             id=InstanceId(f"2.25.{uuid.uuid4().int}"),
             set_id=InstanceId(f"2.25.{uuid.uuid4().int}"), version=1, effective_time=stamp,
-            type=_concept(mapping.document_type),
+            type=mapping.document_type,
             title=mapping.title, confidentiality=mapping.confidentiality, patient=patient,
             author=author, author_time=signed,
             custodian=self.establishment.custodian, legal_authenticator=legal,
             legal_time=signed,
-            service_event=_concept(mapping.service_event or mapping.document_type),
+            service_event=mapping.service_event or mapping.document_type,
             service_start=service_start, service_end=None,
-            practice_setting=(_concept(mapping.practice_setting) if mapping.practice_setting
-                              else DEFAULT_PRACTICE_SETTING),
-            healthcare_facility=(_concept(mapping.healthcare_facility)
-                                 if mapping.healthcare_facility else DEFAULT_FACILITY),
+            practice_setting=mapping.practice_setting or DEFAULT_PRACTICE_SETTING,
+            healthcare_facility=mapping.healthcare_facility or DEFAULT_FACILITY,
             encounter_start=self._encounter_start(message, now) or service_start,
             media_type=media_type, content=content)
         cda = build_level_one(document)
@@ -386,8 +378,8 @@ class LegacyFlows:
             if found and family:
                 return Person(found, family, given or "-")
         if default is not None:
-            profession = (CodedConcept(default.profession.code, default.profession.display,
-                                       default.profession.system)
+            # As written so far: a default author's profession without its codeSystemName.
+            profession = (replace(default.profession, system_name=None)
                           if default.profession else None)
             return Person(f"8{default.rpps}", default.family, default.given, profession)
         raise _located(f"no {what} with an RPPS in {', '.join(fields)} and no default",

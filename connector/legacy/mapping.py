@@ -23,6 +23,7 @@ import jsonschema
 import yaml
 
 from connector.errors import ConfigError
+from connector.legacy.cda import CodedConcept
 
 SCHEMA_NAME: Final = "mapping.schema.json"
 
@@ -61,19 +62,11 @@ class UnresolvedPolicy(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class Code:
-    code: str
-    display: str
-    system: str
-    system_name: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class DefaultPerson:
     rpps: str
     family: str
     given: str
-    profession: Code | None = None
+    profession: CodedConcept | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,15 +97,15 @@ class FlowMapping:
     name: str
     source: Path
     match: Match
-    document_type: Code
+    document_type: CodedConcept
     title: str
     body: BodySource
     rules: tuple[RecipientRule | str, ...]  # a str is a fixed address
     confidentiality: str = "N"
-    service_event: Code | None = None
+    service_event: CodedConcept | None = None
     service_event_time: tuple[str, ...] = ("OBR-7",)
-    practice_setting: Code | None = None
-    healthcare_facility: Code | None = None
+    practice_setting: CodedConcept | None = None
+    healthcare_facility: CodedConcept | None = None
     author: PersonSource = PersonSource(("OBR-32", "ORC-12", "OBX-16"))
     legal_authenticator: PersonSource = PersonSource(("OBR-32",))
     body_obx_code: str | None = None
@@ -213,10 +206,11 @@ def _strings(value: Any) -> frozenset[str]:
     return frozenset([value] if isinstance(value, str) else value)
 
 
-def _code(value: Mapping[str, Any] | None) -> Code | None:
+def _code(value: Mapping[str, Any] | None) -> CodedConcept | None:
     if value is None:
         return None
-    return Code(value["code"], value["display"], value["system"], value.get("system_name"))
+    return CodedConcept(value["code"], value["display"], value["system"],
+                        value.get("system_name"))
 
 
 def _person(value: Mapping[str, Any] | None, fallback: PersonSource) -> PersonSource:
