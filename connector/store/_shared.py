@@ -77,10 +77,11 @@ def resolve(outcomes: Sequence[Outcome]) -> None:
         by_loop.setdefault(outcome[0].loop, []).append(outcome)
     for loop, items in by_loop.items():
         with contextlib.suppress(RuntimeError):  # a closed loop: its callers are gone
-            loop.call_soon_threadsafe(_set_results, items)
+            loop.call_soon_threadsafe(set_results, items)
 
 
-def _set_results(items: list[Outcome]) -> None:
+def set_results(items: Sequence[Outcome]) -> None:
+    """Wake the callers of `items` (on their event loop's thread)."""
     for job, result, error in items:
         if job.future.cancelled():
             continue

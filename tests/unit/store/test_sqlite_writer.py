@@ -1,0 +1,129 @@
+"""The SQLite writer's two halves: statements on the caller's event loop, COMMIT on the commit
+thread, and the batches that run whole on the commit thread instead (write lock held elsewhere, a
+failing job). What every adapter must do is in tests/contract; this is how SQLite does it."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import sqlite3
+import threading
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from connector.errors import StoreUnavailable
+from connector.store import InboundMessage, InboundStatus
+from connector.store.sqlite import SQLiteStore
+
+
+def inbound(n: int) -> InboundMessage:
+    raw = f"MSH|^~\\&|A|B|C|D|1||ADT^A01|W{n}|P|2.5\rPID|1||{n}\r".encode()
+    return InboundMessage(
+        tenant_id="t1", listener="l1", peer="127.0.0.1:1", received_at=time.time(), raw=raw,
+        digest=hashlib.sha256(raw).digest(), sending_application="A", sending_facility="B",
+        message_type="ADT^A01", control_id=f"W{n}", version="2.5",
+        status=InboundStatus.ACCEPTED, ack_code="AA", ack=b"ack", error_code=None,
+        error_detail=None)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    opened = SQLiteStore(tmp_path / "store.db", busy_timeout_ms=5000)
+    opened.open()
+    yield opened
+    await opened.close()
+
+
+def count_rows(path: Path) -> int:
+    with sqlite3.connect(path) as conn:
+        return int(conn.execute("SELECT count(*) FROM inbound").fetchone()[0])
+
+
+async def test_statements_run_on_the_loop_and_commits_elsewhere(store: SQLiteStore) -> None:
+    threads: list[int] = []
+
+    def job(conn: sqlite3.Connection) -> int:
+        threads.append(threading.get_ident())
+        conn.execute("INSERT INTO events (at, tenant_id, kind) VALUES (0, 't1', 'probe')")
+        return 7
+
+    assert await store._submit(job) == 7
+    assert threads == [threading.get_ident()]
+    assert store.batches == 1
+
+
+async def test_a_held_write_lock_never_blocks_the_loop(store: SQLiteStore, tmp_path: Path
+                                                       ) -> None:
+    holder = sqlite3.connect(tmp_path / "store.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.005)
+            ticks += 1
+
+    ticking = asyncio.create_task(ticker())
+    writing = asyncio.create_task(store.record_inbound(inbound(1)))
+    await asyncio.sleep(0.3)
+    assert not writing.done()  # waiting for the lock, on the commit thread
+    assert ticks >= 20  # while the loop went on
+    holder.execute("ROLLBACK")
+    receipt = await asyncio.wait_for(writing, 5)
+    ticking.cancel()
+    holder.close()
+    assert receipt.inbound_id > 0
+    assert count_rows(tmp_path / "store.db") == 1
+
+
+async def test_a_lock_held_past_the_busy_timeout_is_unavailable(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "store.db", busy_timeout_ms=100)
+    store.open()
+    holder = sqlite3.connect(tmp_path / "store.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable):
+        await store.record_inbound(inbound(1))
+    assert time.monotonic() - started >= 0.1
+    holder.execute("ROLLBACK")
+    holder.close()
+    assert (await store.record_inbound(inbound(2))).inbound_id > 0
+    await store.close()
+
+
+async def test_a_failing_job_does_not_sink_its_batch(store: SQLiteStore, tmp_path: Path
+                                                      ) -> None:
+    def failing(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO events (at, tenant_id, kind) VALUES (0, 't1', 'probe')")
+        raise sqlite3.IntegrityError("a constraint this job broke")
+
+    # The first call finds the store idle and runs alone; the rest queue behind its commit and
+    # make one batch, which holds the failing job.
+    results = await asyncio.gather(
+        store.record_inbound(inbound(0)),
+        *(store.record_inbound(inbound(n)) for n in range(1, 20)),
+        store._submit(failing),
+        *(store.record_inbound(inbound(n)) for n in range(20, 40)),
+        return_exceptions=True)
+    failures = [r for r in results if isinstance(r, BaseException)]
+    assert len(failures) == 1
+    assert isinstance(failures[0], StoreUnavailable)
+    assert count_rows(tmp_path / "store.db") == 40
+    with sqlite3.connect(tmp_path / "store.db") as conn:  # the failing job left nothing
+        assert conn.execute("SELECT count(*) FROM events WHERE kind = 'probe'").fetchone()[0] == 0
+
+
+async def test_close_finishes_what_was_submitted(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "store.db")
+    store.open()
+    writes = [asyncio.create_task(store.record_inbound(inbound(n))) for n in range(200)]
+    await asyncio.sleep(0)  # every task has submitted its job
+    await store.close()
+    receipts = await asyncio.gather(*writes)
+    assert len({r.inbound_id for r in receipts}) == 200
+    assert count_rows(tmp_path / "store.db") == 200
+    assert store.batches < 200
