@@ -21,6 +21,7 @@ from connector.hl7.message import (
     component_of,
     escape,
     parse_message,
+    split_long,
     split_segments,
     unescape,
 )
@@ -458,3 +459,18 @@ def test_delimiters_checked_once_still_refuse_bad_ones() -> None:
 @pytest.mark.parametrize("value", ["ABC123", "20240306", "P", "é", "", "2.5", "A B"])
 def test_escape_leaves_plain_values_as_they_are(value: str) -> None:
     assert escape(value) == value
+
+
+@given(st.text(alphabet="ab|^~\r\n\u00e9\U0001f600", max_size=6000),
+       st.sampled_from(["|", "^", "~", "&", "\r", "\u00e9"]))
+def test_split_long_is_str_split(text: str, separator: str) -> None:
+    assert split_long(text, separator) == text.split(separator)
+
+
+def test_long_segments_parse_like_short_ones() -> None:
+    obx = "OBX|1|ED|11502-2^CR^LN||^application^pdf^Base64^" + "QUJD" * 20_000 + "||||||F"
+    message = parse_message("MSH|^~\\&|A|B|C|D|20240101||ORU^R01|1|P|2.5\r" + obx + "\r")
+    segment = message.segments[1]
+    assert segment.fields == tuple(obx.split("|"))
+    assert segment.component(5, 5) == "QUJD" * 20_000
+    assert segment.component(5, 3) == "pdf"
