@@ -135,7 +135,8 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
         self.peer_host = ""
-        self.worker: asyncio.Task[None] | None = None
+        self.worker: asyncio.Task[None] | None = None  # started by the first frame, lives on
+        self._wake: asyncio.Future[None] | None = None  # what the worker awaits when idle
         self.idle = asyncio.Event()
         self.idle.set()
         self.can_write = asyncio.Event()
@@ -146,6 +147,7 @@ class _Connection(asyncio.Protocol):
         self.eof = False
         self._loop = asyncio.get_running_loop()
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._last_activity = self._loop.time()
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -172,7 +174,7 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
-        self._arm_idle_timer()
+        self._last_activity = self._loop.time()  # the idle timer reads it when it fires
         try:
             frames = self.framer.feed(data)
         except FramingError as exc:
@@ -202,12 +204,13 @@ class _Connection(asyncio.Protocol):
                         pending_bytes=self.framer.pending_bytes)
         # Nothing left to answer: let asyncio close. Otherwise keep the write side open to
         # answer what was received.
-        return not (self.worker is None or self.worker.done())
+        return not self.idle.is_set()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         self.frames.clear()
         self.can_write.set()
+        self._wake_worker()
         if self._idle_timer is not None:
             self._idle_timer.cancel()
         self.server._connections.discard(self)
@@ -226,37 +229,53 @@ class _Connection(asyncio.Protocol):
     # -- work -----------------------------------------------------------------------------------
 
     def _kick(self) -> None:
-        if self.worker is None or self.worker.done():
-            self.idle.clear()
+        """Frames are queued: wake the worker (one task per connection, not one per message)."""
+        self.idle.clear()
+        if self.worker is None or self.worker.done():  # done: a handler bug ended it
             self.worker = self._loop.create_task(self._work())
+        else:
+            self._wake_worker()
+
+    def _wake_worker(self) -> None:
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
 
     async def _work(self) -> None:
-        try:
-            while self.frames and not self.closing:
-                payload = self.frames.popleft()
-                if (self.reading_paused and not self.draining
-                        and len(self.frames) < _MAX_QUEUED_FRAMES // 2):
-                    self.reading_paused = False
-                    assert self.transport is not None
-                    self.transport.resume_reading()
-                ack = await self.server.handler.handle(payload, self.peer)
-                if ack is None or self.closing:
-                    continue
+        while not self.closing:
+            try:
+                await self._answer_queued()
+            finally:
+                self.idle.set()
+                if not self.closing and (self.eof or self.draining):
+                    self.close()
+            if self.closing:
+                return
+            self._wake = self._loop.create_future()
+            await self._wake
+            self._wake = None
+
+    async def _answer_queued(self) -> None:
+        while self.frames and not self.closing:
+            payload = self.frames.popleft()
+            if (self.reading_paused and not self.draining
+                    and len(self.frames) < _MAX_QUEUED_FRAMES // 2):
+                self.reading_paused = False
                 assert self.transport is not None
-                self.transport.write(frame(ack))
-                if not self.can_write.is_set():
-                    try:
-                        await asyncio.wait_for(self.can_write.wait(),
-                                               self.settings.idle_timeout_seconds)
-                    except TimeoutError:
-                        log.warning("peer_not_reading", listener=self.settings.name,
-                                    peer=self.peer)
-                        self.abort()
-                        return
-        finally:
-            self.idle.set()
-            if not self.closing and (self.eof or self.draining):
-                self.close()
+                self.transport.resume_reading()
+            ack = await self.server.handler.handle(payload, self.peer)
+            if ack is None or self.closing:
+                continue
+            assert self.transport is not None
+            self.transport.write(frame(ack))
+            if not self.can_write.is_set():
+                try:
+                    await asyncio.wait_for(self.can_write.wait(),
+                                           self.settings.idle_timeout_seconds)
+                except TimeoutError:
+                    log.warning("peer_not_reading", listener=self.settings.name,
+                                peer=self.peer)
+                    self.abort()
+                    return
 
     def begin_drain(self) -> None:
         """Frames not yet started are answered AR by the handler; close when idle."""
@@ -264,31 +283,37 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None and not self.closing and not self.reading_paused:
             self.reading_paused = True
             self.transport.pause_reading()
-        if self.worker is None or self.worker.done():
+        if self.idle.is_set():
             self.close()
 
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
         self.closing = True
+        self._wake_worker()
 
     def abort(self) -> None:
         self.closing = True
         self.frames.clear()
+        self._wake_worker()
         if self.transport is not None:
             self.transport.abort()
 
-    def _arm_idle_timer(self) -> None:
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-        self._idle_timer = self._loop.call_later(self.settings.idle_timeout_seconds,
-                                                 self._on_idle)
+    def _arm_idle_timer(self, delay: float | None = None) -> None:
+        self._idle_timer = self._loop.call_later(
+            self.settings.idle_timeout_seconds if delay is None else delay, self._on_idle)
 
     def _on_idle(self) -> None:
+        """The idle timer: armed once, it fires and looks at the last activity (re-arming a
+        timer on every read cost more than the reads' own bookkeeping)."""
         if self.closing:
             return
         if not self.idle.is_set():  # busy answering: check again later
             self._arm_idle_timer()
+            return
+        quiet = self._loop.time() - self._last_activity
+        if quiet < self.settings.idle_timeout_seconds:
+            self._arm_idle_timer(self.settings.idle_timeout_seconds - quiet)
             return
         log.info("connection_idle_timeout", listener=self.settings.name, peer=self.peer)
         self.close()

@@ -209,3 +209,15 @@ async def test_legacy_oru_without_mapping_is_refused_and_kept(running: RunningAp
     (row,) = await running.rows(status=InboundStatus.REJECTED)
     assert row.error_detail == (
         "ORU without the CI-SIS profile in MSH-21 and no legacy mapping configured")
+
+
+async def test_activity_keeps_a_connection_open(app_factory: Callable[..., object]) -> None:
+    """The idle timer counts from the last bytes received, not from the connection's start."""
+    running: RunningApp = await app_factory(idle_timeout_seconds=0.4)  # type: ignore[operator]
+    reader, writer = await asyncio.open_connection(*running.address)
+    for n in range(6):  # 0.9 s of traffic, more than twice the timeout
+        writer.write(b"\x0b" + adt(f"KEEP{n}") + b"\x1c\r")
+        assert ack_fields((await reader.readuntil(b"\x1c\r"))[1:-2])["code"] == "AA"
+        await asyncio.sleep(0.15)
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # then quiet: closed
+    writer.close()
