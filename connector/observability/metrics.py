@@ -8,6 +8,8 @@ ACK codes from table 0008. Never a control id, an address or a document value.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -98,6 +100,9 @@ class ConnectorMetrics:
             "mssconnector_receipts_mailbox_connected",
             "1 while the tenant's application mailbox is connected over IMAP", ["tenant"],
             registry=self.registry)
+        # The children `message_answered` updates for every message, by label values:
+        # `labels()` validates and locks on each call, a dict lookup does not.
+        self._answered: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
     def delivery_attempted(self, tenant: str, transport: str, result: str,
                            seconds: float) -> None:
@@ -107,9 +112,13 @@ class ConnectorMetrics:
     def message_answered(self, tenant: str, routed_type: str | None, ack: str,
                          seconds: float) -> None:
         """`routed_type`: MSH-9 code^event when intake routed it, else None (`other`)."""
-        code = ack if ack in _ACK_CODES else "none"
-        self.messages.labels(tenant, routed_type or "other", code).inc()
-        self.ack_seconds.labels(tenant).observe(seconds)
+        labels = (tenant, routed_type or "other", ack if ack in _ACK_CODES else "none")
+        children = self._answered.get(labels)
+        if children is None:
+            children = self._answered[labels] = (self.messages.labels(*labels),
+                                                 self.ack_seconds.labels(tenant))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
