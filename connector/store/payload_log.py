@@ -6,6 +6,11 @@ current segment file; the store calls `sync()` (fdatasync) before the COMMIT tha
 so a committed row never points at bytes that are not on disk. A crash between the two leaves an
 orphan record that nothing references, which is harmless.
 
+`append()` only reserves the record's place (the store's jobs run it on the event loop); `sync()`,
+on the store's commit thread, computes the CRCs, writes the records in order and syncs them. A
+failed write leaves the position at the file's real end, so the records that follow are still
+where their references say (the batch whose records failed is not committed).
+
 Record: b"MSP1" | u32 length | u32 CRC-32 | data. A reference is (segment, offset, length), offset
 pointing at the record header, and reads check magic, length and CRC.
 """
@@ -15,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
-import threading
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +48,7 @@ class PayloadLog:
         self._segment = 0
         self._position = 0
         self._dirty = False
-        self._read_lock = threading.Lock()
+        self._unwritten: list[bytes] = []  # appended, for the next sync() to write
 
     def _path(self, segment: int) -> Path:
         return self.directory / f"segment-{segment:06d}.log"
@@ -68,24 +72,35 @@ class PayloadLog:
                 os.close(dir_fd)
 
     def append(self, data: bytes) -> PayloadRef:
+        """The place of `data`'s record; the next `sync()` writes it there."""
         if self._fd is None:
             raise StoreError("payload log is not open")
         if self._position >= self._segment_bytes:
             self.sync()
             os.close(self._fd)
             self._open_segment(self._segment + 1)
-        record = _HEADER.pack(_MAGIC, len(data), zlib.crc32(data)) + data
         ref = PayloadRef(self._segment, self._position, len(data))
-        written = os.write(self._fd, record)
-        if written != len(record):
-            raise StoreError("short write to the payload log")
-        self._position += written
-        self._dirty = True
+        self._unwritten.append(data)
+        self._position += _HEADER.size + len(data)
         return ref
 
     def sync(self) -> None:
-        """Make every appended record durable (called before the COMMIT referencing them)."""
-        if self._dirty and self._fd is not None:
+        """Write the records appended since the last call and make them durable (called
+        before the COMMIT referencing them)."""
+        if self._fd is None:
+            return
+        if self._unwritten:
+            records, self._unwritten = self._unwritten, []
+            self._dirty = True
+            try:
+                for data in records:
+                    header = _HEADER.pack(_MAGIC, len(data), zlib.crc32(data))
+                    if os.writev(self._fd, (header, data)) != len(header) + len(data):
+                        raise StoreError("short write to the payload log")
+            except BaseException:
+                self._position = os.fstat(self._fd).st_size
+                raise
+        if self._dirty:
             os.fdatasync(self._fd)
             self._dirty = False
 

@@ -39,6 +39,7 @@ def test_a_torn_tail_is_left_behind_not_reused(tmp_path: Path) -> None:
         f.write(b"MSP1\x00\x00\x13\x88" + b"b" * 100)
     reopened = open_log(tmp_path)
     new = reopened.append(b"c" * 10)
+    reopened.sync()
     assert new.offset == segment.stat().st_size - 22
     assert reopened.read(kept) == b"a" * 5000
     assert reopened.read(new) == b"c" * 10
@@ -71,4 +72,37 @@ def test_reference_to_a_missing_segment(tmp_path: Path) -> None:
     log = open_log(tmp_path)
     with pytest.raises(StoreError, match="missing"):
         log.read(PayloadRef(99, 0, 10))
+    log.close()
+
+
+def test_records_are_written_by_sync(tmp_path: Path) -> None:
+    """append() only reserves the place (the event loop runs it); sync() writes and flushes."""
+    log = open_log(tmp_path)
+    first, second = log.append(b"a" * 3000), log.append(b"b" * 4000)
+    (segment,) = tmp_path.glob("segment-*.log")
+    assert segment.stat().st_size == 0
+    log.sync()
+    assert segment.stat().st_size == 2 * 12 + 7000
+    assert (log.read(first), log.read(second)) == (b"a" * 3000, b"b" * 4000)
+    log.close()
+
+
+def test_a_failed_write_leaves_later_records_where_their_references_say(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = open_log(tmp_path)
+    kept = log.append(b"k" * 2000)
+    log.sync()
+    log.append(b"x" * 5000)  # its batch fails: nothing references it
+
+    def short_write(fd: int, buffers: list[bytes]) -> int:
+        return os.write(fd, b"".join(buffers)[:100])
+
+    monkeypatch.setattr(os, "writev", short_write)
+    with pytest.raises(StoreError, match="short write"):
+        log.sync()
+    monkeypatch.undo()
+    after = log.append(b"y" * 3000)
+    log.sync()
+    assert after.offset == 12 + 2000 + 100  # right after the torn bytes
+    assert (log.read(kept), log.read(after)) == (b"k" * 2000, b"y" * 3000)
     log.close()
