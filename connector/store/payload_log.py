@@ -18,6 +18,7 @@ pointing at the record header, and reads check magic, length and CRC.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import struct
 import zlib
@@ -96,7 +97,9 @@ class PayloadLog:
                 for data in records:
                     header = _HEADER.pack(_MAGIC, len(data), zlib.crc32(data))
                     if os.writev(self._fd, (header, data)) != len(header) + len(data):
-                        raise StoreError("short write to the payload log")
+                        # A regular file is written short when the disk is full: an I/O error,
+                        # which the store answers as unavailable (AR), like the others.
+                        raise OSError(errno.EIO, "short write to the payload log")
             except BaseException:
                 self._position = os.fstat(self._fd).st_size
                 raise

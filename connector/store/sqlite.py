@@ -348,11 +348,12 @@ class SQLiteStore:
         while True:
             work = self._work.get()
             if isinstance(work, _Commit):
-                self._hand_back(self._commit(work.outcomes))
+                outcomes = self._commit(work.outcomes)
             elif isinstance(work, _RunHere):
-                self._hand_back(self._execute(work.batch))
+                outcomes = self._execute(work.batch)
             else:
                 break
+            self._hand_back(outcomes)
 
     def _commit(self, outcomes: list[Outcome]) -> list[Outcome]:
         conn = self._conn
@@ -360,8 +361,10 @@ class SQLiteStore:
         try:
             self._payloads.sync()  # payload bytes are on disk before the rows pointing at them
             conn.execute("COMMIT")
-        except (sqlite3.Error, OSError) as exc:
+        except Exception as exc:  # whatever it is, the batch is not durable
             _rollback(conn)
+            if not isinstance(exc, sqlite3.Error | OSError):
+                log.exception("store_commit_failed")
             error = StoreUnavailable(f"SQLite write failed: {exc}")
             return [(job, None, error) for job, _, _ in outcomes]
         self.batches += 1

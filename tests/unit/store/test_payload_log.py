@@ -98,7 +98,7 @@ def test_a_failed_write_leaves_later_records_where_their_references_say(
         return os.write(fd, b"".join(buffers)[:100])
 
     monkeypatch.setattr(os, "writev", short_write)
-    with pytest.raises(StoreError, match="short write"):
+    with pytest.raises(OSError, match="short write"):
         log.sync()
     monkeypatch.undo()
     after = log.append(b"y" * 3000)

@@ -127,3 +127,27 @@ async def test_close_finishes_what_was_submitted(tmp_path: Path) -> None:
     assert len({r.inbound_id for r in receipts}) == 200
     assert count_rows(tmp_path / "store.db") == 200
     assert store.batches < 200
+
+
+@pytest.mark.parametrize("failure", [OSError(28, "No space left on device"),
+                                     RuntimeError("a bug in the sync")],
+                         ids=["disk-full", "bug"])
+async def test_a_failed_commit_is_unavailable_and_the_writer_goes_on(
+        store: SQLiteStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        failure: Exception) -> None:
+    real_sync = store._payloads.sync
+    calls = 0
+
+    def sync_once_failing() -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise failure
+        real_sync()
+
+    monkeypatch.setattr(store._payloads, "sync", sync_once_failing)
+    with pytest.raises(StoreUnavailable):
+        await store.record_inbound(inbound(1))
+    assert count_rows(tmp_path / "store.db") == 0  # rolled back: nothing half-recorded
+    assert (await store.record_inbound(inbound(2))).inbound_id > 0
+    assert count_rows(tmp_path / "store.db") == 1
