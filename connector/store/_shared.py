@@ -1,4 +1,4 @@
-"""Plumbing both store adapters share: waking callers from a writer thread, reading summaries,
+"""Plumbing both store adapters share: waking callers from a writer or commit thread, reading summaries,
 and the outbox statements both dialects run alike (written with `?` placeholders; the PostgreSQL
 adapter turns them into `%s`)."""
 

@@ -40,7 +40,8 @@ class PayloadRef:
 
 
 class PayloadLog:
-    """Owned by the store's writer thread for appends; reads may come from any thread."""
+    """One appender at a time (the store's jobs append, its commit thread syncs: never both at
+    once); reads may come from any thread."""
 
     def __init__(self, directory: Path, *, segment_bytes: int = DEFAULT_SEGMENT_BYTES) -> None:
         self.directory = directory
