@@ -1,6 +1,6 @@
-"""Plumbing both store adapters share: waking callers from a writer or commit thread, reading summaries,
-and the outbox statements both dialects run alike (written with `?` placeholders; the PostgreSQL
-adapter turns them into `%s`)."""
+"""Plumbing both store adapters share: waking callers from a writer or commit thread, reading
+summaries, and the outbox statements both dialects run alike (written with `?` placeholders; the
+PostgreSQL adapter turns them into `%s`)."""
 
 from __future__ import annotations
 
