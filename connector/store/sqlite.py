@@ -331,7 +331,7 @@ class SQLiteStore:
             return
         try:
             outcomes: list[Outcome] = [(job, job.fn(conn), None) for job in batch]
-        except Exception:  # noqa: BLE001 (the commit thread runs them again, one by one, and reports)
+        except Exception:  # noqa: BLE001 (run again on the commit thread, one by one)
             _rollback(conn)
             self._work.put(_RunHere(batch))
             return
