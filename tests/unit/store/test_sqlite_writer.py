@@ -151,3 +151,36 @@ async def test_a_failed_commit_is_unavailable_and_the_writer_goes_on(
     assert count_rows(tmp_path / "store.db") == 0  # rolled back: nothing half-recorded
     assert (await store.record_inbound(inbound(2))).inbound_id > 0
     assert count_rows(tmp_path / "store.db") == 1
+
+
+async def test_a_batch_whose_loop_has_closed_runs_on_the_commit_thread(
+        store: SQLiteStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A caller on another event loop gives up and its loop closes while its job waits behind
+    a commit: the job still runs (as the writer thread always ran what it was given), on the
+    commit thread, and the store does not wait for that loop forever."""
+    real_sync = store._payloads.sync
+
+    def slow_sync() -> None:
+        time.sleep(0.3)
+        real_sync()
+
+    monkeypatch.setattr(store._payloads, "sync", slow_sync)
+    first = asyncio.create_task(store.record_inbound(inbound(1)))  # commits slowly
+    await asyncio.sleep(0.05)
+    ran_on: list[int] = []
+
+    def job(conn: sqlite3.Connection) -> None:
+        ran_on.append(threading.get_ident())
+        conn.execute("INSERT INTO events (at, tenant_id, kind) VALUES (0, 't1', 'late')")
+
+    async def give_up() -> None:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(store._submit(job), 0.05)
+
+    await asyncio.to_thread(asyncio.run, give_up())  # that loop is closed when this returns
+    assert (await first).inbound_id > 0
+    assert (await asyncio.wait_for(store.record_inbound(inbound(2)), 5)).inbound_id > 0
+    assert len(ran_on) == 1
+    assert ran_on[0] != threading.get_ident()
+    with sqlite3.connect(tmp_path / "store.db") as conn:
+        assert conn.execute("SELECT count(*) FROM events WHERE kind = 'late'").fetchone()[0] == 1
