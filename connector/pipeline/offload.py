@@ -90,8 +90,8 @@ class DocumentProcesses:
         self._executor = self._new_executor()
 
     def _new_executor(self) -> ProcessPoolExecutor:
-        # spawn: the server process runs threads (the store's writer), which fork would copy
-        # in whatever state they are in.
+        # spawn: the server process runs threads (the store's commit thread), which fork would
+        # copy in whatever state they are in.
         return ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_start_worker, initargs=(self._settings,))
 

@@ -216,9 +216,9 @@ class SQLiteStore:
         self._window = retransmission_window_seconds
         self._busy_timeout_ms = busy_timeout_ms
         self._work: queue.SimpleQueue[_Commit | _RunHere | object] = queue.SimpleQueue()
-        self._lock = threading.Lock()  # guards _pending and _active
+        self._lock = threading.Lock()  # guards _pending and the changes of _idle
         self._pending: list[_Job] = []
-        self._active = False  # a batch is running or committing: new jobs wait in _pending
+        # Cleared while a batch runs or commits (new jobs then wait in _pending).
         self._idle = threading.Event()
         self._idle.set()
         self._closed = True
@@ -307,16 +307,15 @@ class SQLiteStore:
         future: asyncio.Future[T] = loop.create_future()
         with self._lock:
             self._pending.append(_Job(fn, loop, future))
-            batch = None if self._active else self._take()
+            batch = self._take() if self._idle.is_set() else None
         if batch is not None:
             self._start(batch)
         return await future
 
     def _take(self) -> list[_Job]:
-        """The next batch (under `_lock`); the store is active until `_hand_back` finds none."""
+        """The next batch (under `_lock`); the store is busy until `_hand_back` finds none."""
         batch = self._pending[:_MAX_BATCH]
         del self._pending[:_MAX_BATCH]
-        self._active = True
         self._idle.clear()
         return batch
 
@@ -361,17 +360,22 @@ class SQLiteStore:
         conn = self._conn
         assert conn is not None
         try:
-            self._payloads.sync()  # payload bytes are on disk before the rows pointing at them
-            conn.execute("COMMIT")
+            self._make_durable(conn, len(outcomes))
         except Exception as exc:  # whatever it is, the batch is not durable
             _rollback(conn)
             if not isinstance(exc, sqlite3.Error | OSError):
                 log.exception("store_commit_failed")
             error = StoreUnavailable(f"SQLite write failed: {exc}")
             return [(job, None, error) for job, _, _ in outcomes]
-        self.batches += 1
-        self.jobs += len(outcomes)
         return outcomes
+
+    def _make_durable(self, conn: sqlite3.Connection, jobs: int) -> None:
+        """The open transaction, its `jobs` jobs run: payload records first, then the COMMIT
+        (WAL fsync) of the rows pointing at them."""
+        self._payloads.sync()
+        conn.execute("COMMIT")
+        self.batches += 1
+        self.jobs += jobs
 
     def _hand_back(self, outcomes: list[Outcome]) -> None:
         """Wake the callers of a finished batch, and start the next one on its loop, in the same
@@ -380,7 +384,6 @@ class SQLiteStore:
             with self._lock:
                 batch = self._take() if self._pending else None
                 if batch is None:
-                    self._active = False
                     self._idle.set()
             if batch is None:
                 resolve(outcomes)
@@ -403,10 +406,7 @@ class SQLiteStore:
         try:
             self._begin_waiting(conn)
             outcomes: list[Outcome] = [(job, job.fn(conn), None) for job in batch]
-            self._payloads.sync()
-            conn.execute("COMMIT")
-            self.batches += 1
-            self.jobs += len(batch)
+            self._make_durable(conn, len(batch))
         except (sqlite3.Error, OSError) as exc:
             _rollback(conn)
             if len(batch) == 1 or _is_unavailable(exc):
