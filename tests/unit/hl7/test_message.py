@@ -21,7 +21,7 @@ from connector.hl7.message import (
     component_of,
     escape,
     parse_message,
-    split_long,
+    split_on,
     split_segments,
     unescape,
 )
@@ -463,8 +463,8 @@ def test_escape_leaves_plain_values_as_they_are(value: str) -> None:
 
 @given(st.text(alphabet="ab|^~\r\n\u00e9\U0001f600", max_size=6000),
        st.sampled_from(["|", "^", "~", "&", "\r", "\u00e9"]))
-def test_split_long_is_str_split(text: str, separator: str) -> None:
-    assert split_long(text, separator) == text.split(separator)
+def test_split_on_is_str_split(text: str, separator: str) -> None:
+    assert split_on(text, separator) == text.split(separator)
 
 
 def test_long_segments_parse_like_short_ones() -> None:
