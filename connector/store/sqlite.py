@@ -1,18 +1,10 @@
 """SQLite adapter of the store: the embedded default.
 
-Writes are group commits in two halves. The statements of a batch run on the event loop of the
-caller that finds the store idle: microseconds each, and the loop already holds the GIL, whereas
-a writer thread had to win it back after every SQLite call while the loop was parsing (measured:
-half of a writer's time went to that wait). The COMMIT, and the fsync of the payload log before
-it, run on the commit thread while the loop goes on reading and parsing; jobs that arrive
-meanwhile wait, and the next transaction takes them all. Each caller's future is resolved only
-after the COMMIT that holds its row returned, and with `journal_mode=WAL` plus
-`synchronous=FULL` that COMMIT has fsynced the WAL: the row is on disk before any ACK is written.
-
-A batch runs whole on the commit thread instead (as a dedicated writer thread would) when the
-loop cannot run it without blocking or failing: the write lock is held elsewhere (a checkpoint
-truncating the WAL), one of its jobs failed (the jobs are then run one by one, so that one bad
-job does not sink the others), or its loop has gone.
+Writes go through `SQLiteWriter` (sqlite_writer.py): each job runs at once on its caller's event
+loop, in the transaction that loop has open; that transaction commits when the disk has
+finished flushing the one before, and the commit thread fdatasyncs the WAL before any caller is
+woken. So the row is on disk before its ACK is written, the statements of the next group run
+while the disk flushes, and one flush serves every job of the moment.
 
 WAL checkpoints (copying committed pages into the database file) run in a third thread on
 their own connection, so a 4 MB checkpoint never stalls the commits that ACKs wait for. It
@@ -26,7 +18,6 @@ import asyncio
 import contextlib
 import fcntl
 import os
-import queue
 import secrets
 import sqlite3
 import threading
@@ -60,7 +51,6 @@ from connector.store._shared import (
     SUMMARY_WIDTH,
     UNCONFIRMED_SQL,
     Claim,
-    Outcome,
     audit_from_row,
     audit_params,
     audit_query,
@@ -74,9 +64,7 @@ from connector.store._shared import (
     receipt_statements,
     receipt_summary_from_row,
     receipts_query,
-    resolve,
     sealed_error,
-    set_results,
     settle_state,
     summary_from_row,
 )
@@ -117,41 +105,17 @@ from connector.store.patients import (
     patient_from_rows,
 )
 from connector.store.payload_log import PayloadLog, PayloadRef
+from connector.store.sqlite_writer import SQLiteWriter
 from connector.store.versions import DocumentRow, VersionPlan, plan_versions
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
-_MAX_BATCH = 512
 _INLINE_PAYLOAD_MAX = 16 * 1024  # larger payloads go to the payload log
 _CHECKPOINT_EVERY_SECONDS = 0.5
 _WAL_HARD_LIMIT = 256 * 1024 * 1024
 _INBOUND_KIND = "inbound"
 _REPORT_KIND = "validation-report"
-
-
-@dataclass(slots=True)
-class _Job:
-    fn: Callable[[sqlite3.Connection], Any]
-    loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[Any]
-
-
-@dataclass(frozen=True, slots=True)
-class _Commit:
-    """A batch whose statements ran on its loop: make it durable, then wake its callers."""
-
-    outcomes: list[Outcome]
-
-
-@dataclass(frozen=True, slots=True)
-class _RunHere:
-    """A batch the loop could not run: the commit thread runs it whole."""
-
-    batch: list[_Job]
-
-
-_STOP = object()
 
 
 def _connect(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
@@ -215,29 +179,22 @@ class SQLiteStore:
         self._cipher = cipher or PayloadCipher()
         self._window = retransmission_window_seconds
         self._busy_timeout_ms = busy_timeout_ms
-        self._work: queue.SimpleQueue[_Commit | _RunHere | object] = queue.SimpleQueue()
-        self._lock = threading.Lock()  # guards _pending and the changes of _idle
-        self._pending: list[_Job] = []
-        # Cleared while a batch runs or commits (new jobs then wait in _pending).
-        self._idle = threading.Event()
-        self._idle.set()
         self._closed = True
-        self._thread: threading.Thread | None = None
+        self._writer: SQLiteWriter | None = None
         self._checkpointer: threading.Thread | None = None
         self._stop_checkpoints = threading.Event()
         self._conn: sqlite3.Connection | None = None
         self._payloads = PayloadLog(path.with_name(path.name + ".payloads"))
         self._lock_fd: int | None = None
         self._read_only = False
-        self.batches = 0  # commits made; with `jobs`, shows how well commits are shared
-        self.jobs = 0
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     @property
     def closed(self) -> bool:
-        """True until `open()` succeeds, and after `close()`."""
-        return self._closed
+        """True until `open()` succeeds, after `close()`, and once a WAL flush failed (the
+        writer then refuses every write until the process restarts)."""
+        return self._closed or (self._writer is not None and self._writer.failure is not None)
 
     def open(self, *, read_only: bool = False) -> None:
         """Start the writer, or only allow reads (operators' commands beside a running serve).
@@ -256,17 +213,18 @@ class SQLiteStore:
         try:
             self._conn = _connect(self.path, self._busy_timeout_ms)
             migrate(self._conn)
-            # The loop must never wait for the write lock: a busy BEGIN sends the batch to the
-            # commit thread, which waits for it (`_begin_waiting`).
+            # The loop must never wait for the write lock: a busy BEGIN sends the jobs to the
+            # commit thread, which waits for it.
             self._conn.execute("PRAGMA busy_timeout = 0")
             self._payloads.open()
+            self._writer = SQLiteWriter(self._conn, Path(f"{self.path}-wal"), self._payloads,
+                                        busy_timeout_ms=self._busy_timeout_ms)
+            self._writer.start()
         except (sqlite3.Error, OSError) as exc:
             self._release_lock()
             raise StoreUnavailable(f"cannot open the SQLite store: {exc}") from exc
         self._read_only, self._closed = False, False
         self._stop_checkpoints = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="sqlite-commit", daemon=True)
-        self._thread.start()
         self._checkpointer = threading.Thread(target=self._checkpoint_loop,
                                               name="sqlite-checkpointer", daemon=True)
         self._checkpointer.start()
@@ -282,11 +240,9 @@ class SQLiteStore:
         self._closed = True
         if self._read_only:
             return
-        await asyncio.to_thread(self._idle.wait)  # the batches submitted before close()
-        self._work.put(_STOP)
+        if self._writer is not None:
+            await self._writer.stop()  # durable: every job submitted before close()
         self._stop_checkpoints.set()
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join)
         if self._checkpointer is not None:
             await asyncio.to_thread(self._checkpointer.join)
         if self._conn is not None:
@@ -300,140 +256,19 @@ class SQLiteStore:
     # -- the writer ---------------------------------------------------------------------------
 
     async def _submit(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if self._closed or self._read_only:
+        if self._closed or self._read_only or self._writer is None:
             raise StoreUnavailable("the store is closed" if self._closed
                                    else "the store is open read-only")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        with self._lock:
-            self._pending.append(_Job(fn, loop, future))
-            batch = self._take() if self._idle.is_set() else None
-        if batch is not None:
-            self._start(batch)
-        return await future
+        return await self._writer.submit(fn)
 
-    def _take(self) -> list[_Job]:
-        """The next batch (under `_lock`); the store is busy until `_hand_back` finds none."""
-        batch = self._pending[:_MAX_BATCH]
-        del self._pending[:_MAX_BATCH]
-        self._idle.clear()
-        return batch
+    @property
+    def batches(self) -> int:
+        """WAL flushes that made jobs durable; with `jobs`, shows how well they are shared."""
+        return self._writer.flushes if self._writer is not None else 0
 
-    def _start(self, batch: list[_Job]) -> None:
-        """Run `batch`'s statements here, on its loop's thread, and queue its commit."""
-        conn = self._conn
-        assert conn is not None
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error:  # the write lock is held: wait for it off the loop
-            self._work.put(_RunHere(batch))
-            return
-        try:
-            outcomes: list[Outcome] = [(job, job.fn(conn), None) for job in batch]
-        except Exception:  # noqa: BLE001 (run again on the commit thread, one by one)
-            _rollback(conn)
-            self._work.put(_RunHere(batch))
-            return
-        self._work.put(_Commit(outcomes))
-
-    def _resume(self, outcomes: list[Outcome], batch: list[_Job]) -> None:
-        """On the loop, after a commit: wake the callers of the batch committed, then start the
-        next one. Its jobs are queued behind the callers' wake-ups, so their ACKs go out first
-        (measured: ADT +4-10% at 4 and 16 connections; the other order delayed every ACK by the
-        next batch's statements)."""
-        set_results(outcomes)
-        batch[0].loop.call_soon(self._start, batch)
-
-    def _run(self) -> None:
-        """The commit thread."""
-        while True:
-            work = self._work.get()
-            if isinstance(work, _Commit):
-                outcomes = self._commit(work.outcomes)
-            elif isinstance(work, _RunHere):
-                outcomes = self._execute(work.batch)
-            else:
-                break
-            self._hand_back(outcomes)
-
-    def _commit(self, outcomes: list[Outcome]) -> list[Outcome]:
-        conn = self._conn
-        assert conn is not None
-        try:
-            self._make_durable(conn, len(outcomes))
-        except Exception as exc:  # whatever it is, the batch is not durable
-            _rollback(conn)
-            if not isinstance(exc, sqlite3.Error | OSError):
-                log.exception("store_commit_failed")
-            error = StoreUnavailable(f"SQLite write failed: {exc}")
-            return [(job, None, error) for job, _, _ in outcomes]
-        return outcomes
-
-    def _make_durable(self, conn: sqlite3.Connection, jobs: int) -> None:
-        """The open transaction, its `jobs` jobs run: payload records first, then the COMMIT
-        (WAL fsync) of the rows pointing at them."""
-        self._payloads.sync()
-        conn.execute("COMMIT")
-        self.batches += 1
-        self.jobs += jobs
-
-    def _hand_back(self, outcomes: list[Outcome]) -> None:
-        """Wake the callers of a finished batch, and start the next one on its loop, in the same
-        call back to that loop; with nothing pending the store goes idle."""
-        while True:
-            with self._lock:
-                batch = self._take() if self._pending else None
-                if batch is None:
-                    self._idle.set()
-            if batch is None:
-                resolve(outcomes)
-                return
-            loop = batch[0].loop
-            mine = [o for o in outcomes if o[0].loop is loop]
-            try:
-                loop.call_soon_threadsafe(self._resume, mine, batch)
-            except RuntimeError:  # that loop is closed: run its batch here
-                resolve(outcomes)
-                outcomes = self._execute(batch)
-                continue
-            resolve([o for o in outcomes if o[0].loop is not loop])
-            return
-
-    def _execute(self, batch: list[_Job]) -> list[Outcome]:
-        """A whole batch on the commit thread, waiting for the write lock if need be."""
-        conn = self._conn
-        assert conn is not None
-        try:
-            self._begin_waiting(conn)
-            outcomes: list[Outcome] = [(job, job.fn(conn), None) for job in batch]
-            self._make_durable(conn, len(batch))
-        except (sqlite3.Error, OSError) as exc:
-            _rollback(conn)
-            if len(batch) == 1 or _is_unavailable(exc):
-                error = StoreUnavailable(f"SQLite write failed: {exc}")
-                return [(job, None, error) for job in batch]
-            # one bad job must not sink the others: run each on its own
-            return [outcome for job in batch for outcome in self._execute([job])]
-        except Exception as exc:  # a bug in a job: fail that batch loudly, keep the writer
-            _rollback(conn)
-            log.exception("store_job_failed")
-            return [(job, None, StoreError(f"store job failed: {type(exc).__name__}"))
-                    for job in batch]
-        return outcomes
-
-    def _begin_waiting(self, conn: sqlite3.Connection) -> None:
-        """BEGIN IMMEDIATE, retried for up to the busy timeout while the write lock is held
-        (the connection's own busy timeout is 0, for the loop's sake)."""
-        deadline = time.monotonic() + self._busy_timeout_ms / 1000
-        while True:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as exc:
-                if (exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY
-                        or time.monotonic() >= deadline):
-                    raise
-            time.sleep(0.002)
+    @property
+    def jobs(self) -> int:
+        return self._writer.jobs if self._writer is not None else 0
 
     def _checkpoint_loop(self) -> None:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -909,15 +744,3 @@ class _SQLiteDb:
 
     def insert(self, sql: str, params: Sequence[Any], table: str) -> int:
         return int(self.conn.execute(sql, tuple(params)).lastrowid or 0)
-
-
-
-
-def _rollback(conn: sqlite3.Connection) -> None:
-    with contextlib.suppress(sqlite3.Error):
-        conn.execute("ROLLBACK")
-
-
-def _is_unavailable(exc: BaseException) -> bool:
-    return isinstance(exc, sqlite3.OperationalError | OSError)
-

@@ -1,10 +1,14 @@
-"""The SQLite writer's two halves: statements on the caller's event loop, COMMIT on the commit
-thread, and the batches that run whole on the commit thread instead (write lock held elsewhere, a
-failing job). What every adapter must do is in tests/contract; this is how SQLite does it."""
+"""The SQLite writer: jobs run on the caller's event loop in a shared transaction, the commit
+thread flushes the WAL before any caller is woken, payload-log records are synced before the
+COMMIT that points at them, and the commit thread runs what a loop cannot (write lock held
+elsewhere, a loop that closed). What every adapter must do is in tests/contract; this is how
+SQLite does it."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import hashlib
 import sqlite3
 import threading
@@ -129,10 +133,87 @@ async def test_close_finishes_what_was_submitted(tmp_path: Path) -> None:
     assert store.batches < 200
 
 
+def big_inbound(n: int) -> InboundMessage:
+    """A message over the inline limit: its payload goes to the payload log."""
+    message = inbound(n)
+    raw = message.raw + b"OBX|1|ED|||" + b"A" * 40_000 + b"\r"
+    return dataclasses.replace(message, raw=raw, digest=hashlib.sha256(raw).digest())
+
+
+def max_inbound_id(path: Path) -> int:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return int(conn.execute("SELECT coalesce(max(id), 0) FROM inbound").fetchone()[0])
+
+
+async def test_no_caller_is_woken_before_the_flush_that_covers_its_commit(
+        store: SQLiteStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert store._writer is not None
+    real_sync = store._writer._sync_wal
+    durable = 0
+
+    def sync() -> None:
+        nonlocal durable
+        committed = max_inbound_id(tmp_path / "store.db")  # every COMMIT before the flush
+        real_sync()
+        durable = committed
+
+    monkeypatch.setattr(store._writer, "_sync_wal", sync)
+
+    async def write(n: int) -> None:
+        receipt = await store.record_inbound(inbound(n))
+        assert receipt.inbound_id <= durable  # its row was committed before a finished flush
+
+    await asyncio.gather(*(write(n) for n in range(300)))
+    assert 1 < store.batches < 300  # flushes were shared
+
+
+async def test_the_next_statements_run_while_the_disk_flushes(
+        store: SQLiteStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert store._writer is not None
+    real_sync = store._writer._sync_wal
+
+    def slow_sync() -> None:
+        time.sleep(0.2)
+        real_sync()
+
+    monkeypatch.setattr(store._writer, "_sync_wal", slow_sync)
+    first = asyncio.create_task(store.record_inbound(inbound(1)))
+    await asyncio.sleep(0.05)  # its flush has begun
+    ran: list[bool] = []
+
+    def second(conn: sqlite3.Connection) -> int:
+        ran.append(first.done())
+        conn.execute("INSERT INTO events (at, tenant_id, kind) VALUES (0, 't1', 'probe')")
+        return store.batches
+
+    flushes_when_run = await store._submit(second)
+    assert ran == [False]  # at once, while the first transaction was still flushing
+    assert first.done()
+    assert flushes_when_run == 0
+    assert store.batches == 2  # then a flush of its own after its COMMIT
+
+
+async def test_payload_records_are_synced_before_the_commit_that_points_at_them(
+        store: SQLiteStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_sync = store._payloads.sync
+    visible_at_sync: list[int] = []
+
+    def sync() -> None:
+        visible_at_sync.append(max_inbound_id(tmp_path / "store.db"))
+        real_sync()
+
+    monkeypatch.setattr(store._payloads, "sync", sync)
+    receipt = await store.record_inbound(big_inbound(1))
+    assert visible_at_sync == [0]  # the row was not committed yet when its payload synced
+    detail = await store.get_inbound(receipt.inbound_id)
+    assert detail is not None
+    assert detail.raw == big_inbound(1).raw
+
+
 @pytest.mark.parametrize("failure", [OSError(28, "No space left on device"),
                                      RuntimeError("a bug in the sync")],
                          ids=["disk-full", "bug"])
-async def test_a_failed_commit_is_unavailable_and_the_writer_goes_on(
+async def test_a_failed_payload_sync_is_unavailable_and_the_writer_goes_on(
         store: SQLiteStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         failure: Exception) -> None:
     real_sync = store._payloads.sync
@@ -147,25 +228,50 @@ async def test_a_failed_commit_is_unavailable_and_the_writer_goes_on(
 
     monkeypatch.setattr(store._payloads, "sync", sync_once_failing)
     with pytest.raises(StoreUnavailable):
-        await store.record_inbound(inbound(1))
+        await store.record_inbound(big_inbound(1))
     assert count_rows(tmp_path / "store.db") == 0  # rolled back: nothing half-recorded
-    assert (await store.record_inbound(inbound(2))).inbound_id > 0
+    assert (await store.record_inbound(big_inbound(2))).inbound_id > 0
     assert count_rows(tmp_path / "store.db") == 1
+    assert not store.closed
 
 
-async def test_a_batch_whose_loop_has_closed_runs_on_the_commit_thread(
+async def test_a_failed_wal_flush_stops_every_write_until_a_restart(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = SQLiteStore(tmp_path / "store.db")
+    store.open()
+    assert store._writer is not None
+
+    def failing() -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(store._writer, "_sync_wal", failing)
+    with pytest.raises(StoreUnavailable):
+        await store.record_inbound(inbound(1))
+    monkeypatch.undo()  # the disk came back: the page cache is still in doubt
+    with pytest.raises(StoreUnavailable, match="restart"):
+        await store.record_inbound(inbound(2))
+    assert store.closed  # what readiness reports
+    await store.close()
+    reopened = SQLiteStore(tmp_path / "store.db")
+    reopened.open()
+    assert (await reopened.record_inbound(inbound(3))).inbound_id > 0
+    await reopened.close()
+
+
+async def test_a_transaction_whose_loop_has_closed_is_committed_on_the_commit_thread(
         store: SQLiteStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A caller on another event loop gives up and its loop closes while its job waits behind
-    a commit: the job still runs (as the writer thread always ran what it was given), on the
-    commit thread, and the store does not wait for that loop forever."""
-    real_sync = store._payloads.sync
+    """A caller on another event loop runs its job while a flush is under way, gives up, and
+    its loop closes with that job's transaction still open: the commit thread commits it, and
+    the store does not wait for that loop forever."""
+    assert store._writer is not None
+    real_sync = store._writer._sync_wal
 
     def slow_sync() -> None:
         time.sleep(0.3)
         real_sync()
 
-    monkeypatch.setattr(store._payloads, "sync", slow_sync)
-    first = asyncio.create_task(store.record_inbound(inbound(1)))  # commits slowly
+    monkeypatch.setattr(store._writer, "_sync_wal", slow_sync)
+    first = asyncio.create_task(store.record_inbound(inbound(1)))  # flushes slowly
     await asyncio.sleep(0.05)
     ran_on: list[int] = []
 
