@@ -1,8 +1,8 @@
 """SQLite adapter of the store: the embedded default.
 
 Writes go through `SQLiteWriter` (sqlite_writer.py): each job runs at once on its caller's event
-loop, in the transaction that loop has open; that transaction commits when the disk has
-finished flushing the one before, and the commit thread fdatasyncs the WAL before any caller is
+loop, in the transaction that loop has open; when the disk has finished flushing the one
+before, the commit thread commits that transaction and fdatasyncs the WAL before any caller is
 woken. So the row is on disk before its ACK is written, the statements of the next group run
 while the disk flushes, and one flush serves every job of the moment.
 

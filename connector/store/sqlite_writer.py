@@ -2,10 +2,14 @@
 
 Every write of the store is a job, a function run on the one writer connection. A job runs as
 soon as it is submitted, on the caller's event loop, in the transaction that loop has open (a
-SAVEPOINT each, so that a failing job takes back only its own statements). The loop keeps that
-transaction open while the disk is busy flushing the previous one, and commits it the moment the
-flush returns: one transaction and one flush for every job of the moment (group commit), and
-the statements of the next group run while the disk flushes the last one.
+SAVEPOINT each, so that a failing job takes back only its own statements). While the disk is
+flushing, that transaction stays open and takes every job that comes; when the flush returns,
+the commit thread commits it and flushes again. One transaction and one flush serve every job
+of the moment (group commit), and the next group's statements run while the disk flushes.
+
+The loop never commits: a COMMIT writes the transaction's pages to the WAL, tens of write calls
+that would cost the loop's CPU, which is what intake runs short of; the commit thread makes them
+without the GIL. Between that COMMIT and the next BEGIN the loop's new jobs wait (`_pending`).
 
 Durability. The writer connection runs `synchronous=NORMAL`: its COMMIT writes the frames to
 the WAL and returns without waiting for the disk. The commit thread then fdatasyncs the WAL
@@ -14,12 +18,11 @@ what `synchronous=FULL` does inside COMMIT, done after it, so that the write loc
 while the disk flushes. SQLite itself still syncs the WAL header when it starts the file over
 and the WAL before every checkpoint, as it does in FULL.
 
-Payload-log records. A transaction whose jobs reserved records in the payload log is not
-committed on the loop: the commit thread writes and syncs the records, then commits. WAL frames
-may reach the disk any time after COMMIT (writeback, a checkpoint), so a row must never be
-committed before the payload it points to is durable.
+Payload-log records. The commit thread writes and syncs a transaction's records in the payload
+log before its COMMIT: WAL frames may reach the disk any time after COMMIT (writeback, a
+checkpoint), so a row must never be committed before the payload it points to is durable.
 
-The commit thread also runs a whole batch when its loop cannot: the write lock is held elsewhere
+The commit thread also runs whole the jobs a loop cannot run: the write lock is held elsewhere
 (BEGIN retried up to the busy timeout), or the loop has closed with jobs waiting.
 
 A failed WAL flush leaves the state of the page cache unknown (the kernel may have dropped the
@@ -83,7 +86,7 @@ class _Flush:
 
 @dataclass(frozen=True, slots=True)
 class _CommitHere:
-    """A transaction with payload-log records: sync them, then COMMIT, then flush."""
+    """A loop's transaction: sync its payload-log records, COMMIT, free the slot, flush."""
 
     transaction: _Transaction
 
@@ -215,35 +218,20 @@ class SQLiteWriter:
         self._finish_transaction()
 
     def _finish_transaction(self) -> None:
-        """On the loop, with `_flushing` set: commit the open transaction (or hand it to the
-        commit thread when it has payload records) and queue its flush; with none open, the
-        disk goes idle."""
+        """On the loop, with `_flushing` set: hand the open transaction to the commit thread,
+        which commits it and queues its flush; with none open, the disk goes idle."""
         with self._lock:
             transaction, self._transaction = self._transaction, None
             if transaction is None:
                 self._flushing = False
                 self._settle()
                 return
-        conn = self._conn
-        if not conn.in_transaction:  # SQLite rolled it back itself (a full disk, an I/O error)
+        if not self._conn.in_transaction:  # SQLite rolled it back itself (disk full, I/O)
             self._abandon(transaction, StoreUnavailable("SQLite rolled the transaction back"))
             return
-        if self._payloads.has_unwritten:
-            with self._lock:
-                self._slot = _Slot.THREAD
-            self._work.put(_CommitHere(transaction))
-            return
-        try:
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            _rollback(conn)
-            self._abandon(transaction, StoreUnavailable(f"SQLite write failed: {exc}"))
-            return
         with self._lock:
-            self._committed.extend(transaction.outcomes)
-            self._slot = _Slot.FREE
-            self._kick_pending()
-        self._work.put(_FLUSH)
+            self._slot = _Slot.THREAD
+        self._work.put(_CommitHere(transaction))
 
     def _abandon(self, transaction: _Transaction, error: StoreUnavailable) -> None:
         """The open transaction is lost: its callers are answered `error`."""
@@ -305,7 +293,8 @@ class SQLiteWriter:
     def _commit_here(self, transaction: _Transaction) -> None:
         conn = self._conn
         try:
-            self._payloads.sync()
+            if self._payloads.has_unwritten:
+                self._payloads.sync()
             conn.execute("COMMIT")
         except Exception as exc:  # whatever it is, the transaction is not committed
             _rollback(conn)
