@@ -119,6 +119,7 @@ class SQLiteWriter:
         self._flushing = False  # a flush is queued or running, its callers not yet woken
         self._committed: list[Outcome] = []  # committed, for the next flush
         self._failure: StoreUnavailable | None = None
+        self._restart_wal = False  # asked by the checkpointer, done between two transactions
         self._idle = threading.Event()  # nothing pending, open, committed or flushing
         self._idle.set()
         self._work: queue.SimpleQueue[object] = queue.SimpleQueue()
@@ -134,6 +135,13 @@ class SQLiteWriter:
         self._wal_fd = self._open_wal()
         self._thread = threading.Thread(target=self._run, name="sqlite-commit", daemon=True)
         self._thread.start()
+
+    def restart_wal(self) -> None:
+        """From the checkpointer, which just copied most of a large WAL: after the next
+        COMMIT, with the slot still held (no transaction in between), checkpoint the rest, so
+        that the next BEGIN starts the WAL over from its beginning. SQLite only starts over
+        when every frame is in the database, which never happens by itself under steady writes."""
+        self._restart_wal = True
 
     @property
     def failure(self) -> StoreUnavailable | None:
@@ -330,6 +338,12 @@ class SQLiteWriter:
         self._free_slot(outcomes)
 
     def _free_slot(self, committed: list[Outcome]) -> None:
+        if committed and self._restart_wal:
+            self._restart_wal = False
+            try:
+                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except sqlite3.Error as exc:  # the WAL goes on growing until the next try
+                log.warning("store_checkpoint_failed", error=str(exc))
         with self._lock:
             self._committed.extend(committed)
             self._slot = _Slot.FREE

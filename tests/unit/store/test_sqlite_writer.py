@@ -290,3 +290,39 @@ async def test_a_transaction_whose_loop_has_closed_is_committed_on_the_commit_th
     assert ran_on[0] != threading.get_ident()
     with sqlite3.connect(tmp_path / "store.db") as conn:
         assert conn.execute("SELECT count(*) FROM events WHERE kind = 'late'").fetchone()[0] == 1
+
+
+@pytest.mark.parametrize("restarts", [True, False], ids=["restarted", "control"])
+async def test_the_wal_starts_over_in_place_under_steady_writes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, restarts: bool) -> None:
+    """Writes that never pause keep SQLite from starting the WAL over by itself (never every
+    frame checkpointed when a transaction begins): the commit thread finishes the checkpoint
+    between two transactions. The control shows the WAL growing without it."""
+    import connector.store.sqlite as sqlite_module
+
+    monkeypatch.setattr(sqlite_module, "_WAL_RESTART_BYTES", 256 * 1024)
+    monkeypatch.setattr(sqlite_module, "_CHECKPOINT_EVERY_SECONDS", 0.02)
+    monkeypatch.setattr(sqlite_module, "_CHECKPOINT_BUSY_SECONDS", 0.02)
+    store = SQLiteStore(tmp_path / "store.db")
+    store.open()
+    assert store._writer is not None
+    if not restarts:
+        monkeypatch.setattr(store._writer, "restart_wal", lambda: None)
+    wal = tmp_path / "store.db-wal"
+    largest = 0
+
+    async def writer(c: int) -> None:
+        nonlocal largest
+        for n in range(700):
+            message = inbound(c * 1000 + n)
+            raw = message.raw + b"NTE|1||" + b"x" * 4000 + b"\r"
+            await store.record_inbound(dataclasses.replace(
+                message, raw=raw, digest=hashlib.sha256(raw).digest()))
+            largest = max(largest, wal.stat().st_size)
+
+    await asyncio.gather(*(writer(c) for c in range(4)))  # some 14 MB of WAL frames
+    await store.close()
+    if restarts:
+        assert largest < 6 * 1024 * 1024
+    else:
+        assert largest > 10 * 1024 * 1024
