@@ -86,11 +86,6 @@ class PayloadLog:
         self._position += _HEADER.size + len(data)
         return ref
 
-    @property
-    def has_unwritten(self) -> bool:
-        """Records were appended that the next `sync()` must write before any COMMIT."""
-        return bool(self._unwritten)
-
     def sync(self) -> None:
         """Write the records appended since the last call and make them durable (called
         before the COMMIT referencing them)."""

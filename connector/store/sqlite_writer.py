@@ -293,41 +293,29 @@ class SQLiteWriter:
             if work is _STOP:
                 break
             if isinstance(work, _CommitHere):
-                self._commit_here(work.transaction)
+                self._commit(work.transaction.outcomes)
             elif isinstance(work, _RunHere):
                 self._run_here(work.jobs)
             self._flush()
 
-    def _commit_here(self, transaction: _Transaction) -> None:
-        conn = self._conn
-        try:
-            if self._payloads.has_unwritten:
-                self._payloads.sync()
-            conn.execute("COMMIT")
-        except Exception as exc:  # whatever it is, the transaction is not committed
-            _rollback(conn)
-            if not isinstance(exc, sqlite3.Error | OSError):
-                log.exception("store_commit_failed")
-            error = StoreUnavailable(f"SQLite write failed: {exc}")
-            resolve([(job, None, error) for job, _, _ in transaction.outcomes])
-            self._free_slot([])
-            return
-        self._free_slot(transaction.outcomes)
-
     def _run_here(self, jobs: list[_Job]) -> None:
-        conn = self._conn
         try:
-            self._begin_waiting(conn)
+            self._begin_waiting(self._conn)
         except sqlite3.Error as exc:
             resolve([(job, None, StoreUnavailable(f"SQLite write failed: {exc}"))
                      for job in jobs])
             self._free_slot([])
             return
-        outcomes = [self._run_job(job) for job in jobs]
+        self._commit([self._run_job(job) for job in jobs])
+
+    def _commit(self, outcomes: list[Outcome]) -> None:
+        """The open transaction, its jobs run: its payload records first, then COMMIT; the
+        slot is free after, whether it committed or not."""
+        conn = self._conn
         try:
-            self._payloads.sync()
+            self._payloads.sync()  # nothing to do when its jobs reserved no record
             conn.execute("COMMIT")
-        except Exception as exc:
+        except Exception as exc:  # whatever it is, the transaction is not committed
             _rollback(conn)
             if not isinstance(exc, sqlite3.Error | OSError):
                 log.exception("store_commit_failed")
@@ -408,7 +396,7 @@ class SQLiteWriter:
                 return
             self._transaction = None
             self._slot = _Slot.THREAD
-        self._commit_here(transaction)
+        self._commit(transaction.outcomes)
 
     def _sync_wal(self) -> None:
         """fdatasync the WAL file, reopened first if SQLite replaced it (it deletes the WAL

@@ -167,16 +167,21 @@ async def test_no_caller_is_woken_before_the_flush_that_covers_its_commit(
     assert 1 < store.batches < 300  # flushes were shared
 
 
-async def test_the_next_statements_run_while_the_disk_flushes(
-        store: SQLiteStore, monkeypatch: pytest.MonkeyPatch) -> None:
+def slow_wal_flushes(store: SQLiteStore, monkeypatch: pytest.MonkeyPatch, seconds: float
+                     ) -> None:
     assert store._writer is not None
     real_sync = store._writer._sync_wal
 
     def slow_sync() -> None:
-        time.sleep(0.2)
+        time.sleep(seconds)
         real_sync()
 
     monkeypatch.setattr(store._writer, "_sync_wal", slow_sync)
+
+
+async def test_the_next_statements_run_while_the_disk_flushes(
+        store: SQLiteStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    slow_wal_flushes(store, monkeypatch, 0.2)
     first = asyncio.create_task(store.record_inbound(inbound(1)))
     await asyncio.sleep(0.05)  # its flush has begun
     ran: list[bool] = []
@@ -263,14 +268,7 @@ async def test_a_transaction_whose_loop_has_closed_is_committed_on_the_commit_th
     """A caller on another event loop runs its job while a flush is under way, gives up, and
     its loop closes with that job's transaction still open: the commit thread commits it, and
     the store does not wait for that loop forever."""
-    assert store._writer is not None
-    real_sync = store._writer._sync_wal
-
-    def slow_sync() -> None:
-        time.sleep(0.3)
-        real_sync()
-
-    monkeypatch.setattr(store._writer, "_sync_wal", slow_sync)
+    slow_wal_flushes(store, monkeypatch, 0.3)
     first = asyncio.create_task(store.record_inbound(inbound(1)))  # flushes slowly
     await asyncio.sleep(0.05)
     ran_on: list[int] = []
