@@ -7,7 +7,13 @@ server doing parse + ACK with nothing stored, driven by the same load in the sam
 Each server runs in its own process; the load runs in a third process (closed loop: each
 connection sends one message and waits for its ACK). Every message has a unique MSH-10 and
 content, so the connector never short-circuits on retransmission detection. Prints msgs/s and
-p50/p99 ACK latency per server, and the ratio connector/baseline.
+p50/p99 ACK latency per server, the ratio connector/baseline, and the ACK codes received.
+
+The connector runs with no legacy mapping configured, so it answers the ORU (a bare PDF, no CI-SIS
+profile) AE and keeps it as rejected: stored and synced like an accepted message (the same row,
+the same 70 KB payload record), without the document stage that an accepted legacy ORU would
+start (`bench/delivery.py` measures that path). The ADT is accepted (AA) and updates the patient
+context in the same commit.
 
 On a shared machine, other work comes and goes within seconds: `--rounds N` splits each
 measurement into N slices of `--seconds / N`, alternating baseline and connector (B C, C B, ...),
@@ -29,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,8 +115,14 @@ async def wait_port(port: int, process: subprocess.Popen[bytes]) -> None:
 # -- load process ---------------------------------------------------------------------------------
 
 
+def ack_code(ack: bytes) -> str:
+    """MSA-1 of an ACK frame ('?' when it has none)."""
+    start = ack.find(b"MSA|")
+    return ack[start + 4:start + 6].decode("ascii", "replace") if start >= 0 else "?"
+
+
 async def _connection(port: int, template: bytes, tag: str, deadline: float, warmup_until: float,
-                      latencies: list[float]) -> int:
+                      latencies: list[float], codes: Counter[str]) -> int:
     reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 24)
     n = 0
     try:
@@ -121,10 +134,11 @@ async def _connection(port: int, template: bytes, tag: str, deadline: float, war
             n += 1
             start = time.perf_counter()
             writer.write(b"\x0b" + payload + b"\x1c\r")
-            await reader.readuntil(b"\x1c\r")
+            ack = await reader.readuntil(b"\x1c\r")
             end = time.perf_counter()
             if start >= warmup_until:
                 latencies.append(end - start)
+                codes[ack_code(ack)] += 1
     finally:
         writer.close()
     return n
@@ -133,13 +147,14 @@ async def _connection(port: int, template: bytes, tag: str, deadline: float, war
 async def _load(port: int, connections: int, seconds: float, kind: str, run_tag: str) -> dict:
     template = adt_template() if kind == "adt" else oru_template()
     latencies: list[float] = []
+    codes: Counter[str] = Counter()
     start = time.perf_counter()
     warmup_until = start + min(1.0, seconds / 5)
     deadline = warmup_until + seconds
     await asyncio.gather(*(
-        _connection(port, template, f"{run_tag}C{c}N", deadline, warmup_until, latencies)
+        _connection(port, template, f"{run_tag}C{c}N", deadline, warmup_until, latencies, codes)
         for c in range(connections)))
-    return {"seconds": seconds, "latencies": latencies, "size": len(template)}
+    return {"seconds": seconds, "latencies": latencies, "size": len(template), "acks": codes}
 
 
 def run_load(port: int, connections: int, seconds: float, kind: str, run_tag: str) -> dict:
@@ -156,7 +171,16 @@ def summary(slices: list[dict]) -> dict:
         "p50_ms": 1000 * statistics.median(latencies),
         "p99_ms": 1000 * latencies[int(len(latencies) * 0.99) - 1],
         "size": slices[0]["size"],
+        "acks": acks_label(sum((Counter(s["acks"]) for s in slices), Counter())),
     }
+
+
+def acks_label(codes: Counter[str]) -> str:
+    """The MSA-1 codes received, e.g. 'AA' or 'AA 98% AR 2%'."""
+    total = sum(codes.values())
+    if len(codes) == 1:
+        return next(iter(codes))
+    return " ".join(f"{code} {100 * n / total:.0f}%" for code, n in codes.most_common())
 
 
 def measure(ports: dict[str, int], conns: int, seconds: float, kind: str, rounds: int
@@ -221,7 +245,7 @@ def main() -> None:
             print(f"cpus={os.cpu_count()} seconds={args.seconds} rounds={args.rounds} "
                   "(connector: the commit fsynced before every ACK)")
             header = (f"{'load':<10}{'conns':>6} {'server':<10}{'msgs/s':>9}{'p50 ms':>9}"
-                      f"{'p99 ms':>9}{'ratio':>8}{'slices':>13}")
+                      f"{'p99 ms':>9}{'ratio':>8}{'slices':>13}  ACKs")
             print(header)
             print("-" * len(header))
             for kind in args.kinds:
@@ -237,7 +261,8 @@ def main() -> None:
                             if len(ratios) > 1:
                                 spread = f"{min(ratios):.2f}-{max(ratios):.2f}x"
                         print(f"{label:<10}{conns:>6} {name:<10}{r['rate']:>9.0f}"
-                              f"{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{ratio:>8}{spread:>13}",
+                              f"{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{ratio:>8}{spread:>13}"
+                              f"  {r['acks']}",
                               flush=True)
         finally:
             for server in servers:
