@@ -79,79 +79,50 @@ import structlog
 from connector.errors import LeaseLost, StoreError, StoreUnavailable
 from connector.store._shared import (
     AUDIT_SQL,
-    CANCEL_SQL,
     LEASABLE,
-    MARK_DEAD_SQL,
-    MARK_FAILED_SQL,
-    MARK_SENT_SQL,
     OUTBOX_ERROR_KIND,
     OUTBOX_KIND,
-    OUTBOX_STATS_SQL,
     OUTBOX_SUMMARY_COLUMNS,
     OUTBOX_SUMMARY_WIDTH,
     RECEIPT_KIND,
-    RENEW_SQL,
-    RETRY_NOW_SQL,
-    RETRY_SQL,
-    SETTLE_SQL,
     SUMMARY_COLUMNS,
     SUMMARY_WIDTH,
-    UNCONFIRMED_SQL,
     Claim,
-    audit_from_row,
     audit_params,
-    audit_query,
     check_item,
     check_lease,
     find_ids,
-    inbound_query,
-    outbox_query,
-    outbox_stat_from_row,
     outbox_summary_from_row,
     receipt_statements,
-    receipt_summary_from_row,
-    receipts_query,
     resolve,
-    sealed_error,
-    settle_state,
     summary_from_row,
     take_batch,
 )
+from connector.store.adapter import StoreAdapter
 from connector.store.cipher import PayloadCipher, SealedPayload
 from connector.store.migrations import MIGRATIONS
 from connector.store.model import (
     AuditEntry,
-    AuditRecord,
     DocumentStatus,
-    DocumentVersion,
     EventKind,
     InboundDetail,
     InboundMessage,
     InboundReceipt,
     InboundStatus,
-    InboundSummary,
     OutboxDetail,
     OutboxItem,
     OutboxKind,
     OutboxLease,
-    OutboxStat,
-    OutboxState,
-    OutboxSummary,
     PatientChange,
-    PatientHistoryEntry,
-    ReceiptStatus,
     RecordedMail,
     ReturnedMail,
-    ReturnedMailSummary,
     StoredPatient,
 )
 from connector.store.patients import (
-    HISTORY_SQL,
     Expr,
     PatientReads,
     apply_change,
     find_patient_query,
-    history_from_row,
     patient_from_rows,
 )
 from connector.store.versions import DocumentRow, VersionPlan, plan_versions
@@ -185,7 +156,7 @@ class _UndeclaredRead(Exception):
 _STOP = object()
 
 
-class PostgresStore:
+class PostgresStore(StoreAdapter):
     """The IntakeStore port on PostgreSQL."""
 
     def __init__(self, dsn: str, *, cipher: PayloadCipher | None = None,
@@ -578,6 +549,11 @@ class PostgresStore:
 
     # -- reads (operators) ----------------------------------------------------------------------
 
+    async def _query(self, sql: str, params: Sequence[Any] = ()
+                     ) -> Sequence[Sequence[Any]]:
+        statement = _pg(sql)
+        return await self._read(lambda c: c.execute(statement, params).fetchall())
+
     async def _read(self, fn: Callable[[Connection], T]) -> T:
         if self._closed:
             raise StoreUnavailable("the store is closed")
@@ -588,16 +564,6 @@ class PostgresStore:
 
         return await asyncio.to_thread(run)
 
-
-    async def list_inbound(self, *, tenant_id: str | None = None,
-                           status: InboundStatus | None = None, limit: int = 100,
-                           since: float | None = None, until: float | None = None,
-                           control_id: str | None = None) -> list[InboundSummary]:
-        sql, params = inbound_query(tenant_id=tenant_id, status=status, since=since,
-                                    until=until, control_id=control_id, limit=limit)
-        statement = _pg(sql)
-        rows = await self._read(lambda c: c.execute(statement, params).fetchall())
-        return [summary_from_row(row) for row in rows]
 
     async def get_inbound(self, inbound_id: int) -> InboundDetail | None:
         sql = (f"SELECT {SUMMARY_COLUMNS}, payload_key, payload, ack,"  # noqa: S608
@@ -615,14 +581,6 @@ class PostgresStore:
         opened_report = (self._cipher.open(SealedPayload(report_key, bytes(report)), _REPORT_KIND)
                          if report is not None else None)
         return InboundDetail(summary_from_row(row[:SUMMARY_WIDTH]), raw, bytes(ack), opened_report)
-
-    async def get_documents(self, tenant_id: str) -> list[DocumentVersion]:
-        rows = await self._read(lambda c: c.execute(
-            "SELECT tenant_id, document_id, set_id, version, status, replaced_by, inbound_id"
-            " FROM documents WHERE tenant_id = %s ORDER BY updated_at, document_id",
-            (tenant_id,)).fetchall())
-        return [DocumentVersion(r[0], r[1], r[2], r[3], DocumentStatus(r[4]), r[5], int(r[6]))
-                for r in rows]
 
     # -- the outbox ---------------------------------------------------------------------------
     # Outbox writes are short transactions of their own, each on a connection of `_outbox` (in
@@ -732,67 +690,6 @@ class PostgresStore:
 
         return await self._transact(run)
 
-    async def renew(self, row_id: int, token: str, lease_seconds: float, *,
-                    now: float | None = None) -> float:
-        """Extend the lease; return the new expiry."""
-        check_lease([OutboxKind.SMTP], 1, lease_seconds)
-        at = time.time() if now is None else now
-        await self._fenced(RENEW_SQL, (at + lease_seconds, at), row_id, token)
-        return at + lease_seconds
-
-    async def mark_sent(self, row_id: int, token: str, smtp_code: str | None = None, *,
-                        audit: AuditEntry | None = None,
-                        delivery_status: str | None = None) -> None:
-        at = time.time()
-        await self._fenced(MARK_SENT_SQL, (at, smtp_code, delivery_status, at), row_id, token,
-                           audit)
-
-    async def mark_failed(self, row_id: int, token: str, code: str | None = None,
-                          detail: str | None = None, *, error_class: str | None = None,
-                          audit: AuditEntry | None = None, then: Sequence[OutboxItem] = ()
-                          ) -> None:
-        errors = sealed_error(self._cipher, code, error_class, detail)
-        await self._fenced(MARK_FAILED_SQL, (*errors, time.time()), row_id, token, audit, then)
-
-    async def mark_dead(self, row_id: int, token: str, code: str | None = None,
-                        detail: str | None = None, *, error_class: str | None = None,
-                        audit: AuditEntry | None = None, then: Sequence[OutboxItem] = ()
-                        ) -> None:
-        errors = sealed_error(self._cipher, code, error_class, detail)
-        await self._fenced(MARK_DEAD_SQL, (*errors, time.time()), row_id, token, audit, then)
-
-    async def schedule_retry(self, row_id: int, token: str, available_at: float,
-                             code: str | None = None, detail: str | None = None, *,
-                             error_class: str | None = None,
-                             audit: AuditEntry | None = None) -> None:
-        errors = sealed_error(self._cipher, code, error_class, detail)
-        await self._fenced(RETRY_SQL, (available_at, *errors, time.time()), row_id, token,
-                           audit)
-
-    async def retry_now(self, row_id: int, *, now: float | None = None,
-                        audit: AuditEntry | None = None) -> bool:
-        at = time.time() if now is None else now
-        return await self._unfenced(RETRY_NOW_SQL, (at, at, row_id), row_id, audit)
-
-    async def cancel(self, row_id: int, *, audit: AuditEntry | None = None) -> bool:
-        return await self._unfenced(CANCEL_SQL, (time.time(), row_id), row_id, audit)
-
-    async def settle(self, row_id: int, *, delivered: bool, code: str | None = None,
-                     detail: str | None = None, error_class: str | None = None,
-                     audit: AuditEntry | None = None) -> bool:
-        errors = sealed_error(self._cipher, code, error_class, detail)
-        return await self._unfenced(SETTLE_SQL, (settle_state(delivered), *errors, time.time(),
-                                                 row_id), row_id, audit)
-
-    async def list_audit(self, *, tenant_id: str | None = None, outbox_id: int | None = None,
-                         since: float | None = None, until: float | None = None,
-                         limit: int = 10_000) -> list[AuditRecord]:
-        sql, params = audit_query(tenant_id=tenant_id, outbox_id=outbox_id, since=since,
-                                  until=until, limit=limit)
-        statement = _pg(sql)
-        rows = await self._read(lambda c: c.execute(statement, params).fetchall())
-        return [audit_from_row(row) for row in rows]
-
     # -- receipts -----------------------------------------------------------------------------
 
     async def claim(self, name: str) -> Claim | None:
@@ -816,17 +713,6 @@ class PostgresStore:
             return Claim(conn.close)  # closing the session releases its advisory locks
 
         return await asyncio.to_thread(take)
-
-    async def outbox_stats(self) -> list[OutboxStat]:
-        rows = await self._read(lambda c: c.execute(_pg(OUTBOX_STATS_SQL)).fetchall())
-        return [outbox_stat_from_row(row) for row in rows]
-
-    async def list_unconfirmed(self, tenant_id: str, *, sent_before: float, limit: int = 100
-                               ) -> list[int]:
-        statement = _pg(UNCONFIRMED_SQL)
-        rows = await self._read(lambda c: c.execute(
-            statement, (tenant_id, sent_before, limit)).fetchall())
-        return [int(r[0]) for r in rows]
 
     async def find_outbox_ids(self, tenant_id: str, *, envid: str | None = None,
                               message_ids: Sequence[str] = ()) -> list[int]:
@@ -865,24 +751,6 @@ class PostgresStore:
             return RecordedMail(int(row[0]), duplicate=False)
 
         return await self._transact(run)
-
-    async def list_returned_mails(self, *, tenant_id: str | None = None,
-                                  status: ReceiptStatus | None = None, limit: int = 100,
-                                  outbox_id: int | None = None) -> list[ReturnedMailSummary]:
-        sql, params = receipts_query(tenant_id=tenant_id, status=status, limit=limit,
-                                     outbox_id=outbox_id)
-        statement = _pg(sql)
-        rows = await self._read(lambda c: c.execute(statement, params).fetchall())
-        return [receipt_summary_from_row(row) for row in rows]
-
-    async def list_outbox(self, *, tenant_id: str | None = None,
-                          state: OutboxState | None = None, limit: int = 100,
-                          inbound_id: int | None = None) -> list[OutboxSummary]:
-        sql, params = outbox_query(tenant_id=tenant_id, state=state, inbound_id=inbound_id,
-                                   limit=limit)
-        statement = _pg(sql)
-        rows = await self._read(lambda c: c.execute(statement, params).fetchall())
-        return [outbox_summary_from_row(row) for row in rows]
 
     async def get_outbox(self, row_id: int) -> OutboxDetail | None:
         sql = (f"SELECT {OUTBOX_SUMMARY_COLUMNS}, payload_key, payload,"  # noqa: S608
@@ -937,13 +805,6 @@ class PostgresStore:
                 return cursor.execute(statement, params).fetchall()
 
         return patient_from_rows(self._cipher, await self._read(fetch))
-
-    async def get_patient_history(self, tenant_id: str, patient_id: int
-                                  ) -> list[PatientHistoryEntry]:
-        statement = _pg(HISTORY_SQL)
-        rows = await self._read(lambda c: c.execute(statement, (tenant_id, patient_id))
-                                .fetchall())
-        return [history_from_row(row) for row in rows]
 
 
 _CURRENT_INBOUND = Expr("currval(pg_get_serial_sequence('inbound', 'id'))")

@@ -35,76 +35,47 @@ import structlog
 from connector.errors import LeaseLost, StoreError, StoreUnavailable
 from connector.store._shared import (
     AUDIT_SQL,
-    CANCEL_SQL,
     LEASABLE,
-    MARK_DEAD_SQL,
-    MARK_FAILED_SQL,
-    MARK_SENT_SQL,
     OUTBOX_ERROR_KIND,
     OUTBOX_KIND,
-    OUTBOX_STATS_SQL,
     OUTBOX_SUMMARY_COLUMNS,
     OUTBOX_SUMMARY_WIDTH,
     RECEIPT_KIND,
-    RENEW_SQL,
-    RETRY_NOW_SQL,
-    RETRY_SQL,
-    SETTLE_SQL,
     SUMMARY_COLUMNS,
     SUMMARY_WIDTH,
-    UNCONFIRMED_SQL,
     Claim,
-    audit_from_row,
     audit_params,
-    audit_query,
     check_item,
     check_lease,
     find_ids,
-    inbound_query,
-    outbox_query,
-    outbox_stat_from_row,
     outbox_summary_from_row,
     receipt_statements,
-    receipt_summary_from_row,
-    receipts_query,
-    sealed_error,
-    settle_state,
     summary_from_row,
 )
+from connector.store.adapter import StoreAdapter
 from connector.store.cipher import PayloadCipher, SealedPayload
 from connector.store.migrations import MIGRATIONS
 from connector.store.model import (
     AuditEntry,
-    AuditRecord,
     DocumentStatus,
-    DocumentVersion,
     EventKind,
     InboundDetail,
     InboundMessage,
     InboundReceipt,
     InboundStatus,
-    InboundSummary,
     OutboxDetail,
     OutboxItem,
     OutboxKind,
     OutboxLease,
-    OutboxStat,
-    OutboxState,
-    OutboxSummary,
     PatientChange,
-    PatientHistoryEntry,
-    ReceiptStatus,
     RecordedMail,
     ReturnedMail,
-    ReturnedMailSummary,
     StoredPatient,
 )
 from connector.store.patients import (
-    HISTORY_SQL,
     PatientReads,
     apply_change,
     find_patient_query,
-    history_from_row,
     patient_from_rows,
 )
 from connector.store.payload_log import PayloadLog, PayloadRef
@@ -178,7 +149,7 @@ def migrate(conn: sqlite3.Connection) -> int:
     return max(m.version for m in MIGRATIONS)
 
 
-class SQLiteStore:
+class SQLiteStore(StoreAdapter):
     """The IntakeStore port on SQLite."""
 
     def __init__(self, path: Path, *, cipher: PayloadCipher | None = None,
@@ -429,6 +400,10 @@ class SQLiteStore:
 
     # -- reads (operators) ----------------------------------------------------------------------
 
+    async def _query(self, sql: str, params: Sequence[Any] = ()
+                     ) -> Sequence[Sequence[Any]]:
+        return await self._read(lambda c: c.execute(sql, params).fetchall())
+
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._closed:
             raise StoreUnavailable("the store is closed")
@@ -446,15 +421,6 @@ class SQLiteStore:
         return await asyncio.to_thread(run)
 
 
-    async def list_inbound(self, *, tenant_id: str | None = None,
-                           status: InboundStatus | None = None, limit: int = 100,
-                           since: float | None = None, until: float | None = None,
-                           control_id: str | None = None) -> list[InboundSummary]:
-        sql, params = inbound_query(tenant_id=tenant_id, status=status, since=since,
-                                    until=until, control_id=control_id, limit=limit)
-        rows = await self._read(lambda c: c.execute(sql, params).fetchall())
-        return [summary_from_row(row) for row in rows]
-
     async def get_inbound(self, inbound_id: int) -> InboundDetail | None:
         sql = (f"SELECT {SUMMARY_COLUMNS}, payload_key, payload, payload_segment,"  # noqa: S608
                " payload_offset, payload_length, ack, report_key, report FROM inbound"
@@ -468,14 +434,6 @@ class SQLiteStore:
         opened_report = (self._cipher.open(SealedPayload(report_key, bytes(report)), _REPORT_KIND)
                          if report is not None else None)
         return InboundDetail(summary_from_row(row[:SUMMARY_WIDTH]), raw, bytes(ack), opened_report)
-
-    async def get_documents(self, tenant_id: str) -> list[DocumentVersion]:
-        rows = await self._read(lambda c: c.execute(
-            "SELECT tenant_id, document_id, set_id, version, status, replaced_by, inbound_id"
-            " FROM documents WHERE tenant_id = ? ORDER BY updated_at, document_id",
-            (tenant_id,)).fetchall())
-        return [DocumentVersion(r[0], r[1], r[2], r[3], DocumentStatus(r[4]), r[5], r[6])
-                for r in rows]
 
 
     # -- the outbox ---------------------------------------------------------------------------
@@ -583,66 +541,6 @@ class SQLiteStore:
 
         return await self._submit(run)
 
-    async def renew(self, row_id: int, token: str, lease_seconds: float, *,
-                    now: float | None = None) -> float:
-        """Extend the lease; return the new expiry."""
-        check_lease([OutboxKind.SMTP], 1, lease_seconds)
-        at = time.time() if now is None else now
-        await self._fenced(RENEW_SQL, (at + lease_seconds, at), row_id, token)
-        return at + lease_seconds
-
-    async def mark_sent(self, row_id: int, token: str, smtp_code: str | None = None, *,
-                        audit: AuditEntry | None = None,
-                        delivery_status: str | None = None) -> None:
-        at = time.time()
-        await self._fenced(MARK_SENT_SQL, (at, smtp_code, delivery_status, at), row_id, token,
-                           audit)
-
-    async def mark_failed(self, row_id: int, token: str, code: str | None = None,
-                          detail: str | None = None, *, error_class: str | None = None,
-                          audit: AuditEntry | None = None, then: Sequence[OutboxItem] = ()
-                          ) -> None:
-        errors = sealed_error(self._cipher, code, error_class, detail)
-        await self._fenced(MARK_FAILED_SQL, (*errors, time.time()), row_id, token, audit, then)
-
-    async def mark_dead(self, row_id: int, token: str, code: str | None = None,
-                        detail: str | None = None, *, error_class: str | None = None,
-                        audit: AuditEntry | None = None, then: Sequence[OutboxItem] = ()
-                        ) -> None:
-        errors = sealed_error(self._cipher, code, error_class, detail)
-        await self._fenced(MARK_DEAD_SQL, (*errors, time.time()), row_id, token, audit, then)
-
-    async def schedule_retry(self, row_id: int, token: str, available_at: float,
-                             code: str | None = None, detail: str | None = None, *,
-                             error_class: str | None = None,
-                             audit: AuditEntry | None = None) -> None:
-        errors = sealed_error(self._cipher, code, error_class, detail)
-        await self._fenced(RETRY_SQL, (available_at, *errors, time.time()), row_id, token,
-                           audit)
-
-    async def retry_now(self, row_id: int, *, now: float | None = None,
-                        audit: AuditEntry | None = None) -> bool:
-        at = time.time() if now is None else now
-        return await self._unfenced(RETRY_NOW_SQL, (at, at, row_id), row_id, audit)
-
-    async def cancel(self, row_id: int, *, audit: AuditEntry | None = None) -> bool:
-        return await self._unfenced(CANCEL_SQL, (time.time(), row_id), row_id, audit)
-
-    async def settle(self, row_id: int, *, delivered: bool, code: str | None = None,
-                     detail: str | None = None, error_class: str | None = None,
-                     audit: AuditEntry | None = None) -> bool:
-        errors = sealed_error(self._cipher, code, error_class, detail)
-        return await self._unfenced(SETTLE_SQL, (settle_state(delivered), *errors, time.time(),
-                                                 row_id), row_id, audit)
-
-    async def list_audit(self, *, tenant_id: str | None = None, outbox_id: int | None = None,
-                         since: float | None = None, until: float | None = None,
-                         limit: int = 10_000) -> list[AuditRecord]:
-        sql, params = audit_query(tenant_id=tenant_id, outbox_id=outbox_id, since=since,
-                                  until=until, limit=limit)
-        rows = await self._read(lambda c: c.execute(sql, params).fetchall())
-        return [audit_from_row(row) for row in rows]
-
     # -- receipts -----------------------------------------------------------------------------
 
     async def claim(self, name: str) -> Claim | None:
@@ -650,16 +548,6 @@ class SQLiteStore:
         if self._closed:
             raise StoreUnavailable("the store is closed")
         return Claim()
-
-    async def outbox_stats(self) -> list[OutboxStat]:
-        rows = await self._read(lambda c: c.execute(OUTBOX_STATS_SQL).fetchall())
-        return [outbox_stat_from_row(row) for row in rows]
-
-    async def list_unconfirmed(self, tenant_id: str, *, sent_before: float, limit: int = 100
-                               ) -> list[int]:
-        rows = await self._read(lambda c: c.execute(
-            UNCONFIRMED_SQL, (tenant_id, sent_before, limit)).fetchall())
-        return [int(r[0]) for r in rows]
 
     async def find_outbox_ids(self, tenant_id: str, *, envid: str | None = None,
                               message_ids: Sequence[str] = ()) -> list[int]:
@@ -697,22 +585,6 @@ class SQLiteStore:
             self._enqueue(conn, mail.zams, sealed_zams, now)
         return RecordedMail(int(cursor.lastrowid or 0), duplicate=False)
 
-    async def list_returned_mails(self, *, tenant_id: str | None = None,
-                                  status: ReceiptStatus | None = None, limit: int = 100,
-                                  outbox_id: int | None = None) -> list[ReturnedMailSummary]:
-        sql, params = receipts_query(tenant_id=tenant_id, status=status, limit=limit,
-                                     outbox_id=outbox_id)
-        rows = await self._read(lambda c: c.execute(sql, params).fetchall())
-        return [receipt_summary_from_row(row) for row in rows]
-
-    async def list_outbox(self, *, tenant_id: str | None = None,
-                          state: OutboxState | None = None, limit: int = 100,
-                          inbound_id: int | None = None) -> list[OutboxSummary]:
-        sql, params = outbox_query(tenant_id=tenant_id, state=state, inbound_id=inbound_id,
-                                   limit=limit)
-        rows = await self._read(lambda c: c.execute(sql, params).fetchall())
-        return [outbox_summary_from_row(row) for row in rows]
-
     async def get_outbox(self, row_id: int) -> OutboxDetail | None:
         sql = (f"SELECT {OUTBOX_SUMMARY_COLUMNS}, payload_key, payload,"  # noqa: S608
                " payload_segment, payload_offset, payload_length, error_key, error_detail"
@@ -746,12 +618,6 @@ class SQLiteStore:
                                          ins=ins)
         rows = await self._read(lambda c: c.execute(sql, params).fetchall())
         return patient_from_rows(self._cipher, rows)
-
-    async def get_patient_history(self, tenant_id: str, patient_id: int
-                                  ) -> list[PatientHistoryEntry]:
-        rows = await self._read(lambda c: c.execute(HISTORY_SQL, (tenant_id, patient_id))
-                                .fetchall())
-        return [history_from_row(row) for row in rows]
 
 
 @dataclass(slots=True)

@@ -1,0 +1,187 @@
+"""What both store adapters do alike above their SQL: the outbox lease life cycle, the audit
+trail and the operators' listings.
+
+An adapter supplies how a statement runs under a delivery lease (`_fenced`: it raises
+`LeaseLost` when the lease is no longer the caller's), without one (`_unfenced`: False when the
+row was not in a state the statement changes), and how a query reads (`_query`). Statements are
+written with `?` placeholders (`connector.store._shared`); the PostgreSQL adapter turns them into
+`%s`.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any
+
+from connector.store._shared import (
+    CANCEL_SQL,
+    MARK_DEAD_SQL,
+    MARK_FAILED_SQL,
+    MARK_SENT_SQL,
+    OUTBOX_STATS_SQL,
+    RENEW_SQL,
+    RETRY_NOW_SQL,
+    RETRY_SQL,
+    SETTLE_SQL,
+    UNCONFIRMED_SQL,
+    audit_from_row,
+    audit_query,
+    check_lease,
+    inbound_query,
+    outbox_query,
+    outbox_stat_from_row,
+    outbox_summary_from_row,
+    receipt_summary_from_row,
+    receipts_query,
+    sealed_error,
+    settle_state,
+    summary_from_row,
+)
+from connector.store.cipher import PayloadCipher
+from connector.store.model import (
+    AuditEntry,
+    AuditRecord,
+    DocumentStatus,
+    DocumentVersion,
+    InboundStatus,
+    InboundSummary,
+    OutboxItem,
+    OutboxKind,
+    OutboxStat,
+    OutboxState,
+    OutboxSummary,
+    PatientHistoryEntry,
+    ReceiptStatus,
+    ReturnedMailSummary,
+)
+from connector.store.patients import HISTORY_SQL, history_from_row
+
+_DOCUMENTS_SQL = ("SELECT tenant_id, document_id, set_id, version, status, replaced_by,"
+                  " inbound_id FROM documents WHERE tenant_id = ? ORDER BY updated_at,"
+                  " document_id")
+
+
+class StoreAdapter(ABC):
+    """The port methods whose rules do not depend on the database."""
+
+    _cipher: PayloadCipher
+
+    @abstractmethod
+    async def _fenced(self, sql: str, params: tuple[Any, ...], row_id: int, token: str,
+                      audit: AuditEntry | None = None, then: Sequence[OutboxItem] = ()
+                      ) -> None:
+        """Run `sql` with `(*params, row_id, token)` in one transaction with `audit` and the
+        outbox rows `then` adds, if the row is still leased under `token`; else `LeaseLost`."""
+
+    @abstractmethod
+    async def _unfenced(self, sql: str, params: tuple[Any, ...], row_id: int,
+                        audit: AuditEntry | None) -> bool:
+        """Run `sql` with `params`, and `audit` if it changed the row: whether it did."""
+
+    @abstractmethod
+    async def _query(self, sql: str, params: Sequence[Any] = ()
+                     ) -> Sequence[Sequence[Any]]:
+        """The rows of a read."""
+
+    # -- the outbox lease life cycle ----------------------------------------------------------
+
+    async def renew(self, row_id: int, token: str, lease_seconds: float, *,
+                    now: float | None = None) -> float:
+        """Extend the lease; return the new expiry."""
+        check_lease([OutboxKind.SMTP], 1, lease_seconds)
+        at = time.time() if now is None else now
+        await self._fenced(RENEW_SQL, (at + lease_seconds, at), row_id, token)
+        return at + lease_seconds
+
+    async def mark_sent(self, row_id: int, token: str, smtp_code: str | None = None, *,
+                        audit: AuditEntry | None = None,
+                        delivery_status: str | None = None) -> None:
+        at = time.time()
+        await self._fenced(MARK_SENT_SQL, (at, smtp_code, delivery_status, at), row_id, token,
+                           audit)
+
+    async def mark_failed(self, row_id: int, token: str, code: str | None = None,
+                          detail: str | None = None, *, error_class: str | None = None,
+                          audit: AuditEntry | None = None, then: Sequence[OutboxItem] = ()
+                          ) -> None:
+        errors = sealed_error(self._cipher, code, error_class, detail)
+        await self._fenced(MARK_FAILED_SQL, (*errors, time.time()), row_id, token, audit, then)
+
+    async def mark_dead(self, row_id: int, token: str, code: str | None = None,
+                        detail: str | None = None, *, error_class: str | None = None,
+                        audit: AuditEntry | None = None, then: Sequence[OutboxItem] = ()
+                        ) -> None:
+        errors = sealed_error(self._cipher, code, error_class, detail)
+        await self._fenced(MARK_DEAD_SQL, (*errors, time.time()), row_id, token, audit, then)
+
+    async def schedule_retry(self, row_id: int, token: str, available_at: float,
+                             code: str | None = None, detail: str | None = None, *,
+                             error_class: str | None = None,
+                             audit: AuditEntry | None = None) -> None:
+        errors = sealed_error(self._cipher, code, error_class, detail)
+        await self._fenced(RETRY_SQL, (available_at, *errors, time.time()), row_id, token, audit)
+
+    async def retry_now(self, row_id: int, *, now: float | None = None,
+                        audit: AuditEntry | None = None) -> bool:
+        at = time.time() if now is None else now
+        return await self._unfenced(RETRY_NOW_SQL, (at, at, row_id), row_id, audit)
+
+    async def cancel(self, row_id: int, *, audit: AuditEntry | None = None) -> bool:
+        return await self._unfenced(CANCEL_SQL, (time.time(), row_id), row_id, audit)
+
+    async def settle(self, row_id: int, *, delivered: bool, code: str | None = None,
+                     detail: str | None = None, error_class: str | None = None,
+                     audit: AuditEntry | None = None) -> bool:
+        errors = sealed_error(self._cipher, code, error_class, detail)
+        return await self._unfenced(SETTLE_SQL, (settle_state(delivered), *errors, time.time(),
+                                                 row_id), row_id, audit)
+
+    # -- listings -----------------------------------------------------------------------------
+
+    async def list_inbound(self, *, tenant_id: str | None = None,
+                           status: InboundStatus | None = None, limit: int = 100,
+                           since: float | None = None, until: float | None = None,
+                           control_id: str | None = None) -> list[InboundSummary]:
+        sql, params = inbound_query(tenant_id=tenant_id, status=status, since=since,
+                                    until=until, control_id=control_id, limit=limit)
+        return [summary_from_row(row) for row in await self._query(sql, params)]
+
+    async def get_documents(self, tenant_id: str) -> list[DocumentVersion]:
+        return [DocumentVersion(r[0], r[1], r[2], r[3], DocumentStatus(r[4]), r[5], int(r[6]))
+                for r in await self._query(_DOCUMENTS_SQL, (tenant_id,))]
+
+    async def list_audit(self, *, tenant_id: str | None = None, outbox_id: int | None = None,
+                         since: float | None = None, until: float | None = None,
+                         limit: int = 10_000) -> list[AuditRecord]:
+        sql, params = audit_query(tenant_id=tenant_id, outbox_id=outbox_id, since=since,
+                                  until=until, limit=limit)
+        return [audit_from_row(row) for row in await self._query(sql, params)]
+
+    async def outbox_stats(self) -> list[OutboxStat]:
+        return [outbox_stat_from_row(row) for row in await self._query(OUTBOX_STATS_SQL)]
+
+    async def list_unconfirmed(self, tenant_id: str, *, sent_before: float, limit: int = 100
+                               ) -> list[int]:
+        rows = await self._query(UNCONFIRMED_SQL, (tenant_id, sent_before, limit))
+        return [int(r[0]) for r in rows]
+
+    async def list_returned_mails(self, *, tenant_id: str | None = None,
+                                  status: ReceiptStatus | None = None, limit: int = 100,
+                                  outbox_id: int | None = None) -> list[ReturnedMailSummary]:
+        sql, params = receipts_query(tenant_id=tenant_id, status=status, limit=limit,
+                                     outbox_id=outbox_id)
+        return [receipt_summary_from_row(row) for row in await self._query(sql, params)]
+
+    async def list_outbox(self, *, tenant_id: str | None = None,
+                          state: OutboxState | None = None, limit: int = 100,
+                          inbound_id: int | None = None) -> list[OutboxSummary]:
+        sql, params = outbox_query(tenant_id=tenant_id, state=state, inbound_id=inbound_id,
+                                   limit=limit)
+        return [outbox_summary_from_row(row) for row in await self._query(sql, params)]
+
+    async def get_patient_history(self, tenant_id: str, patient_id: int
+                                  ) -> list[PatientHistoryEntry]:
+        return [history_from_row(row)
+                for row in await self._query(HISTORY_SQL, (tenant_id, patient_id))]
