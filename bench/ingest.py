@@ -7,7 +7,9 @@ server doing parse + ACK with nothing stored, driven by the same load in the sam
 Each server runs in its own process; the load runs in a third process (closed loop: each
 connection sends one message and waits for its ACK). Every message has a unique MSH-10 and
 content, so the connector never short-circuits on retransmission detection. Prints msgs/s and
-p50/p99 ACK latency per server, the ratio connector/baseline, and the ACK codes received.
+p50/p99 ACK latency per server, the ratio connector/baseline, each server's CPU per message (all
+its threads, user + system, from /proc: on a shared machine it moves less than msgs/s, which also
+counts the time a server waited for a core), and the ACK codes received.
 
 The connector runs with no legacy mapping configured, so it answers the ORU (a bare PDF, no CI-SIS
 profile) AE and keeps it as rejected: stored and synced like an accepted message (the same row,
@@ -116,9 +118,10 @@ async def wait_port(port: int, process: subprocess.Popen[bytes]) -> None:
 
 
 def ack_code(ack: bytes) -> str:
-    """MSA-1 of an ACK frame ('?' when it has none)."""
-    start = ack.find(b"MSA|")
-    return ack[start + 4:start + 6].decode("ascii", "replace") if start >= 0 else "?"
+    """MSA-1 of an ACK frame ('?' when it has none). The segment is looked for after a segment
+    separator: python-hl7's random ACK control ids can end with "MSA"."""
+    start = ack.replace(b"\n", b"\r").find(b"\rMSA|")
+    return ack[start + 5:start + 7].decode("ascii", "replace") if start >= 0 else "?"
 
 
 async def _connection(port: int, template: bytes, tag: str, deadline: float, warmup_until: float,
@@ -151,17 +154,35 @@ async def _load(port: int, connections: int, seconds: float, kind: str, run_tag:
     start = time.perf_counter()
     warmup_until = start + min(1.0, seconds / 5)
     deadline = warmup_until + seconds
-    await asyncio.gather(*(
+    sent = await asyncio.gather(*(
         _connection(port, template, f"{run_tag}C{c}N", deadline, warmup_until, latencies, codes)
         for c in range(connections)))
-    return {"seconds": seconds, "latencies": latencies, "size": len(template), "acks": codes}
+    return {"seconds": seconds, "latencies": latencies, "size": len(template), "acks": codes,
+            "messages": sum(sent)}
 
 
-def run_load(port: int, connections: int, seconds: float, kind: str, run_tag: str) -> dict:
+def run_load(port: int, connections: int, seconds: float, kind: str, run_tag: str,
+             server_pid: int | None = None) -> dict:
+    """One slice of load; with `server_pid`, also the server's CPU seconds during it (all its
+    threads, from /proc: None where there is no /proc)."""
+    before = process_cpu(server_pid) if server_pid else None
     out = subprocess.run(
         [sys.executable, __file__, "--load", str(port), str(connections), str(seconds), kind,
          run_tag], check=True, capture_output=True, text=True)
-    return json.loads(out.stdout)
+    result: dict = json.loads(out.stdout)
+    after = process_cpu(server_pid) if server_pid else None
+    result["cpu"] = after - before if before is not None and after is not None else None
+    return result
+
+
+def process_cpu(pid: int) -> float | None:
+    """User + system CPU seconds of process `pid` so far, all threads."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def summary(slices: list[dict]) -> dict:
@@ -172,6 +193,10 @@ def summary(slices: list[dict]) -> dict:
         "p99_ms": 1000 * latencies[int(len(latencies) * 0.99) - 1],
         "size": slices[0]["size"],
         "acks": acks_label(sum((Counter(s["acks"]) for s in slices), Counter())),
+        # CPU per message answered, warm-up included on both sides of the division: steadier
+        # than msgs/s on a shared machine, since it does not count the time the server waited.
+        "cpu_us": (1e6 * sum(s["cpu"] for s in slices) / sum(s["messages"] for s in slices)
+                   if all(s["cpu"] is not None for s in slices) else None),
     }
 
 
@@ -183,13 +208,14 @@ def acks_label(codes: Counter[str]) -> str:
     return " ".join(f"{code} {100 * n / total:.0f}%" for code, n in codes.most_common())
 
 
-def measure(ports: dict[str, int], conns: int, seconds: float, kind: str, rounds: int
-            ) -> tuple[dict, dict, list[float]]:
+def measure(ports: dict[str, int], pids: dict[str, int], conns: int, seconds: float, kind: str,
+            rounds: int) -> tuple[dict, dict, list[float]]:
     """Baseline and connector in `rounds` alternating slices; every slice has its own MSH-10s."""
     slices: dict[str, list[dict]] = {"B": [], "M": []}
     for r in range(rounds):
         for name in ("B", "M") if r % 2 == 0 else ("M", "B"):
-            slices[name].append(run_load(ports[name], conns, seconds / rounds, kind, f"{name}{r}"))
+            slices[name].append(run_load(ports[name], conns, seconds / rounds, kind, f"{name}{r}",
+                                         pids[name]))
     ratios = [len(m["latencies"]) / len(b["latencies"])
               for b, m in zip(slices["B"], slices["M"], strict=True)]
     return summary(slices["B"]), summary(slices["M"]), ratios
@@ -245,24 +271,26 @@ def main() -> None:
             print(f"cpus={os.cpu_count()} seconds={args.seconds} rounds={args.rounds} "
                   "(connector: the commit fsynced before every ACK)")
             header = (f"{'load':<10}{'conns':>6} {'server':<10}{'msgs/s':>9}{'p50 ms':>9}"
-                      f"{'p99 ms':>9}{'ratio':>8}{'slices':>13}  ACKs")
+                      f"{'p99 ms':>9}{'ratio':>8}{'slices':>13}{'CPU us/msg':>12}  ACKs")
             print(header)
             print("-" * len(header))
             for kind in args.kinds:
                 for conns in args.connections:
                     base, mine, ratios = measure({"B": baseline_port, "M": connector_port},
+                                                 {"B": servers[1].pid, "M": servers[0].pid},
                                                  conns, args.seconds, kind, args.rounds)
                     size = base["size"]
                     label = f"{kind} {size // 1000}KB" if size > 5000 else f"{kind} {size}B"
                     for name, r in (("baseline", base), ("connector", mine)):
                         ratio = spread = ""
+                        cpu = f"{r['cpu_us']:.0f}" if r["cpu_us"] is not None else "-"
                         if name == "connector":
                             ratio = f"{mine['rate'] / base['rate']:.2f}x"
                             if len(ratios) > 1:
                                 spread = f"{min(ratios):.2f}-{max(ratios):.2f}x"
                         print(f"{label:<10}{conns:>6} {name:<10}{r['rate']:>9.0f}"
                               f"{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{ratio:>8}{spread:>13}"
-                              f"  {r['acks']}",
+                              f"{cpu:>12}  {r['acks']}",
                               flush=True)
         finally:
             for server in servers:
