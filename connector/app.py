@@ -155,6 +155,7 @@ class Application:
     def build(cls, settings: Settings) -> Application:
         store = build_store(settings)
         app = cls(settings, store)
+        app.metrics.watch_store(store.commit_stats)
         shared = app._shared(settings)
         for index, tenant in enumerate(settings.tenants):
             app._adopt(build_tenant(index, tenant, shared))

@@ -8,10 +8,15 @@ ACK codes from table 0008. Never a control id, an address or a document value.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+from connector.store import COMMIT_BUCKETS, CommitStats
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 _ACK_CODES = frozenset({"AA", "AE", "AR", "CA", "CE", "CR"})
@@ -103,6 +108,16 @@ class ConnectorMetrics:
         # The children `message_answered` updates for every message, by label values:
         # `labels()` validates and locks on each call, a dict lookup does not.
         self._answered: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._store_commits: _StoreCommits | None = None
+
+    def watch_store(self, stats: Callable[[], CommitStats]) -> None:
+        """Export the store's group commits, read from `stats` at each scrape (the commit
+        thread only counts; nothing on the path of a message calls prometheus_client)."""
+        if self._store_commits is None:
+            self._store_commits = _StoreCommits(stats)
+            self.registry.register(self._store_commits)
+        else:
+            self._store_commits.stats = stats
 
     def delivery_attempted(self, tenant: str, transport: str, result: str,
                            seconds: float) -> None:
@@ -122,3 +137,29 @@ class ConnectorMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _StoreCommits(Collector):
+    """`mssconnector_store_commits_total`, `..._committed_jobs_total` and
+    `mssconnector_store_commit_seconds`: a slow disk shows here before it shows in the ACK times.
+    Jobs per commit (the ratio of the two counters) says how well group commit shares a sync."""
+
+    def __init__(self, stats: Callable[[], CommitStats]) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.stats()
+        yield CounterMetricFamily(
+            "mssconnector_store_commits",
+            "Group commits made durable (a sync each) since the store opened",
+            value=stats.commits)
+        yield CounterMetricFamily(
+            "mssconnector_store_committed_jobs",
+            "Store jobs (messages, mails, receipts...) those commits made durable",
+            value=stats.jobs)
+        buckets = [(repr(bound), count)
+                   for bound, count in zip(COMMIT_BUCKETS, stats.buckets, strict=True)]
+        yield HistogramMetricFamily(
+            "mssconnector_store_commit_seconds",
+            "Time of a group commit, from its COMMIT to the end of its sync",
+            buckets=[*buckets, ("+Inf", stats.commits)], sum_value=stats.seconds)

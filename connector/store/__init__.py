@@ -6,9 +6,11 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from connector.store.model import (
+    COMMIT_BUCKETS,
     AuditAction,
     AuditEntry,
     AuditRecord,
+    CommitStats,
     DocumentAction,
     DocumentChange,
     DocumentStatus,
@@ -42,9 +44,11 @@ from connector.store.model import (
 )
 
 __all__ = [
+    "COMMIT_BUCKETS",
     "AuditAction",
     "AuditEntry",
     "AuditRecord",
+    "CommitStats",
     "DocumentAction",
     "DocumentChange",
     "DocumentStatus",

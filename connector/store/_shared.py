@@ -1,20 +1,24 @@
-"""Plumbing both store adapters share: waking callers from a writer or commit thread, reading
-summaries, and the outbox statements both dialects run alike (written with `?` placeholders; the
-PostgreSQL adapter turns them into `%s`)."""
+"""Plumbing both store adapters share: waking callers from a writer or commit thread, counting
+their group commits, reading summaries, and the outbox statements both dialects run alike
+(written with `?` placeholders; the PostgreSQL adapter turns them into `%s`)."""
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import queue
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 from connector.store.cipher import PayloadCipher
 from connector.store.model import (
+    COMMIT_BUCKETS,
     AuditAction,
     AuditEntry,
     AuditRecord,
+    CommitStats,
     InboundStatus,
     InboundSummary,
     OutboxItem,
@@ -89,6 +93,36 @@ def set_results(items: Sequence[Outcome]) -> None:
             job.future.set_exception(error)
         else:
             job.future.set_result(result)
+
+
+class CommitRecorder:
+    """Counts group commits from the thread that makes them durable; any thread reads them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._commits = 0
+        self._jobs = 0
+        self._seconds = 0.0
+        self._counts = [0] * (len(COMMIT_BUCKETS) + 1)  # per bucket, not cumulative
+
+    def record(self, seconds: float, jobs: int) -> None:
+        index = bisect.bisect_left(COMMIT_BUCKETS, seconds)
+        with self._lock:
+            self._commits += 1
+            self._jobs += jobs
+            self._seconds += seconds
+            self._counts[index] += 1
+
+    def snapshot(self) -> CommitStats:
+        with self._lock:
+            counts, commits, jobs, seconds = (list(self._counts), self._commits, self._jobs,
+                                              self._seconds)
+        cumulative: list[int] = []
+        total = 0
+        for count in counts[:-1]:
+            total += count
+            cumulative.append(total)
+        return CommitStats(commits, jobs, seconds, tuple(cumulative))
 
 
 def summary_from_row(row: Sequence[Any]) -> InboundSummary:

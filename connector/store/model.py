@@ -427,3 +427,20 @@ class ReturnedMailSummary:
     outbox_id: int | None
     detail: str | None
     size: int
+
+
+# Upper bounds (seconds) of the commit-time buckets: a sync on a healthy SSD takes 0.1-1 ms.
+COMMIT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+@dataclass(frozen=True, slots=True)
+class CommitStats:
+    """The group commits a store made durable since it opened: how many, how many jobs they
+    carried (messages, mails, receipts...), and how long each took from its COMMIT to the end
+    of its sync: the total, and cumulative counts per bound of `COMMIT_BUCKETS` (the last one,
+    `commits`, is +Inf)."""
+
+    commits: int = 0
+    jobs: int = 0
+    seconds: float = 0.0
+    buckets: tuple[int, ...] = (0,) * len(COMMIT_BUCKETS)

@@ -88,6 +88,7 @@ from connector.store._shared import (
     SUMMARY_COLUMNS,
     SUMMARY_WIDTH,
     Claim,
+    CommitRecorder,
     audit_params,
     check_item,
     check_lease,
@@ -103,6 +104,7 @@ from connector.store.cipher import PayloadCipher, SealedPayload
 from connector.store.migrations import MIGRATIONS
 from connector.store.model import (
     AuditEntry,
+    CommitStats,
     DocumentStatus,
     EventKind,
     InboundDetail,
@@ -180,9 +182,20 @@ class PostgresStore(StoreAdapter):
         self._readers = _ReaderPool(self._connect, readers)
         self._outbox = _ReaderPool(self._connect, readers)  # outbox transactions
         self._seed = b""
-        self._counters = threading.Lock()
-        self.batches = 0  # commits made; with `jobs`, shows how well commits are shared
-        self.jobs = 0
+        self._commits = CommitRecorder()
+
+    def commit_stats(self) -> CommitStats:
+        """The transactions the writer threads committed since `open()`, and their times."""
+        return self._commits.snapshot()
+
+    @property
+    def batches(self) -> int:
+        """Commits made; with `jobs`, shows how well commits are shared."""
+        return self._commits.snapshot().commits
+
+    @property
+    def jobs(self) -> int:
+        return self._commits.snapshot().jobs
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -298,6 +311,7 @@ class PostgresStore(StoreAdapter):
         the connection to use next (a new one when this one broke)."""
         outcomes: list[tuple[_Job, Any, BaseException | None]] = []
         for attempt in range(_ROLLBACK_RETRIES + 1):
+            started = time.perf_counter()
             try:
                 if _stale(conn) or conn.info.transaction_status != _IDLE:
                     # Never run a batch in a leftover transaction: transaction() would make it
@@ -317,9 +331,7 @@ class PostgresStore(StoreAdapter):
                 # Leaving the pipeline and the transaction sent COMMIT and waited for it.
                 outcomes = [(job, receipt, None) for job, receipt in zip(batch, receipts,
                                                                          strict=True)]
-                with self._counters:
-                    self.batches += 1
-                    self.jobs += len(batch)
+                self._commits.record(time.perf_counter() - started, len(batch))
             except psycopg.errors.TransactionRollback as exc:
                 if attempt < _ROLLBACK_RETRIES:
                     log.warning("store_batch_retried", sqlstate=exc.sqlstate, jobs=len(batch))

@@ -57,6 +57,7 @@ from connector.store.cipher import PayloadCipher, SealedPayload
 from connector.store.migrations import MIGRATIONS
 from connector.store.model import (
     AuditEntry,
+    CommitStats,
     DocumentStatus,
     EventKind,
     InboundDetail,
@@ -241,14 +242,18 @@ class SQLiteStore(StoreAdapter):
                                    else "the store is open read-only")
         return await self._writer.submit(fn)
 
+    def commit_stats(self) -> CommitStats:
+        """The WAL flushes that made jobs durable since `open()`, and their times."""
+        return self._writer.commits.snapshot() if self._writer is not None else CommitStats()
+
     @property
     def batches(self) -> int:
         """WAL flushes that made jobs durable; with `jobs`, shows how well they are shared."""
-        return self._writer.flushes if self._writer is not None else 0
+        return self.commit_stats().commits
 
     @property
     def jobs(self) -> int:
-        return self._writer.jobs if self._writer is not None else 0
+        return self.commit_stats().jobs
 
     def _checkpoint_loop(self) -> None:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)

@@ -48,7 +48,7 @@ from typing import Any, TypeVar
 import structlog
 
 from connector.errors import StoreError, StoreUnavailable
-from connector.store._shared import Outcome, resolve, set_results
+from connector.store._shared import CommitRecorder, Outcome, resolve, set_results
 from connector.store.payload_log import PayloadLog
 
 log = structlog.get_logger(__name__)
@@ -125,8 +125,7 @@ class SQLiteWriter:
         self._work: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._wal_fd: int | None = None
         self._thread: threading.Thread | None = None
-        self.flushes = 0  # WAL flushes that made jobs durable
-        self.jobs = 0  # jobs they made durable
+        self.commits = CommitRecorder()  # the WAL flushes that made jobs durable
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -292,11 +291,12 @@ class SQLiteWriter:
             work = self._work.get()
             if work is _STOP:
                 break
+            started = time.perf_counter()
             if isinstance(work, _CommitHere):
                 self._commit(work.transaction.outcomes)
             elif isinstance(work, _RunHere):
                 self._run_here(work.jobs)
-            self._flush()
+            self._flush(started)
 
     def _run_here(self, jobs: list[_Job]) -> None:
         try:
@@ -351,9 +351,10 @@ class SQLiteWriter:
                     raise
             time.sleep(0.002)
 
-    def _flush(self) -> None:
+    def _flush(self, started: float) -> None:
         """Make everything committed so far durable, then wake its callers; the loop with an
-        open transaction commits it when woken."""
+        open transaction commits it when woken. `started`: when this work began (its COMMIT,
+        if any), for the commit times."""
         while True:
             with self._lock:
                 committed, self._committed = self._committed, []
@@ -365,8 +366,7 @@ class SQLiteWriter:
                         f"the WAL could not be flushed ({exc}); restart the connector")
                     log.critical("store_flush_failed", error=str(exc))
                 if self._failure is None:
-                    self.flushes += 1
-                    self.jobs += len(committed)
+                    self.commits.record(time.perf_counter() - started, len(committed))
             if self._failure is not None:
                 failure = self._failure
                 committed = [(job, None, failure) for job, _, _ in committed]

@@ -135,6 +135,11 @@ async def test_concurrent_writes_share_commits(make_store: StoreFactory) -> None
     assert len(await store.list_inbound(limit=1000)) == 300
     assert store.jobs == 300
     assert store.batches < 300  # group commit: several messages per fsync
+    stats = store.commit_stats()
+    assert (stats.commits, stats.jobs) == (store.batches, 300)
+    assert stats.seconds > 0
+    assert list(stats.buckets) == sorted(stats.buckets)  # cumulative
+    assert stats.buckets[-1] <= stats.commits  # the rest took longer than the last bound
 
 
 async def test_concurrent_copies_are_stored_once(make_store: StoreFactory) -> None:

@@ -133,3 +133,26 @@ async def test_whitelist_age_is_exported(app_factory: Callable[..., object],
     values = samples((await http_get(*running.app.admin.address, "/metrics"))[1])
     age = values[("mssconnector_whitelist_age_seconds", ())]
     assert 3 * 86400 - 5 < age < 3 * 86400 + 60
+
+
+async def test_store_commits_are_exported(app_factory: Callable[..., object],
+                                          tmp_path: Path) -> None:
+    running = await start_with_admin(app_factory, tmp_path)
+    assert running.app.admin is not None
+    before = samples((await http_get(*running.app.admin.address, "/metrics"))[1])
+    for n in range(5):
+        await running.send(adt(f"S{n}"))
+    values = samples((await http_get(*running.app.admin.address, "/metrics"))[1])
+    commits = values[("mssconnector_store_commits_total", ())]
+    jobs = values[("mssconnector_store_committed_jobs_total", ())]
+    # one job per ADT, and the delivery worker's outbox leases (write transactions too)
+    assert jobs - before[("mssconnector_store_committed_jobs_total", ())] >= 5
+    assert commits - before[("mssconnector_store_commits_total", ())] >= 1
+    assert values[("mssconnector_store_commit_seconds_count", ())] == commits
+    assert values[("mssconnector_store_commit_seconds_bucket", (("le", "+Inf"),))] == commits
+    assert values[("mssconnector_store_commit_seconds_sum", ())] > 0
+    bounds = sorted((float(le), count) for (name, labels), count in values.items()
+                    if name == "mssconnector_store_commit_seconds_bucket"
+                    for _, le in labels)
+    counts = [count for _, count in bounds]
+    assert counts == sorted(counts)  # cumulative
