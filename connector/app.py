@@ -162,7 +162,8 @@ class Application:
         app.gauges = GaugeRefresher(
             app.metrics, store.outbox_stats, lambda: list(app.tenants),
             certificates=lambda: [c for t in app.tenants.values() for c in t.certificates],
-            whitelist_generated_at=lambda: app._whitelist_date, mailboxes=app.mailboxes)
+            whitelist_generated_at=lambda: app._whitelist_date, mailboxes=app.mailboxes,
+            disk_usage=store.disk_usage)
         return app
 
     def _shared(self, settings: Settings) -> SharedParts:

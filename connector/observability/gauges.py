@@ -1,7 +1,7 @@
 """Gauges read from the state of things rather than counted as events: the outbox by tenant,
-kind and state, the oldest row still to send, client certificates' days to expiry, the
-whitelist's age, the mailboxes' connection. Refreshed every `interval` seconds (and on start) by
-one task, so a scrape never queries the store."""
+kind and state, the oldest row still to send, the store's size and free disk, client
+certificates' days to expiry, the whitelist's age, the mailboxes' connection. Refreshed every
+`interval` seconds (and on start) by one task, so a scrape never queries the store."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import structlog
 from connector.delivery.tls import CertificateInfo
 from connector.errors import StoreError
 from connector.observability.metrics import ConnectorMetrics
-from connector.store import OutboxKind, OutboxStat, OutboxState
+from connector.store import DiskUsage, OutboxKind, OutboxStat, OutboxState
 
 log = structlog.get_logger(__name__)
 
@@ -38,6 +38,7 @@ class GaugeRefresher:
                  certificates: Callable[[], Sequence[Certificate]] = tuple,
                  whitelist_generated_at: Callable[[], datetime | None] = lambda: None,
                  mailboxes: Callable[[], dict[str, bool]] | None = None,
+                 disk_usage: Callable[[], Awaitable[DiskUsage]] | None = None,
                  interval: float = 15.0) -> None:
         self.metrics = metrics
         self._stats = stats
@@ -45,6 +46,7 @@ class GaugeRefresher:
         self._certificates = certificates
         self._whitelist = whitelist_generated_at
         self._mailboxes = mailboxes
+        self._disk_usage = disk_usage
         self.interval = interval
         self._task: asyncio.Task[None] | None = None
 
@@ -70,6 +72,8 @@ class GaugeRefresher:
             log.warning("gauges_store_unavailable", error=str(exc))
         else:
             self._outbox(stats, at)
+        if self._disk_usage is not None:
+            await self._store_size()
         for certificate in self._certificates():
             self.metrics.client_certificate_expiry_days.labels(
                 certificate.tenant_id, certificate.use).set(
@@ -80,6 +84,18 @@ class GaugeRefresher:
         if self._mailboxes is not None:
             for tenant, connected in self._mailboxes().items():
                 self.metrics.mailbox_connected.labels(tenant).set(1 if connected else 0)
+
+    async def _store_size(self) -> None:
+        assert self._disk_usage is not None
+        try:
+            usage = await self._disk_usage()
+        except (StoreError, OSError) as exc:
+            log.warning("gauges_store_size_unavailable", error=type(exc).__name__)
+            return
+        self.metrics.store_bytes.labels("database").set(usage.database)
+        self.metrics.store_bytes.labels("payloads").set(usage.payloads)
+        if usage.free is not None:
+            self.metrics.store_free_bytes.set(usage.free)
 
     def _outbox(self, stats: list[OutboxStat], at: float) -> None:
         counts = {(t, k, s): 0 for t in self._tenants() for k in OutboxKind

@@ -101,6 +101,14 @@ class ConnectorMetrics:
             "mssconnector_whitelist_age_seconds",
             "Age of the installed MSSanté whitelist (its DateDeGeneration)",
             registry=self.registry)
+        self.store_bytes = Gauge(
+            "mssconnector_store_bytes",
+            "Bytes the store occupies, by part (database: with its WAL, or the PostgreSQL "
+            "database; payloads: the SQLite payload segments)", ["part"], registry=self.registry)
+        self.store_free_bytes = Gauge(
+            "mssconnector_store_free_bytes",
+            "Bytes free on the file system of the SQLite store (a full disk answers AR)",
+            registry=self.registry)
         self.mailbox_connected = Gauge(
             "mssconnector_receipts_mailbox_connected",
             "1 while the tenant's application mailbox is connected over IMAP", ["tenant"],

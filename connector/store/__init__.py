@@ -11,6 +11,7 @@ from connector.store.model import (
     AuditEntry,
     AuditRecord,
     CommitStats,
+    DiskUsage,
     DocumentAction,
     DocumentChange,
     DocumentStatus,
@@ -49,6 +50,7 @@ __all__ = [
     "AuditEntry",
     "AuditRecord",
     "CommitStats",
+    "DiskUsage",
     "DocumentAction",
     "DocumentChange",
     "DocumentStatus",
@@ -192,6 +194,10 @@ class OutboxStore(Protocol):
 
     async def outbox_stats(self) -> list[OutboxStat]:
         """Rows per tenant, kind and state, with the oldest one's creation time (metrics)."""
+        ...
+
+    async def disk_usage(self) -> DiskUsage:
+        """Bytes the store occupies, and free on its file system when it is local (metrics)."""
         ...
 
     async def list_unconfirmed(self, tenant_id: str, *, sent_before: float, limit: int = 100

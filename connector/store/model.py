@@ -444,3 +444,14 @@ class CommitStats:
     jobs: int = 0
     seconds: float = 0.0
     buckets: tuple[int, ...] = (0,) * len(COMMIT_BUCKETS)
+
+
+@dataclass(frozen=True, slots=True)
+class DiskUsage:
+    """What a store occupies: its database (SQLite: the file with its WAL; PostgreSQL: the whole
+    database), its payload segments (SQLite), and what is left on the file system that holds
+    them (SQLite; None when the database is elsewhere). A full disk answers every message AR."""
+
+    database: int
+    payloads: int = 0
+    free: int | None = None

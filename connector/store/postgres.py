@@ -105,6 +105,7 @@ from connector.store.migrations import MIGRATIONS
 from connector.store.model import (
     AuditEntry,
     CommitStats,
+    DiskUsage,
     DocumentStatus,
     EventKind,
     InboundDetail,
@@ -183,6 +184,11 @@ class PostgresStore(StoreAdapter):
         self._outbox = _ReaderPool(self._connect, readers)  # outbox transactions
         self._seed = b""
         self._commits = CommitRecorder()
+
+    async def disk_usage(self) -> DiskUsage:
+        """The database's size on the server; its free space is the server's to watch."""
+        rows = await self._query("SELECT pg_database_size(current_database())")
+        return DiskUsage(int(rows[0][0]))
 
     def commit_stats(self) -> CommitStats:
         """The transactions the writer threads committed since `open()`, and their times."""

@@ -58,6 +58,7 @@ from connector.store.migrations import MIGRATIONS
 from connector.store.model import (
     AuditEntry,
     CommitStats,
+    DiskUsage,
     DocumentStatus,
     EventKind,
     InboundDetail,
@@ -241,6 +242,21 @@ class SQLiteStore(StoreAdapter):
             raise StoreUnavailable("the store is closed" if self._closed
                                    else "the store is open read-only")
         return await self._writer.submit(fn)
+
+    async def disk_usage(self) -> DiskUsage:
+        if self._closed:
+            raise StoreUnavailable("the store is closed")
+        return await asyncio.to_thread(self._disk_usage)
+
+    def _disk_usage(self) -> DiskUsage:
+        database = sum(_size(self.path.with_name(self.path.name + suffix))
+                       for suffix in ("", "-wal", "-shm"))
+        payloads = sum(_size(p) for p in self._payloads.directory.glob("segment-*.log"))
+        try:
+            stats = os.statvfs(self.path.parent)
+        except OSError:
+            return DiskUsage(database, payloads)
+        return DiskUsage(database, payloads, stats.f_bavail * stats.f_frsize)
 
     def commit_stats(self) -> CommitStats:
         """The WAL flushes that made jobs durable since `open()`, and their times."""
@@ -634,3 +650,10 @@ class _SQLiteDb:
 
     def insert(self, sql: str, params: Sequence[Any], table: str) -> int:
         return int(self.conn.execute(sql, tuple(params)).lastrowid or 0)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0

@@ -475,3 +475,21 @@ async def test_read_only_open_reads_beside_the_writer(make_store: StoreFactory) 
         with pytest.raises(StoreUnavailable, match="read-only"):
             await reader.record_inbound(inbound(control_id="X2"))
         await reader.close()
+
+
+async def test_disk_usage_grows_with_what_is_stored(make_store: StoreFactory) -> None:
+    store = make_store()
+    before = await store.disk_usage()
+    assert before.database > 0
+    big = b"MSH|^~\\&|A|B|C|D|1||ORU^R01|BIG|P|2.5\rOBX|1|ED|||" + os.urandom(40_000).hex().encode()
+    for n in range(5):
+        await store.record_inbound(inbound(raw=big + str(n).encode(), control_id=f"BIG{n}"))
+    after = await store.disk_usage()
+    if make_store.backend == "sqlite":  # its payload segments and its file system
+        assert after.payloads - before.payloads >= 5 * 80_000
+        assert after.free is not None
+        assert after.free > 0
+    else:  # the whole database, on the server
+        assert after.payloads == 0
+        assert after.free is None
+        assert after.database >= before.database

@@ -156,3 +156,21 @@ async def test_store_commits_are_exported(app_factory: Callable[..., object],
                     for _, le in labels)
     counts = [count for _, count in bounds]
     assert counts == sorted(counts)  # cumulative
+
+
+async def test_store_size_and_free_disk_are_exported(app_factory: Callable[..., object],
+                                                     tmp_path: Path) -> None:
+    import shutil
+
+    running = await start_with_admin(app_factory, tmp_path)
+    big = adt("BIG").replace(b"PV1|", b"NTE|1||" + b"x" * 60_000 + b"\rPV1|")
+    await running.send(big)  # over the inline limit: a payload segment record
+    assert running.app.gauges is not None
+    assert running.app.admin is not None
+    await running.app.gauges.refresh()
+    values = samples((await http_get(*running.app.admin.address, "/metrics"))[1])
+    assert values[("mssconnector_store_bytes", (("part", "database"),))] > 0
+    assert values[("mssconnector_store_bytes", (("part", "payloads"),))] >= 60_000
+    free = values[("mssconnector_store_free_bytes", ())]
+    actual = shutil.disk_usage(tmp_path).free
+    assert abs(free - actual) < 0.05 * actual + 50_000_000  # the same file system, read apart

@@ -53,6 +53,8 @@ METRICS: dict[str, set[str]] = {
     "mssconnector_store_commit_seconds_bucket": {"le"},
     "mssconnector_store_commits_total": set(),
     "mssconnector_store_committed_jobs_total": set(),
+    "mssconnector_store_bytes": {"part"},
+    "mssconnector_store_free_bytes": set(),
 }
 #: Metrics of the whole process, with no tenant label.
 PROCESS_METRICS = ("mssconnector_whitelist_age_seconds", "mssconnector_store_")

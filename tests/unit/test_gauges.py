@@ -1,0 +1,55 @@
+"""GaugeRefresher: the store's size and free disk (the other gauges: tests/integration)."""
+
+from __future__ import annotations
+
+from connector.errors import StoreUnavailable
+from connector.observability.gauges import GaugeRefresher
+from connector.observability.metrics import ConnectorMetrics
+from connector.store import DiskUsage, OutboxStat
+
+
+async def no_outbox() -> list[OutboxStat]:
+    return []
+
+
+def value(metrics: ConnectorMetrics, name: str, **labels: str) -> float | None:
+    return metrics.registry.get_sample_value(name, labels)
+
+
+async def test_store_size_and_free_disk_are_set() -> None:
+    metrics = ConnectorMetrics()
+
+    async def usage() -> DiskUsage:
+        return DiskUsage(database=4096, payloads=70_000, free=10**9)
+
+    await GaugeRefresher(metrics, no_outbox, list, disk_usage=usage).refresh()
+    assert value(metrics, "mssconnector_store_bytes", part="database") == 4096
+    assert value(metrics, "mssconnector_store_bytes", part="payloads") == 70_000
+    assert value(metrics, "mssconnector_store_free_bytes") == 10**9
+
+
+async def test_a_remote_database_sets_no_free_disk() -> None:
+    metrics = ConnectorMetrics()
+
+    async def usage() -> DiskUsage:
+        return DiskUsage(database=8_000_000)  # PostgreSQL: its disk is the server's
+
+    await GaugeRefresher(metrics, no_outbox, list, disk_usage=usage).refresh()
+    assert value(metrics, "mssconnector_store_bytes", part="database") == 8_000_000
+    assert value(metrics, "mssconnector_store_free_bytes") == 0  # never set
+
+
+async def test_an_unavailable_store_leaves_the_last_values() -> None:
+    metrics = ConnectorMetrics()
+    answers = [DiskUsage(database=4096, payloads=1, free=5)]
+
+    async def usage() -> DiskUsage:
+        if not answers:
+            raise StoreUnavailable("the store is closed")
+        return answers.pop()
+
+    refresher = GaugeRefresher(metrics, no_outbox, list, disk_usage=usage)
+    await refresher.refresh()
+    await refresher.refresh()  # logs a warning, raises nothing
+    assert value(metrics, "mssconnector_store_bytes", part="database") == 4096
+    assert value(metrics, "mssconnector_store_free_bytes") == 5
