@@ -486,3 +486,143 @@ def test_helm_refuses_sqlite_with_replicas() -> None:
                             capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode != 0
     assert "replicaCount" in result.stderr
+
+
+# -- the alerting rules ----------------------------------------------------------------------
+
+RULES = CHART / "alerts" / "mssante-connector.rules.yaml"
+
+
+def exported_metrics() -> dict[str, set[str]]:
+    """Every sample name the connector exports, with its labels: a ConnectorMetrics with one
+    child per labelled metric, and the store's collector, read back from the registry."""
+    from prometheus_client.metrics import MetricWrapperBase
+
+    from connector.observability.metrics import ConnectorMetrics
+    from connector.store import CommitStats
+
+    metrics = ConnectorMetrics()
+    metrics.watch_store(CommitStats)
+    for metric in vars(metrics).values():
+        if isinstance(metric, MetricWrapperBase) and metric._labelnames:
+            metric.labels(*["x"] * len(metric._labelnames))
+    found: dict[str, set[str]] = {}
+    for family in metrics.registry.collect():
+        for sample in family.samples:
+            found.setdefault(sample.name, set()).update(sample.labels)
+    return found
+
+
+def test_alert_rules_use_only_the_connector_metrics() -> None:
+    known = exported_metrics()
+    assert "mssconnector_store_free_bytes" in known  # the helper sees gauges and collectors
+    rules = [rule for group in load_yaml(RULES)["groups"] for rule in group["rules"]]
+    assert len(rules) >= 8
+    names = [rule["alert"] for rule in rules]
+    assert len(names) == len(set(names))
+    for rule in rules:
+        assert re.fullmatch(r"MSSConnector[A-Za-z]+", rule["alert"]), rule
+        assert rule["labels"]["severity"] in ("warning", "critical"), rule
+        assert rule["annotations"]["summary"], rule
+        assert rule["annotations"]["description"], rule
+        expr = rule["expr"]
+        used = set(re.findall(r"\bmssconnector_[a-z0-9_]+", expr))
+        assert used, expr
+        assert used <= set(known), (expr, used - set(known))
+        labels = set().union(*(known[n] for n in used))
+        for name, selector in re.findall(r"\b(mssconnector_[a-z0-9_]+)\{([^}]*)\}", expr):
+            matchers = set(re.findall(r"([a-z_]+)\s*(?:=~|!~|!=|=)", selector))
+            assert matchers <= known[name], (expr, matchers - known[name])
+        for grouping in re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", expr):
+            grouped = {g.strip() for g in grouping.split(",") if g.strip()}
+            assert grouped <= labels, (expr, grouped - labels)
+        # only the labels the expression keeps may appear in the texts
+        for text in rule["annotations"].values():
+            for label in re.findall(r"\$labels\.([a-z_]+)", text):
+                assert label in labels, (rule["alert"], label)
+
+
+def test_the_prometheus_rule_ships_the_rules_file() -> None:
+    text = (TEMPLATES / "prometheusrule.yaml").read_text(encoding="utf-8")
+    assert "kind: PrometheusRule" in text
+    assert '.Files.Get "alerts/mssante-connector.rules.yaml"' in text
+    assert "{{- if .Values.prometheusRule.enabled }}" in text
+    ignored = (CHART / ".helmignore").read_text(encoding="utf-8").split()
+    assert not any(p.startswith("alerts") for p in ignored)
+
+
+def promtool() -> str:
+    found = os.environ.get("PROMTOOL") or shutil.which("promtool")
+    if not found:
+        pytest.skip("promtool is not installed (Debian package prometheus; .ci/run installs "
+                    "it): the rules are checked without Prometheus")
+    return found
+
+
+def test_promtool_accepts_the_rules() -> None:
+    result = subprocess.run([promtool(), "check", "rules", str(RULES)], capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 9 rules found" in result.stdout
+
+
+#: (alert, input series {series: values}, minutes at which it must not fire yet, minutes at
+#: which it fires, its labels). Values use promtool's expanding notation: 'a+bxN'.
+ALERT_CASES = [
+    ("MSSConnectorStoreDiskLow", {"mssconnector_store_free_bytes": "1000000000x40"},
+     5, 15, {"severity": "critical"}),
+    ("MSSConnectorStoreCommitsSlow",
+     {'mssconnector_store_commit_seconds_bucket{le="0.1"}': "0+1x40",
+      'mssconnector_store_commit_seconds_bucket{le="0.25"}': "0+100x40",
+      'mssconnector_store_commit_seconds_bucket{le="+Inf"}': "0+100x40"},
+     10, 25, {"severity": "warning"}),
+    ("MSSConnectorMessagesRefused",
+     {'mssconnector_mllp_messages_total{tenant="chu-a",type="other",ack="AR"}': "0+5x40",
+      'mssconnector_mllp_messages_total{tenant="chu-b",type="other",ack="AA"}': "0+5x40"},
+     8, 20, {"severity": "warning", "tenant": "chu-a"}),
+    ("MSSConnectorDeliveryPaused",
+     {'mssconnector_delivery_paused{tenant="chu-a"}': "0 0 1x40",
+      'mssconnector_delivery_paused{tenant="chu-b"}': "0x40"},
+     10, 20, {"severity": "critical", "tenant": "chu-a"}),
+    ("MSSConnectorOutboxBacklog",
+     {'mssconnector_outbox_oldest_pending_seconds{tenant="chu-a",kind="smtp"}': "4000x40"},
+     10, 20, {"severity": "warning", "tenant": "chu-a", "kind": "smtp"}),
+    ("MSSConnectorDeliveryRefused",
+     {'mssconnector_delivery_refused_total{tenant="chu-a",transport="smtp"}': "0x10 1x30"},
+     5, 15, {"severity": "warning", "tenant": "chu-a"}),
+    ("MSSConnectorCertificateExpiresSoon",
+     {'mssconnector_client_certificate_expiry_days{tenant="chu-a",use="smtp"}': "40 40 20x40"},
+     1, 3, {"severity": "warning", "tenant": "chu-a", "use": "smtp"}),
+    ("MSSConnectorWhitelistStale", {"mssconnector_whitelist_age_seconds": "800000x90"},
+     30, 70, {"severity": "warning"}),
+    ("MSSConnectorMailboxDisconnected",
+     {'mssconnector_receipts_mailbox_connected{tenant="chu-a"}': "1 1 0x40"},
+     10, 20, {"severity": "warning", "tenant": "chu-a"}),
+]
+
+
+def test_each_alert_fires_when_it_should(tmp_path: Path) -> None:
+    """promtool's rule unit tests, on a copy of the rules without their annotations (promtool
+    compares those too; `test_alert_rules_use_only_the_connector_metrics` covers them)."""
+    tool = promtool()
+    rules = load_yaml(RULES)
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            rule.pop("annotations")
+    assert {case[0] for case in ALERT_CASES} == {
+        rule["alert"] for group in rules["groups"] for rule in group["rules"]}
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rules), encoding="utf-8")
+    tests = [{
+        "interval": "1m",
+        "input_series": [{"series": s, "values": v} for s, v in series.items()],
+        "alert_rule_test": [
+            {"eval_time": f"{quiet}m", "alertname": alert, "exp_alerts": []},
+            {"eval_time": f"{fires}m", "alertname": alert,
+             "exp_alerts": [{"exp_labels": labels}]},
+        ],
+    } for alert, series, quiet, fires, labels in ALERT_CASES]
+    spec = {"rule_files": ["rules.yaml"], "evaluation_interval": "1m", "tests": tests}
+    (tmp_path / "tests.yaml").write_text(yaml.safe_dump(spec), encoding="utf-8")
+    result = subprocess.run([tool, "test", "rules", "tests.yaml"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
