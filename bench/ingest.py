@@ -2,7 +2,7 @@
 server doing parse + ACK with nothing stored, driven by the same load in the same run.
 
     .venv/bin/python bench/ingest.py [--seconds 5] [--connections 4 16] [--kinds adt oru]
-                                     [--rounds 1]
+                                     [--rounds 1] [--patients 1]
 
 Each server runs in its own process; the load runs in a third process (closed loop: each
 connection sends one message and waits for its ACK). Every message has a unique MSH-10 and
@@ -10,6 +10,10 @@ content, so the connector never short-circuits on retransmission detection. Prin
 p50/p99 ACK latency per server, the ratio connector/baseline, each server's CPU per message (all
 its threads, user + system, from /proc: on a shared machine it moves less than msgs/s, which also
 counts the time a server waited for a core), and the ACK codes received.
+
+Every ADT is the fixture's patient unless `--patients N` (N > 1) makes them cycle through N
+patients (distinct IPP and INS, same length), so that the connector creates patients instead of
+updating one.
 
 The connector runs with no legacy mapping configured, so it answers the ORU (a bare PDF, no CI-SIS
 profile) AE and keeps it as rejected: stored and synced like an accepted message (the same row,
@@ -91,6 +95,13 @@ def oru_template(size: int = 70_000) -> bytes:
     return b"\r".join(segments) + b"\r"
 
 
+def for_patient(template: bytes, index: int) -> bytes:
+    """The ADT fixture for patient `index`: its IPP and its INS, the same length as the fixture's
+    (the fixture's own patient is 000003)."""
+    return (template.replace(b"|000003^^^", b"|%06d^^^" % index, 1)
+            .replace(b"~279035121518989^", b"~279035121%06d^" % index, 1))
+
+
 def unique(template: bytes, n: int, tag: str) -> bytes:
     return template.replace(b"|3975|", f"|{tag}{n}|".encode(), 1)
 
@@ -125,7 +136,11 @@ def ack_code(ack: bytes) -> str:
 
 
 async def _connection(port: int, template: bytes, tag: str, deadline: float, warmup_until: float,
-                      latencies: list[float], codes: Counter[str]) -> int:
+                      latencies: list[float], codes: Counter[str],
+                      patients: tuple[int, int, int] = (1, 0, 1)) -> int:
+    """`patients`: (how many, this connection's first, the step between its messages'): with
+    more than one, the ADTs cycle through distinct patients."""
+    count, first, step = patients
     reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 24)
     n = 0
     try:
@@ -134,6 +149,8 @@ async def _connection(port: int, template: bytes, tag: str, deadline: float, war
             if now >= deadline:
                 break
             payload = unique(template, n, tag)
+            if count > 1:
+                payload = for_patient(payload, (first + n * step) % count)
             n += 1
             start = time.perf_counter()
             writer.write(b"\x0b" + payload + b"\x1c\r")
@@ -147,7 +164,8 @@ async def _connection(port: int, template: bytes, tag: str, deadline: float, war
     return n
 
 
-async def _load(port: int, connections: int, seconds: float, kind: str, run_tag: str) -> dict:
+async def _load(port: int, connections: int, seconds: float, kind: str, run_tag: str,
+                patients: int = 1) -> dict:
     template = adt_template() if kind == "adt" else oru_template()
     latencies: list[float] = []
     codes: Counter[str] = Counter()
@@ -155,20 +173,21 @@ async def _load(port: int, connections: int, seconds: float, kind: str, run_tag:
     warmup_until = start + min(1.0, seconds / 5)
     deadline = warmup_until + seconds
     sent = await asyncio.gather(*(
-        _connection(port, template, f"{run_tag}C{c}N", deadline, warmup_until, latencies, codes)
+        _connection(port, template, f"{run_tag}C{c}N", deadline, warmup_until, latencies, codes,
+                    (patients if kind == "adt" else 1, c, connections))
         for c in range(connections)))
     return {"seconds": seconds, "latencies": latencies, "size": len(template), "acks": codes,
             "messages": sum(sent)}
 
 
 def run_load(port: int, connections: int, seconds: float, kind: str, run_tag: str,
-             server_pid: int | None = None) -> dict:
+             server_pid: int | None = None, patients: int = 1) -> dict:
     """One slice of load; with `server_pid`, also the server's CPU seconds during it (all its
     threads, from /proc: None where there is no /proc)."""
     before = process_cpu(server_pid) if server_pid else None
     out = subprocess.run(
         [sys.executable, __file__, "--load", str(port), str(connections), str(seconds), kind,
-         run_tag], check=True, capture_output=True, text=True)
+         run_tag, str(patients)], check=True, capture_output=True, text=True)
     result: dict = json.loads(out.stdout)
     after = process_cpu(server_pid) if server_pid else None
     result["cpu"] = after - before if before is not None and after is not None else None
@@ -209,13 +228,13 @@ def acks_label(codes: Counter[str]) -> str:
 
 
 def measure(ports: dict[str, int], pids: dict[str, int], conns: int, seconds: float, kind: str,
-            rounds: int) -> tuple[dict, dict, list[float]]:
+            rounds: int, patients: int = 1) -> tuple[dict, dict, list[float]]:
     """Baseline and connector in `rounds` alternating slices; every slice has its own MSH-10s."""
     slices: dict[str, list[dict]] = {"B": [], "M": []}
     for r in range(rounds):
         for name in ("B", "M") if r % 2 == 0 else ("M", "B"):
             slices[name].append(run_load(ports[name], conns, seconds / rounds, kind, f"{name}{r}",
-                                         pids[name]))
+                                         pids[name], patients))
     ratios = [len(m["latencies"]) / len(b["latencies"])
               for b, m in zip(slices["B"], slices["M"], strict=True)]
     return summary(slices["B"]), summary(slices["M"]), ratios
@@ -253,11 +272,15 @@ def main() -> None:
     parser.add_argument("--kinds", nargs="+", default=["adt", "oru"])
     parser.add_argument("--rounds", type=int, default=1,
                         help="alternating baseline/connector slices per measurement")
-    parser.add_argument("--load", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--patients", type=int, default=1,
+                        help="distinct patients the ADTs cycle through (1: the fixture's own, "
+                             "every ADT updates it; more: new patients are created first)")
+    parser.add_argument("--load", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.load:
-        port, conns, seconds, kind, tag = args.load
-        print(json.dumps(asyncio.run(_load(int(port), int(conns), float(seconds), kind, tag))))
+        port, conns, seconds, kind, tag, patients = args.load
+        print(json.dumps(asyncio.run(_load(int(port), int(conns), float(seconds), kind, tag,
+                                           int(patients)))))
         return
 
     with tempfile.TemporaryDirectory(dir=ROOT / "var" if (ROOT / "var").is_dir() else None
@@ -269,7 +292,7 @@ def main() -> None:
             asyncio.run(wait_port(connector_port, servers[0]))
             asyncio.run(wait_port(baseline_port, servers[1]))
             print(f"cpus={os.cpu_count()} seconds={args.seconds} rounds={args.rounds} "
-                  "(connector: the commit fsynced before every ACK)")
+                  f"adt patients={args.patients} (connector: the commit fsynced before every ACK)")
             header = (f"{'load':<10}{'conns':>6} {'server':<10}{'msgs/s':>9}{'p50 ms':>9}"
                       f"{'p99 ms':>9}{'ratio':>8}{'slices':>13}{'CPU us/msg':>12}  ACKs")
             print(header)
@@ -278,7 +301,8 @@ def main() -> None:
                 for conns in args.connections:
                     base, mine, ratios = measure({"B": baseline_port, "M": connector_port},
                                                  {"B": servers[1].pid, "M": servers[0].pid},
-                                                 conns, args.seconds, kind, args.rounds)
+                                                 conns, args.seconds, kind, args.rounds,
+                                                 args.patients)
                     size = base["size"]
                     label = f"{kind} {size // 1000}KB" if size > 5000 else f"{kind} {size}B"
                     for name, r in (("baseline", base), ("connector", mine)):
