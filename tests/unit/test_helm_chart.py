@@ -413,18 +413,25 @@ def test_dashboard_queries_use_only_the_connector_metrics() -> None:
     assert len(exprs) >= 12
     used: set[str] = set()
     for expr in exprs:
-        names = set(re.findall(r"\bmssconnector_[a-z0-9_]+", expr))
-        assert names, expr
-        assert names <= set(METRICS), (expr, names - set(METRICS))
+        names, _ = checked_expression(expr, METRICS)
         used |= names
-        labels = set().union(*(METRICS[n] for n in names))
-        for name, selector in re.findall(r"\b(mssconnector_[a-z0-9_]+)\{([^}]*)\}", expr):
-            matchers = set(re.findall(r"([a-z_]+)\s*(?:=~|!~|!=|=)", selector))
-            assert matchers <= METRICS[name], (expr, matchers - METRICS[name])
-        for grouping in re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", expr):
-            grouped = {g.strip() for g in grouping.split(",") if g.strip()}
-            assert grouped <= labels, (expr, grouped - labels)
     assert used == set(METRICS)  # every metric has a panel
+
+
+def checked_expression(expr: str, known: dict[str, set[str]]) -> tuple[set[str], set[str]]:
+    """The metric names `expr` uses and all their labels, once checked that every name, label
+    matcher and grouping is one of `known` (metric name -> its labels)."""
+    names = set(re.findall(r"\bmssconnector_[a-z0-9_]+", expr))
+    assert names, expr
+    assert names <= set(known), (expr, names - set(known))
+    labels = set().union(*(known[n] for n in names))
+    for name, selector in re.findall(r"\b(mssconnector_[a-z0-9_]+)\{([^}]*)\}", expr):
+        matchers = set(re.findall(r"([a-z_]+)\s*(?:=~|!~|!=|=)", selector))
+        assert matchers <= known[name], (expr, matchers - known[name])
+    for grouping in re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", expr):
+        grouped = {g.strip() for g in grouping.split(",") if g.strip()}
+        assert grouped <= labels, (expr, grouped - labels)
+    return names, labels
 
 
 def test_dashboard_has_a_tenant_variable_used_by_every_tenant_metric() -> None:
@@ -525,17 +532,7 @@ def test_alert_rules_use_only_the_connector_metrics() -> None:
         assert rule["labels"]["severity"] in ("warning", "critical"), rule
         assert rule["annotations"]["summary"], rule
         assert rule["annotations"]["description"], rule
-        expr = rule["expr"]
-        used = set(re.findall(r"\bmssconnector_[a-z0-9_]+", expr))
-        assert used, expr
-        assert used <= set(known), (expr, used - set(known))
-        labels = set().union(*(known[n] for n in used))
-        for name, selector in re.findall(r"\b(mssconnector_[a-z0-9_]+)\{([^}]*)\}", expr):
-            matchers = set(re.findall(r"([a-z_]+)\s*(?:=~|!~|!=|=)", selector))
-            assert matchers <= known[name], (expr, matchers - known[name])
-        for grouping in re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", expr):
-            grouped = {g.strip() for g in grouping.split(",") if g.strip()}
-            assert grouped <= labels, (expr, grouped - labels)
+        _, labels = checked_expression(rule["expr"], known)
         # only the labels the expression keeps may appear in the texts
         for text in rule["annotations"].values():
             for label in re.findall(r"\$labels\.([a-z_]+)", text):
