@@ -193,13 +193,21 @@ def test_every_included_template_is_defined() -> None:
         assert name.startswith("mssante-connector."), name  # no clash with a parent chart
 
 
-def test_dashboard_configmap_ships_the_dashboard_file() -> None:
-    text = (TEMPLATES / "dashboard-configmap.yaml").read_text(encoding="utf-8")
-    assert '.Files.Get "dashboards/mssante-connector.json"' in text
-    assert 'grafana_dashboard: "1"' in text
-    assert "{{- if .Values.grafanaDashboard.enabled }}" in text
+@pytest.mark.parametrize(("template", "shipped", "marker", "switch"), [
+    ("dashboard-configmap.yaml", "dashboards/mssante-connector.json", 'grafana_dashboard: "1"',
+     "grafanaDashboard"),
+    ("prometheusrule.yaml", "alerts/mssante-connector.rules.yaml", "kind: PrometheusRule",
+     "prometheusRule"),
+])
+def test_optional_resources_ship_their_file(template: str, shipped: str, marker: str,
+                                            switch: str) -> None:
+    text = (TEMPLATES / template).read_text(encoding="utf-8")
+    assert f'.Files.Get "{shipped}"' in text
+    assert marker in text
+    assert f"{{{{- if .Values.{switch}.enabled }}}}" in text
+    assert (CHART / shipped).is_file()
     ignored = (CHART / ".helmignore").read_text(encoding="utf-8").split()
-    assert not any(p.startswith("dashboards") for p in ignored)
+    assert not any(p.startswith(shipped.split("/")[0]) for p in ignored)
 
 
 # -- the TOML the chart renders -----------------------------------------------------------------
@@ -537,15 +545,6 @@ def test_alert_rules_use_only_the_connector_metrics() -> None:
         for text in rule["annotations"].values():
             for label in re.findall(r"\$labels\.([a-z_]+)", text):
                 assert label in labels, (rule["alert"], label)
-
-
-def test_the_prometheus_rule_ships_the_rules_file() -> None:
-    text = (TEMPLATES / "prometheusrule.yaml").read_text(encoding="utf-8")
-    assert "kind: PrometheusRule" in text
-    assert '.Files.Get "alerts/mssante-connector.rules.yaml"' in text
-    assert "{{- if .Values.prometheusRule.enabled }}" in text
-    ignored = (CHART / ".helmignore").read_text(encoding="utf-8").split()
-    assert not any(p.startswith("alerts") for p in ignored)
 
 
 def promtool() -> str:
