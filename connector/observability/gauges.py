@@ -73,7 +73,7 @@ class GaugeRefresher:
         else:
             self._outbox(stats, at)
         if self._disk_usage is not None:
-            await self._store_size()
+            await self._store_size(self._disk_usage)
         for certificate in self._certificates():
             self.metrics.client_certificate_expiry_days.labels(
                 certificate.tenant_id, certificate.use).set(
@@ -85,10 +85,9 @@ class GaugeRefresher:
             for tenant, connected in self._mailboxes().items():
                 self.metrics.mailbox_connected.labels(tenant).set(1 if connected else 0)
 
-    async def _store_size(self) -> None:
-        assert self._disk_usage is not None
+    async def _store_size(self, disk_usage: Callable[[], Awaitable[DiskUsage]]) -> None:
         try:
-            usage = await self._disk_usage()
+            usage = await disk_usage()
         except (StoreError, OSError) as exc:
             log.warning("gauges_store_size_unavailable", error=type(exc).__name__)
             return
