@@ -1,16 +1,18 @@
 """Plumbing both store adapters share: waking callers from a writer or commit thread, counting
-their group commits, reading summaries, and the outbox statements both dialects run alike
-(written with `?` placeholders; the PostgreSQL adapter turns them into `%s`)."""
+their group commits, pools of reusable connections, reading summaries, and the outbox statements
+both dialects run alike (written with `?` placeholders; the PostgreSQL adapter turns them into
+`%s`)."""
 
 from __future__ import annotations
 
 import asyncio
 import bisect
 import contextlib
+import itertools
 import queue
 import threading
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol, TypeVar
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Generic, Protocol, TypeVar
 
 from connector.store.cipher import PayloadCipher
 from connector.store.model import (
@@ -117,12 +119,63 @@ class CommitRecorder:
         with self._lock:
             counts, commits, jobs, seconds = (list(self._counts), self._commits, self._jobs,
                                               self._seconds)
-        cumulative: list[int] = []
-        total = 0
-        for count in counts[:-1]:
-            total += count
-            cumulative.append(total)
-        return CommitStats(commits, jobs, seconds, tuple(cumulative))
+        return CommitStats(commits, jobs, seconds, tuple(itertools.accumulate(counts[:-1])))
+
+
+class Closable(Protocol):
+    def close(self) -> None: ...
+
+
+C = TypeVar("C", bound=Closable)
+
+
+class ConnectionPool(Generic[C]):
+    """At most `size` connections in use at once, reused from one use to the next (each by one
+    thread at a time). `usable(conn)` says whether an idle one can still serve (a server may
+    have closed it meanwhile); `reusable(conn, failed)` whether one goes back to the pool after
+    a use, `failed` when that use raised. `close()` closes the idle ones and every one in use
+    when its use ends."""
+
+    def __init__(self, connect: Callable[[], C], size: int, *,
+                 usable: Callable[[C], bool] = lambda conn: True,
+                 reusable: Callable[[C, bool], bool] = lambda conn, failed: True) -> None:
+        self._connect = connect
+        self.size = size
+        self._usable = usable
+        self._reusable = reusable
+        self._slots = threading.BoundedSemaphore(size)
+        self._idle: list[C] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[C]:
+        with self._slots:
+            with self._lock:
+                conn = self._idle.pop() if self._idle else None
+            if conn is not None and not self._usable(conn):
+                conn.close()
+                conn = None
+            if conn is None:
+                conn = self._connect()
+            failed = True
+            try:
+                yield conn
+                failed = False
+            finally:
+                with self._lock:
+                    keep = not self._closed and self._reusable(conn, failed)
+                    if keep:
+                        self._idle.append(conn)
+                if not keep:
+                    conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
 
 
 def summary_from_row(row: Sequence[Any]) -> InboundSummary:

@@ -1,11 +1,11 @@
 """What both store adapters do alike above their SQL: the outbox lease life cycle, the audit
-trail and the operators' listings.
+trail, the operators' listings and the group-commit counts.
 
 An adapter supplies how a statement runs under a delivery lease (`_fenced`: it raises
 `LeaseLost` when the lease is no longer the caller's), without one (`_unfenced`: False when the
-row was not in a state the statement changes), and how a query reads (`_query`). Statements are
-written with `?` placeholders (`connector.store._shared`); the PostgreSQL adapter turns them into
-`%s`.
+row was not in a state the statement changes), how a query reads (`_query`), and its group
+commits so far (`commit_stats`). Statements are written with `?` placeholders
+(`connector.store._shared`); the PostgreSQL adapter turns them into `%s`.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from connector.store.cipher import PayloadCipher
 from connector.store.model import (
     AuditEntry,
     AuditRecord,
+    CommitStats,
     DocumentStatus,
     DocumentVersion,
     InboundStatus,
@@ -84,6 +85,19 @@ class StoreAdapter(ABC):
     async def _query(self, sql: str, params: Sequence[Any] = ()
                      ) -> Sequence[Sequence[Any]]:
         """The rows of a read."""
+
+    @abstractmethod
+    def commit_stats(self) -> CommitStats:
+        """The group commits made durable since `open()`, and their times."""
+
+    @property
+    def batches(self) -> int:
+        """Group commits made durable; with `jobs`, shows how well they are shared."""
+        return self.commit_stats().commits
+
+    @property
+    def jobs(self) -> int:
+        return self.commit_stats().jobs
 
     # -- the outbox lease life cycle ----------------------------------------------------------
 

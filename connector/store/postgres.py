@@ -89,6 +89,7 @@ from connector.store._shared import (
     SUMMARY_WIDTH,
     Claim,
     CommitRecorder,
+    ConnectionPool,
     audit_params,
     check_item,
     check_lease,
@@ -180,10 +181,15 @@ class PostgresStore(StoreAdapter):
         self._queue: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
         self._closed = True
         self._threads: list[threading.Thread] = []
-        self._readers = _ReaderPool(self._connect, readers)
-        self._outbox = _ReaderPool(self._connect, readers)  # outbox transactions
+        self._readers = self._pool(readers)
+        self._outbox = self._pool(readers)  # outbox transactions
         self._seed = b""
         self._commits = CommitRecorder()
+
+    def _pool(self, size: int) -> ConnectionPool[Connection]:
+        """Autocommit connections for reads or outbox transactions; broken ones are dropped."""
+        return ConnectionPool(self._connect, size, usable=lambda conn: not _stale(conn),
+                              reusable=lambda conn, failed: not (conn.closed or conn.broken))
 
     async def disk_usage(self) -> DiskUsage:
         """The database's size on the server; its free space is the server's to watch."""
@@ -193,15 +199,6 @@ class PostgresStore(StoreAdapter):
     def commit_stats(self) -> CommitStats:
         """The transactions the writer threads committed since `open()`, and their times."""
         return self._commits.snapshot()
-
-    @property
-    def batches(self) -> int:
-        """Commits made; with `jobs`, shows how well commits are shared."""
-        return self._commits.snapshot().commits
-
-    @property
-    def jobs(self) -> int:
-        return self._commits.snapshot().jobs
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -232,8 +229,8 @@ class PostgresStore(StoreAdapter):
                 conn.close()
             raise
         self._queue = queue.SimpleQueue()
-        self._readers = _ReaderPool(self._connect, self._readers.size)
-        self._outbox = _ReaderPool(self._connect, self._outbox.size)
+        self._readers = self._pool(self._readers.size)
+        self._outbox = self._pool(self._outbox.size)
         self._closed = False
         self._threads = []
         for index, conn in enumerate(connections):
@@ -885,45 +882,6 @@ def migrate(conn: Connection, seed: bytes = b"") -> int:
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-
-class _ReaderPool:
-    """At most `size` autocommit connections for reads, reused; broken ones are dropped."""
-
-    def __init__(self, connect: Callable[[], Connection], size: int) -> None:
-        self._connect = connect
-        self.size = size
-        self._slots = threading.BoundedSemaphore(size)
-        self._idle: list[Connection] = []
-        self._lock = threading.Lock()
-        self._closed = False
-
-    @contextlib.contextmanager
-    def connection(self) -> Iterator[Connection]:
-        with self._slots:
-            with self._lock:
-                conn = self._idle.pop() if self._idle else None
-            if conn is not None and _stale(conn):  # closed by the server while idle
-                conn.close()
-                conn = None
-            if conn is None:
-                conn = self._connect()
-            try:
-                yield conn
-            finally:
-                with self._lock:
-                    keep = not (self._closed or conn.closed or conn.broken)
-                    if keep:
-                        self._idle.append(conn)
-                if not keep:
-                    conn.close()
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.close()
 
 
 def _stale(conn: Connection) -> bool:

@@ -44,6 +44,7 @@ from connector.store._shared import (
     SUMMARY_COLUMNS,
     SUMMARY_WIDTH,
     Claim,
+    ConnectionPool,
     audit_params,
     check_item,
     check_lease,
@@ -88,6 +89,7 @@ log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 _INLINE_PAYLOAD_MAX = 16 * 1024  # larger payloads go to the payload log
+_READERS = 8  # reads at once (worker threads of asyncio.to_thread), each on its connection
 _CHECKPOINT_EVERY_SECONDS = 0.5
 _CHECKPOINT_BUSY_SECONDS = 0.1
 # Under `_JOURNAL_SIZE_LIMIT`: a WAL started over within the space the file already has is
@@ -111,41 +113,10 @@ def _connect(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
     return conn
 
 
-class _Readers:
-    """Read-only connections kept open between reads: opening one and parsing the schema cost
-    about 0.3 ms a read. Each is used by one thread at a time; at most `size` wait idle (none
-    holds a read transaction between reads, so none holds back a checkpoint)."""
-
-    def __init__(self, path: Path, busy_timeout_ms: int, size: int = 4) -> None:
-        self._path = path
-        self._busy_timeout_ms = busy_timeout_ms
-        self._size = size
-        self._idle: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
-        self._closed = False
-
-    def acquire(self) -> sqlite3.Connection:
-        with self._lock:
-            if self._idle:
-                return self._idle.pop()
-        conn = sqlite3.connect(f"file:{self._path}?mode=ro", uri=True, check_same_thread=False)
-        conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
-        return conn
-
-    def release(self, conn: sqlite3.Connection, *, broken: bool = False) -> None:
-        with self._lock:
-            if not (broken or self._closed or conn.in_transaction
-                    or len(self._idle) >= self._size):
-                self._idle.append(conn)
-                return
-        conn.close()
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.close()
+def _connect_read_only(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+    return conn
 
 
 def _lock_exclusively(lock_path: Path) -> int:
@@ -204,7 +175,12 @@ class SQLiteStore(StoreAdapter):
         self._stop_checkpoints = threading.Event()
         self._conn: sqlite3.Connection | None = None
         self._payloads = PayloadLog(path.with_name(path.name + ".payloads"))
-        self._readers = _Readers(path, busy_timeout_ms)
+        # Read connections kept open between reads (opening one and parsing the schema cost
+        # about 0.3 ms a read); none holds a read transaction between reads, so none holds back
+        # a checkpoint, and one whose read failed is dropped.
+        self._readers: ConnectionPool[sqlite3.Connection] = ConnectionPool(
+            lambda: _connect_read_only(path, busy_timeout_ms), _READERS,
+            reusable=lambda conn, failed: not (failed or conn.in_transaction))
         self._lock_fd: int | None = None
         self._read_only = False
 
@@ -300,15 +276,6 @@ class SQLiteStore(StoreAdapter):
     def commit_stats(self) -> CommitStats:
         """The WAL flushes that made jobs durable since `open()`, and their times."""
         return self._writer.commits.snapshot() if self._writer is not None else CommitStats()
-
-    @property
-    def batches(self) -> int:
-        """WAL flushes that made jobs durable; with `jobs`, shows how well they are shared."""
-        return self.commit_stats().commits
-
-    @property
-    def jobs(self) -> int:
-        return self.commit_stats().jobs
 
     def _checkpoint_loop(self) -> None:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -470,19 +437,10 @@ class SQLiteStore(StoreAdapter):
 
         def run() -> T:
             try:
-                conn = self._readers.acquire()
+                with self._readers.connection() as conn:
+                    return fn(conn)
             except sqlite3.Error as exc:
                 raise StoreUnavailable(f"SQLite read failed: {exc}") from exc
-            try:
-                result = fn(conn)
-            except sqlite3.Error as exc:
-                self._readers.release(conn, broken=True)
-                raise StoreUnavailable(f"SQLite read failed: {exc}") from exc
-            except BaseException:
-                self._readers.release(conn, broken=True)
-                raise
-            self._readers.release(conn)
-            return result
 
         return await asyncio.to_thread(run)
 
