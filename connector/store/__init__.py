@@ -34,6 +34,7 @@ from connector.store.model import (
     PatientChange,
     PatientHistoryEntry,
     PatientKey,
+    PurgeCounts,
     ReceiptStatus,
     ReceiptUpdate,
     RecordedMail,
@@ -76,9 +77,11 @@ __all__ = [
     "PatientHistoryEntry",
     "PatientKey",
     "PatientStore",
+    "PurgeCounts",
     "ReceiptStatus",
     "ReceiptUpdate",
     "RecordedMail",
+    "RetentionStore",
     "ReturnedMail",
     "ReturnedMailSummary",
     "StoredPatient",
@@ -243,4 +246,17 @@ class PatientStore(Protocol):
     async def get_patient_history(self, tenant_id: str, patient_id: int
                                   ) -> list[PatientHistoryEntry]:
         """What each message did to the patient, oldest first."""
+        ...
+
+
+class RetentionStore(Protocol):
+    """The retention purge: payloads do not outlive what they were kept for."""
+
+    async def purge_payloads(self, *, before: float, now: float | None = None,
+                             batch: int = 500) -> PurgeCounts:
+        """Drop the payloads (raw messages, validation reports, mails, servers' error texts,
+        returned mails) of the rows older than `before` that nothing still needs: an outbox row
+        once neither waiting nor leased, a message once none of its outbox rows is. The rows
+        stay for the audit and the listings, with `purged_at` set; their details then read
+        b"". Runs in transactions of `batch` rows."""
         ...

@@ -226,12 +226,48 @@ RETRY_SQL = ("UPDATE outbox SET state = 'ready', available_at = ?, error_code = 
 # LEASED row takes it from its worker, whose next transition gets LeaseLost).
 RETRY_NOW_SQL = ("UPDATE outbox SET state = 'ready', available_at = ?, lease_token = NULL,"
                  " lease_expires_at = NULL, updated_at = ?"
-                 " WHERE id = ? AND state IN ('failed', 'dead', 'ready')")
+                 " WHERE id = ? AND state IN ('failed', 'dead', 'ready') AND purged_at IS NULL")
 CANCEL_SQL = ("UPDATE outbox SET state = 'cancelled', lease_token = NULL,"
               " lease_expires_at = NULL, updated_at = ?"
               " WHERE id = ? AND state IN ('ready', 'leased', 'failed', 'dead')")
 SETTLE_SQL = ("UPDATE outbox SET state = ?, error_code = ?, error_class = ?, error_key = ?,"
               " error_detail = ?, updated_at = ? WHERE id = ? AND state = 'sent'")
+
+
+def purge_statements(*, payload_log: bool, lock: str = "") -> tuple[tuple[str, str], ...]:
+    """The retention purge, one batch per statement: (part, SQL) with `?` placeholders for the
+    purge time, the cutoff and the batch size. It drops the payloads (and what else may hold
+    patient data: validation reports, servers' error texts) of the rows older than the cutoff
+    that nothing still needs: an outbox row once neither waiting nor leased, a message once none
+    of its outbox rows is, every returned mail. The rows stay, with their metadata, for the
+    audit and the listings. `payload_log`: the SQLite schema's payload-log columns too. `lock`
+    ends the inner select (PostgreSQL: ` FOR UPDATE SKIP LOCKED`, so that replicas purging at
+    once take different rows)."""
+    log_columns = (", payload_segment = NULL, payload_offset = NULL, payload_length = NULL"
+                   if payload_log else "")
+    # Only constant fragments are interpolated.
+    return (
+        ("outbox", f"UPDATE outbox SET payload = NULL{log_columns}, error_key = NULL,"  # noqa: S608
+                   " error_detail = NULL, purged_at = ? WHERE id IN (SELECT id FROM outbox"
+                   " WHERE purged_at IS NULL AND created_at < ?"
+                   f" AND state NOT IN ('ready', 'leased') ORDER BY created_at LIMIT ?{lock})"),
+        ("inbound", f"UPDATE inbound SET payload = NULL{log_columns}, report_key = NULL,"  # noqa: S608
+                    " report = NULL, purged_at = ? WHERE id IN (SELECT i.id FROM inbound i"
+                    " WHERE i.purged_at IS NULL AND i.received_at < ? AND NOT EXISTS"
+                    " (SELECT 1 FROM outbox o WHERE o.inbound_id = i.id"
+                    " AND o.state IN ('ready', 'leased'))"
+                    f" ORDER BY i.received_at LIMIT ?{lock})"),
+        ("receipts", f"UPDATE receipts SET payload = NULL{log_columns}, purged_at = ?"  # noqa: S608
+                     " WHERE id IN (SELECT id FROM receipts WHERE purged_at IS NULL"
+                     f" AND received_at < ? ORDER BY received_at LIMIT ?{lock})"),
+    )
+
+
+# The payload-log segments that rows not purged still point at (SQLite).
+REFERENCED_SEGMENTS_SQL = (
+    "SELECT payload_segment FROM inbound WHERE payload_segment IS NOT NULL"
+    " UNION SELECT payload_segment FROM outbox WHERE payload_segment IS NOT NULL"
+    " UNION SELECT payload_segment FROM receipts WHERE payload_segment IS NOT NULL")
 
 
 def check_item(item: OutboxItem) -> None:

@@ -54,6 +54,7 @@ from connector.store.model import (
     OutboxState,
     OutboxSummary,
     PatientHistoryEntry,
+    PurgeCounts,
     ReceiptStatus,
     ReturnedMailSummary,
 )
@@ -89,6 +90,17 @@ class StoreAdapter(ABC):
     @abstractmethod
     def commit_stats(self) -> CommitStats:
         """The group commits made durable since `open()`, and their times."""
+
+    @abstractmethod
+    async def _purge_batch(self, sql: str, params: tuple[Any, ...]) -> int:
+        """Run one statement of `purge_statements` in a transaction of its own: rows changed."""
+
+    async def _purge_payload_files(self) -> int:
+        """After the rows: delete the files no row points at any more (the SQLite payload
+        log's segments); how many."""
+        return 0
+
+    _PURGE_SQL: tuple[tuple[str, str], ...]  # the adapter's `purge_statements`
 
     @property
     def batches(self) -> int:
@@ -151,6 +163,28 @@ class StoreAdapter(ABC):
         errors = sealed_error(self._cipher, code, error_class, detail)
         return await self._unfenced(SETTLE_SQL, (settle_state(delivered), *errors, time.time(),
                                                  row_id), row_id, audit)
+
+    # -- retention ----------------------------------------------------------------------------
+
+    async def purge_payloads(self, *, before: float, now: float | None = None,
+                             batch: int = 500) -> PurgeCounts:
+        """Drop the payloads of what finished before `before` (see `purge_statements`), in
+        transactions of `batch` rows each, so that intake never waits long behind one; then
+        the payload files nothing points at."""
+        if batch < 1:
+            raise ValueError("batch must be at least 1")
+        at = time.time() if now is None else now
+        counts: dict[str, int] = {}
+        for part, sql in self._PURGE_SQL:
+            total = 0
+            while True:
+                changed = await self._purge_batch(sql, (at, before, batch))
+                total += changed
+                if changed < batch:
+                    break
+            counts[part] = total
+        return PurgeCounts(counts["inbound"], counts["outbox"], counts["receipts"],
+                           await self._purge_payload_files())
 
     # -- listings -----------------------------------------------------------------------------
 

@@ -358,4 +358,29 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX patient_history_by_patient ON patient_history (patient_id, id)
         """,
     ),
+    Migration(
+        6,
+        "payload retention: purged_at on inbound, outbox and receipts",
+        # The partial indexes hold only the rows not purged yet: a purge round reads the oldest
+        # of them, whatever was purged before; and an insert adds one small entry.
+        """
+        ALTER TABLE inbound ADD COLUMN purged_at REAL;
+        ALTER TABLE outbox ADD COLUMN purged_at REAL;
+        ALTER TABLE receipts ADD COLUMN purged_at REAL;
+        CREATE INDEX inbound_unpurged ON inbound (received_at) WHERE purged_at IS NULL;
+        CREATE INDEX outbox_unpurged ON outbox (created_at) WHERE purged_at IS NULL;
+        CREATE INDEX receipts_unpurged ON receipts (received_at) WHERE purged_at IS NULL
+        """,
+        """
+        ALTER TABLE inbound ADD COLUMN purged_at DOUBLE PRECISION;
+        ALTER TABLE inbound ALTER COLUMN payload DROP NOT NULL;
+        ALTER TABLE outbox ADD COLUMN purged_at DOUBLE PRECISION;
+        ALTER TABLE outbox ALTER COLUMN payload DROP NOT NULL;
+        ALTER TABLE receipts ADD COLUMN purged_at DOUBLE PRECISION;
+        ALTER TABLE receipts ALTER COLUMN payload DROP NOT NULL;
+        CREATE INDEX inbound_unpurged ON inbound (received_at) WHERE purged_at IS NULL;
+        CREATE INDEX outbox_unpurged ON outbox (created_at) WHERE purged_at IS NULL;
+        CREATE INDEX receipts_unpurged ON receipts (received_at) WHERE purged_at IS NULL
+        """,
+    ),
 )

@@ -211,9 +211,10 @@ class InboundSummary:
 @dataclass(frozen=True, slots=True)
 class InboundDetail:
     summary: InboundSummary
-    raw: bytes = field(repr=False)
+    raw: bytes = field(repr=False)  # b"" once purged
     ack: bytes = field(repr=False)
     report: bytes | None = field(default=None, repr=False)
+    purged_at: float | None = None  # when the retention purge dropped the message and report
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,8 +326,24 @@ class OutboxStat:
 @dataclass(frozen=True, slots=True)
 class OutboxDetail:
     summary: OutboxSummary
-    payload: bytes = field(repr=False)
+    payload: bytes = field(repr=False)  # b"" once purged
     error_detail: str | None = field(default=None, repr=False)  # sealed at rest
+    purged_at: float | None = None  # when the retention purge dropped the payload and error
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeCounts:
+    """What one retention purge did: rows whose payloads it dropped, payload-log segments it
+    deleted (SQLite)."""
+
+    inbound: int = 0
+    outbox: int = 0
+    receipts: int = 0
+    segments: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.inbound + self.outbox + self.receipts + self.segments
 
 
 # -- audit ----------------------------------------------------------------------------------------

@@ -108,6 +108,30 @@ class PayloadLog:
             os.fdatasync(self._fd)
             self._dirty = False
 
+    @property
+    def current_segment(self) -> int:
+        """The segment appends go to; they never go to a lower one."""
+        return self._segment
+
+    def remove_segments(self, below: int, keep: set[int]) -> int:
+        """Delete the segments numbered under `below` that are not in `keep` (the retention
+        purge: no row references them any more); how many were deleted. Never the current one.
+        """
+        removed = 0
+        for path in sorted(self.directory.glob("segment-*.log")):
+            number = int(path.stem.split("-")[1])
+            if number >= min(below, self._segment) or number in keep:
+                continue
+            path.unlink(missing_ok=True)
+            removed += 1
+        if removed:  # the directory entries' removal durable too
+            dir_fd = os.open(self.directory, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        return removed
+
     def read(self, ref: PayloadRef) -> bytes:
         try:
             fd = os.open(self._path(ref.segment), os.O_RDONLY)

@@ -95,6 +95,7 @@ from connector.store._shared import (
     check_lease,
     find_ids,
     outbox_summary_from_row,
+    purge_statements,
     receipt_statements,
     resolve,
     summary_from_row,
@@ -582,7 +583,7 @@ class PostgresStore(StoreAdapter):
 
     async def get_inbound(self, inbound_id: int) -> InboundDetail | None:
         sql = (f"SELECT {SUMMARY_COLUMNS}, payload_key, payload, ack,"  # noqa: S608
-               " report_key, report FROM inbound WHERE id = %s")
+               " report_key, report, purged_at FROM inbound WHERE id = %s")
 
         def fetch(conn: Connection) -> tuple[Any, ...] | None:
             with conn.cursor(binary=True) as cursor:  # bytea without hex decoding
@@ -591,11 +592,13 @@ class PostgresStore(StoreAdapter):
         row = await self._read(fetch)
         if row is None:
             return None
-        key_id, payload, ack, report_key, report = row[SUMMARY_WIDTH:]
-        raw = self._cipher.open(SealedPayload(key_id, bytes(payload)), _INBOUND_KIND)
+        key_id, payload, ack, report_key, report, purged_at = row[SUMMARY_WIDTH:]
+        raw = (self._cipher.open(SealedPayload(key_id, bytes(payload)), _INBOUND_KIND)
+               if purged_at is None else b"")
         opened_report = (self._cipher.open(SealedPayload(report_key, bytes(report)), _REPORT_KIND)
                          if report is not None else None)
-        return InboundDetail(summary_from_row(row[:SUMMARY_WIDTH]), raw, bytes(ack), opened_report)
+        return InboundDetail(summary_from_row(row[:SUMMARY_WIDTH]), raw, bytes(ack), opened_report,
+                             purged_at)
 
     # -- the outbox ---------------------------------------------------------------------------
     # Outbox writes are short transactions of their own, each on a connection of `_outbox` (in
@@ -769,7 +772,7 @@ class PostgresStore(StoreAdapter):
 
     async def get_outbox(self, row_id: int) -> OutboxDetail | None:
         sql = (f"SELECT {OUTBOX_SUMMARY_COLUMNS}, payload_key, payload,"  # noqa: S608
-               " error_key, error_detail FROM outbox WHERE id = %s")
+               " error_key, error_detail, purged_at FROM outbox WHERE id = %s")
 
         def fetch(conn: Connection) -> tuple[Any, ...] | None:
             with conn.cursor(binary=True) as cursor:
@@ -778,12 +781,22 @@ class PostgresStore(StoreAdapter):
         row = await self._read(fetch)
         if row is None:
             return None
-        key_id, payload, error_key, error = row[OUTBOX_SUMMARY_WIDTH:]
-        opened = self._cipher.open(SealedPayload(key_id, bytes(payload)), OUTBOX_KIND)
+        key_id, payload, error_key, error, purged_at = row[OUTBOX_SUMMARY_WIDTH:]
+        opened = (self._cipher.open(SealedPayload(key_id, bytes(payload)), OUTBOX_KIND)
+                  if purged_at is None else b"")
         detail = (self._cipher.open(SealedPayload(error_key, bytes(error)),
                                     OUTBOX_ERROR_KIND).decode()
                   if error is not None else None)
-        return OutboxDetail(outbox_summary_from_row(row[:OUTBOX_SUMMARY_WIDTH]), opened, detail)
+        return OutboxDetail(outbox_summary_from_row(row[:OUTBOX_SUMMARY_WIDTH]), opened, detail,
+                            purged_at)
+
+    # -- retention ----------------------------------------------------------------------------
+
+    _PURGE_SQL = purge_statements(payload_log=False, lock=" FOR UPDATE SKIP LOCKED")
+
+    async def _purge_batch(self, sql: str, params: tuple[Any, ...]) -> int:
+        statement = _pg(sql)
+        return await self._transact(lambda conn: conn.execute(statement, params).rowcount)
 
     # -- patient context (ADT) ------------------------------------------------------------------
 

@@ -41,6 +41,7 @@ from connector.store._shared import (
     OUTBOX_SUMMARY_COLUMNS,
     OUTBOX_SUMMARY_WIDTH,
     RECEIPT_KIND,
+    REFERENCED_SEGMENTS_SQL,
     SUMMARY_COLUMNS,
     SUMMARY_WIDTH,
     Claim,
@@ -50,6 +51,7 @@ from connector.store._shared import (
     check_lease,
     find_ids,
     outbox_summary_from_row,
+    purge_statements,
     receipt_statements,
     summary_from_row,
 )
@@ -81,7 +83,7 @@ from connector.store.patients import (
     find_patient_query,
     patient_from_rows,
 )
-from connector.store.payload_log import PayloadLog, PayloadRef
+from connector.store.payload_log import DEFAULT_SEGMENT_BYTES, PayloadLog, PayloadRef
 from connector.store.sqlite_writer import SQLiteWriter
 from connector.store.versions import DocumentRow, VersionPlan, plan_versions
 
@@ -164,7 +166,8 @@ class SQLiteStore(StoreAdapter):
 
     def __init__(self, path: Path, *, cipher: PayloadCipher | None = None,
                  retransmission_window_seconds: float = 86400.0,
-                 busy_timeout_ms: int = 5000) -> None:
+                 busy_timeout_ms: int = 5000,
+                 payload_segment_bytes: int = DEFAULT_SEGMENT_BYTES) -> None:
         self.path = path
         self._cipher = cipher or PayloadCipher()
         self._window = retransmission_window_seconds
@@ -174,7 +177,8 @@ class SQLiteStore(StoreAdapter):
         self._checkpointer: threading.Thread | None = None
         self._stop_checkpoints = threading.Event()
         self._conn: sqlite3.Connection | None = None
-        self._payloads = PayloadLog(path.with_name(path.name + ".payloads"))
+        self._payloads = PayloadLog(path.with_name(path.name + ".payloads"),
+                                    segment_bytes=payload_segment_bytes)
         # Read connections kept open between reads (opening one and parsing the schema cost
         # about 0.3 ms a read); none holds a read transaction between reads, so none holds back
         # a checkpoint, and one whose read failed is dropped.
@@ -276,6 +280,24 @@ class SQLiteStore(StoreAdapter):
     def commit_stats(self) -> CommitStats:
         """The WAL flushes that made jobs durable since `open()`, and their times."""
         return self._writer.commits.snapshot() if self._writer is not None else CommitStats()
+
+    # -- retention ----------------------------------------------------------------------------
+
+    _PURGE_SQL = purge_statements(payload_log=True)
+
+    async def _purge_batch(self, sql: str, params: tuple[Any, ...]) -> int:
+        return await self._submit(lambda conn: conn.execute(sql, params).rowcount)
+
+    async def _purge_payload_files(self) -> int:
+        """Delete the payload-log segments no row points at. Appends only ever go to the
+        current segment, so a segment under the one current now can gain no reference once
+        the records reserved in it so far are committed (or dropped with their job): the
+        empty job waits for that, and the read that follows sees every reference left."""
+        below = self._payloads.current_segment
+        await self._submit(lambda conn: None)
+        rows = await self._read(lambda c: c.execute(REFERENCED_SEGMENTS_SQL).fetchall())
+        keep = {int(row[0]) for row in rows}
+        return await asyncio.to_thread(self._payloads.remove_segments, below, keep)
 
     def _checkpoint_loop(self) -> None:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -447,17 +469,21 @@ class SQLiteStore(StoreAdapter):
 
     async def get_inbound(self, inbound_id: int) -> InboundDetail | None:
         sql = (f"SELECT {SUMMARY_COLUMNS}, payload_key, payload, payload_segment,"  # noqa: S608
-               " payload_offset, payload_length, ack, report_key, report FROM inbound"
+               " payload_offset, payload_length, ack, report_key, report, purged_at FROM inbound"
                " WHERE id = ?")
         row = await self._read(lambda c: c.execute(sql, (inbound_id,)).fetchone())
         if row is None:
             return None
-        key_id, inline, segment, offset, length, ack, report_key, report = row[SUMMARY_WIDTH:]
-        blob = await self._load(inline, segment, offset, length)
-        raw = self._cipher.open(SealedPayload(key_id, blob), _INBOUND_KIND)
+        (key_id, inline, segment, offset, length, ack, report_key, report,
+         purged_at) = row[SUMMARY_WIDTH:]
+        raw = b""
+        if purged_at is None:
+            blob = await self._load(inline, segment, offset, length)
+            raw = self._cipher.open(SealedPayload(key_id, blob), _INBOUND_KIND)
         opened_report = (self._cipher.open(SealedPayload(report_key, bytes(report)), _REPORT_KIND)
                          if report is not None else None)
-        return InboundDetail(summary_from_row(row[:SUMMARY_WIDTH]), raw, bytes(ack), opened_report)
+        return InboundDetail(summary_from_row(row[:SUMMARY_WIDTH]), raw, bytes(ack), opened_report,
+                             purged_at)
 
 
     # -- the outbox ---------------------------------------------------------------------------
@@ -611,18 +637,22 @@ class SQLiteStore(StoreAdapter):
 
     async def get_outbox(self, row_id: int) -> OutboxDetail | None:
         sql = (f"SELECT {OUTBOX_SUMMARY_COLUMNS}, payload_key, payload,"  # noqa: S608
-               " payload_segment, payload_offset, payload_length, error_key, error_detail"
-               " FROM outbox WHERE id = ?")
+               " payload_segment, payload_offset, payload_length, error_key, error_detail,"
+               " purged_at FROM outbox WHERE id = ?")
         row = await self._read(lambda c: c.execute(sql, (row_id,)).fetchone())
         if row is None:
             return None
-        key_id, inline, segment, offset, length, error_key, error = row[OUTBOX_SUMMARY_WIDTH:]
-        blob = await self._load(inline, segment, offset, length)
-        payload = self._cipher.open(SealedPayload(key_id, blob), OUTBOX_KIND)
+        (key_id, inline, segment, offset, length, error_key, error,
+         purged_at) = row[OUTBOX_SUMMARY_WIDTH:]
+        payload = b""
+        if purged_at is None:
+            blob = await self._load(inline, segment, offset, length)
+            payload = self._cipher.open(SealedPayload(key_id, blob), OUTBOX_KIND)
         detail = (self._cipher.open(SealedPayload(error_key, bytes(error)),
                                     OUTBOX_ERROR_KIND).decode()
                   if error is not None else None)
-        return OutboxDetail(outbox_summary_from_row(row[:OUTBOX_SUMMARY_WIDTH]), payload, detail)
+        return OutboxDetail(outbox_summary_from_row(row[:OUTBOX_SUMMARY_WIDTH]), payload, detail,
+                            purged_at)
 
     # -- patient context (ADT) ------------------------------------------------------------------
 

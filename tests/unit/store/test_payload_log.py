@@ -106,3 +106,23 @@ def test_a_failed_write_leaves_later_records_where_their_references_say(
     assert after.offset == 12 + 2000 + 100  # right after the torn bytes
     assert (log.read(kept), log.read(after)) == (b"k" * 2000, b"y" * 3000)
     log.close()
+
+
+def test_remove_segments_keeps_the_current_one_and_those_still_referenced(
+        tmp_path: Path) -> None:
+    log = open_log(tmp_path, segment_bytes=500)
+    refs = [log.append(bytes([i]) * 900) for i in range(5)]  # one record per segment
+    log.sync()
+    assert [r.segment for r in refs] == [1, 2, 3, 4, 5]
+    assert log.current_segment == 5
+    assert log.remove_segments(below=99, keep={2}) == 3  # 1, 3, 4; never 5, the current one
+    assert sorted(p.name for p in tmp_path.glob("segment-*.log")) == [
+        "segment-000002.log", "segment-000005.log"]
+    assert log.read(refs[1]) == bytes([1]) * 900
+    with pytest.raises(StoreError, match="segment 1 is missing"):
+        log.read(refs[0])
+    assert log.remove_segments(below=2, keep=set()) == 0  # nothing under 2 left
+    after = log.append(b"next")
+    log.sync()
+    assert (after.segment, log.read(after)) == (6, b"next")
+    log.close()
