@@ -35,6 +35,7 @@ from connector.pipeline.documents import (
 from connector.pipeline.intake import IntakeHandler
 from connector.pipeline.offload import DocumentProcesses
 from connector.receipts.poller import ReceiptPoller
+from connector.retention import RetentionPurger
 from connector.settings import Settings, StoreBackend, load_settings
 from connector.store.cipher import PayloadCipher
 from connector.store.sqlite import SQLiteStore
@@ -146,6 +147,7 @@ class Application:
     admin: AdminServer | None = None
     delivery: DeliveryService = field(default_factory=lambda: DeliveryService(()))
     gauges: GaugeRefresher | None = None
+    retention: RetentionPurger | None = None
     tenants: dict[str, TenantRuntime] = field(default_factory=dict)
     control_ids: ControlIdGenerator = field(default_factory=ControlIdGenerator)
     documents: DocumentProcesses | None = None  # started by `start`, not by `build`
@@ -164,6 +166,8 @@ class Application:
             certificates=lambda: [c for t in app.tenants.values() for c in t.certificates],
             whitelist_generated_at=lambda: app._whitelist_date, mailboxes=app.mailboxes,
             disk_usage=store.disk_usage)
+        app.retention = RetentionPurger(store, settings.store.payload_retention_days,
+                                        app.metrics)
         return app
 
     def _shared(self, settings: Settings) -> SharedParts:
@@ -217,6 +221,8 @@ class Application:
                 await runtime.start()
             if self.gauges is not None:
                 self.gauges.start()
+            if self.retention is not None:
+                self.retention.start()
             if self.settings.admin is not None:
                 admin = self.settings.admin
                 api = AdminApi(self.store, admin.token) if admin.token else None
@@ -315,6 +321,8 @@ class Application:
             handler.draining = True
         if self.gauges is not None:
             await self.gauges.stop()
+        if self.retention is not None:
+            await self.retention.stop()
         await asyncio.gather(*(t.stop(grace_seconds) for t in self.tenants.values()))
         if self.admin is not None:
             await self.admin.stop()

@@ -235,6 +235,9 @@ class StoreSettings:
     dsn: str | None = field(default=None, repr=False)
     retransmission_window_seconds: float = 24 * 3600.0
     encryption: EncryptionSettings | None = None
+    # Payloads (messages, reports, mails, returned mails) are dropped this long after they were
+    # received or queued, once nothing still needs them; the rows stay for the audit.
+    payload_retention_days: float = 90.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -510,6 +513,7 @@ def _store(reader: _Reader, base: Path) -> StoreSettings:
         retransmission_window_seconds=reader.number(
             "retransmission_window_seconds", 86400.0, 0.0, 90 * 86400.0),
         encryption=_encryption(reader),
+        payload_retention_days=reader.number("payload_retention_days", 90.0, 1.0, 36500.0),
     )
     reader.close()
     return settings
@@ -818,8 +822,23 @@ def parse_settings(data: Mapping[str, Any], *, source: str | None = None,
         tenants.append(_tenant(_Reader(item, f"tenants[{i}]", source, env), i, base))
     root.close()
     _check_unique(tenants, source)
+    _check_retention(store, tenants, source)
     return Settings(store, tuple(tenants), LoggingSettings(log_format, level), default_charset,
                     validation, whitelist, admin, source, intake)
+
+
+def _check_retention(store: StoreSettings, tenants: list[TenantSettings],
+                     source: str | None) -> None:
+    """A mail's payload must outlive the wait for its final delivery report: the ZAM that the
+    wait ends with is built from it."""
+    for i, tenant in enumerate(tenants):
+        receipts = tenant.receipts
+        if receipts is not None and (receipts.final_report_timeout_hours
+                                     >= store.payload_retention_days * 24):
+            raise ConfigError(
+                "store.payload_retention_days",
+                f"must be longer than tenants[{i}].receipts.final_report_timeout_hours"
+                f" ({receipts.final_report_timeout_hours:g} h)", source=source)
 
 
 def _check_unique(tenants: list[TenantSettings], source: str | None) -> None:

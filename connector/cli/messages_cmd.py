@@ -64,6 +64,10 @@ def run_show(args: argparse.Namespace) -> int:
         if detail.report:
             print("--- validation report")
             print(detail.report.decode("utf-8", errors="replace").rstrip())
+        if detail.purged_at is not None:
+            print(f"--- message: purged {utc_time(detail.purged_at)} "
+                  "(store.payload_retention_days)")
+            return 0
         print("--- message")
         print(detail.raw.decode("utf-8", errors="replace").replace("\r", "\n").rstrip())
         return 0

@@ -85,6 +85,10 @@ def run_show(args: argparse.Namespace) -> int:
                 said = " ".join(x for x in (entry.result, entry.detail) if x)
                 print(f"{utc_time(entry.at)} {entry.action.value} by {entry.actor}"
                       f"{': ' + said if said else ''}")
+        if detail.purged_at is not None:
+            print(f"--- payload: purged {utc_time(detail.purged_at)} "
+                  "(store.payload_retention_days)")
+            return 0
         print("--- payload")
         print(detail.payload.decode("utf-8", errors="replace").replace("\r\n", "\n").rstrip())
         return 0
@@ -107,8 +111,8 @@ def _change(args: argparse.Namespace, verb: str) -> int:
     async def action(store: Any) -> int:
         changed = await change(store, args.id, _operator())
         if not changed:
-            print(f"outbox item {args.id}: not changed (unknown, or its state does not allow "
-                  f"{verb.replace('_', ' ')})", file=sys.stderr)
+            print(f"outbox item {args.id}: not changed (unknown, its state does not allow "
+                  f"{verb.replace('_', ' ')}, or its payload was purged)", file=sys.stderr)
             return 1
         print(f"outbox item {args.id}: {'due now' if verb == 'retry_now' else 'cancelled'}")
         return 0

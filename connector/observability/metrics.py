@@ -109,6 +109,15 @@ class ConnectorMetrics:
             "mssconnector_store_free_bytes",
             "Bytes free on the file system of the SQLite store (a full disk answers AR)",
             registry=self.registry)
+        self.store_purged = Counter(
+            "mssconnector_store_purged",
+            "What the retention purge dropped: rows whose payloads it dropped, by part "
+            "(inbound, outbox, receipts), and payload segments it deleted (segments)",
+            ["part"], registry=self.registry)
+        self.store_purge_failures = Counter(
+            "mssconnector_store_purge_failures",
+            "Retention purge rounds that failed (the next round tries again)",
+            registry=self.registry)
         self.mailbox_connected = Gauge(
             "mssconnector_receipts_mailbox_connected",
             "1 while the tenant's application mailbox is connected over IMAP", ["tenant"],

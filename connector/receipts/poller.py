@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import hashlib
 import time
 from collections.abc import Callable
@@ -53,6 +54,15 @@ if TYPE_CHECKING:
     Store = SQLiteStore | PostgresStore
 
 log = structlog.get_logger(__name__)
+
+
+class _Purged(enum.Enum):
+    """A mail the retention purge dropped."""
+
+    PURGED = "purged"
+
+
+_PURGED = _Purged.PURGED
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,8 +195,12 @@ class ReceiptPoller:
         updates: list[ReceiptUpdate] = []
         zams: list[OutboxItem] = []
         outcomes: list[str] = []
+        purged = 0
         for outbox_id in ids:
             found = await self._sent_mail(outbox_id)
+            if found is _PURGED:
+                purged += 1
+                continue
             if found is None:
                 continue
             effect = self.planner.effect(receipt, found[0])
@@ -197,7 +211,9 @@ class ReceiptPoller:
             if effect.zam is not None:
                 zams.append(effect.zam)
         if not updates:
-            why = "about no mail of ours" if not ids else "names none of our recipients"
+            why = ("about no mail of ours" if not ids
+                   else "about a mail whose payload the retention purge dropped" if purged
+                   else "names none of our recipients")
             return await self._unmatched(key, raw, received_at, receipt, why)
         recorded = await self.store.record_returned_mail(ReturnedMail(
             tenant_id=self.tenant_id, key=key, received_at=received_at, raw=raw,
@@ -223,7 +239,7 @@ class ReceiptPoller:
         decided = 0
         for outbox_id in ids:
             found = await self._sent_mail(outbox_id)
-            if found is None:
+            if found is None or found is _PURGED:
                 continue
             sent, row = found
             effect = self.planner.silence_effect(sent, row.delivery_status)
@@ -241,12 +257,16 @@ class ReceiptPoller:
             self._on_zams(self.tenant_id)
         return decided
 
-    async def _sent_mail(self, outbox_id: int) -> tuple[SentMail, OutboxSummary] | None:
-        """The mail a receipt is about, and its row, read once."""
+    async def _sent_mail(self, outbox_id: int
+                         ) -> tuple[SentMail, OutboxSummary] | _Purged | None:
+        """The mail a receipt is about, and its row, read once; `_PURGED` when the retention
+        purge dropped the mail (a receipt that came after it: no ZAM can be built)."""
         detail = await self.store.get_outbox(outbox_id)
         if detail is None or detail.summary.kind is not OutboxKind.SMTP \
                 or detail.summary.inbound_id is None:
             return None
+        if detail.purged_at is not None:
+            return _PURGED
         inbound = await self.store.get_inbound(detail.summary.inbound_id)
         if inbound is None:
             return None

@@ -298,6 +298,24 @@ async def test_mdns_of_the_lps_annex_become_zam_z03(
     assert final.read_status == "error"
 
 
+async def test_an_mdn_after_the_retention_purge_is_kept_aside_with_why(
+        tmp_path: Path, operator: Operator, his: His, apps: Apps) -> None:
+    app = await apps(settings(tmp_path, operator, his.port))
+    await send(app, request("REQ-LATE-1", reception=False, reading=True))
+    await eventually(lambda: _state(app, OutboxKind.SMTP, OutboxState.SENT))
+    (row,) = await app.store.list_outbox()
+    assert row.message_id is not None
+    counts = await app.store.purge_payloads(before=time.time() + 1)  # as if months went by
+    assert (counts.outbox, counts.inbound) == (1, 1)
+    await _submit(operator, mdn(row.message_id,
+                                "automatic-action/MDN-sent-automatically; processed"))
+    await eventually(lambda: folder_count(operator, "unmatched") == 1)
+    (late,) = await app.store.list_returned_mails()
+    assert (late.status, late.kind) == (ReceiptStatus.UNMATCHED, "mdn")
+    assert late.detail == "about a mail whose payload the retention purge dropped"
+    assert his.received == []  # no ZAM can be built without the mail
+
+
 async def _submit(operator: Operator, raw: bytes) -> None:
     mail = operator.smtp
     await aiosmtplib.send(raw, sender=RECIPIENT, recipients=[SENDER], hostname=mail.host,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from pathlib import Path
 
 from connector.cli import main
@@ -107,6 +108,20 @@ async def test_messages_list_and_show(tmp_path: Path) -> None:
     assert code == 0
     assert "MSA|AA|L1" in out
     assert "PID|1||000003" in out  # full detail for the operator
+    app.store.open()  # past the retention period: the message goes, its row and ACK stay
+    try:
+        assert app.retention is not None
+        counts = await app.retention.run_once(now=time.time() + 91 * 86400)
+    finally:
+        await app.store.close()
+    assert counts is not None
+    assert counts.inbound == 2
+    assert app.metrics.store_purged.labels("inbound")._value.get() == 2
+    code, out, _ = await run_cli("messages", "show", row_id, "--config", str(config))
+    assert code == 0
+    assert "MSA|AA|L1" in out
+    assert "PID|1||000003" not in out
+    assert "--- message: purged " in out
 
 
 async def test_serve_refuses_a_malformed_whitelist(tmp_path: Path) -> None:

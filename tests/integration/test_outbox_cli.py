@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -119,3 +120,27 @@ async def test_receipts_list(config_with_items: tuple[Path, list[int]]) -> None:
     code, out, _ = await run_cli("receipts", "list", "--status", "unmatched", "--config",
                                  str(config))
     assert out.splitlines()[0].endswith("- unmatched - (not a receipt)")
+
+
+async def test_a_purged_item_shows_when_and_cannot_be_retried(
+        config_with_items: tuple[Path, list[int]]) -> None:
+    config, ids = config_with_items
+    dead, ready = ids
+    store = build_store(load_settings(config))
+    store.open()
+    try:
+        counts = await store.purge_payloads(before=time.time() + 1, now=1_700_000_000.0)
+    finally:
+        await store.close()
+    assert counts.outbox == 1  # the dead one; the ready one waits to be sent
+    code, out, _ = await run_cli("outbox", "show", str(dead), "--config", str(config))
+    assert code == 0
+    assert out.rstrip().endswith(
+        "--- payload: purged 2023-11-14T22:13:20.000Z (store.payload_retention_days)")
+    assert "PAT-TROIS" not in out
+    assert "550 5.1.1" not in out  # the server's answer named the patient's address: gone too
+    code, _, err = await run_cli("outbox", "retry", str(dead), "--config", str(config))
+    assert code == 1
+    assert "payload was purged" in err
+    code, out, _ = await run_cli("outbox", "show", str(ready), "--config", str(config))
+    assert "Subject: XDM/1.0/DDM+CR PAT-TROIS DOMINIQUE" in out

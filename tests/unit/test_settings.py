@@ -67,6 +67,7 @@ default_charset = "8859/15"
 backend = "postgres"
 dsn_env = "MSSC_DSN"
 retransmission_window_seconds = 3600
+payload_retention_days = 30
 
 [store.encryption]
 current_key_id = "k2"
@@ -127,6 +128,7 @@ port = 2577
     assert store.dsn == DSN
     assert store.path == tmp_path / "data" / "connector.db"
     assert store.retransmission_window_seconds == 3600.0
+    assert store.payload_retention_days == 30.0
     assert store.encryption is not None
     assert store.encryption.current_key_id == "k2"
     assert dict(store.encryption.keys) == {"k1": KEY1, "k2": KEY2}
@@ -381,6 +383,10 @@ ERROR_CASES: list[tuple[str, str, dict[str, str], str]] = [
     ("text-processes", "[intake]\ndocument_processes = 'auto'\n" + BASE, {},
      "intake.document_processes"),
     ("unknown-intake-key", "[intake]\nprocesses = 2\n" + BASE, {}, "intake.processes"),
+    ("retention-zero", "[store]\npayload_retention_days = 0\n" + BASE, {},
+     "store.payload_retention_days"),
+    ("retention-text", "[store]\npayload_retention_days = '90 days'\n" + BASE, {},
+     "store.payload_retention_days"),
 ]
 
 

@@ -153,6 +153,21 @@ def test_receipts_and_his_errors_name_their_key(tmp_path: Path, pki: tuple[TestC
     assert caught.value.key == key
 
 
+def test_payloads_must_outlive_the_wait_for_a_final_report(
+        tmp_path: Path, pki: tuple[TestCA, Issued]) -> None:
+    path = config(tmp_path, smtp(pki))
+    receipts = ('[tenants.receipts]\nhost = "imap.operator.test"\n'
+                "final_report_timeout_hours = 72\n")
+    path.write_text(path.read_text() + receipts + "[store]\npayload_retention_days = 3\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, env={})
+    assert caught.value.key == "store.payload_retention_days"
+    assert "tenants[0].receipts.final_report_timeout_hours (72 h)" in caught.value.problem
+    path.write_text(path.read_text().replace("payload_retention_days = 3",
+                                             "payload_retention_days = 3.5"))
+    assert load_settings(path, env={}).store.payload_retention_days == 3.5
+
+
 def test_receipts_without_any_ca_bundle_are_refused_at_build(tmp_path: Path) -> None:
     path = config(tmp_path, 'kind = "maildir"')
     path.write_text(path.read_text() + '[tenants.receipts]\nhost = "imap.operator.test"\n')
