@@ -60,6 +60,7 @@ port = 9610
 backend = "sqlite"
 path = "/var/lib/mssante-connector/connector.db"
 retransmission_window_seconds = 86400
+payload_retention_days = 90
 
 [[tenants]]
 id = "default"

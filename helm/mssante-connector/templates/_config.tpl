@@ -29,6 +29,7 @@ path = {{ printf "%s/connector.db" $dataDir | toJson }}
 dsn_file = {{ printf "%s/dsn" $secretsDir | toJson }}
 {{- end }}
 {{- include "mssante-connector.toml.int" (list "retransmission_window_seconds" .Values.store "retransmissionWindowSeconds") }}
+{{- include "mssante-connector.toml.int" (list "payload_retention_days" .Values.store "payloadRetentionDays") }}
 {{- if .Values.store.encryption.enabled }}
 [store.encryption]
 current_key_id = {{ .Values.store.encryption.currentKeyId | toString | toJson }}
