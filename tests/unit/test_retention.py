@@ -1,0 +1,48 @@
+"""The retention purger `serve` runs: one round's counts reach the metrics; a failing store is
+logged and counted, and the next round tries again."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from connector.observability.metrics import ConnectorMetrics
+from connector.retention import RetentionPurger
+from connector.store import InboundStatus
+from connector.store.sqlite import SQLiteStore
+from tests.contract.test_store_contract import inbound
+
+
+def value(metrics: ConnectorMetrics, name: str, **labels: str) -> float:
+    found = metrics.registry.get_sample_value(name, labels)
+    return 0.0 if found is None else found
+
+
+async def test_a_round_purges_what_is_past_the_retention(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "store.db")
+    store.open()
+    metrics = ConnectorMetrics()
+    purger = RetentionPurger(store, 30, metrics)
+    now = time.time()
+    try:
+        await store.record_inbound(inbound(b"MSH|old", control_id="A", at=now - 31 * 86400,
+                                           status=InboundStatus.REJECTED))
+        await store.record_inbound(inbound(b"MSH|new", control_id="B", at=now - 29 * 86400,
+                                           status=InboundStatus.REJECTED))
+        counts = await purger.run_once(now=now)
+        assert counts is not None
+        assert counts.inbound == 1
+        assert value(metrics, "mssconnector_store_purged_total", part="inbound") == 1
+        assert (await purger.run_once(now=now + 2 * 86400)) is not None  # the second one now
+        assert value(metrics, "mssconnector_store_purged_total", part="inbound") == 2
+    finally:
+        await store.close()
+    assert await purger.run_once() is None  # the store is closed: logged, counted, no raise
+    assert value(metrics, "mssconnector_store_purge_failures_total") == 1
+
+
+def test_the_retention_must_be_positive(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="positive"):
+        RetentionPurger(SQLiteStore(tmp_path / "store.db"), 0)
