@@ -79,6 +79,8 @@ async def timeline(store: Store, inbound_id: int) -> dict[str, Any] | None:
             events.append({"at": receipt.received_at, "event": "receipt", "outbox_id": row.id,
                            "kind": receipt.kind, "outcome": receipt.outcome,
                            "receipt_id": receipt.id})
+    if detail.purged_at is not None:  # the retention purge dropped the message and its mails
+        events.append({"at": detail.purged_at, "event": "purged"})
     order = {"received": 0, "accepted": 1, "rejected": 1, "mail": 2, "zam": 2}
     events.sort(key=lambda e: (e["at"], order.get(e["event"], 3)))
     return {"request": as_json(s), "mails": [as_json(r) for r in rows],

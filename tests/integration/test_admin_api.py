@@ -6,6 +6,7 @@ import asyncio
 import csv
 import io
 import json
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -78,6 +79,11 @@ async def test_search_and_timeline_of_a_request(app_factory: Callable[..., objec
     assert timeline["mails"][0]["state"] == "sent"
     assert "adam.hoda" not in body  # the domain only, never the address
     assert (await http(*address, "GET", "/api/requests/999999"))[0] == 404
+    counts = await running.app.store.purge_payloads(before=time.time() + 1)
+    assert (counts.inbound, counts.outbox) == (1, 1)  # sent: nothing waits for them
+    timeline = json.loads((await http(*address, "GET", f"/api/requests/{found['id']}"))[1])
+    assert [e["event"] for e in timeline["events"]][-1] == "purged"
+    assert timeline["request"]["control_id"] == "015"  # the metadata stays
 
 
 async def test_retry_and_cancel_through_the_api_are_audited(
