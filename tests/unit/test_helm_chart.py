@@ -55,6 +55,8 @@ METRICS: dict[str, set[str]] = {
     "mssconnector_store_committed_jobs_total": set(),
     "mssconnector_store_bytes": {"part"},
     "mssconnector_store_free_bytes": set(),
+    "mssconnector_store_purged_total": {"part"},
+    "mssconnector_store_purge_failures_total": set(),
 }
 #: Metrics of the whole process, with no tenant label.
 PROCESS_METRICS = ("mssconnector_whitelist_age_seconds", "mssconnector_store_")
