@@ -12,6 +12,7 @@ import itertools
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 from connector.store.cipher import PayloadCipher
@@ -234,32 +235,61 @@ SETTLE_SQL = ("UPDATE outbox SET state = ?, error_code = ?, error_class = ?, err
               " error_detail = ?, updated_at = ? WHERE id = ? AND state = 'sent'")
 
 
-def purge_statements(*, payload_log: bool, lock: str = "") -> tuple[tuple[str, str], ...]:
-    """The retention purge, one batch per statement: (part, SQL) with `?` placeholders for the
-    purge time, the cutoff and the batch size. It drops the payloads (and what else may hold
-    patient data: validation reports, servers' error texts) of the rows older than the cutoff
-    that nothing still needs: an outbox row once neither waiting nor leased, a message once none
-    of its outbox rows is, every returned mail. The rows stay, with their metadata, for the
-    audit and the listings. `payload_log`: the SQLite schema's payload-log columns too. `lock`
-    ends the inner select (PostgreSQL: ` FOR UPDATE SKIP LOCKED`, so that replicas purging at
-    once take different rows)."""
+@dataclass(frozen=True, slots=True)
+class PurgeStatement:
+    """One statement of the retention purge: `?` placeholders for the purge time, the cutoff
+    `cutoffs` times, then the batch size."""
+
+    part: str  # inbound, outbox, receipts
+    sql: str
+    cutoffs: int = 1
+
+    def params(self, now: float, before: float, batch: int) -> tuple[float | int, ...]:
+        return (now, *(before,) * self.cutoffs, batch)
+
+
+def purge_statements(*, payload_log: bool, lock: str = "") -> tuple[PurgeStatement, ...]:
+    """The retention purge, one batch per statement. It drops the payloads (and what else may
+    hold patient data: validation reports, servers' error texts) of what finished before the
+    cutoff and that nothing still needs:
+
+    * an outbox row neither waiting nor leased whose last activity (its last state change, or
+      the last receipt about it) is older than the cutoff: a mail waiting for its delivery
+      report keeps its payload until the report or the final-report timeout (shorter than the
+      retention: `settings`) decides it, since either builds a ZAM from it; a dead row keeps
+      it for the retention period after it died, for an operator's retry;
+    * a message received before the cutoff once none of its outbox rows waits or is leased
+      (delivery and receipts read only its metadata);
+    * a returned mail received before the cutoff.
+
+    The rows stay, with their metadata, for the audit and the listings. `payload_log`: the
+    SQLite schema's payload-log columns too. `lock` ends the inner select (PostgreSQL:
+    ` FOR UPDATE SKIP LOCKED`, so that replicas purging at once take different rows). An outbox
+    row's `created_at` is never later than its last activity: it narrows the index range."""
     log_columns = (", payload_segment = NULL, payload_offset = NULL, payload_length = NULL"
                    if payload_log else "")
     # Only constant fragments are interpolated.
     return (
-        ("outbox", f"UPDATE outbox SET payload = NULL{log_columns}, error_key = NULL,"  # noqa: S608
-                   " error_detail = NULL, purged_at = ? WHERE id IN (SELECT id FROM outbox"
-                   " WHERE purged_at IS NULL AND created_at < ?"
-                   f" AND state NOT IN ('ready', 'leased') ORDER BY created_at LIMIT ?{lock})"),
-        ("inbound", f"UPDATE inbound SET payload = NULL{log_columns}, report_key = NULL,"  # noqa: S608
-                    " report = NULL, purged_at = ? WHERE id IN (SELECT i.id FROM inbound i"
-                    " WHERE i.purged_at IS NULL AND i.received_at < ? AND NOT EXISTS"
-                    " (SELECT 1 FROM outbox o WHERE o.inbound_id = i.id"
-                    " AND o.state IN ('ready', 'leased'))"
-                    f" ORDER BY i.received_at LIMIT ?{lock})"),
-        ("receipts", f"UPDATE receipts SET payload = NULL{log_columns}, purged_at = ?"  # noqa: S608
-                     " WHERE id IN (SELECT id FROM receipts WHERE purged_at IS NULL"
-                     f" AND received_at < ? ORDER BY received_at LIMIT ?{lock})"),
+        PurgeStatement(
+            "outbox",
+            f"UPDATE outbox SET payload = NULL{log_columns}, error_key = NULL,"  # noqa: S608
+            " error_detail = NULL, purged_at = ? WHERE id IN (SELECT id FROM outbox"
+            " WHERE purged_at IS NULL AND created_at < ? AND state NOT IN ('ready', 'leased')"
+            " AND (CASE WHEN receipt_at > updated_at THEN receipt_at ELSE updated_at END) < ?"
+            f" ORDER BY created_at LIMIT ?{lock})", cutoffs=2),
+        PurgeStatement(
+            "inbound",
+            f"UPDATE inbound SET payload = NULL{log_columns}, report_key = NULL,"  # noqa: S608
+            " report = NULL, purged_at = ? WHERE id IN (SELECT i.id FROM inbound i"
+            " WHERE i.purged_at IS NULL AND i.received_at < ? AND NOT EXISTS"
+            " (SELECT 1 FROM outbox o WHERE o.inbound_id = i.id"
+            " AND o.state IN ('ready', 'leased'))"
+            f" ORDER BY i.received_at LIMIT ?{lock})"),
+        PurgeStatement(
+            "receipts",
+            f"UPDATE receipts SET payload = NULL{log_columns}, purged_at = ?"  # noqa: S608
+            " WHERE id IN (SELECT id FROM receipts WHERE purged_at IS NULL"
+            f" AND received_at < ? ORDER BY received_at LIMIT ?{lock})"),
     )
 
 
@@ -360,7 +390,7 @@ OUTBOX_STATS_SQL = ("SELECT tenant_id, kind, state, count(*), min(created_at) FR
 UNCONFIRMED_SQL = ("SELECT id FROM outbox WHERE tenant_id = ? AND kind = 'smtp'"
                    " AND state = 'sent' AND sent_at < ?"
                    " AND delivery_status IN ('awaiting-report', 'delayed', 'relayed')"
-                   " ORDER BY sent_at LIMIT ?")
+                   " AND purged_at IS NULL ORDER BY sent_at LIMIT ?")
 FIND_BY_ENVID_SQL = "SELECT id FROM outbox WHERE tenant_id = ? AND envid = ? ORDER BY id"
 FIND_BY_MESSAGE_ID_SQL = ("SELECT id FROM outbox WHERE tenant_id = ? AND message_id = ?"
                           " ORDER BY id")

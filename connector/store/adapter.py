@@ -26,6 +26,7 @@ from connector.store._shared import (
     RETRY_SQL,
     SETTLE_SQL,
     UNCONFIRMED_SQL,
+    PurgeStatement,
     audit_from_row,
     audit_query,
     check_lease,
@@ -100,7 +101,7 @@ class StoreAdapter(ABC):
         log's segments); how many."""
         return 0
 
-    _PURGE_SQL: tuple[tuple[str, str], ...]  # the adapter's `purge_statements`
+    _PURGE_SQL: tuple[PurgeStatement, ...]  # the adapter's `purge_statements`
 
     @property
     def batches(self) -> int:
@@ -175,14 +176,15 @@ class StoreAdapter(ABC):
             raise ValueError("batch must be at least 1")
         at = time.time() if now is None else now
         counts: dict[str, int] = {}
-        for part, sql in self._PURGE_SQL:
+        for statement in self._PURGE_SQL:
             total = 0
             while True:
-                changed = await self._purge_batch(sql, (at, before, batch))
+                changed = await self._purge_batch(statement.sql,
+                                                  statement.params(at, before, batch))
                 total += changed
                 if changed < batch:
                     break
-            counts[part] = total
+            counts[statement.part] = total
         return PurgeCounts(counts["inbound"], counts["outbox"], counts["receipts"],
                            await self._purge_payload_files())
 

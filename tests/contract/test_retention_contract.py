@@ -61,6 +61,9 @@ async def test_payloads_of_finished_work_are_dropped_and_the_rest_kept(
     delivered, half_done, retrying = rows["<m1@connector.example>"], rows[
         "<m2@connector.example>"], rows["<m3@connector.example>"]
     await deliver_all(store, [delivered, half_done])
+    # They finished long ago: their last activity is what counts, not when they were queued.
+    for row in (delivered, half_done):
+        make_store.execute("UPDATE outbox SET updated_at = ? WHERE id = ?", (old + 3600, row))
     await store.record_returned_mail(ReturnedMail(
         tenant_id="t1", key="old", received_at=old, raw=b"DSN about DUPONT Jeanne",
         status=ReceiptStatus.UNMATCHED, detail="not ours"))
@@ -107,7 +110,8 @@ async def test_a_purged_outbox_row_cannot_be_retried(make_store: StoreFactory) -
                                                  lease_seconds=60)}
     for row in (purged, kept):
         await store.mark_dead(row, leases[row].token, "451", "budget spent")
-    make_store.execute("UPDATE outbox SET created_at = ? WHERE id = ?", (now, kept))
+    # One died days ago; the other just now: it keeps its payload for an operator's retry.
+    make_store.execute("UPDATE outbox SET updated_at = ? WHERE id = ?", (now - 4 * DAY, purged))
     counts = await store.purge_payloads(before=now - DAY, now=now)
     # The old row goes; the message goes too (no mail of it waits or is leased: a retry needs
     # the mail's payload only).
@@ -134,3 +138,35 @@ async def test_the_purge_runs_in_batches(make_store: StoreFactory) -> None:
         detail = await store.get_inbound(summary.id)
         assert detail is not None
         assert detail.purged_at == now
+
+
+async def test_work_still_owed_keeps_its_payload(make_store: StoreFactory) -> None:
+    """What decides an outbox row's age is its last activity: a mail queued long ago and sent
+    today, and a mail whose read receipt came today, keep their payloads; a mail waiting for its
+    delivery report goes once it was sent before the cutoff, and the final-report sweep no
+    longer returns it (the retention is longer than that wait: `settings`)."""
+    store = make_store()
+    now = time.time()
+    old = now - 10 * DAY
+    await store.record_inbound(replace(message(1, at=old), outbox=(mail(1), mail(2), mail(3))))
+    rows = sorted(r.id for r in await store.list_outbox())
+    sent_today, read_today, awaiting = rows
+    leases = {x.id: x for x in await store.lease(tenant_id="t1", kinds=SMTP, limit=10,
+                                                 lease_seconds=60)}
+    for row in rows:
+        await store.mark_sent(row, leases[row].token, "250", delivery_status="awaiting-report")
+    assert await store.settle(read_today, delivered=True)
+    make_store.execute("UPDATE outbox SET updated_at = ?, receipt_at = ? WHERE id = ?",
+                       (old, now, read_today))
+    make_store.execute("UPDATE outbox SET updated_at = ?, sent_at = ? WHERE id = ?",
+                       (old + 60, old + 60, awaiting))
+    assert await store.list_unconfirmed("t1", sent_before=now) == [awaiting]
+
+    counts = await store.purge_payloads(before=now - DAY, now=now)
+
+    assert counts.outbox == 1
+    for row, purged in ((sent_today, False), (read_today, False), (awaiting, True)):
+        detail = await store.get_outbox(row)
+        assert detail is not None
+        assert (detail.purged_at is not None) is purged, row
+    assert await store.list_unconfirmed("t1", sent_before=now) == []
