@@ -107,12 +107,12 @@ def build_receipts(tenant: TenantSettings, store: Store, *, prefix: str, source:
         """The negative ZAM^Z02 of a mail refused for good, when the request asked."""
         if not planner.emit_zams or lease.inbound_id is None:
             return ()
-        inbound = await store.get_inbound(lease.inbound_id)
+        inbound = await store.get_inbound_summary(lease.inbound_id)
         if inbound is None:
             return ()
         job = MailJob.decode(lease.payload)
         zam = planner.negative_submission_zam(
-            SentMail(lease.id, lease.tenant_id, inbound.summary, job),
+            SentMail(lease.id, lease.tenant_id, inbound, job),
             result.error_code or SmtpErrorCode.TRANSACTION_FAILED)
         return (zam,) if zam is not None else ()
 

@@ -267,14 +267,14 @@ class ReceiptPoller:
             return None
         if detail.purged_at is not None:
             return _PURGED
-        inbound = await self.store.get_inbound(detail.summary.inbound_id)
+        inbound = await self.store.get_inbound_summary(detail.summary.inbound_id)
         if inbound is None:
             return None
         try:
             job = MailJob.decode(detail.payload)
         except MalformedJob:
             return None
-        return SentMail(outbox_id, self.tenant_id, inbound.summary, job), detail.summary
+        return SentMail(outbox_id, self.tenant_id, inbound, job), detail.summary
 
     async def _unmatched(self, key: str, raw: bytes, received_at: float,
                          receipt: Receipt | None, why: str) -> Handled:

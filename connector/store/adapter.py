@@ -25,6 +25,7 @@ from connector.store._shared import (
     RETRY_NOW_SQL,
     RETRY_SQL,
     SETTLE_SQL,
+    SUMMARY_COLUMNS,
     UNCONFIRMED_SQL,
     PurgeStatement,
     audit_from_row,
@@ -61,6 +62,8 @@ from connector.store.model import (
 )
 from connector.store.patients import HISTORY_SQL, history_from_row
 
+# Only constant column names are interpolated.
+_INBOUND_SUMMARY_SQL = f"SELECT {SUMMARY_COLUMNS} FROM inbound WHERE id = ?"  # noqa: S608
 _DOCUMENTS_SQL = ("SELECT tenant_id, document_id, set_id, version, status, replaced_by,"
                   " inbound_id FROM documents WHERE tenant_id = ? ORDER BY updated_at,"
                   " document_id")
@@ -197,6 +200,10 @@ class StoreAdapter(ABC):
         sql, params = inbound_query(tenant_id=tenant_id, status=status, since=since,
                                     until=until, control_id=control_id, limit=limit)
         return [summary_from_row(row) for row in await self._query(sql, params)]
+
+    async def get_inbound_summary(self, inbound_id: int) -> InboundSummary | None:
+        rows = await self._query(_INBOUND_SUMMARY_SQL, (inbound_id,))
+        return summary_from_row(rows[0]) if rows else None
 
     async def get_documents(self, tenant_id: str) -> list[DocumentVersion]:
         return [DocumentVersion(r[0], r[1], r[2], r[3], DocumentStatus(r[4]), r[5], int(r[6]))

@@ -170,3 +170,16 @@ async def test_work_still_owed_keeps_its_payload(make_store: StoreFactory) -> No
         assert detail is not None
         assert (detail.purged_at is not None) is purged, row
     assert await store.list_unconfirmed("t1", sent_before=now) == []
+
+
+async def test_the_summary_reads_no_payload_purged_or_not(make_store: StoreFactory) -> None:
+    store = make_store()
+    now = time.time()
+    first = await store.record_inbound(message(1, at=now - 5 * DAY, status=InboundStatus.REJECTED))
+    second = await store.record_inbound(message(2, at=now))
+    await store.purge_payloads(before=now - DAY, now=now)
+    for receipt in (first, second):
+        detail = await store.get_inbound(receipt.inbound_id)
+        assert detail is not None
+        assert await store.get_inbound_summary(receipt.inbound_id) == detail.summary
+    assert await store.get_inbound_summary(999_999) is None
