@@ -8,7 +8,6 @@ only."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 
 import structlog
@@ -16,6 +15,7 @@ import structlog
 from connector.errors import StoreError
 from connector.observability.metrics import ConnectorMetrics
 from connector.store import PurgeCounts, RetentionStore
+from connector.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -39,11 +39,8 @@ class RetentionPurger:
         self._task = asyncio.create_task(self._run(), name="retention")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         await asyncio.sleep(self.first_delay)

@@ -48,6 +48,7 @@ from connector.store import (
     OutboxLease,
     OutboxStore,
 )
+from connector.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -201,9 +202,7 @@ class TenantDelivery:
                     await self._deliver_one(session, lease, settling)
                 remaining.pop(lease.id, None)
         finally:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
+            await cancel_and_wait(renewer)
             with contextlib.suppress(Exception):
                 await session.close()
         await self._release(remaining.values(), lost)

@@ -6,7 +6,6 @@ certificates' days to expiry, the whitelist's age, the mailboxes' connection. Re
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from connector.delivery.tls import CertificateInfo
 from connector.errors import StoreError
 from connector.observability.metrics import ConnectorMetrics
 from connector.store import DiskUsage, OutboxKind, OutboxStat, OutboxState
+from connector.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -54,10 +54,8 @@ class GaugeRefresher:
         self._task = asyncio.create_task(self._run(), name="gauges")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         while True:

@@ -20,7 +20,6 @@ With several replicas, `claim` (an advisory lock on PostgreSQL) keeps one poller
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import hashlib
 import time
@@ -46,6 +45,7 @@ from connector.store import (
     ReceiptUpdate,
     ReturnedMail,
 )
+from connector.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from connector.store.postgres import PostgresStore
@@ -122,11 +122,8 @@ class ReceiptPoller:
         mailbox = self._mailbox
         if mailbox is not None:
             await asyncio.to_thread(mailbox.abort)
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         delay = self.settings.reconnect_initial_seconds
