@@ -36,6 +36,8 @@ class RetentionPurger:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
+        log.info("retention_started", payload_retention_days=self.retention_seconds / DAY_SECONDS,
+                 first_round_in_seconds=self.first_delay, every_seconds=self.interval)
         self._task = asyncio.create_task(self._run(), name="retention")
 
     async def stop(self) -> None:
