@@ -55,7 +55,7 @@ class RetentionPurger:
         at = time.time() if now is None else now
         try:
             counts = await self.store.purge_payloads(before=at - self.retention_seconds, now=at)
-        except StoreError as exc:
+        except (StoreError, OSError) as exc:  # OSError: a payload segment not deleted
             log.warning("store_purge_failed", error=str(exc))
             if self.metrics is not None:
                 self.metrics.store_purge_failures.inc()

@@ -46,3 +46,30 @@ async def test_a_round_purges_what_is_past_the_retention(tmp_path: Path) -> None
 def test_the_retention_must_be_positive(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="positive"):
         RetentionPurger(SQLiteStore(tmp_path / "store.db"), 0)
+
+
+async def test_a_segment_that_cannot_be_deleted_fails_the_round_not_the_task(
+        tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "store.db", payload_segment_bytes=10_000)
+    store.open()
+    metrics = ConnectorMetrics()
+    purger = RetentionPurger(store, 1, metrics)
+    now = time.time()
+    segments = tmp_path / "store.db.payloads"
+    try:
+        for n in range(2):  # two segments: the first one can go
+            await store.record_inbound(inbound(b"MSH|" + b"x" * 20_000 + str(n).encode(),
+                                               control_id=str(n), at=now - 3 * 86400,
+                                               status=InboundStatus.REJECTED))
+        first = segments / "segment-000001.log"
+        first.unlink()
+        first.mkdir()  # what unlink refuses, even to root
+        assert await purger.run_once(now=now) is None
+        first.rmdir()
+        first.write_bytes(b"")
+        assert value(metrics, "mssconnector_store_purge_failures_total") == 1
+        counts = await purger.run_once(now=now)  # the next round finishes the job
+        assert counts is not None
+        assert counts.segments == 1
+    finally:
+        await store.close()
