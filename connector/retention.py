@@ -8,6 +8,7 @@ only."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 
 import structlog
@@ -61,8 +62,8 @@ class RetentionPurger:
                 self.metrics.store_purge_failures.inc()
             return None
         if self.metrics is not None:
-            for part in ("inbound", "outbox", "receipts", "segments"):
-                self.metrics.store_purged.labels(part).inc(getattr(counts, part))
+            for part, count in dataclasses.asdict(counts).items():
+                self.metrics.store_purged.labels(part).inc(count)
         if counts.total:
             log.info("store_purged", inbound=counts.inbound, outbox=counts.outbox,
                      receipts=counts.receipts, segments=counts.segments,

@@ -236,7 +236,8 @@ class StoreSettings:
     retransmission_window_seconds: float = 24 * 3600.0
     encryption: EncryptionSettings | None = None
     # Payloads (messages, reports, mails, returned mails) are dropped this long after they were
-    # received or queued, once nothing still needs them; the rows stay for the audit.
+    # received (a mail: after its last activity), once nothing still needs them; the rows stay
+    # for the audit (`store._shared.purge_statements`).
     payload_retention_days: float = 90.0
 
 

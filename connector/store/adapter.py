@@ -188,8 +188,7 @@ class StoreAdapter(ABC):
                 if changed < batch:
                     break
             counts[statement.part] = total
-        return PurgeCounts(counts["inbound"], counts["outbox"], counts["receipts"],
-                           await self._purge_payload_files())
+        return PurgeCounts(**counts, segments=await self._purge_payload_files())
 
     # -- listings -----------------------------------------------------------------------------
 

@@ -55,9 +55,21 @@ class PayloadLog:
     def _path(self, segment: int) -> Path:
         return self.directory / f"segment-{segment:06d}.log"
 
+    def _segments(self) -> list[int]:
+        """The numbers of the segment files on disk, in order."""
+        return sorted(int(p.stem.split("-")[1]) for p in self.directory.glob("segment-*.log"))
+
+    def _sync_directory(self) -> None:
+        """Make the directory's entries durable (a segment created or deleted)."""
+        dir_fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
     def open(self) -> None:
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        existing = sorted(int(p.stem.split("-")[1]) for p in self.directory.glob("segment-*.log"))
+        existing = self._segments()
         self._open_segment(existing[-1] if existing else 1)
 
     def _open_segment(self, segment: int) -> None:
@@ -66,12 +78,8 @@ class PayloadLog:
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._segment = segment
         self._position = os.fstat(self._fd).st_size
-        if created:  # make the new file's directory entry durable too
-            dir_fd = os.open(self.directory, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+        if created:
+            self._sync_directory()
 
     def append(self, data: bytes) -> PayloadRef:
         """The place of `data`'s record; the next `sync()` writes it there."""
@@ -117,20 +125,12 @@ class PayloadLog:
         """Delete the segments numbered under `below` that are not in `keep` (the retention
         purge: no row references them any more); how many were deleted. Never the current one.
         """
-        removed = 0
-        for path in sorted(self.directory.glob("segment-*.log")):
-            number = int(path.stem.split("-")[1])
-            if number >= min(below, self._segment) or number in keep:
-                continue
-            path.unlink(missing_ok=True)
-            removed += 1
-        if removed:  # the directory entries' removal durable too
-            dir_fd = os.open(self.directory, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-        return removed
+        doomed = [n for n in self._segments() if n < min(below, self._segment) and n not in keep]
+        for number in doomed:
+            self._path(number).unlink(missing_ok=True)
+        if doomed:
+            self._sync_directory()
+        return len(doomed)
 
     def read(self, ref: PayloadRef) -> bytes:
         try:
