@@ -2,7 +2,7 @@
 server doing parse + ACK with nothing stored, driven by the same load in the same run.
 
     .venv/bin/python bench/ingest.py [--seconds 5] [--connections 4 16] [--kinds adt oru]
-                                     [--rounds 1] [--patients 1]
+                                     [--rounds 1] [--patients 1] [--prototype] [--compare TREE]
 
 Each server runs in its own process; the load runs in a third process (closed loop: each
 connection sends one message and waits for its ACK). Every message has a unique MSH-10 and
@@ -21,10 +21,18 @@ the same 70 KB payload record), without the document stage that an accepted lega
 start (`bench/delivery.py` measures that path). The ADT is accepted (AA) and updates the patient
 context in the same commit.
 
+Two more servers can run in the same slices, each with its ratio to the baseline:
+`--prototype` adds `bench/prototype_server.py`, the issue's "quick prototype" (durable and nothing
+else: raw bytes and MSH fields into SQLite through one writer thread batching commits, an ACK from
+MSH): the floor of a Python server that fsyncs before it ACKs, on the machine of the run.
+`--compare TREE` adds the connector of another checkout (a `git worktree` with a change), for an
+A/B of that change under the same conditions.
+
 On a shared machine, other work comes and goes within seconds: `--rounds N` splits each
 measurement into N slices of `--seconds / N`, alternating baseline and connector (B C, C B, ...),
 so both see the same conditions; the figures are over all slices, and the last column gives the
-range of the per-slice ratios.
+range of the per-slice ratios. With more than two servers, the order rotates from one round to
+the next.
 """
 
 from __future__ import annotations
@@ -228,22 +236,30 @@ def acks_label(codes: Counter[str]) -> str:
 
 
 def measure(ports: dict[str, int], pids: dict[str, int], conns: int, seconds: float, kind: str,
-            rounds: int, patients: int = 1) -> tuple[dict, dict, list[float]]:
-    """Baseline and connector in `rounds` alternating slices; every slice has its own MSH-10s."""
-    slices: dict[str, list[dict]] = {"B": [], "M": []}
+            rounds: int, patients: int = 1) -> tuple[dict[str, dict], dict[str, list[float]]]:
+    """Every server of `ports` ("B", the baseline, first) in `rounds` slices, their order
+    rotated from one round to the next; every slice has its own MSH-10s. The summary of each
+    server, and the per-slice ratios of each other server to the baseline."""
+    names = list(ports)
+    slices: dict[str, list[dict]] = {name: [] for name in names}
     for r in range(rounds):
-        for name in ("B", "M") if r % 2 == 0 else ("M", "B"):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order if r % 2 == 0 else order[::-1]:
             slices[name].append(run_load(ports[name], conns, seconds / rounds, kind, f"{name}{r}",
                                          pids[name], patients))
-    ratios = [len(m["latencies"]) / len(b["latencies"])
-              for b, m in zip(slices["B"], slices["M"], strict=True)]
-    return summary(slices["B"]), summary(slices["M"]), ratios
+    ratios = {name: [len(m["latencies"]) / len(b["latencies"])
+                     for b, m in zip(slices["B"], slices[name], strict=True)]
+              for name in names if name != "B"}
+    return {name: summary(slices[name]) for name in names}, ratios
 
 
 # -- servers --------------------------------------------------------------------------------------
 
 
-def start_connector(workdir: Path, port: int) -> subprocess.Popen[bytes]:
+def start_connector(workdir: Path, port: int, tree: Path = ROOT) -> subprocess.Popen[bytes]:
+    """The connector of `tree` (a checkout: its `connector` package is the one imported)."""
+    workdir = workdir / tree.name if tree != ROOT else workdir
+    workdir.mkdir(exist_ok=True)
     config = workdir / "bench.toml"
     config.write_text(f"""
 data_dir = "{workdir / 'var'}"
@@ -258,11 +274,16 @@ port = {port}
 max_connections = 256
 """, encoding="utf-8")
     return subprocess.Popen([sys.executable, "-m", "connector", "serve", "--config", str(config)],
-                            cwd=ROOT)
+                            cwd=tree)
 
 
 def start_baseline(port: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-c", BASELINE, str(port)])
+
+
+def start_prototype(workdir: Path, port: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, str(ROOT / "bench" / "prototype_server.py"),
+                             str(port), str(workdir / "prototype.db")])
 
 
 def main() -> None:
@@ -275,6 +296,12 @@ def main() -> None:
     parser.add_argument("--patients", type=int, default=1,
                         help="distinct patients the ADTs cycle through (1: the fixture's own, "
                              "every ADT updates it; more: new patients are created first)")
+    parser.add_argument("--prototype", action="store_true",
+                        help="also measure bench/prototype_server.py (the issue's quick "
+                             "prototype: durable, nothing else) in the same slices")
+    parser.add_argument("--compare", type=Path, metavar="TREE",
+                        help="also measure the connector of another checkout (A/B of a change) "
+                             "in the same slices")
     parser.add_argument("--load", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.load:
@@ -286,11 +313,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=ROOT / "var" if (ROOT / "var").is_dir() else None
                                      ) as tmp:
         workdir = Path(tmp)
-        connector_port, baseline_port = free_port(), free_port()
-        servers = [start_connector(workdir, connector_port), start_baseline(baseline_port)]
+        ports = {"B": free_port(), "M": free_port()}
+        servers = {"B": start_baseline(ports["B"]), "M": start_connector(workdir, ports["M"])}
+        if args.prototype:
+            ports["P"] = free_port()
+            servers["P"] = start_prototype(workdir, ports["P"])
+        if args.compare is not None:
+            ports["X"] = free_port()
+            servers["X"] = start_connector(workdir, ports["X"], args.compare.resolve())
+        labels = {"B": "baseline", "M": "connector", "P": "prototype", "X": "compare"}
         try:
-            asyncio.run(wait_port(connector_port, servers[0]))
-            asyncio.run(wait_port(baseline_port, servers[1]))
+            for name, port in ports.items():
+                asyncio.run(wait_port(port, servers[name]))
             print(f"cpus={os.cpu_count()} seconds={args.seconds} rounds={args.rounds} "
                   f"adt patients={args.patients} (connector: the commit fsynced before every ACK)")
             header = (f"{'load':<10}{'conns':>6} {'server':<10}{'msgs/s':>9}{'p50 ms':>9}"
@@ -299,25 +333,25 @@ def main() -> None:
             print("-" * len(header))
             for kind in args.kinds:
                 for conns in args.connections:
-                    base, mine, ratios = measure({"B": baseline_port, "M": connector_port},
-                                                 {"B": servers[1].pid, "M": servers[0].pid},
-                                                 conns, args.seconds, kind, args.rounds,
-                                                 args.patients)
+                    results, ratios = measure(ports, {n: p.pid for n, p in servers.items()},
+                                              conns, args.seconds, kind, args.rounds,
+                                              args.patients)
+                    base = results["B"]
                     size = base["size"]
                     label = f"{kind} {size // 1000}KB" if size > 5000 else f"{kind} {size}B"
-                    for name, r in (("baseline", base), ("connector", mine)):
+                    for name, r in results.items():
                         ratio = spread = ""
                         cpu = f"{r['cpu_us']:.0f}" if r["cpu_us"] is not None else "-"
-                        if name == "connector":
-                            ratio = f"{mine['rate'] / base['rate']:.2f}x"
-                            if len(ratios) > 1:
-                                spread = f"{min(ratios):.2f}-{max(ratios):.2f}x"
-                        print(f"{label:<10}{conns:>6} {name:<10}{r['rate']:>9.0f}"
+                        if name != "B":
+                            ratio = f"{r['rate'] / base['rate']:.2f}x"
+                            if len(ratios[name]) > 1:
+                                spread = f"{min(ratios[name]):.2f}-{max(ratios[name]):.2f}x"
+                        print(f"{label:<10}{conns:>6} {labels[name]:<10}{r['rate']:>9.0f}"
                               f"{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{ratio:>8}{spread:>13}"
                               f"{cpu:>12}  {r['acks']}",
                               flush=True)
         finally:
-            for server in servers:
+            for server in servers.values():
                 server.terminate()
                 server.wait(15)
 
