@@ -25,8 +25,10 @@ Two more servers can run in the same slices, each with its ratio to the baseline
 `--prototype` adds `bench/prototype_server.py`, the issue's "quick prototype" (durable and nothing
 else: raw bytes and MSH fields into SQLite through one writer thread batching commits, an ACK from
 MSH): the floor of a Python server that fsyncs before it ACKs, on the machine of the run.
-`--compare TREE` adds the connector of another checkout (a `git worktree` with a change), for an
-A/B of that change under the same conditions.
+`--prototype-patients` adds the same prototype with `--patient-context` (the ADT's patient
+context read, merged and written back in the commit before its ACK, as issue 8 asks, in its
+leanest form). `--compare TREE` adds the connector of another checkout (a `git worktree` with a
+change), for an A/B of that change under the same conditions.
 
 On a shared machine, other work comes and goes within seconds: `--rounds N` splits each
 measurement into N slices of `--seconds / N`, alternating baseline and connector (B C, C B, ...),
@@ -281,9 +283,10 @@ def start_baseline(port: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-c", BASELINE, str(port)])
 
 
-def start_prototype(workdir: Path, port: int) -> subprocess.Popen[bytes]:
+def start_prototype(workdir: Path, port: int, *options: str) -> subprocess.Popen[bytes]:
+    database = workdir / f"prototype{'-'.join(options)}.db"
     return subprocess.Popen([sys.executable, str(ROOT / "bench" / "prototype_server.py"),
-                             str(port), str(workdir / "prototype.db")])
+                             str(port), str(database), *options])
 
 
 def main() -> None:
@@ -299,6 +302,9 @@ def main() -> None:
     parser.add_argument("--prototype", action="store_true",
                         help="also measure bench/prototype_server.py (the issue's quick "
                              "prototype: durable, nothing else) in the same slices")
+    parser.add_argument("--prototype-patients", action="store_true",
+                        help="also measure the prototype with --patient-context (the ADT's "
+                             "patient context read, merged and written back before its ACK)")
     parser.add_argument("--compare", type=Path, metavar="TREE",
                         help="also measure the connector of another checkout (A/B of a change) "
                              "in the same slices")
@@ -318,10 +324,14 @@ def main() -> None:
         if args.prototype:
             ports["P"] = free_port()
             servers["P"] = start_prototype(workdir, ports["P"])
+        if args.prototype_patients:
+            ports["Q"] = free_port()
+            servers["Q"] = start_prototype(workdir, ports["Q"], "--patient-context")
         if args.compare is not None:
             ports["X"] = free_port()
             servers["X"] = start_connector(workdir, ports["X"], args.compare.resolve())
-        labels = {"B": "baseline", "M": "connector", "P": "prototype", "X": "compare"}
+        labels = {"B": "baseline", "M": "connector", "P": "prototype", "Q": "proto+pc",
+                  "X": "compare"}
         try:
             for name, port in ports.items():
                 asyncio.run(wait_port(port, servers[name]))
