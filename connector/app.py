@@ -151,6 +151,7 @@ class Application:
     tenants: dict[str, TenantRuntime] = field(default_factory=dict)
     control_ids: ControlIdGenerator = field(default_factory=ControlIdGenerator)
     documents: DocumentProcesses | None = None  # started by `start`, not by `build`
+    serving: bool = False  # set once `run_until_signalled` has started everything
     _whitelist_date: datetime | None = None
 
     @classmethod
@@ -334,6 +335,7 @@ class Application:
 
     async def run_until_signalled(self) -> None:
         await self.start()
+        self.serving = True
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -34,6 +34,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"store error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"cannot start: {exc}", file=sys.stderr)
+        # A port taken or a directory not writable at start-up; once serving, an I/O error
+        # while draining (the data directory removed under the running process, a disk gone).
+        when = "stopped on an error" if app.serving else "cannot start"
+        print(f"{when}: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import sys
 import time
 from pathlib import Path
@@ -73,6 +74,20 @@ async def test_serve_refuses_bad_config(tmp_path: Path) -> None:
     code, _, err = await run_cli("serve", "--config", str(config))
     assert code == 2
     assert "tenants[0].colour: unknown key" in err
+
+
+async def test_serve_says_it_cannot_start_on_a_port_in_use(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "c.toml"
+        config.write_text(f'data_dir = "{tmp_path / "var"}"\n[admin]\nport = 0\n[[tenants]]\n'
+                          f'id = "a"\noid = "1.2.3"\n[[tenants.listeners]]\nport = {port}\n')
+        code, _, err = await run_cli("serve", "--config", str(config))
+    assert code == 1
+    assert "cannot start:" in err
+    assert "address already in use" in err
 
 
 async def test_messages_list_and_show(tmp_path: Path) -> None:
