@@ -21,7 +21,7 @@ the same 70 KB payload record), without the document stage that an accepted lega
 start (`bench/delivery.py` measures that path). The ADT is accepted (AA) and updates the patient
 context in the same commit.
 
-Two more servers can run in the same slices, each with its ratio to the baseline:
+Three more servers can run in the same slices, each with its ratio to the baseline:
 `--prototype` adds `bench/prototype_server.py`, the issue's "quick prototype" (durable and nothing
 else: raw bytes and MSH fields into SQLite through one writer thread batching commits, an ACK from
 MSH): the floor of a Python server that fsyncs before it ACKs, on the machine of the run.
@@ -33,7 +33,7 @@ change), for an A/B of that change under the same conditions.
 On a shared machine, other work comes and goes within seconds: `--rounds N` splits each
 measurement into N slices of `--seconds / N`, alternating baseline and connector (B C, C B, ...),
 so both see the same conditions; the figures are over all slices, and the last column gives the
-range of the per-slice ratios. With more than two servers, the order rotates from one round to
+range of the per-slice ratios. With more servers, their order rotates by one from one round to
 the next.
 """
 
@@ -52,6 +52,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -240,13 +241,13 @@ def acks_label(codes: Counter[str]) -> str:
 def measure(ports: dict[str, int], pids: dict[str, int], conns: int, seconds: float, kind: str,
             rounds: int, patients: int = 1) -> tuple[dict[str, dict], dict[str, list[float]]]:
     """Every server of `ports` ("B", the baseline, first) in `rounds` slices, their order
-    rotated from one round to the next; every slice has its own MSH-10s. The summary of each
-    server, and the per-slice ratios of each other server to the baseline."""
+    rotated by one from one round to the next (two servers: B M, M B, ...); every slice has its
+    own MSH-10s. The summary of each server, and the per-slice ratios of each other server to
+    the baseline."""
     names = list(ports)
     slices: dict[str, list[dict]] = {name: [] for name in names}
     for r in range(rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
-        for name in order if r % 2 == 0 else order[::-1]:
+        for name in names[r % len(names):] + names[:r % len(names)]:
             slices[name].append(run_load(ports[name], conns, seconds / rounds, kind, f"{name}{r}",
                                          pids[name], patients))
     ratios = {name: [len(m["latencies"]) / len(b["latencies"])
@@ -259,9 +260,9 @@ def measure(ports: dict[str, int], pids: dict[str, int], conns: int, seconds: fl
 
 
 def start_connector(workdir: Path, port: int, tree: Path = ROOT) -> subprocess.Popen[bytes]:
-    """The connector of `tree` (a checkout: its `connector` package is the one imported)."""
-    workdir = workdir / tree.name if tree != ROOT else workdir
-    workdir.mkdir(exist_ok=True)
+    """The connector of `tree` (a checkout: its `connector` package is the one imported), with
+    its configuration and data under `workdir`, which is its own."""
+    workdir.mkdir()
     config = workdir / "bench.toml"
     config.write_text(f"""
 data_dir = "{workdir / 'var'}"
@@ -319,20 +320,23 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=ROOT / "var" if (ROOT / "var").is_dir() else None
                                      ) as tmp:
         workdir = Path(tmp)
-        ports = {"B": free_port(), "M": free_port()}
-        servers = {"B": start_baseline(ports["B"]), "M": start_connector(workdir, ports["M"])}
+        starts: dict[str, Callable[[int], subprocess.Popen[bytes]]] = {
+            "B": start_baseline, "M": lambda port: start_connector(workdir / "connector", port)}
         if args.prototype:
-            ports["P"] = free_port()
-            servers["P"] = start_prototype(workdir, ports["P"])
+            starts["P"] = lambda port: start_prototype(workdir, port)
         if args.prototype_patients:
-            ports["Q"] = free_port()
-            servers["Q"] = start_prototype(workdir, ports["Q"], "--patient-context")
+            starts["Q"] = lambda port: start_prototype(workdir, port, "--patient-context")
         if args.compare is not None:
-            ports["X"] = free_port()
-            servers["X"] = start_connector(workdir, ports["X"], args.compare.resolve())
+            tree = args.compare.resolve()
+            starts["X"] = lambda port: start_connector(workdir / "compare", port, tree)
         labels = {"B": "baseline", "M": "connector", "P": "prototype", "Q": "proto+pc",
                   "X": "compare"}
+        ports: dict[str, int] = {}
+        servers: dict[str, subprocess.Popen[bytes]] = {}
         try:
+            for name, start in starts.items():  # in the try: a failed start stops the others
+                ports[name] = free_port()
+                servers[name] = start(ports[name])
             for name, port in ports.items():
                 asyncio.run(wait_port(port, servers[name]))
             print(f"cpus={os.cpu_count()} seconds={args.seconds} rounds={args.rounds} "

@@ -31,6 +31,9 @@ def test_an_io_error_is_reported_by_when_it_happened(
         started: bool, said: str) -> None:
     app = _Failing(OSError(9, "Bad file descriptor"), started=started)
     monkeypatch.setattr(Application, "build", classmethod(lambda cls, settings: app))
+    # Not the real logging set-up: it would point structlog at this test's captured stderr,
+    # which is closed after it, for every later test of the run.
+    monkeypatch.setattr(serve_cmd, "configure_logging", lambda settings: None)
     monkeypatch.chdir(tmp_path)  # the embedded default's ./var
     code = serve_cmd.run(argparse.Namespace(config=None))
     assert code == 1
