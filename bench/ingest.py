@@ -2,7 +2,8 @@
 server doing parse + ACK with nothing stored, driven by the same load in the same run.
 
     .venv/bin/python bench/ingest.py [--seconds 5] [--connections 4 16] [--kinds adt oru]
-                                     [--rounds 1] [--patients 1] [--prototype] [--compare TREE]
+                                     [--rounds 1] [--patients 1] [--prototype]
+                                     [--prototype-patients] [--compare TREE]
 
 Each server runs in its own process; the load runs in a third process (closed loop: each
 connection sends one message and waits for its ACK). Every message has a unique MSH-10 and
@@ -320,21 +321,23 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=ROOT / "var" if (ROOT / "var").is_dir() else None
                                      ) as tmp:
         workdir = Path(tmp)
-        starts: dict[str, Callable[[int], subprocess.Popen[bytes]]] = {
-            "B": start_baseline, "M": lambda port: start_connector(workdir / "connector", port)}
+        # Each server: its one-letter name (in the slices' MSH-10s), its label, how it starts.
+        starts: dict[str, tuple[str, Callable[[int], subprocess.Popen[bytes]]]] = {
+            "B": ("baseline", start_baseline),
+            "M": ("connector", lambda port: start_connector(workdir / "connector", port))}
         if args.prototype:
-            starts["P"] = lambda port: start_prototype(workdir, port)
+            starts["P"] = ("prototype", lambda port: start_prototype(workdir, port))
         if args.prototype_patients:
-            starts["Q"] = lambda port: start_prototype(workdir, port, "--patient-context")
+            starts["Q"] = ("proto+pc",
+                           lambda port: start_prototype(workdir, port, "--patient-context"))
         if args.compare is not None:
             tree = args.compare.resolve()
-            starts["X"] = lambda port: start_connector(workdir / "compare", port, tree)
-        labels = {"B": "baseline", "M": "connector", "P": "prototype", "Q": "proto+pc",
-                  "X": "compare"}
+            starts["X"] = ("compare",
+                           lambda port: start_connector(workdir / "compare", port, tree))
         ports: dict[str, int] = {}
         servers: dict[str, subprocess.Popen[bytes]] = {}
         try:
-            for name, start in starts.items():  # in the try: a failed start stops the others
+            for name, (_, start) in starts.items():  # in the try: a failed start stops the rest
                 ports[name] = free_port()
                 servers[name] = start(ports[name])
             for name, port in ports.items():
@@ -360,7 +363,7 @@ def main() -> None:
                             ratio = f"{r['rate'] / base['rate']:.2f}x"
                             if len(ratios[name]) > 1:
                                 spread = f"{min(ratios[name]):.2f}-{max(ratios[name]):.2f}x"
-                        print(f"{label:<10}{conns:>6} {labels[name]:<10}{r['rate']:>9.0f}"
+                        print(f"{label:<10}{conns:>6} {starts[name][0]:<10}{r['rate']:>9.0f}"
                               f"{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{ratio:>8}{spread:>13}"
                               f"{cpu:>12}  {r['acks']}",
                               flush=True)

@@ -276,17 +276,14 @@ def mdn(original_id: str, disposition: str, *, error_field: str | None = None) -
 async def test_mdns_of_the_lps_annex_become_zam_z03(
         tmp_path: Path, operator: Operator, his: His, apps: Apps) -> None:
     app = await apps(settings(tmp_path, operator, his.port))
-    await send(app, request("REQ-MDN-1", reception=False, reading=True))
-    await eventually(lambda: _state(app, OutboxKind.SMTP, OutboxState.SENT))
-    (row,) = await app.store.list_outbox()
-    assert row.message_id is not None
+    message_id = await _sent_asking_a_read_receipt(app, "REQ-MDN-1")
     for n, (disposition, error) in enumerate((
             ("automatic-action/MDN-sent-automatically; processed", None),
             ("automatic-action/MDN-sent-automatically; processed/Error: 902^Identifiant de "
              "patient inconnu", None),
             ("automatic-action/MDN-sent-automatically; processed/error",
              "905^INS incomplet^messageErrorCondition| E^Error^errorSeverity"))):
-        await _submit(operator, mdn(row.message_id, disposition, error_field=error))
+        await _submit(operator, mdn(message_id, disposition, error_field=error))
         await eventually(lambda n=n: len(his.received) == n + 1)
     zams = [zam_fields(m) for m in his.received]
     assert [(z["type"], z["status"], z["error"]) for z in zams] == [
@@ -301,19 +298,25 @@ async def test_mdns_of_the_lps_annex_become_zam_z03(
 async def test_an_mdn_after_the_retention_purge_is_kept_aside_with_why(
         tmp_path: Path, operator: Operator, his: His, apps: Apps) -> None:
     app = await apps(settings(tmp_path, operator, his.port))
-    await send(app, request("REQ-LATE-1", reception=False, reading=True))
-    await eventually(lambda: _state(app, OutboxKind.SMTP, OutboxState.SENT))
-    (row,) = await app.store.list_outbox()
-    assert row.message_id is not None
+    message_id = await _sent_asking_a_read_receipt(app, "REQ-LATE-1")
     counts = await app.store.purge_payloads(before=time.time() + 1)  # as if months went by
     assert (counts.outbox, counts.inbound) == (1, 1)
-    await _submit(operator, mdn(row.message_id,
-                                "automatic-action/MDN-sent-automatically; processed"))
+    await _submit(operator, mdn(message_id, "automatic-action/MDN-sent-automatically; processed"))
     await eventually(lambda: folder_count(operator, "unmatched") == 1)
     (late,) = await app.store.list_returned_mails()
     assert (late.status, late.kind) == (ReceiptStatus.UNMATCHED, "mdn")
     assert late.detail == "about a mail whose payload the retention purge dropped"
     assert his.received == []  # no ZAM can be built without the mail
+
+
+async def _sent_asking_a_read_receipt(app: Application, control_id: str) -> str:
+    """Send a request asking for a read receipt only, wait until its one mail is sent; the
+    mail's Message-ID (what an MDN names)."""
+    await send(app, request(control_id, reception=False, reading=True))
+    await eventually(lambda: _state(app, OutboxKind.SMTP, OutboxState.SENT))
+    (row,) = await app.store.list_outbox()
+    assert row.message_id is not None
+    return row.message_id
 
 
 async def _submit(operator: Operator, raw: bytes) -> None:
