@@ -41,7 +41,7 @@ from connector.cisis.model import (
 )
 from connector.errors import ErrorLocation
 from connector.hl7.codes import ErrorCondition
-from connector.hl7.message import Message, Segment, component_of
+from connector.hl7.message import Composite, Message, Segment, component_of
 
 _OID = re.compile(r"[0-2](\.(0|[1-9][0-9]*))+\Z")
 # A deliberately plain address shape: one @, no white space, no characters that could break an
@@ -128,16 +128,14 @@ def read_entity_identifier(segment: Segment, position: int) -> EntityIdentifier 
     return ei if ei.entity_id or ei.universal_id else None
 
 
-def _authority(
-    segment: Segment, position: int, component: int, repetition: int = 1
-) -> tuple[str | None, str]:
+def _authority(hd: Composite, component: int) -> tuple[str | None, str]:
     """An HD inside a composite (CX-4, XCN-9): (OID or None, namespace).
 
     The OID is HD-2; an OID written bare in HD-1 (the patient PRT-5.9 of the ANS ORU examples)
     is taken as the OID too.
     """
-    namespace = segment.component(position, component, 1, repetition)
-    universal = segment.component(position, component, 2, repetition)
+    namespace = hd.component(component, 1)
+    universal = hd.component(component, 2)
     if universal and is_oid(universal):
         return universal, namespace
     if is_oid(namespace):
@@ -156,13 +154,12 @@ def read_patient(pid: Segment) -> PatientIdentity:
 def read_identifiers(segment: Segment, position: int) -> tuple[PatientIdentifier, ...]:
     """A repeating CX field (PID-3, MRG-1): every repetition with a value."""
     identifiers: list[PatientIdentifier] = []
-    for repetition in range(1, len(segment.repetitions(position)) + 1):
-        value = segment.component(position, 1, repetition=repetition)
+    for cx in segment.composites(position):
+        value = cx.component(1)
         if not value:
             continue
-        oid, namespace = _authority(segment, position, 4, repetition)
-        type_code = segment.component(position, 5, repetition=repetition).upper()
-        identifiers.append(PatientIdentifier(value, oid, namespace, type_code))
+        oid, namespace = _authority(cx, 4)
+        identifiers.append(PatientIdentifier(value, oid, namespace, cx.component(5).upper()))
     return tuple(identifiers)
 
 
@@ -186,18 +183,22 @@ def read_person(prt: Segment) -> PersonRef | None:
 
 def read_xcn(segment: Segment, position: int) -> PersonRef | None:
     """An XCN field (its first repetition), or None when it holds no identifier and no name."""
-    ident = segment.component(position, 1)
-    family = segment.component(position, 2)
+    composites = segment.composites(position)
+    if not composites:
+        return None
+    xcn = composites[0]
+    ident = xcn.component(1)
+    family = xcn.component(2)
     if not ident and not family:
         return None
-    oid, namespace = _authority(segment, position, 9)
+    oid, namespace = _authority(xcn, 9)
     return PersonRef(
         id=ident,
         family_name=family,
-        given_name=segment.component(position, 3),
+        given_name=xcn.component(3),
         authority_oid=oid,
         authority_namespace=namespace,
-        id_type=segment.component(position, 13).upper(),
+        id_type=xcn.component(13).upper(),
     )
 
 

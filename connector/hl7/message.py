@@ -196,6 +196,42 @@ class Segment:
         """The first component of the first repetition, unescaped: the usual "field value"."""
         return self.component(position, 1)
 
+    def composites(self, position: int) -> list[Composite]:
+        """Every repetition of field `position`, each split into its components once: for the
+        readers that take several components of a field (an identifier, a name, an address),
+        where `component` would split the field again for each one."""
+        fields, d = self.fields, self.delimiters
+        raw = fields[position] if 0 <= position < len(fields) else ""
+        if not raw:
+            return []
+        if position <= 2 and fields[0] == "MSH":
+            reps = [raw]
+        else:
+            reps = raw.split(d.repetition) if len(raw) < _LONG else split_on(raw, d.repetition)
+        return [Composite(rep.split(d.component) if len(rep) < _LONG
+                          else split_on(rep, d.component), d) for rep in reps]
+
+
+@dataclass(frozen=True, slots=True)
+class Composite:
+    """One field repetition split into its components (as sent: escaped)."""
+
+    parts: list[str]
+    delimiters: Delimiters = field(default=DEFAULT_DELIMITERS, repr=False)
+
+    def component(self, component: int, subcomponent: int | None = None) -> str:
+        """Unescaped component (1-based), stripped of spaces: `Segment.component`'s reading."""
+        parts = self.parts
+        if len(parts) < component:
+            return ""
+        comp = parts[component - 1]
+        if subcomponent is not None:
+            d = self.delimiters
+            subs = (comp.split(d.subcomponent) if len(comp) < _LONG
+                    else split_on(comp, d.subcomponent))
+            comp = subs[subcomponent - 1] if len(subs) >= subcomponent else ""
+        return unescape(comp, self.delimiters).strip()
+
 
 def component_of(
     raw_field: str, component: int = 1, subcomponent: int | None = None,

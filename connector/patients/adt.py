@@ -98,28 +98,26 @@ def _identity(pid: Segment) -> Identity:
         raise ProfileError("PID-3 has no IPP (an identifier with CX-5 = PI)",
                            location=ErrorLocation("PID", 1, 3))
     ins = next((Ins(i.value, i.oid) for i in identifiers if i.is_ins and i.oid), None)
-    codes = tuple(code for n in range(1, len(pid.repetitions(32)) + 1)
-                  if (code := pid.component(32, 1, repetition=n).upper()))
+    codes = tuple(code for cwe in pid.composites(32) if (code := cwe.component(1).upper()))
     status = next((s for code in codes if (s := enum_or_none(IdentityStatus, code))), None)
     return Identity(ipp, ins, status, codes)
 
 
 def _traits(pid: Segment) -> Traits:
     names: dict[str, PersonName] = {}
-    for n in range(1, len(pid.repetitions(5)) + 1):
-        name = PersonName(pid.component(5, 1, 1, repetition=n), pid.component(5, 2, repetition=n),
-                          pid.component(5, 3, repetition=n))
+    for xpn in pid.composites(5):
+        name = PersonName(xpn.component(1, 1), xpn.component(2), xpn.component(3))
         if name.family or name.given:
-            names.setdefault(pid.component(5, 7, repetition=n).upper(), name)
+            names.setdefault(xpn.component(7).upper(), name)
     return Traits(birth_name=names.get("L") or names.get(""), used_name=names.get("D"),
                   birth_date=pid.component(7, 1) or None,
                   sex=enum_or_none(Sex, pid.value(8).upper()), birth_place=_birth_place(pid))
 
 
 def _birth_place(pid: Segment) -> BirthPlace | None:
-    for n in range(1, len(pid.repetitions(11)) + 1):
-        if pid.component(11, 7, repetition=n).upper() == "BDL":
-            code, city = pid.component(11, 9, repetition=n), pid.component(11, 3, repetition=n)
+    for xad in pid.composites(11):
+        if xad.component(7).upper() == "BDL":
+            code, city = xad.component(9), xad.component(3)
             if code or city:
                 return BirthPlace(code or None, city or None)
     place = pid.value(23)
@@ -173,7 +171,10 @@ def _movement(message: Message, event: str) -> Movement | None:
 
 
 def _unit(segment: Segment, position: int) -> Unit | None:
-    code, name = segment.component(position, 10), segment.component(position, 1)
+    composites = segment.composites(position)
+    if not composites:
+        return None
+    code, name = composites[0].component(10), composites[0].component(1)
     return Unit(code, name) if code or name else None
 
 

@@ -439,6 +439,30 @@ def test_component_is_component_of_the_repetition(
     assert segment.component(position, component, subcomponent, repetition) == expected
 
 
+@given(st.lists(field_texts, max_size=6), st.sampled_from(["MSH", "PID"]),
+       st.integers(-1, 7), st.integers(1, 4), st.sampled_from([None, 1, 2]))
+def test_composites_read_what_component_reads(
+        fields: list[str], name: str, position: int, component: int,
+        subcomponent: int | None) -> None:
+    """`Segment.composites` (each repetition split once) reads every component as
+    `Segment.component` does, repetition by repetition, and has one composite per repetition."""
+    segment = Segment((name, *fields))
+    composites = segment.composites(position)
+    assert len(composites) == len(segment.repetitions(position))
+    for n, composite in enumerate(composites, start=1):
+        assert (composite.component(component, subcomponent)
+                == segment.component(position, component, subcomponent, n))
+
+
+def test_composites_use_the_message_delimiters() -> None:
+    pid = parse_message("MSH#$*!@#A\rPID#1##1$$$X@Y$PI*2$$$Z$INS#\r").segments[1]
+    first, second = pid.composites(3)
+    assert (first.component(1), first.component(4, 1), first.component(4, 2),
+            first.component(5)) == ("1", "X", "Y", "PI")
+    assert (second.component(1), second.component(4), second.component(5)) == ("2", "Z", "INS")
+    assert pid.composites(9) == []
+
+
 def test_msh1_and_msh2_do_not_repeat() -> None:
     msh = parse_message("MSH|^~\\&|A~B|C\r").msh
     assert msh.repetitions(2) == ["^~\\&"]
