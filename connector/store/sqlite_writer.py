@@ -99,6 +99,7 @@ class _RunHere:
 
 
 _STOP = object()
+_WAL_CHECK_SECONDS = 1.0
 _FLUSH = _Flush()
 
 
@@ -124,6 +125,7 @@ class SQLiteWriter:
         self._idle.set()
         self._work: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._wal_fd: int | None = None
+        self._wal_checked_at = 0.0  # when `_sync_wal` last compared the WAL's inode (monotonic)
         self._thread: threading.Thread | None = None
         self.commits = CommitRecorder()  # the WAL flushes that made jobs durable
 
@@ -400,12 +402,21 @@ class SQLiteWriter:
 
     def _sync_wal(self) -> None:
         """fdatasync the WAL file, reopened first if SQLite replaced it (it deletes the WAL
-        when its last connection closes, which the store's own connection prevents)."""
+        when its last connection closes, which the store's own connection prevents).
+
+        Whether it was replaced is looked at once a second, not before every flush: the two
+        `stat` calls would each hand the GIL to the event loop and wait to take it back, a
+        pair of thread switches per flush for a file that is not replaced while the store
+        is open."""
         fd = self._wal_fd
-        if fd is None or os.fstat(fd).st_ino != _inode(self._wal_path):
+        now = time.monotonic()
+        if fd is None or (now >= self._wal_checked_at + _WAL_CHECK_SECONDS
+                          and os.fstat(fd).st_ino != _inode(self._wal_path)):
             if fd is not None:
                 os.close(fd)
             self._wal_fd = fd = self._open_wal()
+        if now >= self._wal_checked_at + _WAL_CHECK_SECONDS:
+            self._wal_checked_at = now
         os.fdatasync(fd)
 
     def _open_wal(self) -> int:
