@@ -10,7 +10,11 @@ connection sends one message and waits for its ACK). Every message has a unique 
 content, so the connector never short-circuits on retransmission detection. Prints msgs/s and
 p50/p99 ACK latency per server, the ratio connector/baseline, each server's CPU per message (all
 its threads, user + system, from /proc: on a shared machine it moves less than msgs/s, which also
-counts the time a server waited for a core), and the ACK codes received.
+counts the time a server waited for a core), and the ACK codes received. Three more columns
+say where the limit is: `loop us`, the CPU per message of the server's main thread (the event
+loop, and the GIL it holds most of the time); `busy`, the share of a core that thread takes at
+the rate measured (near 100%, the loop is what limits msgs/s); `load us`, the CPU per message
+of the load process driving that server (the other core's main user).
 
 Every ADT is the fixture's patient unless `--patients N` (N > 1) makes them cycle through N
 patients (distinct IPP and INS, same length), so that the connector creates patients instead of
@@ -181,6 +185,7 @@ async def _load(port: int, connections: int, seconds: float, kind: str, run_tag:
     template = adt_template() if kind == "adt" else oru_template()
     latencies: list[float] = []
     codes: Counter[str] = Counter()
+    cpu = time.process_time()
     start = time.perf_counter()
     warmup_until = start + min(1.0, seconds / 5)
     deadline = warmup_until + seconds
@@ -189,27 +194,34 @@ async def _load(port: int, connections: int, seconds: float, kind: str, run_tag:
                     (patients if kind == "adt" else 1, c, connections))
         for c in range(connections)))
     return {"seconds": seconds, "latencies": latencies, "size": len(template), "acks": codes,
-            "messages": sum(sent)}
+            "messages": sum(sent), "load_cpu": time.process_time() - cpu}
 
 
 def run_load(port: int, connections: int, seconds: float, kind: str, run_tag: str,
              server_pid: int | None = None, patients: int = 1) -> dict:
-    """One slice of load; with `server_pid`, also the server's CPU seconds during it (all its
-    threads, from /proc: None where there is no /proc)."""
+    """One slice of load; with `server_pid`, also the server's CPU seconds during it, all its
+    threads (`cpu`) and its main thread, the event loop's (`loop_cpu`), from /proc: None where
+    there is no /proc."""
     before = process_cpu(server_pid) if server_pid else None
+    loop_before = process_cpu(server_pid, server_pid) if server_pid else None
     out = subprocess.run(
         [sys.executable, __file__, "--load", str(port), str(connections), str(seconds), kind,
          run_tag, str(patients)], check=True, capture_output=True, text=True)
     result: dict = json.loads(out.stdout)
     after = process_cpu(server_pid) if server_pid else None
+    loop_after = process_cpu(server_pid, server_pid) if server_pid else None
     result["cpu"] = after - before if before is not None and after is not None else None
+    result["loop_cpu"] = (loop_after - loop_before
+                          if loop_before is not None and loop_after is not None else None)
     return result
 
 
-def process_cpu(pid: int) -> float | None:
-    """User + system CPU seconds of process `pid` so far, all threads."""
+def process_cpu(pid: int, thread: int | None = None) -> float | None:
+    """User + system CPU seconds of process `pid` so far: all its threads, or only `thread`
+    (the main thread's id is the process id)."""
+    path = f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat"
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        stat = Path(path).read_text()
     except OSError:
         return None
     fields = stat[stat.rindex(")") + 2:].split()
@@ -226,9 +238,17 @@ def summary(slices: list[dict]) -> dict:
         "acks": acks_label(sum((Counter(s["acks"]) for s in slices), Counter())),
         # CPU per message answered, warm-up included on both sides of the division: steadier
         # than msgs/s on a shared machine, since it does not count the time the server waited.
-        "cpu_us": (1e6 * sum(s["cpu"] for s in slices) / sum(s["messages"] for s in slices)
-                   if all(s["cpu"] is not None for s in slices) else None),
+        "cpu_us": _per_message(slices, "cpu"),
+        "loop_us": _per_message(slices, "loop_cpu"),
+        "load_us": _per_message(slices, "load_cpu"),
     }
+
+
+def _per_message(slices: list[dict], key: str) -> float | None:
+    """CPU µs per message sent, warm-up included on both sides of the division."""
+    if any(s[key] is None for s in slices):
+        return None
+    return 1e6 * sum(s[key] for s in slices) / sum(s["messages"] for s in slices)
 
 
 def acks_label(codes: Counter[str]) -> str:
@@ -345,7 +365,8 @@ def main() -> None:
             print(f"cpus={os.cpu_count()} seconds={args.seconds} rounds={args.rounds} "
                   f"adt patients={args.patients} (connector: the commit fsynced before every ACK)")
             header = (f"{'load':<10}{'conns':>6} {'server':<10}{'msgs/s':>9}{'p50 ms':>9}"
-                      f"{'p99 ms':>9}{'ratio':>8}{'slices':>13}{'CPU us/msg':>12}  ACKs")
+                      f"{'p99 ms':>9}{'ratio':>8}{'slices':>13}{'CPU us/msg':>12}"
+                      f"{'loop us':>9}{'busy':>6}{'load us':>9}  ACKs")
             print(header)
             print("-" * len(header))
             for kind in args.kinds:
@@ -358,14 +379,19 @@ def main() -> None:
                     label = f"{kind} {size // 1000}KB" if size > 5000 else f"{kind} {size}B"
                     for name, r in results.items():
                         ratio = spread = ""
-                        cpu = f"{r['cpu_us']:.0f}" if r["cpu_us"] is not None else "-"
+                        cpu, loop, load = (f"{r[key]:.0f}" if r[key] is not None else "-"
+                                           for key in ("cpu_us", "loop_us", "load_us"))
+                        # The share of a core the loop thread takes at that rate: near 100%,
+                        # the loop is what limits msgs/s.
+                        busy = (f"{r['loop_us'] * r['rate'] / 1e4:.0f}%"
+                                if r["loop_us"] is not None else "-")
                         if name != "B":
                             ratio = f"{r['rate'] / base['rate']:.2f}x"
                             if len(ratios[name]) > 1:
                                 spread = f"{min(ratios[name]):.2f}-{max(ratios[name]):.2f}x"
                         print(f"{label:<10}{conns:>6} {starts[name][0]:<10}{r['rate']:>9.0f}"
                               f"{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{ratio:>8}{spread:>13}"
-                              f"{cpu:>12}  {r['acks']}",
+                              f"{cpu:>12}{loop:>9}{busy:>6}{load:>9}  {r['acks']}",
                               flush=True)
         finally:
             for server in servers.values():
