@@ -166,7 +166,10 @@ def build_ack(
         sending_fac = header.receiving_facility or escape(identity.facility, d)
         receiving_app, receiving_fac = header.sending_application, header.sending_facility
         processing, version = header.processing_id or "P", _raw_version(header)
-        country, msh18 = header.country or "FRA", header.charset or charset_msh18
+        # MSH-18 names the character set the ACK is written in (`charset_msh18`, from the codec
+        # the caller encodes it with): the original's only when the caller does not say, since a
+        # listener's forced charset or an unsupported MSH-18 make the two differ.
+        country, msh18 = header.country or "FRA", charset_msh18 or header.charset
         acked_id = escape(header.control_id, d)
     else:
         event, receiving_app, receiving_fac = "", "", ""

@@ -174,14 +174,18 @@ def read_header(text: str) -> MessageHeader:
     return MessageHeader.from_segment(parse_segment(first, d, is_msh=True))
 
 
-def salvage_header(raw: bytes) -> MessageHeader | None:
+def salvage_header(raw: bytes, codec: str = "latin-1") -> MessageHeader | None:
     """Best-effort MSH from bytes that failed to parse, so an AE can still echo MSH-10.
+
+    `codec`: the one the answer will be encoded with. Bytes it cannot decode are kept as
+    surrogates (`surrogateescape`), so that the answer, encoded the same way, gives the sender
+    its own MSH-3/MSH-4 back byte for byte in MSH-5/MSH-6.
 
     None when not even MSH-1 is usable: an ACK written with it could not be read back.
     """
     try:
-        first = _first_segment(raw).decode("latin-1")
-    except HL7ParseError:
+        first = _first_segment(raw).decode(codec, "surrogateescape")
+    except (HL7ParseError, LookupError):
         return None
     try:
         d = Delimiters.from_msh(first)

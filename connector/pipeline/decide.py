@@ -85,7 +85,7 @@ class IntakeDecider:
             header = MessageHeader.from_segment(message.msh)
             flow = route(header)
         except MessageError as exc:
-            return IntakeDecision(header or salvage_header(payload), codec, Outcome.ERROR,
+            return IntakeDecision(header or salvage_header(payload, codec), codec, Outcome.ERROR,
                                   (AckError.from_exception(exc),))
         if flow is Flow.PATIENT_ADT:
             try:

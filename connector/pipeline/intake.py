@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 
 import structlog
 
-from connector.errors import StoreError
+from connector.errors import HL7ParseError, StoreError
 from connector.hl7.ack import (
     AckError,
     AckIdentity,
@@ -29,7 +29,7 @@ from connector.hl7.ack import (
     choose_ack_code,
 )
 from connector.hl7.codes import AckCode, ApplicationError, ErrorCondition
-from connector.hl7.header import msh18_for_codec, salvage_header
+from connector.hl7.header import msh18_for_codec, resolve_codec, salvage_header
 from connector.legacy.context import context_traits
 from connector.legacy.flow import LegacyFlows
 from connector.observability.metrics import ConnectorMetrics
@@ -225,9 +225,13 @@ class IntakeHandler:
         ), decision.codec)
 
     def _transient(self, payload: bytes, reason: str) -> bytes:
-        header = salvage_header(payload)
+        try:  # the request's own character set, as the decider would have read it
+            codec = resolve_codec(payload, forced=self.config.forced_charset,
+                                  default=self.config.default_charset)
+        except HL7ParseError:
+            codec = self.config.forced_charset or self.config.default_charset
+        header = salvage_header(payload, codec)
         code = choose_ack_code(header, Outcome.REJECTED) or AckCode.APPLICATION_REJECT
-        codec = self.config.forced_charset or self.config.default_charset
         text = build_ack(header, code, control_id=self._control_ids(),
                          errors=(AckError(ErrorCondition.APPLICATION_ERROR, detail=reason),),
                          identity=self.config.identity, charset_msh18=msh18_for_codec(codec))
@@ -235,4 +239,9 @@ class IntakeHandler:
 
     @staticmethod
     def _encode(text: str, codec: str) -> bytes:
-        return text.encode(codec, errors="replace")
+        """`text` in `codec`; the sender's undecodable bytes that a salvaged header kept as
+        surrogates go back as they came, and what `codec` cannot write becomes `?`."""
+        try:
+            return text.encode(codec, errors="surrogateescape")
+        except UnicodeEncodeError:
+            return text.encode(codec, errors="replace")

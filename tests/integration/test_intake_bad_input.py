@@ -107,8 +107,26 @@ async def test_undecodable_bytes_answered_ae(running: RunningApp) -> None:
 
 async def test_unknown_charset_answered_ae_103(running: RunningApp) -> None:
     bad = adt("CS1").replace(b"UNICODE UTF-8", b"EBCDIC")
-    fields = ack_fields(await running.send(bad))
+    ack = await running.send(bad)
+    fields = ack_fields(ack)
     assert (fields["code"], fields["err3"]) == ("AE", "103")
+    assert msh_of(ack)[17] == b"UNICODE UTF-8"  # what the answer is written in, not "EBCDIC"
+
+
+def msh_of(ack: bytes) -> list[bytes]:
+    """The ACK's MSH as bytes, split on `|`: index n is MSH-(n+1) (MSH-1 is the separator)."""
+    return ack.split(b"\r", 1)[0].split(b"|")
+
+
+async def test_undecodable_bytes_keep_the_senders_names_in_msh5_msh6(
+        running: RunningApp) -> None:
+    """The AE for bytes that are not the MSH-18 charset salvages the header in the charset the
+    answer is written in: MSH-3/MSH-4 come back in MSH-5/MSH-6 byte for byte."""
+    original = adt("UTF2").replace(b"|GAM|CHU-X|", "|GAM|Hôpital|".encode(), 1)
+    bad = original.replace(b"PAT-TROIS", b"PAT-\xffTROIS")
+    ack = await running.send(bad)
+    assert ack_fields(ack)["code"] == "AE"
+    assert msh_of(ack)[4:6] == [b"GAM", "Hôpital".encode()]
 
 
 async def test_iso_8859_15_message_is_decoded_per_msh18(running: RunningApp) -> None:

@@ -99,6 +99,20 @@ async def test_draining_answers_ar_without_storing(running: RunningApp) -> None:
     assert await running.rows() == []
 
 
+async def test_draining_ar_is_written_in_the_requests_charset(running: RunningApp) -> None:
+    """The AR of a message the connector will not take is written in the request's MSH-18
+    charset, says so in its MSH-18, and gives MSH-3/MSH-4 back in MSH-5/MSH-6."""
+    latin = adt("DR2").replace(b"UNICODE UTF-8", b"8859/15").replace(
+        b"|GAM|CHU-X|", "|GAM|HÔPITAL-€|".encode("iso-8859-15"), 1)
+    for handler in running.app.handlers:
+        handler.draining = True
+    ack = await running.send(latin)
+    msh = ack.split(b"\r", 1)[0].split(b"|")
+    assert msh[5] == "HÔPITAL-€".encode("iso-8859-15")
+    assert msh[17] == b"8859/15"
+    assert b"MSA|AR|DR2" in ack
+
+
 async def test_stop_finishes_in_flight_then_closes(running: RunningApp) -> None:
     reader, writer = await asyncio.open_connection(*running.address)
     writer.write(b"".join(b"\x0b" + adt(f"F{i}") + b"\x1c\r" for i in range(20)))
@@ -195,7 +209,10 @@ async def test_idle_connection_is_closed(app_factory: Callable[..., object]) -> 
 async def test_forced_listener_charset(app_factory: Callable[..., object]) -> None:
     running: RunningApp = await app_factory(charset="iso8859-1")  # type: ignore[operator]
     latin = adt("FC1").replace(b"PAT-TROIS", "PAT-TRÖIS".encode("latin-1"))
-    assert ack_fields(await running.send(latin))["code"] == "AA"  # MSH-18 UTF-8 is overridden
+    ack = await running.send(latin)
+    assert ack_fields(ack)["code"] == "AA"  # MSH-18 UTF-8 is overridden
+    # The ACK is written in the listener's charset and says so, not the request's UTF-8.
+    assert ack.split(b"\r", 1)[0].split(b"|")[17] == b"8859/1"
 
 
 async def test_legacy_oru_without_mapping_is_refused_and_kept(running: RunningApp) -> None:

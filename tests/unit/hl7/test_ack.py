@@ -124,9 +124,12 @@ def test_identity_fills_empty_msh5_msh6() -> None:
     assert ack.msh.raw(18) == "UNICODE UTF-8"  # charset_msh18 when the original has none
 
 
-def test_original_msh18_wins_over_charset_msh18() -> None:
-    ack = ack_of(header_with(), charset_msh18="UNICODE UTF-8")
-    assert ack.msh.raw(18) == "8859/15"
+def test_msh18_names_the_charset_the_ack_is_written_in() -> None:
+    """The caller's `charset_msh18` (the codec it encodes the ACK with) wins over the
+    original's MSH-18: they differ when a listener forces its charset or MSH-18 is unsupported.
+    Without it, the original's is echoed."""
+    assert ack_of(header_with(), charset_msh18="UNICODE UTF-8").msh.raw(18) == "UNICODE UTF-8"
+    assert ack_of(header_with()).msh.raw(18) == "8859/15"
 
 
 def test_ack_without_header() -> None:
