@@ -25,6 +25,7 @@ from connector.hl7.ack import ControlIdGenerator
 from connector.mllp.server import MLLPServer, server_ssl_context
 from connector.observability.gauges import GaugeRefresher
 from connector.observability.http import AdminServer
+from connector.observability.logs import loop_exception_handler
 from connector.observability.metrics import ConnectorMetrics
 from connector.pipeline.decide import IntakeDecider
 from connector.pipeline.documents import (
@@ -334,10 +335,11 @@ class Application:
         log.info("stopped")
 
     async def run_until_signalled(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(loop_exception_handler)
         await self.start()
         self.serving = True
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         reloads: set[asyncio.Task[None]] = set()

@@ -7,9 +7,11 @@ anything shaped like an INS/NIR or a patient MSSanté address in every string va
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import sys
+import traceback
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -85,3 +87,29 @@ def configure_logging(settings: LoggingSettings | None = None, *, cache: bool = 
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=cache,
     )
+
+
+def exception_frames(exc: BaseException, limit: int = 8) -> str:
+    """Where `exc` was raised, innermost frames last (`module.py:123 function`), without its
+    message: a bug's exception may carry a value it was given (a name, a date), which the
+    redaction cannot recognise. The type and the frames are enough to find the bug."""
+    frames = traceback.extract_tb(exc.__traceback__)[-limit:]
+    return " > ".join(f"{_short_path(f.filename)}:{f.lineno} {f.name}" for f in frames)
+
+
+def _short_path(filename: str) -> str:
+    marker = filename.rfind("/connector/")
+    return filename[marker + 1:] if marker >= 0 else filename.rsplit("/", 1)[-1]
+
+
+def loop_exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The event loop's handler for what no code caught (a task's exception never retrieved, a
+    callback that raised): logged through structlog, the exception's type and frames only.
+    asyncio's own handler would print its message and the reprs of the callback's arguments,
+    unredacted, through the standard library's logging."""
+    exc = context.get("exception")
+    if isinstance(exc, BaseException):
+        structlog.get_logger(__name__).error(
+            "unhandled_error", error=type(exc).__name__, where=exception_frames(exc))
+    else:  # asyncio's own conditions (an unclosed transport...): no exception to show
+        structlog.get_logger(__name__).error("unhandled_error", error=None)

@@ -32,6 +32,7 @@ from connector.hl7.codes import AckCode, ApplicationError, ErrorCondition
 from connector.hl7.header import msh18_for_codec, resolve_codec, salvage_header
 from connector.legacy.context import context_traits
 from connector.legacy.flow import LegacyFlows
+from connector.observability.logs import exception_frames
 from connector.observability.metrics import ConnectorMetrics
 from connector.pipeline.decide import IntakeDecider, IntakeDecision
 from connector.pipeline.documents import CisisIntake
@@ -94,6 +95,12 @@ class IntakeHandler:
             control_id=None)
         try:
             return await self._handle(payload, peer)
+        except Exception as exc:  # noqa: BLE001 (a bug: the sender still gets an answer)
+            # AR: the sender sends the message again. If the store had committed it before
+            # the failure, that retransmission gets the stored ACK and is not processed twice.
+            log.error("intake_failed", error=type(exc).__name__, where=exception_frames(exc))
+            return self._answered(time.perf_counter(), None, self._transient(
+                payload, "internal error; send again later"), "AR")
         finally:
             structlog.contextvars.reset_contextvars(**tokens)
 

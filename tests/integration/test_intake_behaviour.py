@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import structlog
 
 from connector.errors import ProtocolError
 from connector.settings import ListenerTLS
@@ -111,6 +112,26 @@ async def test_draining_ar_is_written_in_the_requests_charset(running: RunningAp
     assert msh[5] == "HÔPITAL-€".encode("iso-8859-15")
     assert msh[17] == b"8859/15"
     assert b"MSA|AR|DR2" in ack
+
+
+async def test_a_bug_in_intake_is_answered_ar_and_logged_without_its_message(
+        running: RunningApp, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exception no step expected (a bug) still gets the message an answer, AR (send again
+    later), and a log line with its type and frames, never its message."""
+    def broken(payload: bytes) -> None:
+        raise RuntimeError("PAT-TROIS DOMINIQUE 19790328")
+
+    for handler in running.app.handlers:
+        monkeypatch.setattr(handler.decider, "first_pass", broken)
+    with structlog.testing.capture_logs() as logs:
+        fields = ack_fields(await running.send(adt("BUG1")))
+    assert (fields["code"], fields["acked"], fields["err3"]) == ("AR", "BUG1", "207")
+    (failed,) = [e for e in logs if e["event"] == "intake_failed"]
+    assert failed["error"] == "RuntimeError"
+    assert "pipeline/intake.py" in failed["where"]
+    assert "PAT-TROIS" not in repr(logs)
+    assert "19790328" not in repr(logs)
+    assert await running.rows() == []
 
 
 async def test_stop_finishes_in_flight_then_closes(running: RunningApp) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import sys
@@ -16,6 +17,8 @@ from connector.observability.logs import (
     FORBIDDEN_KEYS,
     REDACTED,
     configure_logging,
+    exception_frames,
+    loop_exception_handler,
     redact,
     redact_value,
 )
@@ -163,3 +166,39 @@ def test_configured_pipeline_redacts(json_log: io.StringIO) -> None:
     assert record["name"] == REDACTED
     assert record["level"] == "info"
     assert leaks(line) == []
+
+
+# -- what no code caught -----------------------------------------------------------------------
+
+
+def _fail_with_patient_data() -> None:
+    raise ValueError("PAT-TROIS DOMINIQUE 19790328")
+
+
+def test_exception_frames_name_where_not_what() -> None:
+    try:
+        _fail_with_patient_data()
+    except ValueError as exc:
+        where = exception_frames(exc)
+    assert where.endswith("_fail_with_patient_data")
+    assert "test_logs.py:" in where
+    assert "PAT-TROIS" not in where
+    assert "19790328" not in where
+
+
+def test_loop_exception_handler_logs_type_and_frames_only() -> None:
+    """A callback that raises on a loop with the handler installed is logged through
+    structlog: its type and frames, never its message (asyncio's own handler prints it)."""
+    loop = asyncio.new_event_loop()
+    loop.set_exception_handler(loop_exception_handler)
+    try:
+        with structlog.testing.capture_logs() as logs:
+            loop.call_soon(_fail_with_patient_data)
+            loop.run_until_complete(asyncio.sleep(0))
+    finally:
+        loop.close()
+    (entry,) = [e for e in logs if e["event"] == "unhandled_error"]
+    assert entry["error"] == "ValueError"
+    assert entry["where"].endswith("_fail_with_patient_data")
+    assert "PAT-TROIS" not in repr(logs)
+    assert "19790328" not in repr(logs)
