@@ -79,9 +79,11 @@ class DeliveryLimits:
 class _RateLimiter:
     """Token bucket: at most `rate` sends per second, bursts of at most one second's worth."""
 
-    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self._rate = rate
         self._clock = clock
+        self._sleep = sleep
         self._tokens = max(1.0, rate)
         self._updated = clock()
         self._lock = asyncio.Lock()
@@ -95,10 +97,12 @@ class _RateLimiter:
                 self._tokens = min(max(1.0, self._rate),
                                    self._tokens + (now - self._updated) * self._rate)
                 self._updated = now
-                if self._tokens >= 1:
-                    self._tokens -= 1
+                # A hair under 1 after sleeping exactly the time one token takes is float
+                # rounding: waiting again for ~1e-17 s could repeat without end.
+                if self._tokens >= 1 - 1e-9:
+                    self._tokens = max(0.0, self._tokens - 1)
                     return
-                await asyncio.sleep((1 - self._tokens) / self._rate)
+                await self._sleep((1 - self._tokens) / self._rate)
 
 
 class TenantDelivery:

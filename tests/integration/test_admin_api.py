@@ -94,16 +94,32 @@ async def test_retry_and_cancel_through_the_api_are_audited(
     (row,) = await running.app.store.list_outbox()
     status, body = await http(*address, "POST", f"/api/outbox/{row.id}/cancel")
     assert status == 409  # sent: cannot be cancelled
-    await running.app.delivery.stop()  # hold the next mail in the queue
-    (new_id,) = await running.app.store.enqueue([_item(row.tenant_id)])
+    await running.app.delivery.stop()  # hold the next mails in the queue
+    store = running.app.store
+    (new_id,) = await store.enqueue([_item(row.tenant_id)])
     status, body = await http(*address, "POST", f"/api/outbox/{new_id}/cancel")
     assert (status, json.loads(body)) == (200, {"outbox_id": new_id, "done": "cancel"})
+    # A mail the operator refused for good: retried through the API, it is due again.
+    (dead_id,) = await store.enqueue([_item(row.tenant_id)])
+    (lease,) = await store.lease(tenant_id=row.tenant_id, kinds=[OutboxKind.SMTP], limit=1,
+                                 lease_seconds=60)
+    assert lease.id == dead_id
+    await store.mark_dead(lease.id, lease.token, "550", "550 5.1.1 unknown",
+                          error_class="permanent")
+    status, body = await http(*address, "POST", f"/api/outbox/{new_id}/retry")
+    assert status == 409  # cancelled: not retried
+    status, body = await http(*address, "POST", f"/api/outbox/{dead_id}/retry")
+    assert (status, json.loads(body)) == (200, {"outbox_id": dead_id, "done": "retry"})
+    states = {s.id: s.state for s in await store.list_outbox()}
+    assert (states[new_id], states[dead_id]) == (OutboxState.CANCELLED, OutboxState.READY)
     status, body = await http(*address, "GET", "/api/audit?from=2020-01-01&format=csv")
     assert status == 200
     rows = list(csv.DictReader(io.StringIO(body)))
-    assert [(r["action"], r["outbox_id"]) for r in rows] == [("submitted", str(row.id)),
-                                                            ("cancelled", str(new_id))]
+    actions = [(r["action"], r["outbox_id"]) for r in rows]
+    assert actions[:2] == [("submitted", str(row.id)), ("cancelled", str(new_id))]
+    assert actions[-1] == ("retried", str(dead_id))
     assert rows[1]["actor"].startswith("admin api (127.0.0.1:")
+    assert rows[-1]["actor"].startswith("admin api (127.0.0.1:")
 
 
 def _item(tenant: str) -> OutboxItem:

@@ -20,13 +20,14 @@ from connector.delivery.job import MailJob
 from connector.delivery.retry import RetryPolicy
 from connector.delivery.smtp import SmtpEndpoint
 from connector.delivery.transports import MaildirTransport, SmtpTransport
-from connector.delivery.worker import DeliveryLimits, TenantDelivery
+from connector.delivery.worker import DeliveryLimits, TenantDelivery, _RateLimiter
 from connector.observability.metrics import ConnectorMetrics
 from connector.settings import CisisSettings, SendingMatrixProfile
 from connector.store import AuditAction, OutboxItem, OutboxKind, OutboxState
 from connector.store.sqlite import SQLiteStore
 from tests.conftest import CISIS_FIXTURES
 from tests.integration.conftest import RunningApp, make_settings
+from tests.support.fake_time import FakeTime
 from tests.support.smtp_server import (
     SENDER,
     Pki,
@@ -77,7 +78,8 @@ async def workers(store: SQLiteStore, pki: Pki) -> AsyncIterator[Workers]:
 
     def start(port: int, *, tenant: str = "chu", limits: DeliveryLimits = FAST,
               retry: RetryPolicy = FAST_RETRY, tls: object = None,
-              metrics: ConnectorMetrics | None = None, **endpoint: object) -> TenantDelivery:
+              metrics: ConnectorMetrics | None = None, rate_limiter: _RateLimiter | None = None,
+              **endpoint: object) -> TenantDelivery:
         options: dict[str, object] = {"local_hostname": "connector.test", "connect_timeout": 5,
                                       "command_timeout": 5, "data_timeout": 5, **endpoint}
         transport = SmtpTransport(
@@ -85,6 +87,8 @@ async def workers(store: SQLiteStore, pki: Pki) -> AsyncIterator[Workers]:
             tls or client_tls(pki))  # type: ignore[arg-type]
         worker = TenantDelivery(tenant, store, transport, limits=limits, retry=retry,
                                 metrics=metrics)
+        if rate_limiter is not None:
+            worker._rate = rate_limiter
         worker.start()
         started.append(worker)
         return worker
@@ -297,15 +301,33 @@ async def _lost(metrics: ConnectorMetrics) -> bool:
     return bool(metrics.lease_lost.labels("chu")._value.get() == 1)
 
 
+class _RecordingLimiter(_RateLimiter):
+    """The worker's rate cap on a fake clock (it moves only when the cap makes a send wait):
+    when each send was let through, computed, never measured."""
+
+    def __init__(self, rate: float) -> None:
+        self.fake = FakeTime()
+        super().__init__(rate, self.fake.clock, self.fake.sleep)
+        self.released: list[float] = []
+
+    async def acquire(self) -> None:
+        await super().acquire()
+        self.released.append(round(self.fake.now, 9))
+
+
 async def test_the_rate_cap_spaces_sends(
         store: SQLiteStore, smtp_server: ServerFactory, workers: Workers) -> None:
     server = await smtp_server()
     await store.enqueue([item(n) for n in range(30)])
-    workers(server.port, limits=replace(FAST, rate_per_second=20, batch_size=30))
+    limiter = _RecordingLimiter(20)
+    workers(server.port, limits=replace(FAST, rate_per_second=20, batch_size=30),
+            rate_limiter=limiter)
     await eventually(all_in(store, OutboxState.SENT, 30))
-    times = sorted(r.at for r in await store.list_audit())
-    # A burst of one second's worth (20), then one send every 50 ms for the last ten.
-    assert times[-1] - times[0] >= 0.45
+    assert len(server.recorder.messages) == 30
+    # Every send went through the cap: a burst of one second's worth (20), then one every
+    # 50 ms for the last ten.
+    assert limiter.released[:20] == [0.0] * 20
+    assert limiter.released[20:] == [pytest.approx(0.05 * n) for n in range(1, 11)]
 
 
 async def test_one_tenants_dead_operator_does_not_hold_up_another(

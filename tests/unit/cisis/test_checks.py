@@ -167,8 +167,12 @@ def test_mdm_fixtures_parse_fully_under_a_site_matrix(
     assert document.content.startswith(b"<ClinicalDocument")
     assert result.unique_document_id is not None
     assert result.unique_document_id.namespace_id == "Organisation-Y"  # the EI.2 deviation
-    assert result.parent_document_id is not None or parent is None
-    if parent is not None:
+    if parent is None:  # a new document names no parent, in TXA-13 or in the CDA
+        assert result.parent_document_id is None
+        assert document.header.parent_document_ids == ()
+    else:
+        assert result.parent_document_id is not None
+        assert result.parent_document_id.entity_id == parent
         assert document.header.parent_document_ids[0].root == parent
     assert result.sender is not None
     assert result.sender.person is not None

@@ -308,11 +308,11 @@ def test_bad_key(annuaire: FakeAnnuaire, status: int) -> None:
 
 
 def test_timeout(annuaire: FakeAnnuaire) -> None:
+    # The reply would come after 2 s: a client that ignored its timeout would get it and
+    # return, and the `raises` would fail.
     annuaire.routes["Practitioner"] = Reply(200, bundle(), delay=2.0)
-    started = time.monotonic()
     with pytest.raises(DirectoryUnavailable, match=r"did not answer within 0\.3 s"):
         client(annuaire, timeout=0.3).by_rpps(RPPS)
-    assert time.monotonic() - started < 1.5
 
 
 @pytest.mark.parametrize(("reply", "error", "message"), [
