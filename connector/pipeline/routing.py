@@ -29,8 +29,19 @@ SUPPORTED: dict[str, dict[str, Flow]] = {
 }
 
 
+# HL7 table 0103, MSH-11.1: production, training (test), debugging.
+PROCESSING_IDS = frozenset({"P", "T", "D"})
+
+
 def route(header: MessageHeader) -> Flow:
-    """The flow for this message, or UnsupportedMessageError (ERR-3 200 or 201) on MSH-9."""
+    """The flow for this message, or UnsupportedMessageError: ERR-3 200 or 201 on MSH-9, 202
+    on an MSH-11 outside table 0103 (an empty one is taken as production)."""
+    if header.processing_id and header.processing_id.upper() not in PROCESSING_IDS:
+        raise UnsupportedMessageError(
+            "processing id (MSH-11) is not P, T or D (HL7 table 0103)",
+            condition=ErrorCondition.UNSUPPORTED_PROCESSING_ID,
+            location=ErrorLocation("MSH", 1, 11, 1),
+        )
     events = SUPPORTED.get(header.message_type.code)
     if events is None:
         raise UnsupportedMessageError(

@@ -147,6 +147,19 @@ async def test_thousands_of_empty_frames_get_no_answer(running: RunningApp) -> N
     assert [r.control_id for r in await running.rows()] == ["AFTER"]
 
 
+async def test_unknown_processing_id_is_ae_202_and_kept(running: RunningApp) -> None:
+    """MSH-11 outside HL7 table 0103 (P, T, D): AE 202 at MSH-11, kept as rejected. T and D
+    (a test system, a debugging one) are taken as P is."""
+    bad = adt("PID1").replace(b"|3975|D|", b"|3975|X|", 1).replace(b"|PID1|D|", b"|PID1|X|", 1)
+    fields = ack_fields(await running.send(bad))
+    assert (fields["code"], fields["err3"], fields["err2"]) == ("AE", "202", "MSH^1^11^1^1")
+    (row,) = await running.rows(status=InboundStatus.REJECTED)
+    assert row.control_id == "PID1"
+    for code in ("T", "P", "D"):
+        ok = adt(f"PID{code}").replace(f"|PID{code}|D|".encode(), f"|PID{code}|{code}|".encode())
+        assert ack_fields(await running.send(ok))["code"] == "AA"
+
+
 async def test_unsupported_event_is_ae_201(running: RunningApp) -> None:
     fields = ack_fields(await running.send(adt("EV1").replace(b"ADT^A01^ADT_A01",
                                                               b"ADT^A99^ADT_A01")))
