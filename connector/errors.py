@@ -126,7 +126,12 @@ class LeaseLost(StoreError):
     """A lease token no longer owns the row (fencing)."""
 
 
-class PayloadDecryptionError(StoreError):
+class PayloadUnreadable(StoreError):
+    """One stored payload cannot be read back (a damaged payload-log record, a missing segment,
+    a key that is not configured, tampered data): that row cannot be used, the others can."""
+
+
+class PayloadDecryptionError(PayloadUnreadable):
     """A payload could not be decrypted (unknown key id or tampered data)."""
 
 

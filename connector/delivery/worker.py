@@ -36,9 +36,10 @@ from dataclasses import dataclass
 import structlog
 
 from connector.delivery.retry import RetryPolicy
-from connector.delivery.smtp import SESSION_STAGES, Outcome, SendResult
+from connector.delivery.smtp import SESSION_STAGES, Outcome, SendResult, Stage
 from connector.delivery.transports import Transport, TransportSession
 from connector.errors import ConfigError, LeaseLost, StoreError
+from connector.hl7.codes import SmtpErrorCode
 from connector.observability.metrics import ConnectorMetrics
 from connector.store import (
     AuditAction,
@@ -200,10 +201,14 @@ class TenantDelivery:
                     continue
                 if self._stopping or self.paused:
                     break
-                await self._rate.acquire()
                 with structlog.contextvars.bound_contextvars(tenant=self.tenant_id,
                                                              outbox_id=lease.id):
-                    await self._deliver_one(session, lease, settling)
+                    if lease.unreadable is not None:
+                        settling.add(lease.id)
+                        await self._settle(lease, _unreadable_result(lease))
+                    else:
+                        await self._rate.acquire()
+                        await self._deliver_one(session, lease, settling)
                 remaining.pop(lease.id, None)
         finally:
             await cancel_and_wait(renewer)
@@ -271,7 +276,8 @@ class TenantDelivery:
             return
         if result.outcome is Outcome.PERMANENT:
             then = await self._follow_up(lease, result)
-            mark = (self.store.mark_dead if self.transport.dead_on_refusal
+            mark = (self.store.mark_dead
+                    if self.transport.dead_on_refusal or lease.unreadable is not None
                     else self.store.mark_failed)
             await self._transition(lease, "failed", lambda: mark(
                 lease.id, lease.token, error, detail, error_class=result.outcome.value,
@@ -322,7 +328,11 @@ class TenantDelivery:
             return ()
         try:
             return await self.follow_up(lease, result)
-        except Exception:  # the refusal is recorded anyway; the ZAM is logged as missing
+        except StoreError:
+            # The store is down: nothing is settled without its ZAM. The error ends this batch
+            # like any store error; the lease expires and the row is tried again, ZAM included.
+            raise
+        except Exception:  # a bug: the refusal is recorded anyway; the ZAM is logged as missing
             log.exception("delivery_follow_up_failed", tenant=self.tenant_id, outbox_id=lease.id)
             return ()
 
@@ -381,3 +391,14 @@ class DeliveryService:
 
     async def stop(self, grace_seconds: float = 10.0) -> None:
         await asyncio.gather(*(w.stop(grace_seconds) for w in self._all()))
+
+
+def _unreadable_result(lease: OutboxLease) -> SendResult:
+    """A row whose stored mail cannot be read back (`OutboxLease.unreadable`): nothing is sent,
+    and it ends like a permanent refusal (dead, with its negative ZAM^Z02 when one was asked
+    for), so that the batch goes on and the hospital hears of it."""
+    return SendResult(
+        outcome=Outcome.PERMANENT, stage=Stage.MAIL, message_id=lease.message_id or "",
+        smtp_code=None, enhanced_status=None, error_code=SmtpErrorCode.PROCESSING_ERROR,
+        server_message="", detail=f"the stored mail cannot be read: {lease.unreadable}",
+        dsn_requested=False, attempted=False)

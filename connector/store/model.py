@@ -283,6 +283,9 @@ class OutboxLease:
     recipient_domain: str | None
     payload: bytes = field(repr=False)
     created_at: float = 0.0  # when it was enqueued: the retry budget counts from here
+    # Why the payload could not be read back (PayloadUnreadable; `payload` is then empty): the
+    # worker settles such a row dead, with its follow-up, instead of failing the whole batch.
+    unreadable: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from connector.errors import StoreError
+from connector.errors import PayloadUnreadable, StoreError
 
 _MAGIC = b"MSP1"
 _HEADER = struct.Struct(">4sII")
@@ -136,19 +136,19 @@ class PayloadLog:
         try:
             fd = os.open(self._path(ref.segment), os.O_RDONLY)
         except OSError as exc:
-            raise StoreError(f"payload segment {ref.segment} is missing") from exc
+            raise PayloadUnreadable(f"payload segment {ref.segment} is missing") from exc
         try:
             record = os.pread(fd, _HEADER.size + ref.length, ref.offset)
         finally:
             os.close(fd)
         if len(record) < _HEADER.size:
-            raise StoreError(f"payload record at {ref.segment}:{ref.offset} is truncated")
+            raise PayloadUnreadable(f"payload record at {ref.segment}:{ref.offset} is truncated")
         magic, length, crc = _HEADER.unpack_from(record)
         data = record[_HEADER.size:]
         if magic != _MAGIC or length != ref.length or len(data) != length:
-            raise StoreError(f"payload record at {ref.segment}:{ref.offset} is malformed")
+            raise PayloadUnreadable(f"payload record at {ref.segment}:{ref.offset} is malformed")
         if zlib.crc32(data) != crc:
-            raise StoreError(f"payload record at {ref.segment}:{ref.offset} fails its CRC")
+            raise PayloadUnreadable(f"payload record at {ref.segment}:{ref.offset} fails its CRC")
         return data
 
     def close(self) -> None:

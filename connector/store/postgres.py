@@ -76,7 +76,7 @@ import psycopg
 import psycopg.errors
 import structlog
 
-from connector.errors import LeaseLost, StoreError, StoreUnavailable
+from connector.errors import LeaseLost, PayloadUnreadable, StoreError, StoreUnavailable
 from connector.store._shared import (
     AUDIT_SQL,
     LEASABLE,
@@ -669,11 +669,17 @@ class PostgresStore(StoreAdapter):
                     at + lease_seconds, at)).fetchall()
 
         rows = sorted(await self._transact(run), key=lambda r: (r[10], r[0]))
-        return [OutboxLease(int(r[0]), r[1], r[2], int(r[3]), r[4], OutboxKind(r[5]),
-                            None if r[6] is None else int(r[6]), r[7], r[8], r[9],
-                            self._cipher.open(SealedPayload(r[11], bytes(r[12])), OUTBOX_KIND),
-                            r[13])
-                for r in rows]
+        leases: list[OutboxLease] = []
+        for r in rows:
+            unreadable: str | None = None
+            try:  # one damaged row must not hold up the batch (OutboxLease.unreadable)
+                payload = self._cipher.open(SealedPayload(r[11], bytes(r[12])), OUTBOX_KIND)
+            except PayloadUnreadable as exc:
+                payload, unreadable = b"", str(exc)
+            leases.append(OutboxLease(int(r[0]), r[1], r[2], int(r[3]), r[4], OutboxKind(r[5]),
+                                      None if r[6] is None else int(r[6]), r[7], r[8], r[9],
+                                      payload, r[13], unreadable))
+        return leases
 
     async def _fenced(self, sql: str, params: tuple[Any, ...], row_id: int, token: str,
                       audit: AuditEntry | None = None, then: Sequence[OutboxItem] = ()

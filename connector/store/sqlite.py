@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 
 import structlog
 
-from connector.errors import LeaseLost, StoreError, StoreUnavailable
+from connector.errors import LeaseLost, PayloadUnreadable, StoreError, StoreUnavailable
 from connector.store._shared import (
     AUDIT_SQL,
     LEASABLE,
@@ -531,11 +531,15 @@ class SQLiteStore(StoreAdapter):
         for row in rows:
             (row_id, token, expires, attempts, tenant, kind, inbound_id, message_id, envid,
              domain, key_id, inline, segment, offset, length, created_at) = row
-            blob = await self._load(inline, segment, offset, length)
-            payload = self._cipher.open(SealedPayload(key_id, blob), OUTBOX_KIND)
+            unreadable: str | None = None
+            try:  # one damaged row must not hold up the batch (OutboxLease.unreadable)
+                blob = await self._load(inline, segment, offset, length)
+                payload = self._cipher.open(SealedPayload(key_id, blob), OUTBOX_KIND)
+            except PayloadUnreadable as exc:
+                payload, unreadable = b"", str(exc)
             leases.append(OutboxLease(int(row_id), token, expires, int(attempts), tenant,
                                       OutboxKind(kind), inbound_id, message_id, envid, domain,
-                                      payload, created_at))
+                                      payload, created_at, unreadable))
         return leases
 
     @staticmethod

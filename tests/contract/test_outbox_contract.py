@@ -331,3 +331,23 @@ async def test_migrations_include_the_outbox_and_audit(make_store: StoreFactory)
     assert versions == [1, 2, 3, 4, 5, 6]
     assert make_store.query("SELECT count(*) FROM audit") == [(0,)]
     assert make_store.query("SELECT count(*) FROM receipts") == [(0,)]
+
+
+async def test_a_row_that_cannot_be_opened_does_not_hold_up_the_batch(
+        make_store: StoreFactory) -> None:
+    """A row sealed with a key the store no longer has comes back leased with `unreadable`
+    set and an empty payload; the rows of the same batch come back whole."""
+    sealed_a = outbox(make_store, cipher=PayloadCipher({"a": KEY_A}, "a"))
+    (lost_id,) = await sealed_a.enqueue([item(1)], now=time.time() - 10)
+    await sealed_a.close()
+    store = outbox(make_store, cipher=PayloadCipher({"b": b"B" * 32}, "b"))
+    (good_id,) = await store.enqueue([item(2)])
+    leases = {x.id: x for x in await lease(store)}
+    assert set(leases) == {lost_id, good_id}
+    assert leases[good_id].unreadable is None
+    assert leases[good_id].payload == b"mail 2"
+    assert leases[lost_id].payload == b""
+    assert leases[lost_id].unreadable is not None
+    assert "'a'" in leases[lost_id].unreadable  # the key id it needs, never the payload
+    states = {row.id: row.state for row in await store.list_outbox()}
+    assert states == {lost_id: OutboxState.LEASED, good_id: OutboxState.LEASED}
