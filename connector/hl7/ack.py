@@ -115,7 +115,11 @@ def hl7_timestamp(moment: datetime | None = None) -> str:
     """`moment` (default: now) as an HL7 TS in local time with its offset, to the second."""
     if moment is None:
         return _now()
-    return moment.astimezone().strftime(_TS_FORMAT)
+    try:
+        return moment.astimezone().strftime(_TS_FORMAT)
+    except (OverflowError, ValueError, OSError):  # at the edge of the calendar (a mail's Date:
+        # of 9999-12-31 -1200): written with its own offset rather than converted
+        return moment.strftime(_TS_FORMAT)
 
 
 _TS_FORMAT = "%Y%m%d%H%M%S%z"

@@ -32,8 +32,9 @@ from typing import TYPE_CHECKING
 import structlog
 
 from connector.delivery.job import MailJob, MalformedJob
-from connector.errors import ReceiptError, StoreError
+from connector.errors import PayloadUnreadable, ReceiptError, StoreError
 from connector.mail.receipts import Receipt, normalize_message_id, parse_receipt
+from connector.observability.logs import exception_frames
 from connector.observability.metrics import ConnectorMetrics
 from connector.receipts.imap import ImapError, ImapMailbox
 from connector.receipts.plan import ReceiptPlanner, SentMail
@@ -152,6 +153,13 @@ class ReceiptPoller:
                             error=str(exc), retry_in_seconds=delay)
                 await asyncio.sleep(delay)
                 delay = min(self.settings.reconnect_maximum_seconds, delay * 2)
+            except Exception as exc:  # noqa: BLE001 (a bug must not end the polling for good)
+                self.connected, self.last_error = False, type(exc).__name__
+                log.error("receipts_poller_failed", tenant=self.tenant_id,
+                          error=type(exc).__name__, where=exception_frames(exc),
+                          retry_in_seconds=delay)
+                await asyncio.sleep(delay)
+                delay = min(self.settings.reconnect_maximum_seconds, delay * 2)
             finally:
                 self.connected, self._mailbox = False, None
                 await asyncio.to_thread(mailbox.close)
@@ -168,7 +176,21 @@ class ReceiptPoller:
             raw = await asyncio.to_thread(mailbox.fetch, uid)
             if raw is None:
                 continue
-            handled = await self.handle(raw)
+            try:
+                handled = await self.handle(raw)
+            except PayloadUnreadable as exc:  # a row it names cannot be read: this mail only
+                log.error("receipt_failed", tenant=self.tenant_id, error=type(exc).__name__)
+                handled = await self._unmatched(
+                    receipt_key(raw), raw, time.time(), None,
+                    "about a mail whose stored copy cannot be read")
+            except (ImapError, StoreError):
+                raise  # the mailbox or the store: reconnect, and this mail is read again
+            except Exception as exc:  # noqa: BLE001 (one mail must not stop the poller)
+                log.error("receipt_failed", tenant=self.tenant_id, error=type(exc).__name__,
+                          where=exception_frames(exc))
+                handled = await self._unmatched(
+                    receipt_key(raw), raw, time.time(), None,
+                    f"could not be handled ({type(exc).__name__}): see the connector's log")
             folder = (mailbox.endpoint.processed_folder if handled.status is
                       ReceiptStatus.MATCHED else mailbox.endpoint.unmatched_folder)
             await asyncio.to_thread(mailbox.move, uid, folder)
