@@ -59,6 +59,11 @@ from connector.store import (
 )
 
 FINAL_DELIVERED: Final = frozenset({DeliveryAction.DELIVERED, DeliveryAction.EXPANDED})
+# Row statuses that a ZAM already answered: a later receipt about the same mail (a second DSN,
+# the operator's resend, a contradictory report) is recorded, but sends no second ZAM and does
+# not overwrite the first answer.
+ANSWERED_DELIVERY: Final = frozenset({"delivered", "expanded", "failed"})
+ANSWERED_READING: Final = frozenset({"displayed", "processed", "read", "error"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,18 +118,35 @@ class ReceiptPlanner:
         self.actor = actor
         self.emit_zams = emit_zams
 
-    def effect(self, receipt: Receipt, mail: SentMail, *, now: datetime | None = None
+    def effect(self, receipt: Receipt, mail: SentMail, *, now: datetime | None = None,
+               delivery_status: str | None = None, read_status: str | None = None
                ) -> ReceiptEffect | None:
-        """The update and ZAM for `mail`; None when the receipt says nothing of its recipient."""
+        """The update and ZAM for `mail`; None when the receipt says nothing of its recipient.
+        `delivery_status`, `read_status`: the row's, as a receipt before this one left them;
+        once one says the mail was delivered, refused, read or in error (a ZAM answered it),
+        a later receipt of the same kind is only recorded."""
         block = recipient_block(receipt, mail.job.rcpt_to)
         if block is None:
             return None
         when = receipt.date or now or datetime.now(UTC)
         if receipt.kind in (ReceiptKind.DSN, ReceiptKind.HEURISTIC):  # delivery (Z02)
+            if delivery_status in ANSWERED_DELIVERY:
+                return self._already(mail, receipt.kind.value, block, delivery_status)
             effect = self._delivery(receipt, block, mail, when)
         else:  # MDN, KO mail: integration (Z03)
+            if read_status in ANSWERED_READING:
+                return self._already(mail, "mdn", block, read_status)
             effect = self._reading(block, mail, when)
         return effect if self.emit_zams else replace(effect, zam=None)
+
+    def _already(self, mail: SentMail, kind: str, block: RecipientOutcome,
+                 answered: str | None) -> ReceiptEffect:
+        """A receipt about a mail a ZAM already answered: in the audit trail, nothing else."""
+        said = (block.action.value if block.action else block.action_text) or block.outcome.value
+        return ReceiptEffect(
+            ReceiptUpdate(mail.outbox_id,
+                          audit=self._reported(kind, f"{said} (already {answered})")),
+            None, block.outcome)
 
     def _delivery(self, receipt: Receipt, block: RecipientOutcome, mail: SentMail,
                   when: datetime) -> ReceiptEffect:

@@ -222,7 +222,9 @@ class ReceiptPoller:
                 continue
             if found is None:
                 continue
-            effect = self.planner.effect(receipt, found[0])
+            mail, summary = found
+            effect = self.planner.effect(receipt, mail, delivery_status=summary.delivery_status,
+                                         read_status=summary.read_status)
             if effect is None:
                 continue
             updates.append(effect.update)

@@ -207,9 +207,12 @@ LEASABLE = ("((state = 'ready' AND available_at <= ?)"
 # is released (token and expiry cleared) when it leaves LEASED.
 RENEW_SQL = ("UPDATE outbox SET lease_expires_at = ?, updated_at = ?"
              " WHERE id = ? AND state = 'leased' AND lease_token = ?")
+# A DSN can come back before the submission is recorded (an operator that answers within the
+# same second): the final status it set is kept, not reset to "awaiting-report".
 MARK_SENT_SQL = ("UPDATE outbox SET state = 'sent', sent_at = ?, smtp_code = ?,"
-                 " delivery_status = ?, lease_token = NULL, lease_expires_at = NULL,"
-                 " updated_at = ?"
+                 " delivery_status = CASE WHEN delivery_status IN ('delivered', 'expanded',"
+                 " 'failed') THEN delivery_status ELSE ? END,"
+                 " lease_token = NULL, lease_expires_at = NULL, updated_at = ?"
                  " WHERE id = ? AND state = 'leased' AND lease_token = ?")
 MARK_FAILED_SQL = ("UPDATE outbox SET state = 'failed', error_code = ?, error_class = ?,"
                    " error_key = ?, error_detail = ?, lease_token = NULL,"

@@ -142,3 +142,24 @@ async def test_sqlite_grants_the_claim(make_store: StoreFactory) -> None:
     claim = await store.claim("receipts:t1")
     assert claim is not None
     await claim.release()
+
+
+async def test_a_dsn_before_the_submission_is_recorded_keeps_its_status(
+        make_store: StoreFactory) -> None:
+    """The operator's DSN can be applied while the row is still leased (it answered within the
+    same second): recording the submission afterwards keeps the final status, so the sweep of
+    mails without a final report never sends a second, negative Z02 for it."""
+    store = make_store()
+    await store.record_inbound(replace(inbound(), outbox=(mail(1),)))
+    (leased,) = await store.lease(tenant_id="t1", kinds=SMTP, limit=1, lease_seconds=30)
+    await store.record_returned_mail(ReturnedMail(
+        tenant_id="t1", key="<dsn-early@mx>", received_at=time.time(), raw=DSN,
+        status=ReceiptStatus.MATCHED, kind="dsn", outcome="positive", outbox_id=leased.id,
+        updates=(ReceiptUpdate(leased.id, delivery_status="delivered",
+                               audit=AuditEntry("imap poller", AuditAction.DELIVERED)),)))
+    await store.mark_sent(leased.id, leased.token, "250", delivery_status="awaiting-report")
+    detail = await store.get_outbox(leased.id)
+    assert detail is not None
+    assert detail.summary.state is OutboxState.SENT
+    assert detail.summary.delivery_status == "delivered"
+    assert await store.list_unconfirmed("t1", sent_before=time.time() + 3600) == []

@@ -175,3 +175,47 @@ def test_a_refused_submission_returns_z02_no_only_when_asked() -> None:
     assert zam(item.payload)["error"].startswith("550^")
     assert planner().negative_submission_zam(sent(dsn=False),
                                              SmtpErrorCode.MAILBOX_UNAVAILABLE) is None
+
+
+# -- one answer per mail ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("answered", ["delivered", "failed"])
+@pytest.mark.parametrize(("action", "status"), [("delivered", "2.0.0"), ("failed", "5.1.1")])
+def test_a_second_delivery_report_sends_no_second_z02(answered: str, action: str,
+                                                      status: str) -> None:
+    """A DSN about a mail a first DSN already settled (the operator's resend, a contradictory
+    report): recorded in the audit trail, no ZAM, no change of the first answer."""
+    effect = planner().effect(dsn((DOCTOR, action, status)), sent(), delivery_status=answered)
+    assert effect is not None
+    assert effect.zam is None
+    assert effect.update.delivery_status is None
+    assert effect.update.settle is None  # no change of state
+    assert effect.update.audit is not None
+    assert f"(already {answered})" in (effect.update.audit.detail or "")
+
+
+@pytest.mark.parametrize("answered", [None, "awaiting-report", "delayed", "relayed",
+                                      "no-final-report"])
+def test_a_first_final_delivery_report_sends_its_z02(answered: str | None) -> None:
+    effect = planner().effect(dsn((DOCTOR, "delivered", "2.0.0")), sent(),
+                              delivery_status=answered)
+    assert effect is not None
+    assert effect.zam is not None
+    assert effect.update.delivery_status == "delivered"
+
+
+@pytest.mark.parametrize("answered", ["displayed", "processed", "error"])
+def test_a_second_read_receipt_sends_no_second_z03(answered: str) -> None:
+    effect = planner().effect(mdn("manual-action/MDN-sent-manually; processed"), sent(),
+                              read_status=answered)
+    assert effect is not None
+    assert effect.zam is None
+    assert effect.update.read_status is None
+
+
+def test_a_first_read_receipt_sends_its_z03() -> None:
+    effect = planner().effect(mdn("manual-action/MDN-sent-manually; displayed"), sent(),
+                              read_status="deleted")  # a deletion notice answered nothing
+    assert effect is not None
+    assert effect.zam is not None

@@ -1,5 +1,6 @@
 """The receipts poller over a scripted mailbox and a real SQLite store: one mail that fails in
-an unexpected way is set aside (unmatched) and the mails behind it are still applied."""
+an unexpected way is set aside (unmatched) and the mails behind it are still applied; a mail
+gets one ZAM per kind of report, whatever number of reports comes back about it."""
 
 from __future__ import annotations
 
@@ -51,14 +52,14 @@ class ScriptedMailbox:
         del self.mails[uid]
 
 
-def dsn(n: int) -> bytes:
+def dsn(n: int, action: str = "delivered", status: str = "2.0.0", key: str = "") -> bytes:
     return (f"From: MAILER-DAEMON@mx.op\r\nTo: {SENDER}\r\nSubject: report\r\n"
-            f"Date: Mon, 23 Nov 2026 10:00:00 +0100\r\nMessage-ID: <dsn{n}@mx.op>\r\n"
+            f"Date: Mon, 23 Nov 2026 10:00:00 +0100\r\nMessage-ID: <dsn{n}{key}@mx.op>\r\n"
             "MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status;"
             ' boundary="b"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nreport\r\n'
             "--b\r\nContent-Type: message/delivery-status\r\n\r\n"
             f"Reporting-MTA: dns; mx.op\r\nOriginal-Envelope-Id: env{n}\r\n\r\n"
-            f"Final-Recipient: rfc822; {DOCTOR}\r\nAction: delivered\r\nStatus: 2.0.0\r\n"
+            f"Final-Recipient: rfc822; {DOCTOR}\r\nAction: {action}\r\nStatus: {status}\r\n"
             "\r\n--b--\r\n").encode()
 
 
@@ -90,10 +91,10 @@ async def test_a_mail_that_fails_unexpectedly_is_set_aside_and_the_next_applied(
     poller = ReceiptPoller("chu", store, lambda: None, planner)  # type: ignore[arg-type,return-value]
     effect = planner.effect
 
-    def fails_on_the_first(receipt, mail):  # type: ignore[no-untyped-def]
+    def fails_on_the_first(receipt, mail, **statuses):  # type: ignore[no-untyped-def]
         if mail.job.rcpt_to == DOCTOR and receipt.correlation.envelope_id == "env1":
             raise RuntimeError("PAT-TROIS 19790328")  # a bug, with data in its message
-        return effect(receipt, mail)
+        return effect(receipt, mail, **statuses)
 
     monkeypatch.setattr(planner, "effect", fails_on_the_first)
     mailbox = ScriptedMailbox({1: dsn(1), 2: dsn(2)})
@@ -113,3 +114,25 @@ def test_a_timestamp_at_the_edge_of_the_calendar_keeps_its_own_offset() -> None:
     timestamp keeps its offset instead of failing the receipt."""
     edge = datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone(timedelta(hours=-12)))
     assert hl7_timestamp(edge) == "99991231235959-1200"
+
+
+async def test_one_z02_per_mail_however_many_reports_come_back(tmp_path: Path) -> None:
+    """Two DSNs saying delivered (the operator resent its report) then one saying failed: one
+    Z02, positive; the row stays delivered, and the later reports are in the audit trail."""
+    store = await sent_store(tmp_path, 1)
+    counter = itertools.count(1)
+    planner = ReceiptPlanner(ZamIdentity("PFI", "CHU"), lambda: f"Z{next(counter)}",
+                             actor="test")
+    poller = ReceiptPoller("chu", store, lambda: None, planner)  # type: ignore[arg-type,return-value]
+    mailbox = ScriptedMailbox({1: dsn(1, key="a"), 2: dsn(1, key="b"),
+                               3: dsn(1, "failed", "5.1.1", key="c")})
+    assert await poller.drain(mailbox) == 3  # type: ignore[arg-type]
+    rows = await store.list_outbox()
+    zams = [row for row in rows if row.kind is OutboxKind.HL7]
+    (mail,) = [row for row in rows if row.kind is OutboxKind.SMTP]
+    assert len(zams) == 1
+    assert mail.delivery_status == "delivered"
+    audit = [entry.detail for entry in await store.list_audit(outbox_id=mail.id)]
+    assert "dsn delivered (already delivered)" in audit
+    assert "dsn failed (already delivered)" in audit
+    await store.close()
