@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import signal
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -37,7 +39,7 @@ from connector.pipeline.intake import IntakeHandler
 from connector.pipeline.offload import DocumentProcesses
 from connector.receipts.poller import ReceiptPoller
 from connector.retention import RetentionPurger
-from connector.settings import Settings, StoreBackend, load_settings
+from connector.settings import Settings, StoreBackend, TransportKind, load_settings
 from connector.store.cipher import PayloadCipher
 from connector.store.sqlite import SQLiteStore
 from connector.tenants import SharedParts, TenantRuntime, build_intake_parts, build_tenant
@@ -153,12 +155,15 @@ class Application:
     control_ids: ControlIdGenerator = field(default_factory=ControlIdGenerator)
     documents: DocumentProcesses | None = None  # started by `start`, not by `build`
     serving: bool = False  # set once `run_until_signalled` has started everything
+    admin_context: ssl.SSLContext | None = None  # [admin.tls], checked by `build`
     _whitelist_date: datetime | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> Application:
         store = build_store(settings)
         app = cls(settings, store)
+        if settings.admin is not None and settings.admin.tls is not None:
+            app.admin_context = server_ssl_context(settings.admin.tls, "admin.tls")
         app.metrics.watch_store(store.commit_stats)
         shared = app._shared(settings)
         for index, tenant in enumerate(settings.tenants):
@@ -170,6 +175,7 @@ class Application:
             disk_usage=store.disk_usage)
         app.retention = RetentionPurger(store, settings.store.payload_retention_days,
                                         app.metrics)
+        warn_about_exposure(settings)
         return app
 
     def _shared(self, settings: Settings) -> SharedParts:
@@ -228,9 +234,8 @@ class Application:
             if self.settings.admin is not None:
                 admin = self.settings.admin
                 api = AdminApi(self.store, admin.token) if admin.token else None
-                context = server_ssl_context(admin.tls) if admin.tls else None
                 self.admin = AdminServer(admin.host, admin.port, self.metrics, self.readiness,
-                                         api=api, ssl_context=context)
+                                         api=api, ssl_context=self.admin_context)
                 await self.admin.start()
         except BaseException:
             await self.stop()
@@ -368,3 +373,34 @@ class Application:
             await self.reload(settings)
         except ConfigError as exc:
             log.error("reload_refused", error=str(exc), kept="the running configuration")
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: not known to be local
+        return False
+
+
+def warn_about_exposure(settings: Settings) -> None:
+    """Start-up warnings for what a security review flags, without refusing it (a TLS proxy
+    or a private network may stand in front): clear text off the loopback, and mails written
+    to the dry-run Maildir (in clear, outside the store's encryption and retention)."""
+    admin = settings.admin
+    if admin is not None and admin.token and admin.tls is None and not _loopback(admin.host):
+        log.warning("admin_api_in_clear", host=admin.host,
+                    hint="the API's bearer token crosses the network unencrypted: set "
+                         "[admin.tls] or bind [admin] host to 127.0.0.1")
+    for tenant in settings.tenants:
+        for listener in tenant.listeners:
+            if listener.tls is None and not listener.allow_from and not _loopback(listener.host):
+                log.warning("listener_in_clear", tenant=tenant.id, listener=listener.name,
+                            host=listener.host,
+                            hint="HL7 with patient data, unencrypted, from any address: set "
+                                 "tls or allow_from")
+        if tenant.transport.kind is TransportKind.MAILDIR:
+            log.warning("dry_run", tenant=tenant.id, maildir=str(tenant.transport.maildir),
+                        hint="mails are written to this Maildir, in clear and never purged, "
+                             "not sent: set [tenants.transport] to send")

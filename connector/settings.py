@@ -490,6 +490,8 @@ def _encryption(reader: _Reader) -> EncryptionSettings | None:
             raise r.fail(origin, f"key {key_id!r} is not valid base64") from exc
         if len(key) != 32:
             raise r.fail(origin, f"key {key_id!r} must be 32 bytes (AES-256)")
+        if key_id in keys:  # the second would win: rows sealed with the first stop opening
+            raise r.fail(origin, f"key {key_id!r} is given twice")
         keys[key_id] = key
     if current not in keys:
         raise r.fail("current_key_id", f"key {current!r} is not among the keys given")

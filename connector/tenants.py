@@ -170,7 +170,9 @@ def build_tenant(index: int, tenant: TenantSettings, shared: SharedParts) -> Ten
             store, shared.control_ids, cisis, metrics, planner=planner, legacy=legacy,
             patients=store if legacy is not None else None, on_queued=shared.wake,
             documents=shared.documents)
-        ssl_context = server_ssl_context(listener.tls) if listener.tls else None
+        ssl_context = (server_ssl_context(
+            listener.tls, f"{prefix}.listeners[{tenant.listeners.index(listener)}].tls")
+            if listener.tls else None)
         handlers.append(handler)
         servers.append(MLLPServer(listener, handler, ssl_context=ssl_context))
     return TenantRuntime(tenant, handlers, servers, delivery, receipts.returns,

@@ -18,7 +18,7 @@ from typing import Protocol
 
 import structlog
 
-from connector.errors import FramingError
+from connector.errors import ConfigError, FramingError
 from connector.mllp._framing import MLLPFramer, frame
 from connector.settings import ListenerSettings, ListenerTLS
 
@@ -34,15 +34,35 @@ class MessageHandler(Protocol):
         ...
 
 
-def server_ssl_context(tls: ListenerTLS) -> ssl.SSLContext:
-    """TLS 1.2+; with `client_ca`, a client certificate chaining to it is required."""
+def server_ssl_context(tls: ListenerTLS, key: str = "tls") -> ssl.SSLContext:
+    """TLS 1.2+; with `client_ca`, a client certificate chaining to it is required.
+
+    What OpenSSL refuses (a wrong password, a key that does not belong to the certificate, a
+    file that is not PEM) is a `ConfigError` naming `key` + `.private_key`/`.client_ca`, so that
+    `check-config` and `serve` say which setting to fix. A password is always given (empty when
+    none is set): OpenSSL would otherwise ask for one on the terminal and block start-up."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(tls.certificate, tls.private_key, password=tls.private_key_password)
+    try:
+        context.load_cert_chain(tls.certificate, tls.private_key,
+                                password=tls.private_key_password or "")
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(f"{key}.private_key",
+                          f"{tls.private_key} with {tls.certificate}: refused by OpenSSL "
+                          f"({_reason(exc)}): a wrong private_key_password, a key that does "
+                          "not belong to the certificate, or not PEM") from None
     if tls.client_ca is not None:
         context.verify_mode = ssl.CERT_REQUIRED
-        context.load_verify_locations(cafile=str(tls.client_ca))
+        try:
+            context.load_verify_locations(cafile=str(tls.client_ca))
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(f"{key}.client_ca", f"{tls.client_ca}: refused by OpenSSL "
+                              f"({_reason(exc)})") from None
     return context
+
+
+def _reason(exc: BaseException) -> str:
+    return getattr(exc, "reason", None) or type(exc).__name__
 
 
 @dataclass(slots=True)

@@ -412,6 +412,15 @@ def test_bad_key_material_is_not_echoed(tmp_path: Path) -> None:
     assert "c2VjcmV0" not in str(error)
 
 
+def test_a_key_id_given_twice_is_refused(tmp_path: Path) -> None:
+    """The second key would replace the first, and rows sealed with the first stop opening."""
+    twice = f"k1:{base64.b64encode(KEY1).decode()}, k1:{base64.b64encode(KEY2).decode()}"
+    error = load_error(tmp_path, encryption() + BASE, {"KEYS": twice})
+    assert error.key == "store.encryption.keys_env"
+    assert "'k1' is given twice" in error.problem
+    assert base64.b64encode(KEY2).decode() not in str(error)
+
+
 @pytest.fixture
 def tls_base(tls_files: dict[str, Path]) -> str:
     return (BASE + "[tenants.listeners.tls]\n"
