@@ -301,6 +301,7 @@ class SendResult:
     detail: str  # what happened, for operators and the outbox's last error
     dsn_requested: bool  # DSN parameters were actually sent
     attempted: bool = True  # False: an earlier failure of this session was reused
+    dsn_unsupported: bool = False  # the mail asked for a DSN; the server does not offer one
 
     @property
     def error_label(self) -> str | None:
@@ -628,7 +629,7 @@ class SmtpSubmitter:
         return SendResult(Outcome.SENT, Stage.DONE, envelope.message_id, reply.code,
                           enhanced_status(reply.message), None,
                           sanitise_server_message(reply.message), "accepted for delivery",
-                          dsn_requested=dsn)
+                          dsn_requested=dsn, dsn_unsupported=envelope.request_dsn and not dsn)
 
     async def _reset_after_failure(self, client: aiosmtplib.SMTP) -> None:
         if not client.is_connected:  # lost, timed out or closed after a 421

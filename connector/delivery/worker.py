@@ -269,7 +269,8 @@ class TenantDelivery:
                 lease.id, lease.token, code,
                 audit=AuditEntry(actor, AuditAction.SUBMITTED, code, said),
                 delivery_status=None if self.transport.kind is not OutboxKind.SMTP
-                else "awaiting-report" if result.dsn_requested else "not-requested"))
+                else "awaiting-report" if result.dsn_requested
+                else "not-offered" if result.dsn_unsupported else "not-requested"))
             log.info("mail_submitted", tenant=self.tenant_id, outbox_id=lease.id,
                      transport=self.transport.name, smtp_code=code, attempt=lease.attempt,
                      dsn_requested=result.dsn_requested)

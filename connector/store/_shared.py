@@ -392,7 +392,8 @@ OUTBOX_STATS_SQL = ("SELECT tenant_id, kind, state, count(*), min(created_at) FR
                     " GROUP BY tenant_id, kind, state")
 UNCONFIRMED_SQL = ("SELECT id FROM outbox WHERE tenant_id = ? AND kind = 'smtp'"
                    " AND state = 'sent' AND sent_at < ?"
-                   " AND delivery_status IN ('awaiting-report', 'delayed', 'relayed')"
+                   " AND delivery_status IN ('awaiting-report', 'delayed', 'relayed',"
+                   " 'not-offered')"
                    " AND purged_at IS NULL ORDER BY sent_at LIMIT ?")
 FIND_BY_ENVID_SQL = "SELECT id FROM outbox WHERE tenant_id = ? AND envid = ? ORDER BY id"
 FIND_BY_MESSAGE_ID_SQL = ("SELECT id FROM outbox WHERE tenant_id = ? AND message_id = ?"

@@ -163,3 +163,18 @@ async def test_a_dsn_before_the_submission_is_recorded_keeps_its_status(
     assert detail.summary.state is OutboxState.SENT
     assert detail.summary.delivery_status == "delivered"
     assert await store.list_unconfirmed("t1", sent_before=time.time() + 3600) == []
+
+
+@pytest.mark.parametrize(("status", "listed"), [
+    ("awaiting-report", True), ("not-offered", True), ("not-requested", False),
+    ("delivered", False)])
+async def test_mails_whose_asked_report_cannot_come_are_unconfirmed(
+        make_store: StoreFactory, status: str, listed: bool) -> None:
+    """The sweep's rows: a report was asked for and none final came; `not-offered` (the
+    operator does not do DSN) is one of them, `not-requested` (none was asked) is not."""
+    store = make_store()
+    await store.record_inbound(replace(inbound(), outbox=(mail(1),)))
+    (leased,) = await store.lease(tenant_id="t1", kinds=SMTP, limit=1, lease_seconds=30)
+    await store.mark_sent(leased.id, leased.token, "250", delivery_status=status)
+    found = await store.list_unconfirmed("t1", sent_before=time.time() + 3600)
+    assert found == ([leased.id] if listed else [])

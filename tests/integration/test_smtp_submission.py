@@ -308,6 +308,8 @@ async def test_no_dsn_parameters_unless_advertised_and_requested(
 
     assert result.outcome is Outcome.SENT
     assert not result.dsn_requested
+    # Asked for and not offered: said, so that the hospital still gets its Z02 (W) later.
+    assert result.dsn_unsupported is (requested and not advertised)
     [(_, mail_params)] = server.recorder.mail
     assert set(mail_params) == {"SIZE"}
     [(_, rcpt_params)] = server.recorder.rcpt

@@ -31,7 +31,8 @@ class ScriptedSession:
                               "5.1.1", SmtpErrorCode.BAD_ADDRESS, "5.1.1 unknown",
                               "RCPT refused with 550 5.1.1", dsn_requested=False)
         return SendResult(Outcome.SENT, Stage.DONE, lease.message_id or "", 250, None, None,
-                          "", "accepted", dsn_requested=False)
+                          "", "accepted", dsn_requested=False,
+                          dsn_unsupported=self.transport.dsn_unsupported)
 
     async def close(self) -> None:
         return None
@@ -43,8 +44,9 @@ class ScriptedTransport:
     dead_on_refusal = False
     actor = "test"
 
-    def __init__(self, *, refuse: bool = False) -> None:
+    def __init__(self, *, refuse: bool = False, dsn_unsupported: bool = False) -> None:
         self.refuse = refuse
+        self.dsn_unsupported = dsn_unsupported
         self.sent: list[int] = []
 
     def session(self) -> ScriptedSession:
@@ -131,4 +133,25 @@ async def test_a_refusal_is_not_settled_without_its_follow_up(tmp_path: Path) ->
     assert calls == [row_id, row_id]  # the first follow-up failed: tried again with the send
     zams = [row for row in await store.list_outbox() if row.kind is OutboxKind.HL7]
     assert len(zams) == 1
+    await store.close()
+
+
+async def test_a_report_asked_for_and_not_offered_is_marked_for_the_sweep(
+        tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "c.db")
+    store.open()
+    (row_id,) = await store.enqueue([item(1)])
+    worker = TenantDelivery("chu", store, ScriptedTransport(dsn_unsupported=True),  # type: ignore[arg-type]
+                            limits=FAST)
+    worker.start()
+    try:
+        async def sent() -> bool:
+            return (await states(store)).get(row_id) is OutboxState.SENT
+
+        await until(sent)
+    finally:
+        await worker.stop(grace_seconds=2)
+    (row,) = await store.list_outbox()
+    assert row.delivery_status == "not-offered"
+    assert await store.list_unconfirmed("chu", sent_before=time.time() + 3600) == [row_id]
     await store.close()
