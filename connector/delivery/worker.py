@@ -31,7 +31,7 @@ import contextlib
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import structlog
 
@@ -119,6 +119,7 @@ class TenantDelivery:
         self.retry = retry or RetryPolicy()
         self.metrics = metrics
         self._rng = rng or random.Random()  # noqa: S311 (jitter, not a secret)
+        self._pause_result: SendResult | None = None  # what paused the tenant last
         self._rate = _RateLimiter(self.limits.rate_per_second)
         self._wake = asyncio.Event()
         self._stopping = False
@@ -237,13 +238,20 @@ class TenantDelivery:
 
     async def _release(self, leases: Iterable[OutboxLease], lost: set[int]) -> None:
         """Rows leased but not attempted (stopping, or the tenant paused): ready again, due
-        when the pause ends (now when stopping), without an error of their own."""
+        when the pause ends (now when stopping), without an error of their own; while the
+        tenant is paused, a row whose retry budget is spent ends dead with the error that
+        paused it, as it would have had it been tried (not one row per pause)."""
+        now = time.time()
         for lease in list(leases):
             if lease.id in lost:
                 continue
             with contextlib.suppress(LeaseLost, StoreError):
+                if (self.paused and self._pause_result is not None and not self._stopping
+                        and now - lease.created_at >= self.retry.budget_seconds):
+                    await self._expire(lease, replace(self._pause_result, attempted=False))
+                    continue
                 await self.store.schedule_retry(lease.id, lease.token,
-                                                max(time.time(), self.paused_until))
+                                                max(now, self.paused_until))
 
     async def _deliver_one(self, session: TransportSession, lease: OutboxLease,
                            settling: set[int]) -> None:
@@ -305,13 +313,7 @@ class TenantDelivery:
             if due is not None:
                 due = max(due, self.paused_until)
         if due is None:
-            then = await self._follow_up(lease, result)
-            await self._transition(lease, "dead", lambda: self.store.mark_dead(
-                lease.id, lease.token, error, detail, error_class=result.outcome.value,
-                audit=AuditEntry(actor, AuditAction.EXPIRED, code, said), then=then))
-            log.error("mail_dead", tenant=self.tenant_id, outbox_id=lease.id,
-                      smtp_error=error, attempts=lease.attempt,
-                      budget_hours=self.retry.budget_seconds / 3600, detail=result.detail)
+            await self._expire(lease, result)
             return
         retry_at = due
         await self._transition(lease, "ready", lambda: self.store.schedule_retry(
@@ -321,6 +323,21 @@ class TenantDelivery:
             log.info("mail_deferred", tenant=self.tenant_id, outbox_id=lease.id,
                      smtp_code=code, smtp_error=error, attempt=lease.attempt,
                      retry_in_seconds=round(retry_at - now, 1), detail=result.detail)
+
+    async def _expire(self, lease: OutboxLease, result: SendResult) -> None:
+        """The retry budget is spent: dead, with its follow-up (the negative ZAM^Z02)."""
+        code = str(result.smtp_code) if result.smtp_code is not None else None
+        error = result.error_code.code if result.error_code is not None else None
+        detail = f"{result.detail}: {result.server_message}" if result.server_message \
+            else result.detail
+        then = await self._follow_up(lease, result)
+        await self._transition(lease, "dead", lambda: self.store.mark_dead(
+            lease.id, lease.token, error, detail, error_class=result.outcome.value,
+            audit=AuditEntry(self.transport.actor, AuditAction.EXPIRED, code,
+                             result.server_message or result.detail), then=then))
+        log.error("mail_dead", tenant=self.tenant_id, outbox_id=lease.id,
+                  smtp_error=error, attempts=lease.attempt,
+                  budget_hours=self.retry.budget_seconds / 3600, detail=result.detail)
 
     async def _follow_up(self, lease: OutboxLease, result: SendResult
                          ) -> Sequence[OutboxItem]:
@@ -341,6 +358,7 @@ class TenantDelivery:
         first = not self.paused
         self.paused_until = max(self.paused_until, until)
         self.pause_reason = result.detail
+        self._pause_result = result
         if self.metrics is not None:
             self.metrics.delivery_paused.labels(self.tenant_id).set(1)
         if first and result.attempted:

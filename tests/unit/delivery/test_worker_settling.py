@@ -9,6 +9,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
+from connector.delivery.retry import RetryPolicy
 from connector.delivery.smtp import Outcome, SendResult, Stage
 from connector.delivery.worker import DeliveryLimits, TenantDelivery
 from connector.errors import StoreUnavailable
@@ -26,6 +27,10 @@ class ScriptedSession:
 
     async def send(self, lease: OutboxLease) -> SendResult:
         self.transport.sent.append(lease.id)
+        if self.transport.unreachable:
+            return SendResult(Outcome.TRANSIENT, Stage.CONNECT, lease.message_id or "", None,
+                              None, SmtpErrorCode.CANNOT_CONNECT, "",
+                              "connection refused", dsn_requested=False)
         if self.transport.refuse:
             return SendResult(Outcome.PERMANENT, Stage.RCPT, lease.message_id or "", 550,
                               "5.1.1", SmtpErrorCode.BAD_ADDRESS, "5.1.1 unknown",
@@ -44,8 +49,10 @@ class ScriptedTransport:
     dead_on_refusal = False
     actor = "test"
 
-    def __init__(self, *, refuse: bool = False, dsn_unsupported: bool = False) -> None:
+    def __init__(self, *, refuse: bool = False, dsn_unsupported: bool = False,
+                 unreachable: bool = False) -> None:
         self.refuse = refuse
+        self.unreachable = unreachable
         self.dsn_unsupported = dsn_unsupported
         self.sent: list[int] = []
 
@@ -154,4 +161,35 @@ async def test_a_report_asked_for_and_not_offered_is_marked_for_the_sweep(
     (row,) = await store.list_outbox()
     assert row.delivery_status == "not-offered"
     assert await store.list_unconfirmed("chu", sent_before=time.time() + 3600) == [row_id]
+    await store.close()
+
+
+async def test_rows_past_their_budget_end_dead_while_the_operator_is_unreachable(
+        tmp_path: Path) -> None:
+    """The operator cannot be reached (the tenant pauses after the first try): every row of the
+    batch whose retry budget is spent ends dead with its follow-up at once, not one per pause."""
+    store = SQLiteStore(tmp_path / "c.db")
+    store.open()
+    ids = await store.enqueue([item(n) for n in range(5)], now=time.time() - 1000)
+    followed: list[int] = []
+
+    async def follow_up(lease: OutboxLease, result: SendResult) -> Sequence[OutboxItem]:
+        followed.append(lease.id)
+        assert result.error_code is SmtpErrorCode.CANNOT_CONNECT
+        return ()
+
+    transport = ScriptedTransport(unreachable=True)
+    worker = TenantDelivery("chu", store, transport,  # type: ignore[arg-type]
+                            limits=FAST, retry=RetryPolicy(budget_seconds=100),
+                            follow_up=follow_up)
+    worker.start()
+    try:
+        async def all_dead() -> bool:
+            return set((await states(store)).values()) == {OutboxState.DEAD}
+
+        await until(all_dead)
+    finally:
+        await worker.stop(grace_seconds=2)
+    assert len(transport.sent) == 1  # tried once: the others were released while paused
+    assert sorted(followed) == sorted(ids)
     await store.close()
