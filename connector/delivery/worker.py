@@ -40,6 +40,7 @@ from connector.delivery.smtp import SESSION_STAGES, Outcome, SendResult, Stage
 from connector.delivery.transports import Transport, TransportSession
 from connector.errors import ConfigError, LeaseLost, StoreError
 from connector.hl7.codes import SmtpErrorCode
+from connector.observability.logs import exception_frames
 from connector.observability.metrics import ConnectorMetrics
 from connector.store import (
     AuditAction,
@@ -177,8 +178,10 @@ class TenantDelivery:
             except StoreError as exc:  # the store is down: leases expire, rows are kept
                 log.warning("delivery_store_unavailable", tenant=self.tenant_id, error=str(exc))
                 await self._sleep(self.limits.poll_seconds)
-            except Exception:  # a bug must not end the tenant's delivery for good
-                log.exception("delivery_loop_failed", tenant=self.tenant_id, session=number)
+            except Exception as exc:  # noqa: BLE001
+                # A bug must not end the tenant's delivery for good.
+                log.error("delivery_loop_failed", tenant=self.tenant_id, session=number,
+                          error=type(exc).__name__, where=exception_frames(exc))
                 await self._sleep(self.limits.poll_seconds)
 
     async def _sleep(self, seconds: float) -> None:
@@ -350,8 +353,10 @@ class TenantDelivery:
             # The store is down: nothing is settled without its ZAM. The error ends this batch
             # like any store error; the lease expires and the row is tried again, ZAM included.
             raise
-        except Exception:  # a bug: the refusal is recorded anyway; the ZAM is logged as missing
-            log.exception("delivery_follow_up_failed", tenant=self.tenant_id, outbox_id=lease.id)
+        except Exception as exc:  # noqa: BLE001
+            # A bug: the refusal is recorded anyway; the ZAM is missing (logged).
+            log.error("delivery_follow_up_failed", tenant=self.tenant_id, outbox_id=lease.id,
+                      error=type(exc).__name__, where=exception_frames(exc))
             return ()
 
     def _pause(self, until: float, result: SendResult, *, config: bool) -> None:

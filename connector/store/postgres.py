@@ -77,6 +77,7 @@ import psycopg.errors
 import structlog
 
 from connector.errors import LeaseLost, PayloadUnreadable, StoreError, StoreUnavailable
+from connector.observability.logs import exception_frames
 from connector.store._shared import (
     AUDIT_SQL,
     LEASABLE,
@@ -351,12 +352,14 @@ class PostgresStore(StoreAdapter):
                         conn = self._execute(conn, [job])
                     return conn
                 outcomes = _failed(batch, StoreError(_describe("PostgreSQL write failed", exc)))
-            except Exception as exc:  # a bug in a job: fail it loudly, keep the writer
+            except Exception as exc:  # noqa: BLE001
+                # A bug in a job: fail it loudly, keep the writer.
                 if len(batch) > 1:
                     for job in batch:
                         conn = self._execute(conn, [job])
                     return conn
-                log.exception("store_job_failed")
+                log.error("store_job_failed", error=type(exc).__name__,
+                          where=exception_frames(exc))
                 outcomes = _failed(batch, StoreError(f"store job failed: {type(exc).__name__}"))
             break
         resolve(outcomes)

@@ -48,6 +48,7 @@ from typing import Any, TypeVar
 import structlog
 
 from connector.errors import StoreError, StoreUnavailable
+from connector.observability.logs import exception_frames
 from connector.store._shared import CommitRecorder, Outcome, resolve, set_results
 from connector.store.payload_log import PayloadLog
 
@@ -317,10 +318,12 @@ class SQLiteWriter:
         try:
             self._payloads.sync()  # nothing to do when its jobs reserved no record
             conn.execute("COMMIT")
-        except Exception as exc:  # whatever it is, the transaction is not committed
+        except Exception as exc:  # noqa: BLE001
+            # Whatever it is, the transaction is not committed.
             _rollback(conn)
             if not isinstance(exc, sqlite3.Error | OSError):
-                log.exception("store_commit_failed")
+                log.error("store_commit_failed", error=type(exc).__name__,
+                          where=exception_frames(exc))
             error = StoreUnavailable(f"SQLite write failed: {exc}")
             resolve([(job, None, error) for job, _, _ in outcomes])
             self._free_slot([])
@@ -433,7 +436,7 @@ def _inode(path: Path) -> int:
 def _job_error(exc: Exception) -> StoreError:
     if isinstance(exc, sqlite3.Error | OSError):
         return StoreUnavailable(f"SQLite write failed: {exc}")
-    log.exception("store_job_failed")
+    log.error("store_job_failed", error=type(exc).__name__, where=exception_frames(exc))
     return StoreError(f"store job failed: {type(exc).__name__}")
 
 

@@ -17,8 +17,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import structlog
 
-from connector.errors import StoreUnavailable
+from connector.errors import StoreError, StoreUnavailable
 from connector.store import InboundMessage, InboundStatus
 from connector.store.sqlite import SQLiteStore
 
@@ -316,3 +317,19 @@ async def test_the_wal_starts_over_in_place_under_steady_writes(
         assert largest < 6 * 1024 * 1024
     else:
         assert largest > 10 * 1024 * 1024
+
+
+async def test_a_job_that_raises_is_logged_without_its_message(store: SQLiteStore) -> None:
+    """A bug in a job fails that job (StoreError naming the type) and is logged with its type
+    and frames, never its message, which may carry what the job was given."""
+    def job(conn: sqlite3.Connection) -> None:
+        raise ValueError("PAT-TROIS 19790328")
+
+    with structlog.testing.capture_logs() as logs, pytest.raises(StoreError,
+                                                                  match="ValueError"):
+        await store._submit(job)
+    (failed,) = [e for e in logs if e["event"] == "store_job_failed"]
+    assert failed["error"] == "ValueError"
+    assert "test_sqlite_writer.py" in failed["where"]
+    assert "19790328" not in repr(logs)
+    assert await store._submit(lambda conn: 7) == 7  # the writer goes on
