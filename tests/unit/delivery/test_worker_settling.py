@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from connector.delivery.retry import RetryPolicy
@@ -65,11 +65,17 @@ def item(n: int) -> OutboxItem:
                       envid=f"e{n}", recipient_domain="medecin.mssante.fr")
 
 
-async def until(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
+async def run_until(worker: TenantDelivery, store: SQLiteStore,
+                    done: Callable[[dict[int, OutboxState]], bool]) -> None:
+    """Run `worker` until the rows' states satisfy `done` (10 s at most), then stop it."""
+    worker.start()
+    try:
+        deadline = time.monotonic() + 10.0
+        while not done(await states(store)):
+            assert time.monotonic() < deadline, "condition not reached in time"
+            await asyncio.sleep(0.02)
+    finally:
+        await worker.stop(grace_seconds=2)
 
 
 async def states(store: SQLiteStore) -> dict[int, OutboxState]:
@@ -94,16 +100,8 @@ async def test_an_unreadable_row_ends_dead_with_its_follow_up_and_the_batch_is_s
     transport = ScriptedTransport()
     worker = TenantDelivery("chu", store, transport, limits=FAST,  # type: ignore[arg-type]
                             follow_up=follow_up)
-    worker.start()
-    try:
-        expected = {lost_id: OutboxState.DEAD, **dict.fromkeys(good, OutboxState.SENT)}
-
-        async def settled() -> bool:
-            return await states(store) == expected
-
-        await until(settled)
-    finally:
-        await worker.stop(grace_seconds=2)
+    expected = {lost_id: OutboxState.DEAD, **dict.fromkeys(good, OutboxState.SENT)}
+    await run_until(worker, store, lambda rows: rows == expected)
     assert sorted(transport.sent) == sorted(good)  # nothing sent for the unreadable row
     ((row_id, result),) = followed
     assert row_id == lost_id
@@ -129,14 +127,7 @@ async def test_a_refusal_is_not_settled_without_its_follow_up(tmp_path: Path) ->
     transport = ScriptedTransport(refuse=True)
     worker = TenantDelivery("chu", store, transport, limits=FAST,  # type: ignore[arg-type]
                             follow_up=follow_up)
-    worker.start()
-    try:
-        async def failed() -> bool:
-            return (await states(store)).get(row_id) is OutboxState.FAILED
-
-        await until(failed)
-    finally:
-        await worker.stop(grace_seconds=2)
+    await run_until(worker, store, lambda rows: rows.get(row_id) is OutboxState.FAILED)
     assert calls == [row_id, row_id]  # the first follow-up failed: tried again with the send
     zams = [row for row in await store.list_outbox() if row.kind is OutboxKind.HL7]
     assert len(zams) == 1
@@ -150,14 +141,7 @@ async def test_a_report_asked_for_and_not_offered_is_marked_for_the_sweep(
     (row_id,) = await store.enqueue([item(1)])
     worker = TenantDelivery("chu", store, ScriptedTransport(dsn_unsupported=True),  # type: ignore[arg-type]
                             limits=FAST)
-    worker.start()
-    try:
-        async def sent() -> bool:
-            return (await states(store)).get(row_id) is OutboxState.SENT
-
-        await until(sent)
-    finally:
-        await worker.stop(grace_seconds=2)
+    await run_until(worker, store, lambda rows: rows.get(row_id) is OutboxState.SENT)
     (row,) = await store.list_outbox()
     assert row.delivery_status == "not-offered"
     assert await store.list_unconfirmed("chu", sent_before=time.time() + 3600) == [row_id]
@@ -182,14 +166,7 @@ async def test_rows_past_their_budget_end_dead_while_the_operator_is_unreachable
     worker = TenantDelivery("chu", store, transport,  # type: ignore[arg-type]
                             limits=FAST, retry=RetryPolicy(budget_seconds=100),
                             follow_up=follow_up)
-    worker.start()
-    try:
-        async def all_dead() -> bool:
-            return set((await states(store)).values()) == {OutboxState.DEAD}
-
-        await until(all_dead)
-    finally:
-        await worker.stop(grace_seconds=2)
+    await run_until(worker, store, lambda rows: set(rows.values()) == {OutboxState.DEAD})
     assert len(transport.sent) == 1  # tried once: the others were released while paused
     assert sorted(followed) == sorted(ids)
     await store.close()
