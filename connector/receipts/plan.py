@@ -59,11 +59,10 @@ from connector.store import (
 )
 
 FINAL_DELIVERED: Final = frozenset({DeliveryAction.DELIVERED, DeliveryAction.EXPANDED})
-# Row statuses that a ZAM already answered: a later receipt about the same mail (a second DSN,
-# the operator's resend, a contradictory report) is recorded, but sends no second ZAM and does
-# not overwrite the first answer.
+# Delivery statuses that a Z02 already answered: a later DSN about the same mail (the operator's
+# resend, a contradictory report) is recorded, but sends no second Z02 and does not overwrite
+# the first answer: delivery is settled once.
 ANSWERED_DELIVERY: Final = frozenset({"delivered", "expanded", "failed"})
-ANSWERED_READING: Final = frozenset({"displayed", "processed", "read", "error"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,12 +118,15 @@ class ReceiptPlanner:
         self.emit_zams = emit_zams
 
     def effect(self, receipt: Receipt, mail: SentMail, *, now: datetime | None = None,
-               delivery_status: str | None = None, read_status: str | None = None
-               ) -> ReceiptEffect | None:
+               delivery_status: str | None = None, read_status: str | None = None,
+               error_code: str | None = None) -> ReceiptEffect | None:
         """The update and ZAM for `mail`; None when the receipt says nothing of its recipient.
-        `delivery_status`, `read_status`: the row's, as a receipt before this one left them;
-        once one says the mail was delivered, refused, read or in error (a ZAM answered it),
-        a later receipt of the same kind is only recorded."""
+        `delivery_status`, `read_status`, `error_code`: the row's, as the receipts before this
+        one left them. Once a DSN settled delivery (delivered or failed: a Z02 answered it), a
+        later DSN is only recorded. An MDN that says exactly what the last one said (the same
+        disposition, the same error code) is only recorded; one that says something new (an
+        integration error after a success, another error, a success after an error, displayed
+        then processed) gets its Z03, as the recipient's system sent it."""
         block = recipient_block(receipt, mail.job.rcpt_to)
         if block is None:
             return None
@@ -134,9 +136,11 @@ class ReceiptPlanner:
                 return self._already(mail, receipt.kind.value, block, delivery_status)
             effect = self._delivery(receipt, block, mail, when)
         else:  # MDN, KO mail: integration (Z03)
-            if read_status in ANSWERED_READING:
-                return self._already(mail, "mdn", block, read_status)
             effect = self._reading(block, mail, when)
+            said = effect.update.read_status
+            if (read_status is not None and said == read_status
+                    and (said != "error" or effect.update.error_code == error_code)):
+                return self._already(mail, "mdn", block, read_status)
         return effect if self.emit_zams else replace(effect, zam=None)
 
     def _already(self, mail: SentMail, kind: str, block: RecipientOutcome,

@@ -224,7 +224,8 @@ class ReceiptPoller:
                 continue
             mail, summary = found
             effect = self.planner.effect(receipt, mail, delivery_status=summary.delivery_status,
-                                         read_status=summary.read_status)
+                                         read_status=summary.read_status,
+                                         error_code=summary.error_code)
             if effect is None:
                 continue
             updates.append(effect.update)

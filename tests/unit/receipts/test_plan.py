@@ -205,17 +205,38 @@ def test_a_first_final_delivery_report_sends_its_z02(answered: str | None) -> No
     assert effect.update.delivery_status == "delivered"
 
 
-@pytest.mark.parametrize("answered", ["displayed", "processed", "error"])
-def test_a_second_read_receipt_sends_no_second_z03(answered: str) -> None:
+def test_a_read_receipt_saying_the_same_again_sends_no_second_z03() -> None:
     effect = planner().effect(mdn("manual-action/MDN-sent-manually; processed"), sent(),
-                              read_status=answered)
+                              read_status="processed")
     assert effect is not None
     assert effect.zam is None
     assert effect.update.read_status is None
 
 
-def test_a_first_read_receipt_sends_its_z03() -> None:
-    effect = planner().effect(mdn("manual-action/MDN-sent-manually; displayed"), sent(),
-                              read_status="deleted")  # a deletion notice answered nothing
+@pytest.mark.parametrize(("answered", "code", "new"), [
+    (None, None, True),  # the first
+    ("deleted", None, True),  # a deletion notice answered nothing
+    ("displayed", None, True),  # read by someone, then integrated: news
+    ("error", "902", True),  # integrated after an integration error: news
+])
+def test_a_read_receipt_with_news_sends_its_z03(answered: str | None, code: str | None,
+                                                new: bool) -> None:
+    effect = planner().effect(mdn("manual-action/MDN-sent-manually; processed"), sent(),
+                              read_status=answered, error_code=code)
     assert effect is not None
-    assert effect.zam is not None
+    assert (effect.zam is not None) is new
+    assert effect.update.read_status == "processed"
+
+
+def test_an_integration_error_is_news_unless_it_is_the_same_error() -> None:
+    error = mdn("automatic-action/MDN-sent-automatically; processed/Error: 902^Identifiant de "
+                "patient inconnu")
+    same = planner().effect(error, sent(), read_status="error", error_code="902")
+    other = planner().effect(error, sent(), read_status="error", error_code="905")
+    after_success = planner().effect(error, sent(), read_status="processed")
+    assert same is not None
+    assert other is not None
+    assert after_success is not None
+    assert same.zam is None
+    assert other.zam is not None
+    assert after_success.zam is not None
