@@ -29,6 +29,7 @@ from connector.errors import DocumentError, ErrorLocation, MessageError
 from connector.hl7.ack import AckError
 from connector.hl7.codes import ApplicationError, ErrorCondition, Severity
 from connector.hl7.message import Message
+from connector.pipeline.mails import QUALIFIED_INS_KINDS, ins_qualified
 from connector.settings import CisisSettings, SendingMatrixProfile
 from connector.store import DocumentAction, DocumentChange
 
@@ -156,20 +157,34 @@ class CisisIntake:
 
     def _check_recipients(self, request: DocumentRequest, warnings: list[AckError]
                           ) -> DocumentRequest:
-        """Patient mailboxes must be this patient's; every address must be in the trust space.
+        """Patient mailboxes must be this patient's, built from a qualified INS; every address
+        must be in the trust space.
+
+        A production INS (NIR or NIA OID) that is not qualified (PID-32 other than VALI, or the
+        identity traits missing from a CDA: `ins_qualified`) gets no patient mail: AE naming the
+        PRT (ECO.2.2.6: patient addresses "DOIVENT" be built from qualified INS). The test and
+        demo INS OIDs of the ANS examples stay accepted, with X-MSS-INS: N.
 
         Outside the trust space: AE naming the PRT, unless the tenant allows partial sending, in
         which case that recipient is withheld with a W warning (and AE if nobody is left)."""
         ins = request.patient.ins
         for recipient in request.sending.recipients:
-            if recipient.kind is RecipientKind.PATIENT and (
-                    ins is None or not is_patient_address_for(recipient.address, ins.value)):
+            if recipient.kind is not RecipientKind.PATIENT:
+                continue
+            if ins is None or not is_patient_address_for(recipient.address, ins.value):
                 raise MessageError(
                     f"PRT {recipient.participant.prt_sequence}: the patient mailbox is not "
                     "<INS>@patient.mssante.fr for the INS of PID-3",
                     condition=ErrorCondition.APPLICATION_ERROR,
                     location=_prt_location(recipient),
                     application_error=ApplicationError.INS_MISMATCH)
+            if ins.ins_kind in QUALIFIED_INS_KINDS and not ins_qualified(request):
+                raise MessageError(
+                    f"PRT {recipient.participant.prt_sequence}: a patient mailbox needs a "
+                    "qualified INS (PID-32 VALI and the identity traits in every CDA)",
+                    condition=ErrorCondition.APPLICATION_ERROR,
+                    location=_prt_location(recipient),
+                    application_error=ApplicationError.OTHER)
         if self.whitelist is None:
             return request
         kept: list[Recipient] = []

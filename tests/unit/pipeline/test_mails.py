@@ -30,7 +30,14 @@ from connector.cda.safe_xml import parse_xml
 from connector.cisis.model import Action, DocumentRequest, PatientIdentifier, RecipientKind
 from connector.cli.send_cmd import split_messages
 from connector.directory.whitelist import InvalidAddressError, parse_address, parse_whitelist
-from connector.errors import ConfigError, DocumentError, ErrorLocation, ProfileError
+from connector.errors import (
+    ConfigError,
+    DocumentError,
+    ErrorLocation,
+    MessageError,
+    ProfileError,
+)
+from connector.hl7.codes import ApplicationError
 from connector.hl7.message import parse_message
 from connector.mail.compose import DEFAULT_BODIES, MailAction, make_message_id
 from connector.pipeline.documents import CisisIntake, UnconfiguredCdaChecker
@@ -649,3 +656,27 @@ def test_outgoing_mail_repr_hides_the_patient_address() -> None:
     assert NESSI in str(patient_mail.recipient)
     assert NESSI not in repr(patient_mail)
     assert patient_mail.message_id in repr(patient_mail)
+
+
+def test_a_patient_mailbox_needs_a_qualified_production_ins() -> None:
+    """ECO.2.2.6: patient addresses are built from qualified INS. A production INS that PID-32
+    does not say VALI gets no patient mail: AE at the patient's PRT (the professional's mail
+    is not sent either: the request is refused whole). The ANS examples' test INS still go."""
+    segs = CASES["oru-r01-replace-patient-corrected"].message()
+    provisional = [with_field(s, 32, "PROV") if s.startswith("PID|") else s for s in segs]
+    with pytest.raises(MessageError) as caught:
+        checked(provisional)
+    error = caught.value
+    assert error.application_error is ApplicationError.OTHER
+    assert error.location is not None
+    assert error.location.segment == "PRT"
+    assert "qualified INS" in error.detail
+    assert NESSI not in error.detail
+    # VALI with the traits: the patient's mail goes, X-MSS-INS: O.
+    (patient,) = [m for m in mails_for("oru-r01-replace-patient-corrected")
+                  if m.kind is RecipientKind.PATIENT]
+    assert parse(patient.content)["X-MSS-INS"] == "O"
+    # The ANS examples' test INS (OID .10): accepted, X-MSS-INS: N.
+    (test_patient,) = [m for m in build_mails(checked(oru_initial()), CONTEXT)
+                       if m.kind is RecipientKind.PATIENT]
+    assert parse(test_patient.content)["X-MSS-INS"] == "N"
