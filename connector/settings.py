@@ -615,6 +615,11 @@ def _tenant(reader: _Reader, index: int, base: Path) -> TenantSettings:
     reader.close()
     if tenant.oid is None:
         raise reader.fail("oid", "is required: the establishment's OID (IHE_XDM sourceId)")
+    if transport.kind is TransportKind.SMTP and not tenant.mailbox.nil:
+        # X-MSS-NIL is required on every mail sent into the trust space (ANS transport notes
+        # §3.2, §8: fail closed); the dry-run Maildir may go without it.
+        raise reader.fail("mailbox.nil", "is required to send over SMTP: the X-MSS-NIL "
+                                         "header every MSSante mail carries")
     return tenant
 
 

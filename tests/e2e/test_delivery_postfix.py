@@ -303,6 +303,7 @@ id = "chu-test"
 oid = "1.2.3"
 [tenants.mailbox]
 address = "{SENDER}"
+nil = "DEV935997"
 [[tenants.listeners]]
 port = {_free_port()}
 [tenants.transport]

@@ -20,11 +20,12 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> tuple[TestCA, Issued]:
     return ca, ca.issue("BAL applicative", server=False)
 
 
-def config(tmp_path: Path, transport: str, delivery: str = "") -> Path:
+def config(tmp_path: Path, transport: str, delivery: str = "", *, nil: bool = True) -> Path:
     path = tmp_path / "connector.toml"
     path.write_text(f'data_dir = "{tmp_path}"\n[[tenants]]\nid = "chu"\noid = "1.2.3"\n'
                     '[tenants.mailbox]\naddress = "pfi@chu.mssante.fr"\n'
-                    f"[tenants.transport]\n{transport}\n"
+                    + ('nil = "DEV935997"\n' if nil else "")
+                    + f"[tenants.transport]\n{transport}\n"
                     + (f"[tenants.delivery]\n{delivery}\n" if delivery else ""))
     return path
 
@@ -174,3 +175,14 @@ def test_receipts_without_any_ca_bundle_are_refused_at_build(tmp_path: Path) -> 
     with pytest.raises(ConfigError) as caught:
         Application.build(load_settings(path))
     assert caught.value.key == "tenants[0].receipts.ca_bundle"
+
+
+def test_sending_over_smtp_needs_the_nil(tmp_path: Path, pki: tuple[TestCA, Issued]) -> None:
+    """X-MSS-NIL is on every mail sent into the trust space (ANS transport notes: fail closed):
+    an SMTP transport without `[tenants.mailbox] nil` is refused, naming the key; the dry-run
+    Maildir may go without it."""
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config(tmp_path, smtp(pki), nil=False))
+    assert caught.value.key == "tenants[0].mailbox.nil"
+    assert load_settings(config(tmp_path, 'kind = "maildir"', nil=False)).tenants[0].mailbox.nil \
+        is None
