@@ -172,19 +172,11 @@ class CisisIntake:
             if recipient.kind is not RecipientKind.PATIENT:
                 continue
             if ins is None or not is_patient_address_for(recipient.address, ins.value):
-                raise MessageError(
-                    f"PRT {recipient.participant.prt_sequence}: the patient mailbox is not "
-                    "<INS>@patient.mssante.fr for the INS of PID-3",
-                    condition=ErrorCondition.APPLICATION_ERROR,
-                    location=_prt_location(recipient),
-                    application_error=ApplicationError.INS_MISMATCH)
+                raise _refused(recipient, "the patient mailbox is not <INS>@patient.mssante.fr"
+                               " for the INS of PID-3", ApplicationError.INS_MISMATCH)
             if ins.ins_kind in QUALIFIED_INS_KINDS and not ins_qualified(request):
-                raise MessageError(
-                    f"PRT {recipient.participant.prt_sequence}: a patient mailbox needs a "
-                    "qualified INS (PID-32 VALI and the identity traits in every CDA)",
-                    condition=ErrorCondition.APPLICATION_ERROR,
-                    location=_prt_location(recipient),
-                    application_error=ApplicationError.OTHER)
+                raise _refused(recipient, "a patient mailbox needs a qualified INS (PID-32 VALI"
+                               " and the identity traits in every CDA)", ApplicationError.OTHER)
         if self.whitelist is None:
             return request
         kept: list[Recipient] = []
@@ -206,3 +198,10 @@ class CisisIntake:
         sending = replace(request.sending, recipients=tuple(kept),
                           withheld=request.sending.withheld + tuple(outside))
         return replace(request, sending=sending)
+
+
+def _refused(recipient: Recipient, why: str, error: ApplicationError) -> MessageError:
+    """AE 207 at `recipient`'s PRT: `why` names the rule, never the address or the INS."""
+    return MessageError(f"PRT {recipient.participant.prt_sequence}: {why}",
+                        condition=ErrorCondition.APPLICATION_ERROR,
+                        location=_prt_location(recipient), application_error=error)
