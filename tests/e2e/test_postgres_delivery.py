@@ -92,6 +92,7 @@ id = "{TENANT}"
 oid = "1.2.3"
 [tenants.mailbox]
 address = "{SENDER}"
+nil = "DEV935997"
 [tenants.cisis]
 sending_matrix = "ans-examples"
 schematron_policy = "off"
