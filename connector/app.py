@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import ipaddress
 import signal
 import ssl
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from connector.directory.annuaire import Directory, DirectoryError, directory_pa
 from connector.directory.whitelist import Whitelist, load_whitelist
 from connector.errors import ConfigError
 from connector.hl7.ack import ControlIdGenerator
+from connector.hosts import is_loopback
 from connector.mllp.server import MLLPServer, server_ssl_context
 from connector.observability.gauges import GaugeRefresher
 from connector.observability.http import AdminServer
@@ -375,27 +375,18 @@ class Application:
             log.error("reload_refused", error=str(exc), kept="the running configuration")
 
 
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name: not known to be local
-        return False
-
-
 def warn_about_exposure(settings: Settings) -> None:
     """Start-up warnings for what a security review flags, without refusing it (a TLS proxy
     or a private network may stand in front): clear text off the loopback, and mails written
     to the dry-run Maildir (in clear, outside the store's encryption and retention)."""
     admin = settings.admin
-    if admin is not None and admin.token and admin.tls is None and not _loopback(admin.host):
+    if admin is not None and admin.token and admin.tls is None and not is_loopback(admin.host):
         log.warning("admin_api_in_clear", host=admin.host,
                     hint="the API's bearer token crosses the network unencrypted: set "
                          "[admin.tls] or bind [admin] host to 127.0.0.1")
     for tenant in settings.tenants:
         for listener in tenant.listeners:
-            if listener.tls is None and not listener.allow_from and not _loopback(listener.host):
+            if listener.tls is None and not listener.allow_from and not is_loopback(listener.host):
                 log.warning("listener_in_clear", tenant=tenant.id, listener=listener.name,
                             host=listener.host,
                             hint="HL7 with patient data, unencrypted, from any address: set "

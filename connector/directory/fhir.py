@@ -43,7 +43,6 @@ and is an error. The calls block: async callers use `asyncio.to_thread`.
 from __future__ import annotations
 
 import http.client
-import ipaddress
 import json
 import os
 import re
@@ -69,6 +68,7 @@ from connector.directory.annuaire import (
 )
 from connector.directory.whitelist import InvalidAddressError, Whitelist, parse_address
 from connector.errors import ConfigError
+from connector.hosts import is_loopback
 
 DEFAULT_BASE_URL: Final = "https://gateway.api.esante.gouv.fr/fhir/v2"
 API_KEY_ENV: Final = "MSSCONNECTOR_ESANTE_API_KEY"
@@ -106,7 +106,7 @@ class FhirDirectory:
         parts = urlsplit(self.base_url)
         if parts.scheme not in ("https", "http") or not parts.hostname:
             raise ConfigError("directory.fhir.base_url", "must be an http(s) URL with a host")
-        if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        if parts.scheme == "http" and not is_loopback(parts.hostname):
             raise ConfigError("directory.fhir.base_url",
                               "must use https (the API key travels in a header)")
         if not self.api_key:
@@ -309,15 +309,6 @@ class FhirDirectory:
 
 
 # -- reading the resources ------------------------------------------------------------------------
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _dicts(value: object) -> list[Json]:
