@@ -50,6 +50,7 @@ from connector.mail.receipts import (
     smtp_error_for,
 )
 from connector.store import (
+    FINAL_DELIVERY_STATUSES,
     AuditAction,
     AuditEntry,
     InboundSummary,
@@ -59,10 +60,6 @@ from connector.store import (
 )
 
 FINAL_DELIVERED: Final = frozenset({DeliveryAction.DELIVERED, DeliveryAction.EXPANDED})
-# Delivery statuses that a Z02 already answered: a later DSN about the same mail (the operator's
-# resend, a contradictory report) is recorded, but sends no second Z02 and does not overwrite
-# the first answer: delivery is settled once.
-ANSWERED_DELIVERY: Final = frozenset({"delivered", "expanded", "failed"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +129,7 @@ class ReceiptPlanner:
             return None
         when = receipt.date or now or datetime.now(UTC)
         if receipt.kind in (ReceiptKind.DSN, ReceiptKind.HEURISTIC):  # delivery (Z02)
-            if delivery_status in ANSWERED_DELIVERY:
+            if delivery_status in FINAL_DELIVERY_STATUSES:  # a Z02 answered: settled once
                 return self._already(mail, receipt.kind.value, block, delivery_status)
             effect = self._delivery(receipt, block, mail, when)
         else:  # MDN, KO mail: integration (Z03)

@@ -7,6 +7,7 @@ from typing import Protocol
 
 from connector.store.model import (
     COMMIT_BUCKETS,
+    FINAL_DELIVERY_STATUSES,
     AuditAction,
     AuditEntry,
     AuditRecord,
@@ -47,6 +48,7 @@ from connector.store.model import (
 
 __all__ = [
     "COMMIT_BUCKETS",
+    "FINAL_DELIVERY_STATUSES",
     "AuditAction",
     "AuditEntry",
     "AuditRecord",

@@ -18,6 +18,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from connector.store.cipher import PayloadCipher
 from connector.store.model import (
     COMMIT_BUCKETS,
+    FINAL_DELIVERY_STATUSES,
     AuditAction,
     AuditEntry,
     AuditRecord,
@@ -209,9 +210,11 @@ RENEW_SQL = ("UPDATE outbox SET lease_expires_at = ?, updated_at = ?"
              " WHERE id = ? AND state = 'leased' AND lease_token = ?")
 # A DSN can come back before the submission is recorded (an operator that answers within the
 # same second): the final status it set is kept, not reset to "awaiting-report".
-MARK_SENT_SQL = ("UPDATE outbox SET state = 'sent', sent_at = ?, smtp_code = ?,"
-                 " delivery_status = CASE WHEN delivery_status IN ('delivered', 'expanded',"
-                 " 'failed') THEN delivery_status ELSE ? END,"
+# Only constant status names are interpolated.
+MARK_SENT_SQL = ("UPDATE outbox SET state = 'sent', sent_at = ?, smtp_code = ?,"  # noqa: S608
+                 " delivery_status = CASE WHEN delivery_status IN ("
+                 + ", ".join(f"'{status}'" for status in sorted(FINAL_DELIVERY_STATUSES))
+                 + ") THEN delivery_status ELSE ? END,"
                  " lease_token = NULL, lease_expires_at = NULL, updated_at = ?"
                  " WHERE id = ? AND state = 'leased' AND lease_token = ?")
 MARK_FAILED_SQL = ("UPDATE outbox SET state = 'failed', error_code = ?, error_class = ?,"

@@ -449,6 +449,11 @@ class ReturnedMailSummary:
     size: int
 
 
+# An outbox row's delivery statuses that settle its delivery (a Z02 answered them): a later DSN
+# about the same mail changes nothing, and recording the submission keeps them (an operator
+# can answer before the submission is recorded).
+FINAL_DELIVERY_STATUSES = frozenset({"delivered", "expanded", "failed"})
+
 # Upper bounds (seconds) of the commit-time buckets: a sync on a healthy SSD takes 0.1-1 ms.
 COMMIT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
