@@ -147,17 +147,17 @@ class ReceiptPoller:
                         await self.sweep()
                     if not handled:
                         await asyncio.to_thread(mailbox.wait, self._wait_seconds(mailbox))
-            except (ImapError, StoreError) as exc:
-                self.connected, self.last_error = False, str(exc)
-                log.warning("receipts_mailbox_unavailable", tenant=self.tenant_id,
-                            error=str(exc), retry_in_seconds=delay)
-                await asyncio.sleep(delay)
-                delay = min(self.settings.reconnect_maximum_seconds, delay * 2)
             except Exception as exc:  # noqa: BLE001 (a bug must not end the polling for good)
-                self.connected, self.last_error = False, type(exc).__name__
-                log.error("receipts_poller_failed", tenant=self.tenant_id,
-                          error=type(exc).__name__, where=exception_frames(exc),
-                          retry_in_seconds=delay)
+                if isinstance(exc, ImapError | StoreError):  # the mailbox or the store
+                    self.last_error = str(exc)
+                    log.warning("receipts_mailbox_unavailable", tenant=self.tenant_id,
+                                error=str(exc), retry_in_seconds=delay)
+                else:  # a bug: its type and frames, never its message
+                    self.last_error = type(exc).__name__
+                    log.error("receipts_poller_failed", tenant=self.tenant_id,
+                              error=type(exc).__name__, where=exception_frames(exc),
+                              retry_in_seconds=delay)
+                self.connected = False
                 await asyncio.sleep(delay)
                 delay = min(self.settings.reconnect_maximum_seconds, delay * 2)
             finally:
@@ -179,18 +179,14 @@ class ReceiptPoller:
             try:
                 handled = await self.handle(raw)
             except PayloadUnreadable as exc:  # a row it names cannot be read: this mail only
-                log.error("receipt_failed", tenant=self.tenant_id, error=type(exc).__name__)
-                handled = await self._unmatched(
-                    receipt_key(raw), raw, time.time(), None,
-                    "about a mail whose stored copy cannot be read")
+                handled = await self._set_aside(
+                    raw, exc, "about a mail whose stored copy cannot be read")
             except (ImapError, StoreError):
                 raise  # the mailbox or the store: reconnect, and this mail is read again
             except Exception as exc:  # noqa: BLE001 (one mail must not stop the poller)
-                log.error("receipt_failed", tenant=self.tenant_id, error=type(exc).__name__,
-                          where=exception_frames(exc))
-                handled = await self._unmatched(
-                    receipt_key(raw), raw, time.time(), None,
-                    f"could not be handled ({type(exc).__name__}): see the connector's log")
+                handled = await self._set_aside(
+                    raw, exc, f"could not be handled ({type(exc).__name__}): see the "
+                              "connector's log")
             folder = (mailbox.endpoint.processed_folder if handled.status is
                       ReceiptStatus.MATCHED else mailbox.endpoint.unmatched_folder)
             await asyncio.to_thread(mailbox.move, uid, folder)
@@ -297,6 +293,13 @@ class ReceiptPoller:
         except MalformedJob:
             return None
         return SentMail(outbox_id, self.tenant_id, inbound, job), detail.summary
+
+    async def _set_aside(self, raw: bytes, exc: Exception, why: str) -> Handled:
+        """A mail whose handling failed on it alone: kept unmatched for operators; the log has
+        the error's type and frames, never its message."""
+        log.error("receipt_failed", tenant=self.tenant_id, error=type(exc).__name__,
+                  where=exception_frames(exc))
+        return await self._unmatched(receipt_key(raw), raw, time.time(), None, why)
 
     async def _unmatched(self, key: str, raw: bytes, received_at: float,
                          receipt: Receipt | None, why: str) -> Handled:
