@@ -308,6 +308,26 @@ class SendResult:
         return self.error_code.label if self.error_code is not None else None
 
     @property
+    def error_value(self) -> str | None:
+        """The SMTPERRORCODE code (e.g. "510"), None when sent."""
+        return self.error_code.code if self.error_code is not None else None
+
+    @property
+    def reply_code(self) -> str | None:
+        """The server's reply code as text, None when there was no reply."""
+        return str(self.smtp_code) if self.smtp_code is not None else None
+
+    @property
+    def answer(self) -> str:
+        """What the audit trail records of the attempt: the server's text, else `detail`."""
+        return self.server_message or self.detail
+
+    @property
+    def full_detail(self) -> str:
+        """The outbox row's last error: `detail`, with the server's text when there is one."""
+        return f"{self.detail}: {self.server_message}" if self.server_message else self.detail
+
+    @property
     def retryable(self) -> bool:
         return self.outcome is Outcome.TRANSIENT
 
@@ -837,7 +857,7 @@ def _log_result(result: SendResult) -> None:
     fields = {"message_id": result.message_id, "outcome": result.outcome.value,
               "stage": result.stage.value, "smtp_code": result.smtp_code,
               "enhanced_status": result.enhanced_status,
-              "smtperrorcode": result.error_code.code if result.error_code is not None else None,
+              "smtperrorcode": result.error_value,
               "dsn_requested": result.dsn_requested, "attempted": result.attempted}
     if result.outcome is Outcome.SENT:
         log.info("smtp_envelope_sent", **fields)

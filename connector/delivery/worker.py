@@ -126,7 +126,6 @@ class TenantDelivery:
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
         self.paused_until = 0.0  # epoch seconds
-        self.pause_reason: str | None = None
         self._session_failures = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -158,6 +157,11 @@ class TenantDelivery:
     @property
     def paused(self) -> bool:
         return time.time() < self.paused_until
+
+    @property
+    def pause_reason(self) -> str | None:
+        """Why the tenant was last paused (the detail of the result that paused it)."""
+        return self._pause_result.detail if self._pause_result is not None else None
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -269,11 +273,8 @@ class TenantDelivery:
 
     async def _settle(self, lease: OutboxLease, result: SendResult) -> None:
         actor = self.transport.actor
-        code = str(result.smtp_code) if result.smtp_code is not None else None
-        said = result.server_message or result.detail
-        error = result.error_code.code if result.error_code is not None else None
-        detail = f"{result.detail}: {result.server_message}" if result.server_message \
-            else result.detail
+        code, said, error, detail = (result.reply_code, result.answer, result.error_value,
+                                     result.full_detail)
         if result.outcome is Outcome.SENT:
             self._session_failures = 0
             await self._transition(lease, "sent", lambda: self.store.mark_sent(
@@ -329,17 +330,14 @@ class TenantDelivery:
 
     async def _expire(self, lease: OutboxLease, result: SendResult) -> None:
         """The retry budget is spent: dead, with its follow-up (the negative ZAM^Z02)."""
-        code = str(result.smtp_code) if result.smtp_code is not None else None
-        error = result.error_code.code if result.error_code is not None else None
-        detail = f"{result.detail}: {result.server_message}" if result.server_message \
-            else result.detail
         then = await self._follow_up(lease, result)
         await self._transition(lease, "dead", lambda: self.store.mark_dead(
-            lease.id, lease.token, error, detail, error_class=result.outcome.value,
-            audit=AuditEntry(self.transport.actor, AuditAction.EXPIRED, code,
-                             result.server_message or result.detail), then=then))
+            lease.id, lease.token, result.error_value, result.full_detail,
+            error_class=result.outcome.value,
+            audit=AuditEntry(self.transport.actor, AuditAction.EXPIRED, result.reply_code,
+                             result.answer), then=then))
         log.error("mail_dead", tenant=self.tenant_id, outbox_id=lease.id,
-                  smtp_error=error, attempts=lease.attempt,
+                  smtp_error=result.error_value, attempts=lease.attempt,
                   budget_hours=self.retry.budget_seconds / 3600, detail=result.detail)
 
     async def _follow_up(self, lease: OutboxLease, result: SendResult
@@ -362,7 +360,6 @@ class TenantDelivery:
     def _pause(self, until: float, result: SendResult, *, config: bool) -> None:
         first = not self.paused
         self.paused_until = max(self.paused_until, until)
-        self.pause_reason = result.detail
         self._pause_result = result
         if self.metrics is not None:
             self.metrics.delivery_paused.labels(self.tenant_id).set(1)
