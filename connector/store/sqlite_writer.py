@@ -413,13 +413,13 @@ class SQLiteWriter:
         is open."""
         fd = self._wal_fd
         now = time.monotonic()
-        if fd is None or (now >= self._wal_checked_at + _WAL_CHECK_SECONDS
-                          and os.fstat(fd).st_ino != _inode(self._wal_path)):
+        check = now >= self._wal_checked_at + _WAL_CHECK_SECONDS
+        if check:
+            self._wal_checked_at = now
+        if fd is None or (check and os.fstat(fd).st_ino != _inode(self._wal_path)):
             if fd is not None:
                 os.close(fd)
             self._wal_fd = fd = self._open_wal()
-        if now >= self._wal_checked_at + _WAL_CHECK_SECONDS:
-            self._wal_checked_at = now
         os.fdatasync(fd)
 
     def _open_wal(self) -> int:
