@@ -154,7 +154,7 @@ def _load_trust_anchors(context: ssl.SSLContext, bundle: Path) -> str:
         context.load_verify_locations(cadata=pem)
     except ssl.SSLError as exc:
         raise ConfigError("tls.ca_bundle",
-                          f"{bundle}: rejected by OpenSSL ({_reason(exc)})") from exc
+                          f"{bundle}: rejected by OpenSSL ({openssl_reason(exc)})") from exc
     names = ", ".join(c.subject.rfc4514_string() for c in certificates[:4])
     more = f" and {len(certificates) - 4} more" if len(certificates) > 4 else ""
     return f"CA bundle {bundle} ({names}{more})"
@@ -251,7 +251,8 @@ def _load_key_and_chain(context: ssl.SSLContext, key: PrivateKeyTypes,
             context.load_cert_chain(path, password=password)
         except ssl.SSLError as exc:
             raise ConfigError("tls.client_certificate",
-                              f"{_source(source)}: rejected by OpenSSL ({_reason(exc)})") from exc
+                              f"{_source(source)}: rejected by OpenSSL "
+                              f"({openssl_reason(exc)})") from exc
 
 
 @contextlib.contextmanager
@@ -295,7 +296,8 @@ def _read(path: Path, key: str) -> bytes:
         raise ConfigError(key, f"cannot read {path}: {exc.strerror}") from exc
 
 
-def _reason(exc: ssl.SSLError) -> str:
+def openssl_reason(exc: ssl.SSLError | OSError) -> str:
+    """What OpenSSL (or the file system) said, for a configuration error."""
     return str(getattr(exc, "reason", None) or exc)
 
 

@@ -18,6 +18,7 @@ from typing import Protocol
 
 import structlog
 
+from connector.delivery.tls import openssl_reason
 from connector.errors import ConfigError, FramingError
 from connector.mllp._framing import MLLPFramer, frame
 from connector.settings import ListenerSettings, ListenerTLS
@@ -49,7 +50,7 @@ def server_ssl_context(tls: ListenerTLS, key: str = "tls") -> ssl.SSLContext:
     except (ssl.SSLError, OSError) as exc:
         raise ConfigError(f"{key}.private_key",
                           f"{tls.private_key} with {tls.certificate}: refused by OpenSSL "
-                          f"({_reason(exc)}): a wrong private_key_password, a key that does "
+                          f"({openssl_reason(exc)}): a wrong private_key_password, a key that does "
                           "not belong to the certificate, or not PEM") from None
     if tls.client_ca is not None:
         context.verify_mode = ssl.CERT_REQUIRED
@@ -57,12 +58,8 @@ def server_ssl_context(tls: ListenerTLS, key: str = "tls") -> ssl.SSLContext:
             context.load_verify_locations(cafile=str(tls.client_ca))
         except (ssl.SSLError, OSError) as exc:
             raise ConfigError(f"{key}.client_ca", f"{tls.client_ca}: refused by OpenSSL "
-                              f"({_reason(exc)})") from None
+                              f"({openssl_reason(exc)})") from None
     return context
-
-
-def _reason(exc: BaseException) -> str:
-    return getattr(exc, "reason", None) or type(exc).__name__
 
 
 @dataclass(slots=True)
