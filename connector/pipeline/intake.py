@@ -93,19 +93,19 @@ class IntakeHandler:
         tokens = structlog.contextvars.bind_contextvars(
             tenant=self.config.tenant_id, listener=self.config.listener, connection=peer,
             control_id=None)
+        started = time.perf_counter()
         try:
-            return await self._handle(payload, peer)
+            return await self._handle(payload, peer, started)
         except Exception as exc:  # noqa: BLE001 (a bug: the sender still gets an answer)
             # AR: the sender sends the message again. If the store had committed it before
             # the failure, that retransmission gets the stored ACK and is not processed twice.
             log.error("intake_failed", error=type(exc).__name__, where=exception_frames(exc))
-            return self._answered(time.perf_counter(), None, self._transient(
+            return self._answered(started, None, self._transient(
                 payload, "internal error; send again later"), "AR")
         finally:
             structlog.contextvars.reset_contextvars(**tokens)
 
-    async def _handle(self, payload: bytes, peer: str) -> bytes | None:
-        started = time.perf_counter()
+    async def _handle(self, payload: bytes, peer: str, started: float) -> bytes | None:
         received_at = time.time()
         if self.draining:
             return self._answered(started, None, self._transient(
