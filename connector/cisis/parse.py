@@ -183,10 +183,7 @@ def read_person(prt: Segment) -> PersonRef | None:
 
 def read_xcn(segment: Segment, position: int) -> PersonRef | None:
     """An XCN field (its first repetition), or None when it holds no identifier and no name."""
-    composites = segment.composites(position)
-    if not composites:
-        return None
-    xcn = composites[0]
+    xcn = segment.composite(position)
     ident = xcn.component(1)
     family = xcn.component(2)
     if not ident and not family:

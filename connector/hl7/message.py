@@ -196,6 +196,12 @@ class Segment:
         """The first component of the first repetition, unescaped: the usual "field value"."""
         return self.component(position, 1)
 
+    def composite(self, position: int) -> Composite:
+        """The first repetition of field `position`, split into its components (empty when the
+        field is: every component reads "")."""
+        composites = self.composites(position)
+        return composites[0] if composites else Composite([], self.delimiters)
+
     def composites(self, position: int) -> list[Composite]:
         """Every repetition of field `position`, each split into its components once: for the
         readers that take several components of a field (an identifier, a name, an address),

@@ -171,10 +171,8 @@ def _movement(message: Message, event: str) -> Movement | None:
 
 
 def _unit(segment: Segment, position: int) -> Unit | None:
-    composites = segment.composites(position)
-    if not composites:
-        return None
-    code, name = composites[0].component(10), composites[0].component(1)
+    unit = segment.composite(position)
+    code, name = unit.component(10), unit.component(1)
     return Unit(code, name) if code or name else None
 
 

@@ -461,6 +461,8 @@ def test_composites_use_the_message_delimiters() -> None:
             first.component(5)) == ("1", "X", "Y", "PI")
     assert (second.component(1), second.component(4), second.component(5)) == ("2", "Z", "INS")
     assert pid.composites(9) == []
+    assert pid.composite(3) == first  # the first repetition
+    assert pid.composite(9).component(1) == ""  # absent: every component reads ""
 
 
 def test_msh1_and_msh2_do_not_repeat() -> None:
