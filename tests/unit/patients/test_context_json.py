@@ -7,6 +7,10 @@ import dataclasses
 import json
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from connector.cisis.model import INS_OIDS
 from connector.patients import (
     BirthPlace,
     DmpConsultation,
@@ -28,6 +32,7 @@ from connector.patients import (
     Traits,
     Unit,
 )
+from connector.patients.model import _WrittenContexts
 
 INS_TEST_OID = "1.2.250.1.213.1.4.10"
 
@@ -89,3 +94,62 @@ def test_from_json_ignores_unknown_keys_and_defaults_missing_ones() -> None:
     assert context.encounter.movements[0].action is MovementAction.INSERT
     assert context.encounter.movements[0].medical_unit == Unit("1")
     assert context.dmp == DmpInfo(feeding=DmpFeeding.OPPOSED)
+
+
+# -- the contexts this process wrote, read back without decoding ------------------------------
+
+_TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
+_OPTIONAL_TEXT = st.none() | _TEXT
+_IPPS = st.builds(Ipp, _TEXT, _TEXT)
+_UNITS = st.none() | st.builds(Unit, _TEXT, _TEXT)
+_NAMES = st.none() | st.builds(PersonName, _TEXT, _TEXT, _TEXT)
+CONTEXTS = st.builds(
+    PatientContext,
+    identity=st.builds(Identity, _IPPS, st.none() | st.builds(Ins, _TEXT,
+                                                            st.sampled_from(sorted(INS_OIDS))),
+                       st.none() | st.sampled_from(IdentityStatus),
+                       st.lists(_TEXT, max_size=3).map(tuple)),
+    traits=st.builds(Traits, _NAMES, _NAMES, _OPTIONAL_TEXT, st.none() | st.sampled_from(Sex),
+                     st.none() | st.builds(BirthPlace, _OPTIONAL_TEXT, _OPTIONAL_TEXT)),
+    medecin_traitant=st.none() | st.builds(MedecinTraitant, _TEXT, _TEXT, _TEXT, _TEXT,
+                                           _OPTIONAL_TEXT),
+    encounter=st.none() | st.builds(
+        Encounter, _OPTIONAL_TEXT, _OPTIONAL_TEXT, st.sampled_from(EncounterStatus),
+        _OPTIONAL_TEXT, _OPTIONAL_TEXT,
+        st.lists(st.builds(Movement, _TEXT, _TEXT, _OPTIONAL_TEXT, _UNITS, _UNITS,
+                           st.sampled_from(MovementAction), st.booleans()),
+                 max_size=3).map(tuple)),
+    dmp=st.none() | st.builds(
+        DmpInfo, st.none() | st.sampled_from(DmpStatus), _OPTIONAL_TEXT,
+        st.none() | st.sampled_from(DmpFeeding), _OPTIONAL_TEXT,
+        st.none() | st.sampled_from(DmpConsultation), _OPTIONAL_TEXT),
+    former_ipps=st.lists(_IPPS, max_size=2).map(tuple),
+    last_event=_TEXT,
+)
+
+
+@settings(max_examples=300)
+@given(CONTEXTS)
+def test_every_context_reads_back_from_its_json_as_itself(context: PatientContext) -> None:
+    """What `_WrittenContexts` relies on: the context it keeps for the bytes `to_json` wrote is
+    the one `from_json` would read from them."""
+    assert PatientContext.from_json(context.to_json()) == context
+
+
+def test_a_context_written_here_is_read_back_without_decoding() -> None:
+    written = _WrittenContexts(8)
+    data = FULL.to_json()
+    assert written.read(data) == FULL
+    assert written.read(data) is not FULL  # not kept: decoded
+    written.wrote(data, FULL)
+    assert written.read(bytes(data)) is FULL  # the same bytes, read back from the store
+
+
+def test_the_oldest_context_written_goes_first() -> None:
+    written = _WrittenContexts(2)
+    contexts = [PatientContext(Identity(Ipp(str(n), "X")), Traits()) for n in range(3)]
+    for context in contexts:
+        written.wrote(context.to_json(), context)
+    assert written.read(contexts[0].to_json()) is not contexts[0]  # evicted: decoded again
+    assert written.read(contexts[0].to_json()) == contexts[0]
+    assert all(written.read(c.to_json()) is c for c in contexts[1:])
