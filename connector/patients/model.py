@@ -16,7 +16,6 @@ the store seals; `from_json` ignores keys it does not know.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -24,6 +23,7 @@ from functools import cache
 from typing import Any, TypeVar
 
 from connector.cisis.model import INS_OIDS, InsKind
+from connector.recent import Recent
 from connector.store.model import IdentifierKind, PatientChange, PatientKey
 
 _FORMAT = 1
@@ -426,26 +426,17 @@ class _WrittenContexts:
     the bytes the one before wrote, and takes the context from here instead of decoding them
     again (the decode was a third of the patient change's CPU). Exact: `from_json` of what
     `to_json` writes is the same context (tests/unit/patients/test_context_json.py), and
-    bytes another writer left (another replica, an older format) are simply not found here.
-
-    Bounded, the oldest entry out first; safe from several threads (each step is one dict
-    operation under the GIL, and an entry evicted meanwhile is only a miss)."""
+    bytes another writer left (another replica, an older format) are simply not found here."""
 
     def __init__(self, size: int) -> None:
-        self._size = size
-        self._contexts: dict[bytes, PatientContext] = {}
+        self._contexts: Recent[bytes, PatientContext] = Recent(size)
 
     def read(self, data: bytes) -> PatientContext:
         context = self._contexts.get(data)
         return context if context is not None else PatientContext.from_json(data)
 
     def wrote(self, data: bytes, context: PatientContext) -> None:
-        contexts = self._contexts
-        if len(contexts) >= self._size:
-            # Another thread may evict the same entry meanwhile: one miss, no harm.
-            with contextlib.suppress(KeyError, RuntimeError, StopIteration):
-                del contexts[next(iter(contexts))]
-        contexts[data] = context
+        self._contexts.put(data, context)
 
 
 _WRITTEN = _WrittenContexts(2048)
