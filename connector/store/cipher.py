@@ -22,6 +22,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from connector.errors import PayloadDecryptionError
+from connector.recent import Recent
 
 _NONCE_BYTES = 12
 _TAG_BYTES = 16
@@ -45,6 +46,9 @@ class PayloadCipher:
         if current_key_id is not None and current_key_id not in self._keys:
             raise ValueError("current key id is not in the key ring")
         self._current = current_key_id
+        # A patient's identifiers come back with each of its messages: their digests (one
+        # HMAC per key of the ring) are computed once. The key ring never changes after this.
+        self._candidates: Recent[tuple[bytes, str], tuple[bytes, ...]] = Recent(4096)
 
     @property
     def enabled(self) -> bool:
@@ -80,9 +84,14 @@ class PayloadCipher:
     def index_candidates(self, value: bytes, kind: str) -> tuple[bytes, ...]:
         """Every digest `value` may be stored under: `index`'s first, then the other keys'
         (rows indexed before a rotation), then the keyless one (before encryption)."""
+        known = self._candidates.get((value, kind))
+        if known is not None:
+            return known
         others = (k for k in (*self._index_keys, None) if k != self._current)
-        return tuple(dict.fromkeys([self.index(value, kind),
-                                    *(self._digest(k, value, kind) for k in others)]))
+        digests = tuple(dict.fromkeys([self.index(value, kind),
+                                       *(self._digest(k, value, kind) for k in others)]))
+        self._candidates.put((value, kind), digests)
+        return digests
 
     def _digest(self, key_id: str | None, value: bytes, kind: str) -> bytes:
         message = kind.encode() + b"\x00" + value

@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from connector.recent import Recent
 from connector.store.cipher import PayloadCipher, SealedPayload
 from connector.store.model import (
     IdentifierKind,
@@ -120,16 +121,14 @@ class PatientReads:
         through another identifier waits for this transaction)."""
         if not self._candidates:
             return None
-        clauses: list[str] = []
         params: list[Any] = []
         for (tenant_id, key), digests in self._candidates.items():
-            clauses.append("(i.tenant_id = ? AND i.kind = ? AND i.authority = ?"
-                           f" AND i.digest IN ({_marks(digests)}))")
             params += [_text(tenant_id), key.kind.value, _text(key.authority), *digests]
-        # Only placeholders and constant column names are interpolated.
-        sql = ("SELECT i.tenant_id, i.kind, i.authority, i.digest, p.id, p.context_key,"  # noqa: S608
-               " p.context FROM patient_identifiers i JOIN patients p ON p.id = i.patient_id"
-               f" WHERE {' OR '.join(clauses)} ORDER BY p.id{lock}")
+        shape = (tuple(len(digests) for digests in self._candidates.values()), lock)
+        sql = _LOOKUPS.get(shape)
+        if sql is None:
+            sql = _lookup_sql(*shape)
+            _LOOKUPS.put(shape, sql)
         return sql, tuple(params)
 
     def load_later(self, fetch: Callable[[], Iterable[Sequence[Any]]]) -> None:
@@ -245,6 +244,20 @@ def apply_change(db: Db, reads: PatientReads, tenant_id: str, change: PatientCha
             reads.dropped_ins(survivor.id)
         if ins is not None:
             upsert(ins)
+
+
+def _lookup_sql(digests_per_key: tuple[int, ...], lock: str) -> str:
+    """`PatientReads.query`'s text for identifiers with these numbers of candidate digests."""
+    clauses = [f"(i.tenant_id = ? AND i.kind = ? AND i.authority = ? AND i.digest IN"
+               f" ({', '.join('?' * count)}))" for count in digests_per_key]
+    # Only placeholders and constant column names are interpolated.
+    return ("SELECT i.tenant_id, i.kind, i.authority, i.digest, p.id, p.context_key,"  # noqa: S608
+            " p.context FROM patient_identifiers i JOIN patients p ON p.id = i.patient_id"
+            f" WHERE {' OR '.join(clauses)} ORDER BY p.id{lock}")
+
+
+# The lookup's text by its shape: a few shapes (the IPP and the INS, the keys of the ring).
+_LOOKUPS: Recent[tuple[tuple[int, ...], str], str] = Recent(64)
 
 
 def find_patient_query(cipher: PayloadCipher, tenant_id: str, *, ipp: str | None,

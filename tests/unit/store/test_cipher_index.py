@@ -29,3 +29,12 @@ def test_candidates_cover_rotation_and_the_keyless_digest() -> None:
     assert candidates[0] == rotated.index(b"000003", "patient-ipp")
     assert set(candidates) == {candidates[0], before, clear}
     assert PayloadCipher().index_candidates(b"000003", "patient-ipp") == (clear,)
+
+
+def test_the_candidates_of_an_identifier_are_computed_once_per_kind() -> None:
+    cipher = PayloadCipher({"k1": b"1" * 32, "k2": b"2" * 32}, "k2")
+    first = cipher.index_candidates(b"000003", "patient-ipp")
+    assert cipher.index_candidates(b"000003", "patient-ipp") is first  # kept
+    assert cipher.index_candidates(b"000003", "patient-ins") != first  # another kind
+    assert cipher.index_candidates(b"000004", "patient-ipp") != first
+    assert first[0] == cipher.index(b"000003", "patient-ipp")
