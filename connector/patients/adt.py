@@ -30,7 +30,7 @@ from connector.cisis.parse import read_identifiers, read_xcn
 from connector.errors import ErrorLocation, ProfileError
 from connector.hl7.codes import ErrorCondition
 from connector.hl7.header import MessageHeader
-from connector.hl7.message import Message, Segment
+from connector.hl7.message import Delimiters, Message, Segment
 from connector.patients.model import (
     CANCELLATIONS,
     MERGES,
@@ -54,6 +54,7 @@ from connector.patients.model import (
     Visit,
     enum_or_none,
 )
+from connector.recent import Recent
 
 PS_NATIONAL_ID_OID: Final = "1.2.250.1.71.4.2.1"  # ASIP-SANTE-PS: RPPS / IDNPS
 MEDECIN_TRAITANT_ROLE: Final = "ODRP"
@@ -70,7 +71,7 @@ def plan_adt(message: Message, header: MessageHeader) -> PatientUpdate:
                            condition=ErrorCondition.SEGMENT_SEQUENCE_ERROR,
                            location=ErrorLocation("PID", 1))
     pid = pids[0]
-    identity = _identity(pid)
+    identity, traits = _patient(pid)
     for sequence, other in enumerate(pids[1:], start=2):
         if _ipp(read_identifiers(other, 3)) != identity.ipp:
             raise ProfileError(f"ADT^{event} names several patients: one per message is taken",
@@ -79,7 +80,7 @@ def plan_adt(message: Message, header: MessageHeader) -> PatientUpdate:
     medecin, removed = _medecin_traitant(message)
     evn = message.first("EVN")
     return PatientUpdate(
-        event=event, identity=identity, traits=_traits(pid),
+        event=event, identity=identity, traits=traits,
         event_at=(evn.component(6, 1) or evn.component(2, 1) or None) if evn else None,
         medecin_traitant=medecin, removes_medecin_traitant=removed, visit=_visit(message),
         movement=_movement(message, event), dmp=_dmp(message),
@@ -89,6 +90,22 @@ def plan_adt(message: Message, header: MessageHeader) -> PatientUpdate:
 def _ipp(identifiers: tuple[PatientIdentifier, ...]) -> Ipp | None:
     found = next((i for i in identifiers if i.is_ipp), None)
     return Ipp(found.value, found.oid or found.namespace) if found else None
+
+
+def _patient(pid: Segment) -> tuple[Identity, Traits]:
+    """PID read into the patient's identity and traits: a pure function of the segment, whose
+    text comes back unchanged in most of a stay's messages (A01, A02, A08, A03...), so the
+    last ones read are kept (`_PIDS`): a repeated PID costs a lookup instead of some forty
+    component reads."""
+    key = (pid.fields, pid.delimiters)
+    known = _PIDS.get(key)
+    if known is None:
+        known = (_identity(pid), _traits(pid))
+        _PIDS.put(key, known)
+    return known
+
+
+_PIDS: Recent[tuple[tuple[str, ...], Delimiters], tuple[Identity, Traits]] = Recent(2048)
 
 
 def _identity(pid: Segment) -> Identity:

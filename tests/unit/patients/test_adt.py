@@ -330,3 +330,19 @@ def test_bad_input_is_a_located_profile_error(message: bytes, location: ErrorLoc
     assert error.condition is condition
     for value in (IPP, INS, FAMILY, "DOMINIQUE", "19790328", "000099"):
         assert value not in error.detail
+
+
+def test_a_repeated_pid_is_read_once_and_a_changed_one_again() -> None:
+    first = plan(adt("A01", "P1"))
+    again = plan(adt("A02", "P2"))  # the stay's next message, the same PID text
+    assert again.identity is first.identity
+    assert again.traits is first.traits
+    changed = plan(adt("A08", "P3", patient=pid(family="MARTIN", status="QUAL")))
+    assert changed.traits.birth_name is not None
+    assert changed.traits.birth_name.family == "MARTIN"
+    assert changed.identity.status is IdentityStatus.QUAL
+    # The same fields under other encoding characters read otherwise (`^` is no component
+    # separator any more: PID-3 holds no IPP): not the same entry.
+    other = adt("A01", "P4").replace(b"|^~\\&|", b"|#~\\&|", 1)
+    with pytest.raises(ProfileError, match="no IPP"):
+        plan(other)
