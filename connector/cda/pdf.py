@@ -91,6 +91,7 @@ MAX_FILE_NAME_LENGTH = 120
 _MAX_TYPE_LENGTH = 40  # "<type document>" truncated to 40 characters (S10 rule, §3.5)
 _MAX_PART_LENGTH = 30
 _UNSAFE = re.compile(r"[^A-Za-z0-9-]+")
+_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'"})
 
 
 def _ascii_part(value: str, limit: int) -> str:
@@ -101,6 +102,15 @@ def _ascii_part(value: str, limit: int) -> str:
     )
     cleaned = _UNSAFE.sub("-", ascii_only).strip("-")
     return cleaned[:limit].rstrip("-")
+
+
+def _label_part(value: str, limit: int) -> str:
+    """A label as the ANS example writes it (`CR d'imagerie médicale`): letters (accents
+    kept), digits, spaces, apostrophes and hyphens; every other run (`_`, `/`, `\\`, `.`,
+    quotes, control characters...) becomes one space."""
+    text = unicodedata.normalize("NFC", value).translate(_APOSTROPHES)
+    kept = "".join(c if c.isalnum() or c in "'-" else " " for c in text)
+    return " ".join(kept.split())[:limit].strip(" '-")
 
 
 def _act_date(header: CdaHeader) -> str:
@@ -153,23 +163,26 @@ def pdf_attachment_name(header: CdaHeader, *, dossier: str | None = None) -> str
       out** (`<date>_<type>_<NOM>_<prénom>.pdf`), as in the ANS example
       `20220531_CR d'imagerie médicale_CORSE_FIGATELLIX.pdf`.
 
-    Sanitising: accents stripped, ASCII only. `_` is kept as the field separator, so inside a
-    field every run of characters other than letters, digits and `-` (spaces, apostrophes,
-    `_`, `/`, `\\`, `.`...) becomes a single `-`. Each field is bounded (type 40, others 30)
-    and the whole name to `MAX_FILE_NAME_LENGTH` characters, the type being shortened first.
+    Sanitising: `_` is kept as the field separator. The type and the names keep their
+    letters, accents, spaces, apostrophes (a typographic one written `'`) and hyphens, as in
+    the ANS example: the mail writes such a name RFC 2231-encoded (`filename*=UTF-8''...`).
+    Every other run of characters (`_`, `/`, `\\`, `.`, quotes, control characters...) becomes
+    one space. The dossier, an identifier, is kept to ASCII letters, digits and `-`. Each
+    field is bounded (type 40, others 30) and the whole name to `MAX_FILE_NAME_LENGTH`
+    characters, the type being shortened first.
     """
     family, given = _patient_parts(header)
     date = _act_date(header)
-    kind = _ascii_part(_document_type(header), _MAX_TYPE_LENGTH) or "document"
+    kind = _label_part(_document_type(header), _MAX_TYPE_LENGTH) or "document"
     fixed = [
-        _ascii_part(family, _MAX_PART_LENGTH).upper(),
-        _ascii_part(given, _MAX_PART_LENGTH),
+        _label_part(family, _MAX_PART_LENGTH).upper(),
+        _label_part(given, _MAX_PART_LENGTH),
     ]
     if dossier is not None and _ascii_part(dossier, _MAX_PART_LENGTH):
         fixed.append(_ascii_part(dossier, _MAX_PART_LENGTH))
     if not fixed[0] or not fixed[1]:
-        raise DocumentError("recordTarget patient name has no ASCII-representable letters")
+        raise DocumentError("recordTarget patient name has no letters")
     suffix = ".pdf"
     budget = MAX_FILE_NAME_LENGTH - len(suffix) - len(date) - sum(len(p) + 1 for p in fixed) - 1
-    kind = kind[: max(budget, 1)].rstrip("-") or "d"
+    kind = kind[: max(budget, 1)].rstrip(" '-") or "d"
     return "_".join([date, kind, *fixed]) + suffix

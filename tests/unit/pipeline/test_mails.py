@@ -209,7 +209,7 @@ def _mdm(message: Callable[[], list[str]], action: Action, extra: tuple[str, ...
         read_receipt=False,
         ps_body=IMAGING_BODY,
         extra_confidentiality=extra,
-        pdf_names=("20230227_CR-d-imagerie-medicale_PAT-TROIS_DOMINIQUE.pdf",),
+        pdf_names=("20230227_CR d'imagerie médicale_PAT-TROIS_DOMINIQUE.pdf",),
         without_pdf=(),
         patient_cx=f"{PAT_TROIS}^^^&1.2.250.1.213.1.4.10&ISO^NH",
         author=("801234564895^Eric^Thomas^^^^^^&1.2.250.1.71.4.2.1&ISO^D^^^IDNPS",
@@ -234,7 +234,7 @@ def _oru_nessi(message: Callable[[], list[str]], action: Action) -> Case:
         read_receipt=False,
         ps_body=None,  # the examples' CORPSMAIL_PS base64 is cut short: default body
         extra_confidentiality=(),
-        pdf_names=("20210104_CR-d-examens-biologiques_NESSI_RUTH.pdf",),
+        pdf_names=("20210104_CR d'examens biologiques_NESSI_RUTH.pdf",),
         without_pdf=(2,),  # the level-3 CDA has no FR-Document-PDF-copie section
         patient_cx=f"{NESSI}^^^&1.2.250.1.213.1.4.8&ISO^NH",
         author=_ORU_AUTHOR,
@@ -260,7 +260,7 @@ CASES: dict[str, Case] = {
         read_receipt=True,
         ps_body=None,
         extra_confidentiality=(),
-        pdf_names=("20210104_CR-d-examens-biologiques_PAT-TROIS_DOMINIQUE.pdf",),
+        pdf_names=("20210104_CR d'examens biologiques_PAT-TROIS_DOMINIQUE.pdf",),
         without_pdf=(2,),
         patient_cx=f"{PAT_TROIS}^^^&1.2.250.1.213.1.4.10&ISO^NH",
         author=_ORU_AUTHOR,
@@ -524,7 +524,7 @@ def test_same_pdf_names_are_made_distinct() -> None:
     (first,) = request.documents
     twice = replace(request, documents=(first, replace(first, obx_sequence=13)))
     (mail,) = build_mails(twice, CONTEXT)
-    stem = "20230227_CR-d-imagerie-medicale_PAT-TROIS_DOMINIQUE"
+    stem = "20230227_CR d'imagerie médicale_PAT-TROIS_DOMINIQUE"
     assert [p.filename for p in mail.pdfs] == [f"{stem}.pdf", f"{stem}_2.pdf"]
     assert [p.get_filename() for p in parts(parse(mail.content))][2:] == [
         f"{stem}.pdf", f"{stem}_2.pdf"]
