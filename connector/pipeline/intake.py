@@ -146,6 +146,7 @@ class IntakeHandler:
             message_type=str(header.message_type) if header else None,
             control_id=header.control_id if header else None,
             version=header.version_id if header else None,
+            processing_id=(header.processing_id or None) if header else None,
             status=(InboundStatus.ACCEPTED if decision.outcome is Outcome.ACCEPTED
                     else InboundStatus.REJECTED),
             ack_code=code.value if code else "",

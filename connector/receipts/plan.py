@@ -243,7 +243,8 @@ class ReceiptPlanner:
             recipient_address=reader or mail.job.rcpt_to, positive=positive, event_time=when,
             sending_application=HierarchicDesignator(self.identity.application),
             sending_facility=HierarchicDesignator(self.identity.facility),
-            error=error, charset=self.identity.charset))
+            error=error, charset=self.identity.charset,
+            processing_id=inbound.processing_id or "P"))
         return OutboxItem(tenant_id=mail.tenant_id, kind=OutboxKind.HL7,
                           payload=text.encode(self.identity.codec, errors="replace"),
                           inbound_id=inbound.id, message_id=control_id,

@@ -383,4 +383,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX receipts_unpurged ON receipts (received_at) WHERE purged_at IS NULL
         """,
     ),
+    Migration(
+        7,
+        "MSH-11 of inbound messages, for the ZAMs that answer them",
+        # NULL on the rows received before: their ZAMs say P, as they did.
+        "ALTER TABLE inbound ADD COLUMN processing_id TEXT",
+        "ALTER TABLE inbound ADD COLUMN processing_id TEXT",
+    ),
 )

@@ -160,6 +160,7 @@ class InboundMessage:
     status: InboundStatus
     ack_code: str
     ack: bytes = field(repr=False)  # the encoded ACK, sent again on a retransmission
+    processing_id: str | None = None  # MSH-11 (P, T, D), which the ZAMs answering it repeat
     error_code: str | None = None  # ERR-3
     error_detail: str | None = None  # ERR-8 text: rules and fields, never patient data
     report: bytes | None = field(default=None, repr=False)  # validation report (sealed at rest)
@@ -206,6 +207,7 @@ class InboundSummary:
     retransmissions: int
     control_id_reused: bool
     size: int
+    processing_id: str | None = None  # MSH-11; None for rows stored before migration 7
 
 
 @dataclass(frozen=True, slots=True)

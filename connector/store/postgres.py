@@ -471,14 +471,14 @@ class PostgresStore(StoreAdapter):
             "INSERT INTO inbound (tenant_id, listener, peer, received_at, sending_application,"
             " sending_facility, message_type, control_id, version, digest, payload_key, payload,"
             " size, status, ack_code, ack, error_code, error_detail, report_key, report,"
-            " control_id_reused)"
+            " control_id_reused, processing_id)"
             " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %b, %s, %b, %s, %s, %s, %b, %s, %s,"
-            " %s, %b, %s) RETURNING id",
+            " %s, %b, %s, %s) RETURNING id",
             (m.tenant_id, m.listener, m.peer, m.received_at, m.sending_application,
              m.sending_facility, m.message_type, m.control_id, m.version, m.digest,
              sealed.key_id, sealed.blob, len(m.raw), status.value, ack_code, ack, error_code,
              error_detail, report.key_id if report else None, report.blob if report else None,
-             bool(previous)))
+             bool(previous), m.processing_id))
         # The rows below point at the row just inserted by this session (currval of the identity
         # sequence), so they are queued without waiting for its id.
         if previous:
@@ -927,7 +927,8 @@ def _storable(m: InboundMessage) -> InboundMessage:
     hold them (SQLite can), and a message that cannot be stored would be answered AR forever.
     The raw message is bytea and is kept as received; lookups use the replaced values too."""
     texts = (m.tenant_id, m.listener, m.peer, m.sending_application, m.sending_facility,
-             m.message_type, m.control_id, m.version, m.ack_code, m.error_code, m.error_detail)
+             m.message_type, m.control_id, m.version, m.ack_code, m.error_code, m.error_detail,
+             m.processing_id)
     if not any(text and "\x00" in text for text in texts):
         return m
 
@@ -942,7 +943,8 @@ def _storable(m: InboundMessage) -> InboundMessage:
                    sending_facility=maybe(m.sending_facility),
                    message_type=maybe(m.message_type), control_id=maybe(m.control_id),
                    version=maybe(m.version), ack_code=clean(m.ack_code),
-                   error_code=maybe(m.error_code), error_detail=maybe(m.error_detail))
+                   error_code=maybe(m.error_code), error_detail=maybe(m.error_detail),
+                   processing_id=maybe(m.processing_id))
 
 
 def _document_ids(m: InboundMessage) -> frozenset[str]:

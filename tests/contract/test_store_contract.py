@@ -60,6 +60,17 @@ async def test_record_then_read_back(make_store: StoreFactory) -> None:
     assert detail.raw == message.raw
     assert detail.summary.control_id == "X1"
     assert detail.summary.size == len(message.raw)
+    assert detail.summary.processing_id is None  # not given
+
+
+async def test_msh11_is_kept_for_the_zams(make_store: StoreFactory) -> None:
+    store = make_store()
+    receipt = await store.record_inbound(replace(inbound(control_id="T1"), processing_id="T"))
+    detail = await store.get_inbound(receipt.inbound_id)
+    assert detail is not None
+    assert detail.summary.processing_id == "T"
+    (listed,) = await store.list_inbound(tenant_id="t1")
+    assert listed.processing_id == "T"
 
 
 async def test_retransmission_within_window_returns_first_ack(make_store: StoreFactory) -> None:

@@ -38,6 +38,7 @@ async def test_fixture_is_stored_and_answered(running: RunningApp, path: Path) -
     row = rows[0]
     assert row.control_id == control_id
     assert row.message_type == f"{msg_type}^{event}"
+    assert row.processing_id == (str(original.segment("MSH")[11]) or None)  # for its ZAMs
     assert row.size == len(payload)
     if msg_type in UNSUPPORTED_TYPES:
         assert fields["code"] == "AE"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -93,6 +94,18 @@ def test_delivered_settles_and_returns_z02_yes() -> None:
     assert zam(effect.zam.payload) == {
         "type": "ZAM^Z02^ZAM_Z01", "to": "DPI^1.2.3^ISO", "status": "Y", "original": "REQ-42",
         "address": DOCTOR, "error": "", "severity": ""}
+
+
+@pytest.mark.parametrize(("request_msh11", "zam_msh11"), [("T", "T"), ("D", "D"), (None, "P")])
+def test_a_zam_repeats_the_requests_msh11(request_msh11: str | None, zam_msh11: str) -> None:
+    """A request sent as a test (MSH-11 T) is answered by test ZAMs, as its ACK was; rows
+    stored before migration 7 have none and keep P."""
+    mail = replace(sent(), inbound=replace(inbound(), processing_id=request_msh11))
+    effect = planner().effect(dsn((DOCTOR, "delivered", "2.0.0")), mail, now=WHEN)
+    assert effect is not None
+    assert effect.zam is not None
+    msh = parse_message(effect.zam.payload.decode()).msh
+    assert msh.value(11) == zam_msh11
 
 
 def test_failed_settles_and_returns_z02_no_with_the_smtp_code() -> None:
