@@ -58,8 +58,7 @@ ENV PATH=/opt/mssante-connector/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     HOME=/var/lib/mssante-connector \
     TMPDIR=/tmp \
-    MSSCONNECTOR_CONFIG=/etc/mssante-connector/connector.toml \
-    MSSCONNECTOR_ADMIN_PORT=9610
+    MSSCONNECTOR_CONFIG=/etc/mssante-connector/connector.toml
 
 WORKDIR /var/lib/mssante-connector
 VOLUME ["/var/lib/mssante-connector"]
@@ -70,10 +69,11 @@ USER 10001:10001
 # (/metrics, /healthz, /readyz); set [admin] host = "0.0.0.0" in the container.
 EXPOSE 2575 9610
 
-# The admin port's /healthz with the standard library (no curl in slim images). http.client does
-# not read HTTP(S)_PROXY, so a site proxy in the environment cannot capture the check.
+# The admin listener's /healthz, asked as $MSSCONNECTOR_CONFIG's [admin] says: its port, plain
+# HTTP or HTTPS with its own certificate pinned ([admin.tls]). Standard library only (no curl in
+# slim images); http.client does not read HTTP(S)_PROXY, so a site proxy cannot capture it.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import http.client,os,sys; c=http.client.HTTPConnection('127.0.0.1', int(os.environ.get('MSSCONNECTOR_ADMIN_PORT', '9610')), timeout=4); c.request('GET', '/healthz'); sys.exit(0 if c.getresponse().status == 200 else 1)"]
+    CMD ["mssante-connector", "healthcheck", "--timeout", "4"]
 
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["mssante-connector"]

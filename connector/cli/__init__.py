@@ -15,6 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
     from connector.cli.audit_cmd import register as register_audit
     from connector.cli.config_cmd import register as register_check_config
     from connector.cli.directory_cmd import register as register_directory
+    from connector.cli.health_cmd import register as register_healthcheck
     from connector.cli.messages_cmd import register as register_messages
     from connector.cli.outbox_cmd import register as register_outbox
     from connector.cli.receipts_cmd import register as register_receipts
@@ -31,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for register in (register_serve, register_check_config, register_send, register_messages,
                      register_render, register_whitelist, register_outbox, register_receipts,
-                     register_audit, register_directory):
+                     register_audit, register_directory, register_healthcheck):
         register(sub)
     return parser
 

@@ -233,7 +233,7 @@ def test_ports_volume_and_environment(instructions: list[Instruction]) -> None:
     assert env["PYTHONDONTWRITEBYTECODE"] == "1"
     assert env["TMPDIR"] == "/tmp"
     assert env["MSSCONNECTOR_CONFIG"] == CONFIG_PATH
-    assert env["MSSCONNECTOR_ADMIN_PORT"] == "9610"
+    assert "MSSCONNECTOR_ADMIN_PORT" not in env  # the health check reads the configuration
     (workdir,) = only(instructions, "WORKDIR", 1)
     assert workdir.args == DATA_DIR
 
@@ -244,10 +244,11 @@ def test_the_healthcheck_gets_healthz_with_the_standard_library(
     options = dict(re.findall(r"--([a-z-]+)=(\S+)", check.args.partition("CMD ")[0]))
     assert set(options) == {"interval", "timeout", "start-period", "retries"}
     command = healthcheck_command()
-    assert command[:2] == ["python", "-c"]
-    assert "/healthz" in command[2]
-    assert "http.client" in command[2]  # stdlib, and no proxy from the environment
-    assert "MSSCONNECTOR_ADMIN_PORT" in command[2]
+    # The connector's own check: $MSSCONNECTOR_CONFIG's [admin] (port, TLS), http.client (stdlib,
+    # no proxy from the environment); tests/integration/test_healthcheck.py runs it.
+    assert command[:2] == ["mssante-connector", "healthcheck"]
+    timeout = float(command[command.index("--timeout") + 1])
+    assert timeout < float(options["timeout"].rstrip("s"))  # it answers before Docker gives up
 
 
 def test_dockerignore_sends_only_what_the_build_copies() -> None:
@@ -357,10 +358,13 @@ class Sandbox:
         return ["unshare", "--mount", "--propagation", "private", "sh", "-c", self.script,
                 "sandbox", *command]
 
-    def env(self, admin_port: int) -> dict[str, str]:
-        return {"PATH": f"{VENV_BIN}:/usr/local/bin:/usr/bin:/bin", "HOME": str(self.home),
-                "TMPDIR": str(self.tmp), "PYTHONDONTWRITEBYTECODE": "1", "LANG": "C.UTF-8",
-                "MSSCONNECTOR_ADMIN_PORT": str(admin_port)}
+    def env(self, config: Path | None = None) -> dict[str, str]:
+        """The image's environment; `config`: the mounted file `MSSCONNECTOR_CONFIG` names."""
+        env = {"PATH": f"{VENV_BIN}:/usr/local/bin:/usr/bin:/bin", "HOME": str(self.home),
+               "TMPDIR": str(self.tmp), "PYTHONDONTWRITEBYTECODE": "1", "LANG": "C.UTF-8"}
+        if config is not None:
+            env["MSSCONNECTOR_CONFIG"] = str(config)
+        return env
 
 
 @pytest.fixture
@@ -380,7 +384,7 @@ def sandbox() -> Iterator[Sandbox]:
             directory.chmod(0o700)
         needed = [Path(os.path.realpath(sys.executable)), Path(sys.base_prefix), ROOT, SHARED]
         box = Sandbox(work, data, home, tmp, sandbox_script(work, [data, tmp, home], needed))
-        probe = subprocess.run(box.argv(["python", "-c", "pass"]), env=box.env(0),
+        probe = subprocess.run(box.argv(["python", "-c", "pass"]), env=box.env(),
                                capture_output=True, text=True, timeout=60, check=False)
         if probe.returncode != 0:
             pytest.skip(f"cannot build the read-only, unprivileged sandbox here: "
@@ -423,7 +427,7 @@ def test_the_image_command_line_serves_as_an_unprivileged_user_on_a_read_only_ro
 
     watched = [Path("/tmp"), Path("/var/tmp"), Path("/dev/shm"), ROOT]
     owned_before = owned_by_uid(watched, sandbox.work)
-    env = sandbox.env(admin_port)
+    env = sandbox.env(config)
     server = subprocess.Popen(sandbox.argv(argv), env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
     try:

@@ -201,8 +201,6 @@ spec:
       env:
         - name: MSSCONNECTOR_CONFIG
           value: {{ include "mssante-connector.configPath" . }}
-        - name: MSSCONNECTOR_ADMIN_PORT
-          value: {{ .Values.config.admin.port | int | quote }}
         - name: TMPDIR
           value: /tmp
         {{- with .Values.extraEnv }}
