@@ -105,7 +105,7 @@ def _patient(pid: Segment) -> tuple[Identity, Traits]:
     return known
 
 
-_PIDS: Recent[tuple[tuple[str, ...], Delimiters], tuple[Identity, Traits]] = Recent(2048)
+_PIDS: Recent[tuple[tuple[str, ...], Delimiters], tuple[Identity, Traits]] = Recent(1024)
 
 
 def _identity(pid: Segment) -> Identity:

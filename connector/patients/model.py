@@ -439,7 +439,7 @@ class _WrittenContexts:
         self._contexts.put(data, context)
 
 
-_WRITTEN = _WrittenContexts(2048)
+_WRITTEN = _WrittenContexts(1024)
 
 
 # Written by hand, field by field in declaration order (a generic walk of the dataclasses cost

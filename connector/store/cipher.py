@@ -48,7 +48,7 @@ class PayloadCipher:
         self._current = current_key_id
         # A patient's identifiers come back with each of its messages: their digests (one
         # HMAC per key of the ring) are computed once. The key ring never changes after this.
-        self._candidates: Recent[tuple[bytes, str], tuple[bytes, ...]] = Recent(4096)
+        self._candidates: Recent[tuple[bytes, str], tuple[bytes, ...]] = Recent(2048)
 
     @property
     def enabled(self) -> bool:
