@@ -182,6 +182,8 @@ class Segment:
         # `repetitions` inlined (intake reads some 50 components a message).
         fields, d = self.fields, self.delimiters
         raw = fields[position] if 0 <= position < len(fields) else ""
+        if raw.isalnum():  # no delimiter, escape or space (`Delimiters.from_msh`): as it is
+            return raw if component == repetition == 1 and subcomponent in (None, 1) else ""
         if not raw:
             return ""
         if position <= 2 and fields[0] == "MSH":
