@@ -3,7 +3,11 @@
 STARTTLS on 143 or implicit TLS on 993, with the same client TLS as SMTP (IGC-Santé roots passed
 explicitly, the application mailbox's certificate), then an optional LOGIN. Mails are read by UID
 with `BODY.PEEK[]` (never marked seen by reading) and moved to the processed or unmatched folder
-only after the caller committed what it learnt (UID MOVE, else COPY + \\Deleted + EXPUNGE).
+only after the caller committed what it learnt (`MoveMethod`). The capabilities are asked again
+after the login: servers offer MOVE and UIDPLUS only to an authenticated client (Dovecot's
+greeting lists neither), and without them the move used to end in a plain EXPUNGE, which removes
+every message of the folder flagged \\Deleted, other clients' included. Mails flagged \\Deleted
+are never read again (`UID SEARCH UNDELETED`).
 
 IDLE (RFC 2177) is used when offered: the poller waits for the server's word instead of polling.
 Whatever the wait saw, the next round searches the whole folder, so a notification lost in a
@@ -32,6 +36,16 @@ class ImapError(ConnectorError):
 class ImapTlsMode(StrEnum):
     STARTTLS = "starttls"
     IMPLICIT_TLS = "implicit-tls"
+
+
+class MoveMethod(StrEnum):
+    """How a handled mail leaves the watched folder, by what the server offers."""
+
+    MOVE = "move"  # UID MOVE (RFC 6851)
+    UID_EXPUNGE = "uid-expunge"  # UID COPY, \Deleted, UID EXPUNGE of that mail only (UIDPLUS)
+    # UID COPY and \Deleted only: a plain EXPUNGE would remove what other clients flagged too.
+    # The mail stays in the folder, flagged, until the server's expunge policy removes it.
+    LEAVE_DELETED = "leave-deleted"
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +93,27 @@ class ImapMailbox:
         except (OSError, imaplib.IMAP4.error) as exc:
             raise ImapError(f"{self.where}: {_reason(exc)}") from exc
         self._conn = conn
-        self.capabilities = frozenset(c.upper() for c in conn.capabilities)
+        self.capabilities = self._capabilities(conn)
+
+    def _capabilities(self, conn: imaplib.IMAP4) -> frozenset[str]:
+        """CAPABILITY asked again, authenticated (RFC 3501 §6.2.3: they may change after the
+        login); imaplib keeps the ones of the greeting."""
+        try:
+            data = self._ok(conn.capability(), "CAPABILITY")
+        except (OSError, imaplib.IMAP4.error) as exc:
+            raise ImapError(f"{self.where}: {_reason(exc)}") from exc
+        last = data[-1] if data else b""
+        words = last.decode("ascii", "replace").split() if isinstance(last, bytes) else []
+        return frozenset(w.upper() for w in words) or frozenset(
+            c.upper() for c in conn.capabilities)
+
+    @property
+    def move_method(self) -> MoveMethod:
+        if "MOVE" in self.capabilities:
+            return MoveMethod.MOVE
+        if "UIDPLUS" in self.capabilities:
+            return MoveMethod.UID_EXPUNGE
+        return MoveMethod.LEAVE_DELETED
 
     def _ok(self, answer: tuple[str, Sequence[object]], command: str) -> list[object]:
         status, data = answer
@@ -94,8 +128,8 @@ class ImapMailbox:
         return self._conn
 
     def uids(self) -> list[str]:
-        """Every mail of the watched folder, oldest first."""
-        data = self._call(lambda c: c.uid("SEARCH", "ALL"), "UID SEARCH")
+        """Every mail of the watched folder not flagged \\Deleted, oldest first."""
+        data = self._call(lambda c: c.uid("SEARCH", "UNDELETED"), "UID SEARCH")
         first = data[0] if data else b""
         return [uid.decode() for uid in first.split()] if isinstance(first, bytes) else []
 
@@ -108,15 +142,14 @@ class ImapMailbox:
         return None
 
     def move(self, uid: str, folder: str) -> None:
-        if "MOVE" in self.capabilities:
+        method = self.move_method
+        if method is MoveMethod.MOVE:
             self._call(lambda c: c.uid("MOVE", uid, folder), "UID MOVE")
             return
         self._call(lambda c: c.uid("COPY", uid, folder), "UID COPY")
         self._call(lambda c: c.uid("STORE", uid, "+FLAGS.SILENT", r"(\Deleted)"), "UID STORE")
-        if "UIDPLUS" in self.capabilities:
+        if method is MoveMethod.UID_EXPUNGE:
             self._call(lambda c: c.uid("EXPUNGE", uid), "UID EXPUNGE")
-        else:
-            self._call(lambda c: c.expunge(), "EXPUNGE")
 
     def wait(self, seconds: float) -> None:
         """IDLE up to `seconds` (or until the server reports a change); NOOP without IDLE."""

@@ -36,7 +36,7 @@ from connector.errors import PayloadUnreadable, ReceiptError, StoreError
 from connector.mail.receipts import Receipt, normalize_message_id, parse_receipt
 from connector.observability.logs import exception_frames
 from connector.observability.metrics import ConnectorMetrics
-from connector.receipts.imap import ImapError, ImapMailbox
+from connector.receipts.imap import ImapError, ImapMailbox, MoveMethod
 from connector.receipts.plan import ReceiptPlanner, SentMail
 from connector.store import (
     OutboxItem,
@@ -138,7 +138,14 @@ class ReceiptPoller:
                 await asyncio.to_thread(mailbox.connect)
                 self.connected, self.last_error = True, None
                 log.info("receipts_mailbox_connected", tenant=self.tenant_id,
-                         mailbox=mailbox.where, idle="IDLE" in mailbox.capabilities)
+                         mailbox=mailbox.where, idle="IDLE" in mailbox.capabilities,
+                         moves=mailbox.move_method.value)
+                if mailbox.move_method is MoveMethod.LEAVE_DELETED:
+                    log.warning("receipts_mailbox_cannot_expunge", tenant=self.tenant_id,
+                                mailbox=mailbox.where,
+                                hint="the server offers neither MOVE nor UIDPLUS: handled mails "
+                                     "are copied, and stay in the folder flagged \\Deleted "
+                                     "until the server's expunge policy removes them")
                 delay = self.settings.reconnect_initial_seconds
                 while not self._stopping:
                     handled = await self.drain(mailbox)

@@ -5,6 +5,7 @@ reach a test HIS listener run with python-hl7's own MLLP server."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -465,3 +466,63 @@ async def test_receipts_zam_certificate_and_mailbox_metrics_move(
     for use in ("smtp", "imap"):  # the test CA issues for 10 days
         days = values[("mssconnector_client_certificate_expiry_days", (tenant, ("use", use)))]
         assert 9 < days <= 10
+
+
+# -- leaving the watched folder --------------------------------------------------------------------
+
+# Dovecot's post-login CAPABILITY without MOVE and UIDPLUS: an older server's.
+WITHOUT_MOVE_OR_UIDPLUS = "IMAP4rev1 LITERAL+ SASL-IR LOGIN-REFERRALS ID ENABLE IDLE"
+
+
+def deleted_by_another_client(operator: Operator) -> Path:
+    """A mail of the application mailbox that another client flagged \\Deleted and did not
+    expunge (Maildir flag T)."""
+    cur = operator.smtp.mailbox_dir(SENDER) / "cur"
+    path = cur / f"{time.time_ns()}.M1P1.foreign:2,ST"
+    path.write_bytes(b"From: secretariat@chu.test\r\nSubject: kept\r\n"
+                     b"Message-ID: <foreign-deleted@chu.test>\r\n\r\nnot the connector's\r\n")
+    os.chown(path, operator.smtp.mail_uid, operator.smtp.mail_gid)
+    return path
+
+
+def flagged_deleted_in_inbox(operator: Operator, keep: Path) -> list[Path]:
+    cur = operator.smtp.mailbox_dir(SENDER) / "cur"
+    return [p for p in cur.iterdir() if p != keep and "T" in p.name.rpartition(":2,")[2]]
+
+
+async def test_handled_mails_are_moved_and_other_clients_deleted_mails_left_alone(
+        tmp_path: Path, operator: Operator, his: His, apps: Apps) -> None:
+    """Dovecot offers MOVE after the login only: the connector asks again once logged in, moves
+    the DSN it handled, and expunges nothing (it used to COPY, flag and EXPUNGE the folder)."""
+    foreign = deleted_by_another_client(operator)
+    app = await apps(settings(tmp_path, operator, his.port))
+    await send(app, request("REQ-MOVE"))
+    await eventually(lambda: bool(his.received) and folder_count(operator, "processed") == 1)
+    assert foreign.exists()
+    assert flagged_deleted_in_inbox(operator, foreign) == []  # moved, not copied and flagged
+
+
+async def test_without_move_or_uidplus_handled_mails_stay_flagged_and_are_not_read_again(
+        tmp_path: Path, operator: Operator, his: His, apps: Apps) -> None:
+    older = DovecotServer(operator.smtp, directory=operator.smtp.directory / "dovecot-older",
+                          capability=WITHOUT_MOVE_OR_UIDPLUS)
+    older.start()
+    try:
+        foreign = deleted_by_another_client(operator)
+        base = settings(tmp_path, operator, his.port)
+        (tenant,) = base.tenants
+        assert tenant.receipts is not None
+        app = await apps(replace(base, tenants=(replace(
+            tenant, receipts=replace(tenant.receipts, port=older.imaps_port)),)))
+        await send(app, request("REQ-OLD-SERVER"))
+        await eventually(lambda: bool(his.received) and folder_count(operator, "processed") == 1)
+        # Copied, then flagged (the flag comes right after the copy the count saw).
+        await eventually(lambda: len(flagged_deleted_in_inbox(operator, foreign)) == 1)
+        (ours,) = flagged_deleted_in_inbox(operator, foreign)
+        assert foreign.exists()  # no plain EXPUNGE of the whole folder
+        await asyncio.sleep(1.5)  # several polling rounds: the flagged DSN is not read again
+        assert len(his.received) == 1
+        assert folder_count(operator, "processed") == 1
+        assert ours.exists()
+    finally:
+        older.close()

@@ -491,11 +491,13 @@ class DovecotServer:
     """A private Dovecot serving the Maildirs of a `MailServer` over IMAP on loopback.
 
     `imap_port` offers STARTTLS, `imaps_port` implicit TLS; both require a client certificate
-    from the test CA and then a password login (`password(address)`).
+    from the test CA and then a password login (`password(address)`). `capability`: the
+    CAPABILITY list to announce after the login instead of Dovecot's own (e.g. without MOVE
+    and UIDPLUS, as an older server; Dovecot still accepts the commands it does not announce).
     """
 
     def __init__(self, mail: MailServer, *, directory: Path | None = None,
-                 password: str = IMAP_PASSWORD) -> None:
+                 password: str = IMAP_PASSWORD, capability: str | None = None) -> None:
         reason = dovecot_unavailable()
         if reason is not None:
             raise MailServerError(reason)
@@ -510,6 +512,7 @@ class DovecotServer:
         while self.imaps_port == self.imap_port:
             self.imaps_port = free_port()
         self._password = password
+        self._capability = capability
         self.config_file = self.directory / "dovecot.conf"
         self.log_file = self.directory / "dovecot.log"
         self._proc: subprocess.Popen[bytes] | None = None
@@ -531,8 +534,9 @@ class DovecotServer:
             path.mkdir(exist_ok=True)
             path.chmod(0o755)
         uid, gid = self.mail.mail_uid, self.mail.mail_gid
+        announced = f"imap_capability = {self._capability}\n" if self._capability else ""
         self.config_file.write_text(f"""\
-protocols = imap
+{announced}protocols = imap
 listen = {HOST}
 base_dir = {run}
 state_dir = {state}
