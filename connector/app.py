@@ -395,3 +395,14 @@ def warn_about_exposure(settings: Settings) -> None:
             log.warning("dry_run", tenant=tenant.id, maildir=str(tenant.transport.maildir),
                         hint="mails are written to this Maildir, in clear and never purged, "
                              "not sent: set [tenants.transport] to send")
+    store = settings.store
+    if store.backend is StoreBackend.POSTGRES and store.dsn:
+        from connector.store.postgres import unverified_hosts
+
+        hosts = unverified_hosts(store.dsn)
+        if hosts:
+            log.warning("store_tls_unverified", hosts=hosts,
+                        hint="the PostgreSQL server is reached without verifying its "
+                             "certificate (libpq's default sslmode is prefer): put "
+                             "sslmode=verify-full and sslrootcert in the DSN")
+

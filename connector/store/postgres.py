@@ -63,20 +63,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
 import queue
 import secrets
 import select
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import psycopg
 import psycopg.errors
 import structlog
+from psycopg.conninfo import conninfo_to_dict
 
 from connector.errors import LeaseLost, PayloadUnreadable, StoreError, StoreUnavailable
+from connector.hosts import is_loopback
 from connector.observability.logs import exception_frames
 from connector.store._shared import (
     AUDIT_SQL,
@@ -1017,3 +1020,23 @@ def _failed(batch: list[_Job], error: BaseException
 
 
 _AUDIT_SQL = _pg(AUDIT_SQL)
+
+
+# -- start-up checks --------------------------------------------------------------------------
+
+
+def unverified_hosts(dsn: str, environ: Mapping[str, str] = os.environ) -> list[str]:
+    """The hosts off the loopback that `dsn` reaches without certificate verification (an
+    sslmode other than verify-ca or verify-full, in the DSN or PGSSLMODE); a Unix socket or a
+    loopback address needs none. Never the DSN itself in what it returns: it may hold a
+    password."""
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:  # refused at connection time with its own error
+        return []
+    sslmode = str(params.get("sslmode") or environ.get("PGSSLMODE") or "prefer")
+    if sslmode in ("verify-ca", "verify-full"):
+        return []
+    hosts = str(params.get("host") or params.get("hostaddr") or environ.get("PGHOST") or "")
+    return [host for host in hosts.split(",")
+            if host and not host.startswith("/") and not is_loopback(host)]

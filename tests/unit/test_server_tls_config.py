@@ -127,3 +127,31 @@ def test_loopback_or_an_allow_list_is_not_warned(tmp_path: Path) -> None:
                   "[[tenants.listeners]]\nname = 'local'\nhost = '127.0.0.1'\nport = 2576\n",
         env={"TOKEN": "t" * 32})
     assert [e["event"] for e in logs] == ["dry_run"]
+
+
+@pytest.mark.parametrize(("dsn", "env", "hosts"), [
+    ("postgresql://connector:s3cret@db.chu.local:5432/connector", {}, ["db.chu.local"]),
+    ("postgresql://connector:s3cret@db.chu.local/c?sslmode=require", {}, ["db.chu.local"]),
+    ("host=pg1.grades.local,pg2.grades.local dbname=c password=s3cret", {},
+     ["pg1.grades.local", "pg2.grades.local"]),
+    ("dbname=c password=s3cret", {"PGHOST": "db.chu.local"}, ["db.chu.local"]),
+    ("postgresql://connector:s3cret@db.chu.local/c?sslmode=verify-full", {}, []),
+    ("postgresql://connector:s3cret@db.chu.local/c", {"PGSSLMODE": "verify-ca"}, []),
+    ("postgresql://connector:s3cret@127.0.0.1/c", {}, []),
+    ("host=/run/postgresql dbname=c", {}, []),
+])
+def test_a_postgres_server_reached_without_verification_is_warned(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dsn: str, env: dict[str, str],
+        hosts: list[str]) -> None:
+    for name in ("PGHOST", "PGSSLMODE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    logs = exposure_events(
+        tmp_path, "[store]\nbackend = 'postgres'\ndsn_env = 'PG_DSN'\n"
+                  "[[tenants]]\nid = 'chu'\noid = '1.2.3'\n"
+                  "[[tenants.listeners]]\nname = 'dpi'\nhost = '127.0.0.1'\nport = 2575\n",
+        env={"PG_DSN": dsn})
+    warned = [e for e in logs if e["event"] == "store_tls_unverified"]
+    assert [e["hosts"] for e in warned] == ([hosts] if hosts else [])
+    assert "s3cret" not in repr(logs)  # never the DSN
