@@ -42,7 +42,7 @@ import base64
 import binascii
 import hashlib
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from email import errors as email_errors
@@ -75,6 +75,7 @@ _ATOM: Final = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+")
 _CDA_CODE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}")
 _NIL: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _MESSAGE_ID_CONTEXT: Final = b"mssante-connector/message-id/v1\x00"
+_MSG_ID: Final = re.compile(r"<[0-9a-f]{32}@[A-Za-z0-9.-]+>")
 
 
 class MailAction(Enum):
@@ -220,13 +221,33 @@ def make_message_id(request_key: str, to_address: MailAddress, from_address: Mai
     are traceability metadata that get logged, and a patient's address is their INS: the key must
     hold something not guessable (see `MailSpec`) so the INS cannot be brute-forced from the hash.
     """
+    return message_id_for(request_key, str(to_address), from_address.domain)
+
+
+def message_id_for(request_key: str, to_address: str, from_domain: str) -> str:
+    """`make_message_id` from the envelope's texts (a stored mail job's RCPT TO and the
+    domain of its MAIL FROM), for the mails that refer to an earlier request's."""
     digest = hashlib.sha256(
         _MESSAGE_ID_CONTEXT
         + request_key.encode("utf-8", "surrogatepass")
         + b"\x00"
-        + str(to_address).lower().encode("ascii")
+        + to_address.lower().encode("ascii")
     ).hexdigest()
-    return f"<{digest[:32]}@{from_address.domain}>"
+    return f"<{digest[:32]}@{from_domain}>"
+
+
+def with_references(message: bytes, message_ids: Sequence[str]) -> bytes:
+    """A composed message (CRLF wire form) with `In-Reply-To` (the first of `message_ids`)
+    and `References` (all of them, one per line) added at the top of its header block: the
+    threading headers of a replacement or a deletion (ECO.2.2.2), which refer to the mails
+    of the requests it follows. Header order carries no meaning (RFC 5322 §3.6)."""
+    if not message_ids:
+        return message
+    for message_id in message_ids:
+        if not _MSG_ID.fullmatch(message_id):
+            raise ValueError("not a msg-id this composer writes")
+    return (f"In-Reply-To: {message_ids[0]}\r\nReferences: "
+            + "\r\n ".join(message_ids) + "\r\n").encode("ascii") + message
 
 
 def compose_mail(spec: MailSpec) -> EmailMessage:

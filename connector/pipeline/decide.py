@@ -22,7 +22,7 @@ from connector.hl7.message import Message, parse_message
 from connector.legacy.flow import LegacyFlows, PatientTraits
 from connector.patients import PatientUpdate, plan_adt
 from connector.pipeline.documents import CisisIntake, DocumentVerdict, is_cisis
-from connector.pipeline.outgoing import MailPlanner
+from connector.pipeline.outgoing import MailPlanner, new_request_key
 from connector.pipeline.routing import Flow, route
 from connector.store import DocumentChange, OutboxItem
 
@@ -50,6 +50,7 @@ class IntakeDecision:
     # pipeline.offload): the version changes to store, and whether the request asked for the DMP.
     changes: tuple[DocumentChange, ...] = ()
     asks_dmp: bool = False
+    mail_key: str | None = None  # what its mails' Message-IDs hash (`outgoing.new_request_key`)
     documents_checked: bool = False  # by check_documents (`verdict` may not come back with it)
 
     @property
@@ -117,12 +118,15 @@ class IntakeDecider:
             return replace(decision, outcome=Outcome.ERROR, errors=(AckError.from_exception(exc),),
                            report=report.encode() if isinstance(report, str) else None)
         outbox: tuple[OutboxItem, ...] = ()
+        mail_key = None
         if self.planner is not None:
+            mail_key = new_request_key()
             try:
-                outbox = self.planner.outbox_items(verdict.request)
+                outbox = self.planner.outbox_items(verdict.request, mail_key)
             except MessageError as exc:
                 return replace(decision, outcome=Outcome.ERROR,
                                errors=(AckError.from_exception(exc),), report=verdict.report)
         return replace(decision, errors=verdict.warnings, verdict=verdict, report=verdict.report,
                        outbox=outbox, changes=verdict.changes,
-                       asks_dmp=verdict.request.metadata.destdmp, documents_checked=True)
+                       asks_dmp=verdict.request.metadata.destdmp, documents_checked=True,
+                       mail_key=mail_key)

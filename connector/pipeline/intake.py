@@ -37,7 +37,7 @@ from connector.observability.metrics import ConnectorMetrics
 from connector.pipeline.decide import IntakeDecider, IntakeDecision
 from connector.pipeline.documents import CisisIntake
 from connector.pipeline.offload import DocumentProcesses
-from connector.pipeline.outgoing import MailPlanner
+from connector.pipeline.outgoing import MailPlanner, follow_up
 from connector.store import (
     InboundMessage,
     InboundStatus,
@@ -120,7 +120,7 @@ class IntakeHandler:
             except (StoreError, ValueError) as exc:  # unreachable, or an ambiguous IPP
                 log.warning("patient_context_unavailable", error=type(exc).__name__)
         if decision.needs_document_checks:
-            decision = await self._check_documents(decision, payload)
+            decision = await self._follow_up(await self._check_documents(decision, payload))
         header = decision.header
         code = choose_ack_code(header, decision.outcome)
         ack = self._ack(decision, code, decision.errors)
@@ -147,6 +147,7 @@ class IntakeHandler:
             control_id=header.control_id if header else None,
             version=header.version_id if header else None,
             processing_id=(header.processing_id or None) if header else None,
+            mail_key=decision.mail_key if decision.outcome is Outcome.ACCEPTED else None,
             status=(InboundStatus.ACCEPTED if decision.outcome is Outcome.ACCEPTED
                     else InboundStatus.REJECTED),
             ack_code=code.value if code else "",
@@ -200,6 +201,25 @@ class IntakeHandler:
         if processes is None:
             return await asyncio.to_thread(self.decider.check_documents, decision)
         return await processes.check(self.config.tenant_id, decision, payload, self.decider)
+
+    async def _follow_up(self, decision: IntakeDecision) -> IntakeDecision:
+        """A replacement's or a deletion's mails refer (In-Reply-To, References: ECO.2.2.2) to
+        the mails of the requests that carried the documents it acts on, when the store knows
+        them; without them (a document sent before, by another system) they go as they are."""
+        targets = list(dict.fromkeys(c.target_id for c in decision.changes if c.target_id))
+        if decision.outcome is not Outcome.ACCEPTED or not decision.outbox or not targets:
+            return decision
+        try:
+            keys = await self._store.mail_keys(self.config.tenant_id, targets)
+        except StoreError as exc:  # unreachable, or a key that is not configured any more
+            log.warning("follow_up_unavailable", error=type(exc).__name__)
+            return decision
+        found = [keys[target] for target in targets if target in keys]
+        if not found:
+            return decision
+        # Off the loop: each mail is copied once more (up to a megabyte and its checks).
+        return replace(decision, outbox=await asyncio.to_thread(follow_up, decision.outbox,
+                                                                found))
 
     def _answered(self, started: float, decision: IntakeDecision | None, ack: bytes | None,
                   ack_code: str) -> bytes | None:

@@ -2,19 +2,23 @@
 its envelope (`delivery.job`), ready to be stored with the inbound message in one transaction.
 
 Each request gets a fresh random request key (the Message-IDs hash it: unguessable, and distinct
-for two requests with the same MSH-10) and each mail a random DSN envelope id (ENVID), which
-comes back in the operator's delivery reports as Original-Envelope-Id and finds its row.
+for two requests with the same MSH-10; the store keeps it, sealed, with the inbound row) and
+each mail a random DSN envelope id (ENVID), which comes back in the operator's delivery reports
+as Original-Envelope-Id and finds its row. A replacement's or a deletion's mails refer to the
+mails of the requests that carried the documents they act on (`follow_up`): the same recipient's
+Message-ID of those requests, computed again from their keys.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from connector.cisis.model import DocumentRequest
 from connector.delivery.job import MailJob
+from connector.mail.compose import message_id_for, with_references
 from connector.pipeline.mails import MailContext, OutgoingMail, build_mails
 from connector.settings import TenantSettings
 from connector.store import OutboxItem, OutboxKind
@@ -35,13 +39,17 @@ class MailPlanner:
     def __post_init__(self) -> None:
         MailContext.for_tenant(self.tenant, request_key="check", submitted_at=self.clock())
 
-    def mails(self, request: DocumentRequest) -> tuple[OutgoingMail, ...]:
-        """The mails of `request` (`MessageError` when they cannot be built: answered AE)."""
-        context = MailContext.for_tenant(self.tenant, request_key=uuid.uuid4().hex,
+    def mails(self, request: DocumentRequest, request_key: str | None = None
+              ) -> tuple[OutgoingMail, ...]:
+        """The mails of `request` (`MessageError` when they cannot be built: answered AE);
+        `request_key`: the one its Message-IDs hash (`new_request_key`), else a fresh one."""
+        context = MailContext.for_tenant(self.tenant,
+                                         request_key=request_key or new_request_key(),
                                          submitted_at=self.clock())
         return build_mails(request, context)
 
-    def outbox_items(self, request: DocumentRequest) -> tuple[OutboxItem, ...]:
+    def outbox_items(self, request: DocumentRequest, request_key: str | None = None
+                     ) -> tuple[OutboxItem, ...]:
         metadata = request.metadata
         sender = self.tenant.mailbox.address
         return tuple(
@@ -55,4 +63,28 @@ class MailPlanner:
                 envid=uuid.uuid4().hex,
                 recipient_domain=mail.recipient.domain,
             )
-            for mail in self.mails(request))
+            for mail in self.mails(request, request_key))
+
+
+def new_request_key() -> str:
+    return uuid.uuid4().hex
+
+
+def follow_up(items: Sequence[OutboxItem], request_keys: Sequence[str]) -> tuple[OutboxItem, ...]:
+    """`items` with each mail referring (In-Reply-To, References) to the mails that the
+    requests of `request_keys` (those that carried the documents it replaces or deletes, in
+    order) sent to the same recipient. Other rows are returned as they are."""
+    followed: list[OutboxItem] = []
+    for item in items:
+        if item.kind is not OutboxKind.SMTP or not request_keys:
+            followed.append(item)
+            continue
+        job = MailJob.decode(item.payload)
+        domain = job.mail_from.rpartition("@")[2]
+        ids = list(dict.fromkeys(message_id_for(key, job.rcpt_to, domain)
+                                 for key in request_keys))
+        message = with_references(job.message, ids)
+        followed.append(replace(item, payload=MailJob.of(
+            job.mail_from, job.rcpt_to, message, request_dsn=job.request_dsn,
+            request_mdn=job.request_mdn).encode()))
+    return tuple(followed)

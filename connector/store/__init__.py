@@ -121,6 +121,11 @@ class IntakeStore(Protocol):
 
     async def get_documents(self, tenant_id: str) -> list[DocumentVersion]: ...
 
+    async def mail_keys(self, tenant_id: str, document_ids: Sequence[str]) -> dict[str, str]:
+        """The key of the mail Message-IDs of the request that carried each of `document_ids`
+        (those it finds): the mails of a replacement or a deletion refer to them."""
+        ...
+
     async def close(self) -> None: ...
 
 

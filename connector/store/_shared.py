@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-from connector.store.cipher import PayloadCipher
+from connector.store.cipher import PayloadCipher, SealedPayload
 from connector.store.model import (
     COMMIT_BUCKETS,
     FINAL_DELIVERY_STATUSES,
@@ -191,6 +191,7 @@ def summary_from_row(row: Sequence[Any]) -> InboundSummary:
 
 # -- outbox -----------------------------------------------------------------------------------
 
+MAIL_KEY_KIND = "mail-key"  # cipher associated data of inbound.mail_key
 OUTBOX_KIND = "outbox"  # cipher associated data of outbox payloads
 OUTBOX_ERROR_KIND = "outbox-error"  # ... and of the servers' error texts
 
@@ -320,6 +321,30 @@ def check_lease(kinds: Sequence[OutboxKind], limit: int, lease_seconds: float) -
         raise ValueError("lease limit must be at least 1")
     if lease_seconds <= 0:
         raise ValueError("lease_seconds must be positive")
+
+
+def seal_mail_key(cipher: PayloadCipher, key: str | None) -> tuple[str | None, bytes | None]:
+    """The (mail_key_id, mail_key) columns of an inbound row."""
+    if key is None:
+        return None, None
+    sealed = cipher.seal(key.encode("ascii"), MAIL_KEY_KIND)
+    return sealed.key_id, sealed.blob
+
+
+def mail_keys_query(tenant_id: str, document_ids: Sequence[str]) -> tuple[str, tuple[Any, ...]]:
+    """The mail keys of the requests that carried `document_ids` (`?` placeholders)."""
+    marks = ", ".join("?" for _ in document_ids)
+    # Only placeholders are interpolated.
+    return ("SELECT d.document_id, i.mail_key_id, i.mail_key FROM documents d"  # noqa: S608
+            " JOIN inbound i ON i.id = d.inbound_id"
+            f" WHERE d.tenant_id = ? AND d.document_id IN ({marks}) AND i.mail_key IS NOT NULL",
+            (tenant_id, *document_ids))
+
+
+def mail_keys_from_rows(cipher: PayloadCipher, rows: Sequence[Sequence[Any]]) -> dict[str, str]:
+    return {str(document_id): cipher.open(SealedPayload(key_id, bytes(blob)),
+                                          MAIL_KEY_KIND).decode("ascii")
+            for document_id, key_id, blob in rows}
 
 
 def sealed_error(cipher: PayloadCipher, code: str | None, error_class: str | None,

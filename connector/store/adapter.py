@@ -32,6 +32,8 @@ from connector.store._shared import (
     audit_query,
     check_lease,
     inbound_query,
+    mail_keys_from_rows,
+    mail_keys_query,
     outbox_query,
     outbox_stat_from_row,
     outbox_summary_from_row,
@@ -203,6 +205,14 @@ class StoreAdapter(ABC):
     async def get_inbound_summary(self, inbound_id: int) -> InboundSummary | None:
         rows = await self._query(_INBOUND_SUMMARY_SQL, (inbound_id,))
         return summary_from_row(rows[0]) if rows else None
+
+    async def mail_keys(self, tenant_id: str, document_ids: Sequence[str]) -> dict[str, str]:
+        """The mail key of the request that carried each of `document_ids` (its version row's
+        inbound), for those whose request kept one."""
+        if not document_ids:
+            return {}
+        rows = await self._query(*mail_keys_query(tenant_id, document_ids))
+        return mail_keys_from_rows(self._cipher, rows)
 
     async def get_documents(self, tenant_id: str) -> list[DocumentVersion]:
         return [DocumentVersion(r[0], r[1], r[2], r[3], DocumentStatus(r[4]), r[5], int(r[6]))

@@ -390,4 +390,18 @@ MIGRATIONS: tuple[Migration, ...] = (
         "ALTER TABLE inbound ADD COLUMN processing_id TEXT",
         "ALTER TABLE inbound ADD COLUMN processing_id TEXT",
     ),
+    Migration(
+        8,
+        "the key of a request's mail Message-IDs, for the mails that follow them up",
+        # Sealed like a payload (associated data "mail-key"): with it and a Message-ID, the
+        # recipient address hashed into it could be searched for, and a patient's is their INS.
+        """
+        ALTER TABLE inbound ADD COLUMN mail_key_id TEXT;
+        ALTER TABLE inbound ADD COLUMN mail_key BLOB
+        """,
+        """
+        ALTER TABLE inbound ADD COLUMN mail_key_id TEXT;
+        ALTER TABLE inbound ADD COLUMN mail_key BYTEA
+        """,
+    ),
 )

@@ -102,6 +102,7 @@ from connector.store._shared import (
     purge_statements,
     receipt_statements,
     resolve,
+    seal_mail_key,
     summary_from_row,
     take_batch,
 )
@@ -474,14 +475,14 @@ class PostgresStore(StoreAdapter):
             "INSERT INTO inbound (tenant_id, listener, peer, received_at, sending_application,"
             " sending_facility, message_type, control_id, version, digest, payload_key, payload,"
             " size, status, ack_code, ack, error_code, error_detail, report_key, report,"
-            " control_id_reused, processing_id)"
+            " control_id_reused, processing_id, mail_key_id, mail_key)"
             " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %b, %s, %b, %s, %s, %s, %b, %s, %s,"
-            " %s, %b, %s, %s) RETURNING id",
+            " %s, %b, %s, %s, %s, %b) RETURNING id",
             (m.tenant_id, m.listener, m.peer, m.received_at, m.sending_application,
              m.sending_facility, m.message_type, m.control_id, m.version, m.digest,
              sealed.key_id, sealed.blob, len(m.raw), status.value, ack_code, ack, error_code,
              error_detail, report.key_id if report else None, report.blob if report else None,
-             bool(previous), m.processing_id))
+             bool(previous), m.processing_id, *seal_mail_key(self._cipher, m.mail_key)))
         # The rows below point at the row just inserted by this session (currval of the identity
         # sequence), so they are queued without waiting for its id.
         if previous:

@@ -53,6 +53,7 @@ from connector.store._shared import (
     outbox_summary_from_row,
     purge_statements,
     receipt_statements,
+    seal_mail_key,
     summary_from_row,
 )
 from connector.store.adapter import StoreAdapter
@@ -364,15 +365,17 @@ class SQLiteStore(StoreAdapter):
             "INSERT INTO inbound (tenant_id, listener, peer, received_at, sending_application,"
             " sending_facility, message_type, control_id, version, digest, payload_key, payload,"
             " payload_segment, payload_offset, payload_length, size, status, ack_code, ack,"
-            " error_code, error_detail, report_key, report, control_id_reused, processing_id)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " error_code, error_detail, report_key, report, control_id_reused, processing_id,"
+            " mail_key_id, mail_key)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
+            " ?)",
             (m.tenant_id, m.listener, m.peer, m.received_at, m.sending_application,
              m.sending_facility, m.message_type, m.control_id, m.version, m.digest,
              sealed.key_id, *self._place(sealed.blob), len(m.raw), status.value,
              m.versions.conflict_ack_code if plan.conflict and m.versions else m.ack_code,
              ack, error_code, error_detail, report.key_id,
              report.blob if m.report is not None else None, 1 if previous else 0,
-             m.processing_id),
+             m.processing_id, *seal_mail_key(self._cipher, m.mail_key)),
         )
         row_id = int(cursor.lastrowid or 0)
         if previous:

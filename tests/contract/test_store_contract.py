@@ -297,6 +297,25 @@ REPLACE_V1_BY_V3 = DocumentChange(DocumentAction.REPLACE, "1.2.3.3", "1.2.3", 3,
 DELETE_V2 = DocumentChange(DocumentAction.DELETE, "1.2.3.2", "1.2.3", 2, "1.2.3.2")
 
 
+@pytest.mark.parametrize("cipher", [None, PayloadCipher({"a": KEY_A}, "a")], ids=["clear", "aes"])
+async def test_the_mail_key_of_the_request_that_carried_a_document(
+        make_store: StoreFactory, cipher: PayloadCipher | None) -> None:
+    """What a replacement's or a deletion's mails refer to: the key of the request that wrote
+    each document's version row, sealed at rest like a payload."""
+    store = make_store(cipher=cipher)
+    await store.record_inbound(replace(doc_request(1, NEW_V1), mail_key="k" * 32))
+    await store.record_inbound(replace(doc_request(2, REPLACE_V1_BY_V2), mail_key="m" * 32))
+    await store.record_inbound(doc_request(3, REPLACE_V1_BY_V3))  # kept no key
+    assert await store.mail_keys("t1", ["1.2.3.1", "1.2.3.2", "1.2.3.3", "9.9"]) == {
+        "1.2.3.1": "k" * 32, "1.2.3.2": "m" * 32}
+    assert await store.mail_keys("t2", ["1.2.3.1"]) == {}  # another tenant's documents
+    assert await store.mail_keys("t1", []) == {}
+    stored = make_store.query("SELECT mail_key_id, mail_key FROM inbound WHERE mail_key IS NOT"
+                              " NULL ORDER BY id")
+    assert [row[0] for row in stored] == ([None, None] if cipher is None else ["a", "a"])
+    assert all((b"k" * 32 in bytes(row[1])) is (cipher is None) for row in stored[:1])
+
+
 async def test_document_versions_follow_replace_and_delete(make_store: StoreFactory) -> None:
     store = make_store()
     assert (await store.record_inbound(doc_request(1, NEW_V1))).version_conflict is None

@@ -17,6 +17,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
+from email import message_from_bytes
+from email.message import EmailMessage
+from email.policy import SMTP
 from pathlib import Path
 
 import pytest
@@ -24,9 +27,10 @@ import pytest
 from connector.app import Application
 from connector.cda.policy import SchematronPolicy
 from connector.cli.send_cmd import split_messages
+from connector.delivery.job import MailJob
 from connector.hl7.message import parse_message
 from connector.settings import CisisSettings, SendingMatrixProfile, Settings, ValidationSettings
-from connector.store import InboundStatus, UnknownOriginalPolicy
+from connector.store import InboundStatus, OutboxKind, UnknownOriginalPolicy
 from tests.conftest import CISIS_FIXTURES, SCHEMAS
 from tests.integration.conftest import make_settings
 
@@ -177,3 +181,51 @@ async def test_replace_of_an_unknown_original(intake: Callable[..., Application]
     else:
         assert code == "AE"
         assert [(e[0], e[2]) for e in errs if e[1] == "E"] == [("207", "900")]
+
+
+async def mails_by_request(app: Application) -> dict[str, dict[str, EmailMessage]]:
+    """Each request's mails (by MSH-10 + type), by recipient."""
+    requests = {row.id: f"{row.message_type} {row.control_id}"
+                for row in await app.store.list_inbound()}
+    found: dict[str, dict[str, EmailMessage]] = {}
+    for summary in await app.store.list_outbox():
+        if summary.kind is not OutboxKind.SMTP or summary.inbound_id is None:
+            continue
+        detail = await app.store.get_outbox(summary.id)
+        assert detail is not None
+        job = MailJob.decode(detail.payload)
+        mail = message_from_bytes(job.message, policy=SMTP)
+        assert isinstance(mail, EmailMessage)
+        assert mail["Message-ID"] == summary.message_id
+        found.setdefault(requests[summary.inbound_id], {})[job.rcpt_to] = mail
+    return found
+
+
+async def test_a_replacement_and_a_deletion_refer_to_the_mails_they_follow(
+        intake: Callable[..., Application]) -> None:
+    """ECO.2.2.2: T10's mails say In-Reply-To / References the Message-ID of T02's mail to the
+    same recipient (T10 replaces the document T02 carried), T04's the one of T10's (it deletes
+    the version T10 carried); T02's mails refer to nothing."""
+    app = intake(SchematronPolicy.OFF, SendingMatrixProfile.ANS_EXAMPLES)
+    assert [(await answer(app, f))[0] for f in (MDM[0], MDM[2], MDM[1])] == ["AA"] * 3
+    mails = await mails_by_request(app)
+    initial, replacement, deletion = (mails[key] for key in sorted(
+        mails, key=lambda k: ["MDM^T02", "MDM^T10", "MDM^T04"].index(k.split()[0])))
+    assert set(initial) == set(replacement) == set(deletion)  # the same recipients
+    for recipient, mail in initial.items():
+        assert mail["In-Reply-To"] is None
+        assert mail["References"] is None
+        original = mail["Message-ID"]
+        assert replacement[recipient]["In-Reply-To"] == original
+        assert replacement[recipient]["References"] == original
+        assert deletion[recipient]["In-Reply-To"] == replacement[recipient]["Message-ID"]
+    assert len({m["Message-ID"] for per in mails.values() for m in per.values()}) == 3 * len(
+        initial)
+
+
+async def test_a_replacement_of_a_document_never_sent_here_refers_to_nothing(
+        intake: Callable[..., Application]) -> None:
+    app = intake(SchematronPolicy.OFF, SendingMatrixProfile.ANS_EXAMPLES)
+    assert (await answer(app, MDM[2]))[0] == "AA"  # unknown original, accepted by policy
+    (per_recipient,) = (await mails_by_request(app)).values()
+    assert all(mail["In-Reply-To"] is None for mail in per_recipient.values())

@@ -31,6 +31,9 @@ from connector.mail.compose import (
     clean_filename,
     compose_mail,
     make_message_id,
+    message_id_for,
+    render_mail,
+    with_references,
 )
 from connector.mail.subject import SubjectInput, build_subject, single_line
 
@@ -531,3 +534,32 @@ def test_arbitrary_text_never_adds_a_header_or_breaks_parsing(
     if body.strip():
         normalised = body.replace("\r\n", "\n").replace("\r", "\n")
         assert text_of(parts[0]) == normalised + ("" if normalised.endswith("\n") else "\n")
+
+
+# -- follow-ups (ECO.2.2.2) -----------------------------------------------------------------------
+
+
+def test_a_message_id_computed_from_the_envelope_is_the_composed_one() -> None:
+    spec = make_spec()
+    assert message_id_for(spec.request_key, str(spec.to_address).upper(),
+                          spec.from_address.domain) == spec.message_id
+
+
+def test_references_are_added_to_a_composed_message() -> None:
+    spec = make_spec()
+    raw = render_mail(spec)
+    first = make_message_id("earlier-request", DOCTOR, PFI)
+    second = make_message_id("the-request-before", DOCTOR, PFI)
+    followed = with_references(raw, [first, second])
+    assert followed.endswith(raw)  # the message itself is untouched
+    assert all(len(line) <= 78 for line in followed[:len(followed) - len(raw)].split(b"\r\n"))
+    message = parse(followed)
+    assert message["In-Reply-To"] == first
+    assert message["References"].split() == [first, second]
+    assert message["Message-ID"] == spec.message_id
+    assert with_references(raw, []) is raw
+
+
+def test_references_take_only_the_message_ids_the_composer_writes() -> None:
+    with pytest.raises(ValueError, match="msg-id"):
+        with_references(b"Subject: x\r\n\r\nbody\r\n", ["<a>\r\nBcc: someone@example.org"])
