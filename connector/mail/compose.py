@@ -221,19 +221,19 @@ def make_message_id(request_key: str, to_address: MailAddress, from_address: Mai
     are traceability metadata that get logged, and a patient's address is their INS: the key must
     hold something not guessable (see `MailSpec`) so the INS cannot be brute-forced from the hash.
     """
-    return message_id_for(request_key, str(to_address), from_address.domain)
+    return f"<{message_id_local_part(request_key, str(to_address))}@{from_address.domain}>"
 
 
-def message_id_for(request_key: str, to_address: str, from_domain: str) -> str:
-    """`make_message_id` from the envelope's texts (a stored mail job's RCPT TO and the
-    domain of its MAIL FROM), for the mails that refer to an earlier request's."""
+def message_id_local_part(request_key: str, to_address: str) -> str:
+    """What `make_message_id` puts before the `@`: the part a request key and a recipient
+    (a stored mail job's RCPT TO, in any case) decide, whatever the sender's domain."""
     digest = hashlib.sha256(
         _MESSAGE_ID_CONTEXT
         + request_key.encode("utf-8", "surrogatepass")
         + b"\x00"
         + to_address.lower().encode("ascii")
     ).hexdigest()
-    return f"<{digest[:32]}@{from_domain}>"
+    return digest[:32]
 
 
 def with_references(message: bytes, message_ids: Sequence[str]) -> bytes:

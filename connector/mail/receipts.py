@@ -195,8 +195,11 @@ class Correlation:
 
     @property
     def candidate_message_ids(self) -> tuple[str, ...]:
-        """Every Message-ID that may be ours, best first, without duplicates."""
-        return tuple(dict.fromkeys((*self.message_ids, *self.in_reply_to, *self.references)))
+        """Every Message-ID that may be ours, best first, without duplicates. References run
+        oldest first (RFC 5322 §3.6.4): read newest first, so that a notice about a replacement
+        mail, which refers to the mail it follows up too, finds the replacement."""
+        return tuple(dict.fromkeys((*self.message_ids, *self.in_reply_to,
+                                    *reversed(self.references))))
 
 
 @dataclass(frozen=True, slots=True)

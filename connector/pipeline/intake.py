@@ -210,11 +210,11 @@ class IntakeHandler:
         if decision.outcome is not Outcome.ACCEPTED or not decision.outbox or not targets:
             return decision
         try:
-            keys = await self._store.mail_keys(self.config.tenant_id, targets)
+            sent = await self._store.sent_requests(self.config.tenant_id, targets)
         except StoreError as exc:  # unreachable, or a key that is not configured any more
             log.warning("follow_up_unavailable", error=type(exc).__name__)
             return decision
-        found = [keys[target] for target in targets if target in keys]
+        found = [sent[target] for target in targets if target in sent]
         if not found:
             return decision
         # Off the loop: each mail is copied once more (up to a megabyte and its checks).

@@ -18,10 +18,10 @@ from datetime import datetime
 
 from connector.cisis.model import DocumentRequest
 from connector.delivery.job import MailJob
-from connector.mail.compose import message_id_for, with_references
+from connector.mail.compose import message_id_local_part, with_references
 from connector.pipeline.mails import MailContext, OutgoingMail, build_mails
 from connector.settings import TenantSettings
-from connector.store import OutboxItem, OutboxKind
+from connector.store import OutboxItem, OutboxKind, SentRequest
 
 
 def _now() -> datetime:
@@ -70,19 +70,27 @@ def new_request_key() -> str:
     return uuid.uuid4().hex
 
 
-def follow_up(items: Sequence[OutboxItem], request_keys: Sequence[str]) -> tuple[OutboxItem, ...]:
+def follow_up(items: Sequence[OutboxItem], earlier: Sequence[SentRequest]
+              ) -> tuple[OutboxItem, ...]:
     """`items` with each mail referring (In-Reply-To, References) to the mails that the
-    requests of `request_keys` (those that carried the documents it replaces or deletes, in
-    order) sent to the same recipient. Other rows are returned as they are."""
+    `earlier` requests (those that carried the documents it replaces or deletes, in order)
+    sent to the same recipient: their Message-IDs as stored, found by the part the request key
+    and the recipient decide (the sender's address may have changed since). A recipient the
+    earlier requests did not write to gets no reference; other rows are returned as they are."""
+    by_local_part = [{mid[1:].partition("@")[0]: mid for mid in request.message_ids}
+                     for request in earlier]
     followed: list[OutboxItem] = []
     for item in items:
-        if item.kind is not OutboxKind.SMTP or not request_keys:
+        if item.kind is not OutboxKind.SMTP:
             followed.append(item)
             continue
         job = MailJob.decode(item.payload)
-        domain = job.mail_from.rpartition("@")[2]
-        ids = list(dict.fromkeys(message_id_for(key, job.rcpt_to, domain)
-                                 for key in request_keys))
+        found = (stored.get(message_id_local_part(request.mail_key, job.rcpt_to))
+                 for request, stored in zip(earlier, by_local_part, strict=True))
+        ids = list(dict.fromkeys(mid for mid in found if mid is not None))
+        if not ids:
+            followed.append(item)
+            continue
         message = with_references(job.message, ids)
         followed.append(replace(item, payload=MailJob.of(
             job.mail_from, job.rcpt_to, message, request_dsn=job.request_dsn,

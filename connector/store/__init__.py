@@ -41,6 +41,7 @@ from connector.store.model import (
     RecordedMail,
     ReturnedMail,
     ReturnedMailSummary,
+    SentRequest,
     StoredPatient,
     UnknownOriginalPolicy,
     VersionCheck,
@@ -86,6 +87,7 @@ __all__ = [
     "RetentionStore",
     "ReturnedMail",
     "ReturnedMailSummary",
+    "SentRequest",
     "StoredPatient",
     "UnknownOriginalPolicy",
     "VersionCheck",
@@ -121,9 +123,11 @@ class IntakeStore(Protocol):
 
     async def get_documents(self, tenant_id: str) -> list[DocumentVersion]: ...
 
-    async def mail_keys(self, tenant_id: str, document_ids: Sequence[str]) -> dict[str, str]:
-        """The key of the mail Message-IDs of the request that carried each of `document_ids`
-        (those it finds): the mails of a replacement or a deletion refer to them."""
+    async def sent_requests(self, tenant_id: str, document_ids: Sequence[str]
+                            ) -> dict[str, SentRequest]:
+        """The request that carried each of `document_ids` (those it finds, with their mail
+        key and their mails' Message-IDs): the mails of a replacement or a deletion refer to
+        them."""
         ...
 
     async def close(self) -> None: ...

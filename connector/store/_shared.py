@@ -33,6 +33,7 @@ from connector.store.model import (
     ReceiptStatus,
     ReceiptUpdate,
     ReturnedMailSummary,
+    SentRequest,
 )
 
 # Column order `summary_from_row` expects (the same in both schemas).
@@ -287,7 +288,8 @@ def purge_statements(*, payload_log: bool, lock: str = "") -> tuple[PurgeStateme
         PurgeStatement(
             "inbound",
             f"UPDATE inbound SET payload = NULL{log_columns}, report_key = NULL,"  # noqa: S608
-            " report = NULL, purged_at = ? WHERE id IN (SELECT i.id FROM inbound i"
+            " report = NULL, mail_key_id = NULL, mail_key = NULL, purged_at = ?"
+            " WHERE id IN (SELECT i.id FROM inbound i"
             " WHERE i.purged_at IS NULL AND i.received_at < ? AND NOT EXISTS"
             " (SELECT 1 FROM outbox o WHERE o.inbound_id = i.id"
             " AND o.state IN ('ready', 'leased'))"
@@ -331,20 +333,31 @@ def seal_mail_key(cipher: PayloadCipher, key: str | None) -> tuple[str | None, b
     return sealed.key_id, sealed.blob
 
 
-def mail_keys_query(tenant_id: str, document_ids: Sequence[str]) -> tuple[str, tuple[Any, ...]]:
-    """The mail keys of the requests that carried `document_ids` (`?` placeholders)."""
+def sent_requests_query(tenant_id: str, document_ids: Sequence[str]
+                        ) -> tuple[str, tuple[Any, ...]]:
+    """The requests that carried `document_ids`: their mail keys and their mails'
+    Message-IDs (`?` placeholders)."""
     marks = ", ".join("?" for _ in document_ids)
     # Only placeholders are interpolated.
-    return ("SELECT d.document_id, i.mail_key_id, i.mail_key FROM documents d"  # noqa: S608
-            " JOIN inbound i ON i.id = d.inbound_id"
-            f" WHERE d.tenant_id = ? AND d.document_id IN ({marks}) AND i.mail_key IS NOT NULL",
+    return ("SELECT d.document_id, i.mail_key_id, i.mail_key, o.message_id"  # noqa: S608
+            " FROM documents d JOIN inbound i ON i.id = d.inbound_id"
+            " JOIN outbox o ON o.inbound_id = i.id AND o.kind = 'smtp'"
+            f" WHERE d.tenant_id = ? AND d.document_id IN ({marks}) AND i.mail_key IS NOT NULL"
+            " AND o.message_id IS NOT NULL",
             (tenant_id, *document_ids))
 
 
-def mail_keys_from_rows(cipher: PayloadCipher, rows: Sequence[Sequence[Any]]) -> dict[str, str]:
-    return {str(document_id): cipher.open(SealedPayload(key_id, bytes(blob)),
-                                          MAIL_KEY_KIND).decode("ascii")
-            for document_id, key_id, blob in rows}
+def sent_requests_from_rows(cipher: PayloadCipher, rows: Sequence[Sequence[Any]]
+                            ) -> dict[str, SentRequest]:
+    keys: dict[str, str] = {}
+    message_ids: dict[str, set[str]] = {}
+    for document_id, key_id, blob, message_id in rows:
+        if document_id not in keys:
+            keys[document_id] = cipher.open(SealedPayload(key_id, bytes(blob)),
+                                            MAIL_KEY_KIND).decode("ascii")
+        message_ids.setdefault(document_id, set()).add(message_id)
+    return {str(document_id): SentRequest(key, frozenset(message_ids[document_id]))
+            for document_id, key in keys.items()}
 
 
 def sealed_error(cipher: PayloadCipher, code: str | None, error_class: str | None,

@@ -32,14 +32,14 @@ from connector.store._shared import (
     audit_query,
     check_lease,
     inbound_query,
-    mail_keys_from_rows,
-    mail_keys_query,
     outbox_query,
     outbox_stat_from_row,
     outbox_summary_from_row,
     receipt_summary_from_row,
     receipts_query,
     sealed_error,
+    sent_requests_from_rows,
+    sent_requests_query,
     settle_state,
     summary_from_row,
 )
@@ -61,6 +61,7 @@ from connector.store.model import (
     PurgeCounts,
     ReceiptStatus,
     ReturnedMailSummary,
+    SentRequest,
 )
 from connector.store.patients import HISTORY_SQL, history_from_row
 
@@ -206,13 +207,14 @@ class StoreAdapter(ABC):
         rows = await self._query(_INBOUND_SUMMARY_SQL, (inbound_id,))
         return summary_from_row(rows[0]) if rows else None
 
-    async def mail_keys(self, tenant_id: str, document_ids: Sequence[str]) -> dict[str, str]:
-        """The mail key of the request that carried each of `document_ids` (its version row's
-        inbound), for those whose request kept one."""
+    async def sent_requests(self, tenant_id: str, document_ids: Sequence[str]
+                            ) -> dict[str, SentRequest]:
+        """The request that carried each of `document_ids` (its version row's inbound), for
+        those whose request kept its mail key and queued mails."""
         if not document_ids:
             return {}
-        rows = await self._query(*mail_keys_query(tenant_id, document_ids))
-        return mail_keys_from_rows(self._cipher, rows)
+        rows = await self._query(*sent_requests_query(tenant_id, document_ids))
+        return sent_requests_from_rows(self._cipher, rows)
 
     async def get_documents(self, tenant_id: str) -> list[DocumentVersion]:
         return [DocumentVersion(r[0], r[1], r[2], r[3], DocumentStatus(r[4]), r[5], int(r[6]))

@@ -177,6 +177,15 @@ class InboundMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class SentRequest:
+    """A stored request whose mails a later one follows up: the key its Message-IDs hash
+    (`InboundMessage.mail_key`) and the Message-IDs of its mails, as queued."""
+
+    mail_key: str = field(repr=False)
+    message_ids: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
 class InboundReceipt:
     """What the store did: the row, and the ACK to send (the first one, on a retransmission)."""
 

@@ -25,6 +25,9 @@ from connector.store import (
     DocumentStatus,
     InboundMessage,
     InboundStatus,
+    OutboxItem,
+    OutboxKind,
+    SentRequest,
     UnknownOriginalPolicy,
     VersionCheck,
 )
@@ -297,23 +300,38 @@ REPLACE_V1_BY_V3 = DocumentChange(DocumentAction.REPLACE, "1.2.3.3", "1.2.3", 3,
 DELETE_V2 = DocumentChange(DocumentAction.DELETE, "1.2.3.2", "1.2.3", 2, "1.2.3.2")
 
 
+def with_mails(message: InboundMessage, key: str | None, *message_ids: str) -> InboundMessage:
+    """`message` with its mail key and one queued mail per Message-ID (and a ZAM-like HL7 row)."""
+    return replace(message, mail_key=key, outbox=(
+        *(OutboxItem(tenant_id=message.tenant_id, kind=OutboxKind.SMTP, payload=b"mail",
+                     message_id=mid) for mid in message_ids),
+        OutboxItem(tenant_id=message.tenant_id, kind=OutboxKind.HL7, payload=b"MSH|",
+                   message_id="Z1")))
+
+
 @pytest.mark.parametrize("cipher", [None, PayloadCipher({"a": KEY_A}, "a")], ids=["clear", "aes"])
-async def test_the_mail_key_of_the_request_that_carried_a_document(
+async def test_the_request_that_carried_a_document_and_its_mails(
         make_store: StoreFactory, cipher: PayloadCipher | None) -> None:
-    """What a replacement's or a deletion's mails refer to: the key of the request that wrote
-    each document's version row, sealed at rest like a payload."""
+    """What a replacement's or a deletion's mails refer to: the key and the mails' Message-IDs
+    of the request that wrote each document's version row; the key sealed at rest like a
+    payload, and dropped with the payloads by the retention purge."""
     store = make_store(cipher=cipher)
-    await store.record_inbound(replace(doc_request(1, NEW_V1), mail_key="k" * 32))
-    await store.record_inbound(replace(doc_request(2, REPLACE_V1_BY_V2), mail_key="m" * 32))
-    await store.record_inbound(doc_request(3, REPLACE_V1_BY_V3))  # kept no key
-    assert await store.mail_keys("t1", ["1.2.3.1", "1.2.3.2", "1.2.3.3", "9.9"]) == {
-        "1.2.3.1": "k" * 32, "1.2.3.2": "m" * 32}
-    assert await store.mail_keys("t2", ["1.2.3.1"]) == {}  # another tenant's documents
-    assert await store.mail_keys("t1", []) == {}
+    await store.record_inbound(with_mails(doc_request(1, NEW_V1), "k" * 32, "<a@x>", "<b@x>"))
+    await store.record_inbound(with_mails(doc_request(2, REPLACE_V1_BY_V2), "m" * 32, "<c@x>"))
+    await store.record_inbound(with_mails(doc_request(3, REPLACE_V1_BY_V3), None, "<d@x>"))
+    found = await store.sent_requests("t1", ["1.2.3.1", "1.2.3.2", "1.2.3.3", "9.9"])
+    assert found == {"1.2.3.1": SentRequest("k" * 32, frozenset({"<a@x>", "<b@x>"})),
+                     "1.2.3.2": SentRequest("m" * 32, frozenset({"<c@x>"}))}
+    assert await store.sent_requests("t2", ["1.2.3.1"]) == {}  # another tenant's documents
+    assert await store.sent_requests("t1", []) == {}
     stored = make_store.query("SELECT mail_key_id, mail_key FROM inbound WHERE mail_key IS NOT"
                               " NULL ORDER BY id")
     assert [row[0] for row in stored] == ([None, None] if cipher is None else ["a", "a"])
-    assert all((b"k" * 32 in bytes(row[1])) is (cipher is None) for row in stored[:1])
+    assert (b"k" * 32 in bytes(stored[0][1])) is (cipher is None)
+    for row in await store.list_outbox():  # nothing owed any more: the requests can be purged
+        assert await store.cancel(row.id)
+    await store.purge_payloads(before=time.time() + 1, now=time.time() + 1)
+    assert make_store.query("SELECT count(*) FROM inbound WHERE mail_key IS NOT NULL") == [(0,)]
 
 
 async def test_document_versions_follow_replace_and_delete(make_store: StoreFactory) -> None:

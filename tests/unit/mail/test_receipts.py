@@ -1176,3 +1176,15 @@ def test_a_parser_failure_becomes_a_receipt_error(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(receipts, "_parse", broken)
     with pytest.raises(ReceiptError, match=r"^mail could not be parsed \(IndexError\)$"):
         parse_receipt(DSN_FAILED)
+
+
+def test_references_are_tried_newest_first() -> None:
+    """A notice about a replacement mail refers (References, oldest first) to the mail it
+    follows up too: the replacement, the newest, must be found first."""
+    correlation = Correlation(references=("<original@chu.test>", "<replacement@chu.test>"))
+    assert correlation.candidate_message_ids == ("<replacement@chu.test>",
+                                                 "<original@chu.test>")
+    both = Correlation(message_ids=("<returned@chu.test>",), in_reply_to=("<reply@chu.test>",),
+                       references=("<original@chu.test>", "<reply@chu.test>"))
+    assert both.candidate_message_ids == ("<returned@chu.test>", "<reply@chu.test>",
+                                          "<original@chu.test>")
