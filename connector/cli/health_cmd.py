@@ -2,27 +2,31 @@
 
 For container health checks (the image's HEALTHCHECK): it reads the configuration as `serve`
 does and speaks what `[admin]` says, plain HTTP or, with `[admin.tls]`, HTTPS. The admin
-listener's own certificate is the only one trusted (pinned: OpenSSL's partial-chain mode takes
-it as the trust anchor), so verification stays on without a CA file to maintain and whatever
-name the certificate carries.
+listener's own certificate (the first of its certificate file) is the only one trusted
+(pinned: OpenSSL's partial-chain mode takes it as the trust anchor; the intermediates that
+follow it in the file are not anchors, or any certificate of that CA would pass), so
+verification stays on without a CA file to maintain and whatever name the certificate carries.
 
-Exit codes: 0 healthy (200), 1 not (another status, refused, a TLS failure), 2 a configuration
-that names no admin listener or cannot be read. Plain `http.client`: no proxy from the
-environment can capture the request.
+Exit codes, Docker's: 0 healthy (200), 1 not (another status, refused, a TLS failure, a
+configuration that names no admin listener or cannot be read; Docker reserves 2). Plain
+`http.client`: no proxy from the environment can capture the request.
 """
 
 from __future__ import annotations
 
 import argparse
 import http.client
+import re
 import ssl
 import sys
+from pathlib import Path
 from typing import Any
 
 from connector.cli._common import add_config_argument, report_config_error, settings_from
 from connector.errors import ConfigError
 from connector.settings import ListenerTLS
 
+_PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
 # A listener bound to every address answers on the loopback one.
 _WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}  # noqa: S104 (nothing binds)
 
@@ -41,11 +45,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = settings_from(args)
     except ConfigError as exc:
-        return report_config_error(exc)
+        report_config_error(exc)
+        return 1
     admin = settings.admin
     if admin is None:
         print("configuration error: no [admin] listener to ask", file=sys.stderr)
-        return 2
+        return 1
     host = _WILDCARDS.get(admin.host, admin.host)
     path = "/readyz" if args.ready else "/healthz"
     try:
@@ -70,12 +75,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def pinned_context(tls: ListenerTLS) -> ssl.SSLContext:
-    """TLS 1.2+, trusting the admin listener's own certificate file only (its certificates
-    are the trust anchors, whoever issued them); the name is not checked, since the pinned
-    certificate already says who answers."""
+    """TLS 1.2+, trusting the admin listener's own certificate only (the first of its file,
+    whoever issued it); the name is not checked, since the pinned certificate already says who
+    answers. OSError when the file holds no certificate."""
+    leaf = _PEM_CERTIFICATE.search(Path(tls.certificate).read_bytes())
+    if leaf is None:
+        raise OSError(f"{tls.certificate}: no PEM certificate")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_verify_locations(cafile=str(tls.certificate))
+    context.load_verify_locations(cadata=leaf.group().decode("ascii"))
     context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
     context.check_hostname = False  # before verify_mode: it stays CERT_REQUIRED
     return context

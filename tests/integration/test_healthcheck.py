@@ -1,5 +1,5 @@
 """`mssante-connector healthcheck` against a running admin listener: plain HTTP and HTTPS with
-the listener's own certificate pinned; exit codes 0, 1 and 2."""
+the listener's own certificate pinned; exit codes 0 and 1 (Docker reserves 2)."""
 
 from __future__ import annotations
 
@@ -66,6 +66,26 @@ async def test_https_trusts_the_listeners_own_certificate_only(
     assert "CERTIFICATE_VERIFY_FAILED" in capsys.readouterr().err  # another key: refused
 
 
+async def test_https_does_not_trust_the_intermediates_of_the_certificate_file(
+        app_factory: Callable[..., object], tmp_path: Path) -> None:
+    """Certificate files hold the chain: the CA after the listener's certificate must not
+    become a trust anchor, or any certificate it issued would pass the check."""
+    ca = TestCA(tmp_path / "pki")
+
+    def chained(cn: str) -> ListenerTLS:
+        issued = ca.issue(cn, server=True)
+        chain = tmp_path / f"{cn}-chain.pem"
+        chain.write_bytes(issued.certificate.read_bytes() + ca.certificate.read_bytes())
+        return ListenerTLS(chain, issued.private_key)
+
+    served = chained("admin")
+    running = await serve_admin(app_factory, tmp_path, served)
+    assert running.app.admin is not None
+    port = running.app.admin.address[1]
+    assert await check(config_for(tmp_path, port, served)) == 0
+    assert await check(config_for(tmp_path, port, chained("another-admin"))) == 1
+
+
 async def test_nothing_listening_and_no_admin_listener(tmp_path: Path,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     assert await check(config_for(tmp_path, 9)) == 1  # discard port: refused
@@ -73,5 +93,5 @@ async def test_nothing_listening_and_no_admin_listener(tmp_path: Path,
     path = tmp_path / "no-admin.toml"
     path.write_text(f'data_dir = "{tmp_path / "v"}"\n[[tenants]]\nid = "t"\noid = "1.2.3"\n'
                     '[[tenants.listeners]]\nport = 2575\n', encoding="utf-8")
-    assert await check(path) == 2
+    assert await check(path) == 1
     assert "no [admin] listener" in capsys.readouterr().err
