@@ -6,8 +6,9 @@ with `BODY.PEEK[]` (never marked seen by reading) and moved to the processed or 
 only after the caller committed what it learnt (`MoveMethod`). The capabilities are asked again
 after the login: servers offer MOVE and UIDPLUS only to an authenticated client (Dovecot's
 greeting lists neither), and without them the move used to end in a plain EXPUNGE, which removes
-every message of the folder flagged \\Deleted, other clients' included. Mails flagged \\Deleted
-are never read again (`UID SEARCH UNDELETED`).
+every message of the folder flagged \\Deleted, other clients' included. Where the connector
+leaves its handled mails flagged (`MoveMethod.LEAVE_DELETED`), it searches `UNDELETED` so as not
+to read them again (a mail another client flagged is then skipped too); elsewhere `ALL`.
 
 IDLE (RFC 2177) is used when offered: the poller waits for the server's word instead of polling.
 Whatever the wait saw, the next round searches the whole folder, so a notification lost in a
@@ -128,8 +129,10 @@ class ImapMailbox:
         return self._conn
 
     def uids(self) -> list[str]:
-        """Every mail of the watched folder not flagged \\Deleted, oldest first."""
-        data = self._call(lambda c: c.uid("SEARCH", "UNDELETED"), "UID SEARCH")
+        """Every mail of the watched folder, oldest first; without those flagged \\Deleted
+        when that is how this connector leaves the mails it handled."""
+        which = "UNDELETED" if self.move_method is MoveMethod.LEAVE_DELETED else "ALL"
+        data = self._call(lambda c: c.uid("SEARCH", which), "UID SEARCH")
         first = data[0] if data else b""
         return [uid.decode() for uid in first.split()] if isinstance(first, bytes) else []
 

@@ -19,6 +19,7 @@ import aiosmtplib
 import hl7
 import hl7.mllp
 import pytest
+import structlog
 
 from connector.app import Application
 from connector.cda.policy import SchematronPolicy
@@ -493,13 +494,21 @@ def flagged_deleted_in_inbox(operator: Operator, keep: Path) -> list[Path]:
 async def test_handled_mails_are_moved_and_other_clients_deleted_mails_left_alone(
         tmp_path: Path, operator: Operator, his: His, apps: Apps) -> None:
     """Dovecot offers MOVE after the login only: the connector asks again once logged in, moves
-    the DSN it handled, and expunges nothing (it used to COPY, flag and EXPUNGE the folder)."""
+    the DSN it handled, and expunges nothing (it used to COPY, flag and EXPUNGE the folder).
+    The mail another client flagged is read like the others (a receipt flagged by a webmail
+    user still counts): not one of ours, it is moved, flag and all, to `unmatched`."""
     foreign = deleted_by_another_client(operator)
-    app = await apps(settings(tmp_path, operator, his.port))
-    await send(app, request("REQ-MOVE"))
-    await eventually(lambda: bool(his.received) and folder_count(operator, "processed") == 1)
-    assert foreign.exists()
-    assert flagged_deleted_in_inbox(operator, foreign) == []  # moved, not copied and flagged
+    with structlog.testing.capture_logs() as logs:
+        app = await apps(settings(tmp_path, operator, his.port))
+        await send(app, request("REQ-MOVE"))
+        await eventually(lambda: bool(his.received) and folder_count(operator, "processed") == 1)
+        await eventually(lambda: folder_count(operator, "unmatched") == 1)
+    assert [e["moves"] for e in logs if e["event"] == "receipts_mailbox_connected"] == ["move"]
+    (kept,) = (operator.smtp.mailbox_dir(SENDER) / ".unmatched" / "cur").iterdir()
+    assert not foreign.exists()  # moved out of INBOX whole, not expunged
+    assert b"<foreign-deleted@chu.test>" in kept.read_bytes()
+    assert "T" in kept.name.rpartition(":2,")[2]  # with its flag
+    assert flagged_deleted_in_inbox(operator, foreign) == []  # ours moved, not copied and flagged
 
 
 async def test_without_move_or_uidplus_handled_mails_stay_flagged_and_are_not_read_again(
