@@ -1028,14 +1028,17 @@ _AUDIT_SQL = _pg(AUDIT_SQL)
 
 def unverified_hosts(dsn: str, environ: Mapping[str, str] = os.environ) -> list[str]:
     """The hosts off the loopback that `dsn` reaches without certificate verification (an
-    sslmode other than verify-ca or verify-full, in the DSN or PGSSLMODE); a Unix socket or a
-    loopback address needs none. Never the DSN itself in what it returns: it may hold a
-    password."""
+    sslmode other than verify-ca or verify-full, in the DSN or PGSSLMODE; `sslrootcert=system`
+    without one makes libpq 16+ default to verify-full); a Unix socket or a loopback address
+    needs none. Settings from a service file (`service=`) are not read: it may warn for them.
+    Never the DSN itself in what it returns: it may hold a password."""
     try:
         params = conninfo_to_dict(dsn)
     except psycopg.ProgrammingError:  # refused at connection time with its own error
         return []
-    sslmode = str(params.get("sslmode") or environ.get("PGSSLMODE") or "prefer")
+    system_roots = (params.get("sslrootcert") or environ.get("PGSSLROOTCERT")) == "system"
+    sslmode = str(params.get("sslmode") or environ.get("PGSSLMODE")
+                  or ("verify-full" if system_roots else "prefer"))
     if sslmode in ("verify-ca", "verify-full"):
         return []
     hosts = str(params.get("host") or params.get("hostaddr") or environ.get("PGHOST") or "")

@@ -138,12 +138,15 @@ def test_loopback_or_an_allow_list_is_not_warned(tmp_path: Path) -> None:
     ("postgresql://connector:s3cret@db.chu.local/c?sslmode=verify-full", {}, []),
     ("postgresql://connector:s3cret@db.chu.local/c", {"PGSSLMODE": "verify-ca"}, []),
     ("postgresql://connector:s3cret@127.0.0.1/c", {}, []),
+    ("postgresql://connector:s3cret@db.chu.local/c?sslrootcert=system", {}, []),
+    ("postgresql://connector:s3cret@db.chu.local/c?sslrootcert=system&sslmode=require", {},
+     ["db.chu.local"]),
     ("host=/run/postgresql dbname=c", {}, []),
 ])
 def test_a_postgres_server_reached_without_verification_is_warned(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dsn: str, env: dict[str, str],
         hosts: list[str]) -> None:
-    for name in ("PGHOST", "PGSSLMODE"):
+    for name in ("PGHOST", "PGSSLMODE", "PGSSLROOTCERT"):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
