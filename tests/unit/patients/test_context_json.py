@@ -133,7 +133,11 @@ CONTEXTS = st.builds(
 def test_every_context_reads_back_from_its_json_as_itself(context: PatientContext) -> None:
     """What `_WrittenContexts` relies on: the context it keeps for the bytes `to_json` wrote is
     the one `from_json` would read from them."""
-    assert PatientContext.from_json(context.to_json()) == context
+    read_back = PatientContext.from_json(context.to_json())
+    assert read_back == context
+    # And field by field of the same types: a StrEnum member equals its plain string, which
+    # `==` would not tell apart (`identity.status is IdentityStatus.VALI` would).
+    assert repr(read_back) == repr(context)
 
 
 def test_a_context_written_here_is_read_back_without_decoding() -> None:
