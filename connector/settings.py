@@ -54,6 +54,16 @@ class SendingMatrixProfile(StrEnum):
     ANS_EXAMPLES = "ans-examples"
 
 
+class EnhancedAck(StrEnum):
+    """What a listener answers a message that asks for enhanced acknowledgement (MSH-15/16)."""
+
+    # The HL7 commit ACK on the connection (CA/CE/CR), when MSH-15 asks for one (none for NE).
+    COMMIT = "commit"
+    # One application ACK (AA/AE/AR) whatever MSH-15/16 say: the ANS notes' reading of the
+    # CI-SIS volets, whose ACKs only know AA/AE/AR, for senders that wait for it.
+    APPLICATION = "application"
+
+
 class LogFormat(StrEnum):
     JSON = "json"
     CONSOLE = "console"
@@ -78,6 +88,7 @@ class ListenerSettings:
     max_connections: int = 64
     allow_from: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     tls: ListenerTLS | None = None
+    enhanced_ack: EnhancedAck = EnhancedAck.COMMIT
 
 
 class SmtpTlsMode(StrEnum):
@@ -464,6 +475,7 @@ def _listener(reader: _Reader, index_name: str) -> ListenerSettings:
         max_connections=reader.integer("max_connections", 64, 1, 100_000),
         allow_from=tuple(allow),
         tls=tls,
+        enhanced_ack=_choice(reader, "enhanced_ack", EnhancedAck, EnhancedAck.COMMIT),
     )
     reader.close()
     return settings

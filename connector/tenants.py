@@ -28,7 +28,7 @@ from connector.pipeline.intake import IntakeConfig, IntakeHandler
 from connector.pipeline.outgoing import MailPlanner
 from connector.receipts.factory import build_receipts
 from connector.receipts.poller import ReceiptPoller
-from connector.settings import Settings, TenantSettings
+from connector.settings import EnhancedAck, Settings, TenantSettings
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -166,7 +166,8 @@ def build_tenant(index: int, tenant: TenantSettings, shared: SharedParts) -> Ten
         handler = IntakeHandler(
             IntakeConfig(tenant.id, listener.name,
                          AckIdentity(tenant.application, tenant.facility),
-                         listener.charset, settings.default_charset),
+                         listener.charset, settings.default_charset,
+                         application_ack=listener.enhanced_ack is EnhancedAck.APPLICATION),
             store, shared.control_ids, cisis, metrics, planner=planner, legacy=legacy,
             patients=store if legacy is not None else None, on_queued=shared.wake,
             documents=shared.documents)

@@ -50,9 +50,11 @@ _COMMIT = {
 }
 
 
-def choose_ack_code(header: MessageHeader | None, outcome: Outcome) -> AckCode | None:
-    """The MSA-1 to send, or None when enhanced mode says no commit ACK is wanted."""
-    if header is None or not header.enhanced_mode:
+def choose_ack_code(header: MessageHeader | None, outcome: Outcome, *,
+                    application_ack: bool = False) -> AckCode | None:
+    """The MSA-1 to send, or None when enhanced mode says no commit ACK is wanted.
+    `application_ack`: answer AA/AE/AR whatever MSH-15/16 say (`EnhancedAck.APPLICATION`)."""
+    if header is None or not header.enhanced_mode or application_ack:
         return _ORIGINAL[outcome]
     code = _COMMIT[outcome]
     condition = header.accept_ack_condition

@@ -29,7 +29,7 @@ from connector.hl7.ack import (
     choose_ack_code,
 )
 from connector.hl7.codes import AckCode, ApplicationError, ErrorCondition
-from connector.hl7.header import msh18_for_codec, resolve_codec, salvage_header
+from connector.hl7.header import MessageHeader, msh18_for_codec, resolve_codec, salvage_header
 from connector.legacy.context import context_traits
 from connector.legacy.flow import LegacyFlows
 from connector.observability.logs import exception_frames
@@ -57,6 +57,7 @@ class IntakeConfig:
     identity: AckIdentity
     forced_charset: str | None = None
     default_charset: str = "utf-8"
+    application_ack: bool = False  # `EnhancedAck.APPLICATION`: AA/AE/AR even in enhanced mode
 
 
 _VERSION_CONFLICT = AckError(
@@ -122,11 +123,11 @@ class IntakeHandler:
         if decision.needs_document_checks:
             decision = await self._follow_up(await self._check_documents(decision, payload))
         header = decision.header
-        code = choose_ack_code(header, decision.outcome)
+        code = self._ack_code(header, decision.outcome)
         ack = self._ack(decision, code, decision.errors)
         versions = None
         if decision.outcome is Outcome.ACCEPTED and decision.changes:
-            conflict_code = choose_ack_code(header, Outcome.ERROR)
+            conflict_code = self._ack_code(header, Outcome.ERROR)
             versions = VersionCheck(
                 decision.changes,
                 conflict_ack=self._ack(decision, conflict_code, (_VERSION_CONFLICT,)),
@@ -202,6 +203,9 @@ class IntakeHandler:
             return await asyncio.to_thread(self.decider.check_documents, decision)
         return await processes.check(self.config.tenant_id, decision, payload, self.decider)
 
+    def _ack_code(self, header: MessageHeader | None, outcome: Outcome) -> AckCode | None:
+        return choose_ack_code(header, outcome, application_ack=self.config.application_ack)
+
     async def _follow_up(self, decision: IntakeDecision) -> IntakeDecision:
         """A replacement's or a deletion's mails refer (In-Reply-To, References: ECO.2.2.2) to
         the mails of the requests that carried the documents it acts on, when the store knows
@@ -259,7 +263,7 @@ class IntakeHandler:
         except HL7ParseError:
             codec = self.config.forced_charset or self.config.default_charset
         header = salvage_header(payload, codec)
-        code = choose_ack_code(header, Outcome.REJECTED) or AckCode.APPLICATION_REJECT
+        code = self._ack_code(header, Outcome.REJECTED) or AckCode.APPLICATION_REJECT
         text = build_ack(header, code, control_id=self._control_ids(),
                          errors=(AckError(ErrorCondition.APPLICATION_ERROR, detail=reason),),
                          identity=self.config.identity, charset_msh18=msh18_for_codec(codec))

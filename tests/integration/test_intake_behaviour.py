@@ -5,15 +5,16 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import structlog
 
 from connector.errors import ProtocolError
-from connector.settings import ListenerTLS
+from connector.settings import EnhancedAck, ListenerTLS
 from connector.store import InboundStatus
-from tests.integration.conftest import RunningApp, ack_fields
+from tests.integration.conftest import RunningApp, ack_fields, make_settings
 from tests.integration.test_intake_bad_input import adt
 from tests.support.pki import TestCA
 
@@ -63,6 +64,13 @@ def with_msh15(message: bytes, value: str) -> bytes:
     return b"|".join(fields) + b"\r" + rest
 
 
+def with_msh16(message: bytes, value: str) -> bytes:
+    msh, rest = message.split(b"\r", 1)
+    fields = msh.split(b"|")
+    fields[15] = value.encode()
+    return b"|".join(fields) + b"\r" + rest
+
+
 @pytest.mark.parametrize(("msh15", "expected"), [("AL", "CA"), ("SU", "CA"), ("ER", None),
                                                  ("NE", None)])
 async def test_enhanced_mode_commit_ack(running: RunningApp, msh15: str,
@@ -75,6 +83,23 @@ async def test_enhanced_mode_commit_ack(running: RunningApp, msh15: str,
         else:
             assert ack_fields(await client.send(message))["code"] == expected
     assert len(await running.rows(status=InboundStatus.ACCEPTED)) == 1
+
+
+@pytest.mark.parametrize("msh15", ["AL", "NE"])
+async def test_a_listener_set_to_answer_application_acks_answers_aa_in_enhanced_mode(
+        app_factory: Callable[..., object], tmp_path: Path, msh15: str) -> None:
+    """`enhanced_ack = "application"`: a message with MSH-15/16 gets one AA (the CI-SIS ACKs
+    only know AA/AE/AR), an unsupported type AE, even when MSH-15 says NE."""
+    base = make_settings(tmp_path)
+    (tenant,) = base.tenants
+    (listener,) = tenant.listeners
+    settings = replace(base, tenants=(replace(tenant, listeners=(replace(
+        listener, enhanced_ack=EnhancedAck.APPLICATION),)),))
+    running: RunningApp = await app_factory(settings)  # type: ignore[operator]
+    accepted = with_msh16(with_msh15(adt("EA1"), msh15), "AL")
+    assert ack_fields(await running.send(accepted))["code"] == "AA"
+    refused = with_msh15(adt("EA2").replace(b"ADT^A01^ADT_A01", b"ZZZ^Z01"), msh15)
+    assert ack_fields(await running.send(refused))["code"] == "AE"
 
 
 async def test_enhanced_mode_error_gets_ce(running: RunningApp) -> None:

@@ -75,6 +75,7 @@ port = 2575
 max_frame_bytes = 16777216
 idle_timeout_seconds = 300
 max_connections = 64
+enhanced_ack = "commit"
 
 [tenants.mailbox]
 address = "dry-run@connector.invalid"

@@ -13,6 +13,7 @@ from connector.errors import ConfigError
 from connector.settings import (
     DEFAULT_MAX_FRAME_BYTES,
     DEFAULT_PORT,
+    EnhancedAck,
     LogFormat,
     StoreBackend,
     TransportKind,
@@ -301,6 +302,8 @@ ERROR_CASES: list[tuple[str, str, dict[str, str], str]] = [
      "tenants[0].listeners[0].idle_timeout_seconds"),
     ("allow-from-string", BASE + 'allow_from = "10.0.0.0/8"\n', {},
      "tenants[0].listeners[0].allow_from"),
+    ("enhanced-ack-unknown", BASE + 'enhanced_ack = "both"\n', {},
+     "tenants[0].listeners[0].enhanced_ack"),
     ("store-not-table", "store = 1\n" + BASE, {}, "store"),
     ("tenants-not-array", 'tenants = "chu-x"\n', {}, "tenants"),
     ("tenants-empty", "tenants = []\n", {}, "tenants"),
@@ -501,3 +504,9 @@ def test_toml_syntax_error(tmp_path: Path) -> None:
     error = load_error(tmp_path, "[[tenants]\nid = ")
     assert error.key == "(syntax)"
 
+
+def test_a_listener_may_answer_application_acks_in_enhanced_mode(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, BASE + 'enhanced_ack = "application"\n'), env={})
+    assert settings.tenants[0].listeners[0].enhanced_ack is EnhancedAck.APPLICATION
+    default = load_settings(write(tmp_path, BASE), env={})
+    assert default.tenants[0].listeners[0].enhanced_ack is EnhancedAck.COMMIT

@@ -69,6 +69,7 @@ port = {{ default 2575 (index $listener "port") | int64 }}
 {{- include "mssante-connector.toml.int" (list "max_frame_bytes" $listener "maxFrameBytes") }}
 {{- include "mssante-connector.toml.number" (list "idle_timeout_seconds" $listener "idleTimeoutSeconds") }}
 {{- include "mssante-connector.toml.int" (list "max_connections" $listener "maxConnections") }}
+{{- include "mssante-connector.toml.str" (list "enhanced_ack" $listener "enhancedAck") }}
 {{- with index $listener "allowFrom" }}
 allow_from = {{ toJson . }}
 {{- end }}

@@ -320,6 +320,16 @@ def test_original_mode(outcome: Outcome, code: AckCode) -> None:
     assert choose_ack_code(None, outcome) is code
 
 
+@pytest.mark.parametrize("outcome", OUTCOMES)
+@pytest.mark.parametrize(("msh15", "msh16"),
+                         [(m15, m16) for m15 in sorted(ENHANCED) for m16 in ("", "AL", "NE")])
+def test_a_listener_answering_application_acks_ignores_msh15_and_16(
+        msh15: str, msh16: str, outcome: Outcome) -> None:
+    """`EnhancedAck.APPLICATION`: one AA/AE/AR, as in original mode, whatever is asked."""
+    original = choose_ack_code(header_with(), outcome)
+    assert choose_ack_code(header_with(msh15, msh16), outcome, application_ack=True) is original
+
+
 def test_lower_case_msh15_counts() -> None:
     assert choose_ack_code(header_with("ne"), Outcome.ACCEPTED) is None
 
