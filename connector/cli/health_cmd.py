@@ -16,17 +16,18 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import re
 import ssl
 import sys
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
 from connector.cli._common import add_config_argument, report_config_error, settings_from
 from connector.errors import ConfigError
 from connector.settings import ListenerTLS
 
-_PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
 # A listener bound to every address answers on the loopback one.
 _WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}  # noqa: S104 (nothing binds)
 
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
             status = connection.getresponse().status
         finally:
             connection.close()
-    except (OSError, ssl.SSLError, http.client.HTTPException) as exc:
+    except (OSError, ValueError, ssl.SSLError, http.client.HTTPException) as exc:
         print(f"unhealthy: {path} on {host}:{admin.port}: {exc}", file=sys.stderr)
         return 1
     if status != 200:
@@ -77,13 +78,11 @@ def run(args: argparse.Namespace) -> int:
 def pinned_context(tls: ListenerTLS) -> ssl.SSLContext:
     """TLS 1.2+, trusting the admin listener's own certificate only (the first of its file,
     whoever issued it); the name is not checked, since the pinned certificate already says who
-    answers. OSError when the file holds no certificate."""
-    leaf = _PEM_CERTIFICATE.search(Path(tls.certificate).read_bytes())
-    if leaf is None:
-        raise OSError(f"{tls.certificate}: no PEM certificate")
+    answers. ValueError when the file holds no PEM certificate (as `delivery.tls` reads them)."""
+    leaf = x509.load_pem_x509_certificates(Path(tls.certificate).read_bytes())[0]
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_verify_locations(cadata=leaf.group().decode("ascii"))
+    context.load_verify_locations(cadata=leaf.public_bytes(serialization.Encoding.PEM).decode())
     context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
     context.check_hostname = False  # before verify_mode: it stays CERT_REQUIRED
     return context

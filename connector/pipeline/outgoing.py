@@ -6,7 +6,7 @@ for two requests with the same MSH-10; the store keeps it, sealed, with the inbo
 each mail a random DSN envelope id (ENVID), which comes back in the operator's delivery reports
 as Original-Envelope-Id and finds its row. A replacement's or a deletion's mails refer to the
 mails of the requests that carried the documents they act on (`follow_up`): the same recipient's
-Message-ID of those requests, computed again from their keys.
+Message-ID among those stored with those requests, found by the part their key decides.
 """
 
 from __future__ import annotations

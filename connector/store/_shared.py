@@ -190,9 +190,11 @@ def summary_from_row(row: Sequence[Any]) -> InboundSummary:
         control_id_reused=bool(row[15]), size=int(row[16]), processing_id=row[17])
 
 
+MAIL_KEY_KIND = "mail-key"  # cipher associated data of inbound.mail_key
+
+
 # -- outbox -----------------------------------------------------------------------------------
 
-MAIL_KEY_KIND = "mail-key"  # cipher associated data of inbound.mail_key
 OUTBOX_KIND = "outbox"  # cipher associated data of outbox payloads
 OUTBOX_ERROR_KIND = "outbox-error"  # ... and of the servers' error texts
 

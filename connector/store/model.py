@@ -162,7 +162,7 @@ class InboundMessage:
     ack: bytes = field(repr=False)  # the encoded ACK, sent again on a retransmission
     processing_id: str | None = None  # MSH-11 (P, T, D), which the ZAMs answering it repeat
     # What its mails' Message-IDs hash (`pipeline.outgoing`): sealed at rest; read back by a
-    # later replacement or deletion of its documents (`IntakeStore.mail_keys`).
+    # later replacement or deletion of its documents (`IntakeStore.sent_requests`).
     mail_key: str | None = field(default=None, repr=False)
     error_code: str | None = None  # ERR-3
     error_detail: str | None = None  # ERR-8 text: rules and fields, never patient data
