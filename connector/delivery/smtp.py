@@ -8,12 +8,13 @@ Outcomes:
 
 - SENT: 250 after the data. The operator took custody; delivery is only known from a DSN.
 - TRANSIENT (retry later): 4xx replies, time-outs, connection refused or lost.
-- PERMANENT (do not retry the message): 5xx at MAIL, RCPT or DATA; a message over the server's
-  SIZE.
+- PERMANENT (do not retry the message): 5xx at RCPT or DATA; 5xx at MAIL about the message
+  (its size, its parameters: `refuses_the_sender`); a message over the server's SIZE.
 - CONFIG_ERROR (do not retry anything before an operator acts; the message itself is not at
   fault): TLS handshake or certificate failures, STARTTLS not offered (nothing is ever sent in
   clear), SASL mechanism not offered or refused, 5xx while opening the session, "authentication
-  required" at any stage. The result's `detail` says which certificate, CA bundle, host or
+  required" at any stage; a 5xx at MAIL that refuses the sender (the tenant's mailbox, the same
+  on every mail). The result's `detail` says which certificate, CA bundle, host or
   mechanism is involved.
 
 Each failure also carries a SMTPERRORCODE (CI-SIS table, ERR-5 of ZAM^Z02): see
@@ -284,7 +285,29 @@ def _classify_reply(stage: Stage, code: int, status: str | None) -> Classificati
         return Classification(Outcome.TRANSIENT, error_code)
     if stage in SESSION_STAGES or error_code is SmtpErrorCode.AUTHENTICATION_REQUIRED:
         return Classification(Outcome.CONFIG_ERROR, error_code)
+    if stage is Stage.MAIL and refuses_the_sender(code, status):
+        return Classification(Outcome.CONFIG_ERROR, error_code)
     return Classification(Outcome.PERMANENT, error_code)
+
+
+# At MAIL FROM, replies about the message itself: its size (SIZE=) or its parameters (DSN's
+# RET and ENVID, BODY), by reply code when no enhanced status says more.
+_MESSAGE_CODES_AT_MAIL: Final = frozenset({501, 552, 555})
+_MESSAGE_SUBJECTS_AT_MAIL: Final = frozenset({"3", "5"})  # RFC 3463: mail system, protocol
+
+
+def refuses_the_sender(code: int, status: str | None) -> bool:
+    """Whether a 5xx reply to MAIL FROM refuses the sender rather than the message. MAIL
+    carries only the sender, the tenant's application mailbox on every mail, and this
+    message's own parameters; a refusal of the sender (`553 5.7.1 sender not owned by user`,
+    `550 5.1.8 bad sender's system address`) would refuse every mail of the tenant alike, so it
+    is the tenant's configuration at fault, not the message: failing each mail permanently, one
+    after the other, would turn a wrong address or certificate into a queue of lost documents.
+    About the message: the size (X.3.4, X.2.3 or 552) and the parameters (X.5.x, 501, 555)."""
+    if status is not None:
+        return (status.split(".")[1] not in _MESSAGE_SUBJECTS_AT_MAIL
+                and not status.endswith(".2.3"))
+    return code not in _MESSAGE_CODES_AT_MAIL
 
 
 @dataclass(frozen=True, slots=True)
@@ -839,8 +862,13 @@ def _transaction_detail(stage: Stage, failure: Failure) -> str:
     if failure.kind is FailureKind.REPLY:
         code = f"{failure.code} {enhanced_status(failure.text) or ''}".strip()
         if classify(stage, failure).outcome is Outcome.CONFIG_ERROR:
-            return (f"{command} refused with {code}: the server requires authentication; "
-                    f"configure SASL for this endpoint")
+            if smtp_error_code(failure.code or 0, enhanced_status(failure.text)) \
+                    is SmtpErrorCode.AUTHENTICATION_REQUIRED:
+                return (f"{command} refused with {code}: the server requires authentication; "
+                        f"configure SASL for this endpoint")
+            return (f"{command} refused with {code}: the operator refuses this tenant's sender "
+                    f"address, for every mail; check [tenants.mailbox] address (the application "
+                    f"mailbox, BAL) and that the client certificate is the one issued for it")
         return f"{command} refused with {code}"
     if failure.kind is FailureKind.TIMEOUT:
         return f"no reply to {command} in time"

@@ -11,10 +11,11 @@ tenant's backlog or broken operator never holds up another. Per tenant:
   * SENT → `sent`;
   * TRANSIENT (4xx, time-out, disconnection) → `ready` again after the retry policy's backoff,
     or `dead` once its budget is spent;
-  * PERMANENT (5xx) → `failed`, never retried;
-  * CONFIG_ERROR (certificate, TLS, authentication, STARTTLS not offered) → the tenant pauses
-    for `limits.config_error_pause_seconds` with one error log saying what to fix, and its rows
-    wait, untouched by a retry storm (the budget still applies).
+  * PERMANENT (5xx about the message or its recipient) → `failed`, never retried;
+  * CONFIG_ERROR (certificate, TLS, authentication, STARTTLS not offered, the tenant's sender
+    refused at MAIL FROM) → the tenant pauses for `limits.config_error_pause_seconds` with one
+    error log saying what to fix, and its rows wait, untouched by a retry storm (the budget
+    still applies).
 * A failure to open the session (the operator is down) pauses the tenant too, with the retry
   backoff of consecutive failures: a backlog is not churned through, row after row, while the
   operator is away.

@@ -264,6 +264,41 @@ async def test_an_untrusted_operator_pauses_the_tenant_with_an_actionable_error(
     assert [e["reason"] for e in paused] == ["configuration"]
 
 
+async def test_a_sender_refused_at_mail_pauses_the_tenant_instead_of_failing_every_mail(
+        store: SQLiteStore, smtp_server: ServerFactory, workers: Workers) -> None:
+    # Postfix with reject_sender_login_mismatch, when the certificate is not the BAL's own
+    server = await smtp_server(
+        mail_reply="553 5.7.1 <bal@chu.mssante.fr>: Sender address rejected: not owned by user")
+    await store.enqueue([item(n) for n in range(4)])
+    with structlog.testing.capture_logs() as logs:
+        worker = workers(server.port, limits=replace(FAST, config_error_pause_seconds=30))
+        await eventually(lambda: _has_audit(store, AuditAction.DEFERRED))
+        await asyncio.sleep(0.3)
+    assert worker.paused
+    assert worker.pause_reason is not None
+    assert "553 5.7.1" in worker.pause_reason
+    assert "[tenants.mailbox] address" in worker.pause_reason
+    rows = await store.list_outbox()
+    assert {r.state for r in rows} == {OutboxState.READY}  # waiting, none failed
+    assert min(r.available_at for r in rows) > time.time() + 20  # after the pause
+    assert len(server.recorder.mail) == 1  # one refusal, not one per mail
+    assert not [r for r in await store.list_audit() if r.action is AuditAction.REFUSED]
+    paused = [e for e in logs if e["event"] == "delivery_paused"]
+    assert [e["reason"] for e in paused] == ["configuration"]
+    assert "bal@" not in str(paused)  # the server's text, with its address, stays out of logs
+
+
+async def test_a_message_refused_at_mail_for_its_size_fails_alone(
+        store: SQLiteStore, smtp_server: ServerFactory, workers: Workers) -> None:
+    server = await smtp_server(mail_reply="552 5.3.4 Message size exceeds fixed limit")
+    await store.enqueue([item(1), item(2)])
+    workers(server.port)
+    await eventually(all_in(store, OutboxState.FAILED, 2))
+    failed = await store.list_outbox()
+    assert {(r.error_code, r.error_class) for r in failed} == {("552", "permanent")}
+    assert len(server.recorder.mail) == 2
+
+
 async def test_no_client_certificate_is_a_configuration_error(
         store: SQLiteStore, smtp_server: ServerFactory, workers: Workers, pki: Pki) -> None:
     server = await smtp_server()

@@ -93,6 +93,7 @@ class Behaviour:
     stall_at_data: bool = False  # never answer the end of data
     close_after_message: bool = False  # answer 250, then close the connection
     drop_reused_at_mail: bool = False  # once: close a connection that already carried a message
+    mail_reply: str | None = None  # the reply to every MAIL FROM, instead of 250
 
 
 @dataclass
@@ -161,6 +162,8 @@ class Handler:
             self.recorder.dropped_reused = True
             server.transport.close()  # no reply reaches the client
             return "421 4.4.2 gone"
+        if self.behaviour.mail_reply is not None:  # MAIL was recorded as it came
+            return self.behaviour.mail_reply
         peer = server.transport.get_extra_info("peercert") or {}
         subject = dict(item for rdn in peer.get("subject", ()) for item in rdn)
         self.recorder.client_certificates.append(subject.get("commonName", ""))
