@@ -7,6 +7,7 @@ import asyncio
 import functools
 import signal
 import ssl
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -377,8 +378,10 @@ class Application:
 
 def warn_about_exposure(settings: Settings) -> None:
     """Start-up warnings for what a security review flags, without refusing it (a TLS proxy
-    or a private network may stand in front): clear text off the loopback, and mails written
-    to the dry-run Maildir (in clear, outside the store's encryption and retention)."""
+    or a private network may stand in front): clear text off the loopback, mails written to the
+    dry-run Maildir (in clear, outside the store's encryption and retention), secrets in files
+    that other accounts can read or change (a container's own files often are, harmlessly:
+    warned, not refused), PostgreSQL reached without verifying its certificate."""
     admin = settings.admin
     if admin is not None and admin.token and admin.tls is None and not is_loopback(admin.host):
         log.warning("admin_api_in_clear", host=admin.host,
@@ -395,6 +398,17 @@ def warn_about_exposure(settings: Settings) -> None:
             log.warning("dry_run", tenant=tenant.id, maildir=str(tenant.transport.maildir),
                         hint="mails are written to this Maildir, in clear and never purged, "
                              "not sent: set [tenants.transport] to send")
+    for secret in settings.secret_files:
+        try:
+            mode = secret.path.stat().st_mode
+        except OSError:  # read when the configuration was loaded; gone since, or a race
+            continue
+        if mode & (stat.S_IRWXO | stat.S_IWGRP):
+            log.warning("secret_file_exposed", key=secret.key, path=str(secret.path),
+                        mode=f"{stat.S_IMODE(mode):04o}",
+                        hint="other accounts of this host can read or change this secret: "
+                             "chmod 600, or 640 for a service group (the Helm chart mounts "
+                             "secrets 0440)")
     store = settings.store
     if store.backend is StoreBackend.POSTGRES and store.dsn:
         from connector.store.postgres import unverified_hosts

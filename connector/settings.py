@@ -280,6 +280,14 @@ class AdminSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class SecretFile:
+    """A file the configuration reads a secret from, by the key that names it."""
+
+    key: str  # e.g. "tenants[0].transport.client_private_key"
+    path: Path
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     store: StoreSettings
     tenants: tuple[TenantSettings, ...]
@@ -290,6 +298,7 @@ class Settings:
     admin: AdminSettings | None = None  # no admin listener unless configured
     source: str | None = None  # the file it came from, for messages
     intake: IntakeSettings = IntakeSettings()
+    secret_files: tuple[SecretFile, ...] = ()  # private keys and `*_file` secrets, for checks
 
     def tenant(self, tenant_id: str) -> TenantSettings:
         for t in self.tenants:
@@ -321,9 +330,14 @@ class _Reader:
     """Typed access to one TOML table that reports problems with the full key path."""
 
     def __init__(self, table: Mapping[str, Any], prefix: str, source: str | None,
-                 env: Mapping[str, str]) -> None:
+                 env: Mapping[str, str], secret_files: list[SecretFile]) -> None:
         self.table, self.prefix, self.source, self.env = table, prefix, source, env
+        self.secret_files = secret_files  # every file a secret came from, whole configuration
         self._seen: set[str] = set()
+
+    def sub(self, table: Mapping[str, Any], prefix: str) -> _Reader:
+        """A reader of a table inside this one (`prefix`: its full key)."""
+        return _Reader(table, prefix, self.source, self.env, self.secret_files)
 
     def key(self, name: str) -> str:
         return f"{self.prefix}.{name}" if self.prefix else name
@@ -380,14 +394,17 @@ class _Reader:
         value = self._get(name, (dict,), "a table")
         return None if value is None else dict(value)
 
-    def path(self, name: str, *, must_exist: bool = False, default: Path | None = None
-             ) -> Path | None:
+    def path(self, name: str, *, must_exist: bool = False, default: Path | None = None,
+             secret: bool = False) -> Path | None:
+        """`secret`: the file holds a secret (a private key), for `Settings.secret_files`."""
         raw = self.text(name)
         if raw is None:
             return default
         p = Path(raw)
         if must_exist and not p.is_file():
             raise self.fail(name, f"file not found: {p}")
+        if secret:
+            self.secret_files.append(SecretFile(self.key(name), p))
         return p
 
     def secret(self, name: str) -> str | None:
@@ -403,6 +420,7 @@ class _Reader:
                 raise self.fail(f"{name}_env", f"environment variable {env_name} is not set")
             return self.env[env_name]
         if file_name:
+            self.secret_files.append(SecretFile(self.key(f"{name}_file"), Path(file_name)))
             try:
                 return Path(file_name).read_text(encoding="utf-8").strip()
             except OSError as exc:
@@ -455,9 +473,9 @@ def _listener(reader: _Reader, index_name: str) -> ListenerSettings:
     tls_table = reader.subtable("tls")
     tls = None
     if tls_table is not None:
-        t = _Reader(tls_table, reader.key("tls"), reader.source, reader.env)
+        t = reader.sub(tls_table, reader.key("tls"))
         cert = t.path("certificate", must_exist=True)
-        key = t.path("private_key", must_exist=True)
+        key = t.path("private_key", must_exist=True, secret=True)
         if cert is None:
             raise t.fail("certificate", "is required when [tls] is present")
         if key is None:
@@ -485,7 +503,7 @@ def _encryption(reader: _Reader) -> EncryptionSettings | None:
     table = reader.subtable("encryption")
     if table is None:
         return None
-    r = _Reader(table, reader.key("encryption"), reader.source, reader.env)
+    r = reader.sub(table, reader.key("encryption"))
     current = r.req_str("current_key_id")
     text = r.secret("keys")
     origin = "keys_file" if "keys_file" in table and "keys_env" not in table else "keys_env"
@@ -549,7 +567,7 @@ def _cisis(reader: _Reader) -> CisisSettings:
     table = reader.subtable("cisis")
     if table is None:
         return CisisSettings()
-    r = _Reader(table, reader.key("cisis"), reader.source, reader.env)
+    r = reader.sub(table, reader.key("cisis"))
     settings = CisisSettings(
         schematron_policy=_choice(r, "schematron_policy", SchematronPolicy,
                                   SchematronPolicy.REJECT),
@@ -571,7 +589,7 @@ def _mailbox(reader: _Reader) -> MailboxSettings:
     table = reader.subtable("mailbox")
     if table is None:
         return MailboxSettings()
-    r = _Reader(table, reader.key("mailbox"), reader.source, reader.env)
+    r = reader.sub(table, reader.key("mailbox"))
     address = r.req_str("address")
     if not _ADDRESS.match(address):
         raise r.fail("address", "is not an e-mail address")
@@ -584,7 +602,7 @@ def _validation(reader: _Reader) -> ValidationSettings:
     table = reader.subtable("validation")
     if table is None:
         return ValidationSettings()
-    r = _Reader(table, "validation", reader.source, reader.env)
+    r = reader.sub(table, "validation")
     settings = ValidationSettings(
         cda_xsd=r.path("cda_xsd", must_exist=True),
         schematron=r.path("schematron", must_exist=True),
@@ -605,7 +623,7 @@ def _tenant(reader: _Reader, index: int, base: Path) -> TenantSettings:
     for i, item in enumerate(reader.array("listeners")):
         if not isinstance(item, dict):
             raise reader.fail(f"listeners[{i}]", "must be a table")
-        sub = _Reader(item, reader.key(f"listeners[{i}]"), reader.source, reader.env)
+        sub = reader.sub(item, reader.key(f"listeners[{i}]"))
         listeners.append(_listener(sub, f"{tenant_id}-{i}"))
     transport = _transport(reader, tenant_id, base)
     tenant = TenantSettings(
@@ -636,8 +654,7 @@ def _tenant(reader: _Reader, index: int, base: Path) -> TenantSettings:
 
 
 def _transport(reader: _Reader, tenant_id: str, base: Path) -> TransportSettings:
-    tr = _Reader(reader.subtable("transport") or {}, reader.key("transport"), reader.source,
-                 reader.env)
+    tr = reader.sub(reader.subtable("transport") or {}, reader.key("transport"))
     kind = _choice(tr, "kind", TransportKind, TransportKind.MAILDIR)
     maildir = tr.path("maildir", default=base / "maildir" / tenant_id) or base
     smtp = None
@@ -653,8 +670,8 @@ def _smtp(tr: _Reader) -> SmtpSettings:
     if ca_bundle is None:
         raise tr.fail("ca_bundle", "is required: the IGC-Santé roots that sign the operator")
     certificate = tr.path("client_certificate", must_exist=True)
-    private_key = tr.path("client_private_key", must_exist=True)
-    pkcs12 = tr.path("client_pkcs12", must_exist=True)
+    private_key = tr.path("client_private_key", must_exist=True, secret=True)
+    pkcs12 = tr.path("client_pkcs12", must_exist=True, secret=True)
     if pkcs12 is not None and (certificate or private_key):
         raise tr.fail("client_pkcs12", "give client_pkcs12 or client_certificate and "
                                        "client_private_key, not both")
@@ -694,7 +711,7 @@ def _smtp(tr: _Reader) -> SmtpSettings:
 
 def _client_tls_keys(r: _Reader) -> dict[str, Any]:
     certificate = r.path("client_certificate", must_exist=True)
-    private_key = r.path("client_private_key", must_exist=True)
+    private_key = r.path("client_private_key", must_exist=True, secret=True)
     if (certificate is None) != (private_key is None):
         raise r.fail("client_private_key" if certificate else "client_certificate",
                      "client_certificate and client_private_key go together")
@@ -706,9 +723,9 @@ def _receipts(reader: _Reader) -> ReceiptsSettings | None:
     table = reader.subtable("receipts")
     if table is None:
         return None
-    r = _Reader(table, reader.key("receipts"), reader.source, reader.env)
+    r = reader.sub(table, reader.key("receipts"))
     tls = _choice(r, "tls", SmtpTlsMode, SmtpTlsMode.IMPLICIT_TLS)
-    pkcs12 = r.path("client_pkcs12", must_exist=True)
+    pkcs12 = r.path("client_pkcs12", must_exist=True, secret=True)
     settings = ReceiptsSettings(
         host=r.req_str("host"),
         port=r.integer("port", 993 if tls is SmtpTlsMode.IMPLICIT_TLS else 143, 1, 65535),
@@ -736,7 +753,7 @@ def _his(reader: _Reader) -> HisSettings | None:
     table = reader.subtable("his")
     if table is None:
         return None
-    r = _Reader(table, reader.key("his"), reader.source, reader.env)
+    r = reader.sub(table, reader.key("his"))
     host = r.req_str("host")
     port = r.integer("port", 0, 1, 65535)
     if "port" not in table:
@@ -751,7 +768,7 @@ def _delivery(reader: _Reader) -> DeliverySettings:
     table = reader.subtable("delivery")
     if table is None:
         return DeliverySettings()
-    r = _Reader(table, reader.key("delivery"), reader.source, reader.env)
+    r = reader.sub(table, reader.key("delivery"))
     initial = r.number("retry_initial_seconds", 60.0, 0.01, 86400.0)
     settings = DeliverySettings(
         concurrency=r.integer("concurrency", 2, 1, 64),
@@ -788,10 +805,10 @@ def _oid(reader: _Reader, name: str) -> str | None:
 def parse_settings(data: Mapping[str, Any], *, source: str | None = None,
                    env: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
-    root = _Reader(data, "", source, env)
+    root = _Reader(data, "", source, env, [])
     base = root.path("data_dir", default=Path("var")) or Path("var")
-    store = _store(_Reader(root.subtable("store") or {}, "store", source, env), base)
-    log_table = _Reader(root.subtable("logging") or {}, "logging", source, env)
+    store = _store(root.sub(root.subtable("store") or {}, "store"), base)
+    log_table = root.sub(root.subtable("logging") or {}, "logging")
     try:
         log_format = LogFormat(log_table.text("format", "console") or "console")
     except ValueError as exc:
@@ -802,18 +819,18 @@ def parse_settings(data: Mapping[str, Any], *, source: str | None = None,
     log_table.close()
     default_charset = _codec(root, "default_charset", "utf-8") or "utf-8"
     validation = _validation(root)
-    directory = _Reader(root.subtable("directory") or {}, "directory", source, env)
+    directory = root.sub(root.subtable("directory") or {}, "directory")
     # May not exist yet: `whitelist import` installs the first one; `serve` refuses to start
     # without a valid list when the key is set.
     whitelist = directory.path("whitelist")
     directory.close()
-    intake_table = _Reader(root.subtable("intake") or {}, "intake", source, env)
+    intake_table = root.sub(root.subtable("intake") or {}, "intake")
     intake = IntakeSettings(intake_table.integer("document_processes", 0, 0, 64))
     intake_table.close()
     admin_table = root.subtable("admin")
     admin = None
     if admin_table is not None:
-        a = _Reader(admin_table, "admin", source, env)
+        a = root.sub(admin_table, "admin")
         token = a.secret("token")
         if token is not None and len(token) < 16:
             raise a.fail("token_env" if "token_env" in admin_table else "token_file",
@@ -821,9 +838,9 @@ def parse_settings(data: Mapping[str, Any], *, source: str | None = None,
         tls_table = a.subtable("tls")
         admin_tls = None
         if tls_table is not None:
-            t = _Reader(tls_table, "admin.tls", source, env)
-            cert, key = t.path("certificate", must_exist=True), t.path("private_key",
-                                                                       must_exist=True)
+            t = root.sub(tls_table, "admin.tls")
+            cert = t.path("certificate", must_exist=True)
+            key = t.path("private_key", must_exist=True, secret=True)
             if cert is None or key is None:
                 raise t.fail("certificate" if cert is None else "private_key", "is required")
             admin_tls = ListenerTLS(cert, key, t.secret("private_key_password"))
@@ -839,12 +856,13 @@ def parse_settings(data: Mapping[str, Any], *, source: str | None = None,
     for i, item in enumerate(raw_tenants):
         if not isinstance(item, dict):
             raise root.fail(f"tenants[{i}]", "must be a table")
-        tenants.append(_tenant(_Reader(item, f"tenants[{i}]", source, env), i, base))
+        tenants.append(_tenant(root.sub(item, f"tenants[{i}]"), i, base))
     root.close()
     _check_unique(tenants, source)
     _check_retention(store, tenants, source)
     return Settings(store, tuple(tenants), LoggingSettings(log_format, level), default_charset,
-                    validation, whitelist, admin, source, intake)
+                    validation, whitelist, admin, source, intake,
+                    tuple(dict.fromkeys(root.secret_files)))
 
 
 def _check_retention(store: StoreSettings, tenants: list[TenantSettings],

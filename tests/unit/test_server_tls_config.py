@@ -158,3 +158,33 @@ def test_a_postgres_server_reached_without_verification_is_warned(
     warned = [e for e in logs if e["event"] == "store_tls_unverified"]
     assert [e["hosts"] for e in warned] == ([hosts] if hosts else [])
     assert "s3cret" not in repr(logs)  # never the DSN
+
+
+def test_secret_files_other_accounts_can_read_are_warned(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text("k1:" + "A" * 43 + "=\n", encoding="utf-8")
+    token = tmp_path / "token"
+    token.write_text("t" * 32, encoding="utf-8")
+    ca = TestCA(tmp_path / "pki")
+    listener = ca.issue("mllp", server=True)
+    toml = ("[store.encryption]\ncurrent_key_id = 'k1'\n"
+            f"keys_file = '{keys}'\n"
+            f"[admin]\nhost = '127.0.0.1'\nport = 9610\ntoken_file = '{token}'\n"
+            "[[tenants]]\nid = 'chu'\noid = '1.2.3'\n"
+            "[[tenants.listeners]]\nname = 'dpi'\nhost = '127.0.0.1'\nport = 2575\n"
+            + listener_tls(listener.certificate, listener.private_key))
+    for path, mode in ((keys, 0o644), (token, 0o620), (listener.private_key, 0o604)):
+        path.chmod(mode)
+    warned = {e["key"]: e for e in exposure_events(tmp_path, toml)
+              if e["event"] == "secret_file_exposed"}
+    assert {key: e["mode"] for key, e in warned.items()} == {
+        "store.encryption.keys_file": "0644",
+        "admin.token_file": "0620",
+        "tenants[0].listeners[0].tls.private_key": "0604"}
+    assert warned["admin.token_file"]["path"] == str(token)
+    assert "t" * 32 not in repr(warned)  # the path, never the secret
+
+    for path, mode in ((keys, 0o600), (token, 0o640), (listener.private_key, 0o400)):
+        path.chmod(mode)
+    assert not [e for e in exposure_events(tmp_path, toml)
+                if e["event"] == "secret_file_exposed"]
