@@ -31,18 +31,25 @@ COPY pyproject.toml README.md ./
 COPY connector ./connector
 
 # Every dependency has a manylinux wheel for CPython 3.11 (lxml, cryptography, psycopg[binary],
-# saxonche) or is pure Python, so no compiler is needed; `pip wheel` builds the project's own wheel.
+# saxonche, cffi, pillow, brotli) or is pure Python (weasyprint), so no compiler is needed; `pip wheel` builds the project's own wheel.
 RUN /opt/mssante-connector/bin/pip wheel --wheel-dir /wheels . \
  && /opt/mssante-connector/bin/pip install --no-index --find-links /wheels mssante-connector \
  && /opt/mssante-connector/bin/python -m compileall -q /opt/mssante-connector/lib \
  && /opt/mssante-connector/bin/mssante-connector --help >/dev/null
 
-# -- runtime: the slim base image plus the venv, nothing else --------------------------------------
+# -- runtime: the slim base image, the PDF renderer's libraries, the venv --------------------------
 FROM python:3.11-slim AS runtime
 
 LABEL org.opencontainers.image.title="mssante-connector" \
       org.opencontainers.image.description="HL7 v2 (MLLP) to MSSante secure e-mail bridge" \
       org.opencontainers.image.licenses="Apache-2.0"
+
+# WeasyPrint renders the PDF/A-1 of a CDA that embeds none (ECO.2.1.5, connector/cda/render.py):
+# it loads Pango and HarfBuzz's subsetter, and embeds DejaVu. Nothing else from Debian.
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+        libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fonts-dejavu-core \
+ && rm -rf /var/lib/apt/lists/*
 
 # A fixed, non-root uid/gid: the Helm chart's securityContext (runAsUser/fsGroup 10001) matches it.
 RUN groupadd --system --gid 10001 mssante \

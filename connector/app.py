@@ -18,6 +18,7 @@ import structlog
 
 from connector.admin.api import AdminApi
 from connector.cda.policy import SchematronPolicy
+from connector.cda.render import renderer_problem
 from connector.cda.validation import CdaValidator
 from connector.delivery.worker import DeliveryService
 from connector.directory.annuaire import Directory, DirectoryError, directory_path
@@ -177,6 +178,10 @@ class Application:
         app.retention = RetentionPurger(store, settings.store.payload_retention_days,
                                         app.metrics)
         warn_about_exposure(settings)
+        problem = renderer_problem()
+        if problem is not None:
+            log.warning("pdf_renderer_unavailable", problem=problem,
+                        hint="CDAs that embed no PDF are sent without one (ECO.2.1.5)")
         return app
 
     def _shared(self, settings: Settings) -> SharedParts:

@@ -111,6 +111,12 @@ class DocumentError(MessageError):
         self.report = report
 
 
+class PdfRenditionError(ConnectorError):
+    """No PDF could be rendered for a CDA that embeds none (the renderer's libraries are
+    missing, or it failed): not the message's fault, so not answered AE; its mails go with the
+    CDA in the archive and without that PDF, and the intake warns."""
+
+
 # -- store (answered AR: the sender retries) -----------------------------------------------------
 
 

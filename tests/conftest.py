@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from connector.cda.render import renderer_problem
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MSSCONNECTOR_SHARED_DIR", ROOT.parent / "shared")).resolve()
 FIXTURES = SHARED / "fixtures"
@@ -14,6 +16,17 @@ SCHEMAS = SHARED / "schemas"
 HL7_FIXTURES = FIXTURES / "hl7v2"
 CISIS_FIXTURES = HL7_FIXTURES / "cisis-trans-cda-2.1"
 CDA_FIXTURES = FIXTURES / "cda"
+
+# Rendering a PDF/A for a CDA that embeds none needs Debian's Pango (connector/cda/render.py).
+RENDERER_PROBLEM = renderer_problem()
+needs_pdf_renderer = pytest.mark.skipif(
+    RENDERER_PROBLEM is not None, reason=f"{RENDERER_PROBLEM} (.ci/run installs them)")
+
+
+def skip_without_pdf_renderer() -> None:
+    """In a test whose documents need a PDF rendered: skip, saying why, on a host without."""
+    if RENDERER_PROBLEM is not None:
+        pytest.skip(f"{RENDERER_PROBLEM} (.ci/run installs them)")
 
 
 @pytest.fixture(scope="session")

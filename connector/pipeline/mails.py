@@ -17,13 +17,13 @@ trust space kept), in that order, it composes (reference `cisis-hl7v2-to-mssante
     entry dates: `MailContext.submitted_at`; SubmissionSet uniqueId: `2.25.<uuid>` (ITU-T X.667)
     of a name-based UUID over the request key and the recipient, so each mail's archive is a
     distinct, stable submission.
-* **one PDF per CDA that carries a PDF rendition** (`extract_pdf`: level-1 nonXMLBody PDF, or the
-  level-3 section FR-Document-PDF-copie), named by `pdf_attachment_name`, in document order; two
-  identical names get `_2`, `_3`... before `.pdf`. **A CDA without a PDF rendition** (a level-3
-  document without the PDF copy section, a level-1 `text/plain` body) has no PDF: the mail goes
-  with the other attachments, and `OutgoingMail.documents_without_pdf` lists the OBX sequence of
-  each such document so the caller can warn or hold the mail (ECO.2.1.5 wants a PDF/A-1 per CDA;
-  rendering one from a level-3 body is not implemented here).
+* **one PDF per CDA** (ECO.2.1.1, ECO.2.1.5), named by `pdf_attachment_name`, in document order;
+  two identical names get `_2`, `_3`... before `.pdf`: the PDF the CDA embeds (`extract_pdf`:
+  level-1 nonXMLBody PDF, or the level-3 section FR-Document-PDF-copie), else a PDF/A-1 rendered
+  from it (`connector.cda.render`: a level-3 document without the PDF copy section, a level-1
+  `text/plain` body). When no PDF can be rendered (the renderer's libraries are missing, or it
+  fails) the mail goes with the other attachments and `OutgoingMail.documents_without_pdf` lists
+  the OBX sequence of each such document, for the caller's warning.
 * **headers**: From = the tenant's application mailbox (and its display name); To = the
   recipient; Reply-To = PRT REPLY PRT-15.4; Subject `XDM/1.0/DDM+<libellé> <NOM> <prénom>
   <JJ/MM/AAAA>` from the CDA code display names (OBX-3.2 when a CDA code has none) and, from the
@@ -65,6 +65,7 @@ from typing import Final
 
 from connector.cda.header import CdaHeader, InstanceId
 from connector.cda.pdf import extract_pdf, pdf_attachment_name
+from connector.cda.render import render_pdf
 from connector.cisis.model import (
     Action,
     CdaDocument,
@@ -78,7 +79,14 @@ from connector.cisis.model import (
     RecipientKind,
 )
 from connector.directory.whitelist import InvalidAddressError, MailAddress, parse_address
-from connector.errors import ConfigError, DocumentError, ErrorLocation, MessageError, ProfileError
+from connector.errors import (
+    ConfigError,
+    DocumentError,
+    ErrorLocation,
+    MessageError,
+    PdfRenditionError,
+    ProfileError,
+)
 from connector.mail.compose import Attachment, MailAction, MailSpec, render_mail
 from connector.mail.subject import SubjectInput, build_subject
 from connector.settings import TenantSettings
@@ -461,10 +469,14 @@ def _renditions(
     missing: list[int] = []
     for document in documents:
         with _located(_obx(document)):
-            content = extract_pdf(document.root())
+            root = document.root()
+            content = extract_pdf(root)
             if content is None:
-                missing.append(document.obx_sequence)
-                continue
+                try:
+                    content = render_pdf(root, document.header)
+                except PdfRenditionError:
+                    missing.append(document.obx_sequence)
+                    continue
             pdfs.append(Attachment(pdf_attachment_name(document.header), content))
     return _distinct_names(pdfs), tuple(missing)
 

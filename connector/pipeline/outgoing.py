@@ -16,12 +16,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
+import structlog
+
+from connector.cda.render import renderer_problem
 from connector.cisis.model import DocumentRequest
 from connector.delivery.job import MailJob
 from connector.mail.compose import message_id_local_part, with_references
 from connector.pipeline.mails import MailContext, OutgoingMail, build_mails
 from connector.settings import TenantSettings
 from connector.store import OutboxItem, OutboxKind, SentRequest
+
+log = structlog.get_logger(__name__)
 
 
 def _now() -> datetime:
@@ -52,6 +57,11 @@ class MailPlanner:
                      ) -> tuple[OutboxItem, ...]:
         metadata = request.metadata
         sender = self.tenant.mailbox.address
+        mails = self.mails(request, request_key)
+        without_pdf = sorted({n for mail in mails for n in mail.documents_without_pdf})
+        if without_pdf:  # ECO.2.1.5: sent all the same, the CDA is in the archive
+            log.warning("mail_without_pdf", obx=without_pdf,
+                        hint=renderer_problem() or "the PDF rendition failed: see the logs")
         return tuple(
             OutboxItem(
                 tenant_id=self.tenant.id,
@@ -63,7 +73,7 @@ class MailPlanner:
                 envid=uuid.uuid4().hex,
                 recipient_domain=mail.recipient.domain,
             )
-            for mail in self.mails(request, request_key))
+            for mail in mails)
 
 
 def new_request_key() -> str:

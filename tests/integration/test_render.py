@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CISIS_FIXTURES, FIXTURES, HL7_FIXTURES
+from tests.conftest import CISIS_FIXTURES, FIXTURES, HL7_FIXTURES, needs_pdf_renderer
 from tests.unit.pipeline.test_mails import _with_fin_and_bodies, oru_initial
 
 pytestmark = pytest.mark.slow
@@ -138,6 +138,7 @@ def test_recipient_outside_the_trust_space_is_refused(tmp_path: Path) -> None:
     assert not any((tmp_path / "out").iterdir())
 
 
+@needs_pdf_renderer
 def test_two_documents_and_a_patient_mail(tmp_path: Path) -> None:
     message = tmp_path / "oru-corrected.hl7"
     message.write_bytes(("\r".join(_with_fin_and_bodies(oru_initial())) + "\r").encode())
@@ -146,7 +147,10 @@ def test_two_documents_and_a_patient_mail(tmp_path: Path) -> None:
     mails = [line for line in out.splitlines() if line.startswith("  mail ")]
     assert mails[0].startswith(f"  mail 1 professional To={DOCTOR} ")
     assert mails[1].startswith("  mail 2 patient To=279035121518989@patient.mssante.fr ")
-    assert all(line.endswith("(no PDF rendition: OBX 2)") for line in mails)
+    # the N1's own PDF, and one rendered from the N3 (it embeds none)
+    assert all(re.search(r" pdf=\d+\+\d+ ", line) for line in mails)
+    assert not [line for line in mails if "no PDF rendition" in line]
+    assert (tmp_path / "out" / "001-2-patient-pdf2.pdf").read_bytes().startswith(b"%PDF-1.4")
     patient = read_eml(tmp_path / "out" / "001-2-patient.eml")
     assert patient["X-MSS-MES"] == "FIN"
     assert patient["X-MSS-CODECDA"] == "11502-2,11502-2"

@@ -23,6 +23,7 @@ from io import BytesIO
 from pathlib import Path
 
 import pytest
+import structlog
 from lxml import etree
 
 from connector.cda.header import HL7_NS, InstanceId, read_cda_header
@@ -35,11 +36,13 @@ from connector.errors import (
     DocumentError,
     ErrorLocation,
     MessageError,
+    PdfRenditionError,
     ProfileError,
 )
 from connector.hl7.codes import ApplicationError
 from connector.hl7.message import parse_message
 from connector.mail.compose import DEFAULT_BODIES, MailAction, make_message_id
+from connector.pipeline import mails as mails_module
 from connector.pipeline.documents import CisisIntake, UnconfiguredCdaChecker
 from connector.pipeline.mails import (
     MailContext,
@@ -48,6 +51,7 @@ from connector.pipeline.mails import (
     ins_qualified,
     patient_id,
 )
+from connector.pipeline.outgoing import MailPlanner
 from connector.settings import (
     CisisSettings,
     MailboxSettings,
@@ -57,7 +61,7 @@ from connector.settings import (
 )
 from connector.xdm import metadata as md
 from connector.xdm.archive import METADATA_PATH, SUBSET_DIR
-from tests.conftest import CISIS_FIXTURES
+from tests.conftest import CISIS_FIXTURES, skip_without_pdf_renderer
 from tests.unit.xdm import coded, external_id, one, slot, xpath
 
 MAILBOX = "pfi-auto@ch-exemple.mssante.fr"
@@ -234,8 +238,10 @@ def _oru_nessi(message: Callable[[], list[str]], action: Action) -> Case:
         read_receipt=False,
         ps_body=None,  # the examples' CORPSMAIL_PS base64 is cut short: default body
         extra_confidentiality=(),
-        pdf_names=("20210104_CR d'examens biologiques_NESSI_RUTH.pdf",),
-        without_pdf=(2,),  # the level-3 CDA has no FR-Document-PDF-copie section
+        # the level-3 CDA has no FR-Document-PDF-copie section: its PDF is rendered
+        pdf_names=("20210104_CR d'examens biologiques_NESSI_RUTH.pdf",
+                   "20210104_CR d'examens biologiques_NESSI_RUTH_2.pdf"),
+        without_pdf=(),
         patient_cx=f"{NESSI}^^^&1.2.250.1.213.1.4.8&ISO^NH",
         author=_ORU_AUTHOR,
     )
@@ -260,8 +266,9 @@ CASES: dict[str, Case] = {
         read_receipt=True,
         ps_body=None,
         extra_confidentiality=(),
-        pdf_names=("20210104_CR d'examens biologiques_PAT-TROIS_DOMINIQUE.pdf",),
-        without_pdf=(2,),
+        pdf_names=("20210104_CR d'examens biologiques_PAT-TROIS_DOMINIQUE.pdf",
+                   "20210104_CR d'examens biologiques_PAT-TROIS_DOMINIQUE_2.pdf"),
+        without_pdf=(),
         patient_cx=f"{PAT_TROIS}^^^&1.2.250.1.213.1.4.10&ISO^NH",
         author=_ORU_AUTHOR,
     ),
@@ -283,8 +290,14 @@ def request_for(name: str) -> DocumentRequest:
     return checked(CASES[name].message())
 
 
-@cache
 def mails_for(name: str) -> tuple[OutgoingMail, ...]:
+    if any(embedded_pdf(source) is None for source in sources_for(name)):
+        skip_without_pdf_renderer()
+    return _mails_for(name)
+
+
+@cache
+def _mails_for(name: str) -> tuple[OutgoingMail, ...]:
     return build_mails(request_for(name), CONTEXT)
 
 
@@ -416,7 +429,6 @@ def test_golden_archive_and_metadata_match_the_cdas(name: str) -> None:
 @pytest.mark.parametrize("name", CASES)
 def test_round_trip_attachments_are_byte_identical_to_the_sources(name: str) -> None:
     sources = sources_for(name)
-    pdfs = [pdf for pdf in (embedded_pdf(s) for s in sources) if pdf is not None]
     for mail in mails_for(name):
         message = parse(mail.content)
         assert all(not part.defects for part in message.walk())
@@ -427,8 +439,15 @@ def test_round_trip_attachments_are_byte_identical_to_the_sources(name: str) -> 
         stored = [archive.read(f"{SUBSET_DIR}DOC{i:04d}.XML") for i in range(1, len(sources) + 1)]
         assert stored == sources
         attached = [attachment(message, a.filename) for a in mail.pdfs]
-        assert attached == pdfs == [a.content for a in mail.pdfs]
-        assert all(pdf.startswith(b"%PDF-") for pdf in attached)
+        assert attached == [a.content for a in mail.pdfs]
+        assert len(attached) == len(sources)  # one PDF per CDA (ECO.2.1.1)
+        for source, pdf in zip(sources, attached, strict=True):
+            embedded = embedded_pdf(source)
+            if embedded is not None:
+                assert pdf == embedded  # the CDA's own, byte for byte
+            else:  # rendered (connector.cda.render)
+                assert pdf.startswith(b"%PDF-1.4")
+                assert b'pdfaid:part="1" pdfaid:conformance="B"' in pdf
 
 
 # -- one mail per recipient, Message-IDs, determinism ----------------------------------------------
@@ -506,17 +525,50 @@ def test_default_body_by_action_when_no_corpsmail(name: str, action: MailAction)
     assert body_text(parse(mail.content)) == DEFAULT_BODIES[action].rstrip("\n")
 
 
-def test_a_cda_without_pdf_rendition_travels_in_the_archive_only() -> None:
+def test_a_level3_cda_without_pdf_copy_gets_a_rendered_pdf() -> None:
     name = "oru-r01-initial-placeholder-corrected"
     request = request_for(name)
     n3 = request.documents[1]
     assert n3.level == 3
     assert embedded_pdf(n3.content) is None
     for mail in mails_for(name):
+        assert mail.documents_without_pdf == ()
+        first, rendered = mail.pdfs
+        assert first.content == embedded_pdf(request.documents[0].content)
+        assert rendered.filename.endswith("_2.pdf")  # the same name as the N1's, made distinct
+        assert b'pdfaid:part="1"' in rendered.content
+        assert open_zip(mail.xdm_zip).read(f"{SUBSET_DIR}DOC0002.XML") == n3.content
+        assert "OBX" not in repr(mail.pdfs)  # the names of the PDFs stay out of reprs
+
+
+def test_without_a_renderer_the_cda_travels_in_the_archive_only(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def unavailable(root: object, header: object) -> bytes:
+        raise PdfRenditionError("no PDF renderer: the Pango libraries are missing")
+
+    monkeypatch.setattr(mails_module, "render_pdf", unavailable)
+    name = "oru-r01-initial-placeholder-corrected"
+    request = request_for(name)
+    n3 = request.documents[1]
+    for mail in build_mails(request, CONTEXT):
         assert mail.documents_without_pdf == (n3.obx_sequence,)
         assert len(mail.pdfs) == 1
         assert open_zip(mail.xdm_zip).read(f"{SUBSET_DIR}DOC0002.XML") == n3.content
-        assert "OBX" not in repr(mail.pdfs)  # the names of the PDFs stay out of reprs
+
+
+def test_the_outbox_rows_of_a_mail_without_pdf_are_warned(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def unavailable(root: object, header: object) -> bytes:
+        raise PdfRenditionError("no PDF renderer")
+
+    monkeypatch.setattr(mails_module, "render_pdf", unavailable)
+    request = request_for("oru-r01-initial-placeholder-corrected")
+    with structlog.testing.capture_logs() as logs:
+        rows = MailPlanner(TENANT).outbox_items(request, KEY)
+    assert len(rows) == len(request.sending.recipients)  # sent all the same
+    (warned,) = [e for e in logs if e["event"] == "mail_without_pdf"]
+    assert warned["obx"] == [request.documents[1].obx_sequence]
+    assert PAT_TROIS not in repr(logs)
 
 
 def test_same_pdf_names_are_made_distinct() -> None:
