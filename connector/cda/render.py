@@ -200,11 +200,11 @@ def _patient_rows(header: CdaHeader) -> list[tuple[str, str]]:
     if patient is None:
         return []
     rows: list[tuple[str, str]] = []
-    names = [patient.birth_family_name and f"{patient.birth_family_name} (naissance)",
-             patient.used_family_name and patient.used_family_name != patient.birth_family_name
-             and f"{patient.used_family_name} (utilisé)"]
     given = patient.birth_given_names or patient.first_birth_given_name or patient.used_given_name
-    rows.append(("Patient", " ".join(p for p in (*[n for n in names if n], given) if p)))
+    family = patient.birth_family_name or patient.used_family_name
+    rows.append(("Patient", " ".join(p for p in (family, given) if p)))
+    if patient.used_family_name and patient.used_family_name != family:
+        rows.append(("Nom utilisé", patient.used_family_name))
     if patient.birth_time:
         rows.append(("Date de naissance", _french_date(patient.birth_time[:8])))
     if patient.sex is not None:

@@ -93,7 +93,8 @@ def test_the_header_says_title_type_date_patient_author_and_organisation() -> No
     assert rows == {
         "Type de document": "Note de consultation",
         "Date du document": "05/03/2024 14:30",
-        "Patient": "DURAND (naissance) MARTIN (utilisé) Zoé Anne",
+        "Patient": "DURAND Zoé Anne",
+        "Nom utilisé": "MARTIN",
         "Date de naissance": "28/03/1979",
         "Sexe": "Féminin",
         "INS": "279035121518989",
@@ -185,7 +186,7 @@ def test_the_pdf_reads_back_as_the_document(rendered: bytes, tmp_path: Path) -> 
     text = subprocess.run(["pdftotext", "-enc", "UTF-8", str(path), "-"], check=True,
                           capture_output=True).stdout.decode()
     words = " ".join(text.split())
-    for expected in ("Compte rendu d'examens biologiques", "PAT-TROIS (naissance) DOMINIQUE",
+    for expected in ("Compte rendu d'examens biologiques", "Patient PAT-TROIS DOMINIQUE",
                      "Date de naissance 28/03/1979", "INS 279035121518989",
                      "Protéinogramme", "Bisalbuminémie", "Laboratoire des charmes"):
         assert expected in words
