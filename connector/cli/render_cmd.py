@@ -6,7 +6,8 @@ the checks intake runs, offline and with the tenant's settings as `serve` builds
 matrix, the trust space (`[directory] whitelist`) and the CDA validator (`[validation]`). Then:
 
 * refused: prints `<file>#<n> MSH-10=<id> AE ERR-3=<code> [ERR-5=<code>] [ERR-2=<location>]
-  <detail>`, the answer `serve` would give (CE in enhanced mode), and the exit status is 1;
+  <detail>`, the answer `serve` would give (CE in enhanced mode, AE on a listener with
+  `enhanced_ack = "application"`), and the exit status is 1;
 * accepted: builds the mails (`connector.pipeline.mails.build_mails`) and writes to DIR, for the
   k-th message of the run and its i-th mail: `<k>-<i>-<kind>.eml` (the message as sent, CRLF),
   `<k>-<i>-<kind>-IHE_XDM.zip` and `<k>-<i>-<kind>-pdf<j>.pdf`; for a legacy ORU (the tenant's
@@ -14,10 +15,12 @@ matrix, the trust space (`[directory] whitelist`) and the CDA validator (`[valid
   recipient kind, never by patient, and created readable by the owner only (they hold health
   data). One line per mail gives the recipient address, the Message-ID and the sizes.
 
-Not reproduced offline: the store's version checks of replacements and deletions (error 900,
-unknown originals), since render does not know what was sent before; and the listener's forced
-charset. Each run uses a fresh random request key, so Message-IDs differ from run to run and
-from the ones `serve` will use. No socket is opened and nothing is stored.
+The messages are read as the tenant's listener `--listener` reads them (default: its first):
+its forced `charset`, and its `enhanced_ack` for the answer printed. Not reproduced offline: the
+store's version checks of replacements and deletions (error 900, unknown originals), since render
+does not know what was sent before. Each run uses a fresh random request key, so Message-IDs
+differ from run to run and from the ones `serve` will use. No socket is opened and nothing is
+stored.
 
 Exit status: 0 when every message is accepted and its mails built, 1 otherwise, 2 for a
 configuration, tenant or file problem.
@@ -42,7 +45,7 @@ from connector.hl7.header import MessageHeader
 from connector.pipeline.decide import IntakeDecider
 from connector.pipeline.documents import CisisIntake
 from connector.pipeline.mails import MailContext, OutgoingMail, build_mails
-from connector.settings import Settings, TenantSettings
+from connector.settings import EnhancedAck, ListenerSettings, Settings, TenantSettings
 
 
 def register(sub: Any) -> None:
@@ -53,6 +56,9 @@ def register(sub: Any) -> None:
                         help="directory for the .eml, IHE_XDM.zip and PDF files (created)")
     add_config_argument(parser)
     parser.add_argument("--tenant", help="tenant id (required when the configuration has several)")
+    parser.add_argument("--listener", help="read the messages as this listener of the tenant "
+                                           "does (its charset and enhanced_ack; default: its "
+                                           "first listener)")
     parser.set_defaults(handler=run)
 
 
@@ -63,6 +69,7 @@ class _Offline:
     tenant: TenantSettings
     decider: IntakeDecider
     out: Path
+    application_ack: bool  # the listener's `enhanced_ack = "application"`
 
 
 def run(args: argparse.Namespace) -> int:
@@ -99,6 +106,7 @@ def _prepare(args: argparse.Namespace) -> _Offline:
     settings = settings_from(args)
     configure_logging(settings.logging)  # logs go to stderr; stdout is the report
     tenant = _tenant(settings, args.tenant)
+    listener = _listener(settings, tenant, args.listener)
     MailContext.for_tenant(tenant, request_key="check", submitted_at=datetime.now().astimezone())
     whitelist = load_whitelist(settings.whitelist) if settings.whitelist else None
     checker = build_cda_checker(settings, tenant.cisis.schematron_policy)
@@ -111,8 +119,10 @@ def _prepare(args: argparse.Namespace) -> _Offline:
     decider = IntakeDecider(CisisIntake(tenant.cisis, checker, whitelist),
                             legacy=build_legacy(tenant, f"tenants[{index}]", settings.source,
                                                 directory),
+                            forced_charset=listener.charset,
                             default_charset=settings.default_charset)
-    return _Offline(tenant, decider, args.out)
+    return _Offline(tenant, decider, args.out,
+                    application_ack=listener.enhanced_ack is EnhancedAck.APPLICATION)
 
 
 def _tenant(settings: Settings, tenant_id: str | None) -> TenantSettings:
@@ -128,6 +138,17 @@ def _tenant(settings: Settings, tenant_id: str | None) -> TenantSettings:
                           source=settings.source) from None
 
 
+def _listener(settings: Settings, tenant: TenantSettings, name: str | None) -> ListenerSettings:
+    if name is None:
+        return tenant.listeners[0]
+    for listener in tenant.listeners:
+        if listener.name == name:
+            return listener
+    names = ", ".join(repr(listener.name) for listener in tenant.listeners)
+    raise ConfigError("--listener", f"tenant {tenant.id!r} has no listener {name!r} (it has "
+                                    f"{names})", source=settings.source)
+
+
 # -- one message -----------------------------------------------------------------------------------
 
 
@@ -136,9 +157,10 @@ def _render_one(offline: _Offline, where: str, number: int, payload: bytes) -> b
     header = decision.header
     label = f"{where} [{number:03d}] MSH-10={header.control_id if header else '?'}"
     if decision.outcome is not Outcome.ACCEPTED:
-        print(f"{label} {_ack_code(header, decision.outcome)} {_err(decision.errors[0])}")
+        print(f"{label} {_ack_code(offline, header, decision.outcome)} "
+              f"{_err(decision.errors[0])}")
         return False
-    accepted = _ack_code(header, Outcome.ACCEPTED)
+    accepted = _ack_code(offline, header, Outcome.ACCEPTED)
     if decision.verdict is None:
         print(f"{label} {accepted} not a document request: no e-mail")
         return True
@@ -163,8 +185,8 @@ def _render_one(offline: _Offline, where: str, number: int, payload: bytes) -> b
     return True
 
 
-def _ack_code(header: MessageHeader | None, outcome: Outcome) -> str:
-    code = choose_ack_code(header, outcome)
+def _ack_code(offline: _Offline, header: MessageHeader | None, outcome: Outcome) -> str:
+    code = choose_ack_code(header, outcome, application_ack=offline.application_ack)
     return code.value if code is not None else "(no ACK: MSH-15)"
 
 

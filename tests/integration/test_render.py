@@ -34,7 +34,7 @@ WHITELIST = """<?xml version="1.0" encoding="UTF-8"?>
 
 def write_config(tmp_path: Path, *, oid: str | None = "1.2.250.1.999.1",
                  domains: tuple[str, ...] = ("test-ci-sis.mssante.fr", "patient.mssante.fr"),
-                 whitelist: Path | None = None) -> Path:
+                 whitelist: Path | None = None, listeners: str = "") -> Path:
     if whitelist is None:
         whitelist = tmp_path / "whitelist.xml"
         entries = "".join(f"<Domaine><Nom>{d}</Nom></Domaine>" for d in domains)
@@ -47,7 +47,7 @@ def write_config(tmp_path: Path, *, oid: str | None = "1.2.250.1.999.1",
         + (f'oid = "{oid}"\n' if oid else "")
         + '[tenants.cisis]\nsending_matrix = "ans-examples"\n'
         '[tenants.mailbox]\naddress = "pfi@chu-test.mssante.fr"\nnil = "DEV935997"\n'
-        '[[tenants.listeners]]\nport = 2575\n',
+        '[[tenants.listeners]]\nport = 2575\n' + listeners,
         encoding="utf-8",
     )
     return config
@@ -156,6 +156,24 @@ def test_two_documents_and_a_patient_mail(tmp_path: Path) -> None:
     assert patient["X-MSS-CODECDA"] == "11502-2,11502-2"
     assert patient["Disposition-Notification-To"] == "pfi@chu-test.mssante.fr"
     assert "PAT-TROIS" not in " ".join(p.name for p in (tmp_path / "out").iterdir())
+
+
+def test_the_answer_is_the_one_of_the_listener_named(tmp_path: Path) -> None:
+    enhanced = tmp_path / "enhanced.hl7"  # MSH-15 = AL, MSH-16 = AL: enhanced mode
+    enhanced.write_bytes(MDM_T02.read_bytes().replace(b"|2.6|||||FRA|", b"|2.6|||AL|AL|FRA|", 1))
+    config = write_config(tmp_path, listeners='[[tenants.listeners]]\nname = "apps"\n'
+                                              'port = 2576\nenhanced_ack = "application"\n')
+    lines = {}
+    for listener in (None, "apps"):
+        extra = ("--listener", listener) if listener else ()
+        code, out, _ = render(tmp_path, config, enhanced, extra=extra)
+        assert code == 0, out
+        lines[listener] = out.splitlines()[0]
+    assert " MSH-10=015 CA 1 e-mail(s)" in lines[None]  # the first listener: commit ACK
+    assert " MSH-10=015 AA 1 e-mail(s)" in lines["apps"]  # one application ACK
+    code, out, err = render(tmp_path, config, enhanced, extra=("--listener", "other"))
+    assert code == 2
+    assert "--listener: tenant 'chu-test' has no listener 'other'" in err
 
 
 def test_adt_is_accepted_without_mail(tmp_path: Path) -> None:
