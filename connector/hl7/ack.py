@@ -52,19 +52,33 @@ _COMMIT = {
 
 def choose_ack_code(header: MessageHeader | None, outcome: Outcome, *,
                     application_ack: bool = False) -> AckCode | None:
-    """The MSA-1 to send, or None when enhanced mode says no commit ACK is wanted.
-    `application_ack`: answer AA/AE/AR whatever MSH-15/16 say (`EnhancedAck.APPLICATION`)."""
+    """The MSA-1 to answer on the connection, or None when no acknowledgment is due.
+
+    Enhanced mode: the commit ACK (CA/CE/CR) when MSH-15 asks for one for this outcome; when
+    it does not but MSH-16 asks for an application ACK, that one (AA/AE/AR), the only
+    acknowledgment due: "the original acknowledgment protocol is equivalent to the enhanced
+    protocol with MSH-15 = NE and MSH-16 = AL" (HL7 v2 chapter 2), so a sender sending NE/AL
+    gets its answer on the connection as in original mode. `application_ack`: AA/AE/AR
+    whatever MSH-15/16 say (`EnhancedAck.APPLICATION`)."""
     if header is None or not header.enhanced_mode or application_ack:
         return _ORIGINAL[outcome]
-    code = _COMMIT[outcome]
-    condition = header.accept_ack_condition
+    commit = _COMMIT[outcome]
+    if _due(header.accept_ack_condition, commit.is_positive):
+        return commit
+    if _due(header.application_ack_condition, commit.is_positive):
+        return _ORIGINAL[outcome]
+    return None
+
+
+def _due(condition: AcknowledgmentCondition, positive: bool) -> bool:
+    """Whether an acknowledgment under `condition` (HL7 table 0155) is sent for an outcome."""
     if condition is AcknowledgmentCondition.NEVER:
-        return None
-    if condition is AcknowledgmentCondition.ERROR_ONLY and code.is_positive:
-        return None
-    if condition is AcknowledgmentCondition.SUCCESS_ONLY and not code.is_positive:
-        return None
-    return code
+        return False
+    if condition is AcknowledgmentCondition.ERROR_ONLY:
+        return not positive
+    if condition is AcknowledgmentCondition.SUCCESS_ONLY:
+        return positive
+    return True
 
 
 @dataclass(frozen=True, slots=True)

@@ -82,6 +82,16 @@ class MessageHeader:
         except ValueError:
             return AcknowledgmentCondition.ALWAYS
 
+    @property
+    def application_ack_condition(self) -> AcknowledgmentCondition:
+        """MSH-16: NEVER when empty (the sender asked for none), ALWAYS when unknown."""
+        if not self.application_ack_type:
+            return AcknowledgmentCondition.NEVER
+        try:
+            return AcknowledgmentCondition(self.application_ack_type)
+        except ValueError:
+            return AcknowledgmentCondition.ALWAYS
+
     @classmethod
     def from_segment(cls, msh: Segment) -> MessageHeader:
         raw9 = msh.raw(9)

@@ -85,6 +85,26 @@ async def test_enhanced_mode_commit_ack(running: RunningApp, msh15: str,
     assert len(await running.rows(status=InboundStatus.ACCEPTED)) == 1
 
 
+@pytest.mark.parametrize(("msh16", "expected"), [("AL", "AA"), ("SU", "AA"), ("ER", None),
+                                                 ("NE", None)])
+async def test_no_commit_ack_asked_but_an_application_ack_answers_it(
+        running: RunningApp, msh16: str, expected: str | None) -> None:
+    """MSH-15 = NE: no commit ACK; MSH-16 asks for the application ACK, the only one due
+    (HL7: NE/AL is original mode), which the sender gets on the connection."""
+    message = with_msh16(with_msh15(adt(f"NA{msh16}"), "NE"), msh16)
+    async with running.client(timeout=1.0) as client:
+        if expected is None:
+            with pytest.raises(ProtocolError):
+                await client.send(message)
+        else:
+            assert ack_fields(await client.send(message))["code"] == expected
+    assert len(await running.rows(status=InboundStatus.ACCEPTED)) == 1
+    refused = with_msh16(with_msh15(adt(f"NR{msh16}").replace(b"ADT^A01^ADT_A01", b"ZZZ^Z01"),
+                                    "NE"), msh16)
+    if msh16 in ("AL", "ER"):
+        assert ack_fields(await running.send(refused))["code"] == "AE"
+
+
 @pytest.mark.parametrize("msh15", ["AL", "NE"])
 async def test_a_listener_set_to_answer_application_acks_answers_aa_in_enhanced_mode(
         app_factory: Callable[..., object], tmp_path: Path, msh15: str) -> None:

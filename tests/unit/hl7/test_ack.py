@@ -298,16 +298,41 @@ ENHANCED = {
 OUTCOMES = (Outcome.ACCEPTED, Outcome.ERROR, Outcome.REJECTED)
 
 
+# MSH-16 → (application ACK due for ACCEPTED, ERROR, REJECTED)
+APPLICATION_DUE = {
+    "": (False, False, False),  # not asked
+    "NE": (False, False, False),
+    "AL": (True, True, True),
+    "ER": (False, True, True),
+    "SU": (True, False, False),
+    "XX": (True, True, True),  # unknown = AL
+}
+APPLICATION = (AckCode.APPLICATION_ACCEPT, AckCode.APPLICATION_ERROR, AckCode.APPLICATION_REJECT)
+
+
 @pytest.mark.parametrize("outcome", OUTCOMES)
 @pytest.mark.parametrize(
     ("msh15", "msh16"),
     # Every MSH-15 with every MSH-16, except both empty (original mode, tested below).
-    [(m15, m16) for m15 in sorted(ENHANCED) for m16 in ("", "AL", "NE") if m15 or m16],
+    [(m15, m16) for m15 in sorted(ENHANCED) for m16 in sorted(APPLICATION_DUE) if m15 or m16],
 )
 def test_enhanced_mode_truth_table(msh15: str, msh16: str, outcome: Outcome) -> None:
+    """The commit ACK when MSH-15 asks for one; else the application ACK when MSH-16 does
+    (HL7: NE/AL is original mode by another name); else nothing."""
     h = header_with(msh15, msh16)
     assert h.enhanced_mode
-    assert choose_ack_code(h, outcome) is ENHANCED[msh15][OUTCOMES.index(outcome)]
+    n = OUTCOMES.index(outcome)
+    commit = ENHANCED[msh15][n]
+    expected = commit or (APPLICATION[n] if APPLICATION_DUE[msh16][n] else None)
+    assert choose_ack_code(h, outcome) is expected
+
+
+def test_a_sender_asking_only_for_an_application_ack_gets_it_on_the_connection() -> None:
+    assert choose_ack_code(header_with("NE", "AL"), Outcome.ACCEPTED) is AckCode.APPLICATION_ACCEPT
+    assert choose_ack_code(header_with("NE", "ER"), Outcome.ERROR) is AckCode.APPLICATION_ERROR
+    assert choose_ack_code(header_with("NE", "ER"), Outcome.ACCEPTED) is None
+    assert choose_ack_code(header_with("NE", "NE"), Outcome.ERROR) is None
+    assert choose_ack_code(header_with("AL", "AL"), Outcome.ACCEPTED) is AckCode.COMMIT_ACCEPT
 
 
 @pytest.mark.parametrize(
@@ -330,8 +355,10 @@ def test_a_listener_answering_application_acks_ignores_msh15_and_16(
     assert choose_ack_code(header_with(msh15, msh16), outcome, application_ack=True) is original
 
 
-def test_lower_case_msh15_counts() -> None:
+def test_lower_case_msh15_and_16_count() -> None:
     assert choose_ack_code(header_with("ne"), Outcome.ACCEPTED) is None
+    assert choose_ack_code(header_with("ne", "su"), Outcome.ACCEPTED) is (
+        AckCode.APPLICATION_ACCEPT)
 
 
 # -- control ids ----------------------------------------------------------------------------------
