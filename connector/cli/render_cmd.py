@@ -119,10 +119,10 @@ def _prepare(args: argparse.Namespace) -> _Offline:
     decider = IntakeDecider(CisisIntake(tenant.cisis, checker, whitelist),
                             legacy=build_legacy(tenant, f"tenants[{index}]", settings.source,
                                                 directory),
-                            forced_charset=listener.charset,
+                            forced_charset=listener.charset if listener else None,
                             default_charset=settings.default_charset)
-    return _Offline(tenant, decider, args.out,
-                    application_ack=listener.enhanced_ack is EnhancedAck.APPLICATION)
+    return _Offline(tenant, decider, args.out, application_ack=(
+        listener is not None and listener.enhanced_ack is EnhancedAck.APPLICATION))
 
 
 def _tenant(settings: Settings, tenant_id: str | None) -> TenantSettings:
@@ -138,9 +138,11 @@ def _tenant(settings: Settings, tenant_id: str | None) -> TenantSettings:
                           source=settings.source) from None
 
 
-def _listener(settings: Settings, tenant: TenantSettings, name: str | None) -> ListenerSettings:
+def _listener(settings: Settings, tenant: TenantSettings, name: str | None
+              ) -> ListenerSettings | None:
+    """The listener named, else the tenant's first; None for a tenant without listener."""
     if name is None:
-        return tenant.listeners[0]
+        return tenant.listeners[0] if tenant.listeners else None
     for listener in tenant.listeners:
         if listener.name == name:
             return listener
