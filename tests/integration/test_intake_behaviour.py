@@ -71,17 +71,21 @@ def with_msh16(message: bytes, value: str) -> bytes:
     return b"|".join(fields) + b"\r" + rest
 
 
-@pytest.mark.parametrize(("msh15", "expected"), [("AL", "CA"), ("SU", "CA"), ("ER", None),
-                                                 ("NE", None)])
-async def test_enhanced_mode_commit_ack(running: RunningApp, msh15: str,
-                                        expected: str | None) -> None:
-    message = with_msh15(adt("EN1"), msh15)
+async def answered(running: RunningApp, message: bytes, expected: str | None) -> None:
+    """`message` gets the ACK code `expected`, or no answer at all (None)."""
     async with running.client(timeout=1.0) as client:
         if expected is None:
             with pytest.raises(ProtocolError):
                 await client.send(message)
         else:
             assert ack_fields(await client.send(message))["code"] == expected
+
+
+@pytest.mark.parametrize(("msh15", "expected"), [("AL", "CA"), ("SU", "CA"), ("ER", None),
+                                                 ("NE", None)])
+async def test_enhanced_mode_commit_ack(running: RunningApp, msh15: str,
+                                        expected: str | None) -> None:
+    await answered(running, with_msh15(adt("EN1"), msh15), expected)
     assert len(await running.rows(status=InboundStatus.ACCEPTED)) == 1
 
 
@@ -91,13 +95,7 @@ async def test_no_commit_ack_asked_but_an_application_ack_answers_it(
         running: RunningApp, msh16: str, expected: str | None) -> None:
     """MSH-15 = NE: no commit ACK; MSH-16 asks for the application ACK, the only one due
     (HL7: NE/AL is original mode), which the sender gets on the connection."""
-    message = with_msh16(with_msh15(adt(f"NA{msh16}"), "NE"), msh16)
-    async with running.client(timeout=1.0) as client:
-        if expected is None:
-            with pytest.raises(ProtocolError):
-                await client.send(message)
-        else:
-            assert ack_fields(await client.send(message))["code"] == expected
+    await answered(running, with_msh16(with_msh15(adt(f"NA{msh16}"), "NE"), msh16), expected)
     assert len(await running.rows(status=InboundStatus.ACCEPTED)) == 1
     refused = with_msh16(with_msh15(adt(f"NR{msh16}").replace(b"ADT^A01^ADT_A01", b"ZZZ^Z01"),
                                     "NE"), msh16)
