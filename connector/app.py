@@ -408,7 +408,7 @@ def warn_about_exposure(settings: Settings) -> None:
             mode = secret.path.stat().st_mode
         except OSError:  # read when the configuration was loaded; gone since, or a race
             continue
-        if mode & (stat.S_IRWXO | stat.S_IWGRP):
+        if mode & (stat.S_IROTH | stat.S_IWOTH | stat.S_IWGRP):
             log.warning("secret_file_exposed", key=secret.key, path=str(secret.path),
                         mode=f"{stat.S_IMODE(mode):04o}",
                         hint="other accounts of this host can read or change this secret: "

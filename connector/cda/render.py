@@ -18,7 +18,12 @@ author, organisation) plus a faithful transcription of the narrative", and, for 
   `linkHtml` (its text), `footnote`, `footnoteRef`; `renderMultiMedia` (an image the PDF does
   not hold) becomes a bracketed mention with its caption. Any other element keeps its text.
   Entries (the coded part) are not rendered: the narrative is the attested content;
-* **body, level 1 text/plain**: the decoded text, lines and spaces kept.
+* **body, level 1 text/plain**: the decoded text (UTF-8, else Windows-1252), lines and spaces
+  kept. Characters XML cannot hold (control characters) become U+FFFD everywhere.
+
+A narrative of more than `MAX_NARRATIVE_ELEMENTS` elements is not rendered: layout time grows
+with table cells, and the rendering runs in the document stage, before the ACK (0.2-0.6 s for
+the ANS level-3 examples; 0.6 s more for WeasyPrint's first import in a process).
 
 The page is built as XHTML with lxml (every value escaped), then rendered by WeasyPrint as
 PDF/A-1b (`pdf/a-1b`: fonts embedded and subset, XMP metadata, sRGB output intent), fetching
@@ -37,16 +42,27 @@ import ctypes.util
 import functools
 import os
 import re
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from lxml import etree
 
 from connector.cda.header import INS_ROOTS, CdaHeader, Organization, PersonName
 from connector.cda.paths import HL7_NS, select
-from connector.errors import DocumentError, PdfRenditionError
+from connector.errors import PdfRenditionError
 
 PDF_VARIANT = "pdf/a-1b"
+#: Narratives with more elements are not rendered: layout time grows with the table cells (a
+#: 2,000-row table takes 7 s here) and the rendering runs before the ACK.
+MAX_NARRATIVE_ELEMENTS = 15_000
+
+# Where HarfBuzz's subsetter is missing (Debian: libharfbuzz-subset0), WeasyPrint subsets the
+# embedded fonts with fontTools, which dates them (`head.modified`) from this reproducible-builds
+# variable, else from the clock: without it the same CDA would give PDFs whose font bytes
+# differ. Any value does; one the site set is kept. Set when this module is imported (at
+# start-up, before any worker thread), never while other threads may read the environment.
+if not os.environ.get("SOURCE_DATE_EPOCH"):
+    os.environ["SOURCE_DATE_EPOCH"] = "315532800"  # 1980-01-01, the ZIP format's first day
 _H = f"{{{HL7_NS}}}"
 _XHTML_NS = "http://www.w3.org/1999/xhtml"
 
@@ -73,6 +89,7 @@ _STYLE_CODES = {"bold": "font-weight: bold", "italics": "font-style: italic",
 _TABLE_PARTS = frozenset({"table", "caption", "thead", "tbody", "tfoot", "tr", "th", "td",
                           "colgroup", "col"})
 _SPAN_ATTRIBUTES = ("colspan", "rowspan")
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 _TS = re.compile(r"(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.\d+)?([+-]\d{4})?$")
 
 
@@ -81,13 +98,18 @@ _TS = re.compile(r"(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.\d+)?([+-
 
 def render_pdf(root: etree._Element, header: CdaHeader) -> bytes:
     """The PDF/A-1b rendition of the parsed CDA `root` (its header read as `header`).
-    `DocumentError` for a body that is neither structured nor text; `PdfRenditionError` when
-    the renderer is missing or fails."""
-    html = etree.tostring(rendition_html(root, header), encoding="unicode", method="html")
+
+    Whatever goes wrong is `PdfRenditionError`, never the message's fault (the CDA was checked
+    before): the renderer missing, a body it cannot render (a level-1 body neither PDF nor
+    text), a narrative over `MAX_NARRATIVE_ELEMENTS`, a failure while building the page or
+    laying it out. Its text names the cause, never the content."""
     weasyprint = _weasyprint()
     try:
+        html = etree.tostring(rendition_html(root, header), encoding="unicode", method="html")
         document = weasyprint.HTML(string=html, url_fetcher=_refuse_fetch)
         pdf = document.write_pdf(pdf_variant=PDF_VARIANT)
+    except PdfRenditionError:
+        raise
     except Exception as exc:  # noqa: BLE001 (a renderer bug is not the message's fault)
         raise PdfRenditionError(f"the PDF rendition of the CDA failed ({type(exc).__name__})"
                                 ) from None
@@ -95,9 +117,10 @@ def render_pdf(root: etree._Element, header: CdaHeader) -> bytes:
     return pdf
 
 
+@functools.cache
 def renderer_problem() -> str | None:
-    """Why PDFs cannot be rendered on this host (a missing library), or None. Cheap: it looks
-    for the shared libraries, without loading WeasyPrint."""
+    """Why PDFs cannot be rendered on this host (a missing library), or None. Looked up once
+    (`find_library` runs ldconfig), without loading WeasyPrint."""
     missing = [name for name in ("pango-1.0", "pangoft2-1.0")
                if ctypes.util.find_library(name) is None]
     if missing:
@@ -106,17 +129,8 @@ def renderer_problem() -> str | None:
     return None
 
 
-# Where HarfBuzz's subsetter is missing (Debian: libharfbuzz-subset0), WeasyPrint subsets the
-# embedded fonts with fontTools, which dates them (`head.modified`) from this reproducible-builds
-# variable, else from the clock: without it the same CDA would give PDFs whose font bytes
-# differ. Any value does; one the site set is kept.
-_FONT_DATE = "315532800"  # 1980-01-01, the ZIP format's first day
-
-
 @functools.cache
 def _weasyprint() -> Any:
-    if not os.environ.get("SOURCE_DATE_EPOCH"):
-        os.environ["SOURCE_DATE_EPOCH"] = _FONT_DATE
     try:
         import weasyprint
     except (ImportError, OSError) as exc:
@@ -134,8 +148,8 @@ def _refuse_fetch(url: str, *args: object, **kwargs: object) -> dict[str, Any]:
 
 def rendition_html(root: etree._Element, header: CdaHeader) -> etree._Element:
     """The page rendered: an XHTML tree (every value an escaped text node)."""
-    title = (header.title or (header.code.display_name if header.code else None)
-             or "Document médical")
+    title = _xml_text(header.title or (header.code.display_name if header.code else None)
+                      or "Document médical")
     html = etree.Element("html", lang=(header.language_code or "fr-FR")[:2])
     head = etree.SubElement(html, "head")
     etree.SubElement(head, "meta", charset="utf-8")
@@ -146,13 +160,17 @@ def rendition_html(root: etree._Element, header: CdaHeader) -> etree._Element:
         etree.SubElement(head, "meta", name="dcterms.modified", content=created)
     authors = [_person(a.person_name) for a in header.authors if a.person_name]
     if authors:
-        etree.SubElement(head, "meta", name="author", content=", ".join(authors))
+        etree.SubElement(head, "meta", name="author", content=_xml_text(", ".join(authors)))
     etree.SubElement(head, "style").text = _STYLE
     body = etree.SubElement(html, "body")
     etree.SubElement(body, "h1").text = title
     body.append(_header_table(header))
     structured = select(root, "h:component/h:structuredBody")
     if structured:
+        size = sum(1 for _ in structured[0].iter())
+        if size > MAX_NARRATIVE_ELEMENTS:
+            raise PdfRenditionError(f"the structured body is too large to render before the "
+                                    f"ACK ({size} elements, at most {MAX_NARRATIVE_ELEMENTS})")
         for section in select(structured[0], "h:component/h:section"):
             _section(body, section, 2)
     else:
@@ -191,7 +209,7 @@ def _header_table(header: CdaHeader) -> etree._Element:
     for label, value in rows:
         tr = etree.SubElement(table, "tr")
         etree.SubElement(tr, "th").text = label
-        etree.SubElement(tr, "td").text = value
+        etree.SubElement(tr, "td").text = _xml_text(value)
     return table
 
 
@@ -216,21 +234,28 @@ def _patient_rows(header: CdaHeader) -> list[tuple[str, str]]:
 
 
 def _plain_text(root: etree._Element) -> etree._Element:
-    """A level-1 body that is text (`text/plain`, base64 or not) as it is written."""
+    """A level-1 `text/plain` body (base64 or not), its lines and spaces kept: UTF-8, else
+    Windows-1252 (the superset of Latin-1 French systems write)."""
     found = select(root, "h:component/h:nonXMLBody/h:text")
     if not found:
-        raise DocumentError("the CDA has neither structuredBody nor nonXMLBody/text")
+        raise PdfRenditionError("the CDA has neither structuredBody nor nonXMLBody/text")
     element = found[0]
+    media_type = (element.get("mediaType") or "text/plain").strip().lower()
+    if media_type != "text/plain":
+        raise PdfRenditionError(f"a level-1 body of type {media_type[:40]!r} is not rendered")
     raw = "".join(t for t in element.itertext() if isinstance(t, str))
     if (element.get("representation") or "TXT").strip().upper() == "B64":
         compact = "".join(raw.split())
         try:
-            raw = base64.b64decode(compact + "=" * (-len(compact) % 4),
-                                   validate=True).decode("utf-8")
-        except (binascii.Error, ValueError) as exc:
-            raise DocumentError("nonXMLBody/text is not base64 of UTF-8 text") from exc
+            data = base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)
+        except (binascii.Error, ValueError):
+            raise PdfRenditionError("nonXMLBody/text is not valid base64") from None
+        try:
+            raw = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raw = data.decode("cp1252", errors="replace")
     pre = etree.Element("pre")
-    pre.text = raw.replace("\r\n", "\n")
+    pre.text = _xml_text(raw.replace("\r\n", "\n").replace("\f", "\n"))
     return pre
 
 
@@ -244,7 +269,7 @@ def _section(parent: etree._Element, section: etree._Element, depth: int) -> Non
         codes = select(section, "h:code")
         title = (codes[0].get("displayName") or "").strip() if codes else ""
     if title:
-        etree.SubElement(parent, f"h{min(depth, 6)}").text = title
+        etree.SubElement(parent, f"h{min(depth, 6)}").text = _xml_text(title)
     for text in select(section, "h:text"):
         block = etree.SubElement(parent, "div", {"class": "narrative"})
         _children(block, text)
@@ -270,16 +295,18 @@ def _narrative(target: etree._Element, element: etree._Element) -> None:
         media = etree.SubElement(target, "span", {"class": "media"})
         captions = [" ".join(_text_of(c).split()) for c in element
                     if isinstance(c.tag, str) and etree.QName(c).localname == "caption"]
-        media.text = f"[image non reproduite{': ' + captions[0] if captions else ''}]"
+        media.text = _xml_text(f"[image non reproduite{': ' + captions[0] if captions else ''}]")
         return
     if name == "footnoteRef":
-        etree.SubElement(target, "sup").text = f"[{element.get('IDREF') or '*'}]"
+        etree.SubElement(target, "sup").text = _xml_text(f"[{element.get('IDREF') or '*'}]")
         return
     out = _element_for(target, name, element)
     _children(out, element)
 
 
 def _element_for(target: etree._Element, name: str, element: etree._Element) -> etree._Element:
+    if name == "caption" and target.tag != "table":  # of a paragraph, a list or an item
+        return etree.SubElement(target, "strong")
     if name in _TABLE_PARTS:
         attributes = {a: element.get(a, "") for a in _SPAN_ATTRIBUTES
                       if (element.get(a) or "").isdigit()}
@@ -293,8 +320,6 @@ def _element_for(target: etree._Element, name: str, element: etree._Element) -> 
         return etree.SubElement(target, "li", _styled(element))
     if name in ("sub", "sup"):
         return etree.SubElement(target, name)
-    if name == "caption":  # of a paragraph or a list (a table's is a table part)
-        return etree.SubElement(target, "strong")
     if name == "footnote":
         return etree.SubElement(target, "small")
     return etree.SubElement(target, "span", _styled(element))  # content, linkHtml, others
@@ -310,9 +335,16 @@ def _text_of(element: etree._Element) -> str:
     return "".join(t for t in element.itertext() if isinstance(t, str)).strip()
 
 
+def _xml_text(text: str) -> str:
+    """`text` without the characters XML 1.0 cannot hold (control characters a text body or
+    an unescaped HL7 field may carry): each becomes U+FFFD."""
+    return _NOT_XML.sub("\ufffd", text)
+
+
 def _append_text(target: etree._Element, text: str | None) -> None:
     if not text:
         return
+    text = _xml_text(text)
     if len(target):
         last = target[-1]
         last.tail = (last.tail or "") + text
@@ -337,14 +369,14 @@ def _parsed(ts: str) -> tuple[datetime, bool] | None:
     if match is None:
         return None
     year, month, day, hour, minute, second, offset = match.groups()
-    tz = UTC
-    if offset:
-        sign = -1 if offset[0] == "-" else 1
-        tz = timezone(sign * timedelta(hours=int(offset[1:3]), minutes=int(offset[3:5])))
     try:
+        tz = None  # no offset: the sender's local time, written as it is
+        if offset:
+            sign = -1 if offset[0] == "-" else 1
+            tz = timezone(sign * timedelta(hours=int(offset[1:3]), minutes=int(offset[3:5])))
         value = datetime(int(year), int(month or 1), int(day or 1), int(hour or 0),
                          int(minute or 0), int(second or 0), tzinfo=tz)
-    except ValueError:
+    except ValueError:  # 20240230, +2400...
         return None
     return value, hour is not None
 

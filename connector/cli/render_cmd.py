@@ -189,7 +189,7 @@ def _render_one(offline: _Offline, where: str, number: int, payload: bytes) -> b
 
 def _ack_code(offline: _Offline, header: MessageHeader | None, outcome: Outcome) -> str:
     code = choose_ack_code(header, outcome, application_ack=offline.application_ack)
-    return code.value if code is not None else "(no ACK: MSH-15)"
+    return code.value if code is not None else "(no ACK: MSH-15/16)"
 
 
 def _err(error: AckError) -> str:

@@ -291,9 +291,10 @@ def _classify_reply(stage: Stage, code: int, status: str | None) -> Classificati
 
 
 # At MAIL FROM, replies about the message itself: its size (SIZE=) or its parameters (DSN's
-# RET and ENVID, BODY), by reply code when no enhanced status says more.
+# RET and ENVID, BODY), by reply code when no enhanced status says more. RFC 3463: X.3.4
+# "message too big for system", X.2.3 "message length exceeds administrative limit", X.5.x
+# protocol (a parameter refused); any other status at MAIL is about the sender or the system.
 _MESSAGE_CODES_AT_MAIL: Final = frozenset({501, 552, 555})
-_MESSAGE_SUBJECTS_AT_MAIL: Final = frozenset({"3", "5"})  # RFC 3463: mail system, protocol
 
 
 def refuses_the_sender(code: int, status: str | None) -> bool:
@@ -301,12 +302,13 @@ def refuses_the_sender(code: int, status: str | None) -> bool:
     carries only the sender, the tenant's application mailbox on every mail, and this
     message's own parameters; a refusal of the sender (`553 5.7.1 sender not owned by user`,
     `550 5.1.8 bad sender's system address`) would refuse every mail of the tenant alike, so it
-    is the tenant's configuration at fault, not the message: failing each mail permanently, one
-    after the other, would turn a wrong address or certificate into a queue of lost documents.
-    About the message: the size (X.3.4, X.2.3 or 552) and the parameters (X.5.x, 501, 555)."""
+    is the tenant's configuration (or the operator's system: X.3.2 "not accepting network
+    messages") at fault, not the message: failing each mail permanently, one after the other,
+    would turn a wrong address or certificate into a queue of lost documents. About the
+    message: the size (X.3.4, X.2.3 or 552) and the parameters (X.5.x, 501, 555)."""
     if status is not None:
-        return (status.split(".")[1] not in _MESSAGE_SUBJECTS_AT_MAIL
-                and not status.endswith(".2.3"))
+        _, subject, detail = status.split(".")
+        return not (subject == "5" or (subject, detail) in (("3", "4"), ("2", "3")))
     return code not in _MESSAGE_CODES_AT_MAIL
 
 

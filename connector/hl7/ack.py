@@ -4,7 +4,8 @@
   no MSH-21 (change-log 2.1.1).
 - Original mode (MSH-15/16 empty): AA / AE / AR.
 - Enhanced mode (MSH-15 or MSH-16 valued): commit ACK CA / CE / CR, sent or not per MSH-15
-  (AL always, NE never, ER on error only, SU on success only; empty counts as AL).
+  (AL always, NE never, ER on error only, SU on success only; empty counts as AL); when no
+  commit ACK is due but MSH-16 asks for an application ACK, AA / AE / AR (`choose_ack_code`).
 """
 
 from __future__ import annotations

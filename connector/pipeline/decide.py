@@ -2,7 +2,8 @@
 MLLP handler) and `render` (offline), so the two can never disagree.
 
 Two stages: `first_pass` (charset, MSH, segments, route: microseconds, fine on the event loop)
-and `check_documents` (CI-SIS checks and CDA validation: milliseconds, run in a worker thread).
+and `check_documents` (CI-SIS checks, CDA validation, the mails and any PDF rendered for them:
+milliseconds to seconds, run in a worker thread or process).
 """
 
 from __future__ import annotations

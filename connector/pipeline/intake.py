@@ -197,7 +197,8 @@ class IntakeHandler:
     async def _check_documents(self, decision: IntakeDecision, payload: bytes
                                ) -> IntakeDecision:
         """The document stage: in a worker process when `[intake] document_processes` runs
-        some, else in a thread (never on the event loop: milliseconds of CPU)."""
+        some, else in a thread (never on the event loop: milliseconds of CPU, up to seconds when a
+        PDF is rendered)."""
         processes = self._documents() if self._documents is not None else None
         if processes is None:
             return await asyncio.to_thread(self.decider.check_documents, decision)

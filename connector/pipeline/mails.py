@@ -193,7 +193,8 @@ class OutgoingMail:
 
     `index`: 1-based position in `request.sending.recipients`. `content`: the RFC 5322 message,
     CRLF line endings. `documents_without_pdf`: OBX sequences (OBX-1 order of the message) of the
-    CDAs this mail carries without a PDF rendition (see the module docstring).
+    CDAs this mail carries without a PDF rendition (see the module docstring), and
+    `pdf_problems` why, one per such document (`PdfRenditionError` texts: causes, no content).
     """
 
     index: int
@@ -205,6 +206,7 @@ class OutgoingMail:
     xdm_zip: bytes
     pdfs: tuple[Attachment, ...] = ()
     documents_without_pdf: tuple[int, ...] = ()
+    pdf_problems: tuple[str, ...] = ()
 
     def __repr__(self) -> str:  # no address (a patient's carries the INS), no content
         return (
@@ -226,6 +228,7 @@ class _Common:
     subject: SubjectInput
     pdfs: tuple[Attachment, ...]
     documents_without_pdf: tuple[int, ...]
+    pdf_problems: tuple[str, ...]
     patient_id: InstanceId
     author: SubmissionAuthor | None
     extra_confidentiality: tuple[ExtraConfidentiality, ...]
@@ -248,13 +251,14 @@ def build_mails(request: DocumentRequest, context: MailContext) -> tuple[Outgoin
 def _common(request: DocumentRequest, context: MailContext) -> _Common:
     subject = _subject(request.documents)
     cda_codes = tuple(_cda_code(d) for d in request.documents)
-    pdfs, missing = _renditions(request.documents)
+    pdfs, missing, problems = _renditions(request.documents)
     return _Common(
         xdm_documents=tuple(XdmDocument(d.content, d.header) for d in request.documents),
         cda_codes=cda_codes,
         subject=subject,
         pdfs=pdfs,
         documents_without_pdf=missing,
+        pdf_problems=problems,
         patient_id=patient_id(request, context.establishment_oid),
         author=_submission_author(request.sender),
         extra_confidentiality=extra_confidentiality(request),
@@ -283,6 +287,7 @@ def _mail(
         xdm_zip=xdm_zip,
         pdfs=common.pdfs,
         documents_without_pdf=common.documents_without_pdf,
+        pdf_problems=common.pdf_problems,
     )
 
 
@@ -463,10 +468,12 @@ def _birth_date(birth_time: str | None) -> date | None:
 
 def _renditions(
     documents: tuple[CdaDocument, ...],
-) -> tuple[tuple[Attachment, ...], tuple[int, ...]]:
-    """The PDF attachments in document order, and the OBX sequences of CDAs without one."""
+) -> tuple[tuple[Attachment, ...], tuple[int, ...], tuple[str, ...]]:
+    """The PDF attachments in document order, the OBX sequences of CDAs without one, and
+    why each has none."""
     pdfs: list[Attachment] = []
     missing: list[int] = []
+    problems: list[str] = []
     for document in documents:
         with _located(_obx(document)):
             root = document.root()
@@ -474,11 +481,12 @@ def _renditions(
             if content is None:
                 try:
                     content = render_pdf(root, document.header)
-                except PdfRenditionError:
+                except PdfRenditionError as exc:
                     missing.append(document.obx_sequence)
+                    problems.append(str(exc))
                     continue
             pdfs.append(Attachment(pdf_attachment_name(document.header), content))
-    return _distinct_names(pdfs), tuple(missing)
+    return _distinct_names(pdfs), tuple(missing), tuple(problems)
 
 
 def _distinct_names(pdfs: list[Attachment]) -> tuple[Attachment, ...]:

@@ -1,10 +1,11 @@
 """The document stage of intake in worker processes (`[intake] document_processes`).
 
-`IntakeDecider.check_documents` (CI-SIS checks, CDA validation, the mails: milliseconds of CPU
-per message) holds the GIL for most of its time. In threads it shares one core with everything
-else the server process does (MLLP, ACKs, the store's writer, SMTP and TLS). `DocumentProcesses`
-runs it in a pool of processes instead. Each worker builds, once, the same deciders as the server
-(`connector.tenants.build_intake_parts`) from the settings it was started with.
+`IntakeDecider.check_documents` (CI-SIS checks, CDA validation, the mails and the PDFs rendered
+for them: milliseconds to seconds of CPU per message) holds the GIL for most of its time. In
+threads it shares one core with everything else the server process does (MLLP, ACKs, the
+store's writer, SMTP and TLS). `DocumentProcesses` runs it in a pool of processes instead. Each
+worker builds, once, the same deciders as the server (`connector.tenants.build_intake_parts`)
+from the settings it was started with.
 
 What crosses the process boundary is plain data: the message's bytes and its first-pass
 decision out (with the patient's ADT context; the worker parses the bytes again), the decided

@@ -18,7 +18,6 @@ from datetime import datetime
 
 import structlog
 
-from connector.cda.render import renderer_problem
 from connector.cisis.model import DocumentRequest
 from connector.delivery.job import MailJob
 from connector.mail.compose import message_id_local_part, with_references
@@ -58,10 +57,10 @@ class MailPlanner:
         metadata = request.metadata
         sender = self.tenant.mailbox.address
         mails = self.mails(request, request_key)
-        without_pdf = sorted({n for mail in mails for n in mail.documents_without_pdf})
-        if without_pdf:  # ECO.2.1.5: sent all the same, the CDA is in the archive
-            log.warning("mail_without_pdf", obx=without_pdf,
-                        hint=renderer_problem() or "the PDF rendition failed: see the logs")
+        if mails and mails[0].documents_without_pdf:  # the same for every mail of a request
+            # ECO.2.1.5: sent all the same, the CDA is in the archive
+            log.warning("mail_without_pdf", obx=list(mails[0].documents_without_pdf),
+                        problems=list(dict.fromkeys(mails[0].pdf_problems)))
         return tuple(
             OutboxItem(
                 tenant_id=self.tenant.id,

@@ -184,7 +184,7 @@ def test_secret_files_other_accounts_can_read_are_warned(tmp_path: Path) -> None
     assert warned["admin.token_file"]["path"] == str(token)
     assert "t" * 32 not in repr(warned)  # the path, never the secret
 
-    for path, mode in ((keys, 0o600), (token, 0o640), (listener.private_key, 0o400)):
+    for path, mode in ((keys, 0o600), (token, 0o640), (listener.private_key, 0o401)):
         path.chmod(mode)
     assert not [e for e in exposure_events(tmp_path, toml)
                 if e["event"] == "secret_file_exposed"]

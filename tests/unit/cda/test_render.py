@@ -6,9 +6,12 @@ without a renderer."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
 import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +21,7 @@ from connector.cda import render
 from connector.cda.header import HL7_NS, read_cda_header
 from connector.cda.render import render_pdf, renderer_problem, rendition_html
 from connector.errors import DocumentError, PdfRenditionError
-from tests.conftest import CDA_FIXTURES, CISIS_FIXTURES, needs_pdf_renderer
+from tests.conftest import CDA_FIXTURES, CISIS_FIXTURES, ROOT, needs_pdf_renderer
 
 ORU_N3 = CISIS_FIXTURES / "oru-r01-initial" / "document-n3.xml"
 LEVEL3 = [ORU_N3, CDA_FIXTURES / "bio-cr-bio-microbiologie-n3.xml",
@@ -138,16 +141,65 @@ def test_the_page_references_nothing_to_fetch() -> None:
         render._refuse_fetch("http://example.invalid/x")
 
 
+def text_body(data: bytes, media_type: str = "text/plain") -> str:
+    return (f'<nonXMLBody><text mediaType="{media_type}" representation="B64">'
+            f"{base64.b64encode(data).decode()}</text></nonXMLBody>")
+
+
 def test_a_level1_text_body_is_rendered_as_written() -> None:
-    text = "Compte rendu\r\n  Ligne indentée — é\r\n"
-    body = ('<nonXMLBody><text mediaType="text/plain" representation="B64">'
-            f"{base64.b64encode(text.encode()).decode()}</text></nonXMLBody>")
-    pre = page(cda(body)).find("body/pre")
+    pre = page(cda(text_body("Compte rendu\r\n  Ligne indentée — é\r\n".encode()))
+               ).find("body/pre")
     assert pre is not None
     assert pre.text == "Compte rendu\n  Ligne indentée — é\n"
-    with pytest.raises(DocumentError, match="base64"):
-        page(cda('<nonXMLBody><text mediaType="text/plain" representation="B64">'
-                 "@@@</text></nonXMLBody>"))
+
+
+def test_a_level1_text_body_in_latin_1_with_a_form_feed_still_renders() -> None:
+    # an HL7 TX field's \X0C\ (new page) decodes to a form feed; French systems write 8859-1
+    pre = page(cda(text_body("Page 1\fPage 2 élément\x01".encode("latin-1")))).find("body/pre")
+    assert pre is not None
+    assert pre.text == "Page 1\nPage 2 élément\ufffd"
+
+
+@pytest.mark.parametrize(("body", "problem"), [
+    (text_body(b"\xff\xd8\xff\xe0", "image/jpeg"), "'image/jpeg' is not rendered"),
+    ('<nonXMLBody><text mediaType="text/plain" representation="B64">@@@</text></nonXMLBody>',
+     "not valid base64"),
+    ("", "neither structuredBody nor nonXMLBody"),
+])
+def test_what_cannot_be_rendered_is_a_rendition_error_not_the_message_s(
+        body: str, problem: str) -> None:
+    with pytest.raises(PdfRenditionError, match=problem) as raised:
+        page(cda(body))
+    assert not isinstance(raised.value, DocumentError)  # never answered AE
+
+
+@pytest.mark.parametrize("value", ["20240305143000+2400", "20240230", "2024030514"])
+def test_odd_dates_do_not_break_the_page(value: str) -> None:
+    root = cda()
+    root.find(f"{{{HL7_NS}}}effectiveTime").set("value", value)
+    html = page(root)
+    created = html.find("head/meta[@name='dcterms.created']")
+    if value == "2024030514":  # no offset: the sender's local time, as written
+        assert created.get("content") == "2024-03-05T14:00:00"
+    else:  # not a date: none in the PDF, the text as written in the header
+        assert created is None
+        assert value in text_of(html)
+
+
+def test_a_caption_outside_a_table_is_bold_text() -> None:
+    body = page(cda()).find("body")
+    ordered = body.find(".//ol")
+    assert ordered.find("caption") is None
+    assert ordered.find("strong").text == "Traitements"
+    assert body.find(".//table/caption").text == "Constantes"
+
+
+def test_a_narrative_too_large_to_render_before_the_ack_is_refused() -> None:
+    rows = "<tr><td>x</td></tr>" * (render.MAX_NARRATIVE_ELEMENTS // 2)
+    big = (f"<structuredBody><component><section><text><table><tbody>{rows}</tbody></table>"
+           "</text></section></component></structuredBody>")
+    with pytest.raises(PdfRenditionError, match="too large"):
+        page(cda(big))
 
 
 @pytest.fixture(scope="module")
@@ -168,12 +220,26 @@ def test_the_rendition_is_a_pdf_a_1b(rendered: bytes) -> None:
     assert b"/CreationDate (D:20210104160527+01'00)" in rendered
 
 
+RENDER_IN_A_PROCESS = """
+import hashlib, sys
+from lxml import etree
+from connector.cda.header import read_cda_header
+from connector.cda.render import render_pdf
+root = etree.parse(sys.argv[1]).getroot()
+print(hashlib.sha256(render_pdf(root, read_cda_header(root))).hexdigest())
+"""
+
+
 @needs_pdf_renderer
 @pytest.mark.parametrize("path", LEVEL3, ids=lambda p: p.name)
 def test_the_same_cda_gives_the_same_bytes(path: Path) -> None:
+    """Here and in another process started later (a clock-dated font or PDF would differ)."""
     root = etree.parse(str(path)).getroot()
-    header = read_cda_header(root)
-    assert render_pdf(root, header) == render_pdf(root, header)
+    here = hashlib.sha256(render_pdf(root, read_cda_header(root))).hexdigest()
+    time.sleep(1.1)  # past the second: what is dated by the clock changes
+    there = subprocess.run([sys.executable, "-c", RENDER_IN_A_PROCESS, str(path)], check=True,
+                           capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    assert here == there
 
 
 @needs_pdf_renderer
@@ -196,17 +262,21 @@ def test_the_pdf_reads_back_as_the_document(rendered: bytes, tmp_path: Path) -> 
 def test_without_pango_no_pdf_is_rendered_and_the_reason_is_named(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(render.ctypes.util, "find_library", lambda name: None)
+    renderer_problem.cache_clear()
+    monkeypatch.setattr(render, "renderer_problem", renderer_problem)  # cleared again after
     problem = renderer_problem()
+    renderer_problem.cache_clear()
     assert problem is not None
     assert "libpango-1.0-0" in problem
 
-    def missing() -> object:
-        raise PdfRenditionError(f"no PDF renderer: {problem}")
-
-    monkeypatch.setattr(render, "_weasyprint", missing)
-    root = cda()
-    with pytest.raises(PdfRenditionError, match="libpango"):
-        render_pdf(root, read_cda_header(root))
+    monkeypatch.setitem(sys.modules, "weasyprint", None)  # `import weasyprint` fails
+    render._weasyprint.cache_clear()
+    try:
+        root = cda()
+        with pytest.raises(PdfRenditionError, match="libpango"):
+            render_pdf(root, read_cda_header(root))
+    finally:
+        render._weasyprint.cache_clear()
 
 
 def test_a_renderer_failure_is_not_the_message_s_fault(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -568,6 +568,7 @@ def test_the_outbox_rows_of_a_mail_without_pdf_are_warned(
     assert len(rows) == len(request.sending.recipients)  # sent all the same
     (warned,) = [e for e in logs if e["event"] == "mail_without_pdf"]
     assert warned["obx"] == [request.documents[1].obx_sequence]
+    assert warned["problems"] == ["no PDF renderer"]  # why, once per request
     assert PAT_TROIS not in repr(logs)
 
 
