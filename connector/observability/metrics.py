@@ -43,6 +43,11 @@ class ConnectorMetrics:
             "mssconnector_cisis_dmp_not_fed",
             "Accepted requests with DESTDMP=Y (this connector does not feed the DMP)",
             ["tenant"], registry=self.registry)
+        self.documents_without_pdf = Counter(
+            "mssconnector_cisis_documents_without_pdf",
+            "CDAs of accepted requests sent without their PDF: none embedded and none could be "
+            "rendered (ECO.2.1.5; the warning mail_without_pdf says why)",
+            ["tenant"], registry=self.registry)
         self.version_conflicts = Counter(
             "mssconnector_cisis_version_conflicts",
             "Replace/delete requests refused because they did not target the latest version",

@@ -51,6 +51,7 @@ class IntakeDecision:
     # pipeline.offload): the version changes to store, and whether the request asked for the DMP.
     changes: tuple[DocumentChange, ...] = ()
     asks_dmp: bool = False
+    documents_without_pdf: int = 0  # CDAs its mails carry without a PDF (none could be rendered)
     mail_key: str | None = None  # what its mails' Message-IDs hash (`outgoing.new_request_key`)
     documents_checked: bool = False  # by check_documents (`verdict` may not come back with it)
 
@@ -119,15 +120,17 @@ class IntakeDecider:
             return replace(decision, outcome=Outcome.ERROR, errors=(AckError.from_exception(exc),),
                            report=report.encode() if isinstance(report, str) else None)
         outbox: tuple[OutboxItem, ...] = ()
+        without_pdf = 0
         mail_key = None
         if self.planner is not None:
             mail_key = new_request_key()
             try:
-                outbox = self.planner.outbox_items(verdict.request, mail_key)
+                planned = self.planner.plan(verdict.request, mail_key)
             except MessageError as exc:
                 return replace(decision, outcome=Outcome.ERROR,
                                errors=(AckError.from_exception(exc),), report=verdict.report)
+            outbox, without_pdf = planned.items, len(planned.documents_without_pdf)
         return replace(decision, errors=verdict.warnings, verdict=verdict, report=verdict.report,
-                       outbox=outbox, changes=verdict.changes,
+                       outbox=outbox, documents_without_pdf=without_pdf, changes=verdict.changes,
                        asks_dmp=verdict.request.metadata.destdmp, documents_checked=True,
                        mail_key=mail_key)

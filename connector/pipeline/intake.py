@@ -243,10 +243,14 @@ class IntakeHandler:
         tenant = self.config.tenant_id
         if retransmission:
             self.metrics.retransmissions.labels(tenant).inc()
-        elif conflict:
+            return
+        if conflict:
             self.metrics.version_conflicts.labels(tenant).inc()
-        elif decision.asks_dmp:
+            return
+        if decision.asks_dmp:
             self.metrics.dmp_not_fed.labels(tenant).inc()
+        if decision.documents_without_pdf:
+            self.metrics.documents_without_pdf.labels(tenant).inc(decision.documents_without_pdf)
 
     def _ack(self, decision: IntakeDecision, code: AckCode | None,
              errors: tuple[AckError, ...]) -> bytes:

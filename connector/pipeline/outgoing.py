@@ -33,6 +33,12 @@ def _now() -> datetime:
 
 
 @dataclass(frozen=True, slots=True)
+class PlannedMails:
+    items: tuple[OutboxItem, ...]  # one SMTP row per mail
+    documents_without_pdf: tuple[int, ...]  # OBX sequences of CDAs sent without their PDF
+
+
+@dataclass(frozen=True, slots=True)
 class MailPlanner:
     """Builds one tenant's outbox rows. Construction checks the tenant can send (its mailbox
     address and OID): `ConfigError` at start-up rather than an AE per message."""
@@ -52,16 +58,17 @@ class MailPlanner:
                                          submitted_at=self.clock())
         return build_mails(request, context)
 
-    def outbox_items(self, request: DocumentRequest, request_key: str | None = None
-                     ) -> tuple[OutboxItem, ...]:
+    def plan(self, request: DocumentRequest, request_key: str | None = None) -> PlannedMails:
+        """The outbox rows of `request`'s mails, and the CDAs they carry without a PDF."""
         metadata = request.metadata
         sender = self.tenant.mailbox.address
         mails = self.mails(request, request_key)
-        if mails and mails[0].documents_without_pdf:  # the same for every mail of a request
-            # ECO.2.1.5: sent all the same, the CDA is in the archive
-            log.warning("mail_without_pdf", obx=list(mails[0].documents_without_pdf),
+        # the same for every mail of a request
+        without_pdf = mails[0].documents_without_pdf if mails else ()
+        if without_pdf:  # ECO.2.1.5: sent all the same, the CDA is in the archive
+            log.warning("mail_without_pdf", obx=list(without_pdf),
                         problems=list(dict.fromkeys(mails[0].pdf_problems)))
-        return tuple(
+        return PlannedMails(tuple(
             OutboxItem(
                 tenant_id=self.tenant.id,
                 kind=OutboxKind.SMTP,
@@ -72,7 +79,7 @@ class MailPlanner:
                 envid=uuid.uuid4().hex,
                 recipient_domain=mail.recipient.domain,
             )
-            for mail in mails)
+            for mail in mails), without_pdf)
 
 
 def new_request_key() -> str:

@@ -17,7 +17,7 @@ from connector.cli.send_cmd import split_messages
 from connector.hl7.message import parse_message
 from connector.settings import CisisSettings, IntakeSettings, SendingMatrixProfile, Settings
 from connector.store import InboundStatus, OutboxKind
-from tests.conftest import CISIS_FIXTURES
+from tests.conftest import CISIS_FIXTURES, needs_pdf_renderer
 from tests.integration.conftest import make_settings
 from tests.integration.test_cisis_fixtures import FIXTURES, VALIDATION
 
@@ -161,3 +161,61 @@ async def test_a_reload_starts_workers_for_the_new_settings(apps: list[Applicati
     assert turned_off.replaced == ()
     assert app.documents is None
     assert (await answer(app, MDM_T02, "R3"))[0] == "AE"  # in a thread, same settings
+
+
+def corrected_oru() -> bytes:
+    """The ANS ORU with its CDAs in place (a level-1 with its PDF, a level-3 without)."""
+    from tests.unit.pipeline.test_mails import oru_initial
+
+    return ("\r".join(oru_initial()) + "\r").encode()
+
+
+async def pdfs_of_the_stored_mails(app: Application) -> list[int]:
+    from email import message_from_bytes, policy
+
+    from connector.delivery.job import MailJob
+
+    counts = []
+    for row in await app.store.list_outbox():
+        detail = await app.store.get_outbox(row.id)
+        assert detail is not None
+        assert detail.payload is not None
+        mail = message_from_bytes(MailJob.decode(detail.payload).message, policy=policy.default)
+        counts.append(sum(part.get_content_type() == "application/pdf"
+                          for part in mail.walk()))
+    return counts
+
+
+async def test_a_cda_sent_without_its_pdf_is_counted(apps: list[Application], tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from connector.errors import PdfRenditionError
+    from connector.pipeline import mails
+
+    def unavailable(root: object, header: object) -> bytes:
+        raise PdfRenditionError("no PDF renderer")
+
+    monkeypatch.setattr(mails, "render_pdf", unavailable)
+    app = await started(apps, settings_for(tmp_path, 0))  # threads: the patch applies
+    ack = await app.handlers[0].handle(corrected_oru(), "127.0.0.1:1")
+    assert ack is not None
+    assert b"MSA|AA|" in ack
+    missing = app.metrics.registry.get_sample_value(
+        "mssconnector_cisis_documents_without_pdf_total", {"tenant": "chu-test"})
+    assert missing == 1  # the level-3 CDA
+    counts = await pdfs_of_the_stored_mails(app)
+    assert counts
+    assert set(counts) == {1}  # the level-1's own PDF only
+
+
+@needs_pdf_renderer
+async def test_with_the_renderer_every_cda_has_its_pdf(apps: list[Application],
+                                                        tmp_path: Path) -> None:
+    app = await started(apps, settings_for(tmp_path, 1))  # in a worker process
+    ack = await app.handlers[0].handle(corrected_oru(), "127.0.0.1:1")
+    assert ack is not None
+    assert b"MSA|AA|" in ack
+    assert app.metrics.registry.get_sample_value(
+        "mssconnector_cisis_documents_without_pdf_total", {"tenant": "chu-test"}) in (None, 0)
+    counts = await pdfs_of_the_stored_mails(app)
+    assert counts
+    assert set(counts) == {2}  # the level-1's own, and one rendered for the level-3

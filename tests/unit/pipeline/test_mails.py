@@ -564,8 +564,9 @@ def test_the_outbox_rows_of_a_mail_without_pdf_are_warned(
     monkeypatch.setattr(mails_module, "render_pdf", unavailable)
     request = request_for("oru-r01-initial-placeholder-corrected")
     with structlog.testing.capture_logs() as logs:
-        rows = MailPlanner(TENANT).outbox_items(request, KEY)
-    assert len(rows) == len(request.sending.recipients)  # sent all the same
+        planned = MailPlanner(TENANT).plan(request, KEY)
+    assert len(planned.items) == len(request.sending.recipients)  # sent all the same
+    assert planned.documents_without_pdf == (request.documents[1].obx_sequence,)
     (warned,) = [e for e in logs if e["event"] == "mail_without_pdf"]
     assert warned["obx"] == [request.documents[1].obx_sequence]
     assert warned["problems"] == ["no PDF renderer"]  # why, once per request
