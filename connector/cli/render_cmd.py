@@ -216,7 +216,8 @@ def _write_mail(out: Path, number: int, mail: OutgoingMail) -> str:
             f"Message-ID={mail.message_id} eml={len(mail.content)} "
             f"IHE_XDM.zip={len(mail.xdm_zip)} pdf={sizes} files={stem}*")
     if mail.documents_without_pdf:
-        missing = ", ".join(f"OBX {k}" for k in mail.documents_without_pdf)
+        missing = ", ".join(f"OBX {k}: {problem}" for k, problem
+                            in zip(mail.documents_without_pdf, mail.pdf_problems, strict=True))
         line += f" (no PDF rendition: {missing})"
     return line
 

@@ -201,3 +201,19 @@ def test_unreadable_file_exits_2(tmp_path: Path) -> None:
     code, _, err = render(tmp_path, write_config(tmp_path), tmp_path / "missing.hl7")
     assert code == 2
     assert "missing.hl7" in err
+
+
+def test_a_mail_without_a_pdf_says_which_document_and_why(tmp_path: Path) -> None:
+    from connector.cisis.model import RecipientKind
+    from connector.cli.render_cmd import _write_mail
+    from connector.directory.whitelist import parse_address
+    from connector.pipeline.mails import OutgoingMail
+
+    mail = OutgoingMail(index=1, recipient=parse_address(DOCTOR),
+                        kind=RecipientKind.PROFESSIONAL, prt_sequence=2,
+                        message_id="<m@chu-test.mssante.fr>", content=b"eml", xdm_zip=b"zip",
+                        documents_without_pdf=(2,),
+                        pdf_problems=("no PDF renderer: the Pango libraries are missing",))
+    line = _write_mail(tmp_path, 7, mail)
+    assert line.endswith(" pdf=none files=007-1-professional* (no PDF rendition: OBX 2: no PDF "
+                         "renderer: the Pango libraries are missing)")
