@@ -63,8 +63,8 @@ MAX_NARRATIVE_ELEMENTS = 15_000
 # start-up, before any worker thread), never while other threads may read the environment.
 if not os.environ.get("SOURCE_DATE_EPOCH"):
     os.environ["SOURCE_DATE_EPOCH"] = "315532800"  # 1980-01-01, the ZIP format's first day
+
 _H = f"{{{HL7_NS}}}"
-_XHTML_NS = "http://www.w3.org/1999/xhtml"
 
 _STYLE = """
 @page { size: A4; margin: 18mm 16mm 20mm 16mm;
