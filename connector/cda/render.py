@@ -42,6 +42,7 @@ import ctypes.util
 import functools
 import os
 import re
+import threading
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -65,6 +66,10 @@ if not os.environ.get("SOURCE_DATE_EPOCH"):
     os.environ["SOURCE_DATE_EPOCH"] = "315532800"  # 1980-01-01, the ZIP format's first day
 
 _H = f"{{{HL7_NS}}}"
+# One layout at a time per process: WeasyPrint does not say it is thread-safe (Pango and
+# fontconfig underneath), and the document stage may run several messages in threads. Layout
+# holds the GIL most of the time anyway, so this costs little.
+_RENDERING = threading.Lock()
 
 _STYLE = """
 @page { size: A4; margin: 18mm 16mm 20mm 16mm;
@@ -106,8 +111,9 @@ def render_pdf(root: etree._Element, header: CdaHeader) -> bytes:
     weasyprint = _weasyprint()
     try:
         html = etree.tostring(rendition_html(root, header), encoding="unicode", method="html")
-        document = weasyprint.HTML(string=html, url_fetcher=_refuse_fetch)
-        pdf = document.write_pdf(pdf_variant=PDF_VARIANT)
+        with _RENDERING:
+            document = weasyprint.HTML(string=html, url_fetcher=_refuse_fetch)
+            pdf = document.write_pdf(pdf_variant=PDF_VARIANT)
     except PdfRenditionError:
         raise
     except Exception as exc:  # noqa: BLE001 (a renderer bug is not the message's fault)
