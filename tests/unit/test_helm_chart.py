@@ -40,6 +40,7 @@ CHECK_JSONSCHEMA = ROOT / ".venv" / "bin" / "check-jsonschema"
 METRICS: dict[str, set[str]] = {
     "mssconnector_mllp_messages_total": {"tenant", "type", "ack"},
     "mssconnector_mllp_ack_seconds_bucket": {"tenant", "le"},
+    "mssconnector_cisis_documents_without_pdf_total": {"tenant"},
     "mssconnector_outbox_items": {"tenant", "state", "kind"},
     "mssconnector_outbox_oldest_pending_seconds": {"tenant", "kind"},
     "mssconnector_smtp_sends_total": {"tenant", "transport", "result"},
