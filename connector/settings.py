@@ -335,9 +335,9 @@ class _Reader:
         self.secret_files = secret_files  # every file a secret came from, whole configuration
         self._seen: set[str] = set()
 
-    def sub(self, table: Mapping[str, Any], prefix: str) -> _Reader:
-        """A reader of a table inside this one (`prefix`: its full key)."""
-        return _Reader(table, prefix, self.source, self.env, self.secret_files)
+    def sub(self, table: Mapping[str, Any], name: str) -> _Reader:
+        """A reader of the table `name` inside this one."""
+        return _Reader(table, self.key(name), self.source, self.env, self.secret_files)
 
     def key(self, name: str) -> str:
         return f"{self.prefix}.{name}" if self.prefix else name
@@ -473,7 +473,7 @@ def _listener(reader: _Reader, index_name: str) -> ListenerSettings:
     tls_table = reader.subtable("tls")
     tls = None
     if tls_table is not None:
-        t = reader.sub(tls_table, reader.key("tls"))
+        t = reader.sub(tls_table, "tls")
         cert = t.path("certificate", must_exist=True)
         key = t.path("private_key", must_exist=True, secret=True)
         if cert is None:
@@ -503,7 +503,7 @@ def _encryption(reader: _Reader) -> EncryptionSettings | None:
     table = reader.subtable("encryption")
     if table is None:
         return None
-    r = reader.sub(table, reader.key("encryption"))
+    r = reader.sub(table, "encryption")
     current = r.req_str("current_key_id")
     text = r.secret("keys")
     origin = "keys_file" if "keys_file" in table and "keys_env" not in table else "keys_env"
@@ -567,7 +567,7 @@ def _cisis(reader: _Reader) -> CisisSettings:
     table = reader.subtable("cisis")
     if table is None:
         return CisisSettings()
-    r = reader.sub(table, reader.key("cisis"))
+    r = reader.sub(table, "cisis")
     settings = CisisSettings(
         schematron_policy=_choice(r, "schematron_policy", SchematronPolicy,
                                   SchematronPolicy.REJECT),
@@ -589,7 +589,7 @@ def _mailbox(reader: _Reader) -> MailboxSettings:
     table = reader.subtable("mailbox")
     if table is None:
         return MailboxSettings()
-    r = reader.sub(table, reader.key("mailbox"))
+    r = reader.sub(table, "mailbox")
     address = r.req_str("address")
     if not _ADDRESS.match(address):
         raise r.fail("address", "is not an e-mail address")
@@ -623,7 +623,7 @@ def _tenant(reader: _Reader, index: int, base: Path) -> TenantSettings:
     for i, item in enumerate(reader.array("listeners")):
         if not isinstance(item, dict):
             raise reader.fail(f"listeners[{i}]", "must be a table")
-        sub = reader.sub(item, reader.key(f"listeners[{i}]"))
+        sub = reader.sub(item, f"listeners[{i}]")
         listeners.append(_listener(sub, f"{tenant_id}-{i}"))
     transport = _transport(reader, tenant_id, base)
     tenant = TenantSettings(
@@ -654,7 +654,7 @@ def _tenant(reader: _Reader, index: int, base: Path) -> TenantSettings:
 
 
 def _transport(reader: _Reader, tenant_id: str, base: Path) -> TransportSettings:
-    tr = reader.sub(reader.subtable("transport") or {}, reader.key("transport"))
+    tr = reader.sub(reader.subtable("transport") or {}, "transport")
     kind = _choice(tr, "kind", TransportKind, TransportKind.MAILDIR)
     maildir = tr.path("maildir", default=base / "maildir" / tenant_id) or base
     smtp = None
@@ -723,7 +723,7 @@ def _receipts(reader: _Reader) -> ReceiptsSettings | None:
     table = reader.subtable("receipts")
     if table is None:
         return None
-    r = reader.sub(table, reader.key("receipts"))
+    r = reader.sub(table, "receipts")
     tls = _choice(r, "tls", SmtpTlsMode, SmtpTlsMode.IMPLICIT_TLS)
     pkcs12 = r.path("client_pkcs12", must_exist=True, secret=True)
     settings = ReceiptsSettings(
@@ -753,7 +753,7 @@ def _his(reader: _Reader) -> HisSettings | None:
     table = reader.subtable("his")
     if table is None:
         return None
-    r = reader.sub(table, reader.key("his"))
+    r = reader.sub(table, "his")
     host = r.req_str("host")
     port = r.integer("port", 0, 1, 65535)
     if "port" not in table:
@@ -768,7 +768,7 @@ def _delivery(reader: _Reader) -> DeliverySettings:
     table = reader.subtable("delivery")
     if table is None:
         return DeliverySettings()
-    r = reader.sub(table, reader.key("delivery"))
+    r = reader.sub(table, "delivery")
     initial = r.number("retry_initial_seconds", 60.0, 0.01, 86400.0)
     settings = DeliverySettings(
         concurrency=r.integer("concurrency", 2, 1, 64),
@@ -838,7 +838,7 @@ def parse_settings(data: Mapping[str, Any], *, source: str | None = None,
         tls_table = a.subtable("tls")
         admin_tls = None
         if tls_table is not None:
-            t = root.sub(tls_table, "admin.tls")
+            t = a.sub(tls_table, "tls")
             cert = t.path("certificate", must_exist=True)
             key = t.path("private_key", must_exist=True, secret=True)
             if cert is None or key is None:
