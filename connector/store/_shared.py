@@ -36,6 +36,12 @@ from connector.store.model import (
     SentRequest,
 )
 
+
+def placeholders(count: int) -> str:
+    """`?, ?, ...`: `count` parameter marks for an `IN (...)` list."""
+    return ", ".join("?" * count)
+
+
 # Column order `summary_from_row` expects (the same in both schemas).
 SUMMARY_COLUMNS = (
     "id, tenant_id, listener, peer, received_at, sending_application, sending_facility,"
@@ -339,12 +345,12 @@ def sent_requests_query(tenant_id: str, document_ids: Sequence[str]
                         ) -> tuple[str, tuple[Any, ...]]:
     """The requests that carried `document_ids`: their mail keys and their mails'
     Message-IDs (`?` placeholders)."""
-    marks = ", ".join("?" for _ in document_ids)
     # Only placeholders are interpolated.
     return ("SELECT d.document_id, i.mail_key_id, i.mail_key, o.message_id"  # noqa: S608
             " FROM documents d JOIN inbound i ON i.id = d.inbound_id"
             " JOIN outbox o ON o.inbound_id = i.id AND o.kind = 'smtp'"
-            f" WHERE d.tenant_id = ? AND d.document_id IN ({marks}) AND i.mail_key IS NOT NULL"
+            f" WHERE d.tenant_id = ? AND d.document_id IN ({placeholders(len(document_ids))})"
+            " AND i.mail_key IS NOT NULL"
             " AND o.message_id IS NOT NULL",
             (tenant_id, *document_ids))
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from connector.recent import Recent
+from connector.store._shared import placeholders
 from connector.store.cipher import PayloadCipher, SealedPayload
 from connector.store.model import (
     IdentifierKind,
@@ -249,7 +250,7 @@ def apply_change(db: Db, reads: PatientReads, tenant_id: str, change: PatientCha
 def _lookup_sql(digests_per_key: tuple[int, ...], lock: str) -> str:
     """`PatientReads.query`'s text for identifiers with these numbers of candidate digests."""
     clauses = [f"(i.tenant_id = ? AND i.kind = ? AND i.authority = ? AND i.digest IN"
-               f" ({', '.join('?' * count)}))" for count in digests_per_key]
+               f" ({placeholders(count)}))" for count in digests_per_key]
     # Only placeholders and constant column names are interpolated.
     return ("SELECT i.tenant_id, i.kind, i.authority, i.digest, p.id, p.context_key,"  # noqa: S608
             " p.context FROM patient_identifiers i JOIN patients p ON p.id = i.patient_id"
@@ -268,7 +269,7 @@ def find_patient_query(cipher: PayloadCipher, tenant_id: str, *, ipp: str | None
     key = (PatientKey(IdentifierKind.IPP, authority or "", ipp) if ipp is not None
            else PatientKey(IdentifierKind.INS, authority or "", ins or ""))
     digests = cipher.index_candidates(_value(key), _INDEX_KINDS[key.kind])
-    where = f"i.tenant_id = ? AND i.kind = ? AND i.digest IN ({_marks(digests)})"
+    where = f"i.tenant_id = ? AND i.kind = ? AND i.digest IN ({placeholders(len(digests))})"
     params: tuple[Any, ...] = (_text(tenant_id), key.kind.value, *digests)
     if authority is not None:
         where += " AND i.authority = ?"
@@ -309,7 +310,3 @@ def _value(key: PatientKey) -> bytes:
 def _text(text: str) -> str:
     """PostgreSQL text cannot hold NUL (SQLite can): both store the same replacement."""
     return text.replace("\x00", "\ufffd")
-
-
-def _marks(values: Sequence[object]) -> str:
-    return ", ".join("?" for _ in values)

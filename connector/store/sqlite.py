@@ -51,6 +51,7 @@ from connector.store._shared import (
     check_lease,
     find_ids,
     outbox_summary_from_row,
+    placeholders,
     purge_statements,
     receipt_statements,
     seal_mail_key,
@@ -549,7 +550,7 @@ class SQLiteStore(StoreAdapter):
     @staticmethod
     def _lease(conn: sqlite3.Connection, tenant_id: str, kinds: Sequence[OutboxKind],
                limit: int, expires: float, now: float) -> list[tuple[Any, ...]]:
-        marks = ", ".join("?" for _ in kinds)
+        marks = placeholders(len(kinds))
         # Only placeholders are interpolated.
         ids = [r[0] for r in conn.execute(
             f"SELECT id FROM outbox WHERE tenant_id = ? AND kind IN ({marks})"  # noqa: S608
