@@ -863,9 +863,9 @@ def _transaction_detail(stage: Stage, failure: Failure) -> str:
     command = stage.value.upper()
     if failure.kind is FailureKind.REPLY:
         code = f"{failure.code} {enhanced_status(failure.text) or ''}".strip()
-        if classify(stage, failure).outcome is Outcome.CONFIG_ERROR:
-            if smtp_error_code(failure.code or 0, enhanced_status(failure.text)) \
-                    is SmtpErrorCode.AUTHENTICATION_REQUIRED:
+        classification = classify(stage, failure)
+        if classification.outcome is Outcome.CONFIG_ERROR:
+            if classification.error_code is SmtpErrorCode.AUTHENTICATION_REQUIRED:
                 return (f"{command} refused with {code}: the server requires authentication; "
                         f"configure SASL for this endpoint")
             return (f"{command} refused with {code}: the operator refuses this tenant's sender "
