@@ -424,4 +424,3 @@ def warn_about_exposure(settings: Settings) -> None:
                         hint="the PostgreSQL server is reached without verifying its "
                              "certificate (libpq's default sslmode is prefer): put "
                              "sslmode=verify-full and sslrootcert in the DSN")
-
