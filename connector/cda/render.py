@@ -36,7 +36,6 @@ without that PDF, with a warning), and `renderer_problem()` says why, for the st
 
 from __future__ import annotations
 
-import base64
 import binascii
 import ctypes.util
 import functools
@@ -48,8 +47,9 @@ from typing import Any
 
 from lxml import etree
 
-from connector.cda.header import INS_ROOTS, CdaHeader, Organization, PersonName
+from connector.cda.header import CdaHeader, Organization, PersonName
 from connector.cda.paths import HL7_NS, select
+from connector.cda.pdf import base64_text
 from connector.errors import PdfRenditionError
 
 PDF_VARIANT = "pdf/a-1b"
@@ -197,17 +197,13 @@ def _header_table(header: CdaHeader) -> etree._Element:
             act += f" – {_french_date(event.high)}"
         rows.append(("Date de l'acte", act))
     rows += _patient_rows(header)
-    for author in header.authors:
-        who = [p for p in (_person(author.person_name) if author.person_name else None,
-                           _organization(author.organization)) if p]
-        if who:
-            rows.append(("Auteur", " — ".join(who)))
+    rows += [("Auteur", who) for who in (_who(a.person_name, a.organization)
+                                         for a in header.authors) if who]
     legal = header.legal_authenticator
     if legal is not None:
-        who = [p for p in (_person(legal.entity.person_name) if legal.entity.person_name
-                           else None, _organization(legal.entity.organization)) if p]
+        who = _who(legal.entity.person_name, legal.entity.organization)
         if who:
-            rows.append(("Responsable", " — ".join(who)))
+            rows.append(("Responsable", who))
     custodian = _organization(header.custodian)
     if custodian:
         rows.append(("Organisation", custodian))
@@ -233,7 +229,7 @@ def _patient_rows(header: CdaHeader) -> list[tuple[str, str]]:
         rows.append(("Date de naissance", _french_date(patient.birth_time[:8])))
     if patient.sex is not None:
         rows.append(("Sexe", _SEX.get(patient.sex.code, patient.sex.code)))
-    ins = next((pid for pid in header.patient_ids if pid.root in INS_ROOTS), None)
+    ins = header.ins
     if ins is not None and ins.extension:
         rows.append(("INS", ins.extension))
     return rows
@@ -249,17 +245,17 @@ def _plain_text(root: etree._Element) -> etree._Element:
     media_type = (element.get("mediaType") or "text/plain").strip().lower()
     if media_type != "text/plain":
         raise PdfRenditionError(f"a level-1 body of type {media_type[:40]!r} is not rendered")
-    raw = "".join(t for t in element.itertext() if isinstance(t, str))
     if (element.get("representation") or "TXT").strip().upper() == "B64":
-        compact = "".join(raw.split())
         try:
-            data = base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)
+            data = base64_text(element)
         except (binascii.Error, ValueError):
             raise PdfRenditionError("nonXMLBody/text is not valid base64") from None
         try:
             raw = data.decode("utf-8")
         except UnicodeDecodeError:
             raw = data.decode("cp1252", errors="replace")
+    else:
+        raw = "".join(t for t in element.itertext() if isinstance(t, str))
     pre = etree.Element("pre")
     pre.text = _xml_text(raw.replace("\r\n", "\n").replace("\f", "\n"))
     return pre
@@ -363,6 +359,12 @@ def _append_text(target: etree._Element, text: str | None) -> None:
 
 def _person(name: PersonName) -> str:
     return " ".join(p for p in (name.prefix, *name.given, name.family, name.suffix) if p)
+
+
+def _who(person: PersonName | None, organization: Organization | None) -> str:
+    """`person — organisation`, either alone when the other is missing, "" when both are."""
+    return " — ".join(p for p in (_person(person) if person else "",
+                                  _organization(organization)) if p)
 
 
 def _organization(organization: Organization | None) -> str:
