@@ -181,7 +181,9 @@ class Application:
         problem = renderer_problem()
         if problem is not None:
             log.warning("pdf_renderer_unavailable", problem=problem,
-                        hint="CDAs that embed no PDF are sent without one (ECO.2.1.5)")
+                        hint="a request with a CDA that embeds no PDF is answered AR (ECO.2.1.1; "
+                             "a tenant with [tenants.cisis] missing_pdf = \"send\" sends it "
+                             "without the PDF)")
         return app
 
     def _shared(self, settings: Settings) -> SharedParts:

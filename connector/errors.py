@@ -112,9 +112,27 @@ class DocumentError(MessageError):
 
 
 class PdfRenditionError(ConnectorError):
-    """No PDF could be rendered for a CDA that embeds none (the renderer's libraries are
-    missing, or it failed): not the message's fault, so not answered AE; its mails go with the
-    CDA in the archive and without that PDF, and the intake warns."""
+    """No PDF could be rendered for a CDA that embeds none (a narrative too large, a layout
+    failure). What the request gets then is the tenant's `MissingPdfPolicy`: `PdfRequiredError`,
+    or its mails go with the CDA in the archive and without that PDF, and the intake warns."""
+
+
+class PdfRendererUnavailable(PdfRenditionError):
+    """This host cannot render PDFs at all (WeasyPrint or the Pango libraries it loads are
+    missing): no document's fault."""
+
+
+class PdfRequiredError(MessageError):
+    """ECO.2.1.1: a mail MUST carry the PDF/A-1 of each CDA, and one could not be had
+    (`[tenants.cisis] missing_pdf = "refuse"`). `retry_later`: the renderer is missing on this
+    host, so the request is not taken (AR, nothing stored) and the sender sends it again once it
+    is installed; otherwise this CDA cannot be rendered, answered AE."""
+
+    condition = ErrorCondition.APPLICATION_ERROR
+
+    def __init__(self, detail: str, *, retry_later: bool, **kwargs: object) -> None:
+        super().__init__(detail, **kwargs)  # type: ignore[arg-type]
+        self.retry_later = retry_later
 
 
 # -- store (answered AR: the sender retries) -----------------------------------------------------

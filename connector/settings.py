@@ -21,7 +21,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from connector.cda.policy import SchematronPolicy
+from connector.cda.policy import MissingPdfPolicy, SchematronPolicy
 from connector.errors import ConfigError
 from connector.store.model import UnknownOriginalPolicy
 
@@ -195,6 +195,9 @@ class CisisSettings:
     # A recipient outside the MSSanté trust space refuses the whole request (AE), unless the
     # tenant explicitly allows sending to the others.
     partial_sending: bool = False
+    # ECO.2.1.1: a CDA whose PDF/A-1 cannot be had refuses the request unless the tenant
+    # explicitly sends such mails without it.
+    missing_pdf: MissingPdfPolicy = MissingPdfPolicy.REFUSE
 
 
 @dataclass(frozen=True, slots=True)
@@ -576,6 +579,7 @@ def _cisis(reader: _Reader) -> CisisSettings:
         sending_matrix=_choice(r, "sending_matrix", SendingMatrixProfile,
                                SendingMatrixProfile.STRICT),
         partial_sending=r.flag("partial_sending", False),
+        missing_pdf=_choice(r, "missing_pdf", MissingPdfPolicy, MissingPdfPolicy.REFUSE),
     )
     r.close()
     return settings

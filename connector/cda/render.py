@@ -50,7 +50,7 @@ from lxml import etree
 from connector.cda.header import CdaHeader, Organization, PersonName
 from connector.cda.paths import HL7_NS, select
 from connector.cda.pdf import base64_text
-from connector.errors import PdfRenditionError
+from connector.errors import PdfRendererUnavailable, PdfRenditionError
 
 PDF_VARIANT = "pdf/a-1b"
 #: Narratives with more elements are not rendered: layout time grows with the table cells (a
@@ -104,8 +104,9 @@ _TS = re.compile(r"(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.\d+)?([+-
 def render_pdf(root: etree._Element, header: CdaHeader) -> bytes:
     """The PDF/A-1b rendition of the parsed CDA `root` (its header read as `header`).
 
-    Whatever goes wrong is `PdfRenditionError`, never the message's fault (the CDA was checked
-    before): the renderer missing, a body it cannot render (a level-1 body neither PDF nor
+    Whatever goes wrong is `PdfRenditionError`, never a fault of the message's syntax (the CDA
+    was checked before): the renderer missing on this host (`PdfRendererUnavailable`), a body it
+    cannot render (a level-1 body neither PDF nor
     text), a narrative over `MAX_NARRATIVE_ELEMENTS`, a failure while building the page or
     laying it out. Its text names the cause, never the content."""
     weasyprint = _weasyprint()
@@ -140,7 +141,7 @@ def _weasyprint() -> Any:
     try:
         import weasyprint
     except (ImportError, OSError) as exc:
-        raise PdfRenditionError(
+        raise PdfRendererUnavailable(
             f"no PDF renderer: {renderer_problem() or type(exc).__name__}") from None
     return weasyprint
 

@@ -7,7 +7,8 @@ matrix, the trust space (`[directory] whitelist`) and the CDA validator (`[valid
 
 * refused: prints `<file>#<n> MSH-10=<id> AE ERR-3=<code> [ERR-5=<code>] [ERR-2=<location>]
   <detail>`, the answer `serve` would give (CE in enhanced mode, AE on a listener with
-  `enhanced_ack = "application"`), and the exit status is 1;
+  `enhanced_ack = "application"`; AR, or CR, when a CDA has no PDF that this host can render and
+  the tenant's `missing_pdf` refuses such requests), and the exit status is 1;
 * accepted: builds the mails (`connector.pipeline.mails.build_mails`) and writes to DIR, for the
   k-th message of the run and its i-th mail: `<k>-<i>-<kind>.eml` (the message as sent, CRLF),
   `<k>-<i>-<kind>-IHE_XDM.zip` and `<k>-<i>-<kind>-pdf<j>.pdf`; for a legacy ORU (the tenant's
@@ -39,12 +40,13 @@ from typing import Any
 
 from connector.cli._common import add_config_argument, report_config_error, settings_from
 from connector.cli.send_cmd import split_messages
-from connector.errors import ConfigError, MessageError
+from connector.errors import ConfigError, MessageError, PdfRequiredError
 from connector.hl7.ack import AckError, Outcome, choose_ack_code
 from connector.hl7.header import MessageHeader
 from connector.pipeline.decide import IntakeDecider
 from connector.pipeline.documents import CisisIntake
 from connector.pipeline.mails import MailContext, OutgoingMail, build_mails
+from connector.pipeline.outgoing import missing_pdf_policy
 from connector.settings import EnhancedAck, ListenerSettings, Settings, TenantSettings
 
 
@@ -175,6 +177,13 @@ def _render_one(offline: _Offline, where: str, number: int, payload: bytes) -> b
         print(f"{label} {accepted} (serve accepts it) but its e-mails cannot be built: "
               f"{_err(AckError.from_exception(exc))}")
         return False
+    try:
+        missing_pdf_policy(offline.tenant, mails)
+    except PdfRequiredError as exc:  # what serve answers (pipeline.decide)
+        outcome = Outcome.REJECTED if exc.retry_later else Outcome.ERROR
+        print(f"{label} {_ack_code(offline, header, outcome)} "
+              f"{_err(AckError.from_exception(exc))}")
+        return False
     print(f"{label} {accepted} {len(mails)} e-mail(s), route {request.sending.route.value}")
     if decision.legacy:  # the generated documents, to develop a mapping offline
         for k, document in enumerate(request.documents, start=1):
@@ -215,9 +224,8 @@ def _write_mail(out: Path, number: int, mail: OutgoingMail) -> str:
     line = (f"  mail {mail.index} {mail.kind.value} To={mail.recipient} "
             f"Message-ID={mail.message_id} eml={len(mail.content)} "
             f"IHE_XDM.zip={len(mail.xdm_zip)} pdf={sizes} files={stem}*")
-    if mail.documents_without_pdf:
-        missing = ", ".join(f"OBX {k}: {problem}" for k, problem
-                            in zip(mail.documents_without_pdf, mail.pdf_problems, strict=True))
+    if mail.missing_pdfs:
+        missing = ", ".join(f"OBX {m.obx_sequence}: {m.problem}" for m in mail.missing_pdfs)
         line += f" (no PDF rendition: {missing})"
     return line
 

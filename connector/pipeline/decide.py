@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from connector.errors import MessageError
+from connector.errors import MessageError, PdfRequiredError
 from connector.hl7.ack import AckError, Outcome
 from connector.hl7.codes import ApplicationError, ErrorCondition
 from connector.hl7.header import (
@@ -35,6 +35,9 @@ NO_LEGACY_MAPPING = AckError(
 
 @dataclass(frozen=True, slots=True)
 class IntakeDecision:
+    """`outcome`: ACCEPTED and ERROR are stored (AA / AE); REJECTED is not taken (AR, nothing
+    stored: the sender sends the message again later)."""
+
     header: MessageHeader | None
     codec: str
     outcome: Outcome
@@ -127,7 +130,10 @@ class IntakeDecider:
             try:
                 planned = self.planner.plan(verdict.request, mail_key)
             except MessageError as exc:
-                return replace(decision, outcome=Outcome.ERROR,
+                # A PDF this host cannot render yet: not taken (AR), the sender sends it again.
+                retry_later = isinstance(exc, PdfRequiredError) and exc.retry_later
+                return replace(decision,
+                               outcome=Outcome.REJECTED if retry_later else Outcome.ERROR,
                                errors=(AckError.from_exception(exc),), report=verdict.report)
             outbox, without_pdf = planned.items, len(planned.documents_without_pdf)
         return replace(decision, errors=verdict.warnings, verdict=verdict, report=verdict.report,

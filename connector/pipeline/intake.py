@@ -5,7 +5,9 @@
 
 The ACK is returned only after the store committed the row: AA means the connector took
 responsibility. A message that is wrong is stored as `rejected` and answered AE with ERR. When the
-store fails or the process drains, the answer is AR and nothing is stored: the sender retries.
+store fails, the process drains, or this host cannot render a PDF the message needs
+(`[tenants.cisis] missing_pdf = "refuse"`), the answer is AR with ERR and nothing is stored: the
+sender retries.
 A retransmission (same sender, MSH-10 and bytes within the window) gets its first ACK again.
 """
 
@@ -125,6 +127,10 @@ class IntakeHandler:
         header = decision.header
         code = self._ack_code(header, decision.outcome)
         ack = self._ack(decision, code, decision.errors)
+        if decision.outcome is Outcome.REJECTED:  # not taken: the sender sends it again later
+            log.error("message_not_taken", detail=decision.errors[0].detail if decision.errors
+                      else None, control_id=header.control_id if header else None)
+            return self._answered(started, decision, ack or None, code.value if code else "")
         versions = None
         if decision.outcome is Outcome.ACCEPTED and decision.changes:
             conflict_code = self._ack_code(header, Outcome.ERROR)

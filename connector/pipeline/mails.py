@@ -22,8 +22,8 @@ trust space kept), in that order, it composes (reference `cisis-hl7v2-to-mssante
   level-1 nonXMLBody PDF, or the level-3 section FR-Document-PDF-copie), else a PDF/A-1 rendered
   from it (`connector.cda.render`: a level-3 document without the PDF copy section, a level-1
   `text/plain` body). When no PDF can be rendered (the renderer's libraries are missing, or it
-  fails) the mail goes with the other attachments and `OutgoingMail.documents_without_pdf` lists
-  the OBX sequence of each such document, for the caller's warning.
+  fails) the mail is built with the other attachments and `OutgoingMail.missing_pdfs` says which
+  documents and why: the caller applies the tenant's `MissingPdfPolicy` (`pipeline.outgoing`).
 * **headers**: From = the tenant's application mailbox (and its display name); To = the
   recipient; Reply-To = PRT REPLY PRT-15.4; Subject `XDM/1.0/DDM+<libellé> <NOM> <prénom>
   <JJ/MM/AAAA>` from the CDA code display names (OBX-3.2 when a CDA code has none) and, from the
@@ -84,6 +84,7 @@ from connector.errors import (
     DocumentError,
     ErrorLocation,
     MessageError,
+    PdfRendererUnavailable,
     PdfRenditionError,
     ProfileError,
 )
@@ -187,14 +188,24 @@ class MailContext:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class MissingPdf:
+    """A CDA that embeds no PDF and for which none could be rendered. `problem`: why (a
+    `PdfRenditionError` text: the cause, never the content); `renderer_unavailable`: because this
+    host cannot render PDFs at all, not because of this CDA."""
+
+    obx_sequence: int
+    problem: str
+    renderer_unavailable: bool = False
+
+
 @dataclass(frozen=True, slots=True, repr=False)
 class OutgoingMail:
     """One e-mail to one recipient, ready to hand to SMTP, with its parts kept for inspection.
 
     `index`: 1-based position in `request.sending.recipients`. `content`: the RFC 5322 message,
-    CRLF line endings. `documents_without_pdf`: OBX sequences (OBX-1 order of the message) of the
-    CDAs this mail carries without a PDF rendition (see the module docstring), and
-    `pdf_problems` why, one per such document (`PdfRenditionError` texts: causes, no content).
+    CRLF line endings. `missing_pdfs`: the CDAs this mail carries without a PDF rendition (see
+    the module docstring), in document order.
     """
 
     index: int
@@ -205,8 +216,12 @@ class OutgoingMail:
     content: bytes
     xdm_zip: bytes
     pdfs: tuple[Attachment, ...] = ()
-    documents_without_pdf: tuple[int, ...] = ()
-    pdf_problems: tuple[str, ...] = ()
+    missing_pdfs: tuple[MissingPdf, ...] = ()
+
+    @property
+    def documents_without_pdf(self) -> tuple[int, ...]:
+        """The OBX sequences (OBX-1 order of the message) of the CDAs sent without a PDF."""
+        return tuple(missing.obx_sequence for missing in self.missing_pdfs)
 
     def __repr__(self) -> str:  # no address (a patient's carries the INS), no content
         return (
@@ -227,8 +242,7 @@ class _Common:
     cda_codes: tuple[str, ...]
     subject: SubjectInput
     pdfs: tuple[Attachment, ...]
-    documents_without_pdf: tuple[int, ...]
-    pdf_problems: tuple[str, ...]
+    missing_pdfs: tuple[MissingPdf, ...]
     patient_id: InstanceId
     author: SubmissionAuthor | None
     extra_confidentiality: tuple[ExtraConfidentiality, ...]
@@ -251,14 +265,13 @@ def build_mails(request: DocumentRequest, context: MailContext) -> tuple[Outgoin
 def _common(request: DocumentRequest, context: MailContext) -> _Common:
     subject = _subject(request.documents)
     cda_codes = tuple(_cda_code(d) for d in request.documents)
-    pdfs, missing, problems = _renditions(request.documents)
+    pdfs, missing = _renditions(request.documents)
     return _Common(
         xdm_documents=tuple(XdmDocument(d.content, d.header) for d in request.documents),
         cda_codes=cda_codes,
         subject=subject,
         pdfs=pdfs,
-        documents_without_pdf=missing,
-        pdf_problems=problems,
+        missing_pdfs=missing,
         patient_id=patient_id(request, context.establishment_oid),
         author=_submission_author(request.sender),
         extra_confidentiality=extra_confidentiality(request),
@@ -286,8 +299,7 @@ def _mail(
         content=render_mail(spec),
         xdm_zip=xdm_zip,
         pdfs=common.pdfs,
-        documents_without_pdf=common.documents_without_pdf,
-        pdf_problems=common.pdf_problems,
+        missing_pdfs=common.missing_pdfs,
     )
 
 
@@ -468,12 +480,10 @@ def _birth_date(birth_time: str | None) -> date | None:
 
 def _renditions(
     documents: tuple[CdaDocument, ...],
-) -> tuple[tuple[Attachment, ...], tuple[int, ...], tuple[str, ...]]:
-    """The PDF attachments in document order, the OBX sequences of CDAs without one, and
-    why each has none."""
+) -> tuple[tuple[Attachment, ...], tuple[MissingPdf, ...]]:
+    """The PDF attachments in document order, and the CDAs without one."""
     pdfs: list[Attachment] = []
-    missing: list[int] = []
-    problems: list[str] = []
+    missing: list[MissingPdf] = []
     for document in documents:
         with _located(_obx(document)):
             root = document.root()
@@ -482,11 +492,11 @@ def _renditions(
                 try:
                     content = render_pdf(root, document.header)
                 except PdfRenditionError as exc:
-                    missing.append(document.obx_sequence)
-                    problems.append(str(exc))
+                    missing.append(MissingPdf(document.obx_sequence, str(exc),
+                                              isinstance(exc, PdfRendererUnavailable)))
                     continue
             pdfs.append(Attachment(pdf_attachment_name(document.header), content))
-    return _distinct_names(pdfs), tuple(missing), tuple(problems)
+    return _distinct_names(pdfs), tuple(missing)
 
 
 def _distinct_names(pdfs: list[Attachment]) -> tuple[Attachment, ...]:

@@ -18,10 +18,12 @@ from datetime import datetime
 
 import structlog
 
+from connector.cda.policy import MissingPdfPolicy
 from connector.cisis.model import DocumentRequest
 from connector.delivery.job import MailJob
+from connector.errors import ErrorLocation, PdfRequiredError
 from connector.mail.compose import message_id_local_part, with_references
-from connector.pipeline.mails import MailContext, OutgoingMail, build_mails
+from connector.pipeline.mails import MailContext, MissingPdf, OutgoingMail, build_mails
 from connector.settings import TenantSettings
 from connector.store import OutboxItem, OutboxKind, SentRequest
 
@@ -36,6 +38,7 @@ def _now() -> datetime:
 class PlannedMails:
     items: tuple[OutboxItem, ...]  # one SMTP row per mail
     documents_without_pdf: tuple[int, ...]  # OBX sequences of CDAs sent without their PDF
+    # (`missing_pdf = "send"`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,15 +62,15 @@ class MailPlanner:
         return build_mails(request, context)
 
     def plan(self, request: DocumentRequest, request_key: str | None = None) -> PlannedMails:
-        """The outbox rows of `request`'s mails, and the CDAs they carry without a PDF."""
+        """The outbox rows of `request`'s mails, and the CDAs they carry without a PDF.
+
+        A CDA without a PDF (none embedded, none could be rendered) is what the tenant's
+        `[tenants.cisis] missing_pdf` says: `PdfRequiredError` (refuse, the default: ECO.2.1.1
+        asks the PDF/A-1 of every document), or the mails go without it, with a warning."""
         metadata = request.metadata
         sender = self.tenant.mailbox.address
         mails = self.mails(request, request_key)
-        # the same for every mail of a request
-        without_pdf = mails[0].documents_without_pdf if mails else ()
-        if without_pdf:  # ECO.2.1.5: sent all the same, the CDA is in the archive
-            log.warning("mail_without_pdf", obx=list(without_pdf),
-                        problems=list(dict.fromkeys(mails[0].pdf_problems)))
+        without_pdf = missing_pdf_policy(self.tenant, mails)
         return PlannedMails(tuple(
             OutboxItem(
                 tenant_id=self.tenant.id,
@@ -80,6 +83,37 @@ class MailPlanner:
                 recipient_domain=mail.recipient.domain,
             )
             for mail in mails), without_pdf)
+
+
+def missing_pdf_policy(tenant: TenantSettings, mails: Sequence[OutgoingMail]) -> tuple[int, ...]:
+    """`tenant`'s `missing_pdf` applied to a request's `mails`: `PdfRequiredError` when a CDA
+    has no PDF and the tenant refuses such requests, else the OBX sequences of the CDAs they
+    carry without one (warned)."""
+    missing = mails[0].missing_pdfs if mails else ()  # the same for every mail of a request
+    if not missing:
+        return ()
+    problems = list(dict.fromkeys(m.problem for m in missing))
+    obx = [m.obx_sequence for m in missing]
+    if tenant.cisis.missing_pdf is MissingPdfPolicy.REFUSE:
+        log.warning("pdf_required", obx=obx, problems=problems)
+        raise _pdf_required(missing)
+    log.warning("mail_without_pdf", obx=obx, problems=problems)  # the CDA is in the archive
+    return tuple(obx)
+
+
+def _pdf_required(missing: Sequence[MissingPdf]) -> PdfRequiredError:
+    """The refusal of a request whose `missing` PDFs ECO.2.1.1 requires, located on the first
+    such CDA's OBX-5."""
+    unavailable = any(m.renderer_unavailable for m in missing)
+    first = next(m for m in missing if m.renderer_unavailable or not unavailable)
+    if unavailable:
+        detail = (f"ECO.2.1.1: the PDF/A-1 of the CDA in OBX {first.obx_sequence} cannot be "
+                  f"rendered on this host ({first.problem}); send the message again later")
+    else:
+        detail = (f"ECO.2.1.1: the CDA in OBX {first.obx_sequence} embeds no PDF and its PDF/A-1 "
+                  f"could not be rendered ({first.problem})")
+    return PdfRequiredError(detail, retry_later=unavailable,
+                            location=ErrorLocation("OBX", first.obx_sequence, 5))
 
 
 def new_request_key() -> str:

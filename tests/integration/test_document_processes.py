@@ -10,9 +10,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import structlog
 
 from connector.app import Application
-from connector.cda.policy import SchematronPolicy
+from connector.cda.policy import MissingPdfPolicy, SchematronPolicy
 from connector.cli.send_cmd import split_messages
 from connector.hl7.message import parse_message
 from connector.settings import CisisSettings, IntakeSettings, SendingMatrixProfile, Settings
@@ -24,11 +25,12 @@ from tests.integration.test_cisis_fixtures import FIXTURES, VALIDATION
 MDM_T02 = "mdm-t02-initial/message.er7"
 
 
-def settings_for(tmp_path: Path, processes: int, *, validation: bool = False) -> Settings:
+def settings_for(tmp_path: Path, processes: int, *, validation: bool = False,
+                 missing_pdf: MissingPdfPolicy = MissingPdfPolicy.REFUSE) -> Settings:
     base = make_settings(tmp_path)
     tenant = replace(base.tenants[0], cisis=CisisSettings(
         schematron_policy=SchematronPolicy.WARN,
-        sending_matrix=SendingMatrixProfile.ANS_EXAMPLES))
+        sending_matrix=SendingMatrixProfile.ANS_EXAMPLES, missing_pdf=missing_pdf))
     settings = replace(base, tenants=(tenant,), intake=IntakeSettings(processes))
     return replace(settings, validation=VALIDATION) if validation else settings
 
@@ -195,8 +197,8 @@ async def test_a_cda_sent_without_its_pdf_is_counted(apps: list[Application], tm
         raise PdfRenditionError("no PDF renderer")
 
     monkeypatch.setattr(mails, "render_pdf", unavailable)
-    app = await started(apps, settings_for(tmp_path, 0))  # threads: the patch applies
-    ack = await app.handlers[0].handle(corrected_oru(), "127.0.0.1:1")
+    app = await started(apps, settings_for(tmp_path, 0, missing_pdf=MissingPdfPolicy.SEND))
+    ack = await app.handlers[0].handle(corrected_oru(), "127.0.0.1:1")  # threads: patched
     assert ack is not None
     assert b"MSA|AA|" in ack
     missing = app.metrics.registry.get_sample_value(
@@ -219,3 +221,84 @@ async def test_with_the_renderer_every_cda_has_its_pdf(apps: list[Application],
     counts = await pdfs_of_the_stored_mails(app)
     assert counts
     assert set(counts) == {2}  # the level-1's own, and one rendered for the level-3
+
+
+def samples(app: Application, name: str) -> list[tuple[dict[str, str], float]]:
+    return [(sample.labels, sample.value) for metric in app.metrics.registry.collect()
+            for sample in metric.samples if sample.name == name]
+
+
+def err_segments(ack: bytes) -> list[list[str]]:
+    return [segment.split("|") for segment in ack.decode().split("\r")
+            if segment.startswith("ERR|")]
+
+
+async def test_without_a_renderer_a_cda_without_pdf_is_not_taken_until_there_is_one(
+        apps: list[Application], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ECO.2.1.1 by default: AR, nothing stored, nothing queued; the same message sent again
+    once the host can render is taken (the AR left no row to answer it as a retransmission)."""
+    from connector.errors import PdfRendererUnavailable
+    from connector.pipeline import mails
+
+    rendered = b"%PDF-1.4 rendered"
+    renderer: list[bytes] = []
+
+    def render(root: object, header: object) -> bytes:
+        if not renderer:
+            raise PdfRendererUnavailable("no PDF renderer: the Pango libraries are missing")
+        return renderer[0]
+
+    monkeypatch.setattr(mails, "render_pdf", render)
+    app = await started(apps, settings_for(tmp_path, 0))  # threads: the patch applies
+    payload = corrected_oru()
+    with structlog.testing.capture_logs() as logs:
+        ack = await app.handlers[0].handle(payload, "127.0.0.1:1")
+    assert ack is not None
+    assert b"MSA|AR|015" in ack
+    (err,) = err_segments(ack)
+    assert err[2] == "OBX^2^5"
+    assert err[3].startswith("207^")
+    assert "ECO.2.1.1" in err[8]
+    assert "send the message again later" in err[8]
+    assert await app.store.list_inbound() == []
+    assert await app.store.list_outbox() == []
+    (not_taken,) = [e for e in logs if e["event"] == "message_not_taken"]
+    assert "Pango" in not_taken["detail"]
+    answered = {labels["ack"]: value
+                for labels, value in samples(app, "mssconnector_mllp_messages_total")}
+    assert answered == {"AR": 1.0}
+
+    renderer.append(rendered)
+    ack = await app.handlers[0].handle(payload, "127.0.0.1:1")
+    assert ack is not None
+    assert b"MSA|AA|015" in ack
+    (row,) = await app.store.list_inbound()
+    assert row.retransmissions == 0
+    assert not row.control_id_reused
+    counts = await pdfs_of_the_stored_mails(app)
+    assert counts
+    assert set(counts) == {2}
+
+
+async def test_a_cda_whose_pdf_cannot_be_rendered_is_answered_ae_and_kept(
+        apps: list[Application], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from connector.errors import PdfRenditionError
+    from connector.pipeline import mails
+
+    def too_large(root: object, header: object) -> bytes:
+        raise PdfRenditionError("the narrative has over 15000 elements")
+
+    monkeypatch.setattr(mails, "render_pdf", too_large)
+    app = await started(apps, settings_for(tmp_path, 0))
+    ack = await app.handlers[0].handle(corrected_oru(), "127.0.0.1:1")
+    assert ack is not None
+    assert b"MSA|AE|015" in ack
+    (err,) = err_segments(ack)
+    assert err[2] == "OBX^2^5"
+    (row,) = await app.store.list_inbound()
+    assert row.status is InboundStatus.REJECTED
+    assert row.ack_code == "AE"
+    assert row.error_code == "207"
+    assert row.error_detail is not None
+    assert "15000 elements" in row.error_detail
+    assert await app.store.list_outbox() == []

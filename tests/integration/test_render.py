@@ -207,13 +207,54 @@ def test_a_mail_without_a_pdf_says_which_document_and_why(tmp_path: Path) -> Non
     from connector.cisis.model import RecipientKind
     from connector.cli.render_cmd import _write_mail
     from connector.directory.whitelist import parse_address
-    from connector.pipeline.mails import OutgoingMail
+    from connector.pipeline.mails import MissingPdf, OutgoingMail
 
     mail = OutgoingMail(index=1, recipient=parse_address(DOCTOR),
                         kind=RecipientKind.PROFESSIONAL, prt_sequence=2,
                         message_id="<m@chu-test.mssante.fr>", content=b"eml", xdm_zip=b"zip",
-                        documents_without_pdf=(2,),
-                        pdf_problems=("no PDF renderer: the Pango libraries are missing",))
+                        missing_pdfs=(MissingPdf(
+                            2, "no PDF renderer: the Pango libraries are missing", True),))
     line = _write_mail(tmp_path, 7, mail)
     assert line.endswith(" pdf=none files=007-1-professional* (no PDF rendition: OBX 2: no PDF "
                          "renderer: the Pango libraries are missing)")
+
+
+@pytest.mark.parametrize(("policy", "error", "expected"), [
+    ("", "unavailable", r" AR ERR-3=207 ERR-2=OBX\^2\^5 ECO\.2\.1\.1: the PDF/A-1 of the CDA "
+                        r"in OBX 2 cannot be rendered on this host \(no PDF renderer\); send "),
+    ("", "fails", r" AE ERR-3=207 ERR-2=OBX\^2\^5 ECO\.2\.1\.1: the CDA in OBX 2 embeds no "
+                  r"PDF and its PDF/A-1 could not be rendered \(too large\)"),
+    ('missing_pdf = "send"\n', "unavailable", r" AA 2 e-mail\(s\)"),
+])
+def test_render_answers_what_serve_answers_to_a_cda_without_pdf(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        policy: str, error: str, expected: str) -> None:
+    from connector.cli import main
+    from connector.errors import PdfRendererUnavailable, PdfRenditionError
+    from connector.observability import logs
+    from connector.pipeline import mails
+
+    monkeypatch.setattr(logs, "configure_logging", lambda settings: None)  # pytest's stderr
+
+    def render_pdf(root: object, header: object) -> bytes:
+        if error == "unavailable":
+            raise PdfRendererUnavailable("no PDF renderer")
+        raise PdfRenditionError("too large")
+
+    monkeypatch.setattr(mails, "render_pdf", render_pdf)
+    message = tmp_path / "oru-corrected.hl7"
+    message.write_bytes(("\r".join(oru_initial()) + "\r").encode())
+    config = write_config(tmp_path)
+    config.write_text(config.read_text(encoding="utf-8").replace(
+        "[tenants.cisis]\n", "[tenants.cisis]\n" + policy), encoding="utf-8")
+    code = main(["render", str(message), "--out", str(tmp_path / "out"),
+                 "--config", str(config)])
+    out = capsys.readouterr().out
+    assert re.search(expected, out), out
+    assert code == (0 if policy else 1)
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    if policy:
+        assert "(no PDF rendition: OBX 2: no PDF renderer)" in out
+        assert "001-1-professional.eml" in written
+    else:
+        assert written == []

@@ -85,6 +85,7 @@ schematron_policy = "reject"
 unknown_original = "accept"
 sending_matrix = "strict"
 partial_sending = false
+missing_pdf = "refuse"
 
 [tenants.transport]
 kind = "maildir"

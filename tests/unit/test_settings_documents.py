@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from connector.cda.policy import SchematronPolicy
+from connector.cda.policy import MissingPdfPolicy, SchematronPolicy
 from connector.errors import ConfigError
 from connector.settings import SendingMatrixProfile, load_settings
 from connector.store import UnknownOriginalPolicy
@@ -37,6 +37,7 @@ schematron_policy = "warn"
 unknown_original = "refuse"
 sending_matrix = "ans-examples"
 partial_sending = true
+missing_pdf = "send"
 """)
     settings = load_settings(config)
     tenant = settings.tenants[0]
@@ -48,6 +49,7 @@ partial_sending = true
     assert tenant.cisis.unknown_original is UnknownOriginalPolicy.REFUSE
     assert tenant.cisis.sending_matrix is SendingMatrixProfile.ANS_EXAMPLES
     assert tenant.cisis.partial_sending is True
+    assert tenant.cisis.missing_pdf is MissingPdfPolicy.SEND
 
 
 @pytest.mark.parametrize(("snippet", "key"), [
@@ -55,6 +57,7 @@ partial_sending = true
     ('[tenants.cisis]\nunknown_original = "ignore"', "tenants[0].cisis.unknown_original"),
     ('[tenants.cisis]\nsending_matrix = "loose"', "tenants[0].cisis.sending_matrix"),
     ('[tenants.cisis]\npartial_sending = "yes"', "tenants[0].cisis.partial_sending"),
+    ('[tenants.cisis]\nmissing_pdf = "hold"', "tenants[0].cisis.missing_pdf"),
     ('[tenants.cisis]\ncolour = "blue"', "tenants[0].cisis.colour"),
     ('[tenants.mailbox]\naddress = "not an address"', "tenants[0].mailbox.address"),
     ('[tenants.mailbox]\nnil = "X"', "tenants[0].mailbox.address"),
@@ -76,3 +79,10 @@ def test_validation_files_must_exist(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_settings(config)
     assert caught.value.key == "validation.cda_xsd"
+
+
+def test_a_cda_without_pdf_refuses_the_request_unless_the_tenant_says_send(
+        tmp_path: Path) -> None:
+    """ECO.2.1.1 by default; sending without the PDF is the tenant's explicit choice."""
+    config = write_config(tmp_path, '[[tenants]]\nid = "chu"\noid = "1.2.3"\n')
+    assert load_settings(config).tenants[0].cisis.missing_pdf is MissingPdfPolicy.REFUSE

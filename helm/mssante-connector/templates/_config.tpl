@@ -96,6 +96,7 @@ allow_from = {{ toJson . }}
 {{- include "mssante-connector.toml.str" (list "unknown_original" . "unknownOriginal") }}
 {{- include "mssante-connector.toml.str" (list "sending_matrix" . "sendingMatrix") }}
 {{- include "mssante-connector.toml.bool" (list "partial_sending" . "partialSending") }}
+{{- include "mssante-connector.toml.str" (list "missing_pdf" . "missingPdf") }}
 {{- end }}
 {{- $transport := default (dict) (index $tenant "transport") }}
 

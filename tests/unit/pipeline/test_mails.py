@@ -27,6 +27,7 @@ import structlog
 from lxml import etree
 
 from connector.cda.header import HL7_NS, InstanceId, read_cda_header
+from connector.cda.policy import MissingPdfPolicy
 from connector.cda.safe_xml import parse_xml
 from connector.cisis.model import Action, DocumentRequest, PatientIdentifier, RecipientKind
 from connector.cli.send_cmd import split_messages
@@ -36,16 +37,19 @@ from connector.errors import (
     DocumentError,
     ErrorLocation,
     MessageError,
+    PdfRendererUnavailable,
     PdfRenditionError,
+    PdfRequiredError,
     ProfileError,
 )
-from connector.hl7.codes import ApplicationError
+from connector.hl7.codes import ApplicationError, ErrorCondition
 from connector.hl7.message import parse_message
 from connector.mail.compose import DEFAULT_BODIES, MailAction, make_message_id
 from connector.pipeline import mails as mails_module
 from connector.pipeline.documents import CisisIntake, UnconfiguredCdaChecker
 from connector.pipeline.mails import (
     MailContext,
+    MissingPdf,
     OutgoingMail,
     build_mails,
     ins_qualified,
@@ -544,7 +548,7 @@ def test_a_level3_cda_without_pdf_copy_gets_a_rendered_pdf() -> None:
 def test_without_a_renderer_the_cda_travels_in_the_archive_only(
         monkeypatch: pytest.MonkeyPatch) -> None:
     def unavailable(root: object, header: object) -> bytes:
-        raise PdfRenditionError("no PDF renderer: the Pango libraries are missing")
+        raise PdfRendererUnavailable("no PDF renderer: the Pango libraries are missing")
 
     monkeypatch.setattr(mails_module, "render_pdf", unavailable)
     name = "oru-r01-initial-placeholder-corrected"
@@ -552,8 +556,28 @@ def test_without_a_renderer_the_cda_travels_in_the_archive_only(
     n3 = request.documents[1]
     for mail in build_mails(request, CONTEXT):
         assert mail.documents_without_pdf == (n3.obx_sequence,)
+        assert mail.missing_pdfs == (MissingPdf(
+            n3.obx_sequence, "no PDF renderer: the Pango libraries are missing",
+            renderer_unavailable=True),)
         assert len(mail.pdfs) == 1
         assert open_zip(mail.xdm_zip).read(f"{SUBSET_DIR}DOC0002.XML") == n3.content
+
+
+def test_a_rendition_failure_is_told_apart_from_a_missing_renderer(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def too_large(root: object, header: object) -> bytes:
+        raise PdfRenditionError("the narrative is too large to render")
+
+    monkeypatch.setattr(mails_module, "render_pdf", too_large)
+    request = request_for("oru-r01-initial-placeholder-corrected")
+    for mail in build_mails(request, CONTEXT):
+        assert mail.missing_pdfs == (MissingPdf(
+            request.documents[1].obx_sequence, "the narrative is too large to render",
+            renderer_unavailable=False),)
+
+
+SENDS_WITHOUT_PDF = replace(TENANT, cisis=replace(TENANT.cisis,
+                                                  missing_pdf=MissingPdfPolicy.SEND))
 
 
 def test_the_outbox_rows_of_a_mail_without_pdf_are_warned(
@@ -564,13 +588,61 @@ def test_the_outbox_rows_of_a_mail_without_pdf_are_warned(
     monkeypatch.setattr(mails_module, "render_pdf", unavailable)
     request = request_for("oru-r01-initial-placeholder-corrected")
     with structlog.testing.capture_logs() as logs:
-        planned = MailPlanner(TENANT).plan(request, KEY)
+        planned = MailPlanner(SENDS_WITHOUT_PDF).plan(request, KEY)
     assert len(planned.items) == len(request.sending.recipients)  # sent all the same
     assert planned.documents_without_pdf == (request.documents[1].obx_sequence,)
     (warned,) = [e for e in logs if e["event"] == "mail_without_pdf"]
     assert warned["obx"] == [request.documents[1].obx_sequence]
     assert warned["problems"] == ["no PDF renderer"]  # why, once per request
     assert PAT_TROIS not in repr(logs)
+
+
+@pytest.mark.parametrize(("error", "retry_later", "detail"), [
+    (PdfRendererUnavailable("no PDF renderer: libpango"), True,
+     "ECO.2.1.1: the PDF/A-1 of the CDA in OBX 2 cannot be rendered on this host (no PDF "
+     "renderer: libpango); send the message again later"),
+    (PdfRenditionError("the narrative is too large"), False,
+     "ECO.2.1.1: the CDA in OBX 2 embeds no PDF and its PDF/A-1 could not be rendered (the "
+     "narrative is too large)"),
+])
+def test_by_default_a_cda_without_pdf_refuses_the_request(
+        monkeypatch: pytest.MonkeyPatch, error: PdfRenditionError, retry_later: bool,
+        detail: str) -> None:
+    def fails(root: object, header: object) -> bytes:
+        raise error
+
+    monkeypatch.setattr(mails_module, "render_pdf", fails)
+    request = request_for("oru-r01-initial-placeholder-corrected")
+    assert request.documents[1].obx_sequence == 2
+    assert TENANT.cisis.missing_pdf is MissingPdfPolicy.REFUSE  # the default
+    with structlog.testing.capture_logs() as logs, \
+            pytest.raises(PdfRequiredError) as raised:
+        MailPlanner(TENANT).plan(request, KEY)
+    assert raised.value.retry_later is retry_later
+    assert raised.value.detail == detail
+    assert raised.value.location == ErrorLocation("OBX", 2, 5)
+    assert raised.value.condition is ErrorCondition.APPLICATION_ERROR
+    assert [e["event"] for e in logs] == ["pdf_required"]
+    assert PAT_TROIS not in repr(logs)
+
+
+def test_a_missing_renderer_decides_the_answer_whatever_the_order(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two CDAs without a PDF, the first one too large and the second one for want of a
+    renderer: the request is not taken (retry later) and the ERR names the second."""
+    request = request_for("oru-r01-initial-placeholder-corrected")
+    n3 = request.documents[1]
+    twice = replace(request, documents=(replace(n3, obx_sequence=7), n3))
+    errors = iter([PdfRenditionError("too large"), PdfRendererUnavailable("no renderer")])
+
+    def fails(root: object, header: object) -> bytes:
+        raise next(errors)
+
+    monkeypatch.setattr(mails_module, "render_pdf", fails)
+    with pytest.raises(PdfRequiredError) as raised:
+        MailPlanner(TENANT).plan(twice, KEY)
+    assert raised.value.retry_later
+    assert raised.value.location == ErrorLocation("OBX", n3.obx_sequence, 5)
 
 
 def test_same_pdf_names_are_made_distinct() -> None:
