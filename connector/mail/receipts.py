@@ -15,7 +15,8 @@ None when the mail is not a receipt. It tries, in this order:
    Disposition, or an `Error:` field such as the spec example's
    `902^Identifiant de patient inconnu^messageErrorCondition| E^Error^errorSeverity`): the first
    `code^label` pair is taken, the coding system and the severity after `|` are kept when present.
-   Feeds ZAM^Z03.
+   An `Error:` field reporting acceptance (code 0 "Message accepted", or severity W or I) does not
+   by itself make the MDN negative; the `error` modifier or a KO subject does. Feeds ZAM^Z03.
 3. **KO mail** (the LPS volet's "courriel standard"): a plain mail whose subject starts with
    `[KO Intégration système !][code]` (or `[Erreur d'intégration !]`), with the original attached as
    `message/rfc822`: the code from the subject (else the body), the label from the body.
@@ -779,8 +780,11 @@ def _mdn(mail: _Mail, part: Message) -> Receipt:
         mail.notes.append("error given inside the Disposition field (LPS volet syntax)")
     error = _parse_error(fields.get("error", "")) or _parse_error(fields.get("failure", "")) \
         or _parse_error(payload)
-    negative = error is not None or (disposition is not None and disposition.is_error) \
-        or mail.ko_subject is not None
+    # An `Error:` field may report success ("0^Message accepted", or a warning or information
+    # only): the document was integrated, and only the Disposition modifier or a KO subject
+    # says otherwise.
+    negative = (error is not None and not _reports_acceptance(error)) \
+        or (disposition is not None and disposition.is_error) or mail.ko_subject is not None
     if negative:
         error = _complete_error(error, mail)
     if negative:
@@ -867,6 +871,12 @@ def _parse_error(value: str) -> ReportedError | None:
         return None
     system = system if _CODE.fullmatch(system) else ""
     return ReportedError(code, label, system, severity)
+
+
+def _reports_acceptance(error: ReportedError) -> bool:
+    """HL7 table 0357 code 0 ("Message accepted"), or a severity (table 0516) that is not an
+    error: W (warning) or I (information)."""
+    return error.code == "0" or error.severity in (Severity.WARNING, Severity.INFORMATION)
 
 
 def _complete_error(error: ReportedError | None, mail: _Mail) -> ReportedError | None:

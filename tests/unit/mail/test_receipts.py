@@ -825,6 +825,56 @@ def test_mdn_exact_spec_example() -> None:
     assert "MIME defects: MissingHeaderBodySeparatorDefect" in receipt.notes
 
 
+def processed_mdn(error_field: str, disposition: str = "processed") -> bytes:
+    """A newer-form LPS MDN with `Error: {error_field}` (no KO subject)."""
+    return crlf(f"""\
+From: serviceY_auto@chb.mssante.fr
+To: pfi-auto@cha.mssante.fr
+Message-ID: <mdn-ok@chb.mssante.fr>
+Subject: XDM/1.0/DDM+ECHO
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=disposition-notification; boundary="R9"
+
+--R9
+Content-Type: text/plain; charset="UTF-8"
+
+Le document a été intégré.
+--R9
+Content-Type: message/disposition-notification
+
+Final-Recipient: rfc822;serviceY_auto@chb.mssante.fr
+Original-Message-ID: <7b1e2f00a9@cha.mssante.fr>
+Disposition: automatic-action/MDN-sent-automatically; {disposition}
+Error: {error_field}
+--R9--
+""")
+
+
+@pytest.mark.parametrize("error_field", [
+    "0^Message accepted^messageErrorCondition| I^Information^errorSeverity",
+    "0^Message accepted",
+    "904^INS approchant^applicationErrorCondition| W^Warning^errorSeverity",
+    "207^Note^messageErrorCondition| I^Information^errorSeverity",
+])
+def test_an_error_field_that_reports_acceptance_keeps_a_processed_mdn_positive(
+        error_field: str) -> None:
+    r = only(parsed(processed_mdn(error_field)))
+    assert r.outcome is Outcome.POSITIVE
+    assert r.error is not None  # kept for the record
+
+
+@pytest.mark.parametrize(("error_field", "disposition"), [
+    ("902^Identifiant de patient inconnu^messageErrorCondition| E^Error^errorSeverity",
+     "processed"),
+    ("902^Identifiant de patient inconnu", "processed"),  # no severity: an error
+    ("904^INS approchant| W^Warning^errorSeverity", "processed/error"),  # the modifier decides
+    ("0^Message accepted", "processed/error"),
+])
+def test_an_error_field_reporting_a_failure_makes_the_mdn_negative(
+        error_field: str, disposition: str) -> None:
+    assert only(parsed(processed_mdn(error_field, disposition))).outcome is Outcome.NEGATIVE
+
+
 def test_mdn_displayed_is_positive_and_deleted_inconclusive() -> None:
     r = only(parsed(MDN_DISPLAYED))
     assert r.outcome is Outcome.POSITIVE
