@@ -18,7 +18,11 @@ Steps (`LegacyFlows.request`):
 5. the recipients by rule: `ordering-provider` (ORC-12, else OBR-16), `copies` (OBR-28
    repetitions), `medecin-traitant` (ADT context), fixed addresses; persons are resolved to
    MSSanté addresses by the directory; an unresolved one is skipped (W warning) or refuses the
-   request (AE), per the mapping.
+   request (AE), per the mapping;
+6. the result status: a cancelled result (OBX-11 D/W/X of the body's OBX, OBR-25 X, ORC-1
+   CA/OC/CR) is refused (AE); a corrected one (OBX-11 or OBR-25 C) is refused, or sent as a new
+   document with a W warning when the mapping says `results.corrected: new`: each message is a
+   new document, so a correction cannot be linked (RPLC) to the report it corrects.
 """
 
 from __future__ import annotations
@@ -72,12 +76,20 @@ from connector.legacy.cda import (
 )
 from connector.legacy.mapping import (
     BodySource,
+    CorrectionPolicy,
     DefaultPerson,
     FlowMapping,
     MailboxChoice,
     RecipientRule,
     UnresolvedPolicy,
 )
+
+# Result statuses that cancel a result: OBX-11 (HL7 table 0085: D deleted, W wrong, X cannot be
+# obtained), OBR-25 (table 0123: X cancelled), ORC-1 (table 0119: CA cancel, OC cancelled, CR
+# cancelled as requested).
+_CANCELLED: Final = (("OBX", 11, frozenset({"D", "W", "X"})), ("OBR", 25, frozenset({"X"})),
+                     ("ORC", 1, frozenset({"CA", "OC", "CR"})))
+_CORRECTED: Final = (("OBX", 11, frozenset({"C"})), ("OBR", 25, frozenset({"C"})))
 
 DEFAULT_PRACTICE_SETTING: Final = CodedConcept("ETABLISSEMENT", "Etablissement de santé",
                                                "1.2.250.1.213.1.1.4.9")
@@ -198,6 +210,7 @@ class LegacyFlows:
         mapping = self.match(header, message)
         now = self.clock()
         media_type, content, obx_sequence = self._body(mapping, message)
+        correction = self._correction(mapping, message, obx_sequence)
         patient, identity = self._patient(message, traits)
         author = self._person(mapping.author.fields, mapping.author.default, message, "author")
         legal = self._person(mapping.legal_authenticator.fields,
@@ -248,6 +261,8 @@ class LegacyFlows:
         warnings = tuple(RequestWarning(f"recipient not resolved ({what}): skipped",
                                         ErrorCondition.APPLICATION_ERROR)
                          for what in unresolved)
+        if correction is not None:
+            warnings = (correction, *warnings)
         code = mapping.document_type
         request = Request(
             origin=MessageOrigin(MessageKind.ORU_R01, header.control_id or "",
@@ -266,6 +281,45 @@ class LegacyFlows:
         return LegacyOutcome(request, mapping, unresolved)
 
     # -- pieces ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _correction(mapping: FlowMapping, message: Message, obx_sequence: int
+                    ) -> RequestWarning | None:
+        """The result status of the body's OBX, its OBR and ORC: a cancelled result is refused
+        (sent as a new document, it would reach the recipients as a valid report); a corrected
+        one is refused, or sent as new with this warning, as the mapping says. None: final."""
+        segments = {"OBX": (message.all("OBX")[obx_sequence - 1], obx_sequence),
+                    "OBR": (message.first("OBR"), 1), "ORC": (message.first("ORC"), 1)}
+
+        def said(statuses: tuple[tuple[str, int, frozenset[str]], ...]
+                 ) -> tuple[str, int, int, str] | None:
+            for name, position, values in statuses:
+                segment, sequence = segments[name]
+                value = segment.value(position) if segment is not None else ""
+                if value in values:
+                    return name, sequence, position, value
+            return None
+
+        cancelled = said(_CANCELLED)
+        if cancelled is not None:
+            name, sequence, position, value = cancelled
+            raise _located(f"a cancelled result ({name}-{position} = {value}) is not sent by "
+                           f"legacy mapping {mapping.name!r}: as a new document it would reach "
+                           "the recipients as a valid report; tell them another way",
+                           name, sequence, position)
+        corrected = said(_CORRECTED)
+        if corrected is None:
+            return None
+        name, sequence, position, value = corrected
+        where = f"{name}-{position} = {value}"
+        if mapping.corrected is CorrectionPolicy.REFUSE:
+            raise _located(f"a corrected result ({where}) is refused by legacy mapping "
+                           f"{mapping.name!r} (results.corrected = refuse): as a new document "
+                           "it would not replace the report it corrects", name, sequence,
+                           position)
+        return RequestWarning(f"corrected result ({where}) sent as a new document, not linked "
+                              "to the report it corrects", ErrorCondition.APPLICATION_ERROR,
+                              ErrorLocation(name, sequence, position))
 
     @staticmethod
     def _field(message: Message, reference: str) -> str:

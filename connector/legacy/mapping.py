@@ -5,8 +5,8 @@ the dotted key (`mappings/bio/mapping.yaml:12: recipients.rules[1]: ...`).
 A mapping says how it matches a message (sending application or facility, MSH-9, OBR-4 code),
 the document it makes (type code from JDV_J07, title, confidentiality, service event), where the
 author and legal authenticator come from (fields such as OBR-32, ORC-12, OBX-16, or a default
-person), the body (the PDF of an OBX ED, or the text of TX/FT/ST OBX), the recipient rules and
-the DMP/MSSanté metadata defaults.
+person), the body (the PDF of an OBX ED, or the text of TX/FT/ST OBX), the recipient rules, the
+DMP/MSSanté metadata defaults, and what a corrected result does (`results.corrected`).
 """
 
 from __future__ import annotations
@@ -54,6 +54,14 @@ class MailboxChoice(StrEnum):
     PERSONAL = "personal"
     ORGANISATION = "organisation"
     ANY = "any"
+
+
+class CorrectionPolicy(StrEnum):
+    """A corrected result (OBX-11 or OBR-25 = C). A legacy mapping makes each message a new
+    document: it cannot link a correction to the report it corrects."""
+
+    REFUSE = "refuse"  # AE: the sender is told, nothing goes out as if it were a new report
+    NEW = "new"  # sent as a new document (not linked to the one it corrects), W in the ACK
 
 
 class UnresolvedPolicy(StrEnum):
@@ -112,6 +120,7 @@ class FlowMapping:
     mailbox: MailboxChoice = MailboxChoice.PERSONAL
     unresolved: UnresolvedPolicy = UnresolvedPolicy.SKIP
     metadata: MetadataDefaults = MetadataDefaults()
+    corrected: CorrectionPolicy = CorrectionPolicy.REFUSE
     description: str = field(default="", compare=False)
 
 
@@ -256,4 +265,5 @@ def _mapping(data: Mapping[str, Any], path: Path) -> FlowMapping:
         mailbox=MailboxChoice(recipients.get("mailbox", "personal")),
         unresolved=UnresolvedPolicy(recipients.get("unresolved", "skip")),
         metadata=MetadataDefaults(**data.get("metadata", {})),
+        corrected=CorrectionPolicy(data.get("results", {}).get("corrected", "refuse")),
         description=data.get("description", ""))

@@ -97,6 +97,20 @@ async def test_a_legacy_oru_no_mapping_matches_is_ae_and_kept(
     assert await running.app.store.list_outbox() == []
 
 
+async def test_a_corrected_or_cancelled_legacy_result_is_ae_and_kept_not_mailed_as_new(
+        tmp_path: Path, app_factory: Callable[..., object]) -> None:
+    mappings = mappings_dir(tmp_path, '[{fixed: ["labo.resultats@chu-x.mssante.fr"]}]')
+    running: RunningApp = await app_factory(settings_with(tmp_path, mappings))  # type: ignore[operator]
+    assert LAB_CASE.count(b"||||||F\r") == 1  # the OBX-11 of the report's OBX
+    corrected = LAB_CASE.replace(b"||||||F\r", b"||||||C\r").replace(b"|LAB0001|", b"|LAB2|")
+    cancelled = LAB_CASE.replace(b"||||||F\r", b"||||||D\r").replace(b"|LAB0001|", b"|LAB3|")
+    assert ack(await running.send(corrected)) == ("AE", [("207", "906", "OBX^1^11")])
+    assert ack(await running.send(cancelled)) == ("AE", [("207", "906", "OBX^1^11")])
+    rows = await running.rows()
+    assert [row.status for row in rows] == [InboundStatus.REJECTED] * 2
+    assert await running.app.store.list_outbox() == []
+
+
 async def test_unresolved_recipients_follow_the_mapping_policy(
         tmp_path: Path, app_factory: Callable[..., object]) -> None:
     # No directory is configured: the ordering provider cannot be resolved.

@@ -11,7 +11,9 @@ import pytest
 
 from connector.cda.header import read_cda_header
 from connector.cda.safe_xml import parse_xml
+from connector.cisis.model import Action
 from connector.errors import MessageError
+from connector.hl7.codes import Severity
 from connector.hl7.header import MessageHeader
 from connector.hl7.message import parse_message
 from connector.legacy.flow import Establishment, LegacyFlows
@@ -22,10 +24,10 @@ CASE = (SHIPPED / "labo-cr-bio" / "cases" / "cr-bio-pdf.hl7").read_text("utf-8")
 NOW = datetime(2026, 11, 23, 10, 30, tzinfo=timezone(timedelta(hours=1)))
 
 
-def flows(tmp_path: Path, body: str = "obx-pdf") -> LegacyFlows:
+def flows(tmp_path: Path, body: str = "obx-pdf", *, extra: str = "") -> LegacyFlows:
     text = (SHIPPED / "labo-cr-bio" / "mapping.yaml").read_text("utf-8")
     text = text.replace("  from: obx-pdf", f"  from: {body}").replace(
-        "  rules: [ordering-provider, copies]", '  rules: [{fixed: ["a@b.mssante.fr"]}]')
+        "  rules: [ordering-provider, copies]", '  rules: [{fixed: ["a@b.mssante.fr"]}]') + extra
     path = tmp_path / "labo" / "mapping.yaml"
     path.parent.mkdir(parents=True)
     path.write_text(text, "utf-8")
@@ -76,3 +78,72 @@ def test_missing_data_is_a_located_error(tmp_path: Path, change: object,
         run(flows(tmp_path), change(CASE))
     assert caught.value.location is not None
     assert caught.value.location.to_hl7() == location
+
+
+def with_status(text: str, *, obx11: str = "F", obr25: str = "F", orc1: str = "RE") -> str:
+    separator = "\r" if "\r" in text else "\n"  # read_text gives the case's CRs as LFs
+    lines = text.split(separator)
+    for i, line in enumerate(lines):
+        fields = line.split("|")
+        if fields[0] == "OBX":
+            fields[11] = obx11
+        elif fields[0] == "OBR":
+            fields[25] = obr25
+        elif fields[0] == "ORC":
+            fields[1] = orc1
+        lines[i] = "|".join(fields)
+    return separator.join(lines)
+
+
+def test_the_case_is_a_final_result() -> None:
+    assert with_status(CASE) == CASE  # F, F, RE: what the status tests change
+
+
+@pytest.mark.parametrize(("status", "location", "said"), [
+    ({"obx11": "D"}, "OBX^1^11", "OBX-11 = D"),
+    ({"obx11": "W"}, "OBX^1^11", "OBX-11 = W"),
+    ({"obx11": "X"}, "OBX^1^11", "OBX-11 = X"),
+    ({"obr25": "X"}, "OBR^1^25", "OBR-25 = X"),
+    ({"orc1": "CA"}, "ORC^1^1", "ORC-1 = CA"),
+    ({"orc1": "OC"}, "ORC^1^1", "ORC-1 = OC"),
+    ({"orc1": "CR"}, "ORC^1^1", "ORC-1 = CR"),
+])
+def test_a_cancelled_result_is_refused_whatever_the_mapping(
+        tmp_path: Path, status: dict[str, str], location: str, said: str) -> None:
+    """Sent as a new document it would reach the recipients as a valid report."""
+    flow = flows(tmp_path, extra="results:\n  corrected: new\n")
+    with pytest.raises(MessageError) as caught:
+        run(flow, with_status(CASE, **status))
+    assert caught.value.location is not None
+    assert caught.value.location.to_hl7() == location
+    assert f"a cancelled result ({said}) is not sent" in caught.value.detail
+    assert "PAT-TROIS" not in caught.value.detail
+
+
+@pytest.mark.parametrize(("status", "location"), [
+    ({"obx11": "C"}, "OBX^1^11"),
+    ({"obr25": "C"}, "OBR^1^25"),
+])
+def test_a_corrected_result_is_refused_by_default(tmp_path: Path, status: dict[str, str],
+                                                  location: str) -> None:
+    with pytest.raises(MessageError) as caught:
+        run(flows(tmp_path), with_status(CASE, **status))
+    assert caught.value.location is not None
+    assert caught.value.location.to_hl7() == location
+    assert "results.corrected = refuse" in caught.value.detail
+
+
+def test_a_corrected_result_goes_as_new_with_a_warning_when_the_mapping_says_so(
+        tmp_path: Path) -> None:
+    flow = flows(tmp_path, extra="results:\n  corrected: new\n")
+    message = parse_message(with_status(CASE, obx11="C"))
+    request = flow.request(MessageHeader.from_segment(message.msh), message).request
+    assert request.action is Action.NEW
+    warning = request.warnings[0]
+    assert warning.severity is Severity.WARNING
+    assert warning.location is not None
+    assert warning.location.to_hl7() == "OBX^1^11"
+    assert warning.detail == ("corrected result (OBX-11 = C) sent as a new document, not linked "
+                              "to the report it corrects")
+    final = parse_message(CASE)
+    assert flow.request(MessageHeader.from_segment(final.msh), final).request.warnings == ()
