@@ -223,8 +223,8 @@ class TenantSettings:
     id: str
     name: str
     finess: str | None
-    application: str  # our MSH-3 when the sender left MSH-5 empty
-    facility: str  # our MSH-4 when the sender left MSH-6 empty
+    application: str  # our MSH-3 (ACK, ZAM) when the sender left MSH-5 empty
+    facility: str  # our MSH-4 (ACK, ZAM) when the sender left MSH-6 empty
     listeners: tuple[ListenerSettings, ...]
     transport: TransportSettings
     cisis: CisisSettings = CisisSettings()

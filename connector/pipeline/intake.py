@@ -154,6 +154,8 @@ class IntakeHandler:
             control_id=header.control_id if header else None,
             version=header.version_id if header else None,
             processing_id=(header.processing_id or None) if header else None,
+            receiving_application=(header.receiving_application or None) if header else None,
+            receiving_facility=(header.receiving_facility or None) if header else None,
             mail_key=decision.mail_key if decision.outcome is Outcome.ACCEPTED else None,
             status=(InboundStatus.ACCEPTED if decision.outcome is Outcome.ACCEPTED
                     else InboundStatus.REJECTED),

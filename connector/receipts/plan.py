@@ -241,8 +241,12 @@ class ReceiptPlanner:
                 inbound.sending_application or ""),
             receiving_facility=HierarchicDesignator.from_raw(inbound.sending_facility or ""),
             recipient_address=reader or mail.job.rcpt_to, positive=positive, event_time=when,
-            sending_application=HierarchicDesignator(self.identity.application),
-            sending_facility=HierarchicDesignator(self.identity.facility),
+            # from the application the request was sent to, as its ACK was (CI-SIS examples);
+            # the tenant's when the request named none
+            sending_application=HierarchicDesignator.from_raw(inbound.receiving_application)
+            if inbound.receiving_application else HierarchicDesignator(self.identity.application),
+            sending_facility=HierarchicDesignator.from_raw(inbound.receiving_facility)
+            if inbound.receiving_facility else HierarchicDesignator(self.identity.facility),
             error=error, charset=self.identity.charset,
             processing_id=inbound.processing_id or "P"))
         return OutboxItem(tenant_id=mail.tenant_id, kind=OutboxKind.HL7,

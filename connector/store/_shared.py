@@ -46,8 +46,9 @@ def placeholders(count: int) -> str:
 SUMMARY_COLUMNS = (
     "id, tenant_id, listener, peer, received_at, sending_application, sending_facility,"
     " message_type, control_id, version, status, ack_code, error_code, error_detail,"
-    " retransmissions, control_id_reused, size, processing_id")
-SUMMARY_WIDTH = 18
+    " retransmissions, control_id_reused, size, processing_id, receiving_application,"
+    " receiving_facility")
+SUMMARY_WIDTH = 20
 
 
 class Waiter(Protocol):
@@ -193,7 +194,8 @@ def summary_from_row(row: Sequence[Any]) -> InboundSummary:
         sending_application=row[5], sending_facility=row[6], message_type=row[7],
         control_id=row[8], version=row[9], status=InboundStatus(row[10]), ack_code=row[11],
         error_code=row[12], error_detail=row[13], retransmissions=int(row[14]),
-        control_id_reused=bool(row[15]), size=int(row[16]), processing_id=row[17])
+        control_id_reused=bool(row[15]), size=int(row[16]), processing_id=row[17],
+        receiving_application=row[18], receiving_facility=row[19])
 
 
 MAIL_KEY_KIND = "mail-key"  # cipher associated data of inbound.mail_key

@@ -404,4 +404,17 @@ MIGRATIONS: tuple[Migration, ...] = (
         ALTER TABLE inbound ADD COLUMN mail_key BYTEA
         """,
     ),
+    Migration(
+        9,
+        "MSH-5/6 of inbound messages: the ZAMs answering them come from that application",
+        # NULL on the rows received before: their ZAMs keep the tenant's application/facility.
+        """
+        ALTER TABLE inbound ADD COLUMN receiving_application TEXT;
+        ALTER TABLE inbound ADD COLUMN receiving_facility TEXT
+        """,
+        """
+        ALTER TABLE inbound ADD COLUMN receiving_application TEXT;
+        ALTER TABLE inbound ADD COLUMN receiving_facility TEXT
+        """,
+    ),
 )

@@ -161,6 +161,9 @@ class InboundMessage:
     ack_code: str
     ack: bytes = field(repr=False)  # the encoded ACK, sent again on a retransmission
     processing_id: str | None = None  # MSH-11 (P, T, D), which the ZAMs answering it repeat
+    # MSH-5/6 as sent: the application the ZAMs answering it come from (their MSH-3/4)
+    receiving_application: str | None = None
+    receiving_facility: str | None = None
     # What its mails' Message-IDs hash (`pipeline.outgoing`): sealed at rest; read back by a
     # later replacement or deletion of its documents (`IntakeStore.sent_requests`).
     mail_key: str | None = field(default=None, repr=False)
@@ -220,6 +223,8 @@ class InboundSummary:
     control_id_reused: bool
     size: int
     processing_id: str | None = None  # MSH-11; None for rows stored before migration 7
+    receiving_application: str | None = None  # MSH-5; None for rows before migration 9
+    receiving_facility: str | None = None  # MSH-6; None for rows before migration 9
 
 
 @dataclass(frozen=True, slots=True)

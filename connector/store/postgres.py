@@ -475,14 +475,16 @@ class PostgresStore(StoreAdapter):
             "INSERT INTO inbound (tenant_id, listener, peer, received_at, sending_application,"
             " sending_facility, message_type, control_id, version, digest, payload_key, payload,"
             " size, status, ack_code, ack, error_code, error_detail, report_key, report,"
-            " control_id_reused, processing_id, mail_key_id, mail_key)"
+            " control_id_reused, processing_id, mail_key_id, mail_key, receiving_application,"
+            " receiving_facility)"
             " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %b, %s, %b, %s, %s, %s, %b, %s, %s,"
-            " %s, %b, %s, %s, %s, %b) RETURNING id",
+            " %s, %b, %s, %s, %s, %b, %s, %s) RETURNING id",
             (m.tenant_id, m.listener, m.peer, m.received_at, m.sending_application,
              m.sending_facility, m.message_type, m.control_id, m.version, m.digest,
              sealed.key_id, sealed.blob, len(m.raw), status.value, ack_code, ack, error_code,
              error_detail, report.key_id if report else None, report.blob if report else None,
-             bool(previous), m.processing_id, *seal_mail_key(self._cipher, m.mail_key)))
+             bool(previous), m.processing_id, *seal_mail_key(self._cipher, m.mail_key),
+             m.receiving_application, m.receiving_facility))
         # The rows below point at the row just inserted by this session (currval of the identity
         # sequence), so they are queued without waiting for its id.
         if previous:
@@ -932,7 +934,7 @@ def _storable(m: InboundMessage) -> InboundMessage:
     The raw message is bytea and is kept as received; lookups use the replaced values too."""
     texts = (m.tenant_id, m.listener, m.peer, m.sending_application, m.sending_facility,
              m.message_type, m.control_id, m.version, m.ack_code, m.error_code, m.error_detail,
-             m.processing_id)
+             m.processing_id, m.receiving_application, m.receiving_facility)
     if not any(text and "\x00" in text for text in texts):
         return m
 
@@ -948,7 +950,9 @@ def _storable(m: InboundMessage) -> InboundMessage:
                    message_type=maybe(m.message_type), control_id=maybe(m.control_id),
                    version=maybe(m.version), ack_code=clean(m.ack_code),
                    error_code=maybe(m.error_code), error_detail=maybe(m.error_detail),
-                   processing_id=maybe(m.processing_id))
+                   processing_id=maybe(m.processing_id),
+                   receiving_application=maybe(m.receiving_application),
+                   receiving_facility=maybe(m.receiving_facility))
 
 
 def _document_ids(m: InboundMessage) -> frozenset[str]:

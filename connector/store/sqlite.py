@@ -367,16 +367,17 @@ class SQLiteStore(StoreAdapter):
             " sending_facility, message_type, control_id, version, digest, payload_key, payload,"
             " payload_segment, payload_offset, payload_length, size, status, ack_code, ack,"
             " error_code, error_detail, report_key, report, control_id_reused, processing_id,"
-            " mail_key_id, mail_key)"
+            " mail_key_id, mail_key, receiving_application, receiving_facility)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
-            " ?)",
+            " ?, ?, ?)",
             (m.tenant_id, m.listener, m.peer, m.received_at, m.sending_application,
              m.sending_facility, m.message_type, m.control_id, m.version, m.digest,
              sealed.key_id, *self._place(sealed.blob), len(m.raw), status.value,
              m.versions.conflict_ack_code if plan.conflict and m.versions else m.ack_code,
              ack, error_code, error_detail, report.key_id,
              report.blob if m.report is not None else None, 1 if previous else 0,
-             m.processing_id, *seal_mail_key(self._cipher, m.mail_key)),
+             m.processing_id, *seal_mail_key(self._cipher, m.mail_key),
+             m.receiving_application, m.receiving_facility),
         )
         row_id = int(cursor.lastrowid or 0)
         if previous:

@@ -328,7 +328,7 @@ async def test_migrations_include_the_outbox_and_audit(make_store: StoreFactory)
     await store.close()
     outbox(make_store)
     versions = [r[0] for r in make_store.query("SELECT version FROM schema_migrations")]
-    assert versions == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert versions == [1, 2, 3, 4, 5, 6, 7, 8, 9]
     assert make_store.query("SELECT count(*) FROM audit") == [(0,)]
     assert make_store.query("SELECT count(*) FROM receipts") == [(0,)]
 

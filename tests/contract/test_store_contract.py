@@ -76,6 +76,20 @@ async def test_msh11_is_kept_for_the_zams(make_store: StoreFactory) -> None:
     assert listed.processing_id == "T"
 
 
+async def test_msh5_and_msh6_are_kept_for_the_zams(make_store: StoreFactory) -> None:
+    store = make_store()
+    receipt = await store.record_inbound(replace(
+        inbound(control_id="R1"), receiving_application="PFI-X^1.2.3^ISO",
+        receiving_facility="Organisation-X"))
+    summary = await store.get_inbound_summary(receipt.inbound_id)
+    assert summary is not None
+    assert (summary.receiving_application, summary.receiving_facility) == (
+        "PFI-X^1.2.3^ISO", "Organisation-X")
+    other = await store.record_inbound(inbound(control_id="R2"))
+    (listed,) = [s for s in await store.list_inbound(tenant_id="t1") if s.id == other.inbound_id]
+    assert (listed.receiving_application, listed.receiving_facility) == (None, None)
+
+
 async def test_retransmission_within_window_returns_first_ack(make_store: StoreFactory) -> None:
     store = make_store()
     first = await store.record_inbound(inbound())

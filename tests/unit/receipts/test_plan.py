@@ -108,6 +108,25 @@ def test_a_zam_repeats_the_requests_msh11(request_msh11: str | None, zam_msh11: 
     assert msh.value(11) == zam_msh11
 
 
+@pytest.mark.parametrize(("msh5", "msh6", "zam_msh3", "zam_msh4"), [
+    ("PFI-X", "Organisation-X", "PFI-X", "Organisation-X"),  # the CI-SIS examples
+    ("PFI^1.2.250.1.9^ISO", "CHU^1.2.3^ISO", "PFI^1.2.250.1.9^ISO", "CHU^1.2.3^ISO"),
+    (None, None, "PFI", "CHU-X"),  # none named, or a row stored before migration 9
+])
+def test_a_zam_comes_from_the_application_the_request_was_sent_to(
+        msh5: str | None, msh6: str | None, zam_msh3: str, zam_msh4: str) -> None:
+    """MSH-3/4 of a ZAM are MSH-5/6 of the request, as in its ACK (CI-SIS example ZAM^Z02 from
+    PFI-X/Organisation-X to SIL-Y/labo); the tenant's application and facility otherwise."""
+    mail = replace(sent(), inbound=replace(inbound(), receiving_application=msh5,
+                                           receiving_facility=msh6))
+    effect = planner().effect(dsn((DOCTOR, "delivered", "2.0.0")), mail, now=WHEN)
+    assert effect is not None
+    assert effect.zam is not None
+    msh = parse_message(effect.zam.payload.decode()).msh
+    assert (msh.raw(3), msh.raw(4)) == (zam_msh3, zam_msh4)
+    assert (msh.raw(5), msh.raw(6)) == ("DPI^1.2.3^ISO", "CHU")  # back to the sender
+
+
 def test_failed_settles_and_returns_z02_no_with_the_smtp_code() -> None:
     effect = planner().effect(dsn((DOCTOR, "failed", "5.1.1")), sent())
     assert effect is not None
