@@ -235,6 +235,11 @@ class TenantSettings:
     mappings: Path | None = None  # legacy flow mappings (<dir>/<flow>/mapping.yaml)
     his: HisSettings | None = None  # no ZAM unless configured
 
+    @property
+    def returns_zams(self) -> bool:
+        """Reads its receipts (DSN, MDN) and returns them to the HIS as ZAM^Z02/Z03."""
+        return self.receipts is not None and self.his is not None
+
 
 @dataclass(frozen=True, slots=True)
 class EncryptionSettings:

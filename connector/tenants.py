@@ -139,7 +139,8 @@ def build_intake_parts(index: int, tenant: TenantSettings, settings: Settings,
                        directory: DirectoryLookup | None) -> IntakeParts:
     prefix = f"tenants[{index}]"
     return IntakeParts(
-        CisisIntake(tenant.cisis, checker(tenant.cisis.schematron_policy), whitelist),
+        CisisIntake(tenant.cisis, checker(tenant.cisis.schematron_policy), whitelist,
+                    returns_zams=tenant.returns_zams),
         _planner(tenant, prefix, settings.source),
         build_legacy(tenant, prefix, settings.source, directory))
 
@@ -151,6 +152,11 @@ def build_tenant(index: int, tenant: TenantSettings, shared: SharedParts) -> Ten
     intake = build_intake_parts(index, tenant, settings, shared.checker, shared.whitelist,
                                 shared.directory)
     cisis, planner, legacy = intake.cisis, intake.planner, intake.legacy
+    if (tenant.receipts is None) != (tenant.his is None):  # one without the other: a slip?
+        log.warning("zams_not_returned", tenant=tenant.id,
+                    missing="his" if tenant.his is None else "receipts",
+                    hint="ZAM^Z02/Z03 need both [tenants.receipts] (to read the DSNs and MDNs) "
+                         "and [tenants.his] (to return them); requests asking for them get a W")
     receipts = build_receipts(tenant, store, prefix=prefix, source=settings.source,
                               control_ids=shared.control_ids, metrics=metrics)
     delivery = build_delivery(tenant, store, prefix=prefix, source=settings.source,

@@ -118,7 +118,8 @@ def _prepare(args: argparse.Namespace) -> _Offline:
 
     index = settings.tenants.index(tenant)
     directory = open_directory(settings, whitelist)
-    decider = IntakeDecider(CisisIntake(tenant.cisis, checker, whitelist),
+    decider = IntakeDecider(CisisIntake(tenant.cisis, checker, whitelist,
+                                        returns_zams=tenant.returns_zams),
                             legacy=build_legacy(tenant, f"tenants[{index}]", settings.source,
                                                 directory),
                             forced_charset=listener.charset if listener else None,

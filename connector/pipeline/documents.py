@@ -119,11 +119,14 @@ def _prt_location(recipient: Recipient) -> ErrorLocation:
 
 class CisisIntake:
     def __init__(self, settings: CisisSettings, checker: CdaChecker,
-                 whitelist: Whitelist | None = None) -> None:
+                 whitelist: Whitelist | None = None, *, returns_zams: bool = True) -> None:
+        """`returns_zams`: the tenant reads its receipts ([tenants.receipts]) and returns
+        ZAMs ([tenants.his]); without both, a request asking for them is told (W)."""
         self.settings = settings
         self.matrix = matrix_for(settings.sending_matrix)
         self.checker = checker
         self.whitelist = whitelist
+        self.returns_zams = returns_zams
 
     def check(self, message: Message) -> DocumentVerdict:
         return self.verify(parse_document_request(message, matrix=self.matrix))
@@ -151,6 +154,15 @@ class CisisIntake:
             warnings.append(AckError(
                 ErrorCondition.APPLICATION_ERROR, Severity.WARNING,
                 detail="DESTDMP=Y: this connector does not feed the DMP; MSSante part only"))
+        if not self.returns_zams:
+            asked = [(name, zam) for name, zam, wanted in (
+                ("ACK_RECEPTION", "ZAM^Z02", request.metadata.ack_reception),
+                ("ACK_LECTURE_MSS", "ZAM^Z03", request.metadata.ack_lecture_mss)) if wanted]
+            warnings.extend(AckError(
+                ErrorCondition.APPLICATION_ERROR, Severity.WARNING,
+                detail=f"{name}=Y: this tenant returns no {zam} (its [tenants.receipts] and "
+                       "[tenants.his] are not both configured); the mails ask for them all the "
+                       "same") for name, zam in asked)
         return DocumentVerdict(request, tuple(warnings), document_changes(request),
                                "\n".join(reports).encode() if reports else None)
 

@@ -33,7 +33,7 @@ import structlog
 from connector.hl7.header import decode_message
 from connector.hl7.message import parse_message
 from connector.pipeline.decide import IntakeDecider, IntakeDecision
-from connector.settings import Settings, TransportSettings
+from connector.settings import ReceiptsSettings, Settings, TransportSettings
 
 log = structlog.get_logger(__name__)
 
@@ -42,13 +42,22 @@ _DECIDERS: dict[str, IntakeDecider] = {}  # in a worker process: its tenants' de
 
 def worker_settings(settings: Settings) -> Settings:
     """What a worker needs: the tenants' intake settings, without the secrets it never uses
-    (SMTP/IMAP credentials, the store's DSN and keys, the admin token)."""
+    (SMTP/IMAP credentials, the store's DSN and keys, the admin token). Whether a tenant reads
+    its receipts and returns ZAMs stays (its ACKs say so): the IMAP settings without their
+    passwords, the HIS endpoint (no secret in it)."""
     return replace(
         settings,
         store=replace(settings.store, dsn=None, encryption=None),
         admin=None,
-        tenants=tuple(replace(t, transport=TransportSettings(), receipts=None, his=None)
-                      for t in settings.tenants))
+        tenants=tuple(replace(t, transport=TransportSettings(), receipts=_without_secrets(
+            t.receipts)) for t in settings.tenants))
+
+
+def _without_secrets(receipts: ReceiptsSettings | None) -> ReceiptsSettings | None:
+    if receipts is None:
+        return None
+    return replace(receipts, password=None, client_private_key_password=None,
+                   client_pkcs12_password=None)
 
 
 def _start_worker(settings: Settings) -> None:

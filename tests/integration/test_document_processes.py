@@ -302,3 +302,21 @@ async def test_a_cda_whose_pdf_cannot_be_rendered_is_answered_ae_and_kept(
     assert row.error_detail is not None
     assert "15000 elements" in row.error_detail
     assert await app.store.list_outbox() == []
+
+
+def test_workers_get_no_secret_but_know_whether_zams_are_returned(tmp_path: Path) -> None:
+    from connector.pipeline.offload import worker_settings
+    from connector.settings import HisSettings, ReceiptsSettings
+
+    base = settings_for(tmp_path, 1)
+    receipts = ReceiptsSettings("imap.example", username="bal", password="s3cret",
+                                client_private_key_password="k3y",
+                                client_pkcs12_password="p12")
+    tenant = replace(base.tenants[0], receipts=receipts, his=HisSettings("his.example", 2576))
+    (worker,) = worker_settings(replace(base, tenants=(tenant,))).tenants
+    assert worker.returns_zams
+    assert worker.receipts is not None
+    assert (worker.receipts.password, worker.receipts.client_private_key_password,
+            worker.receipts.client_pkcs12_password) == (None, None, None)
+    (without,) = worker_settings(replace(base, tenants=(replace(tenant, his=None),))).tenants
+    assert not without.returns_zams

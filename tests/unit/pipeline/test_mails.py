@@ -42,7 +42,7 @@ from connector.errors import (
     PdfRequiredError,
     ProfileError,
 )
-from connector.hl7.codes import ApplicationError, ErrorCondition
+from connector.hl7.codes import ApplicationError, ErrorCondition, Severity
 from connector.hl7.message import parse_message
 from connector.mail.compose import DEFAULT_BODIES, MailAction, make_message_id
 from connector.pipeline import mails as mails_module
@@ -806,3 +806,23 @@ def test_a_patient_mailbox_needs_a_qualified_production_ins() -> None:
     (test_patient,) = [m for m in build_mails(checked(oru_initial()), CONTEXT)
                        if m.kind is RecipientKind.PATIENT]
     assert parse(test_patient.content)["X-MSS-INS"] == "N"
+
+
+@pytest.mark.parametrize("returns_zams", [True, False])
+def test_a_tenant_that_returns_no_zam_says_so_to_a_request_asking_for_them(
+        returns_zams: bool) -> None:
+    """The ORU example asks for both receipts (ACK_RECEPTION=Y, ACK_LECTURE_MSS=Y)."""
+    intake = CisisIntake(CisisSettings(sending_matrix=SendingMatrixProfile.ANS_EXAMPLES),
+                         UnconfiguredCdaChecker(), WHITELIST, returns_zams=returns_zams)
+    verdict = intake.check(parse_message("\r".join(oru_initial()) + "\r"))
+    metadata = verdict.request.metadata
+    assert (metadata.ack_reception, metadata.ack_lecture_mss) == (True, True)
+    about_zams = [w for w in verdict.warnings if "ZAM" in w.detail]
+    if returns_zams:
+        assert about_zams == []
+        return
+    assert [w.detail.split(":")[0] for w in about_zams] == ["ACK_RECEPTION=Y",
+                                                            "ACK_LECTURE_MSS=Y"]
+    assert "returns no ZAM^Z02" in about_zams[0].detail
+    assert "returns no ZAM^Z03" in about_zams[1].detail
+    assert {w.severity for w in about_zams} == {Severity.WARNING}
