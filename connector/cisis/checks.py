@@ -652,8 +652,11 @@ def check_recipients(
     locations: dict[MetadataFlag, ErrorLocation],
     warnings: list[RequestWarning],
 ) -> tuple[Recipient, ...]:
-    """Usable PRT RCT; a recipient of each group asked for by DESTMSSANTEPS / DESTMSSANTEPAT."""
+    """Usable PRT RCT; a recipient of each group asked for by DESTMSSANTEPS / DESTMSSANTEPAT.
+    An address given by two PRTs gets one mail (the first PRT's), with a W warning: two would
+    share their Message-ID, and each receipt would then settle both."""
     recipients: list[Recipient] = []
+    first_of: dict[str, int] = {}  # address (case-folded) -> the PRT that gave it first
     for participant in participants.recipients:
         kind = classify_recipient(participant)
         k = participant.prt_sequence
@@ -661,6 +664,11 @@ def check_recipients(
         address = participant.address
         if address is None or not is_plausible_address(address):
             _unusable_address(k, address is None, needed, warnings)
+            continue
+        first = first_of.setdefault(address.casefold(), k)
+        if first != k:
+            _warn(warnings, f"PRT {k}: the same address as PRT {first}: one mail to it",
+                  ErrorCondition.APPLICATION_ERROR, _loc("PRT", k, 15))
             continue
         if kind is RecipientKind.PATIENT:
             _check_patient_recipient(participant.person.id if participant.person else "",

@@ -889,3 +889,17 @@ def test_a_decoded_document_keeps_its_parsed_tree_for_the_mail_stage() -> None:
     copy = replace(document, tree=None)
     assert copy == document  # the tree is not part of the value
     assert etree.tostring(copy.root()) == etree.tostring(document.tree)  # parsed on demand
+
+
+def test_an_address_given_twice_gets_one_mail_and_a_warning() -> None:
+    text = small_mdm()
+    rct = next(line for line in text.splitlines() if line.startswith("PRT||UC||RCT"))
+    assert HODA in rct
+    text = insert_after(text, "PRT", 2, rct.replace(HODA, HODA.upper()))
+    result = request(text)
+    assert [r.address for r in result.recipients] == [HODA]
+    assert [r.address for r in result.sending.recipients] == [HODA]
+    (warning,) = [w for w in result.warnings if w.location is not None]
+    assert warning.location is not None
+    assert warning.location.to_hl7() == "PRT^3^15"
+    assert warning.detail == "PRT 3: the same address as PRT 2: one mail to it"
