@@ -648,7 +648,8 @@ class SmtpSubmitter:
 
     async def _transaction(self, client: aiosmtplib.SMTP,
                            envelope: OutgoingEnvelope) -> SendResult:
-        dsn = envelope.request_dsn and client.supports_extension("dsn")
+        dsn_extension = client.supports_extension("dsn")
+        dsn = envelope.request_dsn and dsn_extension
         size_limit = _size_limit(client)
         if size_limit and len(envelope.message) > size_limit:
             detail = (f"the message ({len(envelope.message)} bytes) is over the server's SIZE "
@@ -662,7 +663,8 @@ class SmtpSubmitter:
             except aiosmtplib.SMTPServerDisconnected as exc:
                 raise _StaleSession from exc
             stage = Stage.RCPT
-            await client.rcpt(envelope.rcpt_to, options=_rcpt_options(envelope, dsn))
+            await client.rcpt(envelope.rcpt_to,
+                              options=_rcpt_options(envelope, dsn, orcpt=dsn_extension))
             stage = Stage.DATA
             reply = await send_data(client, envelope.message, self._endpoint.data_timeout,
                                     wire_form=envelope.wire_form)
@@ -737,11 +739,14 @@ def _mail_options(client: aiosmtplib.SMTP, envelope: OutgoingEnvelope, dsn: bool
     return options
 
 
-def _rcpt_options(envelope: OutgoingEnvelope, dsn: bool) -> list[str]:
-    if not dsn:
-        return []
-    return ["NOTIFY=SUCCESS,FAILURE,DELAY",
-            f"ORCPT=rfc822;{xtext_encode(envelope.original_recipient)}"]
+def _rcpt_options(envelope: OutgoingEnvelope, dsn: bool, *, orcpt: bool) -> list[str]:
+    """NOTIFY when a delivery report is asked for; ORCPT whenever the server takes DSN
+    parameters, asked or not: the recipient's MDN carries Original-Recipient from it, which the
+    LPS volet's MDN expects (a read receipt may be asked without a delivery report)."""
+    options = ["NOTIFY=SUCCESS,FAILURE,DELAY"] if dsn else []
+    if orcpt:
+        options.append(f"ORCPT=rfc822;{xtext_encode(envelope.original_recipient)}")
+    return options
 
 
 # -- DATA ----------------------------------------------------------------------------------------

@@ -155,7 +155,19 @@ async def test_dsn_is_requested_when_the_hospital_asked(
     assert None in options  # the mail without ACK_RECEPTION asks nothing
     rcpt = [params for _, params in server.recorder.rcpt]
     assert {"NOTIFY": "SUCCESS,FAILURE,DELAY", "ORCPT": f"rfc822;{DOCTOR}"} in rcpt
-    assert {} in rcpt
+    # no delivery report asked: no NOTIFY, but ORCPT all the same (an MDN's Original-Recipient)
+    assert {"ORCPT": f"rfc822;{DOCTOR}"} in rcpt
+    assert len(rcpt) == 2
+
+
+async def test_no_dsn_parameter_to_a_server_without_the_extension(
+        store: SQLiteStore, smtp_server: ServerFactory, workers: Workers) -> None:
+    server = await smtp_server(advertise_dsn=False)
+    await store.enqueue([item(1, dsn=True), item(2, dsn=False)])
+    workers(server.port)
+    await eventually(all_in(store, OutboxState.SENT, 2))
+    assert [params for _, params in server.recorder.rcpt] == [{}, {}]
+    assert all("ENVID" not in params for _, params in server.recorder.mail)
 
 
 async def test_operator_down_at_start_mails_wait_then_go(

@@ -313,7 +313,9 @@ async def test_no_dsn_parameters_unless_advertised_and_requested(
     [(_, mail_params)] = server.recorder.mail
     assert set(mail_params) == {"SIZE"}
     [(_, rcpt_params)] = server.recorder.rcpt
-    assert rcpt_params == {}
+    # ORCPT whenever the server takes DSN parameters (an MDN's Original-Recipient), asked or not
+    assert rcpt_params == ({"ORCPT": f"rfc822;{DOCTOR}"}
+                           if advertised else {})
 
 
 # -- replies -------------------------------------------------------------------------------------
