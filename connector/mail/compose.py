@@ -96,6 +96,24 @@ _FORMATS: Final = (
 
 #: Bodies used when the request carries no CORPSMAIL_PS / CORPSMAIL_PATIENT text. They contain no
 #: patient data, and suit a professional as well as a patient.
+# The replacement or deletion said first in the body when the sender wrote the body (CI-SIS:
+# the GESTIONNAIRE sends a mail "indiquant dans le corps du courriel le remplacement" / "que le
+# document doit être supprimé"; it keeps the CREATEUR's CORPSMAIL text, after this line).
+BODY_NOTICES: Final[Mapping[MailAction, str]] = MappingProxyType(
+    {
+        MailAction.REPLACEMENT: (
+            "Ce message annule et remplace un document qui vous a été adressé précédemment "
+            "par la messagerie sécurisée de santé (MSSanté) : merci de ne plus utiliser la "
+            "version précédente.\n\n"
+        ),
+        MailAction.DELETION: (
+            "Le document identifié dans ce message, qui vous a été adressé précédemment par la "
+            "messagerie sécurisée de santé (MSSanté), doit être supprimé : merci de le supprimer "
+            "de votre logiciel et de ne plus l'utiliser.\n\n"
+        ),
+    }
+)
+
 DEFAULT_BODIES: Final[Mapping[MailAction, str]] = MappingProxyType(
     {
         MailAction.NEW: (
@@ -162,7 +180,8 @@ class MailSpec:
       mails to professionals do not get it.
     * `read_receipt`: ACK_LECTURE_MSS = Y: `Disposition-Notification-To: <from_address>`.
     * `body_text`: the decoded CORPSMAIL_PS or CORPSMAIL_PATIENT text for this recipient; when None
-      or blank, `DEFAULT_BODIES[action]`.
+      or blank, `DEFAULT_BODIES[action]`; for a replacement or a deletion the text comes after
+      `BODY_NOTICES[action]`, which says it (CI-SIS: "indiquant dans le corps du courriel").
     """
 
     from_address: MailAddress
@@ -439,7 +458,8 @@ def _body(spec: MailSpec) -> str:
         return DEFAULT_BODIES[spec.action]
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     # Lone surrogates (from a lenient decoder upstream) cannot be written as UTF-8.
-    return "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in text)
+    text = "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in text)
+    return BODY_NOTICES.get(spec.action, "") + text
 
 
 def clean_filename(name: str) -> str:

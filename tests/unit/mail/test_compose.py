@@ -21,6 +21,7 @@ from connector.errors import MessageError
 from connector.hl7.codes import ErrorCondition
 from connector.mail import compose as compose_module
 from connector.mail.compose import (
+    BODY_NOTICES,
     DEFAULT_BODIES,
     XDM_FILENAME,
     Attachment,
@@ -311,8 +312,24 @@ def test_default_bodies_differ_and_say_what_happens() -> None:
 
 
 def test_given_body_wins_over_the_default() -> None:
-    _, parsed = round_trip(make_spec(action=MailAction.DELETION, body_text="Texte du DPI"))
+    _, parsed = round_trip(make_spec(action=MailAction.NEW, body_text="Texte du DPI"))
     assert text_of(next(parsed.iter_parts())) == "Texte du DPI\n"
+
+
+@pytest.mark.parametrize(("action", "says"), [
+    (MailAction.REPLACEMENT, "annule et remplace un document"),
+    (MailAction.DELETION, "doit être supprimé"),
+])
+def test_a_given_body_follows_the_replacement_or_deletion_notice(
+        action: MailAction, says: str) -> None:
+    """CI-SIS: the mail says the replacement or deletion in its body, and keeps the sender's
+    CORPSMAIL text; without one, the default body of the action says it."""
+    _, parsed = round_trip(make_spec(action=action, body_text="Texte du DPI"))
+    text = text_of(next(parsed.iter_parts()))
+    assert text.startswith(BODY_NOTICES[action])
+    assert says in BODY_NOTICES[action]
+    assert text.endswith("\n\nTexte du DPI\n")
+    assert says in DEFAULT_BODIES[action]
 
 
 # -- spec checks and redaction --------------------------------------------------------------------

@@ -44,7 +44,7 @@ from connector.errors import (
 )
 from connector.hl7.codes import ApplicationError, ErrorCondition, Severity
 from connector.hl7.message import parse_message
-from connector.mail.compose import DEFAULT_BODIES, MailAction, make_message_id
+from connector.mail.compose import BODY_NOTICES, DEFAULT_BODIES, MailAction, make_message_id
 from connector.pipeline import mails as mails_module
 from connector.pipeline.documents import CisisIntake, UnconfiguredCdaChecker
 from connector.pipeline.mails import (
@@ -355,8 +355,13 @@ def open_zip(data: bytes) -> zipfile.ZipFile:
 
 
 def expected_body(case: Case, kind: RecipientKind) -> str:
+    """The sender's CORPSMAIL text after the replacement or deletion notice, else the default
+    body of the action."""
+    action = _MAIL_ACTION[case.action]
     text = case.ps_body if kind is not RecipientKind.PATIENT else None
-    return (text or DEFAULT_BODIES[_MAIL_ACTION[case.action]]).rstrip("\n")
+    if not text:
+        return DEFAULT_BODIES[action].rstrip("\n")
+    return (BODY_NOTICES.get(action, "") + text).rstrip("\n")
 
 
 # -- golden tests ----------------------------------------------------------------------------------
