@@ -40,13 +40,13 @@ from typing import Any
 
 from connector.cli._common import add_config_argument, report_config_error, settings_from
 from connector.cli.send_cmd import split_messages
-from connector.errors import ConfigError, MessageError, PdfRequiredError
+from connector.errors import ConfigError, MessageError
 from connector.hl7.ack import AckError, Outcome, choose_ack_code
 from connector.hl7.header import MessageHeader
-from connector.pipeline.decide import IntakeDecider
+from connector.pipeline.decide import IntakeDecider, planning_outcome
 from connector.pipeline.documents import CisisIntake
 from connector.pipeline.mails import MailContext, OutgoingMail, build_mails
-from connector.pipeline.outgoing import missing_pdf_policy
+from connector.pipeline.outgoing import missing_pdf_policy, patient_mailbox_limit
 from connector.settings import EnhancedAck, ListenerSettings, Settings, TenantSettings
 
 
@@ -178,11 +178,11 @@ def _render_one(offline: _Offline, where: str, number: int, payload: bytes) -> b
         print(f"{label} {accepted} (serve accepts it) but its e-mails cannot be built: "
               f"{_err(AckError.from_exception(exc))}")
         return False
-    try:
+    try:  # what serve's planner decides too (pipeline.outgoing, pipeline.decide)
         missing_pdf_policy(offline.tenant, mails)
-    except PdfRequiredError as exc:  # what serve answers (pipeline.decide)
-        outcome = Outcome.REJECTED if exc.retry_later else Outcome.ERROR
-        print(f"{label} {_ack_code(offline, header, outcome)} "
+        mails, withheld = patient_mailbox_limit(offline.tenant, mails)
+    except MessageError as exc:
+        print(f"{label} {_ack_code(offline, header, planning_outcome(exc))} "
               f"{_err(AckError.from_exception(exc))}")
         return False
     print(f"{label} {accepted} {len(mails)} e-mail(s), route {request.sending.route.value}")
@@ -190,7 +190,7 @@ def _render_one(offline: _Offline, where: str, number: int, payload: bytes) -> b
         for k, document in enumerate(request.documents, start=1):
             _write(offline.out / f"{number:03d}-cda{k}.xml", document.content)
             print(f"  generated CDA {k}: {number:03d}-cda{k}.xml ({request.sending.matrix_source})")
-    for warning in decision.verdict.warnings:
+    for warning in decision.verdict.warnings + withheld:
         print(f"  warning {_err(warning)}")
     for mail in mails:
         print(_write_mail(offline.out, number, mail))

@@ -64,6 +64,14 @@ class IntakeDecision:
                 and not self.documents_checked)
 
 
+def planning_outcome(exc: MessageError) -> Outcome:
+    """What a request whose mails could not be planned gets: REJECTED (AR, not taken) for a PDF
+    this host cannot render yet, which the sender sends again; ERROR (AE) otherwise."""
+    if isinstance(exc, PdfRequiredError) and exc.retry_later:
+        return Outcome.REJECTED
+    return Outcome.ERROR
+
+
 class IntakeDecider:
     """`planner`: builds the mails of accepted requests (serve); None only checks (render)."""
 
@@ -125,18 +133,18 @@ class IntakeDecider:
         outbox: tuple[OutboxItem, ...] = ()
         without_pdf = 0
         mail_key = None
+        withheld: tuple[AckError, ...] = ()  # W: mails the planner did not send
         if self.planner is not None:
             mail_key = new_request_key()
             try:
                 planned = self.planner.plan(verdict.request, mail_key)
             except MessageError as exc:
-                # A PDF this host cannot render yet: not taken (AR), the sender sends it again.
-                retry_later = isinstance(exc, PdfRequiredError) and exc.retry_later
-                return replace(decision,
-                               outcome=Outcome.REJECTED if retry_later else Outcome.ERROR,
+                return replace(decision, outcome=planning_outcome(exc),
                                errors=(AckError.from_exception(exc),), report=verdict.report)
             outbox, without_pdf = planned.items, len(planned.documents_without_pdf)
-        return replace(decision, errors=verdict.warnings, verdict=verdict, report=verdict.report,
+            withheld = planned.warnings
+        return replace(decision, errors=verdict.warnings + withheld, verdict=verdict,
+                       report=verdict.report,
                        outbox=outbox, documents_without_pdf=without_pdf, changes=verdict.changes,
                        asks_dmp=verdict.request.metadata.destdmp, documents_checked=True,
                        mail_key=mail_key)

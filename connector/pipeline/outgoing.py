@@ -15,13 +15,16 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Final
 
 import structlog
 
 from connector.cda.policy import MissingPdfPolicy
-from connector.cisis.model import DocumentRequest
+from connector.cisis.model import DocumentRequest, RecipientKind
 from connector.delivery.job import MailJob
-from connector.errors import ErrorLocation, PdfRequiredError
+from connector.errors import ErrorLocation, MessageError, PdfRequiredError
+from connector.hl7.ack import AckError
+from connector.hl7.codes import ApplicationError, ErrorCondition, Severity
 from connector.mail.compose import message_id_local_part, with_references
 from connector.pipeline.mails import MailContext, MissingPdf, OutgoingMail, build_mails
 from connector.settings import TenantSettings
@@ -39,6 +42,7 @@ class PlannedMails:
     items: tuple[OutboxItem, ...]  # one SMTP row per mail
     documents_without_pdf: tuple[int, ...]  # OBX sequences of CDAs sent without their PDF
     # (`missing_pdf = "send"`)
+    warnings: tuple[AckError, ...] = ()  # W for the ACK: mails withheld (`partial_sending`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +75,7 @@ class MailPlanner:
         sender = self.tenant.mailbox.address
         mails = self.mails(request, request_key)
         without_pdf = missing_pdf_policy(self.tenant, mails)
+        mails, warnings = patient_mailbox_limit(self.tenant, mails)
         return PlannedMails(tuple(
             OutboxItem(
                 tenant_id=self.tenant.id,
@@ -82,7 +87,41 @@ class MailPlanner:
                 envid=uuid.uuid4().hex,
                 recipient_domain=mail.recipient.domain,
             )
-            for mail in mails), without_pdf)
+            for mail in mails), without_pdf, warnings)
+
+
+# Mon espace santé bounces a mail over 25 MB in all (ENS MES v1.3 §6, in the transport
+# reference): counted in bytes as sent, decimal megabytes, so as to stay under it either way.
+PATIENT_MAILBOX_MAX_BYTES: Final = 25_000_000
+
+
+def patient_mailbox_limit(tenant: TenantSettings, mails: Sequence[OutgoingMail]
+                          ) -> tuple[tuple[OutgoingMail, ...], tuple[AckError, ...]]:
+    """A mail to the patient's mailbox over `PATIENT_MAILBOX_MAX_BYTES` would come back as a
+    bounce after the AA: refused before, AE at its PRT-15, or, for a tenant with
+    `partial_sending`, withheld with a W while the other mails go. The mails kept, and the
+    warnings."""
+    over = [m for m in mails if m.kind is RecipientKind.PATIENT
+            and len(m.content) > PATIENT_MAILBOX_MAX_BYTES]
+    if not over:
+        return tuple(mails), ()
+    kept = tuple(m for m in mails if m not in over)
+
+    def said(mail: OutgoingMail) -> tuple[str, ErrorLocation]:
+        return (f"PRT {mail.prt_sequence}: the mail to the patient's mailbox (Mon espace santé) "
+                f"would be {len(mail.content)} bytes, over its limit of "
+                f"{PATIENT_MAILBOX_MAX_BYTES}", ErrorLocation("PRT", mail.prt_sequence, 15))
+
+    if not tenant.cisis.partial_sending or not kept:
+        detail, location = said(over[0])
+        raise MessageError(detail, condition=ErrorCondition.APPLICATION_ERROR,
+                           location=location, application_error=ApplicationError.OTHER)
+    warnings = []
+    for mail in over:
+        detail, location = said(mail)
+        warnings.append(AckError(ErrorCondition.APPLICATION_ERROR, Severity.WARNING, location,
+                                 None, f"not sent: {detail}"))
+    return kept, tuple(warnings)
 
 
 def missing_pdf_policy(tenant: TenantSettings, mails: Sequence[OutgoingMail]) -> tuple[int, ...]:
