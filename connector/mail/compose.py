@@ -462,9 +462,15 @@ def _body(spec: MailSpec) -> str:
     return BODY_NOTICES.get(spec.action, "") + text
 
 
+_NOT_IN_FILENAMES = str.maketrans({c: "_" for c in '/\\<>:"|?*'})
+
+
 def clean_filename(name: str) -> str:
-    """An attachment's file name as written: `single_line`, `/` and `\\` made `_`, no edge dots."""
-    return single_line(name).replace("/", "_").replace("\\", "_").strip(" .")
+    """An attachment's file name as written: `single_line`, the characters Windows refuses in
+    a file name (`/ \\ < > : " | ? *`) made `_` (a recipient saves it as named; and a name
+    between angle brackets would lose them in readers that unquote it as an address), no edge
+    dots or spaces."""
+    return single_line(name).translate(_NOT_IN_FILENAMES).strip(" .")
 
 
 def _attachment_part(content: bytes, subtype: str, filename: str) -> EmailMessage:

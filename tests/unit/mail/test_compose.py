@@ -580,3 +580,15 @@ def test_references_are_added_to_a_composed_message() -> None:
 def test_references_take_only_the_message_ids_the_composer_writes() -> None:
     with pytest.raises(ValueError, match="msg-id"):
         with_references(b"Subject: x\r\n\r\nbody\r\n", ["<a>\r\nBcc: someone@example.org"])
+
+
+@pytest.mark.parametrize(("name", "written"), [
+    ("CR: biologie/hémato.pdf", "CR_ biologie_hémato.pdf"),
+    ('<>', "__"),  # Python's parser would read <...> back without its brackets
+    ('a"b|c?d*e\\f.pdf', "a_b_c_d_e_f.pdf"),
+    (" .hidden. ", "hidden"),
+])
+def test_attachment_names_lose_what_a_file_name_cannot_hold(name: str, written: str) -> None:
+    assert clean_filename(name) == written
+    _, parsed = round_trip(make_spec(pdfs=(Attachment(name, PDF),)))
+    assert list(parsed.iter_attachments())[1].get_filename() == written
