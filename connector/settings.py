@@ -869,9 +869,28 @@ def parse_settings(data: Mapping[str, Any], *, source: str | None = None,
     root.close()
     _check_unique(tenants, source)
     _check_retention(store, tenants, source)
+    _check_sending_safeguards(validation, whitelist, tenants, source)
     return Settings(store, tuple(tenants), LoggingSettings(log_format, level), default_charset,
                     validation, whitelist, admin, source, intake,
                     tuple(dict.fromkeys(root.secret_files)))
+
+
+def _check_sending_safeguards(validation: ValidationSettings, whitelist: Path | None,
+                              tenants: list[TenantSettings], source: str | None) -> None:
+    """A tenant that sends for real (`transport.kind = "smtp"`) never skips the checks that the
+    dry run may: the trust space (only domains of the MSSanté whitelist) and the CDA XSD."""
+    sending = [i for i, t in enumerate(tenants) if t.transport.kind is TransportKind.SMTP]
+    if not sending:
+        return
+    why = (f'tenants[{sending[0]}].transport.kind = "smtp" sends to MSSanté: it cannot skip '
+           "this check (a dry-run tenant may)")
+    if whitelist is None:
+        raise ConfigError("directory.whitelist", f"is required: {why}; install the MSSanté "
+                          "liste blanche with `mssante-connector whitelist import`",
+                          source=source)
+    if validation.cda_xsd is None:
+        raise ConfigError("validation.cda_xsd", f"is required: {why}; point it at the ANS "
+                          "CDA_extended.xsd", source=source)
 
 
 def _check_retention(store: StoreSettings, tenants: list[TenantSettings],

@@ -52,6 +52,7 @@ from tests.support.mailserver import (
     postfix_unavailable,
 )
 from tests.support.pki import TestCA
+from tests.support.safeguards import sending_safeguards
 
 pytestmark = pytest.mark.slow
 
@@ -296,6 +297,7 @@ def _serve_config(tmp_path: Path, operator: MailServer) -> Path:
     config = tmp_path / "connector.toml"
     config.write_text(f"""
 data_dir = "{tmp_path / 'var'}"
+{sending_safeguards(tmp_path, DOCTOR.partition("@")[2])}
 [logging]
 level = "warning"
 [[tenants]]

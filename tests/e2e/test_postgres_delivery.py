@@ -56,6 +56,7 @@ from tests.conftest import CISIS_FIXTURES
 from tests.integration.conftest import ack_fields
 from tests.integration.test_intake_bad_input import adt
 from tests.support.pg import PgSchema, local_cluster, pg_dsn, pg_schema
+from tests.support.safeguards import sending_safeguards
 from tests.support.smtp_server import SENDER, Pki, RunningServer, ServerFactory, pki, smtp_server
 
 __all__ = ["pg_dsn", "pg_schema", "pki", "smtp_server"]  # fixtures
@@ -79,9 +80,12 @@ def free_port() -> int:
 
 def connector_config(data_dir: Path, *, port: int, smtp: RunningServer, pki: Pki,
                      delivery: str) -> str:
-    """One tenant, one listener on `port`, the PostgreSQL store from $DSN_ENV, SMTP to `smtp`."""
+    """One tenant, one listener on `port`, the PostgreSQL store from $DSN_ENV, SMTP to `smtp`
+    (the whitelist written next to `data_dir`)."""
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
     return f"""
 data_dir = "{data_dir}"
+{sending_safeguards(data_dir.parent, DOCTOR.partition("@")[2])}
 [logging]
 level = "warning"
 [store]

@@ -11,6 +11,7 @@ from connector.app import Application
 from connector.delivery.transports import SmtpTransport
 from connector.errors import ConfigError
 from connector.settings import SmtpSasl, SmtpTlsMode, TransportKind, load_settings
+from tests.conftest import SCHEMAS
 from tests.support.pki import Issued, TestCA
 
 
@@ -20,9 +21,30 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> tuple[TestCA, Issued]:
     return ca, ca.issue("BAL applicative", server=False)
 
 
-def config(tmp_path: Path, transport: str, delivery: str = "", *, nil: bool = True) -> Path:
+CDA_XSD = SCHEMAS / "cda-xsd" / "CDA_extended.xsd"
+WHITELIST = ('<?xml version="1.0" encoding="UTF-8"?>\n'
+             '<ListeBlancheMSSante xmlns="https://listeblanche.mssante.fr/schema">'
+             "<DateDeGeneration>2025-03-13T00:00:00Z</DateDeGeneration><ListeDomaines>"
+             "<Domaine><Nom>medecin.mssante.fr</Nom></Domaine></ListeDomaines>"
+             "</ListeBlancheMSSante>\n")
+
+
+def whitelist(tmp_path: Path) -> Path:
+    path = tmp_path / "whitelist.xml"
+    path.write_text(WHITELIST, encoding="utf-8")
+    return path
+
+
+def config(tmp_path: Path, transport: str, delivery: str = "", *, nil: bool = True,
+           safeguards: str | None = None) -> Path:
+    """`safeguards`: the [directory] and [validation] tables (default: a whitelist and the ANS
+    CDA XSD, which a tenant sending over SMTP needs)."""
+    if safeguards is None:
+        safeguards = (f'[directory]\nwhitelist = "{whitelist(tmp_path)}"\n'
+                      f'[validation]\ncda_xsd = "{CDA_XSD}"\n')
     path = tmp_path / "connector.toml"
-    path.write_text(f'data_dir = "{tmp_path}"\n[[tenants]]\nid = "chu"\noid = "1.2.3"\n'
+    path.write_text(f'data_dir = "{tmp_path}"\n{safeguards}'
+                    '[[tenants]]\nid = "chu"\noid = "1.2.3"\n'
                     '[tenants.mailbox]\naddress = "pfi@chu.mssante.fr"\n'
                     + ('nil = "DEV935997"\n' if nil else "")
                     + f"[tenants.transport]\n{transport}\n"
@@ -186,3 +208,20 @@ def test_sending_over_smtp_needs_the_nil(tmp_path: Path, pki: tuple[TestCA, Issu
     assert caught.value.key == "tenants[0].mailbox.nil"
     assert load_settings(config(tmp_path, 'kind = "maildir"', nil=False)).tenants[0].mailbox.nil \
         is None
+
+
+@pytest.mark.parametrize(("safeguards", "key"), [
+    ("", "directory.whitelist"),
+    ('[directory]\nwhitelist = "{wl}"\n', "validation.cda_xsd"),
+    ('[validation]\ncda_xsd = "{xsd}"\n', "directory.whitelist"),
+])
+def test_a_tenant_sending_over_smtp_needs_the_whitelist_and_the_xsd(
+        tmp_path: Path, pki: tuple[TestCA, Issued], safeguards: str, key: str) -> None:
+    """A dry run may skip the trust space and the XSD (a warning at start-up); real sending
+    may not: start-up stops on the key."""
+    tables = safeguards.format(wl=whitelist(tmp_path), xsd=CDA_XSD)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config(tmp_path, smtp(pki), safeguards=tables))
+    assert caught.value.key == key
+    assert 'tenants[0].transport.kind = "smtp"' in caught.value.problem
+    load_settings(config(tmp_path, 'kind = "maildir"', safeguards=tables))  # the dry run: fine
