@@ -290,8 +290,9 @@ class Application:
         removed are drained and stopped, tenants whose settings changed are replaced (the
         others are not touched; a change of `whitelist`, `validation` or `default_charset`
         replaces them all). `[store]`, `[admin]` and `[logging]` need a restart: reported,
-        not applied. Everything new is built before anything is stopped, so a `ConfigError`
-        leaves the running configuration as it was."""
+        not applied. A tenant whose CRL files were replaced since it read them is rebuilt too.
+        Everything new is built before anything is stopped, so a `ConfigError` leaves the
+        running configuration as it was."""
         old = self.settings
         needs_restart = tuple(name for name in _RESTART_ONLY
                               if getattr(old, name) != getattr(settings, name))
@@ -300,7 +301,9 @@ class Application:
         current = {t.id: t for t in old.tenants}
         fresh: dict[str, TenantRuntime] = {}
         for index, tenant in enumerate(settings.tenants):
-            if rebuild_all or current.get(tenant.id) != tenant:
+            running = self.tenants.get(tenant.id)
+            if (rebuild_all or current.get(tenant.id) != tenant
+                    or (running is not None and running.crls_changed())):
                 fresh[tenant.id] = build_tenant(index, tenant, shared)
         wanted = {t.id for t in settings.tenants}
         removed = tuple(tid for tid in self.tenants if tid not in wanted)

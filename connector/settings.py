@@ -121,6 +121,8 @@ class SmtpSettings:
     password: str | None = field(default=None, repr=False)
     oauth_token: str | None = field(default=None, repr=False)
     local_hostname: str | None = None
+    # The revocation lists the operator's certificate is checked against (ECO.1.1.6)
+    crl_files: tuple[Path, ...] = ()
     connect_timeout_seconds: float = 30.0
     command_timeout_seconds: float = 60.0
     data_timeout_seconds: float = 600.0
@@ -156,6 +158,7 @@ class ReceiptsSettings:
     poll_seconds: float = 10.0
     timeout_seconds: float = 30.0
     final_report_timeout_hours: float = 72.0  # then Z02 N (W) for a DSN that never came
+    crl_files: tuple[Path, ...] | None = None  # None: [tenants.transport]'s
 
 
 @dataclass(frozen=True, slots=True)
@@ -397,6 +400,20 @@ class _Reader:
     def array(self, name: str) -> list[Any]:
         value = self._get(name, (list,), "an array")
         return [] if value is None else list(value)
+
+    def paths(self, name: str) -> tuple[Path, ...] | None:
+        """An array of paths to files that must exist; None when the key is absent."""
+        if name not in self.table:
+            self._seen.add(name)
+            return None
+        found = []
+        for index, raw in enumerate(self.array(name)):
+            if not isinstance(raw, str) or not raw:
+                raise self.fail(f"{name}[{index}]", "must be a file path")
+            if not Path(raw).is_file():
+                raise self.fail(f"{name}[{index}]", f"file not found: {raw}")
+            found.append(Path(raw))
+        return tuple(found)
 
     def subtable(self, name: str) -> Mapping[str, Any] | None:
         value = self._get(name, (dict,), "a table")
@@ -703,6 +720,7 @@ def _smtp(tr: _Reader) -> SmtpSettings:
         password=tr.secret("password"),
         oauth_token=tr.secret("oauth_token"),
         local_hostname=tr.text("local_hostname"),
+        crl_files=tr.paths("crl_files") or (),
         connect_timeout_seconds=tr.number("connect_timeout_seconds", 30.0, 0.1, 3600.0),
         command_timeout_seconds=tr.number("command_timeout_seconds", 60.0, 0.1, 3600.0),
         data_timeout_seconds=tr.number("data_timeout_seconds", 600.0, 0.1, 7200.0),
@@ -753,6 +771,7 @@ def _receipts(reader: _Reader) -> ReceiptsSettings | None:
         timeout_seconds=r.number("timeout_seconds", 30.0, 0.1, 600.0),
         final_report_timeout_hours=r.number("final_report_timeout_hours", 72.0, 0.0001,
                                             30 * 24.0),
+        crl_files=r.paths("crl_files"),
     )
     r.close()
     return settings

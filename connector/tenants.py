@@ -5,7 +5,9 @@ reload can add, replace or remove one tenant without touching the others."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import structlog
@@ -67,10 +69,16 @@ class TenantRuntime:
     returns: TenantDelivery | None = None
     poller: ReceiptPoller | None = None
     certificates: list[Certificate] = field(default_factory=list)
+    crls: tuple[FileStamp, ...] = ()  # the CRL files its TLS contexts were built from
 
     @property
     def id(self) -> str:
         return self.settings.id
+
+    def crls_changed(self) -> bool:
+        """A CRL file was replaced since this runtime read it: a reload rebuilds it then,
+        its settings being the same."""
+        return any(stamp != FileStamp.of(stamp.path) for stamp in self.crls)
 
     async def start(self) -> None:
         started: list[MLLPServer] = []
@@ -121,6 +129,31 @@ def build_legacy(tenant: TenantSettings, prefix: str, source: str | None,
                 if directory is not None else None)
     return LegacyFlows(mappings, Establishment(tenant.name, tenant.oid, tenant.finess),
                        resolver=resolver)
+
+
+@dataclass(frozen=True, slots=True)
+class FileStamp:
+    """A file's content as read (its SHA-256; None when it cannot be read): a replaced file is
+    told apart whatever the file system's timestamp resolution."""
+
+    path: Path
+    digest: bytes | None
+
+    @classmethod
+    def of(cls, path: Path) -> FileStamp:
+        try:
+            return cls(path, hashlib.sha256(path.read_bytes()).digest())
+        except OSError:
+            return cls(path, None)
+
+
+def crl_files(tenant: TenantSettings) -> tuple[Path, ...]:
+    """Every CRL file the tenant's operator connections (SMTP, IMAP) are checked against."""
+    smtp = tenant.transport.smtp
+    files = list(smtp.crl_files if smtp else ())
+    if tenant.receipts is not None and tenant.receipts.crl_files is not None:
+        files += tenant.receipts.crl_files
+    return tuple(dict.fromkeys(files))
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,4 +216,5 @@ def build_tenant(index: int, tenant: TenantSettings, shared: SharedParts) -> Ten
         handlers.append(handler)
         servers.append(MLLPServer(listener, handler, ssl_context=ssl_context))
     return TenantRuntime(tenant, handlers, servers, delivery, receipts.returns,
-                         receipts.poller, certificates)
+                         receipts.poller, certificates,
+                         tuple(FileStamp.of(path) for path in crl_files(tenant)))

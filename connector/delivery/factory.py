@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
+import structlog
+
 from connector.delivery.retry import RetryPolicy
 from connector.delivery.smtp import SaslMechanism, SmtpEndpoint, TlsMode
 from connector.delivery.tls import (
     ClientCertificateSource,
+    ClientTls,
     ClientTlsSettings,
     PemClientCertificate,
     Pkcs12ClientCertificate,
@@ -23,6 +28,8 @@ from connector.settings import (
     TransportKind,
 )
 from connector.store import OutboxStore
+
+log = structlog.get_logger(__name__)
 
 # Keys the delivery package names → the key of the tenant's settings table that holds them.
 _RENAMED = {
@@ -55,9 +62,25 @@ def build_transport(tenant: TenantSettings, *, prefix: str, source: str | None =
         return MaildirTransport(transport.maildir)
     assert transport.smtp is not None
     try:
-        return _smtp_transport(transport.smtp)
+        smtp = _smtp_transport(transport.smtp)
     except ConfigError as exc:
         raise rekeyed(exc, prefix, source) from exc
+    warn_about_revocation(tenant.id, "smtp", smtp.tls)
+    return smtp
+
+
+def warn_about_revocation(tenant_id: str, use: str, tls: ClientTls) -> None:
+    """ECO.1.1.6 asks that the operator's certificate be checked for revocation: say so when
+    it is not, or when a CRL is already past its nextUpdate (every handshake fails then)."""
+    if not tls.crls:
+        log.warning("revocation_not_checked", tenant=tenant_id, use=use,
+                    hint="set crl_files to the IGC-Santé CRLs of the CAs that sign the operator "
+                         "(ECO.1.1.6) and refresh them")
+    elif tls.crl_next_update is not None and tls.crl_next_update < dt.datetime.now(dt.UTC):
+        log.warning("crl_expired", tenant=tenant_id, use=use,
+                    next_update=tls.crl_next_update.isoformat(),
+                    hint="the operator's certificate cannot be checked: TLS fails until a "
+                         "current CRL is installed and the connector reloaded")
 
 
 def client_certificate(table: SmtpSettings | ReceiptsSettings
@@ -73,7 +96,8 @@ def client_certificate(table: SmtpSettings | ReceiptsSettings
 
 
 def _smtp_transport(smtp: SmtpSettings) -> SmtpTransport:
-    tls = build_client_tls(ClientTlsSettings(smtp.ca_bundle, client_certificate(smtp)))
+    tls = build_client_tls(ClientTlsSettings(smtp.ca_bundle, client_certificate(smtp),
+                                             crls=smtp.crl_files))
     endpoint = SmtpEndpoint(
         host=smtp.host, port=smtp.port, mode=TlsMode(smtp.tls.value),
         connect_timeout=smtp.connect_timeout_seconds,

@@ -21,7 +21,14 @@ check, then handed to `ssl` from memory. `ssl` only loads key material from a pa
   load.
 
 So the clear private key is never written anywhere, and whatever is written is useless without a
-password that never leaves memory. Revocation checking (CRL/OCSP, ECO.1.1.6) is not done here.
+password that never leaves memory.
+
+Revocation (ECO.1.1.6: the operator's certificate "n'est pas révoqué au moyen des CRL ou du
+répondeur OCSP"): with `crls`, the revocation lists of the CAs that sign the operator (PEM or DER,
+as the IGC-Santé publishes them) are loaded and OpenSSL refuses a server certificate they revoke,
+or one whose issuer has no CRL among them, or when the CRL is past its nextUpdate. The files are
+read when the context is built (start-up, reload): whoever downloads them keeps the last valid one
+in place (ECO.1.1.7) and reloads the connector. OCSP is not used.
 """
 
 from __future__ import annotations
@@ -77,6 +84,7 @@ class ClientTlsSettings:
     use_system_trust_store: bool = False  # in addition to ca_bundle; off unless configured
     ciphers: str = DEFAULT_TLS12_CIPHERS
     minimum_version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2
+    crls: tuple[Path, ...] = ()  # the revocation lists the operator's certificate is checked on
 
     def __post_init__(self) -> None:
         if self.ca_bundle is None and not self.use_system_trust_store:
@@ -113,6 +121,8 @@ class ClientTls:
     context: ssl.SSLContext
     trust: str
     client_certificate: CertificateInfo | None
+    crls: int = 0  # revocation lists the server certificate is checked against
+    crl_next_update: dt.datetime | None = None  # the soonest nextUpdate among them
 
 
 def build_client_tls(settings: ClientTlsSettings) -> ClientTls:
@@ -129,13 +139,17 @@ def build_client_tls(settings: ClientTlsSettings) -> ClientTls:
     if settings.use_system_trust_store:
         context.load_default_certs(ssl.Purpose.SERVER_AUTH)
         trust.append("the system trust store")
+    next_update = None
+    if settings.crls:
+        next_update = _load_crls(context, settings.crls)
+        trust.append(f"revocation checked against {len(settings.crls)} CRL(s)")
     info = None
     if settings.client_certificate is not None:
         key, chain = _read_client_certificate(settings.client_certificate)
         _load_key_and_chain(context, key, chain, settings.client_certificate)
         info = _info(chain[0], _source(settings.client_certificate))
         context.post_handshake_auth = True  # TLS 1.3 servers may ask for it after the handshake
-    return ClientTls(context, " and ".join(trust), info)
+    return ClientTls(context, " and ".join(trust), info, len(settings.crls), next_update)
 
 
 def client_certificate_info(source: ClientCertificateSource) -> CertificateInfo:
@@ -145,6 +159,36 @@ def client_certificate_info(source: ClientCertificateSource) -> CertificateInfo:
 
 
 # -- trust anchors -------------------------------------------------------------------------------
+
+
+def _load_crls(context: ssl.SSLContext, paths: Sequence[Path]) -> dt.datetime | None:
+    """Load the CRLs into `context` and check the server certificate against them; the soonest
+    nextUpdate among them (None when none gives one)."""
+    crls = [_read_crl(path) for path in paths]
+    pem = b"".join(crl.public_bytes(serialization.Encoding.PEM) for crl in crls)
+    with _transient_file(pem) as path:
+        try:
+            context.load_verify_locations(cafile=path)
+        except ssl.SSLError as exc:
+            raise ConfigError("tls.crl_files", f"rejected by OpenSSL ({openssl_reason(exc)})"
+                              ) from exc
+    context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+    return min((crl.next_update_utc for crl in crls if crl.next_update_utc is not None),
+               default=None)
+
+
+def _read_crl(path: Path) -> x509.CertificateRevocationList:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError("tls.crl_files", f"{path}: cannot be read ({exc.strerror})") from exc
+    try:
+        if b"-----BEGIN X509 CRL-----" in data:
+            return x509.load_pem_x509_crl(data)
+        return x509.load_der_x509_crl(data)
+    except ValueError as exc:
+        raise ConfigError("tls.crl_files", f"{path}: not a certificate revocation list (PEM "
+                                           "or DER)") from exc
 
 
 def _load_trust_anchors(context: ssl.SSLContext, bundle: Path) -> str:

@@ -7,7 +7,12 @@ import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from connector.delivery.factory import client_certificate, rekeyed, retry_policy
+from connector.delivery.factory import (
+    client_certificate,
+    rekeyed,
+    retry_policy,
+    warn_about_revocation,
+)
 from connector.delivery.job import MailJob
 from connector.delivery.smtp import SendResult
 from connector.delivery.tls import (
@@ -53,7 +58,9 @@ def _imap_tls(tenant: TenantSettings, receipts: ReceiptsSettings) -> ClientTls:
         raise ConfigError("tls.ca_bundle", "is required (the operator's IGC-Santé roots), here "
                                            "or in [tenants.transport]")
     client = client_certificate(receipts) or (client_certificate(smtp) if smtp else None)
-    return build_client_tls(ClientTlsSettings(ca_bundle, client))
+    crls = receipts.crl_files if receipts.crl_files is not None else (
+        smtp.crl_files if smtp else ())
+    return build_client_tls(ClientTlsSettings(ca_bundle, client, crls=crls))
 
 
 def _his_transport(his: HisSettings, metrics: ConnectorMetrics | None) -> HisTransport:
@@ -90,6 +97,7 @@ def build_receipts(tenant: TenantSettings, store: Store, *, prefix: str, source:
             tls = _imap_tls(tenant, settings)
         except ConfigError as exc:
             raise rekeyed(exc, prefix, source, "receipts") from exc
+        warn_about_revocation(tenant.id, "imap", tls)
         certificate = tls.client_certificate
         endpoint = ImapEndpoint(
             settings.host, settings.port, ImapTlsMode(settings.tls.value), settings.username,

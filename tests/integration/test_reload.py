@@ -139,3 +139,44 @@ async def test_sighup_adds_a_tenant_to_a_running_serve(tmp_path: Path) -> None:
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=20) == 0
+
+
+async def test_a_reload_rereads_crl_files_that_were_replaced(tmp_path: Path) -> None:
+    """The job that downloads the IGC-Santé CRLs replaces the files and sends SIGHUP: the
+    tenant whose settings did not change is rebuilt all the same, with the new lists."""
+    from connector.delivery.transports import SmtpTransport
+    from connector.settings import SmtpSettings
+    from tests.support.pki import TestCA
+
+    ca = TestCA(tmp_path / "igc")
+    client = ca.issue("BAL applicative", server=False)
+    crl = ca.crl("operator.crl", next_update_days=3)
+    base = two_tenants(tmp_path)
+    tenant = replace(base.tenants[0], transport=TransportSettings(
+        TransportKind.SMTP, tmp_path, SmtpSettings(
+            host="smtp.operator.test", ca_bundle=ca.certificate,
+            client_certificate=client.certificate, client_private_key=client.private_key,
+            crl_files=(crl,))))
+    settings = replace(base, tenants=(tenant,))
+
+    def next_update() -> object:
+        transport = app.delivery.tenants["chu-a"].transport
+        assert isinstance(transport, SmtpTransport)
+        return transport.tls.crl_next_update
+
+    app = Application.build(settings)
+    await app.start()
+    try:
+        first = next_update()
+        report = await app.reload(settings)
+        assert report.replaced == ()  # nothing changed
+        ca.crl("operator.crl", next_update_days=9)  # the same path, a newer list
+        report = await app.reload(settings)
+        assert report.replaced == ("chu-a",)
+        second = next_update()
+        assert first is not None
+        assert second is not None
+        assert second > first  # type: ignore[operator]
+        assert (await app.reload(settings)).replaced == ()
+    finally:
+        await app.stop(grace_seconds=1)

@@ -187,6 +187,53 @@ async def test_untrusted_server_certificate_fails_fast(smtp_server: ServerFactor
     assert server.recorder.mail == []
 
 
+def crl_tls(pki: Pki, *crls: Path) -> ClientTls:
+    return build_client_tls(ClientTlsSettings(
+        ca_bundle=pki.ca.certificate, crls=crls,
+        client_certificate=PemClientCertificate(pki.client.certificate, pki.client.private_key)))
+
+
+@pytest.mark.parametrize("der", [False, True])
+async def test_a_crl_that_does_not_revoke_the_operator_lets_the_mail_go(
+        smtp_server: ServerFactory, pki: Pki, der: bool) -> None:
+    crl = pki.ca.crl(f"current-{der}.crl", pki.server_for_other_host, der=der)
+    tls = crl_tls(pki, crl)
+    assert (tls.crls, tls.crl_next_update is not None) == (1, True)
+    server = await smtp_server()
+    [result], _ = await send(endpoint(server), tls, envelope())
+    assert result.outcome is Outcome.SENT
+
+
+@pytest.mark.parametrize("case", ["revoked", "expired", "no CRL for its CA"])
+async def test_a_revoked_operator_certificate_is_refused(
+        smtp_server: ServerFactory, pki: Pki, case: str) -> None:
+    """ECO.1.1.6: revoked per the CRL; and a CRL past its nextUpdate, or none for the CA that
+    signed the operator, cannot say it is not: refused the same way (the tenant pauses)."""
+    crl = {"revoked": lambda: pki.ca.crl("revoked.crl", pki.server),
+           "expired": lambda: pki.ca.crl("expired.crl", next_update_days=-1),
+           "no CRL for its CA": lambda: pki.other_ca.crl("other.crl")}[case]()
+    trust = pki.ca.certificate
+    if case == "no CRL for its CA":  # the other CA's CRL loads only beside its certificate
+        both = pki.directory / "both.pem"
+        both.write_bytes(pki.ca.certificate.read_bytes() + pki.other_ca.certificate.read_bytes())
+        trust = both
+    tls = build_client_tls(ClientTlsSettings(
+        ca_bundle=trust, crls=(crl,),
+        client_certificate=PemClientCertificate(pki.client.certificate, pki.client.private_key)))
+    server = await smtp_server()
+    [result], _ = await send(endpoint(server), tls, envelope())
+    assert (result.outcome, result.stage) == (Outcome.CONFIG_ERROR, Stage.TLS)
+    assert "failed verification" in result.detail
+    assert server.recorder.mail == []
+
+
+def test_a_file_that_is_not_a_crl_names_the_key(pki: Pki) -> None:
+    with pytest.raises(ConfigError) as caught:
+        crl_tls(pki, pki.ca.certificate)
+    assert caught.value.key == "tls.crl_files"
+    assert str(pki.ca.certificate) in caught.value.problem
+
+
 async def test_server_certificate_for_another_host(smtp_server: ServerFactory, pki: Pki) -> None:
     server = await smtp_server(certificate=pki.server_for_other_host)
     [result], _ = await send(endpoint(server), client_tls(pki), envelope())

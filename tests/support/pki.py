@@ -84,3 +84,22 @@ class TestCA:
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         _write_key(key, key_path)
         return Issued(cert_path, key_path)
+
+    def crl(self, name: str, *revoked: Issued, next_update_days: float = 7,
+            der: bool = False) -> Path:
+        """A CRL of this CA revoking `revoked`, valid until `next_update_days` from now
+        (negative: already past), as PEM or DER."""
+        now = dt.datetime.now(dt.UTC)
+        builder = (x509.CertificateRevocationListBuilder().issuer_name(self.cert.subject)
+                   .last_update(now - dt.timedelta(days=2))
+                   .next_update(now + dt.timedelta(days=next_update_days)))
+        for issued in revoked:
+            serial = x509.load_pem_x509_certificate(issued.certificate.read_bytes()).serial_number
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder().serial_number(serial)
+                .revocation_date(now - dt.timedelta(days=1)).build())
+        crl = builder.sign(self.key, hashes.SHA256())
+        path = self.directory / name
+        path.write_bytes(crl.public_bytes(serialization.Encoding.DER if der
+                                          else serialization.Encoding.PEM))
+        return path

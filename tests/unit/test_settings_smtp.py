@@ -3,9 +3,11 @@ transport by the same code `serve` and `check-config` run; every error names its
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
 import pytest
+import structlog
 
 from connector.app import Application
 from connector.delivery.transports import SmtpTransport
@@ -225,3 +227,62 @@ def test_a_tenant_sending_over_smtp_needs_the_whitelist_and_the_xsd(
     assert caught.value.key == key
     assert 'tenants[0].transport.kind = "smtp"' in caught.value.problem
     load_settings(config(tmp_path, 'kind = "maildir"', safeguards=tables))  # the dry run: fine
+
+
+def test_crl_files_check_the_operator_for_smtp_and_imap(tmp_path: Path,
+                                                         pki: tuple[TestCA, Issued]) -> None:
+    """ECO.1.1.6: given in [tenants.transport], the CRLs serve the IMAP connection too unless
+    [tenants.receipts] names its own; without any, start-up says revocation is not checked."""
+    ca, _ = pki
+    crl = ca.crl("operator.crl")
+    path = config(tmp_path, smtp(pki, f'crl_files = ["{crl}"]\n'))
+    path.write_text(path.read_text() + '[tenants.receipts]\nhost = "imap.operator.test"\n')
+    settings = load_settings(path)
+    tenant = settings.tenants[0]
+    assert tenant.transport.smtp is not None
+    assert tenant.transport.smtp.crl_files == (crl,)
+    assert tenant.receipts is not None
+    assert tenant.receipts.crl_files is None  # the transport's
+    with structlog.testing.capture_logs() as logs:
+        app = Application.build(settings)
+    transport = app.delivery.tenants["chu"].transport
+    assert isinstance(transport, SmtpTransport)
+    assert transport.tls.crls == 1
+    assert transport.tls.context.verify_flags & ssl.VERIFY_CRL_CHECK_LEAF
+    assert len(app.pollers) == 1
+    assert "revocation_not_checked" not in [e["event"] for e in logs]  # neither smtp nor imap
+
+    without = load_settings(config(tmp_path, smtp(pki)))
+    with structlog.testing.capture_logs() as logs:
+        Application.build(without)
+    assert [(e["tenant"], e["use"]) for e in logs
+            if e["event"] == "revocation_not_checked"] == [("chu", "smtp")]
+
+    path = config(tmp_path, smtp(pki))
+    path.write_text(path.read_text() + '[tenants.receipts]\nhost = "imap.operator.test"\n')
+    with structlog.testing.capture_logs() as logs:
+        Application.build(load_settings(path))
+    assert sorted(e["use"] for e in logs if e["event"] == "revocation_not_checked") == [
+        "imap", "smtp"]
+
+
+@pytest.mark.parametrize(("value", "key"), [
+    ('["/nowhere/igc.crl"]', "tenants[0].transport.crl_files[0]"),
+    ('"/etc/one.crl"', "tenants[0].transport.crl_files"),
+    ("[1]", "tenants[0].transport.crl_files[0]"),
+])
+def test_crl_files_errors_name_their_key(tmp_path: Path, pki: tuple[TestCA, Issued],
+                                         value: str, key: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config(tmp_path, smtp(pki, f"crl_files = {value}\n")))
+    assert caught.value.key == key
+
+
+def test_a_crl_past_its_next_update_is_warned_about(tmp_path: Path,
+                                                   pki: tuple[TestCA, Issued]) -> None:
+    ca, _ = pki
+    crl = ca.crl("expired.crl", next_update_days=-1)
+    with structlog.testing.capture_logs() as logs:
+        Application.build(load_settings(config(tmp_path, smtp(pki, f'crl_files = ["{crl}"]\n'))))
+    (expired,) = [e for e in logs if e["event"] == "crl_expired"]
+    assert (expired["tenant"], expired["use"]) == ("chu", "smtp")
