@@ -144,15 +144,18 @@ class ImapMailbox:
                 return item[1]
         return None
 
-    def move(self, uid: str, folder: str) -> None:
+    def move(self, uid: str, folder: str) -> tuple[str, ...]:
+        """Move the mail to `folder` as the server allows; the commands it took."""
         method = self.move_method
         if method is MoveMethod.MOVE:
             self._call(lambda c: c.uid("MOVE", uid, folder), "UID MOVE")
-            return
+            return ("UID MOVE",)
         self._call(lambda c: c.uid("COPY", uid, folder), "UID COPY")
         self._call(lambda c: c.uid("STORE", uid, "+FLAGS.SILENT", r"(\Deleted)"), "UID STORE")
         if method is MoveMethod.UID_EXPUNGE:
             self._call(lambda c: c.uid("EXPUNGE", uid), "UID EXPUNGE")
+            return ("UID COPY", "UID STORE", "UID EXPUNGE")
+        return ("UID COPY", "UID STORE")
 
     def wait(self, seconds: float) -> None:
         """IDLE up to `seconds` (or until the server reports a change); NOOP without IDLE."""

@@ -39,6 +39,8 @@ from connector.observability.metrics import ConnectorMetrics
 from connector.receipts.imap import ImapError, ImapMailbox, MoveMethod
 from connector.receipts.plan import ReceiptPlanner, SentMail
 from connector.store import (
+    AuditAction,
+    AuditEntry,
     OutboxItem,
     OutboxKind,
     OutboxSummary,
@@ -81,6 +83,8 @@ class Handled:
     status: ReceiptStatus
     duplicate: bool
     zams: int
+    receipt_id: int | None = None  # its `receipts` row
+    outbox_id: int | None = None  # the mail it is about, when it matched one
 
 
 def receipt_key(raw: bytes) -> str:
@@ -196,9 +200,23 @@ class ReceiptPoller:
                               "connector's log")
             folder = (mailbox.endpoint.processed_folder if handled.status is
                       ReceiptStatus.MATCHED else mailbox.endpoint.unmatched_folder)
-            await asyncio.to_thread(mailbox.move, uid, folder)
+            source = f"{mailbox.where}/{mailbox.endpoint.mailbox}"
+            await self._audit(AuditAction.FETCHED, handled,
+                              f"{source} UID FETCH {uid} BODY.PEEK[]: receipt "
+                              f"{handled.receipt_id} {handled.status.value}"
+                              + (", fetched before" if handled.duplicate else ""))
+            commands = await asyncio.to_thread(mailbox.move, uid, folder)
+            await self._audit(AuditAction.FILED, handled,
+                              f"{source} {' + '.join(commands)} {uid} to {folder}")
             count += 1
         return count
+
+    async def _audit(self, action: AuditAction, handled: Handled, detail: str) -> None:
+        """ECO.4.1.1: every operation on the application mailbox is traced (who, when, what,
+        the request; the server's answer: OK, else the mailbox error reconnects first)."""
+        await self.store.record_mailbox_audit(
+            self.tenant_id, AuditEntry(self.planner.actor, action, "OK", detail),
+            outbox_id=handled.outbox_id)
 
     async def handle(self, raw: bytes) -> Handled:
         """Read one mail and commit what it does (idempotent per receipt Message-ID)."""
@@ -253,7 +271,7 @@ class ReceiptPoller:
             if zams and self._on_zams is not None:
                 self._on_zams(self.tenant_id)
         return Handled(ReceiptStatus.MATCHED, recorded.duplicate, 0 if recorded.duplicate
-                       else len(zams))
+                       else len(zams), recorded.id, updates[0].outbox_id)
 
     async def sweep(self, now: float | None = None) -> int:
         """Decide for mails whose requested DSN said nothing final in time (see
@@ -318,7 +336,7 @@ class ReceiptPoller:
         if not recorded.duplicate:
             log.info("receipt_unmatched", tenant=self.tenant_id, receipt_id=recorded.id,
                      kind=kind, reason=why)
-        return Handled(ReceiptStatus.UNMATCHED, recorded.duplicate, 0)
+        return Handled(ReceiptStatus.UNMATCHED, recorded.duplicate, 0, recorded.id)
 
     def _count(self, kind: str, outcome: str, duplicate: bool) -> None:
         if self.metrics is not None and not duplicate:

@@ -235,6 +235,12 @@ class OutboxStore(Protocol):
         transaction, once per (tenant, key)."""
         ...
 
+    async def record_mailbox_audit(self, tenant_id: str, entry: AuditEntry, *,
+                                   outbox_id: int | None = None) -> None:
+        """An audit row for an operation on the tenant's application mailbox, about
+        `outbox_id`'s mail when it concerns one (its inbound message is copied from it)."""
+        ...
+
     async def list_returned_mails(self, *, tenant_id: str | None = None,
                                   status: ReceiptStatus | None = None, limit: int = 100,
                                   outbox_id: int | None = None

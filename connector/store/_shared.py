@@ -400,6 +400,16 @@ def outbox_summary_from_row(row: Sequence[Any]) -> OutboxSummary:
 AUDIT_SQL = ("INSERT INTO audit (at, tenant_id, actor, action, outbox_id, inbound_id, result,"
              " detail) SELECT ?, tenant_id, ?, ?, id, inbound_id, ?, ? FROM outbox WHERE id = ?")
 AUDIT_COLUMNS = "id, at, tenant_id, actor, action, outbox_id, inbound_id, result, detail"
+# An audit row of a tenant that may concern no outbox row (a mailbox operation).
+MAILBOX_AUDIT_SQL = ("INSERT INTO audit (at, tenant_id, actor, action, outbox_id, inbound_id,"
+                     " result, detail) VALUES (?, ?, ?, ?, ?,"
+                     " (SELECT inbound_id FROM outbox WHERE id = ?), ?, ?)")
+
+
+def mailbox_audit_params(tenant_id: str, entry: AuditEntry, at: float, outbox_id: int | None
+                         ) -> tuple[Any, ...]:
+    return (at, tenant_id, entry.actor, AuditAction(entry.action).value, outbox_id, outbox_id,
+            entry.result, entry.detail)
 
 
 def audit_params(entry: AuditEntry, at: float, row_id: int) -> tuple[Any, ...]:

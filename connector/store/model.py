@@ -372,7 +372,8 @@ class PurgeCounts:
 
 
 class AuditAction(StrEnum):
-    """What happened to an outbox row, as the audit trail tells it (never its content)."""
+    """What happened to an outbox row or in the application mailbox, as the audit trail tells
+    it (never its content)."""
 
     SUBMITTED = "submitted"  # the operator (or the dry-run Maildir) accepted it
     DEFERRED = "deferred"  # a temporary failure: retry scheduled
@@ -384,6 +385,10 @@ class AuditAction(StrEnum):
     REPORTED = "reported"  # a receipt that settles nothing (delayed, relayed, read, deleted...)
     RETRIED = "retried"  # an operator asked for a retry now
     CANCELLED = "cancelled"  # an operator cancelled it
+    # Operations on the application mailbox over IMAP (ECO.4.1.1), about the row the mail
+    # concerns when it matched one:
+    FETCHED = "fetched"  # a mail read from the watched folder (UID FETCH BODY.PEEK[])
+    FILED = "filed"  # then moved to the processed or unmatched folder
 
 
 @dataclass(frozen=True, slots=True)

@@ -84,6 +84,7 @@ from connector.observability.logs import exception_frames
 from connector.store._shared import (
     AUDIT_SQL,
     LEASABLE,
+    MAILBOX_AUDIT_SQL,
     OUTBOX_ERROR_KIND,
     OUTBOX_KIND,
     OUTBOX_SUMMARY_COLUMNS,
@@ -98,6 +99,7 @@ from connector.store._shared import (
     check_item,
     check_lease,
     find_ids,
+    mailbox_audit_params,
     outbox_summary_from_row,
     purge_statements,
     receipt_statements,
@@ -784,6 +786,11 @@ class PostgresStore(StoreAdapter):
             return RecordedMail(int(row[0]), duplicate=False)
 
         return await self._transact(run)
+
+    async def record_mailbox_audit(self, tenant_id: str, entry: AuditEntry, *,
+                                   outbox_id: int | None = None) -> None:
+        params = mailbox_audit_params(tenant_id, entry, time.time(), outbox_id)
+        await self._transact(lambda conn: conn.execute(_pg(MAILBOX_AUDIT_SQL), params))
 
     async def get_outbox(self, row_id: int) -> OutboxDetail | None:
         sql = (f"SELECT {OUTBOX_SUMMARY_COLUMNS}, payload_key, payload,"  # noqa: S608

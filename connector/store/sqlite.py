@@ -36,6 +36,7 @@ from connector.errors import LeaseLost, PayloadUnreadable, StoreError, StoreUnav
 from connector.store._shared import (
     AUDIT_SQL,
     LEASABLE,
+    MAILBOX_AUDIT_SQL,
     OUTBOX_ERROR_KIND,
     OUTBOX_KIND,
     OUTBOX_SUMMARY_COLUMNS,
@@ -50,6 +51,7 @@ from connector.store._shared import (
     check_item,
     check_lease,
     find_ids,
+    mailbox_audit_params,
     outbox_summary_from_row,
     placeholders,
     purge_statements,
@@ -644,6 +646,11 @@ class SQLiteStore(StoreAdapter):
         if mail.zams:
             self._enqueue(conn, mail.zams, sealed_zams, now)
         return RecordedMail(int(cursor.lastrowid or 0), duplicate=False)
+
+    async def record_mailbox_audit(self, tenant_id: str, entry: AuditEntry, *,
+                                   outbox_id: int | None = None) -> None:
+        params = mailbox_audit_params(tenant_id, entry, time.time(), outbox_id)
+        await self._submit(lambda conn: conn.execute(MAILBOX_AUDIT_SQL, params))
 
     async def get_outbox(self, row_id: int) -> OutboxDetail | None:
         sql = (f"SELECT {OUTBOX_SUMMARY_COLUMNS}, payload_key, payload,"  # noqa: S608

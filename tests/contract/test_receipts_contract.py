@@ -178,3 +178,26 @@ async def test_mails_whose_asked_report_cannot_come_are_unconfirmed(
     await store.mark_sent(leased.id, leased.token, "250", delivery_status=status)
     found = await store.list_unconfirmed("t1", sent_before=time.time() + 3600)
     assert found == ([leased.id] if listed else [])
+
+
+async def test_mailbox_operations_are_audited_with_or_without_a_row(
+        make_store: StoreFactory) -> None:
+    """ECO.4.1.1: a mail fetched or filed is traced; about the row it matched (and that row's
+    inbound message), or about no row."""
+    store = make_store()
+    inbound_id, row_id = await sent_row(store)
+    await store.record_mailbox_audit(
+        "t1", AuditEntry("host:1 receipts", AuditAction.FETCHED, "OK",
+                         "imap://op:993/INBOX UID FETCH 7 BODY.PEEK[]: receipt 1 matched"),
+        outbox_id=row_id)
+    await store.record_mailbox_audit(
+        "t1", AuditEntry("host:1 receipts", AuditAction.FILED, "OK",
+                         "imap://op:993/INBOX UID MOVE 8 to unmatched"))
+    fetched, filed = [r for r in await store.list_audit(tenant_id="t1")
+                      if r.action in (AuditAction.FETCHED, AuditAction.FILED)]
+    assert (fetched.outbox_id, fetched.inbound_id, fetched.result) == (row_id, inbound_id, "OK")
+    assert fetched.actor == "host:1 receipts"
+    assert (filed.outbox_id, filed.inbound_id, filed.tenant_id) == (None, None, "t1")
+    assert filed.detail == "imap://op:993/INBOX UID MOVE 8 to unmatched"
+    assert [r.action for r in await store.list_audit(outbox_id=row_id)
+            if r.action is AuditAction.FETCHED] == [AuditAction.FETCHED]

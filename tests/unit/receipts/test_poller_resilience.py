@@ -17,7 +17,7 @@ from connector.delivery.job import MailJob
 from connector.hl7.ack import hl7_timestamp
 from connector.receipts.plan import ReceiptPlanner, ZamIdentity
 from connector.receipts.poller import ReceiptPoller
-from connector.store import InboundStatus, OutboxItem, OutboxKind
+from connector.store import AuditAction, InboundStatus, OutboxItem, OutboxKind
 from connector.store.model import InboundMessage
 from connector.store.sqlite import SQLiteStore
 
@@ -26,6 +26,7 @@ DOCTOR = "dr.hoda@medecin.mssante.fr"
 
 
 class Endpoint:
+    mailbox = "INBOX"
     processed_folder = "Processed"
     unmatched_folder = "Unmatched"
 
@@ -47,9 +48,10 @@ class ScriptedMailbox:
     def fetch(self, uid: int) -> bytes | None:
         return self.mails.get(uid)
 
-    def move(self, uid: int, folder: str) -> None:
+    def move(self, uid: int, folder: str) -> tuple[str, ...]:
         self.moved.append((uid, folder))
         del self.mails[uid]
+        return ("UID MOVE",)
 
 
 def dsn(n: int, action: str = "delivered", status: str = "2.0.0", key: str = "") -> bytes:
@@ -106,6 +108,20 @@ async def test_a_mail_that_fails_unexpectedly_is_set_aside_and_the_next_applied(
     assert "PAT-TROIS" not in repr(logs)
     zams = [row for row in await store.list_outbox() if row.kind is OutboxKind.HL7]
     assert len(zams) == 1  # the second DSN's Z02
+    # ECO.4.1.1: each mailbox operation traced, about the mail it matched when it did one
+    mailbox_ops = [(r.action, r.outbox_id, r.detail) for r in await store.list_audit(
+        tenant_id="chu") if r.action in (AuditAction.FETCHED, AuditAction.FILED)]
+    matched = next(r.id for r in await store.list_outbox()
+                   if r.kind is OutboxKind.SMTP and r.delivery_status == "delivered")
+    assert [(action, outbox) for action, outbox, _ in mailbox_ops] == [
+        (AuditAction.FETCHED, None), (AuditAction.FILED, None),
+        (AuditAction.FETCHED, matched), (AuditAction.FILED, matched)]
+    details = [detail for _, _, detail in mailbox_ops]
+    assert details[0].startswith("scripted/INBOX UID FETCH 1 BODY.PEEK[]: receipt ")
+    assert details[0].endswith(" unmatched")
+    assert details[1] == "scripted/INBOX UID MOVE 1 to Unmatched"
+    assert details[3] == "scripted/INBOX UID MOVE 2 to Processed"
+    assert DOCTOR not in repr(details)
     await store.close()
 
 
