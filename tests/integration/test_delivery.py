@@ -144,12 +144,19 @@ async def test_mails_are_submitted_over_one_connection_and_audited(
     assert metrics.smtp_sends.labels("chu", "smtp", "sent")._value.get() == 5
 
 
-async def test_dsn_is_requested_when_the_hospital_asked(
-        store: SQLiteStore, smtp_server: ServerFactory, workers: Workers) -> None:
-    server = await smtp_server(advertise_dsn=True)
+async def two_sent(store: SQLiteStore, smtp_server: ServerFactory, workers: Workers, *,
+                   advertise_dsn: bool) -> RunningServer:
+    """Two mails sent, the first with ACK_RECEPTION, to a server that offers DSN or not."""
+    server = await smtp_server(advertise_dsn=advertise_dsn)
     await store.enqueue([item(1, dsn=True), item(2, dsn=False)])
     workers(server.port)
     await eventually(all_in(store, OutboxState.SENT, 2))
+    return server
+
+
+async def test_dsn_is_requested_when_the_hospital_asked(
+        store: SQLiteStore, smtp_server: ServerFactory, workers: Workers) -> None:
+    server = await two_sent(store, smtp_server, workers, advertise_dsn=True)
     options = {params.get("ENVID"): params for _, params in server.recorder.mail}
     assert options["env1"]["RET"] == "HDRS"
     assert None in options  # the mail without ACK_RECEPTION asks nothing
@@ -162,10 +169,7 @@ async def test_dsn_is_requested_when_the_hospital_asked(
 
 async def test_no_dsn_parameter_to_a_server_without_the_extension(
         store: SQLiteStore, smtp_server: ServerFactory, workers: Workers) -> None:
-    server = await smtp_server(advertise_dsn=False)
-    await store.enqueue([item(1, dsn=True), item(2, dsn=False)])
-    workers(server.port)
-    await eventually(all_in(store, OutboxState.SENT, 2))
+    server = await two_sent(store, smtp_server, workers, advertise_dsn=False)
     assert [params for _, params in server.recorder.rcpt] == [{}, {}]
     assert all("ENVID" not in params for _, params in server.recorder.mail)
 

@@ -550,12 +550,20 @@ def test_a_level3_cda_without_pdf_copy_gets_a_rendered_pdf() -> None:
         assert "OBX" not in repr(mail.pdfs)  # the names of the PDFs stay out of reprs
 
 
+def render_fails(monkeypatch: pytest.MonkeyPatch, *errors: PdfRenditionError) -> None:
+    """The PDF renderer raises `errors`, one per call (the last one again after)."""
+    remaining = list(errors)
+
+    def render_pdf(root: object, header: object) -> bytes:
+        raise remaining.pop(0) if len(remaining) > 1 else remaining[0]
+
+    monkeypatch.setattr(mails_module, "render_pdf", render_pdf)
+
+
 def test_without_a_renderer_the_cda_travels_in_the_archive_only(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    def unavailable(root: object, header: object) -> bytes:
-        raise PdfRendererUnavailable("no PDF renderer: the Pango libraries are missing")
-
-    monkeypatch.setattr(mails_module, "render_pdf", unavailable)
+    render_fails(monkeypatch,
+                 PdfRendererUnavailable("no PDF renderer: the Pango libraries are missing"))
     name = "oru-r01-initial-placeholder-corrected"
     request = request_for(name)
     n3 = request.documents[1]
@@ -570,10 +578,7 @@ def test_without_a_renderer_the_cda_travels_in_the_archive_only(
 
 def test_a_rendition_failure_is_told_apart_from_a_missing_renderer(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    def too_large(root: object, header: object) -> bytes:
-        raise PdfRenditionError("the narrative is too large to render")
-
-    monkeypatch.setattr(mails_module, "render_pdf", too_large)
+    render_fails(monkeypatch, PdfRenditionError("the narrative is too large to render"))
     request = request_for("oru-r01-initial-placeholder-corrected")
     for mail in build_mails(request, CONTEXT):
         assert mail.missing_pdfs == (MissingPdf(
@@ -587,10 +592,7 @@ SENDS_WITHOUT_PDF = replace(TENANT, cisis=replace(TENANT.cisis,
 
 def test_the_outbox_rows_of_a_mail_without_pdf_are_warned(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    def unavailable(root: object, header: object) -> bytes:
-        raise PdfRenditionError("no PDF renderer")
-
-    monkeypatch.setattr(mails_module, "render_pdf", unavailable)
+    render_fails(monkeypatch, PdfRenditionError("no PDF renderer"))
     request = request_for("oru-r01-initial-placeholder-corrected")
     with structlog.testing.capture_logs() as logs:
         planned = MailPlanner(SENDS_WITHOUT_PDF).plan(request, KEY)
@@ -613,10 +615,7 @@ def test_the_outbox_rows_of_a_mail_without_pdf_are_warned(
 def test_by_default_a_cda_without_pdf_refuses_the_request(
         monkeypatch: pytest.MonkeyPatch, error: PdfRenditionError, retry_later: bool,
         detail: str) -> None:
-    def fails(root: object, header: object) -> bytes:
-        raise error
-
-    monkeypatch.setattr(mails_module, "render_pdf", fails)
+    render_fails(monkeypatch, error)
     request = request_for("oru-r01-initial-placeholder-corrected")
     assert request.documents[1].obx_sequence == 2
     assert TENANT.cisis.missing_pdf is MissingPdfPolicy.REFUSE  # the default
@@ -638,12 +637,7 @@ def test_a_missing_renderer_decides_the_answer_whatever_the_order(
     request = request_for("oru-r01-initial-placeholder-corrected")
     n3 = request.documents[1]
     twice = replace(request, documents=(replace(n3, obx_sequence=7), n3))
-    errors = iter([PdfRenditionError("too large"), PdfRendererUnavailable("no renderer")])
-
-    def fails(root: object, header: object) -> bytes:
-        raise next(errors)
-
-    monkeypatch.setattr(mails_module, "render_pdf", fails)
+    render_fails(monkeypatch, PdfRenditionError("too large"), PdfRendererUnavailable("no renderer"))
     with pytest.raises(PdfRequiredError) as raised:
         MailPlanner(TENANT).plan(twice, KEY)
     assert raised.value.retry_later
