@@ -105,7 +105,7 @@ def patient_mailbox_limit(tenant: TenantSettings, mails: Sequence[OutgoingMail]
             and len(m.content) > PATIENT_MAILBOX_MAX_BYTES]
     if not over:
         return tuple(mails), ()
-    kept = tuple(m for m in mails if m not in over)
+    kept = tuple(m for m in mails if not any(m is o for o in over))  # by identity: no bytes
 
     def said(mail: OutgoingMail) -> tuple[str, ErrorLocation]:
         return (f"PRT {mail.prt_sequence}: the mail to the patient's mailbox (Mon espace santé) "
