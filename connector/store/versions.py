@@ -4,7 +4,10 @@ the latest known version, application error 900).
 `plan_versions` is pure: given a lookup of the current rows and the changes a request makes, it
 returns either a conflict (why the request is refused) or the rows to write. Adapters run it inside
 the transaction that stores the inbound row, so two requests racing on one document cannot both
-win. Re-sending a request already applied (same target, same new id) is accepted as idempotent.
+win. Re-sending a request already applied (same target, same new id) is accepted as idempotent;
+a document sent again as new after it was replaced or deleted is not (it would go out as a valid
+report). A replacement of an original never received (accepted by policy) records that original
+as replaced, so that a second, different replacement of it is refused as for a known one.
 """
 
 from __future__ import annotations
@@ -55,10 +58,14 @@ def plan_versions(lookup: Lookup, changes: Sequence[DocumentChange],
 
     for change in changes:
         if change.action is DocumentAction.NEW:
-            if current(change.document_id) is not None:
-                resent.append(change.document_id)
-            else:
+            existing = current(change.document_id)
+            if existing is None:
                 pending[change.document_id] = new_row(change)
+            elif existing.status is DocumentStatus.ACTIVE:
+                resent.append(change.document_id)
+            else:  # sent again as new, it would go out as a valid report
+                return VersionPlan(conflict=f"the document sent as new was {existing.status.value}"
+                                            " since: it is not the latest version")
             continue
         target_id = change.target_id or change.document_id
         target = current(target_id)
@@ -67,7 +74,10 @@ def plan_versions(lookup: Lookup, changes: Sequence[DocumentChange],
             if policy is UnknownOriginalPolicy.REFUSE:
                 return VersionPlan(conflict=f"the document to {verb} was never received")
             unknown.append(target_id)
-            if change.action is DocumentAction.REPLACE:
+            if change.action is DocumentAction.REPLACE:  # the original, known from now on
+                pending[target_id] = DocumentRow(target_id, change.set_id, None,
+                                                 DocumentStatus.REPLACED,
+                                                 replaced_by=change.document_id)
                 pending[change.document_id] = new_row(change)
             else:
                 pending[target_id] = DocumentRow(target_id, change.set_id, change.version,

@@ -312,6 +312,7 @@ NEW_V1 = DocumentChange(DocumentAction.NEW, "1.2.3.1", set_id="1.2.3", version=1
 REPLACE_V1_BY_V2 = DocumentChange(DocumentAction.REPLACE, "1.2.3.2", "1.2.3", 2, "1.2.3.1")
 REPLACE_V1_BY_V3 = DocumentChange(DocumentAction.REPLACE, "1.2.3.3", "1.2.3", 3, "1.2.3.1")
 DELETE_V2 = DocumentChange(DocumentAction.DELETE, "1.2.3.2", "1.2.3", 2, "1.2.3.2")
+DELETE_V1 = DocumentChange(DocumentAction.DELETE, "1.2.3.1", "1.2.3", 1, "1.2.3.1")
 
 
 def with_mails(message: InboundMessage, key: str | None, *message_ids: str) -> InboundMessage:
@@ -367,6 +368,23 @@ async def test_document_versions_follow_replace_and_delete(make_store: StoreFact
     assert rows["D4"].status is InboundStatus.ACCEPTED
 
 
+@pytest.mark.parametrize("then", [REPLACE_V1_BY_V2, DELETE_V1])
+async def test_a_version_sent_again_as_new_after_a_replace_or_delete_is_refused(
+        make_store: StoreFactory, then: DocumentChange) -> None:
+    """It would go out as a valid report; while it is the latest, the same NEW again is a
+    harmless resend."""
+    store = make_store()
+    await store.record_inbound(doc_request(1, NEW_V1))
+    assert (await store.record_inbound(doc_request(2, NEW_V1))).version_conflict is None
+    assert (await store.record_inbound(doc_request(3, then))).version_conflict is None
+    stale = await store.record_inbound(doc_request(4, NEW_V1))
+    status = "replaced" if then is REPLACE_V1_BY_V2 else "deleted"
+    assert stale.version_conflict == (
+        f"the document sent as new was {status} since: it is not the latest version")
+    assert stale.ack == b"AE-900 for D4"
+    assert stale.queued == 0
+
+
 async def test_resending_an_applied_replace_is_idempotent(make_store: StoreFactory) -> None:
     store = make_store()
     await store.record_inbound(doc_request(1, NEW_V1))
@@ -383,7 +401,14 @@ async def test_unknown_original_follows_policy(make_store: StoreFactory,
     if policy is UnknownOriginalPolicy.ACCEPT:
         assert receipt.version_conflict is None
         assert receipt.unknown_originals == ("1.2.3.1",)
-        assert [d.document_id for d in await store.get_documents("t1")] == ["1.2.3.2"]
+        versions = {d.document_id: d.status for d in await store.get_documents("t1")}
+        assert versions == {"1.2.3.1": DocumentStatus.REPLACED, "1.2.3.2": DocumentStatus.ACTIVE}
+        # a second, different replacement of that original: refused as for a known one
+        fork = await store.record_inbound(doc_request(2, REPLACE_V1_BY_V3, policy=policy))
+        assert fork.version_conflict == (
+            "the document to replace is not the latest version (it is replaced)")
+        again = await store.record_inbound(doc_request(3, REPLACE_V1_BY_V2, policy=policy))
+        assert again.version_conflict is None  # the same replacement again: idempotent
     else:
         assert receipt.version_conflict == "the document to replace was never received"
         assert await store.get_documents("t1") == []
