@@ -23,7 +23,7 @@ from connector.cisis import (
     SendingMatrix,
     parse_document_request,
 )
-from connector.cisis.model import Recipient, RecipientKind
+from connector.cisis.model import MailRoute, Recipient, RecipientKind
 from connector.directory.whitelist import Whitelist, is_patient_address_for
 from connector.errors import DocumentError, ErrorLocation, MessageError
 from connector.hl7.ack import AckError
@@ -149,6 +149,12 @@ class CisisIntake:
             warnings.extend(replace(w, location=w.location or location) for w in result.warnings)
             if result.report:
                 reports.append(f"--- OBX {document.obx_sequence}\n{result.report}")
+        if request.metadata.destdmp and request.sending.route is MailRoute.NO_MAIL:
+            # AA says the connector took the request in charge: here nothing would be done
+            raise MessageError(
+                "DESTDMP=Y with DESTMSSANTEPS=N and DESTMSSANTEPAT=N: a DMP-only request, and "
+                "this connector does not feed the DMP", condition=ErrorCondition.APPLICATION_ERROR,
+                application_error=ApplicationError.OTHER)
         if request.metadata.destdmp:
             log.info("dmp_feeding_skipped", control_id=request.origin.control_id)
             warnings.append(AckError(

@@ -825,3 +825,21 @@ def test_a_tenant_that_returns_no_zam_says_so_to_a_request_asking_for_them(
     assert "returns no ZAM^Z02" in about_zams[0].detail
     assert "returns no ZAM^Z03" in about_zams[1].detail
     assert {w.severity for w in about_zams} == {Severity.WARNING}
+
+
+def test_a_dmp_only_request_is_refused_since_nothing_would_be_done() -> None:
+    """DESTDMP=Y and no MSSanté recipient asked: an AA would say the connector took in charge
+    what it does not do (it does not feed the DMP)."""
+    def flag(segs: list[str], name: str, value: str) -> list[str]:
+        return [s.replace("||Y^^", f"||{value}^^").replace("||N^^", f"||{value}^^")
+                if f"|{name}^" in s else s for s in segs]
+
+    segs = flag(flag(flag(segments("mdm-t02-initial/message.er7"), "DESTDMP", "Y"),
+                     "DESTMSSANTEPS", "N"), "DESTMSSANTEPAT", "N")
+    with pytest.raises(MessageError) as raised:
+        checked(segs)
+    assert raised.value.detail.startswith("DESTDMP=Y with DESTMSSANTEPS=N and DESTMSSANTEPAT=N")
+    assert raised.value.application_error is ApplicationError.OTHER
+    # the same with an MSSanté recipient asked: accepted, the DMP part said in a W
+    request = checked(flag(segments("mdm-t02-initial/message.er7"), "DESTDMP", "Y"))
+    assert request.sending.recipients
