@@ -9,7 +9,8 @@ trust space kept), in that order, it composes (reference `cisis-hl7v2-to-mssante
   * action: NEW, or the extra metadata `action` = C (REPLACE) / D (DELETE);
   * confidentialityCode: the CDA's, then MASQUE_PS / INVISIBLE_PATIENT /
     INVISIBLE_REPRESENTANTS_LEGAUX for each metadata flag at Y (§1.10, §4.7);
-  * SubmissionSet author: the PRT SB (PRT-5 person, PRT-8 organisation); intendedRecipient: this
+  * SubmissionSet author: the PRT SB (PRT-5 person, PRT-8 organisation), else the first CDA's
+    author (person, organisation); intendedRecipient: this
     mail's recipient only (its address, with its PRT-5 person or PRT-8 organisation);
   * patientId: the INS of PID-3 when there is one, else the IPP (PID-3 with CX-5 = PI) under its
     own OID or, without one, the establishment OID (`MailContext.establishment_oid`);
@@ -273,7 +274,7 @@ def _common(request: DocumentRequest, context: MailContext) -> _Common:
         pdfs=pdfs,
         missing_pdfs=missing,
         patient_id=patient_id(request, context.establishment_oid),
-        author=_submission_author(request.sender),
+        author=_submission_author(request.sender) or _document_author(request.documents[0]),
         extra_confidentiality=extra_confidentiality(request),
         ins_qualified=ins_qualified(request),
         reply_to=_reply_to(request.reply_to),
@@ -563,6 +564,26 @@ def _submission_author(sender: Participant | None) -> SubmissionAuthor | None:
     if sender is None:
         return None
     person, institution = _person(sender.person), _institution(sender.organisation)
+    if person is None and institution is None:
+        return None
+    return SubmissionAuthor(person=person, institution=institution)
+
+
+def _document_author(document: CdaDocument) -> SubmissionAuthor | None:
+    """Without a sender PRT (SB, conditional in the volet), the SubmissionSet author (required
+    in the XDM metadata) is the first CDA's first author: its person, its organisation."""
+    author = next(iter(document.header.authors), None)
+    if author is None:
+        return None
+    person = None
+    if author.id is not None and author.id.extension:
+        name = author.person_name
+        person = Person(id=author.id, family=name.family if name else None,
+                        given=name.given[0] if name and name.given else None)
+    organization = author.organization
+    institution = None
+    if organization is not None and (organization.name or organization.id):
+        institution = Institution(name=organization.name or "", id=organization.id)
     if person is None and institution is None:
         return None
     return SubmissionAuthor(person=person, institution=institution)

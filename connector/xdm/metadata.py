@@ -165,7 +165,8 @@ class Institution:
 
 @dataclass(frozen=True, slots=True)
 class SubmissionAuthor:
-    """SubmissionSet author: the PRT whose PRT-4 is SB (person PRT-5, organisation PRT-8)."""
+    """SubmissionSet author: the PRT whose PRT-4 is SB (person PRT-5, organisation PRT-8), else
+    the first CDA's author."""
 
     person: Person | None = None
     institution: Institution | None = None

@@ -843,3 +843,22 @@ def test_a_dmp_only_request_is_refused_since_nothing_would_be_done() -> None:
     # the same with an MSSanté recipient asked: accepted, the DMP part said in a W
     request = checked(flag(segments("mdm-t02-initial/message.er7"), "DESTDMP", "Y"))
     assert request.sending.recipients
+
+
+def test_without_a_sender_prt_the_submission_author_is_the_cdas() -> None:
+    """The SB PRT is conditional in the volet; the SubmissionSet author is required in the XDM
+    metadata: the first CDA's author then (its person and organisation)."""
+    segs = [s for s in segments("mdm-t02-initial/message.er7") if "|SB^" not in s]
+    request = checked(segs)
+    assert request.sender is None
+    (mail,) = build_mails(request, CONTEXT)
+    metadata = parse_xml(open_zip(mail.xdm_zip).read(METADATA_PATH))
+    submission = one(metadata, "rim:RegistryObjectList/rim:RegistryPackage")
+    author = one(submission, f"rim:Classification[@classificationScheme='{md.SS_AUTHOR}']")
+    cda_author = request.documents[0].header.authors[0]
+    assert cda_author.id is not None
+    (person,) = slot(author, "authorPerson")
+    assert person.startswith(f"{cda_author.id.extension}^")
+    (institution,) = slot(author, "authorInstitution")
+    assert cda_author.organization is not None
+    assert institution.startswith(f"{cda_author.organization.name}^")
