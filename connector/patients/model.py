@@ -295,8 +295,10 @@ _STATUS_AFTER = {
     "A03": EncounterStatus.FINISHED, "A21": EncounterStatus.ON_LEAVE,
     "A22": EncounterStatus.IN_PROGRESS, "A11": EncounterStatus.CANCELLED,
     "A38": EncounterStatus.CANCELLED, "A13": EncounterStatus.IN_PROGRESS,
+    "A52": EncounterStatus.IN_PROGRESS,  # the leave (A21) did not happen
+    "A53": EncounterStatus.ON_LEAVE,  # the return (A22) did not happen
 }
-CANCELLATIONS = frozenset({"A11", "A12", "A13", "A38"})  # cancel a movement
+CANCELLATIONS = frozenset({"A11", "A12", "A13", "A38", "A52", "A53", "A55"})  # cancel a movement
 MERGES = frozenset({"A40", "A47"})  # MRG-1 names the identifier absorbed or replaced
 
 

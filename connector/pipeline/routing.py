@@ -15,10 +15,12 @@ class Flow(StrEnum):
     PATIENT_ADT = "patient-adt"  # ADT (IHE PAM France 2.11): patient context
 
 
-# IHE PAM France 2.11 events the connector keeps patient context from.
+# IHE PAM France 2.11 events the connector keeps patient context from (A52/A53: cancel a leave
+# of absence / a return from it; A54/A55: change of attending doctor and its cancellation;
+# Z99: update of a movement, ZBE-4 = UPDATE).
 ADT_EVENTS = frozenset({
     "A01", "A02", "A03", "A04", "A05", "A06", "A07", "A08", "A11", "A12", "A13", "A21", "A22",
-    "A28", "A31", "A38", "A40", "A47",
+    "A28", "A31", "A38", "A40", "A47", "A52", "A53", "A54", "A55", "Z99",
 })
 
 SUPPORTED: dict[str, dict[str, Flow]] = {

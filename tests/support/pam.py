@@ -39,7 +39,9 @@ _INS_CX = f"~{INS}^^^ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.10&ISO^INS^^20101207"
 _STRUCTURES = {"A01": "ADT_A01", "A02": "ADT_A02", "A03": "ADT_A03", "A04": "ADT_A01",
                "A05": "ADT_A05", "A08": "ADT_A01", "A11": "ADT_A09", "A12": "ADT_A12",
                "A13": "ADT_A01", "A21": "ADT_A21", "A22": "ADT_A21", "A28": "ADT_A05",
-               "A31": "ADT_A05", "A38": "ADT_A38", "A40": "ADT_A39", "A47": "ADT_A30"}
+               "A31": "ADT_A05", "A38": "ADT_A38", "A40": "ADT_A39", "A47": "ADT_A30",
+               "A52": "ADT_A52", "A53": "ADT_A52", "A54": "ADT_A54", "A55": "ADT_A52",
+               "Z99": "ADT_A01"}
 
 PV1_NONE = "PV1|1|N"  # A28/A31/A40/A47: no encounter
 

@@ -9,6 +9,8 @@ import pytest
 
 from connector.errors import ErrorLocation, MessageError, ProfileError
 from connector.hl7.codes import ErrorCondition
+from connector.hl7.header import MessageHeader
+from connector.hl7.message import parse_message
 from connector.patients import (
     BirthPlace,
     DmpConsultation,
@@ -17,11 +19,13 @@ from connector.patients import (
     EncounterStatus,
     IdentityStatus,
     Ipp,
+    MovementAction,
     PatientContext,
     PersonName,
     Sex,
     Unit,
 )
+from connector.pipeline.routing import Flow, route
 from connector.store import IdentifierKind, PatientKey
 from tests.support.pam import (
     ADMISSION,
@@ -346,3 +350,38 @@ def test_a_repeated_pid_is_read_once_and_a_changed_one_again() -> None:
     other = adt("A01", "P4").replace(b"|^~\\&|", b"|#~\\&|", 1)
     with pytest.raises(ProfileError, match="no IPP"):
         plan(other)
+
+
+def test_a_leave_or_a_return_cancelled_puts_the_encounter_back() -> None:
+    """A52 cancels the leave of absence (A21), A53 the return from it (A22): the encounter's
+    status is the one before, the movement named by ZBE-1 is marked cancelled."""
+    leave = adt("A21", "L1", movement=zbe("003"))
+    back = fold(ADMISSION, leave, adt("A52", "L2", movement=zbe("003", action="CANCEL",
+                                                                 original="A21")))
+    assert back.encounter is not None
+    assert back.encounter.status is EncounterStatus.IN_PROGRESS
+    assert [(m.id, m.cancelled) for m in back.encounter.movements][-1] == ("003", True)
+    returned = adt("A22", "L3", movement=zbe("004"))
+    still_away = fold(ADMISSION, leave, returned,
+                      adt("A53", "L4", movement=zbe("004", action="CANCEL", original="A22")))
+    assert still_away.encounter is not None
+    assert still_away.encounter.status is EncounterStatus.ON_LEAVE
+
+
+def test_z99_updates_a_movement_in_place() -> None:
+    moved = fold(ADMISSION, adt("Z99", "U1", movement=zbe("001", action="UPDATE",
+                                                          original="A01", unit="Cardio",
+                                                          code="7000")))
+    assert moved.encounter is not None
+    assert moved.encounter.status is EncounterStatus.IN_PROGRESS
+    (movement,) = [m for m in moved.encounter.movements if m.id == "001"]
+    assert movement.event == "A01"
+    assert movement.action is MovementAction.UPDATE
+    assert movement.medical_unit is not None
+    assert movement.medical_unit.code == "7000"
+
+
+@pytest.mark.parametrize("event", ["A52", "A53", "A54", "A55", "Z99"])
+def test_the_pam_fr_events_added_are_routed(event: str) -> None:
+    message = parse_message(adt(event, "R1", movement=zbe("005")).decode())
+    assert route(MessageHeader.from_segment(message.msh)) is Flow.PATIENT_ADT
