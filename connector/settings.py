@@ -210,6 +210,9 @@ class MailboxSettings:
     address: str = "dry-run@connector.invalid"  # From, Disposition-Notification-To
     display_name: str | None = None
     nil: str | None = None  # X-MSS-NIL
+    # Whom a recipient reaches about an archive (README.TXT, INDEX.HTM): a service and its
+    # telephone, say; default the mailbox address
+    contact: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -619,7 +622,7 @@ def _mailbox(reader: _Reader) -> MailboxSettings:
     address = r.req_str("address")
     if not _ADDRESS.match(address):
         raise r.fail("address", "is not an e-mail address")
-    settings = MailboxSettings(address, r.text("display_name"), r.text("nil"))
+    settings = MailboxSettings(address, r.text("display_name"), r.text("nil"), r.text("contact"))
     r.close()
     return settings
 

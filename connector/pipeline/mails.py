@@ -183,7 +183,8 @@ class MailContext:
             establishment_oid=tenant.oid,
             request_key=request_key,
             submitted_at=submitted_at,
-            producer=producer or XdmProducer(organization=tenant.name),
+            producer=producer or XdmProducer(
+                organization=tenant.name, contact=tenant.mailbox.contact or tenant.mailbox.address),
             mailbox_display_name=tenant.mailbox.display_name,
             nil=tenant.mailbox.nil,
         )

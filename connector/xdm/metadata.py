@@ -34,6 +34,7 @@ from typing import TypeVar
 
 from lxml import etree
 
+from connector import __version__
 from connector.cda.header import (
     INS_ROOTS,
     Author,
@@ -187,7 +188,7 @@ class XdmProducer:
 
     organization: str
     application: str = "mssante-connector"
-    version: str = "0.1.0"
+    version: str = __version__
     vendor: str = "mssante-connector project"
     contact: str | None = None
 

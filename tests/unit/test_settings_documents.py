@@ -32,6 +32,7 @@ oid = "1.2.250.1.71.4.2.2.1120456789"
 [tenants.mailbox]
 address = "pfi@chu.mssante.fr"
 nil = "DEV935997"
+contact = "Secrétariat, 01 23 45 67 89"
 [tenants.cisis]
 schematron_policy = "warn"
 unknown_original = "refuse"
@@ -45,6 +46,7 @@ missing_pdf = "send"
     assert settings.whitelist == tmp_path / "not-installed-yet.xml"
     assert tenant.oid == "1.2.250.1.71.4.2.2.1120456789"
     assert (tenant.mailbox.address, tenant.mailbox.nil) == ("pfi@chu.mssante.fr", "DEV935997")
+    assert tenant.mailbox.contact == "Secrétariat, 01 23 45 67 89"
     assert tenant.cisis.schematron_policy is SchematronPolicy.WARN
     assert tenant.cisis.unknown_original is UnknownOriginalPolicy.REFUSE
     assert tenant.cisis.sending_matrix is SendingMatrixProfile.ANS_EXAMPLES

@@ -88,6 +88,7 @@ allow_from = {{ toJson . }}
 {{- include "mssante-connector.toml.str" (list "address" . "address") }}
 {{- include "mssante-connector.toml.str" (list "display_name" . "displayName") }}
 {{- include "mssante-connector.toml.str" (list "nil" . "nil") }}
+{{- include "mssante-connector.toml.str" (list "contact" . "contact") }}
 {{- end }}
 {{- with index $tenant "cisis" }}
 

@@ -862,3 +862,14 @@ def test_without_a_sender_prt_the_submission_author_is_the_cdas() -> None:
     (institution,) = slot(author, "authorInstitution")
     assert cda_author.organization is not None
     assert institution.startswith(f"{cda_author.organization.name}^")
+
+
+@pytest.mark.parametrize(("contact", "shown"), [
+    (None, MAILBOX), ("Secrétariat d'imagerie, 01 23 45 67 89", "01 23 45 67 89")])
+def test_the_archive_names_whom_to_contact(contact: str | None, shown: str) -> None:
+    tenant = replace(TENANT, mailbox=replace(TENANT.mailbox, contact=contact))
+    context = MailContext.for_tenant(tenant, request_key=KEY, submitted_at=SUBMITTED_AT)
+    (mail,) = build_mails(request_for("mdm-t02-initial"), context)
+    archive = open_zip(mail.xdm_zip)
+    assert f". Contact : {contact or MAILBOX}" in archive.read("README.TXT").decode("utf-8")
+    assert shown in archive.read("INDEX.HTM").decode("utf-8")
