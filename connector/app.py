@@ -404,6 +404,11 @@ def warn_about_exposure(settings: Settings) -> None:
                             host=listener.host,
                             hint="HL7 with patient data, unencrypted, from any address: set "
                                  "tls or allow_from")
+        his = tenant.his
+        if his is not None and his.ca_bundle is None and not is_loopback(his.host):
+            log.warning("his_in_clear", tenant=tenant.id, host=his.host,
+                        hint="the ZAMs (recipient addresses, a patient's holds the INS) go to "
+                             "the HIS unencrypted: set [tenants.his] ca_bundle")
         if tenant.transport.kind is TransportKind.MAILDIR:
             log.warning("dry_run", tenant=tenant.id, maildir=str(tenant.transport.maildir),
                         hint="mails are written to this Maildir, in clear and never purged, "

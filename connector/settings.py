@@ -756,6 +756,9 @@ def _receipts(reader: _Reader) -> ReceiptsSettings | None:
     r = reader.sub(table, "receipts")
     tls = _choice(r, "tls", SmtpTlsMode, SmtpTlsMode.IMPLICIT_TLS)
     pkcs12 = r.path("client_pkcs12", must_exist=True, secret=True)
+    if pkcs12 is not None and ("client_certificate" in table or "client_private_key" in table):
+        raise r.fail("client_pkcs12", "give client_pkcs12 or client_certificate and "
+                                      "client_private_key, not both")
     settings = ReceiptsSettings(
         host=r.req_str("host"),
         port=r.integer("port", 993 if tls is SmtpTlsMode.IMPLICIT_TLS else 143, 1, 65535),
@@ -791,6 +794,9 @@ def _his(reader: _Reader) -> HisSettings | None:
         raise r.fail("port", "is required")
     settings = HisSettings(host, port, r.number("timeout_seconds", 30.0, 0.1, 600.0),
                            **_client_tls_keys(r))
+    if settings.ca_bundle is None and settings.client_certificate is not None:
+        raise r.fail("ca_bundle", "is required with client_certificate: TLS to the HIS needs "
+                                  "the CA that signs it (without both, ZAMs go in clear)")
     r.close()
     return settings
 

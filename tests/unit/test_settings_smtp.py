@@ -286,3 +286,43 @@ def test_a_crl_past_its_next_update_is_warned_about(tmp_path: Path,
         Application.build(load_settings(config(tmp_path, smtp(pki, f'crl_files = ["{crl}"]\n'))))
     (expired,) = [e for e in logs if e["event"] == "crl_expired"]
     assert (expired["tenant"], expired["use"]) == ("chu", "smtp")
+
+
+def test_his_client_certificate_without_its_ca_bundle_is_refused(
+        tmp_path: Path, pki: tuple[TestCA, Issued]) -> None:
+    """Meant for mutual TLS, it would have gone in clear: refused, naming the key."""
+    _, client = pki
+    path = config(tmp_path, 'kind = "maildir"')
+    path.write_text(path.read_text() + f'[tenants.his]\nhost = "10.0.0.5"\nport = 6661\n'
+                    f'client_certificate = "{client.certificate}"\n'
+                    f'client_private_key = "{client.private_key}"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    assert caught.value.key == "tenants[0].his.ca_bundle"
+
+
+@pytest.mark.parametrize(("host", "warned"), [("10.0.0.5", True), ("127.0.0.1", False)])
+def test_his_in_clear_off_the_loopback_is_warned_about(tmp_path: Path, host: str,
+                                                       warned: bool) -> None:
+    from connector.app import warn_about_exposure
+
+    path = config(tmp_path, 'kind = "maildir"')
+    path.write_text(path.read_text() + f'[tenants.his]\nhost = "{host}"\nport = 6661\n')
+    with structlog.testing.capture_logs() as logs:
+        warn_about_exposure(load_settings(path))
+    assert ("his_in_clear" in [e["event"] for e in logs]) is warned
+
+
+def test_receipts_take_a_pkcs12_or_a_pem_pair_not_both(tmp_path: Path,
+                                                       pki: tuple[TestCA, Issued]) -> None:
+    _, client = pki
+    bundle = tmp_path / "bal.p12"
+    bundle.write_bytes(b"not read: refused before")
+    path = config(tmp_path, smtp(pki))
+    path.write_text(path.read_text() + '[tenants.receipts]\nhost = "imap.operator.test"\n'
+                    f'client_pkcs12 = "{bundle}"\n'
+                    f'client_certificate = "{client.certificate}"\n'
+                    f'client_private_key = "{client.private_key}"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    assert caught.value.key == "tenants[0].receipts.client_pkcs12"
