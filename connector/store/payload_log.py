@@ -13,6 +13,11 @@ where their references say (the batch whose records failed is not committed).
 
 Record: b"MSP1" | u32 length | u32 CRC-32 | data. A reference is (segment, offset, length), offset
 pointing at the record header, and reads check magic, length and CRC.
+
+Segments end at 256 MiB or after a day of appends, whichever comes first, and a process starts a
+new one rather than append to the one it finds: the retention purge deletes whole segments that no
+row references any more, never the current one, so a segment must not outlive the retention it
+serves by more than about a day, however little a site sends.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import contextlib
 import errno
 import os
 import struct
+import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +36,7 @@ from connector.errors import PayloadUnreadable, StoreError
 _MAGIC = b"MSP1"
 _HEADER = struct.Struct(">4sII")
 DEFAULT_SEGMENT_BYTES = 256 * 1024 * 1024
+DEFAULT_SEGMENT_SECONDS = 24 * 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,12 +50,15 @@ class PayloadLog:
     """One appender at a time (the store's jobs append, its commit thread syncs: never both at
     once); reads may come from any thread."""
 
-    def __init__(self, directory: Path, *, segment_bytes: int = DEFAULT_SEGMENT_BYTES) -> None:
+    def __init__(self, directory: Path, *, segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+                 segment_seconds: float = DEFAULT_SEGMENT_SECONDS) -> None:
         self.directory = directory
         self._segment_bytes = segment_bytes
+        self._segment_seconds = segment_seconds
         self._fd: int | None = None
         self._segment = 0
         self._position = 0
+        self._opened_at = 0.0  # monotonic: when the current segment was started
         self._dirty = False
         self._unwritten: list[bytes] = []  # appended, for the next sync() to write
 
@@ -68,9 +78,13 @@ class PayloadLog:
             os.close(dir_fd)
 
     def open(self) -> None:
+        """Start a segment: the last one found when it is empty, else the next."""
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         existing = self._segments()
-        self._open_segment(existing[-1] if existing else 1)
+        last = existing[-1] if existing else 1
+        if existing and self._path(last).stat().st_size > 0:
+            last += 1
+        self._open_segment(last)
 
     def _open_segment(self, segment: int) -> None:
         path = self._path(segment)
@@ -78,6 +92,7 @@ class PayloadLog:
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._segment = segment
         self._position = os.fstat(self._fd).st_size
+        self._opened_at = time.monotonic()
         if created:
             self._sync_directory()
 
@@ -85,7 +100,8 @@ class PayloadLog:
         """The place of `data`'s record; the next `sync()` writes it there."""
         if self._fd is None:
             raise StoreError("payload log is not open")
-        if self._position >= self._segment_bytes:
+        if self._position >= self._segment_bytes or (
+                self._position and time.monotonic() - self._opened_at >= self._segment_seconds):
             self.sync()
             os.close(self._fd)
             self._open_segment(self._segment + 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -25,8 +26,14 @@ def test_records_round_trip_and_survive_reopen(tmp_path: Path) -> None:
     reopened = open_log(tmp_path)
     assert [reopened.read(r) for r in refs] == [bytes([i]) * (1000 + i) for i in range(50)]
     after = reopened.append(b"next")
-    assert after.offset == refs[-1].offset + 12 + refs[-1].length  # appends after the last one
+    # a new segment per process: the one found may be old (retention deletes whole segments)
+    assert (after.segment, after.offset) == (refs[-1].segment + 1, 0)
+    reopened.sync()
     reopened.close()
+    again = open_log(tmp_path)
+    assert again.read(after) == b"next"
+    assert again.current_segment == after.segment + 1
+    again.close()
 
 
 def test_a_torn_tail_is_left_behind_not_reused(tmp_path: Path) -> None:
@@ -40,7 +47,8 @@ def test_a_torn_tail_is_left_behind_not_reused(tmp_path: Path) -> None:
     reopened = open_log(tmp_path)
     new = reopened.append(b"c" * 10)
     reopened.sync()
-    assert new.offset == segment.stat().st_size - 22
+    assert (new.segment, new.offset) == (kept.segment + 1, 0)  # the torn tail is never written on
+    assert segment.stat().st_size == 12 + 5000 + 108
     assert reopened.read(kept) == b"a" * 5000
     assert reopened.read(new) == b"c" * 10
     reopened.close()
@@ -125,4 +133,22 @@ def test_remove_segments_keeps_the_current_one_and_those_still_referenced(
     after = log.append(b"next")
     log.sync()
     assert (after.segment, log.read(after)) == (6, b"next")
+    log.close()
+
+
+def test_a_segment_ends_after_its_time_however_little_it_holds(tmp_path: Path) -> None:
+    """Retention deletes whole segments no row references, never the current one: a quiet site
+    must not keep one segment (and its purged payloads) open for months."""
+    log = PayloadLog(tmp_path, segment_seconds=0.05)
+    log.open()
+    first = log.append(b"a" * 100)
+    log.sync()
+    assert log.append(b"b").segment == first.segment  # within its time: the same segment
+    log.sync()
+    time.sleep(0.06)
+    later = log.append(b"c")
+    log.sync()
+    assert (later.segment, later.offset) == (first.segment + 1, 0)
+    assert log.remove_segments(below=log.current_segment, keep=set()) == 1
+    assert log.read(later) == b"c"
     log.close()

@@ -59,11 +59,37 @@ async def test_segments_nothing_points_at_are_deleted(tmp_path: Path) -> None:
     finally:
         await store.close()
     reopened = SQLiteStore(tmp_path / "store.db", payload_segment_bytes=100_000)
-    reopened.open()  # appends resume in the last segment; the deleted ones are not missed
+    reopened.open()  # appends go to a new segment; the deleted ones are not missed
     try:
         after = await reopened.record_inbound(message(10, time.time()))
         detail = await reopened.get_inbound(after.inbound_id)
         assert detail is not None
         assert detail.raw.endswith(PDF + b"\r")
+    finally:
+        await reopened.close()
+
+
+async def test_a_quiet_sites_purged_payloads_leave_the_disk_once_their_segment_ends(
+        tmp_path: Path) -> None:
+    """One old message on a site that sends little: its segment is the current one until the
+    process restarts (or a day of appends passes), then the purge deletes it with its bytes."""
+    store = SQLiteStore(tmp_path / "store.db")
+    store.open()
+    now = time.time()
+    try:
+        old = await store.record_inbound(message(1, now - 200 * DAY))
+        counts = await store.purge_payloads(before=now - 90 * DAY, now=now)
+        assert (counts.inbound, counts.segments) == (1, 0)  # the current segment stays...
+    finally:
+        await store.close()
+    reopened = SQLiteStore(tmp_path / "store.db")
+    reopened.open()  # ...until the next one starts
+    try:
+        counts = await reopened.purge_payloads(before=now - 90 * DAY, now=now)
+        assert counts.segments == 1
+        assert segments(reopened) == ["segment-000002.log"]  # the current one, empty
+        detail = await reopened.get_inbound(old.inbound_id)
+        assert detail is not None
+        assert detail.raw == b""
     finally:
         await reopened.close()
