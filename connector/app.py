@@ -159,6 +159,7 @@ class Application:
     serving: bool = False  # set once `run_until_signalled` has started everything
     admin_context: ssl.SSLContext | None = None  # [admin.tls], checked by `build`
     _whitelist_date: datetime | None = None
+    _reloading: asyncio.Lock = field(default_factory=asyncio.Lock)  # one reload at a time
 
     @classmethod
     def build(cls, settings: Settings) -> Application:
@@ -272,6 +273,9 @@ class Application:
         it count."""
         if self.store.closed:
             return False, "store closed"
+        stopped = [t.id for t in self.settings.tenants if t.id not in self.tenants]
+        if stopped:  # configured, but a reload could not start it (its port taken...)
+            return False, f"tenant not running: {', '.join(stopped)}"
         if not all(server.bound for server in self.servers):
             return False, "a listener is not bound"
         if any(handler.draining for handler in self.handlers):
@@ -286,6 +290,11 @@ class Application:
         return True, "ready"
 
     async def reload(self, settings: Settings, grace_seconds: float = 10.0) -> ReloadReport:
+        """One reload at a time (two SIGHUPs in a row would otherwise interleave)."""
+        async with self._reloading:
+            return await self._reload(settings, grace_seconds)
+
+    async def _reload(self, settings: Settings, grace_seconds: float) -> ReloadReport:
         """Apply a new configuration without a restart: tenants added are started, tenants
         removed are drained and stopped, tenants whose settings changed are replaced (the
         others are not touched; a change of `whitelist`, `validation` or `default_charset`
@@ -302,8 +311,8 @@ class Application:
         fresh: dict[str, TenantRuntime] = {}
         for index, tenant in enumerate(settings.tenants):
             running = self.tenants.get(tenant.id)
-            if (rebuild_all or current.get(tenant.id) != tenant
-                    or (running is not None and running.crls_changed())):
+            if (rebuild_all or current.get(tenant.id) != tenant or running is None
+                    or running.crls_changed()):  # None: new, or it could not start last time
                 fresh[tenant.id] = build_tenant(index, tenant, shared)
         wanted = {t.id for t in settings.tenants}
         removed = tuple(tid for tid in self.tenants if tid not in wanted)

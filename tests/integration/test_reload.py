@@ -180,3 +180,32 @@ async def test_a_reload_rereads_crl_files_that_were_replaced(tmp_path: Path) -> 
         assert (await app.reload(settings)).replaced == ()
     finally:
         await app.stop(grace_seconds=1)
+
+
+async def test_a_tenant_a_reload_could_not_start_makes_the_instance_unready_until_it_runs(
+        tmp_path: Path) -> None:
+    """Its new port taken: the old runtime is stopped, the new one cannot bind. Readiness says
+    so (before, it stayed 'ready' with the tenant's intake, delivery and receipts all stopped),
+    and the next reload starts it once the port is free, its settings being the same."""
+    full = two_tenants(tmp_path)
+    first = replace(full, tenants=full.tenants[:1])
+    app = Application.build(first)
+    await app.start()
+    blocker = socket.socket()
+    try:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        taken = blocker.getsockname()[1]
+        moved = replace(first, tenants=(replace(first.tenants[0], listeners=(
+            ListenerSettings("a", port=taken),)),))
+        await asyncio.gather(app.reload(moved), app.reload(moved))  # two SIGHUPs in a row
+        assert list(app.tenants) == []
+        assert app.readiness() == (False, "tenant not running: chu-a")
+        blocker.close()
+        report = await app.reload(moved)
+        assert report.added == ("chu-a",)
+        assert app.readiness()[0]
+        assert b"MSA|AA" in await answer(taken, "A9")
+    finally:
+        blocker.close()
+        await app.stop(grace_seconds=1)
