@@ -895,7 +895,7 @@ def parse_settings(data: Mapping[str, Any], *, source: str | None = None,
             raise root.fail(f"tenants[{i}]", "must be a table")
         tenants.append(_tenant(root.sub(item, f"tenants[{i}]"), i, base))
     root.close()
-    _check_unique(tenants, source)
+    _check_unique(tenants, admin, source)
     _check_retention(store, tenants, source)
     _check_sending_safeguards(validation, whitelist, tenants, source)
     return Settings(store, tuple(tenants), LoggingSettings(log_format, level), default_charset,
@@ -935,22 +935,30 @@ def _check_retention(store: StoreSettings, tenants: list[TenantSettings],
                 f" ({receipts.final_report_timeout_hours:g} h)", source=source)
 
 
-def _check_unique(tenants: list[TenantSettings], source: str | None) -> None:
+_WILDCARDS = frozenset({"", "0.0.0.0", "::"})  # noqa: S104 (recognised, not bound)
+
+
+def _check_unique(tenants: list[TenantSettings], admin: AdminSettings | None,
+                  source: str | None) -> None:
+    """Tenant ids, and the ports listeners and the admin API bind: the same port on the same
+    address, or on a wildcard address and any other, cannot both be bound (port 0: any free)."""
     ids: set[str] = set()
-    endpoints: dict[tuple[str, int], str] = {}
+    bound: list[tuple[str, int, str]] = []  # host, port, whose
+    if admin is not None:
+        bound.append((admin.host, admin.port, "the admin API ([admin] port)"))
     for i, tenant in enumerate(tenants):
         if tenant.id in ids:
             raise ConfigError(f"tenants[{i}].id", f"duplicate tenant id {tenant.id!r}",
                               source=source)
         ids.add(tenant.id)
         for j, listener in enumerate(tenant.listeners):
-            endpoint = (listener.host, listener.port)
-            if endpoint in endpoints:
-                raise ConfigError(
-                    f"tenants[{i}].listeners[{j}].port",
-                    f"{listener.host}:{listener.port} is already used by {endpoints[endpoint]}",
-                    source=source)
-            endpoints[endpoint] = f"tenant {tenant.id!r}"
+            host, port = listener.host, listener.port
+            clash = next((whose for other, taken, whose in bound if port and taken == port
+                          and (other == host or {other, host} & _WILDCARDS)), None)
+            if clash is not None:
+                raise ConfigError(f"tenants[{i}].listeners[{j}].port",
+                                  f"{host}:{port} is already used by {clash}", source=source)
+            bound.append((host, port, f"tenant {tenant.id!r}"))
 
 
 def load_settings(path: Path, *, env: Mapping[str, str] | None = None) -> Settings:

@@ -510,3 +510,25 @@ def test_a_listener_may_answer_application_acks_in_enhanced_mode(tmp_path: Path)
     assert settings.tenants[0].listeners[0].enhanced_ack is EnhancedAck.APPLICATION
     default = load_settings(write(tmp_path, BASE), env={})
     assert default.tenants[0].listeners[0].enhanced_ack is EnhancedAck.COMMIT
+
+
+@pytest.mark.parametrize(("text", "clash"), [
+    (TENANT + LISTENER + '[[tenants]]\nid = "b"\noid = "1.2.3"\n' + LISTENER, "tenant 'chu-x'"),
+    (TENANT + 'listeners = [{host = "0.0.0.0", port = 2575}, {host = "127.0.0.1", '
+     'port = 2575}]\n', "tenant 'chu-x'"),
+    (TENANT + 'listeners = [{host = "10.0.0.1", port = 2575}, {host = "::", port = 2575}]\n',
+     "tenant 'chu-x'"),
+    ('[admin]\nport = 2575\n' + TENANT + '[[tenants.listeners]]\nhost = "0.0.0.0"\nport = 2575\n',
+     "the admin API ([admin] port)"),
+])
+def test_ports_that_cannot_both_be_bound_are_named(tmp_path: Path, text: str,
+                                                   clash: str) -> None:
+    error = load_error(tmp_path, text)
+    assert error.key.endswith(".port")
+    assert error.problem.endswith(f"is already used by {clash}")
+
+
+def test_the_same_port_on_two_specific_addresses_is_fine(tmp_path: Path) -> None:
+    text = (TENANT + 'listeners = [{name = "a", host = "10.0.0.1", port = 2575}, '
+            '{name = "b", host = "10.0.0.2", port = 2575}]\n')
+    assert len(load_settings(write(tmp_path, text)).tenants[0].listeners) == 2
