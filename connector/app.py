@@ -176,8 +176,9 @@ class Application:
             certificates=lambda: [c for t in app.tenants.values() for c in t.certificates],
             whitelist_generated_at=lambda: app._whitelist_date, mailboxes=app.mailboxes,
             disk_usage=store.disk_usage)
-        app.retention = RetentionPurger(store, settings.store.payload_retention_days,
-                                        app.metrics)
+        app.retention = RetentionPurger(
+            store, settings.store.payload_retention_days, app.metrics,
+            patient_context_days=settings.store.patient_context_retention_days)
         warn_about_exposure(settings)
         problem = renderer_problem()
         if problem is not None:

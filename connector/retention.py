@@ -2,8 +2,9 @@
 `[store] payload_retention_days` ago are dropped (`RetentionStore.purge_payloads`): the
 messages, validation reports, mails and returned mails, which hold patient data and which the
 connector no longer needs once the work they were kept for is done. The rows stay, for the audit
-trail and the listings. Counted in `mssconnector_store_purged_total{part}`; logged with counts
-only."""
+trail and the listings. The ADT patient contexts no ADT updated for
+`[store] patient_context_retention_days` are deleted whole (`purge_patient_contexts`). Counted
+in `mssconnector_store_purged_total{part}`; logged with counts only."""
 
 from __future__ import annotations
 
@@ -26,11 +27,14 @@ DAY_SECONDS = 86400.0
 class RetentionPurger:
     def __init__(self, store: RetentionStore, retention_days: float,
                  metrics: ConnectorMetrics | None = None, *, interval: float = 3600.0,
-                 first_delay: float = 60.0) -> None:
+                 first_delay: float = 60.0, patient_context_days: float = 0.0) -> None:
+        """`patient_context_days`: the patient contexts no ADT updated for that long are
+        deleted too (0: kept)."""
         if retention_days <= 0:
             raise ValueError("retention_days must be positive")
         self.store = store
         self.retention_seconds = retention_days * DAY_SECONDS
+        self.patient_context_seconds = patient_context_days * DAY_SECONDS
         self.metrics = metrics
         self.interval = interval
         self.first_delay = first_delay  # let intake and delivery settle in after a start
@@ -56,6 +60,10 @@ class RetentionPurger:
         at = time.time() if now is None else now
         try:
             counts = await self.store.purge_payloads(before=at - self.retention_seconds, now=at)
+            if self.patient_context_seconds:
+                patients = await self.store.purge_patient_contexts(
+                    before=at - self.patient_context_seconds)
+                counts = dataclasses.replace(counts, patients=patients)
         except (StoreError, OSError) as exc:  # OSError: a payload segment not deleted
             log.warning("store_purge_failed", error=str(exc))
             if self.metrics is not None:
@@ -67,5 +75,6 @@ class RetentionPurger:
         if counts.total:
             log.info("store_purged", inbound=counts.inbound, outbox=counts.outbox,
                      receipts=counts.receipts, segments=counts.segments,
+                     patients=counts.patients,
                      retention_days=self.retention_seconds / DAY_SECONDS)
         return counts

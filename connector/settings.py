@@ -264,6 +264,9 @@ class StoreSettings:
     # received (a mail: after its last activity), once nothing still needs them; the rows stay
     # for the audit (`store._shared.purge_statements`).
     payload_retention_days: float = 90.0
+    # A patient's ADT context (identity, INS, traits, médecin traitant, encounter) is deleted
+    # this long after the last ADT about them; 0 keeps it.
+    patient_context_retention_days: float = 400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -575,6 +578,8 @@ def _store(reader: _Reader, base: Path) -> StoreSettings:
             "retransmission_window_seconds", 86400.0, 0.0, 90 * 86400.0),
         encryption=_encryption(reader),
         payload_retention_days=reader.number("payload_retention_days", 90.0, 1.0, 36500.0),
+        patient_context_retention_days=reader.number("patient_context_retention_days", 400.0,
+                                                     0.0, 36500.0),
     )
     reader.close()
     return settings

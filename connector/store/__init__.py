@@ -281,3 +281,8 @@ class RetentionStore(Protocol):
         stay for the audit and the listings, with `purged_at` set; their details then read
         b"". Runs in transactions of `batch` rows."""
         ...
+
+    async def purge_patient_contexts(self, *, before: float) -> int:
+        """Delete the patient contexts (identity, identifiers, history) no ADT updated since
+        `before`, in one transaction; how many patients."""
+        ...

@@ -393,6 +393,24 @@ def outbox_summary_from_row(row: Sequence[Any]) -> OutboxSummary:
         read_status=row[19], receipt_at=row[20])
 
 
+# -- patient contexts ---------------------------------------------------------------------------
+
+# The patients not updated by an ADT since `?` (twice the same cutoff), except a survivor of a
+# merge whose absorbed patient is more recent. `?` placeholders.
+_STALE_PATIENTS = ("SELECT p.id FROM patients p WHERE p.updated_at < ? AND NOT EXISTS"
+                   " (SELECT 1 FROM patients q WHERE q.merged_into = p.id AND q.updated_at >= ?)")
+# Run in order, in one transaction, each with (cutoff, cutoff); the last one's row count is the
+# number of patients deleted. References from what stays are cleared first (the foreign keys).
+# Only the constant subquery above is interpolated.
+PATIENT_PURGE_SQL = tuple(statement.format(stale=_STALE_PATIENTS) for statement in (
+    "UPDATE patient_history SET other_patient_id = NULL WHERE other_patient_id IN ({stale})",
+    "DELETE FROM patient_history WHERE patient_id IN ({stale})",
+    "DELETE FROM patient_identifiers WHERE patient_id IN ({stale})",
+    "UPDATE patients SET merged_into = NULL WHERE merged_into IN ({stale})",
+    "DELETE FROM patients WHERE id IN ({stale})",
+))
+
+
 # -- audit --------------------------------------------------------------------------------------
 
 # An audit row about an outbox row (five `?`: at, actor, action, result, detail; then the row

@@ -21,6 +21,7 @@ from connector.store._shared import (
     MARK_FAILED_SQL,
     MARK_SENT_SQL,
     OUTBOX_STATS_SQL,
+    PATIENT_PURGE_SQL,
     RENEW_SQL,
     RETRY_NOW_SQL,
     RETRY_SQL,
@@ -101,6 +102,17 @@ class StoreAdapter(ABC):
     @abstractmethod
     async def _purge_batch(self, sql: str, params: tuple[Any, ...]) -> int:
         """Run one statement of `purge_statements` in a transaction of its own: rows changed."""
+
+    @abstractmethod
+    async def _purge_statements(self, statements: Sequence[str], params: tuple[Any, ...]
+                                ) -> int:
+        """Run `statements` (`?` placeholders) in one transaction, each with `params`: the
+        last one's row count."""
+
+    async def purge_patient_contexts(self, *, before: float) -> int:
+        """Delete the patient contexts (identity, identifiers, history) no ADT updated since
+        `before`; how many patients."""
+        return await self._purge_statements(PATIENT_PURGE_SQL, (before, before))
 
     async def _purge_payload_files(self) -> int:
         """After the rows: delete the files no row points at any more (the SQLite payload

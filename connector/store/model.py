@@ -362,10 +362,11 @@ class PurgeCounts:
     outbox: int = 0
     receipts: int = 0
     segments: int = 0
+    patients: int = 0  # patient contexts deleted (`purge_patient_contexts`)
 
     @property
     def total(self) -> int:
-        return self.inbound + self.outbox + self.receipts + self.segments
+        return self.inbound + self.outbox + self.receipts + self.segments + self.patients
 
 
 # -- audit ----------------------------------------------------------------------------------------

@@ -820,6 +820,15 @@ class PostgresStore(StoreAdapter):
         statement = _pg(sql)
         return await self._transact(lambda conn: conn.execute(statement, params).rowcount)
 
+    async def _purge_statements(self, statements: Sequence[str], params: tuple[Any, ...]
+                                ) -> int:
+        converted = [_pg(sql) for sql in statements]
+
+        def run(conn: Connection) -> int:
+            return [conn.execute(sql, params).rowcount for sql in converted][-1]
+
+        return await self._transact(run)
+
     # -- patient context (ADT) ------------------------------------------------------------------
 
     def _read_patients(self, conn: Connection, messages: list[InboundMessage]

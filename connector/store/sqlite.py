@@ -292,6 +292,13 @@ class SQLiteStore(StoreAdapter):
     async def _purge_batch(self, sql: str, params: tuple[Any, ...]) -> int:
         return await self._submit(lambda conn: conn.execute(sql, params).rowcount)
 
+    async def _purge_statements(self, statements: Sequence[str], params: tuple[Any, ...]
+                                ) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            return [conn.execute(sql, params).rowcount for sql in statements][-1]
+
+        return await self._submit(run)
+
     async def _purge_payload_files(self) -> int:
         """Delete the payload-log segments no row points at. Appends only ever go to the
         current segment, so a segment under the one current now can gain no reference once

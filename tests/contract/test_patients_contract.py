@@ -263,3 +263,39 @@ async def test_messages_reaching_one_patient_by_two_ipps_lose_nothing(
     assert context.encounter is not None
     assert len(context.encounter.movements) == 11
     assert context.identity.ipp == Ipp(IPP, AUTHORITY)  # the late IPP does not take it back
+
+
+async def test_contexts_no_adt_updated_since_the_cutoff_are_deleted_whole(
+        make_store: StoreFactory) -> None:
+    """The retention of the patient context: a merged pair and a lone patient, all stale,
+    leave nothing behind (history, identifiers, the merge's references: the foreign keys hold on
+    PostgreSQL); a cutoff before their last ADT deletes nothing."""
+    store = make_store()
+    await record(store, fixture(ADMISSION))
+    await record(store, adt("A28", "B1", patient=pid(ipp="000099", ins=False), pv1=PV1_NONE))
+    await record(store, adt("A40", "M1", pv1=PV1_NONE, mrg="000099"))
+    await record(store, adt("A28", "C1", patient=pid(ipp="000123", ins=False), pv1=PV1_NONE))
+    assert await store.purge_patient_contexts(before=time.time() - 3600) == 0
+    assert make_store.query("SELECT count(*) FROM patients") == [(3,)]
+    assert await store.purge_patient_contexts(before=time.time() + 1) == 3
+    for table in ("patients", "patient_identifiers", "patient_history"):
+        assert make_store.query(f"SELECT count(*) FROM {table}") == [(0,)]  # noqa: S608
+    assert await store.get_patient(TENANT, ipp=IPP) is None
+    await record(store, adt("A08", "U2", pv1=PV1_NONE))  # a later ADT starts a context again
+    assert (await found(store, ipp=IPP)).tenant_id == TENANT
+
+
+async def test_a_survivor_whose_absorbed_patient_is_recent_stays(
+        make_store: StoreFactory) -> None:
+    store = make_store()
+    await record(store, fixture(ADMISSION))
+    await record(store, adt("A28", "B1", patient=pid(ipp="000099", ins=False), pv1=PV1_NONE))
+    survivor = await found(store, ipp=IPP)
+    cutoff = time.time() + 0.5
+    make_store.execute("UPDATE patients SET updated_at = ? WHERE id = ?",
+                       (cutoff - 10, survivor.id))
+    absorbed = await found(store, ipp="000099")
+    make_store.execute("UPDATE patients SET merged_into = ?, updated_at = ? WHERE id = ?",
+                       (survivor.id, cutoff + 10, absorbed.id))
+    assert await store.purge_patient_contexts(before=cutoff) == 0
+    assert make_store.query("SELECT count(*) FROM patients") == [(2,)]

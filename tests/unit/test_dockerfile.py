@@ -61,6 +61,7 @@ backend = "sqlite"
 path = "/var/lib/mssante-connector/connector.db"
 retransmission_window_seconds = 86400
 payload_retention_days = 90
+patient_context_retention_days = 400
 
 [[tenants]]
 id = "default"

@@ -256,6 +256,8 @@ def test_the_default_rendering_matches_values_yaml() -> None:
     assert config["store"]["retransmission_window_seconds"] == values["store"][
         "retransmissionWindowSeconds"]
     assert config["store"]["payload_retention_days"] == values["store"]["payloadRetentionDays"]
+    assert config["store"]["patient_context_retention_days"] == values["store"][
+        "patientContextRetentionDays"]
     (tenant,) = config["tenants"]
     (wanted,) = values["tenants"]
     for section in ("delivery", "cisis", "mailbox"):

@@ -73,3 +73,24 @@ async def test_a_segment_that_cannot_be_deleted_fails_the_round_not_the_task(
         assert counts.segments == 1
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("days", [0.0, 400.0])
+async def test_patient_contexts_past_their_retention_are_deleted_and_counted(
+        tmp_path: Path, days: float) -> None:
+    from tests.contract.test_patients_contract import inbound as adt_inbound
+    from tests.support.pam import ADMISSION, fixture
+
+    store = SQLiteStore(tmp_path / "store.db")
+    store.open()
+    metrics = ConnectorMetrics()
+    purger = RetentionPurger(store, 30, metrics, patient_context_days=days)
+    try:
+        await store.record_inbound(adt_inbound(fixture(ADMISSION)))
+        counts = await purger.run_once(now=time.time() + 401 * 86400)
+        assert counts is not None
+        assert counts.patients == (1 if days else 0)  # 0 days: the contexts are kept
+        assert value(metrics, "mssconnector_store_purged_total", part="patients") == counts.patients
+        assert (await store.get_patient("t1", ipp="000003") is None) is bool(days)
+    finally:
+        await store.close()

@@ -30,6 +30,7 @@ dsn_file = {{ printf "%s/dsn" $secretsDir | toJson }}
 {{- end }}
 {{- include "mssante-connector.toml.int" (list "retransmission_window_seconds" .Values.store "retransmissionWindowSeconds") }}
 {{- include "mssante-connector.toml.int" (list "payload_retention_days" .Values.store "payloadRetentionDays") }}
+{{- include "mssante-connector.toml.int" (list "patient_context_retention_days" .Values.store "patientContextRetentionDays") }}
 {{- if .Values.store.encryption.enabled }}
 [store.encryption]
 current_key_id = {{ .Values.store.encryption.currentKeyId | toString | toJson }}
