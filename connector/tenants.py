@@ -178,6 +178,19 @@ def build_intake_parts(index: int, tenant: TenantSettings, settings: Settings,
         build_legacy(tenant, prefix, settings.source, directory))
 
 
+def _frame_counter(metrics: ConnectorMetrics | None, tenant_id: str
+                   ) -> Callable[[str], None] | None:
+    """`mssconnector_mllp_frames_refused_total{tenant, reason}`, for the tenant's listeners."""
+    if metrics is None:
+        return None
+    counter = metrics.frames_refused
+
+    def count(reason: str) -> None:
+        counter.labels(tenant_id, reason).inc()
+
+    return count
+
+
 def build_tenant(index: int, tenant: TenantSettings, shared: SharedParts) -> TenantRuntime:
     """Everything `tenant` runs; `ConfigError` naming `tenants[index]...` when it cannot."""
     settings, store, metrics = shared.settings, shared.store, shared.metrics
@@ -214,7 +227,8 @@ def build_tenant(index: int, tenant: TenantSettings, shared: SharedParts) -> Ten
             listener.tls, f"{prefix}.listeners[{tenant.listeners.index(listener)}].tls")
             if listener.tls else None)
         handlers.append(handler)
-        servers.append(MLLPServer(listener, handler, ssl_context=ssl_context))
+        servers.append(MLLPServer(listener, handler, ssl_context=ssl_context,
+                                  on_frame_refused=_frame_counter(metrics, tenant.id)))
     return TenantRuntime(tenant, handlers, servers, delivery, receipts.returns,
                          receipts.poller, certificates,
                          tuple(FileStamp.of(path) for path in crl_files(tenant)))

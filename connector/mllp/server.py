@@ -13,6 +13,7 @@ import asyncio
 import ipaddress
 import ssl
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -76,9 +77,12 @@ class MLLPServer:
     """One listener. `start()` binds; `stop()` drains and closes."""
 
     def __init__(self, settings: ListenerSettings, handler: MessageHandler, *,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None,
+                 on_frame_refused: Callable[[str], None] | None = None) -> None:
+        """`on_frame_refused(reason)`: a frame not answered, `too_large` or `truncated`."""
         self.settings = settings
         self.handler = handler
+        self._on_frame_refused = on_frame_refused
         self._ssl = ssl_context
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
@@ -126,6 +130,14 @@ class MLLPServer:
         for conn in connections:
             conn.close()
         log.info("listener_stopped", listener=self.settings.name)
+
+    def frame_refused(self, reason: str) -> None:
+        if reason == "too_large":
+            self.stats.oversized_frames += 1
+        else:
+            self.stats.truncated_frames += 1
+        if self._on_frame_refused is not None:
+            self._on_frame_refused(reason)
 
     def _admit(self, conn: _Connection) -> str | None:
         """Why a new connection is refused, or None."""
@@ -195,7 +207,7 @@ class _Connection(asyncio.Protocol):
         try:
             frames = self.framer.feed(data)
         except FramingError as exc:
-            self.server.stats.oversized_frames += 1
+            self.server.frame_refused("too_large")
             log.warning("frame_too_large", listener=self.settings.name, peer=self.peer,
                         limit=self.settings.max_frame_bytes, error=str(exc))
             self.abort()
@@ -216,7 +228,7 @@ class _Connection(asyncio.Protocol):
     def eof_received(self) -> bool:
         self.eof = True
         if self.framer.pending_bytes:
-            self.server.stats.truncated_frames += 1
+            self.server.frame_refused("truncated")
             log.warning("frame_truncated", listener=self.settings.name, peer=self.peer,
                         pending_bytes=self.framer.pending_bytes)
         # Nothing left to answer: let asyncio close. Otherwise keep the write side open to
@@ -232,7 +244,7 @@ class _Connection(asyncio.Protocol):
             self._idle_timer.cancel()
         self.server._connections.discard(self)
         if self.framer.pending_bytes and not self.eof:
-            self.server.stats.truncated_frames += 1
+            self.server.frame_refused("truncated")
             log.warning("frame_truncated", listener=self.settings.name, peer=self.peer,
                         pending_bytes=self.framer.pending_bytes)
         log.debug("connection_closed", listener=self.settings.name, peer=self.peer)

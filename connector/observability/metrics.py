@@ -43,6 +43,11 @@ class ConnectorMetrics:
             "mssconnector_cisis_dmp_not_fed",
             "Accepted requests with DESTDMP=Y (this connector does not feed the DMP)",
             ["tenant"], registry=self.registry)
+        self.frames_refused = Counter(
+            "mssconnector_mllp_frames_refused",
+            "MLLP frames not answered: over the listener's max_frame_bytes (the connection is "
+            "closed) or cut short by the peer's disconnect",
+            ["tenant", "reason"], registry=self.registry)
         self.documents_without_pdf = Counter(
             "mssconnector_cisis_documents_without_pdf",
             "CDAs of accepted requests sent without their PDF: none embedded and none could be "

@@ -62,6 +62,9 @@ async def test_frame_over_limit_closes_connection(app_factory: Callable[..., obj
     await writer.drain()
     assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, no answer
     assert running.app.servers[0].stats.oversized_frames == 1
+    refused = [(s.labels["reason"], s.value) for m in running.app.metrics.registry.collect()
+               for s in m.samples if s.name == "mssconnector_mllp_frames_refused_total"]
+    assert refused == [("too_large", 1.0)]  # alert MSSConnectorFramesTooLarge
     other_writer.write(b"\x0b" + adt("OTHER") + b"\x1c\r")
     await other_writer.drain()
     assert ack_fields(await read_frame(other_reader))["code"] == "AA"

@@ -39,6 +39,7 @@ CHECK_JSONSCHEMA = ROOT / ".venv" / "bin" / "check-jsonschema"
 #: The connector's metric names the dashboard may use, with their labels.
 METRICS: dict[str, set[str]] = {
     "mssconnector_mllp_messages_total": {"tenant", "type", "ack"},
+    "mssconnector_mllp_frames_refused_total": {"tenant", "reason"},
     "mssconnector_mllp_ack_seconds_bucket": {"tenant", "le"},
     "mssconnector_cisis_documents_without_pdf_total": {"tenant"},
     "mssconnector_outbox_items": {"tenant", "state", "kind"},
@@ -582,6 +583,10 @@ ALERT_CASES = [
      {'mssconnector_mllp_messages_total{tenant="chu-a",type="other",ack="AR"}': "0+5x40",
       'mssconnector_mllp_messages_total{tenant="chu-b",type="other",ack="AA"}': "0+5x40"},
      8, 20, {"severity": "warning", "tenant": "chu-a"}),
+    ("MSSConnectorFramesTooLarge",
+     {'mssconnector_mllp_frames_refused_total{tenant="chu-a",reason="too_large"}': "0x10 1x30",
+      'mssconnector_mllp_frames_refused_total{tenant="chu-b",reason="truncated"}': "0x10 1x30"},
+     5, 15, {"severity": "warning", "tenant": "chu-a"}),
     ("MSSConnectorDeliveryPaused",
      {'mssconnector_delivery_paused{tenant="chu-a"}': "0 0 1x40",
       'mssconnector_delivery_paused{tenant="chu-b"}': "0x40"},
