@@ -258,6 +258,9 @@ def classify(stage: Stage, failure: Failure) -> Classification:
     if failure.kind is FailureKind.REPLY:
         if _refuses_our_certificate(stage, failure):
             return Classification(Outcome.CONFIG_ERROR, SmtpErrorCode.CANNOT_CONNECT)
+        if _refuses_the_sender_at_rcpt(stage, failure):
+            code = smtp_error_code(failure.code or 550, enhanced_status(failure.text))
+            return Classification(Outcome.CONFIG_ERROR, code)
         return _classify_reply(stage, failure.code if failure.code is not None else -1,
                                enhanced_status(failure.text))
     if failure.kind is FailureKind.DISCONNECTED:
@@ -275,6 +278,23 @@ def _refuses_our_certificate(stage: Stage, failure: Failure) -> bool:
     """A reply to the first command over TLS that names the client certificate (Postfix:
     `421 4.7.1 ... No client certificate presented`): a configuration problem, even as 4xx."""
     return stage is Stage.TLS and "CERTIFICATE" in failure.text.upper()
+
+
+# At RCPT, refusals of the sender or of the relay rather than of the recipient: servers that
+# check the sender late (Postfix's default smtpd_delay_reject) answer them to RCPT TO.
+_SENDER_AT_RCPT: Final = ("SENDER ADDRESS REJECTED", "RELAY ACCESS DENIED")
+
+
+def _refuses_the_sender_at_rcpt(stage: Stage, failure: Failure) -> bool:
+    """A 5xx to RCPT that refuses the sender (X.1.7 / X.1.8, or the server's words for it):
+    every mail of the tenant would get it, so it is the configuration, as at MAIL."""
+    if stage is not Stage.RCPT or failure.code is None or not 500 <= failure.code < 600:
+        return False
+    status = enhanced_status(failure.text)
+    if status is not None and status.split(".")[1:] in (["1", "7"], ["1", "8"]):
+        return True
+    text = failure.text.upper()
+    return any(words in text for words in _SENDER_AT_RCPT)
 
 
 def _classify_reply(stage: Stage, code: int, status: str | None) -> Classification:

@@ -151,6 +151,15 @@ def test_codes_outside_the_table(code: int, status: str | None, expected: SmtpEr
     (Stage.RCPT, reply(550, "5.1.1 unknown"), Outcome.PERMANENT, 550),
     (Stage.RCPT, reply(553, "5.1.3 bad syntax"), Outcome.PERMANENT, 553),
     (Stage.RCPT, reply(551, "5.7.1 relay denied"), Outcome.PERMANENT, 551),
+    # RCPT refusing the sender or the relay (Postfix checks the sender there by default,
+    # smtpd_delay_reject): every mail would get it, the tenant pauses as at MAIL
+    (Stage.RCPT, reply(553, "5.7.1 <bal@chu.mssante.fr>: Sender address rejected: not owned "
+                            "by user"), Outcome.CONFIG_ERROR, 553),
+    (Stage.RCPT, reply(554, "5.7.1 <dr@medecin.mssante.fr>: Relay access denied"),
+     Outcome.CONFIG_ERROR, 554),
+    (Stage.RCPT, reply(550, "5.1.8 bad sender's system address"), Outcome.CONFIG_ERROR, 550),
+    (Stage.RCPT, reply(550, "5.7.1 recipient refuses mail from this domain"),
+     Outcome.PERMANENT, 550),  # about the recipient: this mail only
     (Stage.RCPT, reply(556, "5.1.10 null MX"), Outcome.PERMANENT, 554),
     (Stage.RCPT, Failure(FailureKind.DISCONNECTED), Outcome.TRANSIENT, 442),
     (Stage.DATA, reply(554, "5.6.0 rejected"), Outcome.PERMANENT, 554),
