@@ -34,8 +34,11 @@ class MLLPClient:
         """Send one message and return the payload of the next frame received."""
         if self._writer is None or self._reader is None:
             raise ProtocolError("not connected")
-        self._writer.write(frame(payload))
-        await self._writer.drain()
+        try:
+            self._writer.write(frame(payload))
+            await self._writer.drain()
+        except OSError as exc:  # reset, broken pipe: the peer went away
+            raise ProtocolError(f"connection lost while sending: {type(exc).__name__}") from exc
         return await self.receive()
 
     async def receive(self) -> bytes:
@@ -45,6 +48,9 @@ class MLLPClient:
                 data = await asyncio.wait_for(self._reader.read(65536), self.timeout)
             except TimeoutError as exc:
                 raise ProtocolError("no acknowledgement before the time-out") from exc
+            except OSError as exc:  # a reset (an engine restarting, a firewall): retried
+                raise ProtocolError(f"connection lost before an acknowledgement: "
+                                    f"{type(exc).__name__}") from exc
             if not data:
                 raise ProtocolError("connection closed before an acknowledgement")
             try:
