@@ -3,7 +3,8 @@
     GET  /api/requests?tenant=&status=&since=&until=&control_id=&limit=
     GET  /api/requests/{id}                 the timeline of one request
     POST /api/outbox/{id}/retry             due now (failed, dead or waiting)
-    POST /api/outbox/{id}/cancel            never send it (not once sent)
+    POST /api/outbox/{id}/cancel            never send it (not while being sent, not once sent:
+                                            409)
     GET  /api/audit?from=&to=&tenant=&format=json|csv
 
 Times are ISO 8601 (`2026-11-23T08:00:00+01:00`, a date alone is midnight UTC) or epoch seconds.

@@ -112,7 +112,8 @@ def _change(args: argparse.Namespace, verb: str) -> int:
         changed = await change(store, args.id, _operator())
         if not changed:
             print(f"outbox item {args.id}: not changed (unknown, its state does not allow "
-                  f"{verb.replace('_', ' ')}, or its payload was purged)", file=sys.stderr)
+                  f"{verb.replace('_', ' ')}: being sent, or sent; or its payload was purged)",
+                  file=sys.stderr)
             return 1
         print(f"outbox item {args.id}: {'due now' if verb == 'retry_now' else 'cancelled'}")
         return 0

@@ -200,8 +200,9 @@ class OutboxStore(Protocol):
         ...
 
     async def cancel(self, row_id: int, *, audit: AuditEntry | None = None) -> bool:
-        """Operator: READY, LEASED, FAILED or DEAD → CANCELLED; False otherwise (never once
-        SENT). A cancelled lease's worker gets LeaseLost on its next transition."""
+        """Operator: READY, FAILED or DEAD → CANCELLED; False otherwise: never once SENT, and
+        not while LEASED (a worker may be sending it: whether it went is not known until the
+        attempt ends, as SENT or back to READY)."""
         ...
 
     async def list_audit(self, *, tenant_id: str | None = None, outbox_id: int | None = None,

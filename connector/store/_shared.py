@@ -248,7 +248,7 @@ RETRY_NOW_SQL = ("UPDATE outbox SET state = 'ready', available_at = ?, lease_tok
                  " WHERE id = ? AND state IN ('failed', 'dead', 'ready') AND purged_at IS NULL")
 CANCEL_SQL = ("UPDATE outbox SET state = 'cancelled', lease_token = NULL,"
               " lease_expires_at = NULL, updated_at = ?"
-              " WHERE id = ? AND state IN ('ready', 'leased', 'failed', 'dead')")
+              " WHERE id = ? AND state IN ('ready', 'failed', 'dead')")
 SETTLE_SQL = ("UPDATE outbox SET state = ?, error_code = ?, error_class = ?, error_key = ?,"
               " error_detail = ?, updated_at = ? WHERE id = ? AND state = 'sent'")
 

@@ -218,11 +218,13 @@ async def test_cancel(make_store: StoreFactory) -> None:
     await store.mark_sent(sent, leases[sent].token)
     await store.schedule_retry(ready, leases[ready].token, time.time())
     assert await store.cancel(ready)
-    assert await store.cancel(leased)
+    assert not await store.cancel(leased)  # being sent: whether it went is not known yet
     assert not await store.cancel(sent)  # never once sent
     assert not await store.cancel(ready)  # already cancelled
     assert await state_of(store, sent) is OutboxState.SENT
-    with pytest.raises(LeaseLost):  # the worker holding it is fenced off
+    await store.schedule_retry(leased, leases[leased].token, time.time() + 3600)
+    assert await store.cancel(leased)  # the attempt over, and not sent: cancelled
+    with pytest.raises(LeaseLost):  # the worker that held it can no longer move it
         await store.mark_sent(leased, leases[leased].token)
     assert await state_of(store, leased) is OutboxState.CANCELLED
     assert await lease(store, now=time.time() + 3600) == []
