@@ -20,8 +20,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final
 
+import structlog
+
 from connector.admin import queries
+from connector.errors import StoreError
 from connector.store import InboundStatus
+
+log = structlog.get_logger(__name__)
 
 if TYPE_CHECKING:
     from connector.admin.queries import Store
@@ -86,6 +91,9 @@ class AdminApi:
             return await self._route(method, path, query, peer)
         except BadRequest as exc:
             return _error("400 Bad Request", str(exc))
+        except StoreError as exc:  # unreachable, or a payload it cannot open: say so, not b""
+            log.warning("admin_api_store_error", path=path, error=type(exc).__name__)
+            return _error("503 Service Unavailable", f"the store cannot answer: {exc}")
 
     async def _route(self, method: str, path: str, query: dict[str, str],
                      peer: str) -> Response:

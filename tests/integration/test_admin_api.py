@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from connector.cda.policy import SchematronPolicy
 from connector.cli.send_cmd import split_messages
 from connector.settings import AdminSettings, CisisSettings, SendingMatrixProfile
@@ -152,3 +154,24 @@ async def test_audit_export_cli_writes_csv_and_json(app_factory: Callable[..., o
                                  "2101-01-01", "--config", str(config))
     assert out.splitlines() == ["id,at,tenant_id,actor,action,outbox_id,inbound_id,result,"
                                 "detail"]
+
+
+async def test_a_store_that_cannot_answer_is_a_503_not_an_empty_reply(
+        app_factory: Callable[..., object], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from connector.admin import queries
+    from connector.errors import StoreUnavailable
+
+    running = await start(app_factory, tmp_path)
+    assert running.app.admin is not None
+
+    async def unavailable(*args: object, **kwargs: object) -> object:
+        raise StoreUnavailable("SQLite write failed: disk I/O error")
+
+    monkeypatch.setattr(queries, "search_requests", unavailable)
+    monkeypatch.setattr(queries, "retry", unavailable)
+    for method, path in (("GET", "/api/requests"), ("POST", "/api/outbox/1/retry")):
+        status, body = await http(*running.app.admin.address, method, path)
+        assert status == 503
+        assert json.loads(body)["error"] == (
+            "the store cannot answer: SQLite write failed: disk I/O error")
