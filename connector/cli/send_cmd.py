@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from connector.errors import ConnectorError, HL7ParseError
+from connector.errors import ConfigError, ConnectorError, HL7ParseError
 from connector.hl7.header import read_header
 from connector.hl7.message import parse_message
 from connector.mllp.client import MLLPClient
@@ -50,13 +50,16 @@ def register(sub: Any) -> None:
     parser.set_defaults(handler=run)
 
 
-def _ack_summary(ack: bytes) -> tuple[str, str]:
-    """(MSA-1, short ERR text) of an ACK."""
+def _ack_summary(ack: bytes, control_id: str) -> tuple[str, str]:
+    """(MSA-1, short ERR text) of an ACK; "??" when it is unreadable or acknowledges another
+    message than `control_id` (MSA-2), which the caller then counts as a failure."""
     try:
         message = parse_message(ack.decode("utf-8", errors="replace"))
     except HL7ParseError:
         return "??", "unreadable acknowledgement"
     msa = message.first("MSA")
+    if msa is not None and control_id != "?" and msa.value(2) != control_id:
+        return "??", f"acknowledges another message (MSA-2 {msa.value(2)!r})"
     err = message.first("ERR")
     detail = ""
     if err is not None:
@@ -83,6 +86,12 @@ class _Progress:
 
 
 async def _send_all(args: argparse.Namespace, batches: list[tuple[Path, list[bytes]]]) -> int:
+    if (args.tls_cert or args.tls_key) and not args.tls_ca:
+        raise ConfigError("--tls-ca", "is required with --tls-cert/--tls-key: without it the "
+                                      "message would go in clear")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ConfigError("--tls-key" if args.tls_cert else "--tls-cert",
+                          "--tls-cert and --tls-key go together")
     context = None
     if args.tls_ca:
         context = ssl.create_default_context(cafile=str(args.tls_ca))
@@ -101,7 +110,7 @@ async def _send_all(args: argparse.Namespace, batches: list[tuple[Path, list[byt
                     control_id = read_header(payload.decode("latin-1")).control_id
                 except HL7ParseError:
                     control_id = "?"
-                code, detail = _ack_summary(await client.send(payload))
+                code, detail = _ack_summary(await client.send(payload), control_id)
                 if code not in ("AA", "CA"):
                     failures += 1
                 line = f"{path}#{index} MSH-10={control_id} {code}"
@@ -122,6 +131,9 @@ def run(args: argparse.Namespace) -> int:
             return 2
     try:
         return asyncio.run(_send_all(args, batches))
+    except ConfigError as exc:  # options that do not go together: nothing was sent
+        print(f"send: {exc}", file=sys.stderr)
+        return 2
     except (ConnectorError, OSError, ssl.SSLError) as exc:
         print(f"send failed: {exc}", file=sys.stderr)
         return 1

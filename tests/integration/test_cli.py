@@ -53,6 +53,44 @@ async def test_send_to_nothing_fails_cleanly(tmp_path: Path) -> None:
     assert "send failed" in err
 
 
+async def test_send_refuses_client_tls_options_that_would_go_in_clear(tmp_path: Path) -> None:
+    message = tmp_path / "m.hl7"
+    message.write_bytes(adt("X"))
+    code, out, err = await run_cli("send", str(message), "--port", "1", "--tls-cert", "c.pem",
+                                   "--tls-key", "k.pem")
+    assert code == 2
+    assert out == ""
+    assert "--tls-ca: is required with --tls-cert/--tls-key" in err
+
+
+async def test_send_flags_an_ack_for_another_message(tmp_path: Path) -> None:
+    """A server that answers an extra ACK shifts every later answer: each is checked against
+    the MSH-10 it should acknowledge (MSA-2), and a mismatch is a failure."""
+    import asyncio as aio
+
+    async def extra_answer(reader: aio.StreamReader, writer: aio.StreamWriter) -> None:
+        await reader.readuntil(b"\x1c\r")
+        for code in ("CA", "AA"):  # two answers to the first message
+            writer.write(b"\x0bMSH|^~\\&|PFI|CHU|DPI|CHU|20261124||ACK^A01^ACK|A1|P|2.5\rMSA|"
+                         + code.encode() + b"|M1\r\x1c\r")
+        await writer.drain()
+        await reader.readuntil(b"\x1c\r")
+        await reader.read()
+
+    server = await aio.start_server(extra_answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    batch = tmp_path / "two.hl7"
+    batch.write_bytes(adt("M1") + adt("M2"))
+    try:
+        code, out, _ = await run_cli("send", str(batch), "--port", str(port))
+    finally:
+        server.close()
+    lines = out.splitlines()
+    assert lines[0].endswith("MSH-10=M1 CA")
+    assert "MSH-10=M2 ?? acknowledges another message (MSA-2 'M1')" in lines[1]
+    assert code == 1
+
+
 def test_check_config_names_the_key(tmp_path: Path, capsys: object) -> None:
     config = tmp_path / "bad.toml"
     config.write_text('[[tenants]]\nid = "a"\noid = "1.2.3"\n[[tenants.listeners]]\nport = 99999\n')
