@@ -201,3 +201,26 @@ async def test_mailbox_operations_are_audited_with_or_without_a_row(
     assert filed.detail == "imap://op:993/INBOX UID MOVE 8 to unmatched"
     assert [r.action for r in await store.list_audit(outbox_id=row_id)
             if r.action is AuditAction.FETCHED] == [AuditAction.FETCHED]
+
+
+async def test_a_retried_mail_starts_its_delivery_status_over(make_store: StoreFactory) -> None:
+    """Failed by a DSN, retried by an operator, sent again: the report about the new submission
+    must settle it and make its ZAM, so the old 'failed' is not kept over it."""
+    store = make_store()
+    _, row_id = await sent_row(store)
+    await store.record_returned_mail(ReturnedMail(
+        tenant_id="t1", key="<dsn-f@mx>", received_at=time.time(), raw=DSN,
+        status=ReceiptStatus.MATCHED, kind="dsn", outcome="negative", outbox_id=row_id,
+        updates=(ReceiptUpdate(row_id, delivery_status="failed", settle=False),)))
+    detail = await store.get_outbox(row_id)
+    assert detail is not None
+    assert (detail.summary.state, detail.summary.delivery_status) == (OutboxState.FAILED, "failed")
+    assert await store.retry_now(row_id)
+    detail = await store.get_outbox(row_id)
+    assert detail is not None
+    assert detail.summary.delivery_status is None
+    (leased,) = await store.lease(tenant_id="t1", kinds=SMTP, limit=1, lease_seconds=30)
+    await store.mark_sent(leased.id, leased.token, "250", delivery_status="awaiting-report")
+    detail = await store.get_outbox(row_id)
+    assert detail is not None
+    assert detail.summary.delivery_status == "awaiting-report"  # the sweep and the DSN see it
