@@ -201,6 +201,7 @@ class TenantDelivery:
         lost: set[int] = set()
         settling: set[int] = set()  # transitions under way: a renewal racing them is no loss
         remaining = {lease.id: lease for lease in leases}
+        in_flight: int | None = None  # the row being sent: its outcome unknown if cut off
         renewer = asyncio.create_task(self._renew(remaining, lost, settling))
         session = self.transport.session()
         try:
@@ -217,8 +218,18 @@ class TenantDelivery:
                         await self._settle(lease, _unreadable_result(lease))
                     else:
                         await self._rate.acquire()
+                        in_flight = lease.id
                         await self._deliver_one(session, lease, settling)
+                        in_flight = None
                 remaining.pop(lease.id, None)
+        except asyncio.CancelledError:
+            # Stopped past the grace period: the rows not tried yet are released now rather
+            # than when their leases expire; the one in flight stays leased (the server may
+            # have taken it: whoever leases it next sends it again, as after a crash).
+            untried = [lease for lease in remaining.values() if lease.id != in_flight]
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._release(untried, lost))
+            raise
         finally:
             await cancel_and_wait(renewer)
             with contextlib.suppress(Exception):

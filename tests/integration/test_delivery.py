@@ -437,3 +437,18 @@ async def test_an_accepted_request_lands_in_the_dry_run_maildir(
     assert [(a.action, a.outbox_id) for a in audit] == [(AuditAction.SUBMITTED, row.id)]
     assert audit[0].actor.endswith("maildir")
     assert isinstance(running.app.delivery.tenants["chu-test"].transport, MaildirTransport)
+
+
+async def test_a_stop_past_its_grace_releases_the_untried_rows_not_the_one_in_flight(
+        store: SQLiteStore, smtp_server: ServerFactory, workers: Workers) -> None:
+    """The mail in DATA may have been taken: it stays leased (sent again after its lease, as
+    after a crash, which the README says); the rest of the batch is ready again at once."""
+    server = await smtp_server(stall_at_data=True)
+    ids = await store.enqueue([item(n) for n in range(3)])
+    worker = workers(server.port, data_timeout=30.0)
+    await eventually(lambda: _received_data(server))
+    await worker.stop(grace_seconds=0.2)
+    states_by_id = {row.id: row.state for row in await store.list_outbox()}
+    assert sorted(states_by_id.values()) == sorted(
+        [OutboxState.LEASED, OutboxState.READY, OutboxState.READY])
+    assert states_by_id[ids[0]] is OutboxState.LEASED  # the first of the batch was in DATA
