@@ -94,29 +94,36 @@ class _HisSession:
         except ProtocolError as exc:
             await self.close()
             return _result(Outcome.TRANSIENT, lease, f"HIS {where}: {exc}")
-        result = self._judge(lease, answer, where)
+        result, in_step = self._judge(lease, answer, where)
+        if not in_step:  # an extra or late frame: every later answer here would be one behind
+            await self.close()  # the next ZAM on a new connection
         if metrics is not None:
             code = result.server_message if result.server_message in _ACK_CODES else "other"
             metrics.zam_acknowledged.labels(lease.tenant_id, code).inc()
         return result
 
-    def _judge(self, lease: OutboxLease, answer: bytes, where: str) -> SendResult:
+    def _judge(self, lease: OutboxLease, answer: bytes, where: str) -> tuple[SendResult, bool]:
+        """The outcome of the answer, and whether it acknowledges this ZAM (else the connection
+        is out of step)."""
         try:
             msa = parse_message(answer.decode("utf-8", errors="replace")).first("MSA")
         except ConnectorError:
             msa = None
         if msa is None:
-            return _result(Outcome.TRANSIENT, lease, f"HIS {where} answered without an MSA")
+            return _result(Outcome.TRANSIENT, lease, f"HIS {where} answered without an MSA"), True
         code, acknowledged = msa.value(1), msa.value(2)
         if acknowledged != lease.message_id:
             return _result(Outcome.TRANSIENT, lease,
                            f"HIS {where} acknowledged another message ({acknowledged!r})",
-                           code=code)
+                           code=code), False
         if code in ("AA", "CA"):
-            return _result(Outcome.SENT, lease, f"acknowledged {code} by the HIS", code=code)
+            return _result(Outcome.SENT, lease, f"acknowledged {code} by the HIS",
+                           code=code), True
         if code in ("AE", "CE"):
-            return _result(Outcome.PERMANENT, lease, f"refused {code} by the HIS", code=code)
-        return _result(Outcome.TRANSIENT, lease, f"HIS answered {code or 'no code'}", code=code)
+            return _result(Outcome.PERMANENT, lease, f"refused {code} by the HIS",
+                           code=code), True
+        return _result(Outcome.TRANSIENT, lease, f"HIS answered {code or 'no code'}",
+                       code=code), True
 
     async def close(self) -> None:
         client, self._client = self._client, None

@@ -1,5 +1,6 @@
 """The MLLP client (`send`, the return path to the HIS): a peer that resets the connection is a
-`ProtocolError` (retried with the backoff), never an `OSError` escaping to the caller."""
+`ProtocolError` (retried with the backoff), never an `OSError` escaping to the caller; and the
+HIS session does not stay on a connection whose answers are out of step."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ import struct
 
 import pytest
 
+from connector.delivery.smtp import Outcome
 from connector.errors import ProtocolError
 from connector.mllp.client import MLLPClient
+from connector.receipts.his import HisEndpoint, HisTransport
+from connector.store import OutboxKind, OutboxLease
 
 
 async def test_a_reset_after_the_message_is_a_protocol_error() -> None:
@@ -30,5 +34,47 @@ async def test_a_reset_after_the_message_is_a_protocol_error() -> None:
             await client.send(b"MSH|^~\\&|PFI|CHU|DPI|CHU|20261124||ZAM^Z02^ZAM_Z01|Z1|P|2.6\r")
         await client.close()
     finally:
+        server.close()
+        await server.wait_closed()
+
+
+def zam_lease(n: int) -> OutboxLease:
+    message_id = f"Z{n}"
+    payload = (f"MSH|^~\\&|PFI|CHU|DPI|CHU|20261124||ZAM^Z02^ZAM_Z01|{message_id}|P|2.6\r"
+               ).encode()
+    return OutboxLease(n, "token", 0.0, 1, "chu", OutboxKind.HL7, 1, message_id, None, None,
+                       payload)
+
+
+async def test_the_his_answer_for_another_zam_puts_the_next_one_on_a_new_connection() -> None:
+    """An extra or late frame from the HIS would put every later answer one behind: after an
+    answer that acknowledges another message, the session reconnects."""
+    connections: list[int] = []
+
+    async def his(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(len(connections) + 1)
+        while True:
+            try:
+                frame = await reader.readuntil(b"\x1c\r")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+            control_id = frame.split(b"|")[9].decode()
+            acked = "Z0" if len(connections) == 1 else control_id  # the first: out of step
+            writer.write(f"\x0bMSH|^~\\&|DPI|CHU|PFI|CHU|20261124||ACK^Z02^ACK|A|P|2.6\r"
+                         f"MSA|AA|{acked}\r\x1c\r".encode())
+            await writer.drain()
+
+    server = await asyncio.start_server(his, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    session = HisTransport(HisEndpoint("127.0.0.1", port, 5.0)).session()
+    try:
+        first = await session.send(zam_lease(1))
+        assert first.outcome is Outcome.TRANSIENT
+        assert "acknowledged another message ('Z0')" in first.detail
+        second = await session.send(zam_lease(2))
+        assert second.outcome is Outcome.SENT
+        assert connections == [1, 2]
+    finally:
+        await session.close()
         server.close()
         await server.wait_closed()
