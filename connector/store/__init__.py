@@ -196,7 +196,9 @@ class OutboxStore(Protocol):
 
     async def retry_now(self, row_id: int, *, now: float | None = None,
                         audit: AuditEntry | None = None) -> bool:
-        """Operator: FAILED, DEAD or READY → READY, due now; False otherwise (attempts kept)."""
+        """Operator: FAILED, DEAD or READY → READY, due now; False otherwise. Attempts are
+        kept; the delivery status and the retry budget start over (the budget counts from
+        now: `OutboxLease.created_at`)."""
         ...
 
     async def cancel(self, row_id: int, *, audit: AuditEntry | None = None) -> bool:

@@ -246,7 +246,8 @@ RETRY_SQL = ("UPDATE outbox SET state = 'ready', available_at = ?, error_code = 
 # A retried mail is a new submission: its delivery status starts over, so that the report about
 # the new submission settles it (and makes its ZAM) as for a first one.
 RETRY_NOW_SQL = ("UPDATE outbox SET state = 'ready', available_at = ?, lease_token = NULL,"
-                 " lease_expires_at = NULL, delivery_status = NULL, updated_at = ?"
+                 " lease_expires_at = NULL, delivery_status = NULL, retried_at = ?,"
+                 " updated_at = ?"
                  " WHERE id = ? AND state IN ('failed', 'dead', 'ready') AND purged_at IS NULL")
 CANCEL_SQL = ("UPDATE outbox SET state = 'cancelled', lease_token = NULL,"
               " lease_expires_at = NULL, updated_at = ?"

@@ -171,7 +171,7 @@ class StoreAdapter(ABC):
     async def retry_now(self, row_id: int, *, now: float | None = None,
                         audit: AuditEntry | None = None) -> bool:
         at = time.time() if now is None else now
-        return await self._unfenced(RETRY_NOW_SQL, (at, at, row_id), row_id, audit)
+        return await self._unfenced(RETRY_NOW_SQL, (at, at, at, row_id), row_id, audit)
 
     async def cancel(self, row_id: int, *, audit: AuditEntry | None = None) -> bool:
         return await self._unfenced(CANCEL_SQL, (time.time(), row_id), row_id, audit)

@@ -417,4 +417,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         ALTER TABLE inbound ADD COLUMN receiving_facility TEXT
         """,
     ),
+    Migration(
+        10,
+        "an operator's retry restarts the mail's retry budget",
+        # NULL: never retried by an operator; the budget counts from created_at.
+        "ALTER TABLE outbox ADD COLUMN retried_at REAL",
+        "ALTER TABLE outbox ADD COLUMN retried_at DOUBLE PRECISION",
+    ),
 )

@@ -301,7 +301,8 @@ class OutboxLease:
     envid: str | None
     recipient_domain: str | None
     payload: bytes = field(repr=False)
-    created_at: float = 0.0  # when it was enqueued: the retry budget counts from here
+    # When it was enqueued, or retried by an operator since: the retry budget counts from here
+    created_at: float = 0.0
     # Why the payload could not be read back (PayloadUnreadable; `payload` is then empty): the
     # worker settles such a row dead, with its follow-up, instead of failing the whole batch.
     unreadable: str | None = None

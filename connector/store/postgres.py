@@ -671,7 +671,8 @@ class PostgresStore(StoreAdapter):
                " FROM picked WHERE o.id = picked.id"
                " RETURNING o.id, o.lease_token, o.lease_expires_at, o.attempts, o.tenant_id,"
                " o.kind, o.inbound_id, o.message_id, o.envid, o.recipient_domain,"
-               " o.available_at, o.payload_key, o.payload, o.created_at")
+               " o.available_at, o.payload_key, o.payload,"
+               " COALESCE(o.retried_at, o.created_at)")  # where the retry budget counts from
 
         def run(conn: Connection) -> list[tuple[Any, ...]]:
             with conn.cursor(binary=True) as cursor:  # bytea without hex decoding

@@ -573,7 +573,8 @@ class SQLiteStore(StoreAdapter):
                 " attempts = attempts + 1, updated_at = ? WHERE id = ?"
                 " RETURNING id, lease_token, lease_expires_at, attempts, tenant_id, kind,"
                 " inbound_id, message_id, envid, recipient_domain, payload_key, payload,"
-                " payload_segment, payload_offset, payload_length, created_at",
+                " payload_segment, payload_offset, payload_length,"
+                " COALESCE(retried_at, created_at)",  # where the retry budget counts from
                 (secrets.token_hex(16), expires, now, row_id)).fetchone()
             rows.append(row)
         return rows

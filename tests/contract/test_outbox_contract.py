@@ -234,8 +234,10 @@ async def test_cancel(make_store: StoreFactory) -> None:
 async def test_retry_now(make_store: StoreFactory) -> None:
     store = outbox(make_store)
     now = time.time()
-    dead, failed, waiting, leased = await store.enqueue([item(n) for n in range(4)], now=now)
+    queued = now - 3 * 86400  # queued three days ago: a 48 h budget is spent
+    dead, failed, waiting, leased = await store.enqueue([item(n) for n in range(4)], now=queued)
     leases = {x.id: x for x in await lease(store, now=now)}
+    assert all(x.created_at == queued for x in leases.values())
     await store.mark_dead(dead, leases[dead].token, "451")
     await store.mark_failed(failed, leases[failed].token, "550")
     await store.schedule_retry(waiting, leases[waiting].token, now + 3600)
@@ -246,6 +248,7 @@ async def test_retry_now(make_store: StoreFactory) -> None:
     again = await lease(store, now=now + 1)
     assert sorted(x.id for x in again) == sorted([dead, failed, waiting])
     assert all(x.attempt == 2 for x in again)  # attempts are kept
+    assert all(x.created_at == now for x in again)  # the budget counts from the retry
     await store.mark_sent(again[0].id, again[0].token)
     assert not await store.retry_now(again[0].id)  # never once sent
 
@@ -330,7 +333,7 @@ async def test_migrations_include_the_outbox_and_audit(make_store: StoreFactory)
     await store.close()
     outbox(make_store)
     versions = [r[0] for r in make_store.query("SELECT version FROM schema_migrations")]
-    assert versions == [1, 2, 3, 4, 5, 6, 7, 8, 9]
+    assert versions == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
     assert make_store.query("SELECT count(*) FROM audit") == [(0,)]
     assert make_store.query("SELECT count(*) FROM receipts") == [(0,)]
 
