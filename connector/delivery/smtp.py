@@ -258,11 +258,11 @@ def classify(stage: Stage, failure: Failure) -> Classification:
     if failure.kind is FailureKind.REPLY:
         if _refuses_our_certificate(stage, failure):
             return Classification(Outcome.CONFIG_ERROR, SmtpErrorCode.CANNOT_CONNECT)
-        if _refuses_the_sender_at_rcpt(stage, failure):
-            code = smtp_error_code(failure.code or 550, enhanced_status(failure.text))
-            return Classification(Outcome.CONFIG_ERROR, code)
-        return _classify_reply(stage, failure.code if failure.code is not None else -1,
-                               enhanced_status(failure.text))
+        status = enhanced_status(failure.text)
+        if _refuses_the_sender_at_rcpt(stage, failure, status):
+            return Classification(Outcome.CONFIG_ERROR,
+                                  smtp_error_code(failure.code or 550, status))
+        return _classify_reply(stage, failure.code if failure.code is not None else -1, status)
     if failure.kind is FailureKind.DISCONNECTED:
         if stage is Stage.TLS:  # closed during or right after the handshake: refused certificate
             return Classification(Outcome.CONFIG_ERROR, SmtpErrorCode.CANNOT_CONNECT)
@@ -285,12 +285,11 @@ def _refuses_our_certificate(stage: Stage, failure: Failure) -> bool:
 _SENDER_AT_RCPT: Final = ("SENDER ADDRESS REJECTED", "RELAY ACCESS DENIED")
 
 
-def _refuses_the_sender_at_rcpt(stage: Stage, failure: Failure) -> bool:
-    """A 5xx to RCPT that refuses the sender (X.1.7 / X.1.8, or the server's words for it):
-    every mail of the tenant would get it, so it is the configuration, as at MAIL."""
+def _refuses_the_sender_at_rcpt(stage: Stage, failure: Failure, status: str | None) -> bool:
+    """A 5xx to RCPT that refuses the sender (X.1.7 / X.1.8 in `status`, or the server's words
+    for it): every mail of the tenant would get it, so it is the configuration, as at MAIL."""
     if stage is not Stage.RCPT or failure.code is None or not 500 <= failure.code < 600:
         return False
-    status = enhanced_status(failure.text)
     if status is not None and status.split(".")[1:] in (["1", "7"], ["1", "8"]):
         return True
     text = failure.text.upper()
