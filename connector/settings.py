@@ -90,6 +90,11 @@ class ListenerSettings:
     tls: ListenerTLS | None = None
     enhanced_ack: EnhancedAck = EnhancedAck.COMMIT
 
+    @property
+    def application_ack(self) -> bool:
+        """AA/AE/AR whatever MSH-15/16 ask (`enhanced_ack = "application"`)."""
+        return self.enhanced_ack is EnhancedAck.APPLICATION
+
 
 class SmtpTlsMode(StrEnum):
     STARTTLS = "starttls"  # port 587, the MSSanté default
@@ -245,6 +250,14 @@ class TenantSettings:
     def returns_zams(self) -> bool:
         """Reads its receipts (DSN, MDN) and returns them to the HIS as ZAM^Z02/Z03."""
         return self.receipts is not None and self.his is not None
+
+    @property
+    def imap_crl_files(self) -> tuple[Path, ...]:
+        """The CRLs the receipts' IMAP connection checks the operator against: its own, else
+        the SMTP transport's."""
+        if self.receipts is not None and self.receipts.crl_files is not None:
+            return self.receipts.crl_files
+        return self.transport.smtp.crl_files if self.transport.smtp else ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -703,25 +716,16 @@ def _smtp(tr: _Reader) -> SmtpSettings:
     ca_bundle = tr.path("ca_bundle", must_exist=True)
     if ca_bundle is None:
         raise tr.fail("ca_bundle", "is required: the IGC-Santé roots that sign the operator")
-    certificate = tr.path("client_certificate", must_exist=True)
-    private_key = tr.path("client_private_key", must_exist=True, secret=True)
-    pkcs12 = tr.path("client_pkcs12", must_exist=True, secret=True)
-    if pkcs12 is not None and (certificate or private_key):
-        raise tr.fail("client_pkcs12", "give client_pkcs12 or client_certificate and "
-                                       "client_private_key, not both")
-    if (certificate is None) != (private_key is None):
-        raise tr.fail("client_private_key" if certificate else "client_certificate",
-                      "client_certificate and client_private_key go together")
+    client = _client_certificate_keys(tr, pkcs12=True)
+    certificate, pkcs12 = client["client_certificate"], client["client_pkcs12"]
     sasl = _choice(tr, "sasl", SmtpSasl, SmtpSasl.NONE)
     settings = SmtpSettings(
         host=tr.req_str("host"),
         ca_bundle=ca_bundle,
         port=tr.integer("port", 587, 1, 65535),
         tls=_choice(tr, "tls", SmtpTlsMode, SmtpTlsMode.STARTTLS),
-        client_certificate=certificate,
-        client_private_key=private_key,
+        **client,
         client_private_key_password=tr.secret("client_private_key_password"),
-        client_pkcs12=pkcs12,
         client_pkcs12_password=tr.secret("client_pkcs12_password"),
         sasl=sasl,
         username=tr.text("username"),
@@ -744,14 +748,21 @@ def _smtp(tr: _Reader) -> SmtpSettings:
     return settings
 
 
-def _client_tls_keys(r: _Reader) -> dict[str, Any]:
+def _client_certificate_keys(r: _Reader, *, pkcs12: bool = False) -> dict[str, Path | None]:
+    """The client certificate a table names: `client_certificate` with `client_private_key`,
+    or (where `pkcs12` is accepted) `client_pkcs12`, not both."""
     certificate = r.path("client_certificate", must_exist=True)
     private_key = r.path("client_private_key", must_exist=True, secret=True)
+    keys = {"client_certificate": certificate, "client_private_key": private_key}
+    if pkcs12:
+        bundle = keys["client_pkcs12"] = r.path("client_pkcs12", must_exist=True, secret=True)
+        if bundle is not None and (certificate or private_key):
+            raise r.fail("client_pkcs12", "give client_pkcs12 or client_certificate and "
+                                          "client_private_key, not both")
     if (certificate is None) != (private_key is None):
         raise r.fail("client_private_key" if certificate else "client_certificate",
                      "client_certificate and client_private_key go together")
-    return {"ca_bundle": r.path("ca_bundle", must_exist=True),
-            "client_certificate": certificate, "client_private_key": private_key}
+    return keys
 
 
 def _receipts(reader: _Reader) -> ReceiptsSettings | None:
@@ -760,17 +771,13 @@ def _receipts(reader: _Reader) -> ReceiptsSettings | None:
         return None
     r = reader.sub(table, "receipts")
     tls = _choice(r, "tls", SmtpTlsMode, SmtpTlsMode.IMPLICIT_TLS)
-    pkcs12 = r.path("client_pkcs12", must_exist=True, secret=True)
-    if pkcs12 is not None and ("client_certificate" in table or "client_private_key" in table):
-        raise r.fail("client_pkcs12", "give client_pkcs12 or client_certificate and "
-                                      "client_private_key, not both")
     settings = ReceiptsSettings(
         host=r.req_str("host"),
         port=r.integer("port", 993 if tls is SmtpTlsMode.IMPLICIT_TLS else 143, 1, 65535),
         tls=tls,
-        **_client_tls_keys(r),
+        **_client_certificate_keys(r, pkcs12=True),
+        ca_bundle=r.path("ca_bundle", must_exist=True),
         client_private_key_password=r.secret("client_private_key_password"),
-        client_pkcs12=pkcs12,
         client_pkcs12_password=r.secret("client_pkcs12_password"),
         username=r.text("username"),
         password=r.secret("password"),
@@ -798,7 +805,8 @@ def _his(reader: _Reader) -> HisSettings | None:
     if "port" not in table:
         raise r.fail("port", "is required")
     settings = HisSettings(host, port, r.number("timeout_seconds", 30.0, 0.1, 600.0),
-                           **_client_tls_keys(r))
+                           **_client_certificate_keys(r),
+                           ca_bundle=r.path("ca_bundle", must_exist=True))
     if settings.ca_bundle is None and settings.client_certificate is not None:
         raise r.fail("ca_bundle", "is required with client_certificate: TLS to the HIS needs "
                                   "the CA that signs it (without both, ZAMs go in clear)")

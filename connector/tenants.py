@@ -30,7 +30,7 @@ from connector.pipeline.intake import IntakeConfig, IntakeHandler
 from connector.pipeline.outgoing import MailPlanner
 from connector.receipts.factory import build_receipts
 from connector.receipts.poller import ReceiptPoller
-from connector.settings import EnhancedAck, Settings, TenantSettings
+from connector.settings import Settings, TenantSettings
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -150,10 +150,8 @@ class FileStamp:
 def crl_files(tenant: TenantSettings) -> tuple[Path, ...]:
     """Every CRL file the tenant's operator connections (SMTP, IMAP) are checked against."""
     smtp = tenant.transport.smtp
-    files = list(smtp.crl_files if smtp else ())
-    if tenant.receipts is not None and tenant.receipts.crl_files is not None:
-        files += tenant.receipts.crl_files
-    return tuple(dict.fromkeys(files))
+    imap = tenant.imap_crl_files if tenant.receipts is not None else ()
+    return tuple(dict.fromkeys((*(smtp.crl_files if smtp else ()), *imap)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,7 +217,7 @@ def build_tenant(index: int, tenant: TenantSettings, shared: SharedParts) -> Ten
             IntakeConfig(tenant.id, listener.name,
                          AckIdentity(tenant.application, tenant.facility),
                          listener.charset, settings.default_charset,
-                         application_ack=listener.enhanced_ack is EnhancedAck.APPLICATION),
+                         application_ack=listener.application_ack),
             store, shared.control_ids, cisis, metrics, planner=planner, legacy=legacy,
             patients=store if legacy is not None else None, on_queued=shared.wake,
             documents=shared.documents)

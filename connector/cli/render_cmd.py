@@ -47,7 +47,7 @@ from connector.pipeline.decide import IntakeDecider, planning_outcome
 from connector.pipeline.documents import CisisIntake
 from connector.pipeline.mails import MailContext, OutgoingMail, build_mails
 from connector.pipeline.outgoing import missing_pdf_policy, patient_mailbox_limit
-from connector.settings import EnhancedAck, ListenerSettings, Settings, TenantSettings
+from connector.settings import ListenerSettings, Settings, TenantSettings
 
 
 def register(sub: Any) -> None:
@@ -125,7 +125,7 @@ def _prepare(args: argparse.Namespace) -> _Offline:
                             forced_charset=listener.charset if listener else None,
                             default_charset=settings.default_charset)
     return _Offline(tenant, decider, args.out, application_ack=(
-        listener is not None and listener.enhanced_ack is EnhancedAck.APPLICATION))
+        listener is not None and listener.application_ack))
 
 
 def _tenant(settings: Settings, tenant_id: str | None) -> TenantSettings:

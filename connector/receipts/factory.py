@@ -58,9 +58,7 @@ def _imap_tls(tenant: TenantSettings, receipts: ReceiptsSettings) -> ClientTls:
         raise ConfigError("tls.ca_bundle", "is required (the operator's IGC-Santé roots), here "
                                            "or in [tenants.transport]")
     client = client_certificate(receipts) or (client_certificate(smtp) if smtp else None)
-    crls = receipts.crl_files if receipts.crl_files is not None else (
-        smtp.crl_files if smtp else ())
-    return build_client_tls(ClientTlsSettings(ca_bundle, client, crls=crls))
+    return build_client_tls(ClientTlsSettings(ca_bundle, client, crls=tenant.imap_crl_files))
 
 
 def _his_transport(his: HisSettings, metrics: ConnectorMetrics | None) -> HisTransport:
