@@ -3,8 +3,9 @@
 The skeleton follows the ANS level-1 example (reference `cisis-hl7v2-to-mssante.md` §4.6):
 realmCode FR, typeId, templateIds HL7 France / CI-SIS / XDS-SD, id, code, title, effectiveTime,
 confidentialityCode, languageCode, setId, versionNumber, recordTarget, author, custodian,
-legalAuthenticator, documentationOf/serviceEvent, componentOf/encompassingEncounter, and a
-nonXMLBody carrying the PDF or the text, base64.
+legalAuthenticator, documentationOf/serviceEvent, relatedDocument RPLC (a version that replaces
+another), componentOf/encompassingEncounter, and a nonXMLBody carrying the PDF or the text,
+base64.
 
 Names: the birth name is written with qualifier `BR` and the used name (when different) with
 `CL`; `SP` is not used (structuration minimale 1.16 forbids it). The INS goes in
@@ -96,6 +97,7 @@ class LevelOneDocument:
     encounter_start: str
     media_type: str  # application/pdf or text/plain
     content: bytes
+    replaces: InstanceId | None = None  # the version this one replaces (relatedDocument RPLC)
 
 
 def _e(parent: etree._Element, tag: str, **attributes: str) -> etree._Element:
@@ -184,6 +186,9 @@ def build_level_one(doc: LevelOneDocument) -> bytes:
     _id(organisation, doc.custodian.id)
     _text(organisation, "name", doc.custodian.name)
     _code(organisation, "standardIndustryClassCode", doc.practice_setting)
+    if doc.replaces is not None:
+        parent = _e(_e(root, "relatedDocument", typeCode="RPLC"), "parentDocument")
+        _id(parent, doc.replaces)
     encounter = _e(_e(root, "componentOf"), "encompassingEncounter")
     _e(_e(encounter, "effectiveTime"), "low", value=doc.encounter_start)
     facility = _e(_e(encounter, "location"), "healthCareFacility")

@@ -20,9 +20,13 @@ Steps (`LegacyFlows.request`):
    MSSanté addresses by the directory; an unresolved one is skipped (W warning) or refuses the
    request (AE), per the mapping;
 6. the result status: a cancelled result (OBX-11 D/W/X of the body's OBX, OBR-25 X, ORC-1
-   CA/OC/CR) is refused (AE); a corrected one (OBX-11 or OBR-25 C) is refused, or sent as a new
-   document with a W warning when the mapping says `results.corrected: new`: each message is a
-   new document, so a correction cannot be linked (RPLC) to the report it corrects.
+   CA/OC/CR) is refused (AE); a corrected one (OBX-11 or OBR-25 C) as `results.corrected` says:
+   refused (AE, the default); sent as a new document with a W warning (`new`); or (`replace`)
+   linked: the order (`order_key`) names the document set (`report_set_id`, the same for every
+   report of the order), intake reads the set's latest version from the store
+   (`ReportVersion`), and the report goes as the next version replacing it (relatedDocument
+   RPLC, XDM action C, the mails' "annule et remplace" notice). A corrected result whose earlier
+   report the store does not know goes as version 1 with a W.
 """
 
 from __future__ import annotations
@@ -142,6 +146,33 @@ class Establishment:
 
 
 @dataclass(frozen=True, slots=True)
+class ReportVersion:
+    """The latest version the store knows of an order's report (`results.corrected:
+    replace`): the next report of the order replaces it."""
+
+    document_id: InstanceId
+    set_id: InstanceId
+    version: int
+
+
+# The order's identifiers, in the order they name a report's document set: the filler's order
+# number (the lab's own, stable across its reports of the order), then the placer's.
+ORDER_FIELDS: Final = (("OBR", 3), ("ORC", 3), ("OBR", 2), ("ORC", 2))
+
+
+def order_key(message: Message) -> str | None:
+    """`OBR-3`, `ORC-3`, `OBR-2` or `ORC-2`, the first whose entity identifier is given, as
+    `filler=<EI-1>^<EI-2>` or `placer=...` (the identifier and its namespace)."""
+    for name, position in ORDER_FIELDS:
+        segment = message.first(name)
+        if segment is None or not segment.component(position, 1).strip():
+            continue
+        ei = f"{segment.component(position, 1).strip()}^{segment.component(position, 2).strip()}"
+        return f"{'filler' if position == 3 else 'placer'}={ei}"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
 class LegacyOutcome:
     request: Request
     mapping: FlowMapping
@@ -205,12 +236,37 @@ class LegacyFlows:
         raise _located("no legacy mapping matches this message (sending application, MSH-9, "
                        "OBR-4)", "OBR", 1, 4)
 
+    def report_set_id(self, header: MessageHeader, message: Message) -> InstanceId | None:
+        """The document set of the message's order when its mapping links reports
+        (`results.corrected: replace`), else None (no such mapping, no order number).
+
+        A name-based UUID (`2.25.<uuid5>`) of the establishment, the sending application and
+        facility (MSH-3, MSH-4) and the order (`order_key`): every report of the order gets it,
+        without a lookup, and another establishment's or lab's orders never do."""
+        try:
+            mapping = self.match(header, message)
+        except LegacyMappingError:
+            return None
+        key = order_key(message) if mapping.corrected is CorrectionPolicy.REPLACE else None
+        if key is None:
+            return None
+        name = "|".join(("mssante-connector report set", self.establishment.oid,
+                         header.sending_application or "", header.sending_facility or "", key))
+        return InstanceId(f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, name).int}")
+
     def request(self, header: MessageHeader, message: Message,
-                traits: PatientTraits | None = None) -> LegacyOutcome:
+                traits: PatientTraits | None = None,
+                previous: ReportVersion | None = None) -> LegacyOutcome:
+        """`previous`: the latest version of the order's report the store knows (read by
+        intake for `report_set_id`), which this report replaces."""
         mapping = self.match(header, message)
         now = self.clock()
         media_type, content, obx_sequence = self._body(mapping, message)
-        correction = self._correction(mapping, message, obx_sequence)
+        set_id = self.report_set_id(header, message)
+        if set_id is None or (previous is not None and previous.set_id != set_id):
+            previous = None
+        correction = self._correction(mapping, message, obx_sequence,
+                                      linked=previous is not None, in_set=set_id is not None)
         patient, identity = self._patient(message, traits)
         author = self._person(mapping.author.fields, mapping.author.default, message, "author")
         legal = self._person(mapping.legal_authenticator.fields,
@@ -222,7 +278,10 @@ class LegacyFlows:
                               if (t := hl7_time(self._field(message, f), now))), stamp)
         document = LevelOneDocument(
             id=InstanceId(f"2.25.{uuid.uuid4().int}"),
-            set_id=InstanceId(f"2.25.{uuid.uuid4().int}"), version=1, effective_time=stamp,
+            set_id=set_id or InstanceId(f"2.25.{uuid.uuid4().int}"),
+            version=previous.version + 1 if previous is not None else 1,
+            replaces=previous.document_id if previous is not None else None,
+            effective_time=stamp,
             type=mapping.document_type,
             title=mapping.title, confidentiality=mapping.confidentiality, patient=patient,
             author=author, author_time=signed,
@@ -268,7 +327,7 @@ class LegacyFlows:
             origin=MessageOrigin(MessageKind.ORU_R01, header.control_id or "",
                                  header.sending_application or "",
                                  header.sending_facility or "", ""),
-            action=Action.NEW,
+            action=Action.REPLACE if previous is not None else Action.NEW,
             documents=(CdaDocument(obx_sequence, CodedValue(code.code, code.display,
                                                             code.system), cda, cda_header,
                                      cda_tree),),
@@ -283,11 +342,13 @@ class LegacyFlows:
     # -- pieces ----------------------------------------------------------------------------
 
     @staticmethod
-    def _correction(mapping: FlowMapping, message: Message, obx_sequence: int
-                    ) -> RequestWarning | None:
+    def _correction(mapping: FlowMapping, message: Message, obx_sequence: int, *,
+                    linked: bool = False, in_set: bool = False) -> RequestWarning | None:
         """The result status of the body's OBX, its OBR and ORC: a cancelled result is refused
         (sent as a new document, it would reach the recipients as a valid report); a corrected
-        one is refused, or sent as new with this warning, as the mapping says. None: final."""
+        one is refused, sent as new with a warning, or (`linked`: it replaces the latest known
+        version of its order's report) sent as the next version, as the mapping says. `in_set`:
+        the order names a document set. None: nothing to say."""
         segments = {"OBX": (message.all("OBX")[obx_sequence - 1], obx_sequence),
                     "OBR": (message.first("OBR"), 1), "ORC": (message.first("ORC"), 1)}
 
@@ -312,6 +373,14 @@ class LegacyFlows:
             return None
         name, sequence, position, value = corrected
         where = f"{name}-{position} = {value}"
+        if linked:
+            return None
+        if mapping.corrected is CorrectionPolicy.REPLACE:
+            why = ("the report it corrects is not known here" if in_set else
+                   "no order number (OBR-3, ORC-3, OBR-2, ORC-2) to link it by")
+            return RequestWarning(f"corrected result ({where}) sent as a new document: {why}",
+                                  ErrorCondition.APPLICATION_ERROR,
+                                  ErrorLocation(name, sequence, position))
         if mapping.corrected is CorrectionPolicy.REFUSE:
             raise _located(f"a corrected result ({where}) is refused by legacy mapping "
                            f"{mapping.name!r} (results.corrected = refuse): as a new document "

@@ -57,11 +57,15 @@ class MailboxChoice(StrEnum):
 
 
 class CorrectionPolicy(StrEnum):
-    """A corrected result (OBX-11 or OBR-25 = C). A legacy mapping makes each message a new
-    document: it cannot link a correction to the report it corrects."""
+    """A corrected result (OBX-11 or OBR-25 = C), and what a later report of the same order
+    does (`legacy.flow`)."""
 
     REFUSE = "refuse"  # AE: the sender is told, nothing goes out as if it were a new report
     NEW = "new"  # sent as a new document (not linked to the one it corrects), W in the ACK
+    # Each order (OBR-3, else ORC-3, OBR-2, ORC-2) is one document set: its first report is
+    # version 1, each later report of the order (corrected, or final after preliminary) a new
+    # version that replaces the latest one the store knows (relatedDocument RPLC, XDM action C).
+    REPLACE = "replace"
 
 
 class UnresolvedPolicy(StrEnum):

@@ -20,7 +20,7 @@ from connector.hl7.header import (
     salvage_header,
 )
 from connector.hl7.message import Message, parse_message
-from connector.legacy.flow import LegacyFlows, PatientTraits
+from connector.legacy.flow import LegacyFlows, PatientTraits, ReportVersion
 from connector.patients import PatientUpdate, plan_adt
 from connector.pipeline.documents import CisisIntake, DocumentVerdict, is_cisis
 from connector.pipeline.outgoing import MailPlanner, new_request_key
@@ -49,6 +49,7 @@ class IntakeDecision:
     outbox: tuple[OutboxItem, ...] = ()  # its mails, stored with it when it is accepted
     legacy: bool = False  # an ORU without the CI-SIS profile, for the legacy mappings
     traits: PatientTraits | None = None  # the ADT context of its patient (legacy flows)
+    previous: ReportVersion | None = None  # the latest report of its order (legacy, replace)
     patient_update: PatientUpdate | None = None  # an ADT: stored with it when it is accepted
     # What intake needs of `verdict` (which a worker process does not send back, see
     # pipeline.offload): the version changes to store, and whether the request asked for the DMP.
@@ -122,7 +123,8 @@ class IntakeDecider:
         assert decision.message is not None
         try:
             if decision.legacy and self.legacy is not None and decision.header is not None:
-                built = self.legacy.request(decision.header, decision.message, decision.traits)
+                built = self.legacy.request(decision.header, decision.message, decision.traits,
+                                            decision.previous)
                 verdict = self.cisis.verify(built.request)
             else:
                 verdict = self.cisis.check(decision.message)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 
 import structlog
 
+from connector.cda.header import InstanceId
 from connector.errors import HL7ParseError, StoreError
 from connector.hl7.ack import (
     AckError,
@@ -33,11 +34,11 @@ from connector.hl7.ack import (
 from connector.hl7.codes import AckCode, ApplicationError, ErrorCondition
 from connector.hl7.header import MessageHeader, msh18_for_codec, resolve_codec, salvage_header
 from connector.legacy.context import context_traits
-from connector.legacy.flow import LegacyFlows
+from connector.legacy.flow import LegacyFlows, ReportVersion
 from connector.observability.logs import exception_frames
 from connector.observability.metrics import ConnectorMetrics
 from connector.pipeline.decide import IntakeDecider, IntakeDecision
-from connector.pipeline.documents import CisisIntake
+from connector.pipeline.documents import CisisIntake, instance_key
 from connector.pipeline.offload import DocumentProcesses
 from connector.pipeline.outgoing import MailPlanner, follow_up
 from connector.store import (
@@ -122,6 +123,14 @@ class IntakeHandler:
                     self._patients, self.config.tenant_id, decision.message))
             except (StoreError, ValueError) as exc:  # unreachable, or an ambiguous IPP
                 log.warning("patient_context_unavailable", error=type(exc).__name__)
+        if decision.legacy and decision.message is not None:
+            try:  # the order's latest report, which this one replaces (`corrected: replace`)
+                decision = replace(decision, previous=await self._latest_report(decision))
+            except StoreError as exc:  # not knowing it, the report would go as a second v1
+                log.error("report_versions_unavailable", error=type(exc).__name__)
+                return self._answered(started, decision, self._transient(
+                    payload, "the earlier versions of this report could not be read; send "
+                    "again later"), "AR")
         if decision.needs_document_checks:
             decision = await self._follow_up(await self._check_documents(decision, payload))
         header = decision.header
@@ -201,6 +210,19 @@ class IntakeHandler:
         if receipt.version_conflict is not None and versions is not None:
             ack_code = versions.conflict_ack_code
         return self._answered(started, decision, receipt.ack or None, ack_code)
+
+    async def _latest_report(self, decision: IntakeDecision) -> ReportVersion | None:
+        legacy = self.decider.legacy
+        if legacy is None or decision.header is None or decision.message is None:
+            return None
+        set_id = legacy.report_set_id(decision.header, decision.message)
+        if set_id is None:
+            return None
+        latest = await self._store.latest_version(self.config.tenant_id, instance_key(set_id))
+        if latest is None or latest.version is None:
+            return None
+        root, _, extension = latest.document_id.partition("^")
+        return ReportVersion(InstanceId(root, extension or None), set_id, latest.version)
 
     async def _check_documents(self, decision: IntakeDecision, payload: bytes
                                ) -> IntakeDecision:

@@ -123,6 +123,11 @@ class IntakeStore(Protocol):
 
     async def get_documents(self, tenant_id: str) -> list[DocumentVersion]: ...
 
+    async def latest_version(self, tenant_id: str, set_id: str) -> DocumentVersion | None:
+        """The document set's current version (active, the highest version number), if the
+        store knows one."""
+        ...
+
     async def sent_requests(self, tenant_id: str, document_ids: Sequence[str]
                             ) -> dict[str, SentRequest]:
         """The request that carried each of `document_ids` (those it finds, with their mail

@@ -68,9 +68,18 @@ from connector.store.patients import HISTORY_SQL, history_from_row
 
 # Only constant column names are interpolated.
 _INBOUND_SUMMARY_SQL = f"SELECT {SUMMARY_COLUMNS} FROM inbound WHERE id = ?"  # noqa: S608
-_DOCUMENTS_SQL = ("SELECT tenant_id, document_id, set_id, version, status, replaced_by,"
-                  " inbound_id FROM documents WHERE tenant_id = ? ORDER BY updated_at,"
-                  " document_id")
+_DOCUMENT_COLUMNS = "tenant_id, document_id, set_id, version, status, replaced_by, inbound_id"
+_DOCUMENTS_SQL = (f"SELECT {_DOCUMENT_COLUMNS} FROM documents WHERE tenant_id = ?"  # noqa: S608
+                  " ORDER BY updated_at, document_id")
+# The set's current version: active (not replaced nor deleted), the highest version number.
+_LATEST_VERSION_SQL = (f"SELECT {_DOCUMENT_COLUMNS} FROM documents"  # noqa: S608
+                       " WHERE tenant_id = ? AND set_id = ? AND status = 'active'"
+                       " ORDER BY version DESC, updated_at DESC LIMIT 1")
+
+
+def _document_version(row: Sequence[Any]) -> DocumentVersion:
+    return DocumentVersion(row[0], row[1], row[2], None if row[3] is None else int(row[3]),
+                           DocumentStatus(row[4]), row[5], int(row[6]))
 
 
 class StoreAdapter(ABC):
@@ -229,8 +238,11 @@ class StoreAdapter(ABC):
         return sent_requests_from_rows(self._cipher, rows)
 
     async def get_documents(self, tenant_id: str) -> list[DocumentVersion]:
-        return [DocumentVersion(r[0], r[1], r[2], r[3], DocumentStatus(r[4]), r[5], int(r[6]))
-                for r in await self._query(_DOCUMENTS_SQL, (tenant_id,))]
+        return [_document_version(r) for r in await self._query(_DOCUMENTS_SQL, (tenant_id,))]
+
+    async def latest_version(self, tenant_id: str, set_id: str) -> DocumentVersion | None:
+        rows = await self._query(_LATEST_VERSION_SQL, (tenant_id, set_id))
+        return _document_version(rows[0]) if rows else None
 
     async def list_audit(self, *, tenant_id: str | None = None, outbox_id: int | None = None,
                          since: float | None = None, until: float | None = None,

@@ -368,6 +368,25 @@ async def test_document_versions_follow_replace_and_delete(make_store: StoreFact
     assert rows["D4"].status is InboundStatus.ACCEPTED
 
 
+async def test_the_latest_version_of_a_set_is_its_active_one(make_store: StoreFactory) -> None:
+    """What a legacy report of an order replaces (`results.corrected: replace`)."""
+    store = make_store()
+    assert await store.latest_version("t1", "1.2.3") is None
+    await store.record_inbound(doc_request(1, NEW_V1))
+    first = await store.latest_version("t1", "1.2.3")
+    assert first is not None
+    assert (first.document_id, first.version, first.status) == ("1.2.3.1", 1,
+                                                                DocumentStatus.ACTIVE)
+    await store.record_inbound(doc_request(2, REPLACE_V1_BY_V2))
+    second = await store.latest_version("t1", "1.2.3")
+    assert second is not None
+    assert (second.document_id, second.version) == ("1.2.3.2", 2)
+    assert await store.latest_version("t2", "1.2.3") is None  # another tenant's set
+    assert await store.latest_version("t1", "1.2") is None
+    await store.record_inbound(doc_request(4, DELETE_V2))
+    assert await store.latest_version("t1", "1.2.3") is None  # nothing left to replace
+
+
 @pytest.mark.parametrize("then", [REPLACE_V1_BY_V2, DELETE_V1])
 async def test_a_version_sent_again_as_new_after_a_replace_or_delete_is_refused(
         make_store: StoreFactory, then: DocumentChange) -> None:

@@ -12,11 +12,17 @@ from dataclasses import replace
 from email import message_from_bytes, policy
 from pathlib import Path
 
+import pytest
+
+from connector.cda.header import read_cda_header
 from connector.cda.policy import SchematronPolicy
+from connector.cda.safe_xml import parse_xml
 from connector.delivery.job import MailJob
+from connector.errors import StoreUnavailable
 from connector.hl7.message import parse_message
+from connector.pipeline.documents import instance_key
 from connector.settings import CisisSettings, Settings, ValidationSettings
-from connector.store import InboundStatus
+from connector.store import DocumentStatus, InboundStatus
 from tests.conftest import SCHEMAS
 from tests.integration.conftest import RunningApp, make_settings
 from tests.integration.test_cli import run_cli
@@ -114,6 +120,80 @@ async def test_a_corrected_or_cancelled_legacy_result_is_ae_and_kept_not_mailed_
     rows = await running.rows()
     assert [row.status for row in rows] == [InboundStatus.REJECTED] * 2
     assert await running.app.store.list_outbox() == []
+
+
+async def test_with_corrected_replace_each_report_of_an_order_replaces_the_last(
+        tmp_path: Path, app_factory: Callable[..., object]) -> None:
+    """The first report of the order is version 1; its correction is version 2, replacing it
+    (relatedDocument RPLC, XDM action C, the replacement body, In-Reply-To the first mail);
+    a second correction replaces version 2."""
+    mappings = mappings_dir(tmp_path, '[{fixed: ["labo.resultats@chu-x.mssante.fr"]}]')
+    path = mappings / "labo" / "mapping.yaml"
+    path.write_text(path.read_text("utf-8") + "results:\n  corrected: replace\n", "utf-8")
+    running: RunningApp = await app_factory(settings_with(tmp_path, mappings))  # type: ignore[operator]
+    corrected = LAB_CASE.replace(b"||||||F\r", b"||||||C\r")
+    for control_id in (b"LAB0001", b"LAB0002", b"LAB0003"):
+        report = LAB_CASE if control_id == b"LAB0001" else corrected
+        answer = await running.send(report.replace(b"|LAB0001|", b"|" + control_id + b"|"))
+        assert ack(answer) == ("AA", [NO_ZAM_WARNING])
+    mails = []
+    for row in sorted(await running.app.store.list_outbox(), key=lambda r: r.id):
+        detail = await running.app.store.get_outbox(row.id)
+        assert detail is not None
+        mails.append(message_from_bytes(MailJob.decode(detail.payload).message,
+                                        policy=policy.default))
+    headers = []
+    for mail in mails:
+        parts = {(part.get_filename() or "").upper(): part.get_payload(decode=True)
+                 for part in mail.iter_attachments()}  # type: ignore[attr-defined]
+        with zipfile.ZipFile(io.BytesIO(parts["IHE_XDM.ZIP"])) as archive:
+            cda = archive.read("IHE_XDM/SUBSET01/DOC0001.XML")
+            metadata = archive.read("IHE_XDM/SUBSET01/METADATA.XML")
+        headers.append((read_cda_header(parse_xml(cda)), metadata))
+    (first, first_xdm), (second, second_xdm), (third, _) = headers
+    assert first.set_id == second.set_id == third.set_id
+    assert [h.version_number for h, _ in headers] == [1, 2, 3]
+    assert first.parent_document_ids == ()
+    assert second.parent_document_ids == (first.document_id,)
+    assert third.parent_document_ids == (second.document_id,)
+    assert xdm_action(second_xdm) == ["C"]
+    assert xdm_action(first_xdm) == []
+    body = mails[1].get_body(preferencelist=("plain",))
+    assert body is not None
+    assert "annule et remplace" in body.get_content()
+    assert mails[1]["In-Reply-To"] == mails[0]["Message-ID"]
+    versions = {d.document_id: (d.version, d.status)
+                for d in await running.app.store.get_documents("chu-test")}
+    assert versions == {
+        instance_key(first.document_id): (1, DocumentStatus.REPLACED),
+        instance_key(second.document_id): (2, DocumentStatus.REPLACED),
+        instance_key(third.document_id): (3, DocumentStatus.ACTIVE)}
+
+
+async def test_a_report_whose_earlier_versions_cannot_be_read_is_ar_and_not_stored(
+        tmp_path: Path, app_factory: Callable[..., object],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sent without them it would go as a second version 1 of its order: the sender retries."""
+    mappings = mappings_dir(tmp_path, '[{fixed: ["labo.resultats@chu-x.mssante.fr"]}]')
+    path = mappings / "labo" / "mapping.yaml"
+    path.write_text(path.read_text("utf-8") + "results:\n  corrected: replace\n", "utf-8")
+    running: RunningApp = await app_factory(settings_with(tmp_path, mappings))  # type: ignore[operator]
+
+    async def unavailable(*args: object) -> object:
+        raise StoreUnavailable("SQLite read failed: disk I/O error")
+
+    monkeypatch.setattr(running.app.store, "latest_version", unavailable)
+    assert ack(await running.send(LAB_CASE))[0] == "AR"
+    assert await running.rows() == []
+    assert await running.app.store.list_outbox() == []
+
+
+def xdm_action(metadata: bytes) -> list[str]:
+    """The DocumentEntry's extra metadata `action` (C: replacement, D: deletion)."""
+    rim = "urn:oasis:names:tc:ebxml-regrep:xsd:rim:3.0"
+    values = parse_xml(metadata).xpath("//rim:ExtrinsicObject/rim:Slot[@name='action']"
+                                       "/rim:ValueList/rim:Value/text()", namespaces={"rim": rim})
+    return [str(value) for value in values]
 
 
 async def test_unresolved_recipients_follow_the_mapping_policy(

@@ -4,20 +4,24 @@ missing data answered with a located error."""
 from __future__ import annotations
 
 import base64
+import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
-from connector.cda.header import read_cda_header
+from connector.cda.header import InstanceId, read_cda_header
+from connector.cda.policy import SchematronPolicy
 from connector.cda.safe_xml import parse_xml
+from connector.cda.validation import CdaValidator
 from connector.cisis.model import Action
 from connector.errors import MessageError
 from connector.hl7.codes import Severity
 from connector.hl7.header import MessageHeader
-from connector.hl7.message import parse_message
-from connector.legacy.flow import Establishment, LegacyFlows
+from connector.hl7.message import Message, parse_message
+from connector.legacy.flow import Establishment, LegacyFlows, ReportVersion
 from connector.legacy.mapping import load_mapping
+from tests.conftest import SCHEMAS
 
 SHIPPED = Path(__file__).resolve().parents[3] / "mappings"
 CASE = (SHIPPED / "labo-cr-bio" / "cases" / "cr-bio-pdf.hl7").read_text("utf-8")
@@ -147,3 +151,115 @@ def test_a_corrected_result_goes_as_new_with_a_warning_when_the_mapping_says_so(
                               "to the report it corrects")
     final = parse_message(CASE)
     assert flow.request(MessageHeader.from_segment(final.msh), final).request.warnings == ()
+
+
+# -- results.corrected: replace ---------------------------------------------------------------
+
+REPLACE = "results:\n  corrected: replace\n"
+
+
+def header_and_message(text: str) -> tuple[MessageHeader, Message]:
+    message = parse_message(text)
+    return MessageHeader.from_segment(message.msh), message
+
+
+def test_every_report_of_an_order_names_the_same_document_set(tmp_path: Path) -> None:
+    """The set comes from the establishment, MSH-3/4 and the order (OBR-3 first): no lookup,
+    and another order or another lab never shares it."""
+    flow = flows(tmp_path, extra=REPLACE)
+    set_id = flow.report_set_id(*header_and_message(CASE))
+    assert set_id is not None
+    assert re.fullmatch(r"2\.25\.\d+", set_id.root)
+    corrected = with_status(CASE, obx11="C").replace("|LAB0001|", "|LAB0002|")
+    assert flow.report_set_id(*header_and_message(corrected)) == set_id
+    other_order = CASE.replace("|CMD1|LAB1|", "|CMD1|LAB9|")
+    assert flow.report_set_id(*header_and_message(other_order)) not in (None, set_id)
+    other_lab = CASE.replace("MSH|^~\\&|SGL|", "MSH|^~\\&|SGL2|")
+    assert flow.report_set_id(*header_and_message(other_lab)) not in (None, set_id)
+    placer_only = CASE.replace("|CMD1|LAB1|", "|CMD1||").replace("ORC|RE|CMD1|LAB1|",
+                                                                  "ORC|RE|CMD1||")
+    placer_set = flow.report_set_id(*header_and_message(placer_only))
+    assert placer_set not in (None, set_id)
+
+
+def test_no_document_set_without_the_policy_or_an_order_number(tmp_path: Path) -> None:
+    assert flows(tmp_path / "a").report_set_id(*header_and_message(CASE)) is None
+    assert flows(tmp_path / "b", extra="results:\n  corrected: new\n").report_set_id(
+        *header_and_message(CASE)) is None
+    no_order = CASE.replace("|CMD1|LAB1|", "|||").replace("ORC|RE|CMD1|LAB1|", "ORC|RE|||")
+    assert flows(tmp_path / "c", extra=REPLACE).report_set_id(
+        *header_and_message(no_order)) is None
+
+
+def test_the_first_report_of_an_order_is_version_1_of_its_set(tmp_path: Path) -> None:
+    flow = flows(tmp_path, extra=REPLACE)
+    request = flow.request(*header_and_message(CASE)).request
+    header = request.documents[0].header
+    assert request.action is Action.NEW
+    assert request.warnings == ()
+    assert header.set_id == flow.report_set_id(*header_and_message(CASE))
+    assert header.version_number == 1
+    assert header.parent_document_ids == ()
+
+
+@pytest.mark.parametrize("status", [{"obx11": "C"}, {"obr25": "C"}, {}])
+def test_a_later_report_replaces_the_latest_known_version(
+        tmp_path: Path, status: dict[str, str]) -> None:
+    """Corrected, or final again (after a preliminary one): the next version, RPLC."""
+    flow = flows(tmp_path, extra=REPLACE)
+    header, message = header_and_message(with_status(CASE, **status))
+    set_id = flow.report_set_id(header, message)
+    assert set_id is not None
+    parent = InstanceId("2.25.42")
+    request = flow.request(header, message, previous=ReportVersion(parent, set_id, 2)).request
+    cda = request.documents[0].header
+    assert request.action is Action.REPLACE
+    assert request.warnings == ()
+    assert cda.set_id == set_id
+    assert cda.version_number == 3
+    assert cda.parent_document_ids == (parent,)
+    assert cda.related_document_type == "RPLC"
+    assert cda.document_id != parent
+
+
+def test_a_replacement_passes_the_xsd_and_the_structuration_minimale(tmp_path: Path) -> None:
+    validator = CdaValidator.from_paths(
+        SCHEMAS / "cda-xsd" / "CDA_extended.xsd",
+        SCHEMAS / "schematron" / "structurationMinimale" / "ASIP-STRUCT-MIN-StrucMin.sch",
+        policy=SchematronPolicy.REJECT)
+    flow = flows(tmp_path, extra=REPLACE)
+    header, message = header_and_message(with_status(CASE, obx11="C"))
+    set_id = flow.report_set_id(header, message)
+    assert set_id is not None
+    request = flow.request(header, message,
+                           previous=ReportVersion(InstanceId("2.25.42"), set_id, 1)).request
+    replacement = validator.assess(request.documents[0].content)
+    assert replacement.accepted, replacement.report()
+    assert not replacement.xsd_violations
+    first = validator.assess(flow.request(*header_and_message(CASE)).request.documents[0].content)
+    assert replacement.warnings == first.warnings  # the RPLC adds no finding
+
+
+def test_a_previous_version_of_another_set_is_not_replaced(tmp_path: Path) -> None:
+    flow = flows(tmp_path, extra=REPLACE)
+    request = flow.request(*header_and_message(CASE), previous=ReportVersion(
+        InstanceId("2.25.42"), InstanceId("2.25.43"), 1)).request
+    assert request.action is Action.NEW
+    assert request.documents[0].header.version_number == 1
+
+
+@pytest.mark.parametrize(("text", "why"), [
+    (with_status(CASE, obx11="C"), "the report it corrects is not known here"),
+    (with_status(CASE, obx11="C").replace("|CMD1|LAB1|", "|||").replace(
+        "ORC|RE|CMD1|LAB1|", "ORC|RE|||"),
+     "no order number (OBR-3, ORC-3, OBR-2, ORC-2) to link it by"),
+])
+def test_a_correction_that_cannot_be_linked_goes_as_new_with_a_warning(
+        tmp_path: Path, text: str, why: str) -> None:
+    request = flows(tmp_path, extra=REPLACE).request(*header_and_message(text)).request
+    assert request.action is Action.NEW
+    (warning,) = request.warnings
+    assert warning.severity is Severity.WARNING
+    assert warning.location is not None
+    assert warning.location.to_hl7() == "OBX^1^11"
+    assert warning.detail == f"corrected result (OBX-11 = C) sent as a new document: {why}"

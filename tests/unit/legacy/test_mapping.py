@@ -55,7 +55,7 @@ def line_of(text: str, needle: str) -> int:
     ("  rules: [ordering-provider, copies]", "  rules: [ordering-provider, {fixed: [nope]}]",
      "recipients.rules[1].fixed[0]", "rules:"),
     ("  from: [OBR-32, ORC-12, OBX-16]", "  from: [OBR32]", "author.from[0]", "OBR32"),
-    ("metadata:", "results:\n  corrected: replace\nmetadata:", "results.corrected",
+    ("metadata:", "results:\n  corrected: link\nmetadata:", "results.corrected",
      "corrected:"),
 ])
 def test_mistakes_name_the_file_line_and_key(tmp_path: Path, old: str, new: str, key: str,
