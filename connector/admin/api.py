@@ -5,7 +5,10 @@
     POST /api/outbox/{id}/retry             due now (failed, dead or waiting)
     POST /api/outbox/{id}/cancel            never send it (not while being sent, not once sent:
                                             409)
-    GET  /api/audit?from=&to=&tenant=&format=json|csv
+    GET  /api/audit?from=&to=&tenant=&format=json|csv&limit=&after=
+                                            oldest first, `limit` rows a page (default 10000,
+                                            at most 100000); a full page has a `Link: <...>;
+                                            rel="next"` header, whose `after` is its last id
 
 Times are ISO 8601 (`2026-11-23T08:00:00+01:00`, a date alone is midnight UTC) or epoch seconds.
 Every change is audited with the actor `admin api (<client address>)`.
@@ -41,6 +44,7 @@ class Response:
     status: str
     content_type: str
     body: bytes
+    headers: tuple[tuple[str, str], ...] = ()  # more response headers (`Link`)
 
 
 def _json(status: str, payload: object) -> Response:
@@ -116,13 +120,17 @@ class AdminApi:
                                               f"allow {verb}")
             return _json("200 OK", {"outbox_id": row_id, "done": verb})
         if path == "/api/audit" and method == "GET":
+            limit = _limit(query, default=queries.AUDIT_PAGE, most=queries.AUDIT_PAGE_MAX)
             records = await queries.audit_records(
                 self._store, since=parse_time(query.get("from"), "from"),
-                until=parse_time(query.get("to"), "to"), tenant_id=query.get("tenant"))
+                until=parse_time(query.get("to"), "to"), tenant_id=query.get("tenant"),
+                limit=limit, after_id=_after(query))
+            more = ((("Link", f'<{_next_page(path, query, records[-1].id)}>; rel="next"'),)
+                    if len(records) == limit else ())
             if query.get("format") == "csv":
                 return Response("200 OK", "text/csv; charset=utf-8",
-                                queries.audit_as_csv(records).encode())
-            return Response("200 OK", JSON, queries.audit_as_json(records).encode())
+                                queries.audit_as_csv(records).encode(), more)
+            return Response("200 OK", JSON, queries.audit_as_json(records).encode(), more)
         if path.startswith("/api/"):
             return _error("404 Not Found", "no such resource or method")
         return _error("404 Not Found", "not found")
@@ -138,11 +146,26 @@ def _status(query: dict[str, str]) -> InboundStatus | None:
         raise BadRequest("status: accepted or rejected") from exc
 
 
-def _limit(query: dict[str, str]) -> int:
-    raw = query.get("limit", "100")
-    if not raw.isdigit() or not 1 <= int(raw) <= 10_000:
-        raise BadRequest("limit: 1 to 10000")
+def _limit(query: dict[str, str], *, default: int = 100, most: int = 10_000) -> int:
+    raw = query.get("limit", str(default))
+    if not raw.isdigit() or not 1 <= int(raw) <= most:
+        raise BadRequest(f"limit: 1 to {most}")
     return int(raw)
+
+
+def _after(query: dict[str, str]) -> int | None:
+    raw = query.get("after")
+    if raw is None:
+        return None
+    if not raw.isdigit() or len(raw) > 18:
+        raise BadRequest("after: the id of the last audit row of the page before")
+    return int(raw)
+
+
+def _next_page(path: str, query: dict[str, str], last_id: int) -> str:
+    from urllib.parse import urlencode
+
+    return f"{path}?{urlencode({**query, 'after': str(last_id)})}"
 
 
 def query_of(target: str) -> tuple[str, dict[str, str]]:

@@ -95,10 +95,28 @@ async def cancel(store: Store, outbox_id: int, actor: str) -> bool:
     return await store.cancel(outbox_id, audit=AuditEntry(actor, AuditAction.CANCELLED))
 
 
+AUDIT_PAGE = 10_000  # rows per page of `/api/audit`, and per query of `audit export`
+AUDIT_PAGE_MAX = 100_000
+
+
 async def audit_records(store: Store, *, since: float | None, until: float | None,
-                        tenant_id: str | None = None, limit: int = 1_000_000
-                        ) -> list[AuditRecord]:
-    return await store.list_audit(tenant_id=tenant_id, since=since, until=until, limit=limit)
+                        tenant_id: str | None = None, limit: int = AUDIT_PAGE,
+                        after_id: int | None = None) -> list[AuditRecord]:
+    """One page of the audit trail, oldest first; `after_id`: the last row of the page before."""
+    return await store.list_audit(tenant_id=tenant_id, since=since, until=until, limit=limit,
+                                  after_id=after_id)
+
+
+async def all_audit_records(store: Store, *, since: float | None, until: float | None,
+                            tenant_id: str | None = None) -> list[AuditRecord]:
+    """The whole audit trail of the period, read a page at a time."""
+    records: list[AuditRecord] = []
+    while True:
+        page = await audit_records(store, since=since, until=until, tenant_id=tenant_id,
+                                   limit=AUDIT_PAGE, after_id=records[-1].id if records else None)
+        records += page
+        if len(page) < AUDIT_PAGE:
+            return records
 
 
 def audit_as_json(records: Sequence[AuditRecord]) -> str:

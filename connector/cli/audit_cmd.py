@@ -37,8 +37,8 @@ def run_export(args: argparse.Namespace) -> int:
         return 2
 
     async def action(store: Any) -> int:
-        records = await queries.audit_records(store, since=since, until=until,
-                                              tenant_id=args.tenant)
+        records = await queries.all_audit_records(store, since=since, until=until,
+                                                  tenant_id=args.tenant)
         text = (queries.audit_as_json(records) if args.format == "json"
                 else queries.audit_as_csv(records))
         if args.out is None:

@@ -67,10 +67,12 @@ class AdminServer:
                                                  f"{peer[0]}:{peer[1]}" if peer else "?")
                 status, content_type, body = (response.status, response.content_type,
                                               response.body)
+                extra = "".join(f"{name}: {value}\r\n" for name, value in response.headers)
             else:
                 status, content_type, body = self._route(method, path)
+                extra = ""
             writer.write(
-                f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
+                f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n{extra}"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
             await writer.drain()
         except (TimeoutError, ConnectionError, ValueError, asyncio.LimitOverrunError):

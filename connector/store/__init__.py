@@ -214,8 +214,10 @@ class OutboxStore(Protocol):
 
     async def list_audit(self, *, tenant_id: str | None = None, outbox_id: int | None = None,
                          since: float | None = None, until: float | None = None,
-                         limit: int = 10_000) -> list[AuditRecord]:
-        """Audit rows, oldest first, `since` <= at < `until`."""
+                         limit: int = 10_000, after_id: int | None = None
+                         ) -> list[AuditRecord]:
+        """Audit rows, oldest first (by time, then id), `since` <= at < `until`; `after_id`:
+        those after that row (the next page of a listing that ended with it)."""
         ...
 
     async def outbox_stats(self) -> list[OutboxStat]:

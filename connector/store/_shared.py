@@ -439,8 +439,10 @@ def audit_params(entry: AuditEntry, at: float, row_id: int) -> tuple[Any, ...]:
 
 
 def audit_query(*, tenant_id: str | None, outbox_id: int | None, since: float | None,
-                until: float | None, limit: int) -> tuple[str, tuple[Any, ...]]:
-    """The audit listing (`?` placeholders), oldest first."""
+                until: float | None, limit: int, after_id: int | None = None
+                ) -> tuple[str, tuple[Any, ...]]:
+    """The audit listing (`?` placeholders), oldest first (by time, then id); `after_id`: the
+    rows that come after that row in this order (the next page; none when it does not exist)."""
     clauses: list[str] = []
     params: list[Any] = []
     for column, op, value in (("tenant_id", "=", tenant_id), ("outbox_id", "=", outbox_id),
@@ -448,6 +450,9 @@ def audit_query(*, tenant_id: str | None, outbox_id: int | None, since: float | 
         if value is not None:
             clauses.append(f"{column} {op} ?")
             params.append(value)
+    if after_id is not None:
+        clauses.append("(at, id) > (SELECT a.at, a.id FROM audit a WHERE a.id = ?)")
+        params.append(after_id)
     where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
     # Only constant column names and operators are interpolated.
     sql = f"SELECT {AUDIT_COLUMNS} FROM audit{where} ORDER BY at, id LIMIT ?"  # noqa: S608

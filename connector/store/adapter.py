@@ -246,9 +246,10 @@ class StoreAdapter(ABC):
 
     async def list_audit(self, *, tenant_id: str | None = None, outbox_id: int | None = None,
                          since: float | None = None, until: float | None = None,
-                         limit: int = 10_000) -> list[AuditRecord]:
+                         limit: int = 10_000, after_id: int | None = None
+                         ) -> list[AuditRecord]:
         sql, params = audit_query(tenant_id=tenant_id, outbox_id=outbox_id, since=since,
-                                  until=until, limit=limit)
+                                  until=until, limit=limit, after_id=after_id)
         return [audit_from_row(row) for row in await self._query(sql, params)]
 
     async def outbox_stats(self) -> list[OutboxStat]:

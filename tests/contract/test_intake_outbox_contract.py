@@ -143,3 +143,29 @@ async def test_outbox_stats_count_rows_per_tenant_kind_and_state(
         ("t1", OutboxKind.SMTP, OutboxState.READY): (2, 1000.0),
         ("t1", OutboxKind.SMTP, OutboxState.SENT): (1, 1000.0),
         ("t2", OutboxKind.SMTP, OutboxState.READY): (1, 1000.0)}
+
+
+async def test_the_audit_trail_pages_in_its_order(make_store: StoreFactory) -> None:
+    """`after_id`: the rows after that one, by time then id, whatever the page size; rows
+    written at the same moment keep their id order."""
+    store = make_store()
+    for n in range(7):
+        await store.record_mailbox_audit("t1", AuditEntry(f"poller {n}", AuditAction.FETCHED))
+    whole = await store.list_audit()
+    assert [r.actor for r in whole] == [f"poller {n}" for n in range(7)]
+    for size in (1, 2, 3, 7, 8):
+        pages: list[list[str]] = []
+        after: int | None = None
+        while True:
+            page = await store.list_audit(limit=size, after_id=after)
+            if not page:
+                break
+            pages.append([r.actor for r in page])
+            after = page[-1].id
+        assert [actor for page in pages for actor in page] == [r.actor for r in whole]
+        assert all(len(page) == size for page in pages[:-1])
+    assert await store.list_audit(after_id=whole[-1].id) == []
+    assert await store.list_audit(after_id=10**12) == []  # not a row: nothing after it
+    make_store.query("UPDATE audit SET at = 1000.0 RETURNING id")  # one moment: the ids decide
+    page = await store.list_audit(limit=3, after_id=whole[2].id)
+    assert [r.id for r in page] == [r.id for r in whole[3:6]]

@@ -16,7 +16,7 @@ import pytest
 from connector.cda.policy import SchematronPolicy
 from connector.cli.send_cmd import split_messages
 from connector.settings import AdminSettings, CisisSettings, SendingMatrixProfile
-from connector.store import OutboxItem, OutboxKind, OutboxState
+from connector.store import AuditAction, AuditEntry, OutboxItem, OutboxKind, OutboxState
 from tests.conftest import CISIS_FIXTURES
 from tests.integration.conftest import RunningApp, make_settings
 from tests.integration.test_cli import run_cli
@@ -154,6 +154,64 @@ async def test_audit_export_cli_writes_csv_and_json(app_factory: Callable[..., o
                                  "2101-01-01", "--config", str(config))
     assert out.splitlines() == ["id,at,tenant_id,actor,action,outbox_id,inbound_id,result,"
                                 "detail"]
+
+
+async def test_the_audit_api_pages_with_a_link_to_the_next_page(
+        app_factory: Callable[..., object], tmp_path: Path) -> None:
+    running = await start(app_factory, tmp_path)  # one audit row: the mail's submission
+    assert running.app.admin is not None
+    address = running.app.admin.address
+    for n in range(4):
+        await running.app.store.record_mailbox_audit(
+            "chu-test", AuditEntry(f"poller {n}", AuditAction.FETCHED))
+    status, body = await http(*address, "GET", "/api/audit?from=2020-01-01")
+    whole = [row["actor"] for row in json.loads(body)]
+    assert len(whole) == 5
+    target, pages = "/api/audit?from=2020-01-01&limit=2&format=csv", []
+    while target:
+        status, head, body = await http_with_headers(*address, "GET", target)
+        assert status == 200
+        pages.append([row["actor"] for row in csv.DictReader(io.StringIO(body))])
+        link = head.get("link")
+        target = link.removeprefix("<").split(">;")[0] if link else ""
+        assert not link or link.endswith('; rel="next"')
+    assert pages[0] == whole[:2]
+    assert [actor for page in pages for actor in page] == whole
+    assert [len(page) for page in pages] == [2, 2, 1]
+    for bad in ("limit=0", "limit=100001", "after=x", "after=-1"):
+        status, body = await http(*address, "GET", f"/api/audit?{bad}")
+        assert status == 400, bad
+        assert json.loads(body)["error"].startswith(bad.split("=")[0] + ":")
+
+
+async def test_audit_export_reads_the_whole_trail_page_by_page(
+        app_factory: Callable[..., object], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from connector.admin import queries
+
+    running = await start(app_factory, tmp_path)
+    for n in range(4):
+        await running.app.store.record_mailbox_audit(
+            "chu-test", AuditEntry(f"poller {n}", AuditAction.FETCHED))
+    monkeypatch.setattr(queries, "AUDIT_PAGE", 2)
+    records = await queries.all_audit_records(running.app.store, since=None, until=None)
+    assert [r.actor for r in records][1:] == [f"poller {n}" for n in range(4)]
+    assert len({r.id for r in records}) == 5
+
+
+async def http_with_headers(host: str, port: int, method: str, path: str
+                            ) -> tuple[int, dict[str, str], str]:
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(f"{method} {path} HTTP/1.1\r\nHost: x\r\n"
+                 f"Authorization: Bearer {TOKEN}\r\n\r\n".encode())
+    await writer.drain()
+    response = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    head, _, body = response.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {name.strip().lower(): value.strip()
+               for name, _, value in (line.partition(":") for line in lines)}
+    return int(status_line.split()[1]), headers, body.decode()
 
 
 async def test_a_store_that_cannot_answer_is_a_503_not_an_empty_reply(
