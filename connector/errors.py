@@ -150,6 +150,10 @@ class LeaseLost(StoreError):
     """A lease token no longer owns the row (fencing)."""
 
 
+class BackupError(StoreError):
+    """A store backup could not be taken, or a store (or its copy) is not whole."""
+
+
 class PayloadUnreadable(StoreError):
     """One stored payload cannot be read back (a damaged payload-log record, a missing segment,
     a key that is not configured, tampered data): that row cannot be used, the others can."""

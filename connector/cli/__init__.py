@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     from connector.cli.render_cmd import register as register_render
     from connector.cli.send_cmd import register as register_send
     from connector.cli.serve_cmd import register as register_serve
+    from connector.cli.store_cmd import register as register_store
     from connector.cli.whitelist_cmd import register as register_whitelist
 
     parser = argparse.ArgumentParser(
@@ -32,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for register in (register_serve, register_check_config, register_send, register_messages,
                      register_render, register_whitelist, register_outbox, register_receipts,
-                     register_audit, register_directory, register_healthcheck):
+                     register_audit, register_directory, register_healthcheck,
+                     register_store):
         register(sub)
     return parser
 

@@ -1,0 +1,94 @@
+"""`mssante-connector store backup --to DIR` and `store verify [PATH]`: the embedded SQLite
+store's online backup (taken while `serve` runs) and its check (`connector.store.backup`).
+
+A PostgreSQL store is backed up with PostgreSQL's own tools (`pg_dump`, base backups): its
+payloads are in the database."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from connector.cli._common import add_config_argument, report_config_error, settings_from
+from connector.errors import BackupError, ConfigError
+from connector.settings import StoreBackend
+
+
+def register(sub: Any) -> None:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "store", help="back up the embedded SQLite store, or check that it is whole")
+    inner = parser.add_subparsers(dest="store_command", required=True, metavar="ACTION")
+    backup = inner.add_parser(
+        "backup", help="copy the store (database and payload segments) into a new directory, "
+                       "while serve runs, and check the copy")
+    add_config_argument(backup)
+    backup.add_argument("--to", dest="target", type=Path, required=True, metavar="DIR",
+                        help="the new directory (must not exist)")
+    backup.set_defaults(handler=run_backup)
+    verify = inner.add_parser(
+        "verify", help="check a store or a backup: SQLite's integrity check, then every "
+                       "payload record read back (length, CRC)")
+    add_config_argument(verify)
+    verify.add_argument("path", nargs="?", type=Path, metavar="PATH",
+                        help="a backup directory or a database file (default: the configured "
+                             "store)")
+    verify.set_defaults(handler=run_verify)
+
+
+def _configured_database(args: argparse.Namespace) -> Path | None:
+    """The configured SQLite database; None (said on stderr) for a PostgreSQL store."""
+    store = settings_from(args).store
+    if store.backend is not StoreBackend.SQLITE:
+        print("the store is PostgreSQL: back it up with PostgreSQL's tools (pg_dump, base "
+              "backups); its payloads are in the database", file=sys.stderr)
+        return None
+    return store.path
+
+
+def run_backup(args: argparse.Namespace) -> int:
+    from connector.store.backup import take_backup
+
+    try:
+        database = _configured_database(args)
+    except ConfigError as exc:
+        return report_config_error(exc)
+    if database is None:
+        return 2
+    try:
+        done = take_backup(database, args.target)
+    except (BackupError, OSError) as exc:
+        print(f"backup failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"backup of {database} in {done.directory}: {done.files} files, "
+          f"{done.bytes / 1e6:.1f} MB, schema version {done.check.schema_version}, "
+          f"{done.check.payload_records} payload records checked, {done.seconds:.1f} s")
+    return 0
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    from connector.store.backup import verify
+
+    path: Path | None = args.path
+    if path is None:
+        try:
+            path = _configured_database(args)
+        except ConfigError as exc:
+            return report_config_error(exc)
+        if path is None:
+            return 2
+    elif path.is_dir():  # a backup directory: its one database
+        found = sorted(p for p in path.glob("*.db") if p.is_file())
+        if len(found) != 1:
+            print(f"{path}: not a backup directory (no single *.db file)", file=sys.stderr)
+            return 1
+        path = found[0]
+    try:
+        check = verify(path)
+    except (BackupError, OSError) as exc:
+        print(f"store not whole: {exc}", file=sys.stderr)
+        return 1
+    print(f"{path}: integrity ok, schema version {check.schema_version}, "
+          f"{check.payload_records} payload records in {len(check.segments)} segments read back")
+    return 0
