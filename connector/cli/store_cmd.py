@@ -37,25 +37,26 @@ def register(sub: Any) -> None:
     verify.set_defaults(handler=run_verify)
 
 
-def _configured_database(args: argparse.Namespace) -> Path | None:
-    """The configured SQLite database; None (said on stderr) for a PostgreSQL store."""
-    store = settings_from(args).store
+def _configured_database(args: argparse.Namespace) -> Path | int:
+    """The configured SQLite database, or the exit code (2) once stderr says why there is
+    none: a configuration error, a PostgreSQL store."""
+    try:
+        store = settings_from(args).store
+    except ConfigError as exc:
+        return report_config_error(exc)
     if store.backend is not StoreBackend.SQLITE:
         print("the store is PostgreSQL: back it up with PostgreSQL's tools (pg_dump, base "
               "backups); its payloads are in the database", file=sys.stderr)
-        return None
+        return 2
     return store.path
 
 
 def run_backup(args: argparse.Namespace) -> int:
     from connector.store.backup import take_backup
 
-    try:
-        database = _configured_database(args)
-    except ConfigError as exc:
-        return report_config_error(exc)
-    if database is None:
-        return 2
+    database = _configured_database(args)
+    if isinstance(database, int):
+        return database
     try:
         done = take_backup(database, args.target)
     except (BackupError, OSError) as exc:
@@ -70,15 +71,10 @@ def run_backup(args: argparse.Namespace) -> int:
 def run_verify(args: argparse.Namespace) -> int:
     from connector.store.backup import verify
 
-    path: Path | None = args.path
-    if path is None:
-        try:
-            path = _configured_database(args)
-        except ConfigError as exc:
-            return report_config_error(exc)
-        if path is None:
-            return 2
-    elif path.is_dir():  # a backup directory: its one database
+    path: Path | int = args.path if args.path is not None else _configured_database(args)
+    if isinstance(path, int):
+        return path
+    if path.is_dir():  # a backup directory: its one database
         found = sorted(p for p in path.glob("*.db") if p.is_file())
         if len(found) != 1:
             print(f"{path}: not a backup directory (no single *.db file)", file=sys.stderr)

@@ -75,6 +75,7 @@ from connector.directory.whitelist import (
     parse_address,
 )
 from connector.errors import ConnectorError
+from connector.files import fsync_path
 
 if TYPE_CHECKING:
     from connector.settings import Settings
@@ -843,7 +844,7 @@ def import_extraction(source: Path, target: Path, *,
                 f"space, {report.red_listed} red-listed); the installed directory is unchanged",
                 report)
         os.chmod(tmp, 0o644)  # public data
-        _fsync(tmp)
+        fsync_path(tmp)
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -951,12 +952,6 @@ def _remember_red_listed(conn: sqlite3.Connection, v: Mapping[str, str]) -> None
                      (f"{v['pp_id_type']}|{v['pp_id']}",))
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # -- the imported directory -----------------------------------------------------------------------

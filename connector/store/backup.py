@@ -37,6 +37,7 @@ from pathlib import Path
 
 from connector import __version__
 from connector.errors import BackupError, PayloadUnreadable
+from connector.files import fsync_path
 from connector.store.payload_log import PayloadLog, PayloadRef
 
 _PAYLOAD_TABLES = ("inbound", "outbox", "receipts")  # the rows that may point at a record
@@ -149,9 +150,9 @@ def _take(database: Path, target: Path, started: float) -> Backup:
     with os.fdopen(fd, "w", encoding="utf-8") as out:
         out.write(json.dumps(manifest, indent=1) + "\n")
     for path in (*files, manifest_path):
-        _fsync(path)
+        fsync_path(path)
     for directory in (copied_segments, target):
-        _fsync(directory)
+        fsync_path(directory)
     size = sum(path.stat().st_size for path in (*files, manifest_path))
     return Backup(target, check, len(files) + 1, size, time.monotonic() - started)
 
@@ -171,9 +172,3 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
