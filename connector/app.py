@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from connector.admin.api import AdminApi
+from connector.cda.header import InstanceId
 from connector.cda.policy import SchematronPolicy
 from connector.cda.render import renderer_problem
 from connector.cda.validation import CdaValidator
@@ -39,6 +40,7 @@ from connector.pipeline.documents import (
 )
 from connector.pipeline.intake import IntakeHandler
 from connector.pipeline.offload import DocumentProcesses
+from connector.pipeline.serial import KeyedLocks
 from connector.receipts.poller import ReceiptPoller
 from connector.retention import RetentionPurger
 from connector.settings import Settings, StoreBackend, TransportKind, load_settings
@@ -155,6 +157,7 @@ class Application:
     retention: RetentionPurger | None = None
     tenants: dict[str, TenantRuntime] = field(default_factory=dict)
     control_ids: ControlIdGenerator = field(default_factory=ControlIdGenerator)
+    report_sets: KeyedLocks[tuple[str, InstanceId]] = field(default_factory=KeyedLocks)
     documents: DocumentProcesses | None = None  # started by `start`, not by `build`
     serving: bool = False  # set once `run_until_signalled` has started everything
     admin_context: ssl.SSLContext | None = None  # [admin.tls], checked by `build`

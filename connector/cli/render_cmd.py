@@ -19,9 +19,11 @@ matrix, the trust space (`[directory] whitelist`) and the CDA validator (`[valid
 The messages are read as the tenant's listener `--listener` reads them (default: its first):
 its forced `charset`, and its `enhanced_ack` for the answer printed. Not reproduced offline: the
 store's version checks of replacements and deletions (error 900, unknown originals), since render
-does not know what was sent before. Each run uses a fresh random request key, so Message-IDs
-differ from run to run and from the ones `serve` will use. No socket is opened and nothing is
-stored.
+does not know what was sent before; a legacy mapping with `results.corrected: replace` links the
+reports of an order within the run only (the first one rendered is version 1, the next ones
+replace it), where `serve` starts from the latest version in its store. Each run uses a fresh
+random request key, so Message-IDs differ from run to run and from the ones `serve` will use. No
+socket is opened and nothing is stored.
 
 Exit status: 0 when every message is accepted and its mails built, 1 otherwise, 2 for a
 configuration, tenant or file problem.
@@ -33,16 +35,18 @@ import argparse
 import os
 import sys
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from connector.cda.header import InstanceId
 from connector.cli._common import add_config_argument, report_config_error, settings_from
 from connector.cli.send_cmd import split_messages
 from connector.errors import ConfigError, MessageError
 from connector.hl7.ack import AckError, Outcome, choose_ack_code
 from connector.hl7.header import MessageHeader
+from connector.legacy.flow import ReportVersion
 from connector.pipeline.decide import IntakeDecider, planning_outcome
 from connector.pipeline.documents import CisisIntake
 from connector.pipeline.mails import MailContext, OutgoingMail, build_mails
@@ -72,6 +76,8 @@ class _Offline:
     decider: IntakeDecider
     out: Path
     application_ack: bool  # the listener's `enhanced_ack = "application"`
+    # The latest version of each legacy report set rendered so far in this run.
+    report_sets: dict[InstanceId, ReportVersion] = field(default_factory=dict)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -158,7 +164,13 @@ def _listener(settings: Settings, tenant: TenantSettings, name: str | None
 
 
 def _render_one(offline: _Offline, where: str, number: int, payload: bytes) -> bool:
-    decision = offline.decider.decide(payload)
+    decider = offline.decider
+    decision = decider.first_pass(payload)
+    report_set = decider.report_set(decision)
+    if report_set is not None:
+        decision = replace(decision, previous=offline.report_sets.get(report_set))
+    if decision.needs_document_checks:
+        decision = decider.check_documents(decision)
     header = decision.header
     label = f"{where} [{number:03d}] MSH-10={header.control_id if header else '?'}"
     if decision.outcome is not Outcome.ACCEPTED:
@@ -186,6 +198,10 @@ def _render_one(offline: _Offline, where: str, number: int, payload: bytes) -> b
               f"{_err(AckError.from_exception(exc))}")
         return False
     print(f"{label} {accepted} {len(mails)} e-mail(s), route {request.sending.route.value}")
+    cda = request.documents[0].header
+    if report_set is not None and cda.version_number is not None:
+        offline.report_sets[report_set] = ReportVersion(cda.document_id, report_set,
+                                                        cda.version_number)
     if decision.legacy:  # the generated documents, to develop a mapping offline
         for k, document in enumerate(request.documents, start=1):
             _write(offline.out / f"{number:03d}-cda{k}.xml", document.content)

@@ -161,15 +161,20 @@ ORDER_FIELDS: Final = (("OBR", 3), ("ORC", 3), ("OBR", 2), ("ORC", 2))
 
 
 def order_key(message: Message) -> str | None:
-    """`OBR-3`, `ORC-3`, `OBR-2` or `ORC-2`, the first whose entity identifier is given, as
-    `filler=<EI-1>^<EI-2>` or `placer=...` (the identifier and its namespace)."""
+    """`OBR-3`, `ORC-3`, `OBR-2` or `ORC-2`, the first whose entity identifier is given: its
+    kind (filler or placer), identifier and namespace, unescaped, joined by a character no
+    HL7 value holds (US, 0x1F), so that the message's delimiters do not change it."""
     for name, position in ORDER_FIELDS:
         segment = message.first(name)
         if segment is None or not segment.component(position, 1).strip():
             continue
-        ei = f"{segment.component(position, 1).strip()}^{segment.component(position, 2).strip()}"
-        return f"{'filler' if position == 3 else 'placer'}={ei}"
+        kind = "filler" if position == 3 else "placer"
+        return _UNIT.join((kind, segment.component(position, 1).strip(),
+                           segment.component(position, 2).strip()))
     return None
+
+
+_UNIT: Final = "\x1f"
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,8 +246,10 @@ class LegacyFlows:
         (`results.corrected: replace`), else None (no such mapping, no order number).
 
         A name-based UUID (`2.25.<uuid5>`) of the establishment, the sending application and
-        facility (MSH-3, MSH-4) and the order (`order_key`): every report of the order gets it,
-        without a lookup, and another establishment's or lab's orders never do."""
+        facility (MSH-3, MSH-4: namespace and universal id, unescaped), the mapping's document
+        type and the order (`order_key`): every report of that type for the order gets it,
+        without a lookup, whatever delimiters the message uses; another establishment's or
+        lab's orders, and another kind of report of the same order, never do."""
         try:
             mapping = self.match(header, message)
         except LegacyMappingError:
@@ -250,8 +257,12 @@ class LegacyFlows:
         key = order_key(message) if mapping.corrected is CorrectionPolicy.REPLACE else None
         if key is None:
             return None
-        name = "|".join(("mssante-connector report set", self.establishment.oid,
-                         header.sending_application or "", header.sending_facility or "", key))
+        msh = message.msh
+        name = _UNIT.join((
+            "mssante-connector report set", self.establishment.oid,
+            msh.component(3, 1).strip(), msh.component(3, 2).strip(),
+            msh.component(4, 1).strip(), msh.component(4, 2).strip(),
+            mapping.document_type.code, mapping.document_type.system, key))
         return InstanceId(f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, name).int}")
 
     def request(self, header: MessageHeader, message: Message,

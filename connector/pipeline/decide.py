@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from connector.cda.header import InstanceId
 from connector.errors import MessageError, PdfRequiredError
 from connector.hl7.ack import AckError, Outcome
 from connector.hl7.codes import ApplicationError, ErrorCondition
@@ -117,6 +118,15 @@ class IntakeDecider:
             return IntakeDecision(header, codec, Outcome.ACCEPTED, (), message, flow,
                                   legacy=True)
         return IntakeDecision(header, codec, Outcome.ACCEPTED, (), message, flow)
+
+    def report_set(self, decision: IntakeDecision) -> InstanceId | None:
+        """The document set of a legacy report whose mapping links an order's reports
+        (`results.corrected: replace`), else None: what the caller reads the latest version of
+        (`IntakeDecision.previous`) before `check_documents`."""
+        if (not decision.legacy or self.legacy is None or decision.header is None
+                or decision.message is None):
+            return None
+        return self.legacy.report_set_id(decision.header, decision.message)
 
     def check_documents(self, decision: IntakeDecision) -> IntakeDecision:
         """CI-SIS checks and CDA validation (slow: call from a worker thread)."""

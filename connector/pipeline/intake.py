@@ -41,6 +41,7 @@ from connector.pipeline.decide import IntakeDecider, IntakeDecision
 from connector.pipeline.documents import CisisIntake, instance_key
 from connector.pipeline.offload import DocumentProcesses
 from connector.pipeline.outgoing import MailPlanner, follow_up
+from connector.pipeline.serial import KeyedLocks
 from connector.store import (
     InboundMessage,
     InboundStatus,
@@ -89,6 +90,7 @@ class IntakeHandler:
                                      forced_charset=config.forced_charset,
                                      default_charset=config.default_charset)
         self.draining = False
+        self._report_sets = KeyedLocks[InstanceId]()
 
     async def handle(self, payload: bytes, peer: str) -> bytes | None:
         # Every log line of this message carries its tenant, listener and connection (this
@@ -123,14 +125,28 @@ class IntakeHandler:
                     self._patients, self.config.tenant_id, decision.message))
             except (StoreError, ValueError) as exc:  # unreachable, or an ambiguous IPP
                 log.warning("patient_context_unavailable", error=type(exc).__name__)
-        if decision.legacy and decision.message is not None:
-            try:  # the order's latest report, which this one replaces (`corrected: replace`)
-                decision = replace(decision, previous=await self._latest_report(decision))
+        report_set = self.decider.report_set(decision)
+        if report_set is None:
+            return await self._decide_and_store(decision, payload, peer, started, received_at)
+        # Legacy `corrected: replace`: from reading the order's latest report to storing this
+        # one, no other report of the order is handled in this process (two at once would both
+        # build on the same version; another replica's is refused by the store, AE 900).
+        async with self._report_sets.hold(report_set):
+            try:  # the order's latest report, which this one replaces
+                decision = replace(decision, previous=await self._latest_report(report_set))
             except StoreError as exc:  # not knowing it, the report would go as a second v1
                 log.error("report_versions_unavailable", error=type(exc).__name__)
                 return self._answered(started, decision, self._transient(
                     payload, "the earlier versions of this report could not be read; send "
                     "again later"), "AR")
+            return await self._decide_and_store(decision, payload, peer, started, received_at,
+                                                exclusive_sets=True)
+
+    async def _decide_and_store(self, decision: IntakeDecision, payload: bytes, peer: str,
+                                started: float, received_at: float, *,
+                                exclusive_sets: bool = False) -> bytes | None:
+        """The document stage if the message needs it, then the row and its ACK.
+        `exclusive_sets`: its new documents must open their set (`store.versions`)."""
         if decision.needs_document_checks:
             decision = await self._follow_up(await self._check_documents(decision, payload))
         header = decision.header
@@ -147,7 +163,8 @@ class IntakeHandler:
                 decision.changes,
                 conflict_ack=self._ack(decision, conflict_code, (_VERSION_CONFLICT,)),
                 conflict_ack_code=conflict_code.value if conflict_code else "",
-                unknown_original=self.decider.cisis.settings.unknown_original)
+                unknown_original=self.decider.cisis.settings.unknown_original,
+                exclusive_sets=exclusive_sets)
         first_error = (decision.errors[0] if decision.errors
                        and decision.outcome is not Outcome.ACCEPTED else None)
         record = InboundMessage(
@@ -211,13 +228,7 @@ class IntakeHandler:
             ack_code = versions.conflict_ack_code
         return self._answered(started, decision, receipt.ack or None, ack_code)
 
-    async def _latest_report(self, decision: IntakeDecision) -> ReportVersion | None:
-        legacy = self.decider.legacy
-        if legacy is None or decision.header is None or decision.message is None:
-            return None
-        set_id = legacy.report_set_id(decision.header, decision.message)
-        if set_id is None:
-            return None
+    async def _latest_report(self, set_id: InstanceId) -> ReportVersion | None:
         latest = await self._store.latest_version(self.config.tenant_id, instance_key(set_id))
         if latest is None or latest.version is None:
             return None

@@ -316,6 +316,13 @@ def purge_statements(*, payload_log: bool, lock: str = "") -> tuple[PurgeStateme
 
 
 # The payload-log segments that rows not purged still point at (SQLite).
+DOCUMENT_COLUMNS = "tenant_id, document_id, set_id, version, status, replaced_by, inbound_id"
+# A document set's current version: active (neither replaced nor deleted), the highest version
+# number (a row without one last, on both databases).
+ACTIVE_IN_SET_SQL = (f"SELECT {DOCUMENT_COLUMNS} FROM documents"  # noqa: S608
+                     " WHERE tenant_id = ? AND set_id = ? AND status = 'active'"
+                     " ORDER BY version IS NULL, version DESC, updated_at DESC LIMIT 1")
+
 REFERENCED_SEGMENTS_SQL = (
     "SELECT payload_segment FROM inbound WHERE payload_segment IS NOT NULL"
     " UNION SELECT payload_segment FROM outbox WHERE payload_segment IS NOT NULL"

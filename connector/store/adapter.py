@@ -16,7 +16,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from connector.store._shared import (
+    ACTIVE_IN_SET_SQL,
     CANCEL_SQL,
+    DOCUMENT_COLUMNS,
     MARK_DEAD_SQL,
     MARK_FAILED_SQL,
     MARK_SENT_SQL,
@@ -68,13 +70,8 @@ from connector.store.patients import HISTORY_SQL, history_from_row
 
 # Only constant column names are interpolated.
 _INBOUND_SUMMARY_SQL = f"SELECT {SUMMARY_COLUMNS} FROM inbound WHERE id = ?"  # noqa: S608
-_DOCUMENT_COLUMNS = "tenant_id, document_id, set_id, version, status, replaced_by, inbound_id"
-_DOCUMENTS_SQL = (f"SELECT {_DOCUMENT_COLUMNS} FROM documents WHERE tenant_id = ?"  # noqa: S608
+_DOCUMENTS_SQL = (f"SELECT {DOCUMENT_COLUMNS} FROM documents WHERE tenant_id = ?"  # noqa: S608
                   " ORDER BY updated_at, document_id")
-# The set's current version: active (not replaced nor deleted), the highest version number.
-_LATEST_VERSION_SQL = (f"SELECT {_DOCUMENT_COLUMNS} FROM documents"  # noqa: S608
-                       " WHERE tenant_id = ? AND set_id = ? AND status = 'active'"
-                       " ORDER BY version DESC, updated_at DESC LIMIT 1")
 
 
 def _document_version(row: Sequence[Any]) -> DocumentVersion:
@@ -241,7 +238,7 @@ class StoreAdapter(ABC):
         return [_document_version(r) for r in await self._query(_DOCUMENTS_SQL, (tenant_id,))]
 
     async def latest_version(self, tenant_id: str, set_id: str) -> DocumentVersion | None:
-        rows = await self._query(_LATEST_VERSION_SQL, (tenant_id, set_id))
+        rows = await self._query(ACTIVE_IN_SET_SQL, (tenant_id, set_id))
         return _document_version(rows[0]) if rows else None
 
     async def list_audit(self, *, tenant_id: str | None = None, outbox_id: int | None = None,

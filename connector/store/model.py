@@ -66,6 +66,8 @@ class VersionCheck:
     conflict_ack: bytes = field(repr=False)
     conflict_ack_code: str = "AE"
     unknown_original: UnknownOriginalPolicy = UnknownOriginalPolicy.ACCEPT
+    # A new document must open its set (`store.versions`): legacy `results.corrected: replace`.
+    exclusive_sets: bool = False
 
 
 class IdentifierKind(StrEnum):

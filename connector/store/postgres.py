@@ -115,6 +115,7 @@ from connector.store.model import (
     AuditEntry,
     CommitStats,
     DiskUsage,
+    DocumentAction,
     DocumentStatus,
     EventKind,
     InboundDetail,
@@ -378,6 +379,7 @@ class PostgresStore(StoreAdapter):
         the identifiers its patient change looks up."""
         keys = {_key(self._seed, "document", m.tenant_id, document_id)
                 for document_id in _document_ids(m)}
+        keys |= {_key(self._seed, "set", m.tenant_id, set_id) for set_id in _exclusive_sets(m)}
         if m.patient_update is not None and m.status is InboundStatus.ACCEPTED:
             keys |= {_key(self._seed, "patient", m.tenant_id, k.kind.value, k.authority, k.value)
                      for k in m.patient_update.lookup_keys}
@@ -398,8 +400,8 @@ class PostgresStore(StoreAdapter):
         for segment in _segments(batch):
             messages = [job.message for job in segment]
             patients = self._read_patients(conn, messages)  # comes back with the prefetch
-            previous, documents = self._prefetch(conn, messages)
-            pending = [self._queue_record(conn, m, previous, documents, patients)
+            previous, documents, sets = self._prefetch(conn, messages)
+            pending = [self._queue_record(conn, m, previous, documents, patients, sets)
                        for m in messages]
             for finish in pending:  # the first one waits for the segment's results
                 finish()
@@ -407,9 +409,11 @@ class PostgresStore(StoreAdapter):
         return [resolve() for resolve in results]
 
     def _prefetch(self, conn: Connection, messages: list[InboundMessage]
-                  ) -> tuple[list[tuple[Any, ...]], dict[tuple[str, str], DocumentRow]]:
-        """What the messages read: inbound rows sharing a control id within the window, and the
-        document rows their version plans need. One round trip."""
+                  ) -> tuple[list[tuple[Any, ...]], dict[tuple[str, str], DocumentRow],
+                             dict[tuple[str, str], DocumentRow]]:
+        """What the messages read: inbound rows sharing a control id within the window, the
+        document rows their version plans need, and the current version of the document sets
+        they must open (`VersionCheck.exclusive_sets`). One round trip."""
         pairs = sorted({(m.tenant_id, m.control_id) for m in messages if m.control_id})
         inbound_cursor = None
         if pairs:
@@ -430,16 +434,32 @@ class PostgresStore(StoreAdapter):
                 " JOIN unnest(%s::text[], %s::text[]) AS u(tenant_id, document_id)"
                 " ON d.tenant_id = u.tenant_id AND d.document_id = u.document_id",
                 ([w[0] for w in wanted], [w[1] for w in wanted]))
+        sets = sorted({(m.tenant_id, s) for m in messages for s in _exclusive_sets(m)})
+        sets_cursor = None
+        if sets:
+            sets_cursor = conn.execute(
+                "SELECT DISTINCT ON (d.tenant_id, d.set_id) d.tenant_id, d.document_id,"
+                " d.set_id, d.version, d.status, d.replaced_by FROM documents d"
+                " JOIN unnest(%s::text[], %s::text[]) AS u(tenant_id, set_id)"
+                " ON d.tenant_id = u.tenant_id AND d.set_id = u.set_id"
+                " WHERE d.status = 'active'"
+                " ORDER BY d.tenant_id, d.set_id, d.version IS NULL, d.version DESC,"
+                " d.updated_at DESC",
+                ([s[0] for s in sets], [s[1] for s in sets]))
         previous = inbound_cursor.fetchall() if inbound_cursor is not None else []
         documents = {
             (r[0], r[1]): DocumentRow(r[1], r[2], r[3], DocumentStatus(r[4]), r[5])
             for r in (documents_cursor.fetchall() if documents_cursor is not None else [])}
-        return previous, documents
+        active = {
+            (r[0], r[2]): DocumentRow(r[1], r[2], r[3], DocumentStatus(r[4]), r[5])
+            for r in (sets_cursor.fetchall() if sets_cursor is not None else [])}
+        return previous, documents, active
 
     def _queue_record(self, conn: Connection, m: InboundMessage,
                       candidates: list[tuple[Any, ...]],
                       documents: dict[tuple[str, str], DocumentRow],
-                      patients: PatientReads | None = None
+                      patients: PatientReads | None = None,
+                      sets: dict[tuple[str, str], DocumentRow] | None = None
                       ) -> Callable[[], InboundReceipt]:
         """Queue the statements recording `m`; return what gives its receipt once they ran."""
         previous: list[tuple[Any, ...]] = []
@@ -466,7 +486,14 @@ class PostgresStore(StoreAdapter):
                     raise _UndeclaredRead
                 return documents.get((m.tenant_id, document_id))
 
-            plan = plan_versions(lookup, m.versions.changes, m.versions.unknown_original)
+            def active_in_set(set_id: str) -> DocumentRow | None:
+                if set_id not in _exclusive_sets(m):  # it would be read without its lock
+                    raise _UndeclaredRead
+                return (sets or {}).get((m.tenant_id, set_id))
+
+            plan = plan_versions(lookup, m.versions.changes, m.versions.unknown_original,
+                                 active_in_set=active_in_set if m.versions.exclusive_sets
+                                 else None)
             if plan.conflict is not None:
                 status, ack = InboundStatus.REJECTED, m.versions.conflict_ack
                 error_code, error_detail = "207", plan.conflict
@@ -979,6 +1006,15 @@ def _document_ids(m: InboundMessage) -> frozenset[str]:
     return frozenset(document_id for change in m.versions.changes
                      for document_id in (change.document_id, change.target_id)
                      if document_id is not None)
+
+
+def _exclusive_sets(m: InboundMessage) -> frozenset[str]:
+    """The document sets the version plan of `m` must find without a current version."""
+    if m.versions is None or m.status is not InboundStatus.ACCEPTED \
+            or not m.versions.exclusive_sets:
+        return frozenset()
+    return frozenset(change.set_id for change in m.versions.changes
+                     if change.action is DocumentAction.NEW and change.set_id is not None)
 
 
 def _segments(batch: list[_Job]) -> Iterator[list[_Job]]:

@@ -34,6 +34,7 @@ import structlog
 
 from connector.errors import LeaseLost, PayloadUnreadable, StoreError, StoreUnavailable
 from connector.store._shared import (
+    ACTIVE_IN_SET_SQL,
     AUDIT_SQL,
     LEASABLE,
     MAILBOX_AUDIT_SQL,
@@ -363,8 +364,11 @@ class SQLiteStore(StoreAdapter):
         status, ack, error_code, error_detail = m.status, m.ack, m.error_code, m.error_detail
         plan = VersionPlan()
         if m.versions is not None and status is InboundStatus.ACCEPTED:
-            plan = plan_versions(lambda doc_id: self._document(conn, m.tenant_id, doc_id),
-                                 m.versions.changes, m.versions.unknown_original)
+            plan = plan_versions(
+                lambda doc_id: self._document(conn, m.tenant_id, doc_id),
+                m.versions.changes, m.versions.unknown_original,
+                active_in_set=((lambda set_id: self._active_in_set(conn, m.tenant_id, set_id))
+                               if m.versions.exclusive_sets else None))
             if plan.conflict is not None:
                 status, ack = InboundStatus.REJECTED, m.versions.conflict_ack
                 error_code, error_detail = "207", plan.conflict
@@ -424,6 +428,13 @@ class SQLiteStore(StoreAdapter):
         for _ in plan.resent:
             self._event(conn, m, EventKind.DOCUMENT_RESENT, row_id,
                         "request already applied to this document")
+
+    @staticmethod
+    def _active_in_set(conn: sqlite3.Connection, tenant_id: str, set_id: str
+                       ) -> DocumentRow | None:
+        row = conn.execute(ACTIVE_IN_SET_SQL, (tenant_id, set_id)).fetchone()
+        return None if row is None else DocumentRow(row[1], row[2], row[3],
+                                                    DocumentStatus(row[4]), row[5])
 
     @staticmethod
     def _document(conn: sqlite3.Connection, tenant_id: str, document_id: str

@@ -8,6 +8,11 @@ win. Re-sending a request already applied (same target, same new id) is accepted
 a document sent again as new after it was replaced or deleted is not (it would go out as a valid
 report). A replacement of an original never received (accepted by policy) records that original
 as replaced, so that a second, different replacement of it is refused as for a known one.
+
+With `active_in_set` (`VersionCheck.exclusive_sets`: the legacy flows that make each order one
+document set, and choose its next version from the store), a new document whose set already has
+a current version is refused too: another report of the order was stored after this one read
+the set, and both would go out as current.
 """
 
 from __future__ import annotations
@@ -44,7 +49,10 @@ Lookup = Callable[[str], DocumentRow | None]
 
 
 def plan_versions(lookup: Lookup, changes: Sequence[DocumentChange],
-                  policy: UnknownOriginalPolicy) -> VersionPlan:
+                  policy: UnknownOriginalPolicy, *, active_in_set: Lookup | None = None
+                  ) -> VersionPlan:
+    """`active_in_set(set_id)`: the set's current version, when new documents must open their
+    set (see the module)."""
     pending: dict[str, DocumentRow] = {}
     unknown: list[str] = []
     resent: list[str] = []
@@ -59,6 +67,11 @@ def plan_versions(lookup: Lookup, changes: Sequence[DocumentChange],
     for change in changes:
         if change.action is DocumentAction.NEW:
             existing = current(change.document_id)
+            if existing is None and active_in_set is not None and change.set_id is not None:
+                opened = active_in_set(change.set_id)
+                if opened is not None and opened.document_id != change.document_id:
+                    return VersionPlan(conflict="its document set has a current version since:"
+                                                " this one must replace it")
             if existing is None:
                 pending[change.document_id] = new_row(change)
             elif existing.status is DocumentStatus.ACTIVE:

@@ -387,6 +387,45 @@ async def test_the_latest_version_of_a_set_is_its_active_one(make_store: StoreFa
     assert await store.latest_version("t1", "1.2.3") is None  # nothing left to replace
 
 
+def exclusive(message: InboundMessage) -> InboundMessage:
+    assert message.versions is not None
+    return replace(message, versions=replace(message.versions, exclusive_sets=True))
+
+
+OTHER_V1 = DocumentChange(DocumentAction.NEW, "1.2.3.9", set_id="1.2.3", version=1)
+
+
+async def test_a_new_document_must_open_an_exclusive_set(make_store: StoreFactory) -> None:
+    """Legacy `corrected: replace`: a second version 1 of an order's set is refused (it would
+    go out as current beside the first); CI-SIS requests keep their rules."""
+    store = make_store()
+    assert (await store.record_inbound(exclusive(doc_request(1, NEW_V1)))).version_conflict is None
+    refused = await store.record_inbound(exclusive(doc_request(2, OTHER_V1)))
+    assert refused.version_conflict == ("its document set has a current version since: this one"
+                                        " must replace it")
+    assert refused.ack == b"AE-900 for D2"
+    again = await store.record_inbound(exclusive(doc_request(3, NEW_V1)))  # the same: a resend
+    assert again.version_conflict is None
+    assert (await store.record_inbound(exclusive(doc_request(4, REPLACE_V1_BY_V2)))
+            ).version_conflict is None
+    late = await store.record_inbound(exclusive(doc_request(5, OTHER_V1)))  # v2 is current
+    assert late.version_conflict is not None
+    other = make_store(name="other.db")
+    assert (await other.record_inbound(doc_request(1, NEW_V1))).version_conflict is None
+    assert (await other.record_inbound(doc_request(2, OTHER_V1))).version_conflict is None
+
+
+async def test_two_first_versions_of_one_exclusive_set_at_once_one_wins(
+        make_store: StoreFactory) -> None:
+    store = make_store()
+    receipts = await asyncio.gather(
+        store.record_inbound(exclusive(doc_request(1, NEW_V1))),
+        store.record_inbound(exclusive(doc_request(2, OTHER_V1))))
+    assert sorted(r.version_conflict is None for r in receipts) == [False, True]
+    active = [d for d in await store.get_documents("t1") if d.status is DocumentStatus.ACTIVE]
+    assert len(active) == 1
+
+
 @pytest.mark.parametrize("then", [REPLACE_V1_BY_V2, DELETE_V1])
 async def test_a_version_sent_again_as_new_after_a_replace_or_delete_is_refused(
         make_store: StoreFactory, then: DocumentChange) -> None:

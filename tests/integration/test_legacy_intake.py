@@ -170,6 +170,22 @@ async def test_with_corrected_replace_each_report_of_an_order_replaces_the_last(
         instance_key(third.document_id): (3, DocumentStatus.ACTIVE)}
 
 
+async def test_two_reports_of_one_order_at_once_chain_their_versions(
+        tmp_path: Path, app_factory: Callable[..., object]) -> None:
+    """On two connections at the same moment: one is version 1, the other replaces it
+    (before, both read "no version yet" and went out as two current versions 1)."""
+    mappings = mappings_dir(tmp_path, '[{fixed: ["labo.resultats@chu-x.mssante.fr"]}]')
+    path = mappings / "labo" / "mapping.yaml"
+    path.write_text(path.read_text("utf-8") + "results:\n  corrected: replace\n", "utf-8")
+    running: RunningApp = await app_factory(settings_with(tmp_path, mappings))  # type: ignore[operator]
+    corrected = LAB_CASE.replace(b"||||||F\r", b"||||||C\r").replace(b"|LAB0001|", b"|LAB2|")
+    answers = await asyncio.gather(running.send(LAB_CASE), running.send(corrected))
+    assert [ack(answer)[0] for answer in answers] == ["AA", "AA"]
+    versions = sorted((d.version, d.status.value)
+                      for d in await running.app.store.get_documents("chu-test"))
+    assert versions == [(1, "replaced"), (2, "active")]
+
+
 async def test_a_report_whose_earlier_versions_cannot_be_read_is_ar_and_not_stored(
         tmp_path: Path, app_factory: Callable[..., object],
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -226,6 +242,29 @@ async def test_render_writes_the_generated_cda(tmp_path: Path) -> None:
     assert code == 0, err
     assert "generated CDA 1: 001-cda1.xml (legacy mapping labo-cr-bio)" in out
     assert b'code="11502-2"' in (tmp_path / "out" / "001-cda1.xml").read_bytes()
+
+
+async def test_render_links_the_reports_of_an_order_within_the_run(tmp_path: Path) -> None:
+    """`corrected: replace` offline: the second report of the order is rendered as the
+    replacement of the first, as serve would send it after the first (no misleading W)."""
+    mappings = mappings_dir(tmp_path, '[{fixed: ["labo.resultats@chu-x.mssante.fr"]}]')
+    path = mappings / "labo" / "mapping.yaml"
+    path.write_text(path.read_text("utf-8") + "results:\n  corrected: replace\n", "utf-8")
+    config = tmp_path / "c.toml"
+    config.write_text(f'data_dir = "{tmp_path / "var"}"\n[[tenants]]\nid = "chu"\n'
+                      f'oid = "1.2.250.1.71.4.2.2.1120456789"\nmappings = "{mappings}"\n')
+    corrected = LAB_CASE.replace(b"||||||F\r", b"||||||C\r").replace(b"|LAB0001|", b"|LAB2|")
+    case = tmp_path / "case.hl7"
+    case.write_bytes(LAB_CASE + corrected)
+    code, out, err = await run_cli("render", str(case), "--out", str(tmp_path / "out"),
+                                   "--config", str(config))
+    assert code == 0, err
+    assert "not known here" not in out
+    first, second = (read_cda_header(parse_xml((tmp_path / "out" / f"00{n}-cda1.xml").read_bytes()))
+                     for n in (1, 2))
+    assert (first.version_number, second.version_number) == (1, 2)
+    assert second.parent_document_ids == (first.document_id,)
+    assert first.set_id == second.set_id
 
 
 async def test_a_mapping_typo_stops_start_up_with_its_file_and_line(tmp_path: Path) -> None:

@@ -263,3 +263,38 @@ def test_a_correction_that_cannot_be_linked_goes_as_new_with_a_warning(
     assert warning.location is not None
     assert warning.location.to_hl7() == "OBX^1^11"
     assert warning.detail == f"corrected result (OBX-11 = C) sent as a new document: {why}"
+
+
+def test_the_document_set_does_not_depend_on_the_delimiters(tmp_path: Path) -> None:
+    """MSH-3/4 and the order number are read unescaped, component by component: other
+    delimiters or empty trailing components name the same set; MSH-4 names another."""
+    flow = flows(tmp_path, extra=REPLACE)
+    set_id = flow.report_set_id(*header_and_message(CASE))
+    hashes = CASE.replace("MSH|^~\\&|", "MSH|#~\\&|").replace("^", "#")
+    assert hashes != CASE
+    assert flow.report_set_id(*header_and_message(hashes)) == set_id
+    trailing = CASE.replace("MSH|^~\\&|SGL|CHU-X|", "MSH|^~\\&|SGL^^|CHU-X^|")
+    assert flow.report_set_id(*header_and_message(trailing)) == set_id
+    other_facility = CASE.replace("MSH|^~\\&|SGL|CHU-X|", "MSH|^~\\&|SGL|CHU-Y|")
+    assert flow.report_set_id(*header_and_message(other_facility)) not in (None, set_id)
+
+
+def test_another_kind_of_report_of_the_same_order_is_another_set(tmp_path: Path) -> None:
+    """Two mappings for one lab (OBR-4 decides): the same order number, two document sets."""
+    text = (SHIPPED / "labo-cr-bio" / "mapping.yaml").read_text("utf-8").replace(
+        "  rules: [ordering-provider, copies]", '  rules: [{fixed: ["a@b.mssante.fr"]}]') + REPLACE
+    first = tmp_path / "bio" / "mapping.yaml"
+    first.parent.mkdir()
+    first.write_text(text, "utf-8")
+    assert text.count('type: {code: "11502-2"') == 1
+    second = tmp_path / "other" / "mapping.yaml"
+    second.parent.mkdir()
+    second.write_text(text.replace('type: {code: "11502-2"', 'type: {code: "11526-1"').replace(
+        "name: labo-cr-bio", "name: labo-anapath"), "utf-8")
+    establishment = Establishment("CHU X", "1.2.250.1.71.4.2.2.1120456789", "120456789")
+    bio = LegacyFlows([load_mapping(first)], establishment, clock=lambda: NOW)
+    anapath = LegacyFlows([load_mapping(second)], establishment, clock=lambda: NOW)
+    header, message = header_and_message(CASE)
+    sets = {bio.report_set_id(header, message), anapath.report_set_id(header, message)}
+    assert len(sets) == 2
+    assert None not in sets
