@@ -199,7 +199,7 @@ class Application:
         self._whitelist_date = inputs.whitelist.generated_at if inputs.whitelist else None
         return SharedParts(settings, self.store, self.control_ids, inputs.whitelist,
                            inputs.checker, self.metrics, self.delivery.wake, inputs.directory,
-                           documents=lambda: self.documents)
+                           documents=lambda: self.documents, report_sets=self.report_sets)
 
     def _adopt(self, runtime: TenantRuntime) -> None:
         self.tenants[runtime.id] = runtime

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from connector.cda.header import InstanceId
 from connector.cda.policy import SchematronPolicy
 from connector.delivery.factory import build_delivery
 from connector.delivery.worker import TenantDelivery
@@ -28,6 +29,7 @@ from connector.observability.metrics import ConnectorMetrics
 from connector.pipeline.documents import CdaChecker, CisisIntake
 from connector.pipeline.intake import IntakeConfig, IntakeHandler
 from connector.pipeline.outgoing import MailPlanner
+from connector.pipeline.serial import KeyedLocks
 from connector.receipts.factory import build_receipts
 from connector.receipts.poller import ReceiptPoller
 from connector.settings import Settings, TenantSettings
@@ -58,6 +60,9 @@ class SharedParts:
     # The worker processes of `[intake] document_processes` running now (None: threads);
     # a getter, as a reload replaces them under tenants it leaves running.
     documents: Callable[[], DocumentProcesses | None] | None = None
+    # The legacy report sets being read and stored now (`IntakeHandler`): one per process, so
+    # that the listeners of a tenant, and its handlers before and after a reload, share it.
+    report_sets: KeyedLocks[tuple[str, InstanceId]] | None = None
 
 
 @dataclass
@@ -220,7 +225,7 @@ def build_tenant(index: int, tenant: TenantSettings, shared: SharedParts) -> Ten
                          application_ack=listener.application_ack),
             store, shared.control_ids, cisis, metrics, planner=planner, legacy=legacy,
             patients=store if legacy is not None else None, on_queued=shared.wake,
-            documents=shared.documents)
+            documents=shared.documents, report_sets=shared.report_sets)
         ssl_context = (server_ssl_context(
             listener.tls, f"{prefix}.listeners[{tenant.listeners.index(listener)}].tls")
             if listener.tls else None)

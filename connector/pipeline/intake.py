@@ -78,7 +78,10 @@ class IntakeHandler:
                  planner: MailPlanner | None = None, legacy: LegacyFlows | None = None,
                  patients: PatientStore | None = None,
                  on_queued: Callable[[str], None] | None = None,
-                 documents: Callable[[], DocumentProcesses | None] | None = None) -> None:
+                 documents: Callable[[], DocumentProcesses | None] | None = None,
+                 report_sets: KeyedLocks[tuple[str, InstanceId]] | None = None) -> None:
+        """`report_sets`: the locks of the legacy report sets being handled, shared by every
+        handler of the process (a new set of locks when not given)."""
         self.config = config
         self.metrics = metrics
         self._store = store
@@ -90,7 +93,7 @@ class IntakeHandler:
                                      forced_charset=config.forced_charset,
                                      default_charset=config.default_charset)
         self.draining = False
-        self._report_sets = KeyedLocks[InstanceId]()
+        self._report_sets = report_sets if report_sets is not None else KeyedLocks()
 
     async def handle(self, payload: bytes, peer: str) -> bytes | None:
         # Every log line of this message carries its tenant, listener and connection (this
@@ -131,7 +134,7 @@ class IntakeHandler:
         # Legacy `corrected: replace`: from reading the order's latest report to storing this
         # one, no other report of the order is handled in this process (two at once would both
         # build on the same version; another replica's is refused by the store, AE 900).
-        async with self._report_sets.hold(report_set):
+        async with self._report_sets.hold((self.config.tenant_id, report_set)):
             try:  # the order's latest report, which this one replaces
                 decision = replace(decision, previous=await self._latest_report(report_set))
             except StoreError as exc:  # not knowing it, the report would go as a second v1

@@ -20,6 +20,7 @@ from connector.cda.safe_xml import parse_xml
 from connector.delivery.job import MailJob
 from connector.errors import StoreUnavailable
 from connector.hl7.message import parse_message
+from connector.mllp.client import MLLPClient
 from connector.pipeline.documents import instance_key
 from connector.settings import CisisSettings, Settings, ValidationSettings
 from connector.store import DocumentStatus, InboundStatus
@@ -180,6 +181,32 @@ async def test_two_reports_of_one_order_at_once_chain_their_versions(
     running: RunningApp = await app_factory(settings_with(tmp_path, mappings))  # type: ignore[operator]
     corrected = LAB_CASE.replace(b"||||||F\r", b"||||||C\r").replace(b"|LAB0001|", b"|LAB2|")
     answers = await asyncio.gather(running.send(LAB_CASE), running.send(corrected))
+    assert [ack(answer)[0] for answer in answers] == ["AA", "AA"]
+    versions = sorted((d.version, d.status.value)
+                      for d in await running.app.store.get_documents("chu-test"))
+    assert versions == [(1, "replaced"), (2, "active")]
+
+
+async def test_reports_of_one_order_on_two_listeners_of_a_tenant_chain_too(
+        tmp_path: Path, app_factory: Callable[..., object]) -> None:
+    """The order's lock is the process's, not one listener's."""
+    mappings = mappings_dir(tmp_path, '[{fixed: ["labo.resultats@chu-x.mssante.fr"]}]')
+    path = mappings / "labo" / "mapping.yaml"
+    path.write_text(path.read_text("utf-8") + "results:\n  corrected: replace\n", "utf-8")
+    settings = settings_with(tmp_path, mappings)
+    tenant = settings.tenants[0]
+    second = replace(tenant.listeners[0], name="second", port=0)
+    settings = replace(settings, tenants=(replace(tenant, listeners=(*tenant.listeners,
+                                                                      second)),))
+    running: RunningApp = await app_factory(settings)  # type: ignore[operator]
+    corrected = LAB_CASE.replace(b"||||||F\r", b"||||||C\r").replace(b"|LAB0001|", b"|LAB2|")
+
+    async def send_to(server: int, payload: bytes) -> bytes:
+        host, port = running.app.servers[server].address
+        async with MLLPClient(host, port, timeout=10) as client:
+            return await client.send(payload)
+
+    answers = await asyncio.gather(send_to(0, LAB_CASE), send_to(1, corrected))
     assert [ack(answer)[0] for answer in answers] == ["AA", "AA"]
     versions = sorted((d.version, d.status.value)
                       for d in await running.app.store.get_documents("chu-test"))
