@@ -177,6 +177,7 @@ class Application:
         app.gauges = GaugeRefresher(
             app.metrics, store.outbox_stats, lambda: list(app.tenants),
             certificates=lambda: [c for t in app.tenants.values() for c in t.certificates],
+            crls=lambda: [c for t in app.tenants.values() for c in t.revocation_lists],
             whitelist_generated_at=lambda: app._whitelist_date, mailboxes=app.mailboxes,
             disk_usage=store.disk_usage)
         app.retention = RetentionPurger(

@@ -24,7 +24,7 @@ from connector.legacy.flow import Establishment, LegacyFlows
 from connector.legacy.mapping import load_mappings
 from connector.legacy.resolver import DirectoryResolver
 from connector.mllp.server import MLLPServer, server_ssl_context
-from connector.observability.gauges import Certificate
+from connector.observability.gauges import Certificate, RevocationLists
 from connector.observability.metrics import ConnectorMetrics
 from connector.pipeline.documents import CdaChecker, CisisIntake
 from connector.pipeline.intake import IntakeConfig, IntakeHandler
@@ -75,6 +75,7 @@ class TenantRuntime:
     poller: ReceiptPoller | None = None
     certificates: list[Certificate] = field(default_factory=list)
     crls: tuple[FileStamp, ...] = ()  # the CRL files its TLS contexts were built from
+    revocation_lists: list[RevocationLists] = field(default_factory=list)  # their nextUpdate
 
     @property
     def id(self) -> str:
@@ -210,12 +211,15 @@ def build_tenant(index: int, tenant: TenantSettings, shared: SharedParts) -> Ten
                               control_ids=shared.control_ids, metrics=metrics)
     delivery = build_delivery(tenant, store, prefix=prefix, source=settings.source,
                               metrics=metrics, follow_up=receipts.follow_up)
-    certificates = []
-    smtp_tls = getattr(delivery.transport, "tls", None)
-    if smtp_tls is not None and smtp_tls.client_certificate is not None:
-        certificates.append(Certificate(tenant.id, "smtp", smtp_tls.client_certificate))
-    if receipts.imap_certificate is not None:
-        certificates.append(Certificate(tenant.id, "imap", receipts.imap_certificate))
+    certificates, crls = [], []
+    for use, tls in (("smtp", getattr(delivery.transport, "tls", None)),
+                     ("imap", receipts.imap_tls)):
+        if tls is None:
+            continue
+        if tls.client_certificate is not None:
+            certificates.append(Certificate(tenant.id, use, tls.client_certificate))
+        if tls.crl_next_update is not None:
+            crls.append(RevocationLists(tenant.id, use, tls.crl_next_update))
     handlers, servers = [], []
     for listener in tenant.listeners:
         handler = IntakeHandler(
@@ -234,4 +238,4 @@ def build_tenant(index: int, tenant: TenantSettings, shared: SharedParts) -> Ten
                                   on_frame_refused=_frame_counter(metrics, tenant.id)))
     return TenantRuntime(tenant, handlers, servers, delivery, receipts.returns,
                          receipts.poller, certificates,
-                         tuple(FileStamp.of(path) for path in crl_files(tenant)))
+                         tuple(FileStamp.of(path) for path in crl_files(tenant)), crls)

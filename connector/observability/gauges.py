@@ -1,6 +1,7 @@
 """Gauges read from the state of things rather than counted as events: the outbox by tenant,
 kind and state, the oldest row still to send, the store's size and free disk, client
-certificates' days to expiry, the whitelist's age, the mailboxes' connection. Refreshed every
+certificates' days to expiry, the CRLs' time to their nextUpdate, the whitelist's age, the
+mailboxes' connection. Refreshed every
 `interval` seconds (and on start) by one task, so a scrape never queries the store."""
 
 from __future__ import annotations
@@ -31,11 +32,21 @@ class Certificate:
     info: CertificateInfo
 
 
+@dataclass(frozen=True, slots=True)
+class RevocationLists:
+    """The CRLs a tenant's TLS context for `use` checks the operator against."""
+
+    tenant_id: str
+    use: str  # smtp, imap
+    next_update: datetime  # the soonest nextUpdate among them
+
+
 class GaugeRefresher:
     def __init__(self, metrics: ConnectorMetrics,
                  stats: Callable[[], Awaitable[list[OutboxStat]]],
                  tenants: Callable[[], Sequence[str]], *,
                  certificates: Callable[[], Sequence[Certificate]] = tuple,
+                 crls: Callable[[], Sequence[RevocationLists]] = tuple,
                  whitelist_generated_at: Callable[[], datetime | None] = lambda: None,
                  mailboxes: Callable[[], dict[str, bool]] | None = None,
                  disk_usage: Callable[[], Awaitable[DiskUsage]] | None = None,
@@ -44,6 +55,7 @@ class GaugeRefresher:
         self._stats = stats
         self._tenants = tenants
         self._certificates = certificates
+        self._crls = crls
         self._whitelist = whitelist_generated_at
         self._mailboxes = mailboxes
         self._disk_usage = disk_usage
@@ -76,6 +88,9 @@ class GaugeRefresher:
             self.metrics.client_certificate_expiry_days.labels(
                 certificate.tenant_id, certificate.use).set(
                 round(certificate.info.days_to_expiry(), 3))
+        for crl in self._crls():
+            self.metrics.crl_next_update_seconds.labels(crl.tenant_id, crl.use).set(
+                round(crl.next_update.timestamp() - at, 3))
         generated = self._whitelist()
         if generated is not None:
             self.metrics.whitelist_age_seconds.set(at - generated.timestamp())

@@ -107,6 +107,12 @@ class ConnectorMetrics:
             "Days until the application mailbox's client certificate expires (negative: "
             "expired), by tenant and use (smtp, imap)", ["tenant", "use"],
             registry=self.registry)
+        self.crl_next_update_seconds = Gauge(
+            "mssconnector_crl_next_update_seconds",
+            "Seconds until the soonest nextUpdate of the CRLs the operator's certificate is "
+            "checked against (negative: past, every handshake fails), by tenant and use (smtp, "
+            "imap); as read at start-up or at the last reload", ["tenant", "use"],
+            registry=self.registry)
         self.whitelist_age_seconds = Gauge(
             "mssconnector_whitelist_age_seconds",
             "Age of the installed MSSanté whitelist (its DateDeGeneration)",

@@ -16,7 +16,6 @@ from connector.delivery.factory import (
 from connector.delivery.job import MailJob
 from connector.delivery.smtp import SendResult
 from connector.delivery.tls import (
-    CertificateInfo,
     ClientTls,
     ClientTlsSettings,
     PemClientCertificate,
@@ -44,7 +43,7 @@ class TenantReceipts:
     poller: ReceiptPoller | None
     returns: TenantDelivery | None
     follow_up: FollowUp
-    imap_certificate: CertificateInfo | None = None
+    imap_tls: ClientTls | None = None  # the application mailbox's TLS (certificate, CRLs)
 
 
 def _process() -> str:
@@ -88,7 +87,7 @@ def build_receipts(tenant: TenantSettings, store: Store, *, prefix: str, source:
                                   lease_seconds=tenant.delivery.lease_seconds,
                                   poll_seconds=tenant.delivery.poll_seconds))
     poller = None
-    certificate = None
+    imap_tls = None
     settings = tenant.receipts
     if settings is not None:
         try:
@@ -96,7 +95,7 @@ def build_receipts(tenant: TenantSettings, store: Store, *, prefix: str, source:
         except ConfigError as exc:
             raise rekeyed(exc, prefix, source, "receipts") from exc
         warn_about_revocation(tenant.id, "imap", tls)
-        certificate = tls.client_certificate
+        imap_tls = tls
         endpoint = ImapEndpoint(
             settings.host, settings.port, ImapTlsMode(settings.tls.value), settings.username,
             settings.password, settings.mailbox, settings.processed_folder,
@@ -122,4 +121,4 @@ def build_receipts(tenant: TenantSettings, store: Store, *, prefix: str, source:
             result.error_code or SmtpErrorCode.TRANSACTION_FAILED)
         return (zam,) if zam is not None else ()
 
-    return TenantReceipts(planner, poller, returns, follow_up, certificate)
+    return TenantReceipts(planner, poller, returns, follow_up, imap_tls)

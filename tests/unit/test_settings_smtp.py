@@ -278,6 +278,38 @@ def test_crl_files_errors_name_their_key(tmp_path: Path, pki: tuple[TestCA, Issu
     assert caught.value.key == key
 
 
+async def test_the_crls_time_to_their_next_update_is_a_gauge(
+        tmp_path: Path, pki: tuple[TestCA, Issued]) -> None:
+    """`mssconnector_crl_next_update_seconds{tenant,use}`: what the alerts watch, so that a
+    broken CRL download shows before every handshake fails."""
+    ca, _ = pki
+    soon = ca.crl("soon.crl", next_update_days=0.25)
+    path = config(tmp_path, smtp(pki, f'crl_files = ["{soon}"]\n'))
+    path.write_text(path.read_text() + '[tenants.receipts]\nhost = "imap.operator.test"\n')
+    app = Application.build(load_settings(path))
+    assert app.gauges is not None
+    await app.gauges.refresh()
+    for use in ("smtp", "imap"):
+        left = app.metrics.registry.get_sample_value(
+            "mssconnector_crl_next_update_seconds", {"tenant": "chu", "use": use})
+        assert left is not None
+        assert 0.25 * 86400 - 120 < left <= 0.25 * 86400
+    expired = ca.crl("expired.crl", next_update_days=-1)
+    app = Application.build(load_settings(config(tmp_path, smtp(
+        pki, f'crl_files = ["{expired}"]\n'))))
+    assert app.gauges is not None
+    await app.gauges.refresh()
+    left = app.metrics.registry.get_sample_value(
+        "mssconnector_crl_next_update_seconds", {"tenant": "chu", "use": "smtp"})
+    assert left is not None
+    assert -86400 - 120 < left < -86400 + 120
+    without = Application.build(load_settings(config(tmp_path, smtp(pki))))
+    assert without.gauges is not None
+    await without.gauges.refresh()
+    assert without.metrics.registry.get_sample_value(
+        "mssconnector_crl_next_update_seconds", {"tenant": "chu", "use": "smtp"}) is None
+
+
 def test_a_crl_past_its_next_update_is_warned_about(tmp_path: Path,
                                                    pki: tuple[TestCA, Issued]) -> None:
     ca, _ = pki
