@@ -358,3 +358,25 @@ def test_receipts_take_a_pkcs12_or_a_pem_pair_not_both(tmp_path: Path,
     with pytest.raises(ConfigError) as caught:
         load_settings(path)
     assert caught.value.key == "tenants[0].receipts.client_pkcs12"
+
+
+@pytest.mark.parametrize(("receipts", "key"), [
+    ("", "tenants[0].transport.client_private_key"),  # inherited: the transport's setting
+    ("client_certificate = \"{cert}\"\nclient_private_key = \"{key}\"\n"
+     "client_private_key_password_env = \"IMAP_KEY_PASSWORD\"\n",
+     "tenants[0].receipts.client_private_key"),  # its own
+])
+def test_a_certificate_error_names_the_table_that_set_it(
+        tmp_path: Path, pki: tuple[TestCA, Issued], receipts: str, key: str) -> None:
+    """[tenants.receipts] takes the transport's certificate when it names none: an error about
+    it names [tenants.transport], where the reader wrote it (it named receipts before)."""
+    _, client = pki
+    extra = ('client_private_key_password_env = "BAL_KEY_PASSWORD"\n' if not receipts else "")
+    path = config(tmp_path, smtp(pki, extra))
+    path.write_text(path.read_text() + '[tenants.receipts]\nhost = "imap.operator.test"\n'
+                    + receipts.format(cert=client.certificate, key=client.private_key))
+    with pytest.raises(ConfigError) as caught:
+        Application.build(load_settings(path, env={"BAL_KEY_PASSWORD": "x",
+                                                   "IMAP_KEY_PASSWORD": "y"}))
+    assert caught.value.key == key
+    assert "is not encrypted" in caught.value.problem
