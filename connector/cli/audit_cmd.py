@@ -17,7 +17,8 @@ from connector.cli._common import add_config_argument, run_with_store
 
 def register(sub: Any) -> None:
     parser: argparse.ArgumentParser = sub.add_parser(
-        "audit", help="export the audit trail of mailbox operations")
+        "audit", help="export the audit trail: submissions to the operator, receipts, "
+                      "mailbox and operator actions (never content)")
     inner = parser.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
     export = inner.add_parser("export", help="write the audit trail of a period (CSV or JSON)")
     add_config_argument(export)
@@ -43,11 +44,15 @@ def run_export(args: argparse.Namespace) -> int:
                 else queries.audit_as_csv(records))
         if args.out is None:
             sys.stdout.write(text)
-        else:
+            return 0
+        try:
             fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                out.write(text)
-            print(f"{len(records)} audit entries written to {args.out}", file=sys.stderr)
+        except OSError as exc:
+            print(f"--out {args.out}: {exc.strerror}", file=sys.stderr)
+            return 2
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+        print(f"{len(records)} audit entries written to {args.out}", file=sys.stderr)
         return 0
 
     return run_with_store(args, action)

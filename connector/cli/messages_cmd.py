@@ -10,8 +10,17 @@ import argparse
 import sys
 from typing import Any
 
-from connector.cli._common import add_config_argument, run_with_store, utc_time
-from connector.store import InboundStatus, InboundSummary
+from connector.cli._common import (
+    add_config_argument,
+    report_config_error,
+    run_with_store,
+    settings_from,
+    utc_time,
+)
+from connector.errors import ConfigError, HL7ParseError
+from connector.hl7.header import resolve_codec
+from connector.settings import Settings
+from connector.store import InboundDetail, InboundStatus, InboundSummary
 
 
 def register(sub: Any) -> None:
@@ -49,18 +58,39 @@ def run_list(args: argparse.Namespace) -> int:
     return run_with_store(args, action)
 
 
+def _codec(settings: Settings, detail: InboundDetail) -> str:
+    """The character set intake decoded the message with (its listener's forced `charset`,
+    else its MSH-18, else `default_charset`), which its ACK is written in too."""
+    forced = None
+    for tenant in settings.tenants:
+        if tenant.id == detail.summary.tenant_id:
+            forced = next((listener.charset for listener in tenant.listeners
+                           if listener.name == detail.summary.listener), None)
+    try:
+        return resolve_codec(detail.raw or detail.ack, forced=forced,
+                             default=settings.default_charset)
+    except HL7ParseError:  # an MSH-18 intake did not know: answered in the default
+        return settings.default_charset
+
+
 def run_show(args: argparse.Namespace) -> int:
+    try:
+        settings = settings_from(args)
+    except ConfigError as exc:
+        return report_config_error(exc)
+
     async def action(store: Any) -> int:
         detail = await store.get_inbound(args.id)
         if detail is None:
             print(f"no message {args.id}", file=sys.stderr)
             return 1
+        codec = _codec(settings, detail)
         s = detail.summary
         print(_line(s))
         print(f"listener: {s.listener}  peer: {s.peer}  size: {s.size} bytes  "
               f"sender: {s.sending_application}|{s.sending_facility}  version: {s.version}")
         print("--- acknowledgement")
-        print(detail.ack.decode("utf-8", errors="replace").replace("\r", "\n").rstrip())
+        print(detail.ack.decode(codec, errors="replace").replace("\r", "\n").rstrip())
         if detail.report:
             print("--- validation report")
             print(detail.report.decode("utf-8", errors="replace").rstrip())
@@ -69,7 +99,7 @@ def run_show(args: argparse.Namespace) -> int:
                   "(store.payload_retention_days)")
             return 0
         print("--- message")
-        print(detail.raw.decode("utf-8", errors="replace").replace("\r", "\n").rstrip())
+        print(detail.raw.decode(codec, errors="replace").replace("\r", "\n").rstrip())
         return 0
 
     return run_with_store(args, action)

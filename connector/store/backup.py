@@ -99,8 +99,11 @@ def take_backup(database: Path, target: Path) -> Backup:
     started = time.monotonic()
     if not database.is_file():
         raise BackupError(f"no database at {database}")
+    if not target.parent.is_dir():
+        raise BackupError(f"{target.parent} is not a directory: create it first (a backup "
+                          "creates only its own directory, so that a typo does not make a tree)")
     try:
-        target.mkdir(mode=0o700, parents=True)
+        target.mkdir(mode=0o700)
     except FileExistsError:
         raise BackupError(f"{target} exists: a backup goes into a new directory") from None
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import sys
 import time
@@ -188,3 +189,68 @@ async def test_serve_refuses_a_malformed_whitelist(tmp_path: Path) -> None:
     code, _, err = await run_cli("serve", "--config", str(config))
     assert code == 2
     assert "listeblanchemssante.xml" in err
+
+
+async def test_messages_show_decodes_with_the_character_set_intake_used(tmp_path: Path) -> None:
+    """An 8859/15 message (MSH-18) is shown as it was read, not as UTF-8 (it was garbled)."""
+    config = tmp_path / "c.toml"
+    config.write_text(f'data_dir = "{tmp_path / "var"}"\n[[tenants]]\nid = "a"\noid = "1.2.3"\n'
+                      '[[tenants.listeners]]\nport = 2575\n')
+    from connector.app import Application
+    from connector.settings import load_settings
+
+    latin9 = (adt("L9").replace(b"|2.5", b"|2.5|||||FRA|8859/15", 1).rstrip(b"\r")
+              + "\rNTE|1||Réveil à 8h, coût 5€\r".encode("iso8859-15"))
+    assert b"|FRA|8859/15" in latin9.split(b"\r")[0]
+    app = Application.build(load_settings(config))
+    app.store.open()
+    try:
+        assert b"MSA|AA" in (await app.handlers[0].handle(latin9, "127.0.0.1:1") or b"")
+    finally:
+        await app.store.close()
+    code, out, _ = await run_cli("messages", "show", "1", "--config", str(config))
+    assert code == 0
+    assert "NTE|1||Réveil à 8h, coût 5€" in out
+
+
+async def test_cli_mistakes_are_answered_not_tracebacks(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(f'data_dir = "{tmp_path / "var"}"\n[[tenants]]\nid = "a"\noid = "1.2.3"\n'
+                      '[[tenants.listeners]]\nport = 2575\n')
+    from connector.app import Application
+    from connector.settings import load_settings
+
+    app = Application.build(load_settings(config))
+    app.store.open()
+    try:
+        for n in range(30):
+            await app.handlers[0].handle(adt(f"P{n}"), "127.0.0.1:1")
+    finally:
+        await app.store.close()
+    code, _, err = await run_cli("audit", "export", "--from", "2020-01-01", "--to", "2100-01-01",
+                                 "--out", str(tmp_path / "nodir" / "x.csv"),
+                                 "--config", str(config))
+    assert (code, "Traceback" in err) == (2, False)
+    assert "--out" in err
+    process = await asyncio.create_subprocess_shell(  # the reader stops after one line
+        f"{sys.executable} -m connector messages list --config {config} | head -1",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err_bytes = await process.communicate()
+    assert len(out.splitlines()) == 1
+    assert b"Traceback" not in err_bytes
+    assert b"BrokenPipeError" not in err_bytes
+
+
+async def test_check_config_takes_the_file_as_the_other_commands_do(tmp_path: Path) -> None:
+    config = tmp_path / "good.toml"
+    config.write_text('[[tenants]]\nid = "a"\noid = "1.2.3"\n[[tenants.listeners]]\nport = 2575\n')
+    code, out, _ = await run_cli("check-config", "--config", str(config), cwd=tmp_path)
+    assert (code, "OK (1 tenant(s)" in out) == (0, True)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "connector", "check-config", cwd=tmp_path,
+        env={**os.environ, "MSSCONNECTOR_CONFIG": str(config)},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out_bytes, _ = await process.communicate()
+    assert (process.returncode, b"OK (1 tenant(s)" in out_bytes) == (0, True)
+    code, _, err = await run_cli("check-config", cwd=tmp_path)
+    assert (code, "give the file" in err) == (2, True)

@@ -117,6 +117,9 @@ async def test_verify_finds_a_damaged_or_missing_segment(tmp_path: Path) -> None
         verify(tmp_path / "b1" / "connector.db")
     with pytest.raises(BackupError, match="exists"):
         take_backup(live.path, tmp_path / "b1")
+    with pytest.raises(BackupError, match="is not a directory: create it first"):
+        take_backup(live.path, tmp_path / "typo" / "b2")
+    assert not (tmp_path / "typo").exists()  # a typo makes no tree
 
 
 async def test_a_segment_purged_while_the_backup_runs_fails_it_and_leaves_nothing(
