@@ -501,11 +501,25 @@ def _codec(reader: _Reader, name: str, default: str | None) -> str | None:
         ascii_compatible = False
     if not ascii_compatible:
         raise reader.fail(name, f"character set {raw!r} is not ASCII-compatible")
+    from connector.hl7.header import msh18_for_codec
+
+    if not msh18_for_codec(codec):  # the ACK's MSH-18 names the character set it is written in
+        raise reader.fail(name, f"character set {raw!r} has no HL7 name (table 0211) for the "
+                                "ACK's MSH-18: use ASCII, 8859/1, 8859/15, UNICODE UTF-8 or "
+                                "cp1252 (answered as 8859/1)")
     return codec
+
+
+_LOOKS_NUMERIC = re.compile(r"[0-9.]+\Z|.*:.*")  # dotted digits (IPv4), or a colon (IPv6)
 
 
 def _listener(reader: _Reader, index_name: str) -> ListenerSettings:
     host = reader.text("host", "127.0.0.1") or "127.0.0.1"
+    if _LOOKS_NUMERIC.match(host):  # meant as an address: one, not a host name to look up
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise reader.fail("host", f"{host!r} is not an IP address") from None
     port = reader.integer("port", DEFAULT_PORT, 1, 65535)
     allow: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
     for i, cidr in enumerate(reader.array("allow_from")):
@@ -666,12 +680,17 @@ def _tenant(reader: _Reader, index: int, base: Path) -> TenantSettings:
     finess = reader.text("finess")
     if finess is not None and not _FINESS.match(finess):
         raise reader.fail("finess", "must be a 9-character FINESS number")
-    listeners = []
+    listeners: list[ListenerSettings] = []
     for i, item in enumerate(reader.array("listeners")):
         if not isinstance(item, dict):
             raise reader.fail(f"listeners[{i}]", "must be a table")
         sub = reader.sub(item, f"listeners[{i}]")
-        listeners.append(_listener(sub, f"{tenant_id}-{i}"))
+        listener = _listener(sub, f"{tenant_id}-{i}")
+        if any(other.name == listener.name for other in listeners):
+            # Logs, metrics, `messages` and `render --listener` tell listeners by name.
+            raise reader.fail(f"listeners[{i}].name",
+                              f"{listener.name!r} is the name of another listener of the tenant")
+        listeners.append(listener)
     transport = _transport(reader, tenant_id, base)
     tenant = TenantSettings(
         id=tenant_id,

@@ -90,7 +90,13 @@ class TenantRuntime:
         started: list[MLLPServer] = []
         try:
             for server in self.servers:
-                await server.start()
+                try:
+                    await server.start()
+                except OSError as exc:  # say which listener of the file, not only the address
+                    listener = server.settings
+                    raise OSError(exc.errno, f"tenant {self.id!r} listener {listener.name!r} "
+                                             f"({listener.host}:{listener.port}): "
+                                             f"{exc.strerror or exc}") from exc
                 started.append(server)
         except BaseException:
             await asyncio.gather(*(server.stop(1.0) for server in started))

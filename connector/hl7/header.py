@@ -29,6 +29,9 @@ CODEC_TO_MSH18: dict[str, str] = {
     "latin-1": "8859/1",
     "iso8859-15": "8859/15",
     "utf-8": "UNICODE UTF-8",
+    # Windows-1252, which table 0211 does not name: what senders that write 8859/1 on Windows
+    # often send (€, œ, ’ in 0x80-0x9F); a listener may force it, and its ACKs say 8859/1.
+    "cp1252": "8859/1",
 }
 
 

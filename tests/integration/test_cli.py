@@ -127,6 +127,7 @@ async def test_serve_says_it_cannot_start_on_a_port_in_use(tmp_path: Path) -> No
     assert code == 1
     assert "cannot start:" in err
     assert "address already in use" in err
+    assert f"tenant 'a' listener 'a-0' (127.0.0.1:{port})" in err  # which one of the file
 
 
 async def test_messages_list_and_show(tmp_path: Path) -> None:

@@ -353,6 +353,15 @@ ERROR_CASES: list[tuple[str, str, dict[str, str], str]] = [
     ("charset-not-ascii-compatible", BASE + 'charset = "utf-16"\n', {},
      "tenants[0].listeners[0].charset"),
     ("charset-idna", BASE + 'charset = "idna"\n', {}, "tenants[0].listeners[0].charset"),
+    ("host-not-an-address", BASE + 'host = "127.0.0.256"\n', {},
+     "tenants[0].listeners[0].host"),
+    ("host-not-an-ipv6-address", BASE + 'host = "fe80::zz"\n', {},
+     "tenants[0].listeners[0].host"),
+    ("listener-name-twice", BASE + 'name = "dpi"\n[[tenants.listeners]]\nname = "dpi"\n'
+     'port = 2576\n', {}, "tenants[0].listeners[1].name"),
+    # ASCII-compatible but without a table 0211 name: the ACK's MSH-18 could not say it.
+    ("charset-no-hl7-name", BASE + 'charset = "iso8859-2"\n', {},
+     "tenants[0].listeners[0].charset"),
     ("charset-utf7", BASE + 'charset = "utf-7"\n', {}, "tenants[0].listeners[0].charset"),
     ("default-charset-unknown", 'default_charset = "8859/99"\n' + BASE, {}, "default_charset"),
     ("default-charset-ebcdic", 'default_charset = "cp500"\n' + BASE, {}, "default_charset"),

@@ -262,7 +262,7 @@ def test_resolve_codec_reads_the_fixtures() -> None:
 @pytest.mark.parametrize(
     ("codec", "msh18"),
     [("utf-8", "UNICODE UTF-8"), ("UTF8", "UNICODE UTF-8"), ("iso-8859-15", "8859/15"),
-     ("latin-1", "8859/1"), ("ascii", "ASCII"), ("cp1252", "")],
+     ("latin-1", "8859/1"), ("ascii", "ASCII"), ("cp1252", "8859/1"), ("iso8859-2", "")],
 )
 def test_msh18_for_codec(codec: str, msh18: str) -> None:
     assert msh18_for_codec(codec) == msh18
