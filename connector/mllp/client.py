@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import ssl
 from types import TracebackType
 
@@ -27,8 +28,12 @@ class MLLPClient:
             self._reader, self._writer = await asyncio.wait_for(
                 asyncio.open_connection(self.host, self.port, ssl=self._ssl,
                                         limit=1 << 20), self.timeout)
-        except (OSError, TimeoutError) as exc:
-            raise ProtocolError(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
+        except TimeoutError as exc:
+            raise ProtocolError(f"cannot connect to {self.host}:{self.port}: no answer within "
+                                f"{self.timeout:g} s") from exc
+        except OSError as exc:
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)  # not asyncio's wording
+            raise ProtocolError(f"cannot connect to {self.host}:{self.port}: {reason}") from exc
 
     async def send(self, payload: bytes) -> bytes:
         """Send one message and return the payload of the next frame received."""

@@ -35,7 +35,7 @@ async def test_send_prints_each_ack_and_fails_on_ae(running: RunningApp, tmp_pat
     assert len(lines) == 3
     assert lines[0].endswith("MSH-10=B1 AA")
     assert lines[1].endswith("MSH-10=B2 AA")
-    assert "MSH-10=B3 AE 200" in lines[2]
+    assert "MSH-10=B3 AE E: 200 Unsupported message type" in lines[2]
 
 
 async def test_send_all_fixtures_ok(running: RunningApp) -> None:
@@ -48,10 +48,63 @@ async def test_send_all_fixtures_ok(running: RunningApp) -> None:
 
 async def test_send_to_nothing_fails_cleanly(tmp_path: Path) -> None:
     message = tmp_path / "m.hl7"
-    message.write_bytes(adt("X"))
-    code, _, err = await run_cli("send", str(message), "--port", "1")
+    message.write_bytes(adt("X") + adt("Y"))
+    code, out, err = await run_cli("send", str(message), "--port", "1")
     assert code == 1
-    assert "send failed" in err
+    assert "send failed: cannot connect to 127.0.0.1:1: Connection refused" in err
+    assert [line.split(" ", 1)[1] for line in out.splitlines()] == [
+        "MSH-10=X not sent", "MSH-10=Y not sent"]  # one line per message, as always
+
+
+async def test_send_says_which_message_the_connection_failed_on(tmp_path: Path) -> None:
+    """A peer that closes after the first ACK: the second message says why, the third that it
+    was not sent (before, only the first line and a bare error)."""
+    async def one_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\x1c\r")
+        writer.write(b"\x0bMSH|^~\\&|A|B|C|D|20261124||ACK^A01^ACK|1|P|2.5\rMSA|AA|F1\r"
+                     b"\x1c\r")
+        await writer.drain()
+        await reader.readuntil(b"\x1c\r")
+        writer.close()
+
+    server = await asyncio.start_server(one_answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    batch = tmp_path / "batch.hl7"
+    batch.write_bytes(adt("F1") + adt("F2") + adt("F3"))
+    async with server:
+        code, out, _ = await run_cli("send", str(batch), "--port", str(port))
+    lines = [line.split(" ", 1)[1] for line in out.splitlines()]
+    assert code == 1
+    assert lines[0] == "MSH-10=F1 AA"
+    assert lines[1].startswith("MSH-10=F2 failed: connection closed before an acknowledgement")
+    assert "(a TLS listener? give --tls-ca)" in lines[1]
+    assert lines[2] == "MSH-10=F3 not sent"
+
+
+async def test_send_names_the_tls_option_whose_file_is_wrong(tmp_path: Path) -> None:
+    message = tmp_path / "m.hl7"
+    message.write_bytes(adt("X"))
+    code, out, err = await run_cli("send", str(message), "--tls-ca", str(tmp_path / "nope.pem"))
+    assert (code, out) == (2, "")
+    assert f"--tls-ca: {tmp_path / 'nope.pem'}: No such file or directory" in err
+    empty = tmp_path / "empty.hl7"
+    empty.write_bytes(b"\n")
+    code, _, err = await run_cli("send", str(empty))
+    assert (code, "no HL7 message in this file" in err) == (2, True)
+
+
+def test_send_shows_each_errs_severity_and_how_many_more() -> None:
+    from connector.cli.send_cmd import _ack_summary
+
+    ack = (b"MSH|^~\\&|A|B|C|D|20261124||ACK^T02^ACK|1|P|2.5\rMSA|AA|M1\r"
+           b"ERR||OBX^1^5|207^Application internal error^HL70357|W||||schematron rule\r"
+           b"ERR||OBX^2^5|207^Application internal error^HL70357|W||||another\r")
+    assert _ack_summary(ack, "M1") == (
+        "AA", "W: 207 Application internal error schematron rule (+1 more ERR)")
+    refused = ack.replace(b"MSA|AA", b"MSA|AE") + (
+        b"ERR||PID^1^3|101^Required field missing^HL70357|E||||no IPP\r")
+    assert _ack_summary(refused, "M1") == (
+        "AE", "E: 101 Required field missing no IPP (+2 more ERR)")
 
 
 async def test_send_refuses_client_tls_options_that_would_go_in_clear(tmp_path: Path) -> None:
@@ -255,3 +308,27 @@ async def test_check_config_takes_the_file_as_the_other_commands_do(tmp_path: Pa
     assert (process.returncode, b"OK (1 tenant(s)" in out_bytes) == (0, True)
     code, _, err = await run_cli("check-config", cwd=tmp_path)
     assert (code, "give the file" in err) == (2, True)
+
+
+def test_the_progress_bar_is_erased_before_each_result_line() -> None:
+    """On a terminal the bar (stderr) and the result lines (stdout) share the screen: each
+    line starts on an erased line, not after the bar (`[#....] 1/22msgs.hl7#2 ...`)."""
+    import io
+
+    from connector.cli.send_cmd import _Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    screen = Terminal()
+    progress = _Progress(20, screen)
+    progress.clear()  # nothing drawn yet: nothing to erase
+    assert screen.getvalue() == ""
+    progress.step()
+    assert screen.getvalue().endswith("] 1/20")
+    progress.clear()
+    assert screen.getvalue().endswith("\r\x1b[K")
+    for _ in range(19):
+        progress.step()
+    assert screen.getvalue().endswith("] 20/20\n")
