@@ -137,6 +137,12 @@ def load_mappings(directory: Path) -> tuple[FlowMapping, ...]:
         raise ConfigError("mappings", f"not a directory: {directory}")
     validator = jsonschema.Draft202012Validator(json.loads(schema_path().read_text("utf-8")),
                                                 format_checker=jsonschema.FormatChecker())
+    for flow in sorted(p for p in directory.iterdir() if p.is_dir()):
+        near = [f for f in flow.iterdir() if f.name.lower() in _NEAR_NAMES
+                and f.name != "mapping.yaml"]
+        if near and not (flow / "mapping.yaml").is_file():  # skipped silently otherwise
+            raise ConfigError("(file)", f"a flow's mapping is read from {flow}/mapping.yaml: "
+                                        f"rename {near[0].name}", source=str(near[0]))
     mappings: list[FlowMapping] = []
     for path in sorted(directory.glob("*/mapping.yaml")):
         mapping = load_mapping(path, validator)
@@ -145,6 +151,31 @@ def load_mappings(directory: Path) -> tuple[FlowMapping, ...]:
                               source=str(path))
         mappings.append(mapping)
     return tuple(mappings)
+
+
+_NEAR_NAMES: Final = frozenset({"mapping.yml", "mapping.yaml", "mappings.yaml", "mappings.yml"})
+
+
+def _key_given_twice(node: yaml.Node | None, keys: list[str | int]
+                     ) -> tuple[list[str | int], int, int] | None:
+    """The first mapping key given twice under `node`: its path and both lines (1-based)."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                return [*keys, key], seen[key], line
+            seen[key] = line
+            found = _key_given_twice(value_node, [*keys, key])
+            if found is not None:
+                return found
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            found = _key_given_twice(item, [*keys, index])
+            if found is not None:
+                return found
+    return None
 
 
 def load_mapping(path: Path, validator: jsonschema.protocols.Validator | None = None
@@ -164,6 +195,11 @@ def load_mapping(path: Path, validator: jsonschema.protocols.Validator | None = 
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
         raise ConfigError("(syntax)", str(getattr(exc, "problem", exc)), source=where) from exc
+    twice = _key_given_twice(node, [])
+    if twice is not None:  # YAML keeps the last one silently
+        keys, first, again = twice
+        raise ConfigError(_dotted(keys), f"given twice (lines {first} and {again}): keep one",
+                          source=f"{path}:{again}")
     errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
     if errors:
         error = min(errors, key=lambda e: len(list(e.absolute_path)))

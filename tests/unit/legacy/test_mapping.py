@@ -85,3 +85,35 @@ def test_duplicate_names_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_mappings(tmp_path)
     assert (caught.value.key, caught.value.source) == ("name", str(second))
+
+
+def test_a_key_given_twice_is_refused_with_both_lines(tmp_path: Path) -> None:
+    """YAML keeps the last one silently (a second `body:` block replaced the first)."""
+    text = GOOD + "body:\n  from: obx-text\n"
+    path = write(tmp_path, text)
+    first = line_of(text, "body:")
+    again = len(text.splitlines()) - 1
+    with pytest.raises(ConfigError) as caught:
+        load_mapping(path)
+    assert caught.value.key == "body"
+    assert caught.value.problem == f"given twice (lines {first} and {again}): keep one"
+    assert caught.value.source == f"{path}:{again}"
+
+
+def test_a_nested_key_given_twice_names_its_path(tmp_path: Path) -> None:
+    assert "metadata:\n" in GOOD
+    text = GOOD.replace("metadata:\n", "metadata:\n  ack_reception: true\n  ack_reception: false\n")
+    with pytest.raises(ConfigError) as caught:
+        load_mapping(write(tmp_path, text))
+    assert caught.value.key == "metadata.ack_reception"
+
+
+def test_a_flow_file_under_another_name_is_not_skipped_silently(tmp_path: Path) -> None:
+    write(tmp_path, GOOD, "a")
+    misnamed = tmp_path / "b" / "mapping.yml"
+    misnamed.parent.mkdir()
+    misnamed.write_text(GOOD.replace("name: ", "name: other-"), "utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_mappings(tmp_path)
+    assert caught.value.source == str(misnamed)
+    assert f"read from {misnamed.parent}/mapping.yaml: rename mapping.yml" in caught.value.problem
