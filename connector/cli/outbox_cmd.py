@@ -69,7 +69,8 @@ def run_show(args: argparse.Namespace) -> int:
             return 1
         s = detail.summary
         print(_line(s))
-        print(f"inbound: {s.inbound_id}  envid: {s.envid}  smtp: {s.smtp_code}  "
+        print(f"inbound: {s.inbound_id or '-'}  envid: {s.envid or '-'}  "
+              f"last reply: {s.smtp_code or '-'}  "
               f"available: {utc_time(s.available_at)}  size: {s.size} bytes")
         if s.delivery_status or s.read_status:
             when = utc_time(s.receipt_at) if s.receipt_at else "-"
@@ -111,9 +112,14 @@ def _change(args: argparse.Namespace, verb: str) -> int:
     async def action(store: Any) -> int:
         changed = await change(store, args.id, _operator())
         if not changed:
-            print(f"outbox item {args.id}: not changed (unknown, its state does not allow "
-                  f"{verb.replace('_', ' ')}: being sent, or sent; or its payload was purged)",
-                  file=sys.stderr)
+            found = await store.get_outbox(args.id)
+            if found is None:
+                print(f"no outbox item {args.id}", file=sys.stderr)
+            else:
+                print(f"outbox item {args.id} is {found.summary.state.value}: "
+                      f"{'a retry' if verb == 'retry_now' else 'a cancel'} does not apply "
+                      "(being sent, sent, cancelled, or its payload was purged)",
+                      file=sys.stderr)
             return 1
         print(f"outbox item {args.id}: {'due now' if verb == 'retry_now' else 'cancelled'}")
         return 0

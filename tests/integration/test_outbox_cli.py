@@ -67,8 +67,10 @@ async def test_retry_and_cancel(config_with_items: tuple[Path, list[int]]) -> No
     code, _, _ = await run_cli("outbox", "cancel", str(ready), "--config", str(config))
     assert code == 0
     code, _, err = await run_cli("outbox", "cancel", "999", "--config", str(config))
+    assert (code, err.strip()) == (1, "no outbox item 999")
+    code, _, err = await run_cli("outbox", "retry", str(ready), "--config", str(config))
     assert code == 1
-    assert "not changed" in err
+    assert f"outbox item {ready} is cancelled: a retry does not apply" in err
     store = build_store(load_settings(config))
     store.open(read_only=True)
     try:
