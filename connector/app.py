@@ -138,6 +138,7 @@ class ReloadReport:
     replaced: tuple[str, ...] = ()
     removed: tuple[str, ...] = ()
     needs_restart: tuple[str, ...] = ()  # sections a reload cannot change
+    not_started: tuple[str, ...] = ()  # built but could not start (a port taken): not running
 
 
 # Sections a running process cannot swap: the store, the admin listener, logging.
@@ -332,19 +333,27 @@ class Application:
         for tenant_id in (*removed, *replaced):
             await self.tenants[tenant_id].stop(grace_seconds)
             self._forget(tenant_id)
+        not_started: list[str] = []
         for tenant_id, runtime in fresh.items():
             try:
                 await runtime.start()
             except OSError as exc:  # its port is taken: the others keep running
                 log.error("tenant_start_failed", tenant=tenant_id, error=str(exc))
+                not_started.append(tenant_id)
                 continue
             self._adopt(runtime)
         order = [t.id for t in settings.tenants]
         self.tenants = dict(sorted(self.tenants.items(), key=lambda kv: order.index(kv[0])))
         self.settings = effective
-        report = ReloadReport(added, replaced, removed, needs_restart)
-        log.info("configuration_reloaded", added=list(added), replaced=list(replaced),
-                 removed=list(removed), needs_restart=list(needs_restart))
+        started = [tid for tid in fresh if tid not in not_started]
+        report = ReloadReport(tuple(t for t in added if t in started),
+                              tuple(t for t in replaced if t in started), removed,
+                              needs_restart, tuple(not_started))
+        # A tenant that could not start is stopped, not replaced: said apart, as a warning.
+        (log.warning if not_started else log.info)(
+            "configuration_reloaded", added=list(report.added), replaced=list(report.replaced),
+            removed=list(removed), needs_restart=list(needs_restart),
+            not_started=list(not_started))
         return report
 
     async def stop(self, grace_seconds: float = 10.0) -> None:

@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import structlog
 
 from connector.app import Application
 from connector.errors import ConfigError
@@ -198,7 +199,14 @@ async def test_a_tenant_a_reload_could_not_start_makes_the_instance_unready_unti
         taken = blocker.getsockname()[1]
         moved = replace(first, tenants=(replace(first.tenants[0], listeners=(
             ListenerSettings("a", port=taken),)),))
-        await asyncio.gather(app.reload(moved), app.reload(moved))  # two SIGHUPs in a row
+        with structlog.testing.capture_logs() as logs:
+            reports = await asyncio.gather(app.reload(moved), app.reload(moved))  # two SIGHUPs
+        assert reports[0].replaced == ()  # not said replaced: it is not running
+        assert reports[0].not_started == ("chu-a",)
+        said = [e for e in logs if e["event"] == "configuration_reloaded"]
+        assert said[0]["log_level"] == "warning"
+        assert said[0]["not_started"] == ["chu-a"]
+        assert said[0]["replaced"] == []
         assert list(app.tenants) == []
         assert app.readiness() == (False, "tenant not running: chu-a")
         blocker.close()
