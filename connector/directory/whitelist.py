@@ -33,7 +33,7 @@ import stat
 import tempfile
 import unicodedata
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Final
 
@@ -326,12 +326,16 @@ class WhitelistChange:
         return len(self.removed)
 
 
+_FUTURE_TOLERANCE = timedelta(days=1)  # time zones and clock drift
+
+
 def install_whitelist(
     new_file: Path,
     target: Path,
     *,
     allow_older: bool = False,
     config_key: str = WHITELIST_CONFIG_KEY,
+    now: datetime | None = None,
 ) -> WhitelistChange:
     """Check `new_file` fully, then atomically replace `target` with exactly the bytes checked.
 
@@ -339,11 +343,20 @@ def install_whitelist(
     moved over `target` with `os.replace`, and the directory is fsynced. When anything fails before
     the move (malformed file, I/O error) `target` is left untouched and the temporary file removed.
     A file generated before the installed one is refused unless `allow_older` (a replayed old list
-    would bring back domains the ANS has removed). A missing or unreadable current file counts as
-    no previous whitelist: every domain is reported as added.
+    would bring back domains the ANS has removed). A file generated more than a day in the future
+    is refused (a wrong date, or a wrong clock: once installed, every real list would be "older"
+    and refused). A missing or unreadable current file counts as no previous whitelist: every
+    domain is reported as added.
     """
     data = _read(new_file, config_key)
     candidate = parse_whitelist(data, source=new_file, config_key=config_key)
+    if candidate.generated_at > (now or datetime.now(UTC)) + _FUTURE_TOLERANCE:
+        raise WhitelistError(
+            config_key,
+            f"whitelist generated at {candidate.generated_at.isoformat()}, in the future: a "
+            "wrong date or a wrong clock on this host; refused",
+            source=str(new_file),
+        )
     current = _current(target, config_key)
     if current is not None and candidate.generated_at < current.generated_at and not allow_older:
         raise WhitelistError(

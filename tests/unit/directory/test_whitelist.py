@@ -478,3 +478,19 @@ def test_patient_address_must_be_this_patients_ins(address: str, ins: str, expec
 def test_patient_mailbox_flag() -> None:
     assert parse_address(f"{INS}@PATIENT.mssante.fr").is_patient
     assert not parse_address("dr.hoda@medecin.mssante.fr").is_patient
+
+
+def test_a_whitelist_from_the_future_is_refused(tmp_path: Path) -> None:
+    """Installed, it would make every real list after it "older" (refused without
+    --allow-older); a day of tolerance covers time zones and drifting clocks."""
+    target = tmp_path / "live.xml"
+    now = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+    future = write(tmp_path / "f.xml", whitelist_xml(["a.mssante.fr"],
+                                                     generated="2027-11-01T00:00:00Z"))
+    with pytest.raises(WhitelistError) as caught:
+        install_whitelist(future, target, now=now)
+    assert "in the future" in caught.value.problem
+    assert not target.exists()
+    tomorrow = write(tmp_path / "t.xml", whitelist_xml(["a.mssante.fr"],
+                                                       generated="2026-11-25T06:00:00Z"))
+    assert install_whitelist(tomorrow, target, now=now).added == {"a.mssante.fr"}
