@@ -120,6 +120,8 @@ class AdminApi:
                                               f"allow {verb}")
             return _json("200 OK", {"outbox_id": row_id, "done": verb})
         if path == "/api/audit" and method == "GET":
+            if query.get("format", "json") not in ("json", "csv"):
+                raise BadRequest("format: json or csv")
             limit = _limit(query, default=queries.AUDIT_PAGE, most=queries.AUDIT_PAGE_MAX)
             records = await queries.audit_records(
                 self._store, since=parse_time(query.get("from"), "from"),

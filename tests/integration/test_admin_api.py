@@ -178,7 +178,7 @@ async def test_the_audit_api_pages_with_a_link_to_the_next_page(
     assert pages[0] == whole[:2]
     assert [actor for page in pages for actor in page] == whole
     assert [len(page) for page in pages] == [2, 2, 1]
-    for bad in ("limit=0", "limit=100001", "after=x", "after=-1"):
+    for bad in ("limit=0", "limit=100001", "after=x", "after=-1", "format=xml"):
         status, body = await http(*address, "GET", f"/api/audit?{bad}")
         assert status == 400, bad
         assert json.loads(body)["error"].startswith(bad.split("=")[0] + ":")
