@@ -20,9 +20,10 @@ The messages are read as the tenant's listener `--listener` reads them (default:
 its forced `charset`, and its `enhanced_ack` for the answer printed. Not reproduced offline: the
 store's version checks of replacements and deletions (error 900, unknown originals), and the
 In-Reply-To/References that `serve` gives a replacement's or a deletion's mails when its store
-knows the mails of the original, since render does not know what was sent before; a legacy mapping with `results.corrected: replace` links the
-reports of an order within the run only (the first one rendered is version 1, the next ones
-replace it), where `serve` starts from the latest version in its store. Each run uses a fresh
+knows the mails of the original, since render does not know what was sent before; a legacy
+mapping with `results.corrected: replace` links the reports of an order within the run only
+(the first one rendered is version 1, the next ones replace it), where `serve` starts from the
+latest version in its store. Each run uses a fresh
 random request key, so Message-IDs differ from run to run and from the ones `serve` will use. No
 socket is opened and nothing is stored.
 

@@ -28,6 +28,7 @@ log = structlog.get_logger(__name__)
 
 _MAX_QUEUED_FRAMES = 32  # per connection, before reading pauses
 _EMPTY_FRAME_MAX = 64  # longer whitespace-only frames go to intake and are answered AE
+_TLS_HANDSHAKE = b"\x16\x03"  # a TLS record of type handshake, versions 3.x (TLS 1.0-1.3)
 
 
 class MessageHandler(Protocol):
@@ -174,6 +175,7 @@ class _Connection(asyncio.Protocol):
         self.closing = False
         self.draining = False
         self.eof = False
+        self._received = False  # any byte yet
         self._loop = asyncio.get_running_loop()
         self._idle_timer: asyncio.TimerHandle | None = None
         self._last_activity = self._loop.time()
@@ -203,6 +205,15 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
+        if not self._received and self.server._ssl is None and data.startswith(_TLS_HANDSHAKE):
+            # A TLS ClientHello on a listener without TLS: never MLLP. Said and closed now,
+            # rather than read as bytes between frames until the client's time-out.
+            log.warning("tls_on_plain_listener", listener=self.settings.name, peer=self.peer,
+                        hint="the client speaks TLS: give this listener [tls], or the client "
+                             "no TLS")
+            self.abort()
+            return
+        self._received = True
         self._last_activity = self._loop.time()  # the idle timer reads it when it fires
         try:
             frames = self.framer.feed(data)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+import pytest
+
 from connector.store import InboundStatus
 from tests.conftest import HL7_FIXTURES
 from tests.integration.conftest import RunningApp, ack_fields
@@ -201,4 +203,29 @@ async def test_client_that_never_reads_acks_is_dropped(
     await assert_still_serving(running, "OTHER2")
     stored = await running.rows()
     assert 0 < len(stored) < sent + 2  # bounded: it stopped reading the stuck peer
+    writer.close()
+
+
+async def test_a_tls_client_on_a_plain_listener_is_told_at_once(running: RunningApp) -> None:
+    """Its ClientHello is never MLLP: the connection is closed at once with a log event saying
+    why (before, the bytes waited as a frame until the client's time-out, logged truncated)."""
+    import ssl
+
+    import structlog
+
+    host, port = running.address
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with structlog.testing.capture_logs() as logs:
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            await asyncio.wait_for(asyncio.open_connection(host, port, ssl=context), 5)
+        await asyncio.sleep(0.05)
+    said = [e for e in logs if e["event"] == "tls_on_plain_listener"]
+    assert len(said) == 1
+    assert "frame_truncated" not in [e["event"] for e in logs]
+    reader, writer = await open_raw(running)  # the listener still serves MLLP
+    writer.write(b"\x0b" + adt("AFTER-TLS") + b"\x1c\r")
+    await writer.drain()
+    assert b"MSA|AA|AFTER-TLS" in await asyncio.wait_for(reader.readuntil(b"\x1c\r"), 5)
     writer.close()
