@@ -63,14 +63,18 @@ def run(args: argparse.Namespace) -> int:
                 host, admin.port, timeout=args.timeout, context=pinned_context(admin.tls))
         try:
             connection.request("GET", path)
-            status = connection.getresponse().status
+            response = connection.getresponse()
+            status = response.status
+            # The reason /readyz gives (`tenant not running: chu-x`): short plain text.
+            reason = response.read(500).decode("utf-8", errors="replace").strip()
         finally:
             connection.close()
     except (OSError, ValueError, ssl.SSLError, http.client.HTTPException) as exc:
         print(f"unhealthy: {path} on {host}:{admin.port}: {exc}", file=sys.stderr)
         return 1
     if status != 200:
-        print(f"unhealthy: {path} on {host}:{admin.port} answered {status}", file=sys.stderr)
+        print(f"unhealthy: {path} on {host}:{admin.port} answered {status}"
+              f"{': ' + reason if reason else ''}", file=sys.stderr)
         return 1
     return 0
 

@@ -48,6 +48,20 @@ async def test_plain_http(app_factory: Callable[..., object], tmp_path: Path) ->
     assert await check(config_for(tmp_path, port), "--ready") == 0
 
 
+async def test_not_ready_says_why(app_factory: Callable[..., object], tmp_path: Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    running = await serve_admin(app_factory, tmp_path)
+    assert running.app.admin is not None
+    port = running.app.admin.address[1]
+    for handler in running.app.handlers:  # as when the process drains
+        handler.draining = True
+    running.app.serving = False
+    assert await check(config_for(tmp_path, port), "--ready") == 1
+    err = capsys.readouterr().err
+    assert f"/readyz on 127.0.0.1:{port} answered 503: " in err
+    assert err.strip().split("answered 503: ", 1)[1]  # the reason /readyz gave
+
+
 async def test_https_trusts_the_listeners_own_certificate_only(
         app_factory: Callable[..., object], tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
