@@ -27,9 +27,10 @@ _PROGRESS_FROM = 20
 
 
 def split_messages(data: bytes) -> list[bytes]:
-    """Messages of a file, each with CR segment separators."""
+    """Messages of a file, each with CR segment separators. MLLP framing bytes (0x0B, 0x1C)
+    left in a file captured from the wire are dropped: `send` frames each message itself."""
     messages: list[list[bytes]] = []
-    for line in _SEGMENT_SPLIT.split(data):
+    for line in _SEGMENT_SPLIT.split(data.translate(None, b"\x0b\x1c")):
         if not line.strip():
             continue
         if line.lstrip(b"\xef\xbb\xbf").startswith(b"MSH") or not messages:

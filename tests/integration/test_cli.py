@@ -332,3 +332,10 @@ def test_the_progress_bar_is_erased_before_each_result_line() -> None:
     for _ in range(19):
         progress.step()
     assert screen.getvalue().endswith("] 20/20\n")
+
+
+def test_a_file_captured_with_its_mllp_framing_splits_into_its_messages() -> None:
+    from connector.cli.send_cmd import split_messages
+
+    captured = b"\x0b" + adt("W1") + b"\x1c\r" + b"\x0b" + adt("W2") + b"\x1c\r"
+    assert split_messages(captured) == [adt("W1"), adt("W2")]
