@@ -154,6 +154,10 @@ class BackupError(StoreError):
     """A store backup could not be taken, or a store (or its copy) is not whole."""
 
 
+class StoreInUse(StoreUnavailable):
+    """The SQLite store is open for writing by another process (a running `serve`)."""
+
+
 class PayloadUnreadable(StoreError):
     """One stored payload cannot be read back (a damaged payload-log record, a missing segment,
     a key that is not configured, tampered data): that row cannot be used, the others can."""

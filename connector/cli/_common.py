@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from connector.errors import ConfigError, StoreError
+from connector.errors import ConfigError, StoreError, StoreInUse
 from connector.settings import Settings, embedded_default, load_settings
 
 CONFIG_ENV = "MSSCONNECTOR_CONFIG"
@@ -42,10 +42,11 @@ def utc_time(epoch: float) -> str:
 StoreAction = Callable[[Any], Awaitable[int]]
 
 
-def run_with_store(args: argparse.Namespace, action: StoreAction, *, read_only: bool = True
-                   ) -> int:
+def run_with_store(args: argparse.Namespace, action: StoreAction, *, read_only: bool = True,
+                   in_use_hint: str | None = None) -> int:
     """Open the configured store (read-only unless the command changes something), run
-    `action(store)`, close; configuration and store errors become exit codes 2 and 1."""
+    `action(store)`, close; configuration and store errors become exit codes 2 and 1.
+    `in_use_hint`: said after the error when a running `serve` holds the SQLite store."""
 
     async def run() -> int:
         from connector.app import build_store
@@ -63,4 +64,6 @@ def run_with_store(args: argparse.Namespace, action: StoreAction, *, read_only: 
         return report_config_error(exc)
     except StoreError as exc:
         print(f"store error: {exc}", file=sys.stderr)
+        if in_use_hint and isinstance(exc, StoreInUse):
+            print(in_use_hint, file=sys.stderr)
         return 1

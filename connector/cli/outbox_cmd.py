@@ -124,7 +124,11 @@ def _change(args: argparse.Namespace, verb: str) -> int:
         print(f"outbox item {args.id}: {'due now' if verb == 'retry_now' else 'cancelled'}")
         return 0
 
-    return run_with_store(args, action, read_only=False)
+    return run_with_store(
+        args, action, read_only=False,
+        in_use_hint=f"with SQLite, outbox {verb.replace('_now', '')} changes the store while "
+                    f"serve is stopped; while it runs, use the admin API: POST "
+                    f"/api/outbox/{args.id}/{verb.replace('_now', '')}")
 
 
 def run_retry(args: argparse.Namespace) -> int:

@@ -32,7 +32,13 @@ from typing import Any, TypeVar
 
 import structlog
 
-from connector.errors import LeaseLost, PayloadUnreadable, StoreError, StoreUnavailable
+from connector.errors import (
+    LeaseLost,
+    PayloadUnreadable,
+    StoreError,
+    StoreInUse,
+    StoreUnavailable,
+)
 from connector.store._shared import (
     ACTIVE_IN_SET_SQL,
     AUDIT_SQL,
@@ -132,7 +138,7 @@ def _lock_exclusively(lock_path: Path) -> int:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise StoreUnavailable(
+        raise StoreInUse(
             f"the store {lock_path.with_suffix('')} is in use by another connector process "
             "(SQLite has one writer; use PostgreSQL for several replicas)") from None
     return fd

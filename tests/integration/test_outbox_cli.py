@@ -95,6 +95,7 @@ async def test_changes_are_refused_while_another_process_writes(
         code, _, err = await run_cli("outbox", "retry", str(ids[0]), "--config", str(config))
         assert code == 1
         assert "in use by another connector process" in err
+        assert f"use the admin API: POST /api/outbox/{ids[0]}/retry" in err
         code, _, _ = await run_cli("outbox", "list", "--config", str(config))
         assert code == 0  # reading beside the writer is fine
     finally:
