@@ -60,15 +60,22 @@ def _imap_tls(tenant: TenantSettings, receipts: ReceiptsSettings) -> ClientTls:
     return build_client_tls(ClientTlsSettings(ca_bundle, client, crls=tenant.imap_crl_files))
 
 
-def _owner(exc: ConfigError, receipts: ReceiptsSettings) -> str:
-    """The table that set what `exc` (keyed `tls.*`) is about: [tenants.receipts] when it
-    names that setting itself, else [tenants.transport], whose value it took."""
+def _owner(exc: ConfigError, tenant: TenantSettings, receipts: ReceiptsSettings) -> str:
+    """The table that set what `exc` (keyed `tls.*`) is about: [tenants.transport] when
+    [tenants.receipts] took that setting from it, else [tenants.receipts] (its own value, or
+    none anywhere: it is the one that needs it)."""
     key = exc.key.partition(".")[2]
-    own = (receipts.ca_bundle is not None if key == "ca_bundle"
-           else receipts.crl_files is not None if key == "crl_files"
-           else client_certificate(receipts) is not None if key.startswith("client_")
-           else True)
-    return "receipts" if own else "transport"
+    smtp = tenant.transport.smtp
+    if smtp is None:
+        return "receipts"
+    inherited = (receipts.ca_bundle is None and smtp.ca_bundle is not None
+                 if key == "ca_bundle"
+                 else receipts.crl_files is None and bool(smtp.crl_files)
+                 if key == "crl_files"
+                 else client_certificate(receipts) is None and client_certificate(smtp) is not None
+                 if key.startswith("client_")
+                 else False)
+    return "transport" if inherited else "receipts"
 
 
 def _his_transport(his: HisSettings, metrics: ConnectorMetrics | None) -> HisTransport:
@@ -104,7 +111,7 @@ def build_receipts(tenant: TenantSettings, store: Store, *, prefix: str, source:
         try:
             tls = _imap_tls(tenant, settings)
         except ConfigError as exc:
-            raise rekeyed(exc, prefix, source, _owner(exc, settings)) from exc
+            raise rekeyed(exc, prefix, source, _owner(exc, tenant, settings)) from exc
         warn_about_revocation(tenant.id, "imap", tls)
         imap_tls = tls
         endpoint = ImapEndpoint(
