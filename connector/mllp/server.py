@@ -5,6 +5,12 @@ and one worker that answers them in order. Back-pressure: when the peer does not
 the transport's write buffer fills, the worker waits, the frame queue fills and reading pauses;
 a peer stuck that way longer than the idle timeout is disconnected. A frame over the size limit
 closes the connection (the stream can no longer be trusted), with a log event.
+
+TLS listeners accept in clear and then run the handshake themselves (`loop.start_tls`), after the
+admission checks: a handshake that fails (no client certificate where one is required, one from
+another CA, a client speaking clear MLLP) is logged `tls_handshake_failed` with OpenSSL's reason,
+where asyncio's own TLS server would drop it without a word. A listener without TLS that sees a
+TLS ClientHello says so (`tls_on_plain_listener`) and closes.
 """
 
 from __future__ import annotations
@@ -107,9 +113,9 @@ class MLLPServer:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
+        self._server = await loop.create_server(  # TLS: each connection's own handshake
             lambda: _Connection(self), self.settings.host, self.settings.port,
-            ssl=self._ssl, reuse_address=True, backlog=512)
+            reuse_address=True, backlog=512)
         host, port = self.address
         log.info("listener_started", listener=self.settings.name, host=host, port=port,
                  tls=self._ssl is not None)
@@ -175,6 +181,7 @@ class _Connection(asyncio.Protocol):
         self.closing = False
         self.draining = False
         self.eof = False
+        self._handshake: asyncio.Task[None] | None = None  # TLS listeners: until it is done
         self._received = False  # any byte yet
         self._loop = asyncio.get_running_loop()
         self._idle_timer: asyncio.TimerHandle | None = None
@@ -199,7 +206,35 @@ class _Connection(asyncio.Protocol):
             return
         self.server._connections.add(self)
         self.server.stats.connections_accepted += 1
+        if self.server._ssl is not None:
+            self._handshake = self._loop.create_task(self._start_tls(transport,
+                                                                     self.server._ssl))
+            return
         log.debug("connection_opened", listener=self.settings.name, peer=self.peer)
+        self._arm_idle_timer()
+
+    async def _start_tls(self, plain: asyncio.Transport, context: ssl.SSLContext) -> None:
+        """The handshake; on success the connection goes on over TLS, else it is said why and
+        closed (asyncio does not tell this protocol about a handshake that failed)."""
+        try:
+            secured = await self._loop.start_tls(
+                plain, self, context, server_side=True,
+                ssl_handshake_timeout=min(self.settings.idle_timeout_seconds, 60.0))
+        except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
+            if not self.closing:
+                reason = (openssl_reason(exc) if isinstance(exc, OSError)
+                          else "no handshake before the time-out")
+                log.warning("tls_handshake_failed", listener=self.settings.name,
+                            peer=self.peer, reason=reason)
+            plain.abort()
+            self.connection_lost(exc)
+            return
+        if secured is None or self.closing:  # closed while shaking hands (a drain)
+            plain.abort()
+            return
+        assert isinstance(secured, asyncio.Transport)
+        self.transport = secured
+        log.debug("connection_opened", listener=self.settings.name, peer=self.peer, tls=True)
         self._arm_idle_timer()
 
     def data_received(self, data: bytes) -> None:

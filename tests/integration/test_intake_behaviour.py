@@ -237,6 +237,39 @@ async def test_mutual_tls_requires_a_client_certificate(app_factory: Callable[..
     assert [r.control_id for r in await running.rows()] == ["MT1"]
 
 
+async def test_a_failed_tls_handshake_is_logged_with_its_reason(
+        app_factory: Callable[..., object], tmp_path: Path) -> None:
+    """What an interface engineer needs when a DPI cannot connect: no client certificate, a
+    certificate from another CA, or clear MLLP sent to the TLS port. Before, asyncio's TLS server
+    dropped these without a word; the listener keeps serving the others."""
+    tls, ca = _tls(tmp_path, mutual=True)
+    running: RunningApp = await app_factory(tls=tls)  # type: ignore[operator]
+    stranger = TestCA(tmp_path / "other").issue("stranger", server=False)
+    attempts = [
+        ("no client certificate", _client_context(ca)),
+        ("another CA", _client_context(ca, (stranger.certificate, stranger.private_key))),
+        ("clear MLLP", None),
+    ]
+    for _, context in attempts:
+        with structlog.testing.capture_logs() as logs:
+            with pytest.raises((ProtocolError, ssl.SSLError, ConnectionError)):
+                async with running.client(ssl_context=context, timeout=2) as client:
+                    await client.send(adt("NOPE"))
+            for _ in range(50):
+                if any(e["event"] == "tls_handshake_failed" for e in logs):
+                    break
+                await asyncio.sleep(0.02)
+        (failed,) = [e for e in logs if e["event"] == "tls_handshake_failed"]
+        assert failed["reason"]  # OpenSSL's words, e.g. PEER_DID_NOT_RETURN_A_CERTIFICATE
+        assert failed["listener"] == running.app.servers[0].settings.name
+        assert "NOPE" not in str(failed)
+    client_cert = ca.issue("his-client", server=False)
+    context = _client_context(ca, (client_cert.certificate, client_cert.private_key))
+    async with running.client(ssl_context=context) as client:
+        assert ack_fields(await client.send(adt("MT9")))["code"] == "AA"
+    assert running.app.servers[0].connection_count <= 1
+
+
 async def test_source_allowlist(app_factory: Callable[..., object]) -> None:
     import ipaddress
 
