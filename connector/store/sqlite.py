@@ -11,8 +11,11 @@ their own connection, so a 4 MB checkpoint never stalls the commits that ACKs wa
 checkpoints passively every half second, every tenth of a second while the WAL holds more than
 `_WAL_RESTART_BYTES`; then the commit thread also finishes the checkpoint between two
 transactions, so that the WAL starts over in place instead of growing (see `_WAL_RESTART_BYTES`).
-If the WAL still outgrows `_WAL_HARD_LIMIT` the checkpointer waits for readers and truncates,
-bounding disk use.
+If the WAL still outgrows `_WAL_HARD_LIMIT` the checkpointer truncates it as soon as no reader
+holds an older snapshot: it tries without waiting (a truncating checkpoint that waits for
+readers blocks every writer meanwhile, and a long reader, `store backup` or `store verify`,
+would then turn messages away with AR), and tries again at the next round; while a reader holds
+it, the WAL grows by what is written, and `store_wal_held` says so once per reader.
 """
 
 from __future__ import annotations
@@ -324,16 +327,28 @@ class SQLiteStore(StoreAdapter):
         try:
             conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
             page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+            held = False  # a reader keeps the WAL past its hard limit (said once)
             while not self._stop_checkpoints.wait(wait):
                 mode = "PASSIVE"
                 with contextlib.suppress(OSError):
                     if wal.stat().st_size > _WAL_HARD_LIMIT:
                         mode = "TRUNCATE"
                 try:
-                    _, frames, _ = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+                    if mode == "TRUNCATE":  # never wait: writers would wait behind it
+                        conn.execute("PRAGMA busy_timeout = 0")
+                    busy, frames, _ = conn.execute(
+                        f"PRAGMA wal_checkpoint({mode})").fetchone()
                 except sqlite3.Error as exc:  # the next round tries again
                     log.warning("store_checkpoint_failed", error=str(exc))
                     continue
+                finally:
+                    if mode == "TRUNCATE":
+                        conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+                if mode == "TRUNCATE" and busy and not held:
+                    log.warning("store_wal_held", wal_bytes=_size(wal),
+                                hint="a long read (store backup, store verify, a reporting "
+                                     "query) holds the WAL: it is truncated once it ends")
+                held = mode == "TRUNCATE" and bool(busy)
                 # Past `_WAL_RESTART_BYTES` the commit thread finishes the checkpoint between
                 # two transactions, so that the next one starts the WAL over (`SQLiteWriter.
                 # restart_wal`), and the rounds come faster while the WAL fills that fast.

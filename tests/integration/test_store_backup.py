@@ -173,3 +173,53 @@ async def test_the_store_commands(tmp_path: Path) -> None:
     code, _, err = await run_cli("store", "backup", "--to", str(tmp_path / "pgbk"),
                                  "--config", str(pg))
     assert (code, "pg_dump" in err) == (2, True)
+
+
+async def test_a_long_read_past_the_wal_hard_limit_turns_no_write_away(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a backup or a live `verify` does to a busy store: one read transaction that the
+    checkpointer cannot pass. Past the WAL's hard limit the truncating checkpoint used to wait
+    for it (the busy timeout) with every writer blocked behind it: writes failed 'database is
+    locked' and intake would have answered AR. It now tries without waiting."""
+    import sqlite3
+    import threading
+
+    import structlog
+
+    from connector.errors import StoreUnavailable
+    from connector.store import sqlite as sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "_WAL_HARD_LIMIT", 256 * 1024)
+    monkeypatch.setattr(sqlite_store, "_CHECKPOINT_EVERY_SECONDS", 0.05)
+    live = SQLiteStore(tmp_path / "connector.db", busy_timeout_ms=400)
+    live.open()
+    for n in range(20):
+        await live.record_inbound(message(n, 2000))
+    reading, done = threading.Event(), threading.Event()
+
+    def long_reader() -> None:
+        conn = sqlite3.connect(f"file:{live.path}?mode=ro", uri=True, isolation_level=None)
+        conn.execute("BEGIN")
+        conn.execute("SELECT count(*) FROM inbound").fetchone()
+        reading.set()
+        done.wait(30)
+        conn.execute("COMMIT")
+        conn.close()
+
+    reader = threading.Thread(target=long_reader)
+    reader.start()
+    reading.wait(5)
+    failures = 0
+    try:
+        with structlog.testing.capture_logs() as logs:
+            for n in range(100, 1600):  # about 3 MB of WAL: many hard-limit rounds
+                try:
+                    await live.record_inbound(message(n, 2000))
+                except StoreUnavailable:
+                    failures += 1
+    finally:
+        done.set()
+        reader.join()
+        await live.close()
+    assert failures == 0
+    assert [e["event"] for e in logs].count("store_wal_held") == 1  # said once per reader
