@@ -67,6 +67,12 @@ class IntakeConfig:
 _VERSION_CONFLICT = AckError(
     ErrorCondition.APPLICATION_ERROR, application_error=ApplicationError.WRONG_DOCUMENT_VERSION,
     detail="replace/delete does not target the latest known version of the document")
+# A legacy report whose version the connector chose (`corrected: replace`), beaten by another
+# report of the order stored by another replica meanwhile: AR, the sender sends it again and it
+# becomes the next version (an AE would lose it: senders do not resend what was refused).
+_REPORT_RACE = AckError(
+    ErrorCondition.APPLICATION_ERROR, application_error=ApplicationError.WRONG_DOCUMENT_VERSION,
+    detail="another report of this order was stored at the same moment; send again later")
 
 
 class IntakeHandler:
@@ -161,10 +167,12 @@ class IntakeHandler:
             return self._answered(started, decision, ack or None, code.value if code else "")
         versions = None
         if decision.outcome is Outcome.ACCEPTED and decision.changes:
-            conflict_code = self._ack_code(header, Outcome.ERROR)
+            conflict_code = self._ack_code(
+                header, Outcome.REJECTED if exclusive_sets else Outcome.ERROR)
             versions = VersionCheck(
                 decision.changes,
-                conflict_ack=self._ack(decision, conflict_code, (_VERSION_CONFLICT,)),
+                conflict_ack=self._ack(decision, conflict_code, (
+                    _REPORT_RACE if exclusive_sets else _VERSION_CONFLICT,)),
                 conflict_ack_code=conflict_code.value if conflict_code else "",
                 unknown_original=self.decider.cisis.settings.unknown_original,
                 exclusive_sets=exclusive_sets)

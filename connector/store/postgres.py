@@ -422,7 +422,8 @@ class PostgresStore(StoreAdapter):
                 " i.sending_facility, i.received_at, i.digest, i.ack FROM inbound i"
                 " JOIN unnest(%s::text[], %s::text[]) AS u(tenant_id, control_id)"
                 " ON i.tenant_id = u.tenant_id AND i.control_id = u.control_id"
-                " WHERE i.received_at >= %s ORDER BY i.id",
+                " WHERE i.received_at >= %s AND i.ack_code NOT IN ('AR', 'CR')"  # not taken
+                " ORDER BY i.id",
                 ([p[0] for p in pairs], [p[1] for p in pairs],
                  min(m.received_at for m in messages if m.control_id) - self._window))
         wanted = sorted({(m.tenant_id, d) for m in messages for d in _document_ids(m)})

@@ -372,7 +372,7 @@ class SQLiteStore(StoreAdapter):
             previous = conn.execute(
                 "SELECT id, digest, ack FROM inbound WHERE tenant_id = ? AND control_id = ?"
                 " AND sending_application IS ? AND sending_facility IS ? AND received_at >= ?"
-                " ORDER BY id",
+                " AND ack_code NOT IN ('AR', 'CR') ORDER BY id",  # answered AR: not taken
                 (m.tenant_id, m.control_id, m.sending_application, m.sending_facility,
                  m.received_at - self._window),
             ).fetchall()

@@ -387,6 +387,19 @@ async def test_the_latest_version_of_a_set_is_its_active_one(make_store: StoreFa
     assert await store.latest_version("t1", "1.2.3") is None  # nothing left to replace
 
 
+async def test_a_message_answered_ar_is_processed_anew_when_sent_again(
+        make_store: StoreFactory) -> None:
+    """AR asks for the message again: its row (kept for operators) is no retransmission."""
+    store = make_store()
+    first = await store.record_inbound(replace(
+        inbound(control_id="R1"), status=InboundStatus.REJECTED, ack_code="AR", ack=b"AR"))
+    again = await store.record_inbound(inbound(control_id="R1"))
+    assert again.retransmission_of is None
+    assert again.inbound_id != first.inbound_id
+    third = await store.record_inbound(inbound(control_id="R1"))  # now AA: a retransmission
+    assert third.retransmission_of == again.inbound_id
+
+
 def exclusive(message: InboundMessage) -> InboundMessage:
     assert message.versions is not None
     return replace(message, versions=replace(message.versions, exclusive_sets=True))

@@ -213,6 +213,37 @@ async def test_reports_of_one_order_on_two_listeners_of_a_tenant_chain_too(
     assert versions == [(1, "replaced"), (2, "active")]
 
 
+async def test_a_report_beaten_by_another_replica_is_ar_and_becomes_the_next_version_resent(
+        tmp_path: Path, app_factory: Callable[..., object],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another replica stored a report of the order after this one read the order's latest
+    version (simulated: the read says there is none): the store refuses a second current
+    version, the sender gets AR (an AE would lose the report), and the same bytes sent again
+    are processed anew and become version 2."""
+    mappings = mappings_dir(tmp_path, '[{fixed: ["labo.resultats@chu-x.mssante.fr"]}]')
+    path = mappings / "labo" / "mapping.yaml"
+    path.write_text(path.read_text("utf-8") + "results:\n  corrected: replace\n", "utf-8")
+    running: RunningApp = await app_factory(settings_with(tmp_path, mappings))  # type: ignore[operator]
+    assert ack(await running.send(LAB_CASE))[0] == "AA"
+    corrected = LAB_CASE.replace(b"||||||F\r", b"||||||C\r").replace(b"|LAB0001|", b"|LAB2|")
+    store = running.app.store
+    real = store.latest_version
+
+    async def not_yet(*args: object) -> None:
+        return None
+
+    monkeypatch.setattr(store, "latest_version", not_yet)
+    code, errors = ack(await running.send(corrected))
+    assert code == "AR"
+    assert errors[0][:2] == ("207", "900")
+    monkeypatch.setattr(store, "latest_version", real)
+    assert ack(await running.send(corrected)) == ("AA", [NO_ZAM_WARNING])
+    versions = sorted((d.version, d.status.value) for d in await store.get_documents("chu-test"))
+    assert versions == [(1, "replaced"), (2, "active")]
+    statuses = [r.status for r in sorted(await running.rows(), key=lambda r: r.id)]
+    assert statuses == [InboundStatus.ACCEPTED, InboundStatus.REJECTED, InboundStatus.ACCEPTED]
+
+
 async def test_a_report_whose_earlier_versions_cannot_be_read_is_ar_and_not_stored(
         tmp_path: Path, app_factory: Callable[..., object],
         monkeypatch: pytest.MonkeyPatch) -> None:
