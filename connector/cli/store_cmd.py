@@ -69,19 +69,16 @@ def run_backup(args: argparse.Namespace) -> int:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from connector.store.backup import verify
+    from connector.store.backup import verify, verify_backup
 
     path: Path | int = args.path if args.path is not None else _configured_database(args)
     if isinstance(path, int):
         return path
-    if path.is_dir():  # a backup directory: its one database
-        found = sorted(p for p in path.glob("*.db") if p.is_file())
-        if len(found) != 1:
-            print(f"{path}: not a backup directory (no single *.db file)", file=sys.stderr)
-            return 1
-        path = found[0]
     try:
-        check = verify(path)
+        if path.is_dir():  # a backup: its manifest's files, then its database
+            path, check = verify_backup(path)
+        else:
+            check = verify(path)
     except (BackupError, OSError) as exc:
         print(f"store not whole: {exc}", file=sys.stderr)
         return 1

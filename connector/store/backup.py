@@ -94,6 +94,27 @@ def verify(database: Path) -> StoreCheck:
     return StoreCheck(int(version or 0), len(refs), tuple(sorted({r.segment for r in refs})))
 
 
+def verify_backup(directory: Path) -> tuple[Path, StoreCheck]:
+    """Check a backup directory: every file its MANIFEST.json lists, by size and SHA-256, then
+    its database as `verify` does. Its database and what was read; BackupError otherwise."""
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text("utf-8"))
+        files: dict[str, dict[str, object]] = manifest["files"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BackupError(f"{directory}: not a backup (no readable {MANIFEST})") from exc
+    databases = [name for name in files if "/" not in name]
+    if len(databases) != 1:
+        raise BackupError(f"{directory}/{MANIFEST}: lists {len(databases)} databases, not one")
+    for name, facts in files.items():
+        path = directory / name
+        if not path.is_file():
+            raise BackupError(f"{path}: missing (listed in {MANIFEST})")
+        if path.stat().st_size != facts.get("bytes") or _sha256(path) != facts.get("sha256"):
+            raise BackupError(f"{path}: differs from {MANIFEST} (size or SHA-256)")
+    database = directory / databases[0]
+    return database, verify(database)
+
+
 def take_backup(database: Path, target: Path) -> Backup:
     """Copy the store at `database` into the new directory `target` (see the module)."""
     started = time.monotonic()
