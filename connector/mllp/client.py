@@ -6,11 +6,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import ssl
 from types import TracebackType
 
 from connector.errors import FramingError, ProtocolError
 from connector.mllp._framing import DEFAULT_MAX_FRAME_BYTES, MLLPFramer, frame
+
+
+def connect_reason(exc: OSError) -> str:
+    """Why a connection failed, in words: OpenSSL's for TLS (a certificate not verified, a
+    handshake refused), the resolver's for a name, the system's for a socket error (not
+    asyncio's 'Connect call failed'); an SSL error's or a resolver's errno is not an errno."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS: {exc.verify_message or exc.reason}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS: {exc.reason or exc}"
+    if isinstance(exc, socket.gaierror):
+        return exc.strerror or str(exc)
+    if exc.errno is not None and exc.errno > 0:
+        return os.strerror(exc.errno)
+    return exc.strerror or str(exc)
 
 
 class MLLPClient:
@@ -32,8 +48,8 @@ class MLLPClient:
             raise ProtocolError(f"cannot connect to {self.host}:{self.port}: no answer within "
                                 f"{self.timeout:g} s") from exc
         except OSError as exc:
-            reason = os.strerror(exc.errno) if exc.errno else str(exc)  # not asyncio's wording
-            raise ProtocolError(f"cannot connect to {self.host}:{self.port}: {reason}") from exc
+            raise ProtocolError(f"cannot connect to {self.host}:{self.port}: "
+                                f"{connect_reason(exc)}") from exc
 
     async def send(self, payload: bytes) -> bytes:
         """Send one message and return the payload of the next frame received."""

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import struct
+from pathlib import Path
 
 import pytest
 
@@ -78,3 +80,36 @@ async def test_the_his_answer_for_another_zam_puts_the_next_one_on_a_new_connect
         await session.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_connect_failures_say_why_in_words(tmp_path: Path) -> None:
+    """A TLS or a resolver error's errno is not an errno: 'Operation not permitted' for a
+    certificate not verified, 'Unknown error -2' for an unknown name, before."""
+    from tests.support.pki import TestCA
+
+    with pytest.raises(ProtocolError) as caught:
+        await MLLPClient("no-such-host.invalid", 2575, timeout=5).connect()
+    assert "Unknown error" not in str(caught.value)
+    assert str(caught.value).startswith("cannot connect to no-such-host.invalid:2575: ")
+    server_ca = TestCA(tmp_path / "server-ca")
+    issued = server_ca.issue("mllp", server=True)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(issued.certificate, issued.private_key)
+
+    async def idle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(1)
+        writer.close()
+
+    server = await asyncio.start_server(idle, "127.0.0.1", 0, ssl=context)
+    port = server.sockets[0].getsockname()[1]
+    other = TestCA(tmp_path / "other-ca")
+    async with server:
+        with pytest.raises(ProtocolError) as caught:
+            await MLLPClient("127.0.0.1", port, timeout=5, ssl_context=ssl.create_default_context(
+                cafile=str(other.certificate))).connect()
+    assert "Operation not permitted" not in str(caught.value)
+    assert "TLS: " in str(caught.value)
+    assert "certificate" in str(caught.value)
+    with pytest.raises(ProtocolError) as caught:
+        await MLLPClient("127.0.0.1", 1, timeout=5).connect()
+    assert str(caught.value) == "cannot connect to 127.0.0.1:1: Connection refused"

@@ -243,7 +243,7 @@ async def test_verify_reads_a_backup_through_its_manifest(tmp_path: Path) -> Non
     segment = next((tmp_path / "bk" / "store.sqlite3.payloads").glob("segment-*.log"))
     with segment.open("ab") as tail:
         tail.write(b"x")  # the records still read back: only the manifest tells
-    with pytest.raises(BackupError, match="differs from MANIFEST.json"):
+    with pytest.raises(BackupError, match=r"differs from MANIFEST\.json"):
         verify_backup(tmp_path / "bk")
     (tmp_path / "bk" / MANIFEST).unlink()
     with pytest.raises(BackupError, match="not a backup"):
