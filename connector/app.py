@@ -26,6 +26,7 @@ from connector.directory.annuaire import Directory, DirectoryError, directory_pa
 from connector.directory.whitelist import Whitelist, load_whitelist
 from connector.errors import ConfigError
 from connector.hl7.ack import ControlIdGenerator
+from connector.hl7.header import msh18_for_codec
 from connector.hosts import is_loopback
 from connector.mllp.server import MLLPServer, server_ssl_context
 from connector.observability.gauges import GaugeRefresher
@@ -420,8 +421,18 @@ def warn_about_exposure(settings: Settings) -> None:
         log.warning("admin_api_in_clear", host=admin.host,
                     hint="the API's bearer token crosses the network unencrypted: set "
                          "[admin.tls] or bind [admin] host to 127.0.0.1")
+    if not msh18_for_codec(settings.default_charset):
+        log.warning("charset_without_hl7_name", setting="default_charset",
+                    charset=settings.default_charset,
+                    hint="HL7 table 0211 has no name for it: ACKs written in it leave MSH-18 "
+                         "empty")
     for tenant in settings.tenants:
         for listener in tenant.listeners:
+            if listener.charset and not msh18_for_codec(listener.charset):
+                log.warning("charset_without_hl7_name", tenant=tenant.id,
+                            listener=listener.name, charset=listener.charset,
+                            hint="HL7 table 0211 has no name for it: this listener's ACKs "
+                                 "leave MSH-18 empty")
             if listener.tls is None and not listener.allow_from and not is_loopback(listener.host):
                 log.warning("listener_in_clear", tenant=tenant.id, listener=listener.name,
                             host=listener.host,

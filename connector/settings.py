@@ -501,12 +501,6 @@ def _codec(reader: _Reader, name: str, default: str | None) -> str | None:
         ascii_compatible = False
     if not ascii_compatible:
         raise reader.fail(name, f"character set {raw!r} is not ASCII-compatible")
-    from connector.hl7.header import msh18_for_codec
-
-    if not msh18_for_codec(codec):  # the ACK's MSH-18 names the character set it is written in
-        raise reader.fail(name, f"character set {raw!r} has no HL7 name (table 0211) for the "
-                                "ACK's MSH-18: use ASCII, 8859/1, 8859/15, UNICODE UTF-8 or "
-                                "cp1252 (answered as 8859/1)")
     return codec
 
 

@@ -175,7 +175,7 @@ def build_ack(
     control_id: str,
     errors: Sequence[AckError] = (),
     identity: AckIdentity = AckIdentity(),
-    charset_msh18: str = "",
+    charset_msh18: str | None = None,
     timestamp: str | None = None,
 ) -> str:
     """The ACK as ER7 text, segments separated by CR. `header` None: the MSH was unreadable."""
@@ -188,14 +188,17 @@ def build_ack(
         receiving_app, receiving_fac = header.sending_application, header.sending_facility
         processing, version = header.processing_id or "P", _raw_version(header)
         # MSH-18 names the character set the ACK is written in (`charset_msh18`, from the codec
-        # the caller encodes it with): the original's only when the caller does not say, since a
-        # listener's forced charset or an unsupported MSH-18 make the two differ.
-        country, msh18 = header.country or "FRA", charset_msh18 or header.charset
+        # the caller encodes it with; "" for one table 0211 does not name): the original's only
+        # when the caller does not say, since a forced charset or an unsupported MSH-18 make
+        # the two differ.
+        country = header.country or "FRA"
+        msh18 = header.charset if charset_msh18 is None else charset_msh18
         acked_id = escape(header.control_id, d)
     else:
         event, receiving_app, receiving_fac = "", "", ""
         sending_app, sending_fac = escape(identity.application, d), escape(identity.facility, d)
-        processing, version, country, msh18, acked_id = "P", "2.5", "FRA", charset_msh18, ""
+        processing, version, country, acked_id = "P", "2.5", "FRA", ""
+        msh18 = charset_msh18 or ""
     msg_type = d.component.join(["ACK", event, "ACK"]) if event else "ACK"
     msh = f.join([
         "MSH", d.encoding_characters, sending_app, sending_fac, receiving_app, receiving_fac,

@@ -19,6 +19,7 @@ from connector.hl7.message import Delimiters, Segment, component_of, parse_segme
 CHARSETS: dict[str, str] = {
     "ASCII": "ascii",
     "8859/1": "iso-8859-1",
+    **{f"8859/{n}": f"iso-8859-{n}" for n in range(2, 10)},  # table 0211: 8859/2 to 8859/9
     "8859/15": "iso-8859-15",
     "UNICODE UTF-8": "utf-8",
     "UTF-8": "utf-8",  # not in table 0211, seen in the field
@@ -27,6 +28,7 @@ CODEC_TO_MSH18: dict[str, str] = {
     "ascii": "ASCII",
     "iso8859-1": "8859/1",
     "latin-1": "8859/1",
+    **{f"iso8859-{n}": f"8859/{n}" for n in range(2, 10)},
     "iso8859-15": "8859/15",
     "utf-8": "UNICODE UTF-8",
     # Windows-1252, which table 0211 does not name: what senders that write 8859/1 on Windows

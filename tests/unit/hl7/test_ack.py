@@ -130,6 +130,9 @@ def test_msh18_names_the_charset_the_ack_is_written_in() -> None:
     Without it, the original's is echoed."""
     assert ack_of(header_with(), charset_msh18="UNICODE UTF-8").msh.raw(18) == "UNICODE UTF-8"
     assert ack_of(header_with()).msh.raw(18) == "8859/15"
+    # A codec table 0211 does not name (a listener forcing cp850): MSH-18 empty, never the
+    # request's own (which would name a charset the ACK is not written in).
+    assert ack_of(header_with(), charset_msh18="").msh.raw(18) == ""
 
 
 def test_ack_without_header() -> None:
