@@ -156,9 +156,15 @@ def load_mappings(directory: Path) -> tuple[FlowMapping, ...]:
 _NEAR_NAMES: Final = frozenset({"mapping.yml", "mapping.yaml", "mappings.yaml", "mappings.yml"})
 
 
-def _key_given_twice(node: yaml.Node | None, keys: list[str | int]
+def _key_given_twice(node: yaml.Node | None, keys: list[str | int],
+                     seen_nodes: set[int] | None = None
                      ) -> tuple[list[str | int], int, int] | None:
-    """The first mapping key given twice under `node`: its path and both lines (1-based)."""
+    """The first mapping key given twice under `node`: its path and both lines (1-based).
+    A node reached again through an alias is looked at once (an anchor may contain itself)."""
+    seen_nodes = set() if seen_nodes is None else seen_nodes
+    if id(node) in seen_nodes:
+        return None
+    seen_nodes.add(id(node))
     if isinstance(node, yaml.MappingNode):
         seen: dict[str, int] = {}
         for key_node, value_node in node.value:
@@ -167,12 +173,12 @@ def _key_given_twice(node: yaml.Node | None, keys: list[str | int]
             if key in seen:
                 return [*keys, key], seen[key], line
             seen[key] = line
-            found = _key_given_twice(value_node, [*keys, key])
+            found = _key_given_twice(value_node, [*keys, key], seen_nodes)
             if found is not None:
                 return found
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
-            found = _key_given_twice(item, [*keys, index])
+            found = _key_given_twice(item, [*keys, index], seen_nodes)
             if found is not None:
                 return found
     return None

@@ -117,3 +117,9 @@ def test_a_flow_file_under_another_name_is_not_skipped_silently(tmp_path: Path) 
         load_mappings(tmp_path)
     assert caught.value.source == str(misnamed)
     assert f"read from {misnamed.parent}/mapping.yaml: rename mapping.yml" in caught.value.problem
+
+
+def test_an_anchor_that_contains_itself_is_an_error_not_a_crash(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_mapping(write(tmp_path, GOOD + "extra: &x [ *x ]\n"))
+    assert caught.value.key == "extra"  # reported as the unknown key it is
