@@ -84,10 +84,15 @@ class GaugeRefresher:
             self._outbox(stats, at)
         if self._disk_usage is not None:
             await self._store_size(self._disk_usage)
+        # Series of what runs now only: a tenant removed, or one a reload could not start, must
+        # not keep an expired certificate's or CRL's value (and its alert) alive. Set in one go
+        # on the loop that also serves /metrics, so a scrape never sees them half done.
+        self.metrics.client_certificate_expiry_days.clear()
         for certificate in self._certificates():
             self.metrics.client_certificate_expiry_days.labels(
                 certificate.tenant_id, certificate.use).set(
                 round(certificate.info.days_to_expiry(), 3))
+        self.metrics.crl_next_update_seconds.clear()
         for crl in self._crls():
             self.metrics.crl_next_update_seconds.labels(crl.tenant_id, crl.use).set(
                 round(crl.next_update.timestamp() - at, 3))

@@ -53,3 +53,26 @@ async def test_an_unavailable_store_leaves_the_last_values() -> None:
     await refresher.refresh()  # logs a warning, raises nothing
     assert value(metrics, "mssconnector_store_bytes", part="database") == 4096
     assert value(metrics, "mssconnector_store_free_bytes") == 5
+
+
+async def test_a_tenant_gone_leaves_no_crl_series_behind() -> None:
+    """A removed tenant (or one a reload could not start) kept its last, maybe negative,
+    value: MSSConnectorCrlExpired would have fired for good."""
+    from datetime import UTC, datetime, timedelta
+
+    from connector.observability.gauges import RevocationLists
+
+    metrics = ConnectorMetrics()
+    running = [RevocationLists("chu-a", "smtp", datetime.now(UTC) - timedelta(hours=1)),
+               RevocationLists("chu-b", "imap", datetime.now(UTC) + timedelta(days=3))]
+    refresher = GaugeRefresher(metrics, no_outbox, list, crls=lambda: list(running))
+    await refresher.refresh()
+    expired = value(metrics, "mssconnector_crl_next_update_seconds", tenant="chu-a", use="smtp")
+    assert expired is not None
+    assert expired < 0
+    running.pop(0)
+    await refresher.refresh()
+    assert value(metrics, "mssconnector_crl_next_update_seconds",
+                 tenant="chu-a", use="smtp") is None
+    assert value(metrics, "mssconnector_crl_next_update_seconds",
+                 tenant="chu-b", use="imap") is not None
