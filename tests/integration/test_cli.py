@@ -183,23 +183,30 @@ async def test_serve_says_it_cannot_start_on_a_port_in_use(tmp_path: Path) -> No
     assert f"tenant 'a' listener 'a-0' (127.0.0.1:{port})" in err  # which one of the file
 
 
-async def test_messages_list_and_show(tmp_path: Path) -> None:
+async def config_with_messages(tmp_path: Path, *payloads: bytes) -> tuple[Path, list[bytes]]:
+    """A configuration whose store holds `payloads`, as intake answered them (the answers)."""
+    from connector.app import Application
+    from connector.settings import load_settings
+
     config = tmp_path / "c.toml"
     config.write_text(f'data_dir = "{tmp_path / "var"}"\n[[tenants]]\nid = "a"\noid = "1.2.3"\n'
                       '[[tenants.listeners]]\nport = 2575\n')
+    app = Application.build(load_settings(config))
+    app.store.open()
+    try:
+        answers = [await app.handlers[0].handle(payload, "127.0.0.1:1") or b""
+                   for payload in payloads]
+    finally:
+        await app.store.close()
+    return config, answers
+
+
+async def test_messages_list_and_show(tmp_path: Path) -> None:
+    config, _ = await config_with_messages(tmp_path, adt("L1"), b"garbage")
     from connector.app import Application
     from connector.settings import load_settings
 
     app = Application.build(load_settings(config))
-    app.store.open()
-    try:
-        from connector.pipeline.intake import IntakeHandler
-
-        handler: IntakeHandler = app.handlers[0]
-        await handler.handle(adt("L1"), "127.0.0.1:1")
-        await handler.handle(b"garbage", "127.0.0.1:1")
-    finally:
-        await app.store.close()
     code, out, _ = await run_cli("messages", "list", "--config", str(config))
     assert code == 0
     lines = out.splitlines()
@@ -247,40 +254,18 @@ async def test_serve_refuses_a_malformed_whitelist(tmp_path: Path) -> None:
 
 async def test_messages_show_decodes_with_the_character_set_intake_used(tmp_path: Path) -> None:
     """An 8859/15 message (MSH-18) is shown as it was read, not as UTF-8 (it was garbled)."""
-    config = tmp_path / "c.toml"
-    config.write_text(f'data_dir = "{tmp_path / "var"}"\n[[tenants]]\nid = "a"\noid = "1.2.3"\n'
-                      '[[tenants.listeners]]\nport = 2575\n')
-    from connector.app import Application
-    from connector.settings import load_settings
-
     latin9 = (adt("L9").replace(b"|2.5", b"|2.5|||||FRA|8859/15", 1).rstrip(b"\r")
               + "\rNTE|1||Réveil à 8h, coût 5€\r".encode("iso8859-15"))
     assert b"|FRA|8859/15" in latin9.split(b"\r")[0]
-    app = Application.build(load_settings(config))
-    app.store.open()
-    try:
-        assert b"MSA|AA" in (await app.handlers[0].handle(latin9, "127.0.0.1:1") or b"")
-    finally:
-        await app.store.close()
+    config, (answer,) = await config_with_messages(tmp_path, latin9)
+    assert b"MSA|AA" in answer
     code, out, _ = await run_cli("messages", "show", "1", "--config", str(config))
     assert code == 0
     assert "NTE|1||Réveil à 8h, coût 5€" in out
 
 
 async def test_cli_mistakes_are_answered_not_tracebacks(tmp_path: Path) -> None:
-    config = tmp_path / "c.toml"
-    config.write_text(f'data_dir = "{tmp_path / "var"}"\n[[tenants]]\nid = "a"\noid = "1.2.3"\n'
-                      '[[tenants.listeners]]\nport = 2575\n')
-    from connector.app import Application
-    from connector.settings import load_settings
-
-    app = Application.build(load_settings(config))
-    app.store.open()
-    try:
-        for n in range(30):
-            await app.handlers[0].handle(adt(f"P{n}"), "127.0.0.1:1")
-    finally:
-        await app.store.close()
+    config, _ = await config_with_messages(tmp_path, *(adt(f"P{n}") for n in range(30)))
     code, _, err = await run_cli("audit", "export", "--from", "2020-01-01", "--to", "2100-01-01",
                                  "--out", str(tmp_path / "nodir" / "x.csv"),
                                  "--config", str(config))
