@@ -235,7 +235,8 @@ def build_tenant(index: int, tenant: TenantSettings, shared: SharedParts) -> Ten
                          application_ack=listener.application_ack),
             store, shared.control_ids, cisis, metrics, planner=planner, legacy=legacy,
             patients=store if legacy is not None else None, on_queued=shared.wake,
-            documents=shared.documents, report_sets=shared.report_sets)
+            documents=shared.documents, report_sets=shared.report_sets,
+            reports=store if legacy is not None else None)
         ssl_context = (server_ssl_context(
             listener.tls, f"{prefix}.listeners[{tenant.listeners.index(listener)}].tls")
             if listener.tls else None)

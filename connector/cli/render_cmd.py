@@ -202,8 +202,8 @@ def _render_one(offline: _Offline, where: str, number: int, payload: bytes) -> b
     print(f"{label} {accepted} {len(mails)} e-mail(s), route {request.sending.route.value}")
     cda = request.documents[0].header
     if report_set is not None and cda.version_number is not None:
-        offline.report_sets[report_set] = ReportVersion(cda.document_id, report_set,
-                                                        cda.version_number)
+        offline.report_sets[report_set] = ReportVersion(
+            cda.document_id, report_set, cda.version_number, request.documents[0].content)
     if decision.legacy:  # the generated documents, to develop a mapping offline
         for k, document in enumerate(request.documents, start=1):
             _write(offline.out / f"{number:03d}-cda{k}.xml", document.content)

@@ -153,11 +153,22 @@ class ReportVersion:
     document_id: InstanceId
     set_id: InstanceId
     version: int
+    cda: bytes | None = None  # its CDA as sent, when a withdrawal needs it and it is still held
 
 
 # The order's identifiers, in the order they name a report's document set: the filler's order
 # number (the lab's own, stable across its reports of the order), then the placer's.
 ORDER_FIELDS: Final = (("OBR", 3), ("ORC", 3), ("OBR", 2), ("ORC", 2))
+
+
+def cancelled_result(message: Message) -> tuple[str, int, int, str] | None:
+    """Where the message says its result is cancelled, if it does: an OBX-11 D, W or X (any
+    OBX), OBR-25 X, ORC-1 CA, OC or CR; (segment, sequence, field, value)."""
+    for name, position, values in _CANCELLED:
+        for sequence, segment in enumerate(message.all(name), start=1):
+            if segment.value(position) in values:
+                return name, sequence, position, segment.value(position)
+    return None
 
 
 def order_key(message: Message) -> str | None:
@@ -269,42 +280,21 @@ class LegacyFlows:
                 traits: PatientTraits | None = None,
                 previous: ReportVersion | None = None) -> LegacyOutcome:
         """`previous`: the latest version of the order's report the store knows (read by
-        intake for `report_set_id`), which this report replaces."""
+        intake for `report_set_id`), which this report replaces, or withdraws when it cancels
+        the result (`results.corrected: replace`)."""
         mapping = self.match(header, message)
-        now = self.clock()
-        media_type, content, obx_sequence = self._body(mapping, message)
         set_id = self.report_set_id(header, message)
         if set_id is None or (previous is not None and previous.set_id != set_id):
             previous = None
-        correction = self._correction(mapping, message, obx_sequence,
-                                      linked=previous is not None, in_set=set_id is not None)
         patient, identity = self._patient(message, traits)
-        author = self._person(mapping.author.fields, mapping.author.default, message, "author")
-        legal = self._person(mapping.legal_authenticator.fields,
-                             mapping.legal_authenticator.default, message,
-                             "legal authenticator")
-        stamp = now.strftime("%Y%m%d%H%M%S%z")
-        signed = hl7_time(self._field(message, "OBR-22"), now) or stamp  # results reported
-        service_start = next((t for f in mapping.service_event_time
-                              if (t := hl7_time(self._field(message, f), now))), stamp)
-        document = LevelOneDocument(
-            id=InstanceId(f"2.25.{uuid.uuid4().int}"),
-            set_id=set_id or InstanceId(f"2.25.{uuid.uuid4().int}"),
-            version=previous.version + 1 if previous is not None else 1,
-            replaces=previous.document_id if previous is not None else None,
-            effective_time=stamp,
-            type=mapping.document_type,
-            title=mapping.title, confidentiality=mapping.confidentiality, patient=patient,
-            author=author, author_time=signed,
-            custodian=self.establishment.custodian, legal_authenticator=legal,
-            legal_time=signed,
-            service_event=mapping.service_event or mapping.document_type,
-            service_start=service_start, service_end=None,
-            practice_setting=mapping.practice_setting or DEFAULT_PRACTICE_SETTING,
-            healthcare_facility=mapping.healthcare_facility or DEFAULT_FACILITY,
-            encounter_start=self._encounter_start(message, now) or service_start,
-            media_type=media_type, content=content)
-        cda = build_level_one(document)
+        withdrawing = set_id is not None and cancelled_result(message) is not None
+        if withdrawing:  # the report sent before goes again, as a deletion
+            obx_sequence, cda = 1, self._withdrawn(mapping, message, previous)
+            correction, action = None, Action.DELETE
+        else:
+            obx_sequence, cda, correction = self._report(mapping, message, patient, set_id,
+                                                         previous)
+            action = Action.REPLACE if previous is not None else Action.NEW
         cda_tree = parse_xml(cda)
         cda_header = read_cda_header(cda_tree)
         recipients, unresolved = self._recipients(mapping, message, traits)
@@ -338,7 +328,7 @@ class LegacyFlows:
             origin=MessageOrigin(MessageKind.ORU_R01, header.control_id or "",
                                  header.sending_application or "",
                                  header.sending_facility or "", ""),
-            action=Action.REPLACE if previous is not None else Action.NEW,
+            action=action,
             documents=(CdaDocument(obx_sequence, CodedValue(code.code, code.display,
                                                             code.system), cda, cda_header,
                                      cda_tree),),
@@ -351,6 +341,57 @@ class LegacyFlows:
         return LegacyOutcome(request, mapping, unresolved)
 
     # -- pieces ----------------------------------------------------------------------------
+
+    def _report(self, mapping: FlowMapping, message: Message, patient: Patient,
+                set_id: InstanceId | None, previous: ReportVersion | None
+                ) -> tuple[int, bytes, RequestWarning | None]:
+        """The report's own CDA (its OBX sequence, its bytes, what its result status says)."""
+        now = self.clock()
+        media_type, content, obx_sequence = self._body(mapping, message)
+        correction = self._correction(mapping, message, obx_sequence,
+                                      linked=previous is not None, in_set=set_id is not None)
+        author = self._person(mapping.author.fields, mapping.author.default, message, "author")
+        legal = self._person(mapping.legal_authenticator.fields,
+                             mapping.legal_authenticator.default, message,
+                             "legal authenticator")
+        stamp = now.strftime("%Y%m%d%H%M%S%z")
+        signed = hl7_time(self._field(message, "OBR-22"), now) or stamp  # results reported
+        service_start = next((t for f in mapping.service_event_time
+                              if (t := hl7_time(self._field(message, f), now))), stamp)
+        document = LevelOneDocument(
+            id=InstanceId(f"2.25.{uuid.uuid4().int}"),
+            set_id=set_id or InstanceId(f"2.25.{uuid.uuid4().int}"),
+            version=previous.version + 1 if previous is not None else 1,
+            replaces=previous.document_id if previous is not None else None,
+            effective_time=stamp,
+            type=mapping.document_type,
+            title=mapping.title, confidentiality=mapping.confidentiality, patient=patient,
+            author=author, author_time=signed,
+            custodian=self.establishment.custodian, legal_authenticator=legal,
+            legal_time=signed,
+            service_event=mapping.service_event or mapping.document_type,
+            service_start=service_start, service_end=None,
+            practice_setting=mapping.practice_setting or DEFAULT_PRACTICE_SETTING,
+            healthcare_facility=mapping.healthcare_facility or DEFAULT_FACILITY,
+            encounter_start=self._encounter_start(message, now) or service_start,
+            media_type=media_type, content=content)
+        return obx_sequence, build_level_one(document), correction
+
+    @staticmethod
+    def _withdrawn(mapping: FlowMapping, message: Message, previous: ReportVersion | None
+                   ) -> bytes:
+        """The CDA a cancelled result withdraws: the order's latest report, as it was sent."""
+        name, sequence, position, value = cancelled_result(message) or ("OBX", 1, 11, "")
+        if previous is None:
+            raise _located(f"a cancelled result ({name}-{position} = {value}) of an order whose "
+                           f"report is not known here (legacy mapping {mapping.name!r}): "
+                           "nothing to withdraw; tell the recipients another way",
+                           name, sequence, position)
+        if previous.cda is None:
+            raise _located(f"a cancelled result ({name}-{position} = {value}): the report it "
+                           "withdraws is no longer held (store.payload_retention_days); tell "
+                           "the recipients another way", name, sequence, position)
+        return previous.cda
 
     @staticmethod
     def _correction(mapping: FlowMapping, message: Message, obx_sequence: int, *,

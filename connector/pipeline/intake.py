@@ -33,12 +33,12 @@ from connector.hl7.ack import (
 )
 from connector.hl7.codes import AckCode, ApplicationError, ErrorCondition
 from connector.hl7.header import MessageHeader, msh18_for_codec, resolve_codec, salvage_header
-from connector.legacy.context import context_traits
-from connector.legacy.flow import LegacyFlows, ReportVersion
+from connector.legacy.context import ReportStore, context_traits, latest_report
+from connector.legacy.flow import LegacyFlows, cancelled_result
 from connector.observability.logs import exception_frames
 from connector.observability.metrics import ConnectorMetrics
 from connector.pipeline.decide import IntakeDecider, IntakeDecision
-from connector.pipeline.documents import CisisIntake, instance_key
+from connector.pipeline.documents import CisisIntake
 from connector.pipeline.offload import DocumentProcesses
 from connector.pipeline.outgoing import MailPlanner, follow_up
 from connector.pipeline.serial import KeyedLocks
@@ -85,9 +85,11 @@ class IntakeHandler:
                  patients: PatientStore | None = None,
                  on_queued: Callable[[str], None] | None = None,
                  documents: Callable[[], DocumentProcesses | None] | None = None,
-                 report_sets: KeyedLocks[tuple[str, InstanceId]] | None = None) -> None:
+                 report_sets: KeyedLocks[tuple[str, InstanceId]] | None = None,
+                 reports: ReportStore | None = None) -> None:
         """`report_sets`: the locks of the legacy report sets being handled, shared by every
-        handler of the process (a new set of locks when not given)."""
+        handler of the process (a new set of locks when not given); `reports`: the store, for
+        the legacy mappings that link an order's reports (none: they are not linked)."""
         self.config = config
         self.metrics = metrics
         self._store = store
@@ -95,6 +97,7 @@ class IntakeHandler:
         self._on_queued = on_queued
         self._documents = documents  # the worker processes of the document stage, if any
         self._patients = patients  # the ADT context, for legacy messages
+        self._reports = reports  # an order's latest report, for legacy messages
         self.decider = IntakeDecider(cisis, planner=planner, legacy=legacy,
                                      forced_charset=config.forced_charset,
                                      default_charset=config.default_charset)
@@ -135,14 +138,16 @@ class IntakeHandler:
             except (StoreError, ValueError) as exc:  # unreachable, or an ambiguous IPP
                 log.warning("patient_context_unavailable", error=type(exc).__name__)
         report_set = self.decider.report_set(decision)
-        if report_set is None:
+        if report_set is None or self._reports is None or decision.message is None:
             return await self._decide_and_store(decision, payload, peer, started, received_at)
         # Legacy `corrected: replace`: from reading the order's latest report to storing this
         # one, no other report of the order is handled in this process (two at once would both
         # build on the same version; another replica's is refused by the store, AE 900).
         async with self._report_sets.hold((self.config.tenant_id, report_set)):
-            try:  # the order's latest report, which this one replaces
-                decision = replace(decision, previous=await self._latest_report(report_set))
+            try:  # the order's latest report, which this one replaces (or withdraws)
+                decision = replace(decision, previous=await latest_report(
+                    self._reports, self.config.tenant_id, report_set,
+                    with_document=cancelled_result(decision.message) is not None))
             except StoreError as exc:  # not knowing it, the report would go as a second v1
                 log.error("report_versions_unavailable", error=type(exc).__name__)
                 return self._answered(started, decision, self._transient(
@@ -238,13 +243,6 @@ class IntakeHandler:
         if receipt.version_conflict is not None and versions is not None:
             ack_code = versions.conflict_ack_code
         return self._answered(started, decision, receipt.ack or None, ack_code)
-
-    async def _latest_report(self, set_id: InstanceId) -> ReportVersion | None:
-        latest = await self._store.latest_version(self.config.tenant_id, instance_key(set_id))
-        if latest is None or latest.version is None:
-            return None
-        root, _, extension = latest.document_id.partition("^")
-        return ReportVersion(InstanceId(root, extension or None), set_id, latest.version)
 
     async def _check_documents(self, decision: IntakeDecision, payload: bytes
                                ) -> IntakeDecision:

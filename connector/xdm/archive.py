@@ -29,6 +29,7 @@ identity travels only in METADATA.XML and the CDA documents, as IHE XDM requires
 from __future__ import annotations
 
 import html
+import re
 import zipfile
 from datetime import UTC
 from io import BytesIO
@@ -164,3 +165,23 @@ def build_xdm_zip(submission: XdmSubmission) -> bytes:
         for name, data in entries:
             _write(archive, name, data, stamp)
     return buffer.getvalue()
+
+
+_DOCUMENT_ENTRY = re.compile(r"IHE_XDM/SUBSET01/DOC\d{4}\.XML\Z")
+_DOCUMENT_MAX = 64 * 1024 * 1024  # a CDA read back from an archive this connector wrote
+
+
+def read_xdm_documents(data: bytes) -> tuple[bytes, ...]:
+    """The CDA documents of an IHE_XDM.zip (`DOC0001.XML`, ... of SUBSET01), in order, bytes
+    unchanged: what a later mail (a legacy report's withdrawal) sends again. ValueError when
+    it is not such an archive."""
+    try:
+        with zipfile.ZipFile(BytesIO(data)) as archive:
+            names = sorted(i.filename for i in archive.infolist()
+                           if _DOCUMENT_ENTRY.match(i.filename) and i.file_size <= _DOCUMENT_MAX)
+            documents = tuple(archive.read(name) for name in names)
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise ValueError(f"not an IHE_XDM archive: {exc}") from exc
+    if not documents:
+        raise ValueError("not an IHE_XDM archive: no SUBSET01 document")
+    return documents

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import io
+import time
 import zipfile
 from collections.abc import Callable
 from dataclasses import replace
 from email import message_from_bytes, policy
+from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
@@ -213,6 +215,69 @@ async def test_reports_of_one_order_on_two_listeners_of_a_tenant_chain_too(
     assert versions == [(1, "replaced"), (2, "active")]
 
 
+async def _mails_of(running: RunningApp) -> list[tuple[EmailMessage, bytes, bytes]]:
+    """Each queued mail (in order), its archive's first CDA and METADATA.XML."""
+    found = []
+    for row in sorted(await running.app.store.list_outbox(), key=lambda r: r.id):
+        detail = await running.app.store.get_outbox(row.id)
+        assert detail is not None
+        mail = message_from_bytes(MailJob.decode(detail.payload).message, policy=policy.default)
+        assert isinstance(mail, EmailMessage)
+        parts = {(part.get_filename() or "").upper(): part.get_payload(decode=True)
+                 for part in mail.iter_attachments()}
+        with zipfile.ZipFile(io.BytesIO(parts["IHE_XDM.ZIP"])) as archive:
+            found.append((mail, archive.read("IHE_XDM/SUBSET01/DOC0001.XML"),
+                          archive.read("IHE_XDM/SUBSET01/METADATA.XML")))
+    return found
+
+
+async def test_with_corrected_replace_a_cancelled_result_withdraws_the_report_sent(
+        tmp_path: Path, app_factory: Callable[..., object]) -> None:
+    """The order's latest report goes again, byte for byte, as a deletion (XDM action D, the
+    deletion body); the store marks it deleted; a second cancellation has nothing left to
+    withdraw (AE)."""
+    mappings = mappings_dir(tmp_path, '[{fixed: ["labo.resultats@chu-x.mssante.fr"]}]')
+    path = mappings / "labo" / "mapping.yaml"
+    path.write_text(path.read_text("utf-8") + "results:\n  corrected: replace\n", "utf-8")
+    running: RunningApp = await app_factory(settings_with(tmp_path, mappings))  # type: ignore[operator]
+    assert ack(await running.send(LAB_CASE))[0] == "AA"
+    cancelled = LAB_CASE.replace(b"||||||F\r", b"||||||D\r").replace(b"|LAB0001|", b"|LAB2|")
+    assert ack(await running.send(cancelled)) == ("AA", [NO_ZAM_WARNING])
+    (first, first_cda, _), (withdrawal, withdrawn_cda, metadata) = await _mails_of(running)
+    assert withdrawn_cda == first_cda  # the report as it was sent
+    assert xdm_action(metadata) == ["D"]
+    body = withdrawal.get_body(preferencelist=("plain",))
+    assert body is not None
+    assert "doit être supprimé" in body.get_content()
+    assert withdrawal["In-Reply-To"] == first["Message-ID"]
+    versions = [(d.version, d.status) for d in await running.app.store.get_documents("chu-test")]
+    assert versions == [(1, DocumentStatus.DELETED)]
+    again = cancelled.replace(b"|LAB2|", b"|LAB3|")
+    code, errors = ack(await running.send(again))
+    assert (code, errors[0][2]) == ("AE", "OBX^1^11")
+
+
+async def test_a_cancelled_result_whose_report_is_no_longer_held_is_ae(
+        tmp_path: Path, app_factory: Callable[..., object]) -> None:
+    mappings = mappings_dir(tmp_path, '[{fixed: ["labo.resultats@chu-x.mssante.fr"]}]')
+    path = mappings / "labo" / "mapping.yaml"
+    path.write_text(path.read_text("utf-8") + "results:\n  corrected: replace\n", "utf-8")
+    running: RunningApp = await app_factory(settings_with(tmp_path, mappings))  # type: ignore[operator]
+    assert ack(await running.send(LAB_CASE))[0] == "AA"
+    for _ in range(100):  # sent to the dry-run Maildir, then past its retention
+        if (await running.app.store.list_outbox())[0].state.value == "sent":
+            break
+        await asyncio.sleep(0.02)
+    later = time.time() + 1
+    await running.app.store.purge_payloads(before=later, now=later)
+    cancelled = LAB_CASE.replace(b"||||||F\r", b"||||||D\r").replace(b"|LAB0001|", b"|LAB2|")
+    answer = await running.send(cancelled)
+    assert ack(answer)[0] == "AE"
+    rows = sorted(await running.rows(), key=lambda r: r.id)
+    assert rows[-1].error_detail is not None
+    assert "no longer held" in rows[-1].error_detail
+
+
 async def test_a_report_beaten_by_another_replica_is_ar_and_becomes_the_next_version_resent(
         tmp_path: Path, app_factory: Callable[..., object],
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -312,12 +377,15 @@ async def test_render_links_the_reports_of_an_order_within_the_run(tmp_path: Pat
     config.write_text(f'data_dir = "{tmp_path / "var"}"\n[[tenants]]\nid = "chu"\n'
                       f'oid = "1.2.250.1.71.4.2.2.1120456789"\nmappings = "{mappings}"\n')
     corrected = LAB_CASE.replace(b"||||||F\r", b"||||||C\r").replace(b"|LAB0001|", b"|LAB2|")
+    cancelled = LAB_CASE.replace(b"||||||F\r", b"||||||D\r").replace(b"|LAB0001|", b"|LAB3|")
     case = tmp_path / "case.hl7"
-    case.write_bytes(LAB_CASE + corrected)
+    case.write_bytes(LAB_CASE + corrected + cancelled)
     code, out, err = await run_cli("render", str(case), "--out", str(tmp_path / "out"),
                                    "--config", str(config))
     assert code == 0, err
     assert "not known here" not in out
+    withdrawn = (tmp_path / "out" / "003-cda1.xml").read_bytes()  # the third withdraws v2
+    assert withdrawn == (tmp_path / "out" / "002-cda1.xml").read_bytes()
     first, second = (read_cda_header(parse_xml((tmp_path / "out" / f"00{n}-cda1.xml").read_bytes()))
                      for n in (1, 2))
     assert (first.version_number, second.version_number) == (1, 2)

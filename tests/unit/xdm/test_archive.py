@@ -165,3 +165,28 @@ def test_document_errors_surface_before_any_zip_is_built() -> None:
     other_patient = InstanceId("1.2.250.1.213.1.4.10", "180017505600103")
     with pytest.raises(DocumentError):
         build_xdm_zip(submission(*TWO_DOCS, patient_id=other_patient))
+
+
+def test_the_documents_of_an_archive_read_back_in_order() -> None:
+    """What a withdrawal of a legacy report sends again: the CDAs, bytes unchanged."""
+    import io
+    import zipfile
+
+    import pytest
+
+    from connector.xdm.archive import read_xdm_documents
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("IHE_XDM/SUBSET01/METADATA.XML", b"<m/>")
+        archive.writestr("IHE_XDM/SUBSET01/DOC0002.XML", b"<two/>")
+        archive.writestr("IHE_XDM/SUBSET01/DOC0001.XML", b"<one/>")
+        archive.writestr("README.TXT", b"x")
+    assert read_xdm_documents(buffer.getvalue()) == (b"<one/>", b"<two/>")
+    with pytest.raises(ValueError, match="not an IHE_XDM archive"):
+        read_xdm_documents(b"not a zip")
+    empty = io.BytesIO()
+    with zipfile.ZipFile(empty, "w") as archive:
+        archive.writestr("README.TXT", b"x")
+    with pytest.raises(ValueError, match="no SUBSET01 document"):
+        read_xdm_documents(empty.getvalue())
