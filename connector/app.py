@@ -427,6 +427,9 @@ def warn_about_exposure(settings: Settings) -> None:
                     hint="HL7 table 0211 has no name for it: ACKs written in it leave MSH-18 "
                          "empty")
     for tenant in settings.tenants:
+        if not tenant.listeners:
+            log.warning("tenant_without_listener", tenant=tenant.id,
+                        hint="it receives no HL7 message: add [[tenants.listeners]]")
         for listener in tenant.listeners:
             if listener.charset and not msh18_for_codec(listener.charset):
                 log.warning("charset_without_hl7_name", tenant=tenant.id,

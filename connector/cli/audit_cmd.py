@@ -36,6 +36,9 @@ def run_export(args: argparse.Namespace) -> int:
     except BadRequest as exc:
         print(str(exc), file=sys.stderr)
         return 2
+    if since is not None and until is not None and since >= until:
+        print("--from: must be before --to (the period is empty)", file=sys.stderr)
+        return 2
 
     async def action(store: Any) -> int:
         records = await queries.all_audit_records(store, since=since, until=until,

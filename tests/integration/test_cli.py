@@ -271,6 +271,9 @@ async def test_cli_mistakes_are_answered_not_tracebacks(tmp_path: Path) -> None:
                                  "--config", str(config))
     assert (code, "Traceback" in err) == (2, False)
     assert "--out" in err
+    code, _, err = await run_cli("audit", "export", "--from", "2100-01-01", "--to", "2020-01-01",
+                                 "--config", str(config))
+    assert (code, err.strip()) == (2, "--from: must be before --to (the period is empty)")
     process = await asyncio.create_subprocess_shell(  # the reader stops after one line
         f"{sys.executable} -m connector messages list --config {config} | head -1",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
@@ -324,3 +327,18 @@ def test_a_file_captured_with_its_mllp_framing_splits_into_its_messages() -> Non
 
     captured = b"\x0b" + adt("W1") + b"\x1c\r" + b"\x0b" + adt("W2") + b"\x1c\r"
     assert split_messages(captured) == [adt("W1"), adt("W2")]
+
+
+def test_a_tenant_without_listener_is_warned_about(tmp_path: Path) -> None:
+    """check-config said OK for a tenant that can receive nothing."""
+    import structlog
+
+    from connector.app import Application
+    from connector.settings import load_settings
+
+    config = tmp_path / "c.toml"
+    config.write_text(f'data_dir = "{tmp_path / "var"}"\n[[tenants]]\nid = "a"\noid = "1.2.3"\n'
+                      '[[tenants]]\nid = "b"\noid = "1.2.4"\n[[tenants.listeners]]\nport = 2575\n')
+    with structlog.testing.capture_logs() as logs:
+        Application.build(load_settings(config))
+    assert [e["tenant"] for e in logs if e["event"] == "tenant_without_listener"] == ["a"]
