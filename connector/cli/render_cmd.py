@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from connector.cda.header import InstanceId
+from connector.cisis.model import Action
 from connector.cli._common import add_config_argument, report_config_error, settings_from
 from connector.cli.send_cmd import split_messages
 from connector.errors import ConfigError, MessageError
@@ -203,7 +204,9 @@ def _render_one(offline: _Offline, where: str, number: int, payload: bytes) -> b
     cda = request.documents[0].header
     if report_set is not None and cda.version_number is not None:
         offline.report_sets[report_set] = ReportVersion(
-            cda.document_id, report_set, cda.version_number, request.documents[0].content)
+            cda.document_id, report_set, cda.version_number, request.documents[0].content,
+            tuple(r.address for r in request.sending.recipients),
+            withdrawn=request.action is Action.DELETE)
     if decision.legacy:  # the generated documents, to develop a mapping offline
         for k, document in enumerate(request.documents, start=1):
             _write(offline.out / f"{number:03d}-cda{k}.xml", document.content)

@@ -15,6 +15,8 @@ from email import message_from_bytes, policy
 from email.message import EmailMessage
 from typing import TYPE_CHECKING, Protocol
 
+import structlog
+
 from connector.cda.header import InstanceId
 from connector.cisis.parse import is_oid
 from connector.delivery.job import MailJob
@@ -22,11 +24,14 @@ from connector.errors import ConnectorError, PayloadUnreadable
 from connector.hl7.message import Message
 from connector.legacy.flow import PatientTraits, ReportVersion
 from connector.patients import PatientContext, load_patient
+from connector.store.model import DocumentStatus, OutboxKind
 from connector.xdm.archive import read_xdm_documents
 
 if TYPE_CHECKING:
     from connector.store import DocumentVersion, OutboxDetail, OutboxSummary, PatientStore
 
+
+log = structlog.get_logger(__name__)
 
 class ReportStore(Protocol):
     """The store, as a legacy report's versions need it."""
@@ -86,39 +91,57 @@ async def context_traits(store: PatientStore, tenant_id: str, message: Message
 
 async def latest_report(store: ReportStore, tenant_id: str, set_id: InstanceId, *,
                         with_document: bool = False) -> ReportVersion | None:
-    """The order's latest report (the set's current version), if the store knows one; with its
-    CDA when `with_document` and a mail that carried it still holds its payload."""
+    """The order's latest report (the set's highest version: current, or withdrawn), if the
+    store knows one; with `with_document`, the CDA and the recipients of its mails while the
+    payload retention keeps them all."""
     key = f"{set_id.root}^{set_id.extension}" if set_id.extension else set_id.root
     latest = await store.latest_version(tenant_id, key)
     if latest is None or latest.version is None:
         return None
     root, _, extension = latest.document_id.partition("^")
-    cda = await sent_document(store, latest.inbound_id) if with_document else None
-    return ReportVersion(InstanceId(root, extension or None), set_id, latest.version, cda)
+    withdrawn = latest.status is DocumentStatus.DELETED
+    sent = (await sent_report(store, latest.inbound_id)
+            if with_document and not withdrawn else None)
+    return ReportVersion(InstanceId(root, extension or None), set_id, latest.version,
+                         sent[0] if sent else None, sent[1] if sent else (), withdrawn)
 
 
-async def sent_document(store: ReportStore, inbound_id: int) -> bytes | None:
-    """The first CDA of the first mail of request `inbound_id` whose payload is still held."""
+async def sent_report(store: ReportStore, inbound_id: int
+                      ) -> tuple[bytes, tuple[str, ...]] | None:
+    """The CDA that request `inbound_id` sent (read back from one of its mails' IHE_XDM
+    archive) and every address its mails went to; None when a mail of it can no longer be read
+    (its payload purged or unreadable): a withdrawal must reach all of them, or none."""
+    cda: bytes | None = None
+    recipients: list[str] = []
     for row in await store.list_outbox(inbound_id=inbound_id, limit=1000):
+        if row.kind is not OutboxKind.SMTP:  # a ZAM to the HIS
+            continue
         try:
             detail = await store.get_outbox(row.id)
-        except PayloadUnreadable:  # a damaged record, a key no longer configured: the next
+            if detail is None or detail.purged_at is not None or not detail.payload:
+                raise PayloadUnreadable("purged")
+            job = MailJob.decode(detail.payload)
+        except ConnectorError as exc:
+            log.warning("report_mail_unreadable", outbox_id=row.id, error=type(exc).__name__)
+            return None
+        recipients.append(job.rcpt_to)
+        if cda is None:
+            cda = _first_document(job.message)
+    if cda is None or not recipients:
+        return None
+    return cda, tuple(dict.fromkeys(recipients))
+
+
+def _first_document(message: bytes) -> bytes | None:
+    mail = message_from_bytes(message, policy=policy.default)
+    assert isinstance(mail, EmailMessage)
+    for part in mail.iter_attachments():
+        if (part.get_filename() or "").upper() != "IHE_XDM.ZIP":
             continue
-        if detail is None or detail.purged_at is not None or not detail.payload:
-            continue
-        try:
-            mail = message_from_bytes(MailJob.decode(detail.payload).message,
-                                      policy=policy.default)
-        except ConnectorError:  # a ZAM (an HL7 row): not a mail
-            continue
-        assert isinstance(mail, EmailMessage)
-        for part in mail.iter_attachments():
-            if (part.get_filename() or "").upper() != "IHE_XDM.ZIP":
+        payload = part.get_payload(decode=True)
+        if isinstance(payload, bytes):
+            try:
+                return read_xdm_documents(payload)[0]
+            except ValueError:
                 continue
-            payload = part.get_payload(decode=True)
-            if isinstance(payload, bytes):
-                try:
-                    return read_xdm_documents(payload)[0]
-                except ValueError:
-                    continue
     return None

@@ -153,7 +153,11 @@ class ReportVersion:
     document_id: InstanceId
     set_id: InstanceId
     version: int
-    cda: bytes | None = None  # its CDA as sent, when a withdrawal needs it and it is still held
+    # For a withdrawal, while the payload retention keeps its mails: its CDA as sent and the
+    # addresses it went to.
+    cda: bytes | None = field(default=None, repr=False)
+    recipients: tuple[str, ...] = ()
+    withdrawn: bool = False  # deleted: the order's next report starts over, replacing nothing
 
 
 # The order's identifiers, in the order they name a report's document set: the filler's order
@@ -161,14 +165,40 @@ class ReportVersion:
 ORDER_FIELDS: Final = (("OBR", 3), ("ORC", 3), ("OBR", 2), ("ORC", 2))
 
 
-def cancelled_result(message: Message) -> tuple[str, int, int, str] | None:
-    """Where the message says its result is cancelled, if it does: an OBX-11 D, W or X (any
-    OBX), OBR-25 X, ORC-1 CA, OC or CR; (segment, sequence, field, value)."""
+def report_cancelled(mapping: FlowMapping, message: Message) -> tuple[str, int, int, str] | None:
+    """Where the message says its report is cancelled, if it does: the report's own OBX-11 (D,
+    W or X), OBR-25 (X), ORC-1 (CA, OC, CR): (segment, sequence, field, value). The OBX is the
+    one the mapping takes the report from, found without reading its content (a cancellation
+    may carry none); an analyte of a panel marked X ("cannot be obtained") is not the report."""
+    sequence = _report_obx(mapping, message)
+    segments = {"OBX": (message.all("OBX")[sequence - 1] if sequence else None, sequence or 1),
+                "OBR": (message.first("OBR"), 1), "ORC": (message.first("ORC"), 1)}
     for name, position, values in _CANCELLED:
-        for sequence, segment in enumerate(message.all(name), start=1):
-            if segment.value(position) in values:
-                return name, sequence, position, segment.value(position)
+        segment, at = segments[name]
+        if segment is not None and segment.value(position) in values:
+            return name, at, position, segment.value(position)
     return None
+
+
+def _report_obx(mapping: FlowMapping, message: Message) -> int | None:
+    """The sequence of the OBX that holds the report (`FlowMapping.body`), by its type only."""
+    for sequence, obx in enumerate(message.all("OBX"), start=1):
+        if mapping.body_obx_code is not None and obx.value(3) != mapping.body_obx_code:
+            continue
+        if mapping.body is BodySource.OBX_PDF:
+            if obx.value(2) == "ED":
+                return sequence
+        elif obx.value(2) in ("TX", "FT", "ST"):
+            return sequence
+    return None
+
+
+def _sent_to(address: str) -> Recipient:
+    """A recipient a withdrawn report went to, known by its address only."""
+    patient = address.rpartition("@")[2].lower() == PATIENT_DOMAIN
+    participant = Participant(ParticipationRole.RECIPIENT, 0, None, None, None, address)
+    return Recipient(RecipientKind.PATIENT if patient else RecipientKind.UNIDENTIFIED, address,
+                     participant)
 
 
 def order_key(message: Message) -> str | None:
@@ -252,6 +282,13 @@ class LegacyFlows:
         raise _located("no legacy mapping matches this message (sending application, MSH-9, "
                        "OBR-4)", "OBR", 1, 4)
 
+    def withdraws(self, header: MessageHeader, message: Message) -> bool:
+        """Whether the message cancels a report that its order's set links (intake then reads
+        that report's CDA and recipients along with its version)."""
+        if self.report_set_id(header, message) is None:
+            return False
+        return report_cancelled(self.match(header, message), message) is not None
+
     def report_set_id(self, header: MessageHeader, message: Message) -> InstanceId | None:
         """The document set of the message's order when its mapping links reports
         (`results.corrected: replace`), else None (no such mapping, no order number).
@@ -287,19 +324,28 @@ class LegacyFlows:
         if set_id is None or (previous is not None and previous.set_id != set_id):
             previous = None
         patient, identity = self._patient(message, traits)
-        withdrawing = set_id is not None and cancelled_result(message) is not None
-        if withdrawing:  # the report sent before goes again, as a deletion
-            obx_sequence, cda = 1, self._withdrawn(mapping, message, previous)
+        cancelled = report_cancelled(mapping, message) if set_id is not None else None
+        if cancelled is not None:  # the report sent before goes again, as a deletion
+            obx_sequence, cda = cancelled[1], self._withdrawn(mapping, cancelled, previous)
             correction, action = None, Action.DELETE
         else:
             obx_sequence, cda, correction = self._report(mapping, message, patient, set_id,
                                                          previous)
-            action = Action.REPLACE if previous is not None else Action.NEW
+            action = (Action.REPLACE if previous is not None and not previous.withdrawn
+                      else Action.NEW)
         cda_tree = parse_xml(cda)
         cda_header = read_cda_header(cda_tree)
-        recipients, unresolved = self._recipients(mapping, message, traits)
         route = MailRoute.PS_ONLY
-        if mapping.metadata.destmssantepat:  # the patient's own mailbox (Mon espace santé)
+        unresolved: tuple[str, ...] = ()
+        if cancelled is not None and previous is not None:
+            # Exactly those the report went to: not the cancellation's own (a new copy
+            # recipient would receive the report it withdraws), none left out.
+            recipients = tuple(_sent_to(address) for address in previous.recipients)
+            if any(r.kind is RecipientKind.PATIENT for r in recipients):
+                route = MailRoute.PS_AND_PATIENT
+        else:
+            recipients, unresolved = self._recipients(mapping, message, traits)
+        if mapping.metadata.destmssantepat and cancelled is None:  # Mon espace santé
             ins = patient.ids[0] if patient.ids[0].root in INS_OIDS else None
             if ins is not None and ins.extension:
                 address = f"{ins.extension}@{PATIENT_DOMAIN}"
@@ -348,8 +394,9 @@ class LegacyFlows:
         """The report's own CDA (its OBX sequence, its bytes, what its result status says)."""
         now = self.clock()
         media_type, content, obx_sequence = self._body(mapping, message)
-        correction = self._correction(mapping, message, obx_sequence,
-                                      linked=previous is not None, in_set=set_id is not None)
+        correction = self._correction(
+            mapping, message, obx_sequence,
+            linked=previous is not None and not previous.withdrawn, in_set=set_id is not None)
         author = self._person(mapping.author.fields, mapping.author.default, message, "author")
         legal = self._person(mapping.legal_authenticator.fields,
                              mapping.legal_authenticator.default, message,
@@ -362,7 +409,8 @@ class LegacyFlows:
             id=InstanceId(f"2.25.{uuid.uuid4().int}"),
             set_id=set_id or InstanceId(f"2.25.{uuid.uuid4().int}"),
             version=previous.version + 1 if previous is not None else 1,
-            replaces=previous.document_id if previous is not None else None,
+            replaces=(previous.document_id if previous is not None and not previous.withdrawn
+                      else None),
             effective_time=stamp,
             type=mapping.document_type,
             title=mapping.title, confidentiality=mapping.confidentiality, patient=patient,
@@ -378,16 +426,19 @@ class LegacyFlows:
         return obx_sequence, build_level_one(document), correction
 
     @staticmethod
-    def _withdrawn(mapping: FlowMapping, message: Message, previous: ReportVersion | None
-                   ) -> bytes:
+    def _withdrawn(mapping: FlowMapping, cancelled: tuple[str, int, int, str],
+                   previous: ReportVersion | None) -> bytes:
         """The CDA a cancelled result withdraws: the order's latest report, as it was sent."""
-        name, sequence, position, value = cancelled_result(message) or ("OBX", 1, 11, "")
+        name, sequence, position, value = cancelled
+        if previous is not None and previous.withdrawn:
+            raise _located(f"a cancelled result ({name}-{position} = {value}): the report of "
+                           "this order was already withdrawn", name, sequence, position)
         if previous is None:
             raise _located(f"a cancelled result ({name}-{position} = {value}) of an order whose "
                            f"report is not known here (legacy mapping {mapping.name!r}): "
                            "nothing to withdraw; tell the recipients another way",
                            name, sequence, position)
-        if previous.cda is None:
+        if previous.cda is None or not previous.recipients:
             raise _located(f"a cancelled result ({name}-{position} = {value}): the report it "
                            "withdraws is no longer held (store.payload_retention_days); tell "
                            "the recipients another way", name, sequence, position)

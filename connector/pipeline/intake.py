@@ -34,7 +34,7 @@ from connector.hl7.ack import (
 from connector.hl7.codes import AckCode, ApplicationError, ErrorCondition
 from connector.hl7.header import MessageHeader, msh18_for_codec, resolve_codec, salvage_header
 from connector.legacy.context import ReportStore, context_traits, latest_report
-from connector.legacy.flow import LegacyFlows, cancelled_result
+from connector.legacy.flow import LegacyFlows
 from connector.observability.logs import exception_frames
 from connector.observability.metrics import ConnectorMetrics
 from connector.pipeline.decide import IntakeDecider, IntakeDecision
@@ -147,7 +147,7 @@ class IntakeHandler:
             try:  # the order's latest report, which this one replaces (or withdraws)
                 decision = replace(decision, previous=await latest_report(
                     self._reports, self.config.tenant_id, report_set,
-                    with_document=cancelled_result(decision.message) is not None))
+                    with_document=self._withdraws(decision)))
             except StoreError as exc:  # not knowing it, the report would go as a second v1
                 log.error("report_versions_unavailable", error=type(exc).__name__)
                 return self._answered(started, decision, self._transient(
@@ -243,6 +243,12 @@ class IntakeHandler:
         if receipt.version_conflict is not None and versions is not None:
             ack_code = versions.conflict_ack_code
         return self._answered(started, decision, receipt.ack or None, ack_code)
+
+    def _withdraws(self, decision: IntakeDecision) -> bool:
+        legacy = self.decider.legacy
+        return (legacy is not None and decision.header is not None
+                and decision.message is not None
+                and legacy.withdraws(decision.header, decision.message))
 
     async def _check_documents(self, decision: IntakeDecision, payload: bytes
                                ) -> IntakeDecision:

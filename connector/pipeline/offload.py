@@ -84,11 +84,12 @@ def _check(tenant_id: str, decision: IntakeDecision, payload: bytes,
 
 
 def portable(decision: IntakeDecision) -> IntakeDecision:
-    """`decision` as it crosses back: what intake stores and answers (outcome, ERR, report,
+    """`decision` as it crosses back (without `previous`, a withdrawn report's CDA: read,
+    not needed any more): what intake stores and answers (outcome, ERR, report,
     mails, version changes), without the parsed message or the checked request (its CDA
     documents, their lxml trees, which do not pickle, and a tree of dataclasses that costs the
     server's event loop more to unpickle than anything it reads of it)."""
-    return replace(decision, message=None, verdict=None)
+    return replace(decision, message=None, verdict=None, previous=None)
 
 
 class DocumentProcesses:

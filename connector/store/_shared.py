@@ -322,6 +322,11 @@ DOCUMENT_COLUMNS = "tenant_id, document_id, set_id, version, status, replaced_by
 ACTIVE_IN_SET_SQL = (f"SELECT {DOCUMENT_COLUMNS} FROM documents"  # noqa: S608
                      " WHERE tenant_id = ? AND set_id = ? AND status = 'active'"
                      " ORDER BY version IS NULL, version DESC, updated_at DESC LIMIT 1")
+# Its latest version: the current one, or the one a deletion withdrew (a replaced version is
+# never the latest).
+LATEST_IN_SET_SQL = (f"SELECT {DOCUMENT_COLUMNS} FROM documents"  # noqa: S608
+                     " WHERE tenant_id = ? AND set_id = ? AND status IN ('active', 'deleted')"
+                     " ORDER BY version IS NULL, version DESC, updated_at DESC LIMIT 1")
 
 REFERENCED_SEGMENTS_SQL = (
     "SELECT payload_segment FROM inbound WHERE payload_segment IS NOT NULL"

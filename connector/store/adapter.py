@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from connector.store._shared import (
-    ACTIVE_IN_SET_SQL,
     CANCEL_SQL,
     DOCUMENT_COLUMNS,
+    LATEST_IN_SET_SQL,
     MARK_DEAD_SQL,
     MARK_FAILED_SQL,
     MARK_SENT_SQL,
@@ -238,7 +238,7 @@ class StoreAdapter(ABC):
         return [_document_version(r) for r in await self._query(_DOCUMENTS_SQL, (tenant_id,))]
 
     async def latest_version(self, tenant_id: str, set_id: str) -> DocumentVersion | None:
-        rows = await self._query(ACTIVE_IN_SET_SQL, (tenant_id, set_id))
+        rows = await self._query(LATEST_IN_SET_SQL, (tenant_id, set_id))
         return _document_version(rows[0]) if rows else None
 
     async def list_audit(self, *, tenant_id: str | None = None, outbox_id: int | None = None,

@@ -368,8 +368,10 @@ async def test_document_versions_follow_replace_and_delete(make_store: StoreFact
     assert rows["D4"].status is InboundStatus.ACCEPTED
 
 
-async def test_the_latest_version_of_a_set_is_its_active_one(make_store: StoreFactory) -> None:
-    """What a legacy report of an order replaces (`results.corrected: replace`)."""
+async def test_the_latest_version_of_a_set_is_its_highest_active_or_withdrawn(
+        make_store: StoreFactory) -> None:
+    """What a legacy report of an order replaces (`results.corrected: replace`), or, once
+    withdrawn, numbers its next version from."""
     store = make_store()
     assert await store.latest_version("t1", "1.2.3") is None
     await store.record_inbound(doc_request(1, NEW_V1))
@@ -384,7 +386,10 @@ async def test_the_latest_version_of_a_set_is_its_active_one(make_store: StoreFa
     assert await store.latest_version("t2", "1.2.3") is None  # another tenant's set
     assert await store.latest_version("t1", "1.2") is None
     await store.record_inbound(doc_request(4, DELETE_V2))
-    assert await store.latest_version("t1", "1.2.3") is None  # nothing left to replace
+    withdrawn = await store.latest_version("t1", "1.2.3")
+    assert withdrawn is not None
+    assert (withdrawn.document_id, withdrawn.version, withdrawn.status) == (
+        "1.2.3.2", 2, DocumentStatus.DELETED)
 
 
 async def test_a_message_answered_ar_is_processed_anew_when_sent_again(

@@ -255,6 +255,18 @@ async def test_with_corrected_replace_a_cancelled_result_withdraws_the_report_se
     again = cancelled.replace(b"|LAB2|", b"|LAB3|")
     code, errors = ack(await running.send(again))
     assert (code, errors[0][2]) == ("AE", "OBX^1^11")
+    rows = sorted(await running.rows(), key=lambda r: r.id)
+    assert rows[-1].error_detail is not None
+    assert "already withdrawn" in rows[-1].error_detail
+    # A new report of the order after its withdrawal: version 2, replacing nothing.
+    assert ack(await running.send(LAB_CASE.replace(b"|LAB0001|", b"|LAB4|")))[0] == "AA"
+    *_, (_, next_cda, next_metadata) = await _mails_of(running)
+    header = read_cda_header(parse_xml(next_cda))
+    assert (header.version_number, header.parent_document_ids) == (2, ())
+    assert xdm_action(next_metadata) == []
+    versions = sorted((d.version, d.status) for d in
+                      await running.app.store.get_documents("chu-test"))
+    assert versions == [(1, DocumentStatus.DELETED), (2, DocumentStatus.ACTIVE)]
 
 
 async def test_a_cancelled_result_whose_report_is_no_longer_held_is_ae(
@@ -379,13 +391,15 @@ async def test_render_links_the_reports_of_an_order_within_the_run(tmp_path: Pat
     corrected = LAB_CASE.replace(b"||||||F\r", b"||||||C\r").replace(b"|LAB0001|", b"|LAB2|")
     cancelled = LAB_CASE.replace(b"||||||F\r", b"||||||D\r").replace(b"|LAB0001|", b"|LAB3|")
     case = tmp_path / "case.hl7"
-    case.write_bytes(LAB_CASE + corrected + cancelled)
+    case.write_bytes(LAB_CASE + corrected + cancelled + LAB_CASE.replace(b"|LAB0001|", b"|LAB4|"))
     code, out, err = await run_cli("render", str(case), "--out", str(tmp_path / "out"),
                                    "--config", str(config))
     assert code == 0, err
     assert "not known here" not in out
     withdrawn = (tmp_path / "out" / "003-cda1.xml").read_bytes()  # the third withdraws v2
     assert withdrawn == (tmp_path / "out" / "002-cda1.xml").read_bytes()
+    fourth = read_cda_header(parse_xml((tmp_path / "out" / "004-cda1.xml").read_bytes()))
+    assert (fourth.version_number, fourth.parent_document_ids) == (3, ())  # as serve does
     first, second = (read_cda_header(parse_xml((tmp_path / "out" / f"00{n}-cda1.xml").read_bytes()))
                      for n in (1, 2))
     assert (first.version_number, second.version_number) == (1, 2)

@@ -14,7 +14,7 @@ from connector.cda.header import InstanceId, read_cda_header
 from connector.cda.policy import SchematronPolicy
 from connector.cda.safe_xml import parse_xml
 from connector.cda.validation import CdaValidator
-from connector.cisis.model import Action
+from connector.cisis.model import Action, MailRoute
 from connector.errors import MessageError
 from connector.hl7.codes import Severity
 from connector.hl7.header import MessageHeader
@@ -298,3 +298,48 @@ def test_another_kind_of_report_of_the_same_order_is_another_set(tmp_path: Path)
     sets = {bio.report_set_id(header, message), anapath.report_set_id(header, message)}
     assert len(sets) == 2
     assert None not in sets
+
+
+def test_a_withdrawal_goes_to_those_the_report_went_to(tmp_path: Path) -> None:
+    """Not to the cancellation's own recipients: a copy it adds would receive the report it
+    withdraws; one it omits would keep it."""
+    flow = flows(tmp_path, extra=REPLACE)  # its rule: a@b.mssante.fr
+    header, message = header_and_message(with_status(CASE, obx11="D"))
+    set_id = flow.report_set_id(header, message)
+    assert set_id is not None
+    first = flow.request(*header_and_message(CASE)).request.documents[0]
+    previous = ReportVersion(first.header.document_id, set_id, 1, first.content,
+                             ("dr.who@medecin.mssante.fr", "279035121518989@patient.mssante.fr"))
+    request = flow.request(header, message, previous=previous).request
+    assert request.action is Action.DELETE
+    assert request.documents[0].content == first.content
+    assert [r.address for r in request.sending.recipients] == list(previous.recipients)
+    assert request.sending.route is MailRoute.PS_AND_PATIENT
+
+
+def test_an_analyte_that_cannot_be_obtained_is_not_the_report_cancelled(tmp_path: Path) -> None:
+    """OBX-11 X on one line of a panel ("cannot be obtained") is routine: only the report's
+    own OBX, its OBR and ORC say the report is cancelled."""
+    flow = flows(tmp_path, extra=REPLACE)
+    separator = "\r" if "\r" in CASE else "\n"
+    panel = CASE.rstrip(separator) + separator + "OBX|2|NM|2345-7^Glucose^LN||5.5|mmol/L|||||X"
+    request = flow.request(*header_and_message(panel)).request
+    assert request.action is Action.NEW
+    assert request.warnings == ()
+
+
+def test_after_a_withdrawal_the_next_report_is_the_next_version_replacing_nothing(
+        tmp_path: Path) -> None:
+    flow = flows(tmp_path, extra=REPLACE)
+    header, message = header_and_message(CASE)
+    set_id = flow.report_set_id(header, message)
+    assert set_id is not None
+    withdrawn = ReportVersion(InstanceId("2.25.42"), set_id, 1, withdrawn=True)
+    request = flow.request(header, message, previous=withdrawn).request
+    cda = request.documents[0].header
+    assert request.action is Action.NEW
+    assert (cda.version_number, cda.parent_document_ids) == (2, ())
+    cancelled = header_and_message(with_status(CASE, obx11="D"))
+    with pytest.raises(MessageError) as caught:
+        flow.request(*cancelled, previous=withdrawn)
+    assert "already withdrawn" in caught.value.detail
