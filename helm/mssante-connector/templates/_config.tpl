@@ -110,6 +110,7 @@ kind = {{ default "maildir" (index $transport "kind") | toJson }}
 {{- include "mssante-connector.toml.int" (list "port" $smtp "port") }}
 {{- include "mssante-connector.toml.str" (list "tls" $smtp "tls") }}
 {{- include "mssante-connector.toml.file" (list "ca_bundle" $smtp "caBundle" $id) }}
+{{- include "mssante-connector.toml.files" (list "crl_files" $smtp "crlFiles" $id) }}
 {{- if index $smtp "clientPkcs12" }}
 {{- include "mssante-connector.toml.file" (list "client_pkcs12" $smtp "clientPkcs12" $id) }}
 {{- include "mssante-connector.toml.file" (list "client_pkcs12_password_file" $smtp "clientPkcs12PasswordFile" $id) }}

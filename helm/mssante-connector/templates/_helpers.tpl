@@ -121,6 +121,26 @@ Helm may read YAML numbers as float64. */}}
 
 {{/* A file of the tenant's Secret: (list "toml_key" dict "valuesKey" tenantId). Absolute paths
 are kept; relative ones are resolved in /etc/mssante-connector/certs/<tenant id>/. */}}
+{{- /* A list of files (`key = ["...", ...]`), each as toml.file makes it: relative to the tenant's
+Secret unless absolute; nothing when the list is empty. */ -}}
+{{- define "mssante-connector.toml.files" -}}
+{{- $key := index . 0 -}}
+{{- $dict := index . 1 -}}
+{{- $name := index . 2 -}}
+{{- $tenantId := index . 3 -}}
+{{- $paths := list -}}
+{{- range (default (list) (index $dict $name)) -}}
+{{- $value := toString . -}}
+{{- if not (hasPrefix "/" $value) -}}
+{{- $value = printf "%s/%s/%s" (include "mssante-connector.certsDir" (dict)) $tenantId $value -}}
+{{- end -}}
+{{- $paths = append $paths $value -}}
+{{- end -}}
+{{- if $paths }}
+{{ $key }} = {{ $paths | toJson }}
+{{- end -}}
+{{- end -}}
+
 {{- define "mssante-connector.toml.file" -}}
 {{- $key := index . 0 -}}
 {{- $dict := index . 1 -}}
