@@ -128,6 +128,44 @@ kind = {{ default "maildir" (index $transport "kind") | toJson }}
 {{- include "mssante-connector.toml.number" (list "command_timeout_seconds" $smtp "commandTimeoutSeconds") }}
 {{- include "mssante-connector.toml.number" (list "data_timeout_seconds" $smtp "dataTimeoutSeconds") }}
 {{- end }}
+{{- $receipts := default (dict) (index $tenant "receipts") }}
+{{- if index $receipts "host" }}
+
+[tenants.receipts]
+{{- include "mssante-connector.toml.str" (list "host" $receipts "host") }}
+{{- include "mssante-connector.toml.int" (list "port" $receipts "port") }}
+{{- include "mssante-connector.toml.str" (list "tls" $receipts "tls") }}
+{{- include "mssante-connector.toml.file" (list "ca_bundle" $receipts "caBundle" $id) }}
+{{- include "mssante-connector.toml.files" (list "crl_files" $receipts "crlFiles" $id) }}
+{{- if index $receipts "clientPkcs12" }}
+{{- include "mssante-connector.toml.file" (list "client_pkcs12" $receipts "clientPkcs12" $id) }}
+{{- include "mssante-connector.toml.file" (list "client_pkcs12_password_file" $receipts "clientPkcs12PasswordFile" $id) }}
+{{- else }}
+{{- include "mssante-connector.toml.file" (list "client_certificate" $receipts "clientCertificate" $id) }}
+{{- include "mssante-connector.toml.file" (list "client_private_key" $receipts "clientPrivateKey" $id) }}
+{{- include "mssante-connector.toml.file" (list "client_private_key_password_file" $receipts "clientPrivateKeyPasswordFile" $id) }}
+{{- end }}
+{{- include "mssante-connector.toml.str" (list "username" $receipts "username") }}
+{{- include "mssante-connector.toml.file" (list "password_file" $receipts "passwordFile" $id) }}
+{{- include "mssante-connector.toml.str" (list "mailbox" $receipts "mailbox") }}
+{{- include "mssante-connector.toml.str" (list "processed_folder" $receipts "processedFolder") }}
+{{- include "mssante-connector.toml.str" (list "unmatched_folder" $receipts "unmatchedFolder") }}
+{{- include "mssante-connector.toml.number" (list "idle_seconds" $receipts "idleSeconds") }}
+{{- include "mssante-connector.toml.number" (list "poll_seconds" $receipts "pollSeconds") }}
+{{- include "mssante-connector.toml.number" (list "timeout_seconds" $receipts "timeoutSeconds") }}
+{{- include "mssante-connector.toml.number" (list "final_report_timeout_hours" $receipts "finalReportTimeoutHours") }}
+{{- end }}
+{{- $his := default (dict) (index $tenant "his") }}
+{{- if index $his "host" }}
+
+[tenants.his]
+{{- include "mssante-connector.toml.str" (list "host" $his "host") }}
+{{- include "mssante-connector.toml.int" (list "port" $his "port") }}
+{{- include "mssante-connector.toml.number" (list "timeout_seconds" $his "timeoutSeconds") }}
+{{- include "mssante-connector.toml.file" (list "ca_bundle" $his "caBundle" $id) }}
+{{- include "mssante-connector.toml.file" (list "client_certificate" $his "clientCertificate" $id) }}
+{{- include "mssante-connector.toml.file" (list "client_private_key" $his "clientPrivateKey" $id) }}
+{{- end }}
 {{- with index $tenant "delivery" }}
 
 [tenants.delivery]
