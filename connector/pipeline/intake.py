@@ -142,7 +142,7 @@ class IntakeHandler:
             return await self._decide_and_store(decision, payload, peer, started, received_at)
         # Legacy `corrected: replace`: from reading the order's latest report to storing this
         # one, no other report of the order is handled in this process (two at once would both
-        # build on the same version; another replica's is refused by the store, AE 900).
+        # build on the same version; another replica's is refused by the store: AR, resent).
         async with self._report_sets.hold((self.config.tenant_id, report_set)):
             try:  # the order's latest report, which this one replaces (or withdraws)
                 decision = replace(decision, previous=await latest_report(
