@@ -26,7 +26,10 @@ Steps (`LegacyFlows.request`):
    report of the order), intake reads the set's latest version from the store
    (`ReportVersion`), and the report goes as the next version replacing it (relatedDocument
    RPLC, XDM action C, the mails' "annule et remplace" notice). A corrected result whose earlier
-   report the store does not know goes as version 1 with a W.
+   report the store does not know goes as version 1 with a W. Under `replace`, a cancelled
+   result withdraws the order's latest report: that CDA, as it was sent, goes again as a
+   deletion to the addresses it went to (`_withdrawn`), and the next report of the order is the
+   next version, replacing nothing.
 """
 
 from __future__ import annotations
@@ -148,7 +151,7 @@ class Establishment:
 @dataclass(frozen=True, slots=True)
 class ReportVersion:
     """The latest version the store knows of an order's report (`results.corrected:
-    replace`): the next report of the order replaces it."""
+    replace`): the next report of the order replaces it, a cancellation withdraws it."""
 
     document_id: InstanceId
     set_id: InstanceId
