@@ -45,6 +45,15 @@ def mappings_dir(tmp_path: Path, rules: str, unresolved: str = "skip") -> Path:
     return target.parent
 
 
+def replace_mappings(tmp_path: Path) -> Path:
+    """The shipped lab mapping to one fixed address, linking an order's reports
+    (`results.corrected: replace`)."""
+    mappings = mappings_dir(tmp_path, '[{fixed: ["labo.resultats@chu-x.mssante.fr"]}]')
+    path = mappings / "labo" / "mapping.yaml"
+    path.write_text(path.read_text("utf-8") + "results:\n  corrected: replace\n", "utf-8")
+    return mappings
+
+
 def settings_with(tmp_path: Path, mappings: Path) -> Settings:
     """The CDA XSD checks the generated documents (the schematron runs in the golden tests:
     with the ANS copy it adds one "not run" W to every answer)."""
@@ -130,9 +139,7 @@ async def test_with_corrected_replace_each_report_of_an_order_replaces_the_last(
     """The first report of the order is version 1; its correction is version 2, replacing it
     (relatedDocument RPLC, XDM action C, the replacement body, In-Reply-To the first mail);
     a second correction replaces version 2."""
-    mappings = mappings_dir(tmp_path, '[{fixed: ["labo.resultats@chu-x.mssante.fr"]}]')
-    path = mappings / "labo" / "mapping.yaml"
-    path.write_text(path.read_text("utf-8") + "results:\n  corrected: replace\n", "utf-8")
+    mappings = replace_mappings(tmp_path)
     running: RunningApp = await app_factory(settings_with(tmp_path, mappings))  # type: ignore[operator]
     corrected = LAB_CASE.replace(b"||||||F\r", b"||||||C\r")
     for control_id in (b"LAB0001", b"LAB0002", b"LAB0003"):
@@ -177,9 +184,7 @@ async def test_two_reports_of_one_order_at_once_chain_their_versions(
         tmp_path: Path, app_factory: Callable[..., object]) -> None:
     """On two connections at the same moment: one is version 1, the other replaces it
     (before, both read "no version yet" and went out as two current versions 1)."""
-    mappings = mappings_dir(tmp_path, '[{fixed: ["labo.resultats@chu-x.mssante.fr"]}]')
-    path = mappings / "labo" / "mapping.yaml"
-    path.write_text(path.read_text("utf-8") + "results:\n  corrected: replace\n", "utf-8")
+    mappings = replace_mappings(tmp_path)
     running: RunningApp = await app_factory(settings_with(tmp_path, mappings))  # type: ignore[operator]
     corrected = LAB_CASE.replace(b"||||||F\r", b"||||||C\r").replace(b"|LAB0001|", b"|LAB2|")
     answers = await asyncio.gather(running.send(LAB_CASE), running.send(corrected))
@@ -192,9 +197,7 @@ async def test_two_reports_of_one_order_at_once_chain_their_versions(
 async def test_reports_of_one_order_on_two_listeners_of_a_tenant_chain_too(
         tmp_path: Path, app_factory: Callable[..., object]) -> None:
     """The order's lock is the process's, not one listener's."""
-    mappings = mappings_dir(tmp_path, '[{fixed: ["labo.resultats@chu-x.mssante.fr"]}]')
-    path = mappings / "labo" / "mapping.yaml"
-    path.write_text(path.read_text("utf-8") + "results:\n  corrected: replace\n", "utf-8")
+    mappings = replace_mappings(tmp_path)
     settings = settings_with(tmp_path, mappings)
     tenant = settings.tenants[0]
     second = replace(tenant.listeners[0], name="second", port=0)
@@ -236,9 +239,7 @@ async def test_with_corrected_replace_a_cancelled_result_withdraws_the_report_se
     """The order's latest report goes again, byte for byte, as a deletion (XDM action D, the
     deletion body); the store marks it deleted; a second cancellation has nothing left to
     withdraw (AE)."""
-    mappings = mappings_dir(tmp_path, '[{fixed: ["labo.resultats@chu-x.mssante.fr"]}]')
-    path = mappings / "labo" / "mapping.yaml"
-    path.write_text(path.read_text("utf-8") + "results:\n  corrected: replace\n", "utf-8")
+    mappings = replace_mappings(tmp_path)
     running: RunningApp = await app_factory(settings_with(tmp_path, mappings))  # type: ignore[operator]
     assert ack(await running.send(LAB_CASE))[0] == "AA"
     cancelled = LAB_CASE.replace(b"||||||F\r", b"||||||D\r").replace(b"|LAB0001|", b"|LAB2|")
@@ -271,9 +272,7 @@ async def test_with_corrected_replace_a_cancelled_result_withdraws_the_report_se
 
 async def test_a_cancelled_result_whose_report_is_no_longer_held_is_ae(
         tmp_path: Path, app_factory: Callable[..., object]) -> None:
-    mappings = mappings_dir(tmp_path, '[{fixed: ["labo.resultats@chu-x.mssante.fr"]}]')
-    path = mappings / "labo" / "mapping.yaml"
-    path.write_text(path.read_text("utf-8") + "results:\n  corrected: replace\n", "utf-8")
+    mappings = replace_mappings(tmp_path)
     running: RunningApp = await app_factory(settings_with(tmp_path, mappings))  # type: ignore[operator]
     assert ack(await running.send(LAB_CASE))[0] == "AA"
     for _ in range(100):  # sent to the dry-run Maildir, then past its retention
@@ -297,9 +296,7 @@ async def test_a_report_beaten_by_another_replica_is_ar_and_becomes_the_next_ver
     version (simulated: the read says there is none): the store refuses a second current
     version, the sender gets AR (an AE would lose the report), and the same bytes sent again
     are processed anew and become version 2."""
-    mappings = mappings_dir(tmp_path, '[{fixed: ["labo.resultats@chu-x.mssante.fr"]}]')
-    path = mappings / "labo" / "mapping.yaml"
-    path.write_text(path.read_text("utf-8") + "results:\n  corrected: replace\n", "utf-8")
+    mappings = replace_mappings(tmp_path)
     running: RunningApp = await app_factory(settings_with(tmp_path, mappings))  # type: ignore[operator]
     assert ack(await running.send(LAB_CASE))[0] == "AA"
     corrected = LAB_CASE.replace(b"||||||F\r", b"||||||C\r").replace(b"|LAB0001|", b"|LAB2|")
@@ -325,9 +322,7 @@ async def test_a_report_whose_earlier_versions_cannot_be_read_is_ar_and_not_stor
         tmp_path: Path, app_factory: Callable[..., object],
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Sent without them it would go as a second version 1 of its order: the sender retries."""
-    mappings = mappings_dir(tmp_path, '[{fixed: ["labo.resultats@chu-x.mssante.fr"]}]')
-    path = mappings / "labo" / "mapping.yaml"
-    path.write_text(path.read_text("utf-8") + "results:\n  corrected: replace\n", "utf-8")
+    mappings = replace_mappings(tmp_path)
     running: RunningApp = await app_factory(settings_with(tmp_path, mappings))  # type: ignore[operator]
 
     async def unavailable(*args: object) -> object:
@@ -382,9 +377,7 @@ async def test_render_writes_the_generated_cda(tmp_path: Path) -> None:
 async def test_render_links_the_reports_of_an_order_within_the_run(tmp_path: Path) -> None:
     """`corrected: replace` offline: the second report of the order is rendered as the
     replacement of the first, as serve would send it after the first (no misleading W)."""
-    mappings = mappings_dir(tmp_path, '[{fixed: ["labo.resultats@chu-x.mssante.fr"]}]')
-    path = mappings / "labo" / "mapping.yaml"
-    path.write_text(path.read_text("utf-8") + "results:\n  corrected: replace\n", "utf-8")
+    mappings = replace_mappings(tmp_path)
     config = tmp_path / "c.toml"
     config.write_text(f'data_dir = "{tmp_path / "var"}"\n[[tenants]]\nid = "chu"\n'
                       f'oid = "1.2.250.1.71.4.2.2.1120456789"\nmappings = "{mappings}"\n')
