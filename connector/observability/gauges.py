@@ -112,7 +112,7 @@ class GaugeRefresher:
         self.metrics.store_bytes.labels("database").set(usage.database)
         self.metrics.store_bytes.labels("payloads").set(usage.payloads)
         if usage.free is not None:
-            self.metrics.store_free_bytes.set(usage.free)
+            self.metrics.set_store_free_bytes(usage.free)
 
     def _outbox(self, stats: list[OutboxStat], at: float) -> None:
         counts = {(t, k, s): 0 for t in self._tenants() for k in OutboxKind

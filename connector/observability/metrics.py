@@ -121,10 +121,7 @@ class ConnectorMetrics:
             "mssconnector_store_bytes",
             "Bytes the store occupies, by part (database: with its WAL, or the PostgreSQL "
             "database; payloads: the SQLite payload segments)", ["part"], registry=self.registry)
-        self.store_free_bytes = Gauge(
-            "mssconnector_store_free_bytes",
-            "Bytes free on the file system of the SQLite store (a full disk answers AR)",
-            registry=self.registry)
+        self._store_free_bytes: Gauge | None = None  # a SQLite store's only: see its setter
         self.store_purged = Counter(
             "mssconnector_store_purged",
             "What the retention purge dropped: rows whose payloads it dropped, by part "
@@ -142,6 +139,18 @@ class ConnectorMetrics:
         # `labels()` validates and locks on each call, a dict lookup does not.
         self._answered: dict[tuple[str, str, str], tuple[Any, Any]] = {}
         self._store_commits: _StoreCommits | None = None
+
+    def set_store_free_bytes(self, free: float) -> None:
+        """`mssconnector_store_free_bytes`, the free disk of the SQLite store's file system.
+        Registered on its first value: a gauge without labels is exported as 0 until set, and
+        a PostgreSQL store (whose disk is the server's) never sets it: its 0 paged
+        `MSSConnectorStoreDiskLow` on every PostgreSQL deployment."""
+        if self._store_free_bytes is None:
+            self._store_free_bytes = Gauge(
+                "mssconnector_store_free_bytes",
+                "Bytes free on the file system of the SQLite store (a full disk answers AR)",
+                registry=self.registry)
+        self._store_free_bytes.set(free)
 
     def watch_store(self, stats: Callable[[], CommitStats]) -> None:
         """Export the store's group commits, read from `stats` at each scrape (the commit

@@ -526,6 +526,7 @@ def exported_metrics() -> dict[str, set[str]]:
 
     metrics = ConnectorMetrics()
     metrics.watch_store(CommitStats)
+    metrics.set_store_free_bytes(0)  # exported once a SQLite store sets it
     for metric in vars(metrics).values():
         if isinstance(metric, MetricWrapperBase) and metric._labelnames:
             metric.labels(*["x"] * len(metric._labelnames))
