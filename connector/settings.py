@@ -589,8 +589,18 @@ def _store(reader: _Reader, base: Path) -> StoreSettings:
         raise reader.fail("backend", "must be 'sqlite' or 'postgres'") from exc
     path = reader.path("path", default=base / "connector.db")
     dsn = reader.secret("dsn")
+    given = "dsn_file" if "dsn_file" in reader.table else "dsn_env"  # where it was looked for
     if backend is StoreBackend.POSTGRES and not dsn:
-        raise reader.fail("dsn_env", "is required for the postgres backend")
+        raise reader.fail(given, "is required for the postgres backend" if given not in
+                          reader.table else "gives an empty connection string")
+    if backend is StoreBackend.POSTGRES and dsn:
+        from psycopg.conninfo import conninfo_to_dict
+
+        try:
+            conninfo_to_dict(dsn)
+        except Exception:  # noqa: BLE001 (libpq's own text would quote the DSN: a password)
+            raise reader.fail(given, "not a valid libpq connection string (key=value "
+                                     "pairs or a postgresql:// URI)") from None
     settings = StoreSettings(
         backend=backend,
         path=path or base / "connector.db",

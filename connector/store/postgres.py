@@ -1050,6 +1050,8 @@ def _key(seed: bytes, *parts: str | None) -> int:
 def _describe(context: str, exc: psycopg.Error) -> str:
     """SQLSTATE and primary message only: DETAIL may quote row values (patient data)."""
     primary = exc.diag.message_primary if exc.diag else None
+    if not primary and "connection info string" in str(exc):  # it quotes the DSN's pieces
+        primary = "not a valid libpq connection string"
     if not primary:  # connection errors have no diagnostics; libpq's text names no row data
         primary = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     state = f" [{exc.sqlstate}]" if exc.sqlstate else ""

@@ -538,3 +538,23 @@ def test_the_same_port_on_two_specific_addresses_is_fine(tmp_path: Path) -> None
     text = (TENANT + 'listeners = [{name = "a", host = "10.0.0.1", port = 2575}, '
             '{name = "b", host = "10.0.0.2", port = 2575}]\n')
     assert len(load_settings(write(tmp_path, text)).tenants[0].listeners) == 2
+
+
+@pytest.mark.parametrize(("content", "problem"), [
+    ("", "gives an empty connection string"),
+    ("host=127.0.0.1 dbname=x user=u password=S3cr3t pa55word",
+     "not a valid libpq connection string"),
+    ("host=127.0.0.1 bogus_param=1", "not a valid libpq connection string"),
+])
+def test_a_dsn_file_serve_would_refuse_is_named_at_check_config(
+        tmp_path: Path, content: str, problem: str) -> None:
+    """check-config said OK and serve failed; libpq's own text quoted a piece of the password;
+    an empty file was reported as a missing dsn_env."""
+    (tmp_path / "dsn").write_text(content, encoding="utf-8")
+    path = write(tmp_path, f'[store]\nbackend = "postgres"\ndsn_file = "{tmp_path}/dsn"\n'
+                 + BASE)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, env={})
+    assert caught.value.key == "store.dsn_file"
+    assert problem in caught.value.problem
+    assert "pa55word" not in str(caught.value)
