@@ -23,6 +23,10 @@ tenant's backlog or broken operator never holds up another. Per tenant:
 
 A worker that dies mid-batch leaves its rows leased: they are taken again once their lease
 expires, so a mail may be sent twice, always with the same Message-ID (at least once delivery).
+A worker that was only stalled (a paused process, a host under pressure) does not send a row
+whose lease it may have lost (less than a third of the lease left by its own clock: another
+worker may have it); if a send it made turns out to have outlived its lease, the submission is
+still audited, saying so.
 """
 
 from __future__ import annotations
@@ -202,7 +206,10 @@ class TenantDelivery:
         settling: set[int] = set()  # transitions under way: a renewal racing them is no loss
         remaining = {lease.id: lease for lease in leases}
         in_flight: int | None = None  # the row being sent: its outcome unknown if cut off
-        renewer = asyncio.create_task(self._renew(remaining, lost, settling))
+        # When each lease ends by this process's clock (monotonic: a stall counts), renewed.
+        now, wall = time.monotonic(), time.time()
+        deadlines = {lease.id: now + lease.expires_at - wall for lease in leases}
+        renewer = asyncio.create_task(self._renew(remaining, lost, settling, deadlines))
         session = self.transport.session()
         try:
             for lease in leases:
@@ -218,6 +225,11 @@ class TenantDelivery:
                         await self._settle(lease, _unreadable_result(lease))
                     else:
                         await self._rate.acquire()
+                        if time.monotonic() > deadlines[lease.id] - self.limits.lease_seconds / 3:
+                            lost.add(lease.id)  # stalled: another worker may have it now
+                            self._lease_lost(lease, "send")
+                            remaining.pop(lease.id, None)
+                            continue
                         in_flight = lease.id
                         await self._deliver_one(session, lease, settling)
                         in_flight = None
@@ -237,7 +249,7 @@ class TenantDelivery:
         await self._release(remaining.values(), lost)
 
     async def _renew(self, leases: dict[int, OutboxLease], lost: set[int],
-                     settling: set[int]) -> None:
+                     settling: set[int], deadlines: dict[int, float]) -> None:
         interval = self.limits.lease_seconds / 3
         while True:
             await asyncio.sleep(interval)
@@ -245,7 +257,9 @@ class TenantDelivery:
                 if lease.id in lost or lease.id in settling:
                     continue
                 try:
+                    asked = time.monotonic()
                     await self.store.renew(lease.id, lease.token, self.limits.lease_seconds)
+                    deadlines[lease.id] = asked + self.limits.lease_seconds
                 except LeaseLost:
                     if lease.id in settling or lease.id not in leases:
                         continue  # it was just sent (or released): not a loss
@@ -289,12 +303,14 @@ class TenantDelivery:
                                      result.full_detail)
         if result.outcome is Outcome.SENT:
             self._session_failures = 0
+            submitted = AuditEntry(actor, AuditAction.SUBMITTED, code, said)
             await self._transition(lease, "sent", lambda: self.store.mark_sent(
                 lease.id, lease.token, code,
-                audit=AuditEntry(actor, AuditAction.SUBMITTED, code, said),
+                audit=submitted,
                 delivery_status=None if self.transport.kind is not OutboxKind.SMTP
                 else "awaiting-report" if result.dsn_requested
-                else "not-offered" if result.dsn_unsupported else "not-requested"))
+                else "not-offered" if result.dsn_unsupported else "not-requested"),
+                audit_if_lost=submitted)
             log.info("mail_submitted", tenant=self.tenant_id, outbox_id=lease.id,
                      transport=self.transport.name, smtp_code=code, attempt=lease.attempt,
                      dsn_requested=result.dsn_requested)
@@ -383,11 +399,20 @@ class TenantDelivery:
                   detail=result.detail)
 
     async def _transition(self, lease: OutboxLease, target: str,
-                          call: Callable[[], Awaitable[object]]) -> None:
+                          call: Callable[[], Awaitable[object]], *,
+                          audit_if_lost: AuditEntry | None = None) -> None:
+        """`audit_if_lost`: what happened (a submission) is audited even when the lease was
+        lost meanwhile (the row is another worker's now, which may send it too)."""
         try:
             await call()
         except LeaseLost:
             self._lease_lost(lease, target)
+            if audit_if_lost is not None:
+                with contextlib.suppress(StoreError):
+                    await self.store.record_mailbox_audit(
+                        self.tenant_id, replace(audit_if_lost, detail=(
+                            f"{audit_if_lost.detail or ''} (after its lease expired: another "
+                            "worker may send it too)").strip()), outbox_id=lease.id)
         if self.metrics is not None and not self.paused:
             self.metrics.delivery_paused.labels(self.tenant_id).set(0)
 

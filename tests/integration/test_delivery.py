@@ -452,3 +452,56 @@ async def test_a_stop_past_its_grace_releases_the_untried_rows_not_the_one_in_fl
     assert sorted(states_by_id.values()) == sorted(
         [OutboxState.LEASED, OutboxState.READY, OutboxState.READY])
     assert states_by_id[ids[0]] is OutboxState.LEASED  # the first of the batch was in DATA
+
+
+class _StallingTransport:
+    """Sends instantly, except the first send: the process stalls (the event loop blocked, as
+    under SIGSTOP, renewals included) past the lease, and meanwhile another worker takes the
+    row whose lease expired (`take_over`)."""
+
+    name, kind, dead_on_refusal, actor = "stall", OutboxKind.SMTP, False, "stall-test"
+
+    def __init__(self, store: SQLiteStore, stall_seconds: float) -> None:
+        self.store, self.stall_seconds, self.sent = store, stall_seconds, []
+
+    def session(self) -> _StallingTransport:
+        return self
+
+    async def send(self, lease: object) -> object:
+        from connector.delivery.smtp import Outcome, SendResult, Stage
+
+        self.sent.append(lease.id)  # type: ignore[attr-defined]
+        if len(self.sent) == 1:
+            time.sleep(self.stall_seconds)  # the stall this test is about: the loop blocked
+            (taken,) = await self.store.lease(tenant_id="chu", kinds=[OutboxKind.SMTP],
+                                              limit=1, lease_seconds=60)
+            assert taken.id == lease.id  # type: ignore[attr-defined]
+        return SendResult(Outcome.SENT, Stage.DONE, "<m@x>", 250, "2.0.0", None, "ok", "sent",
+                          dsn_requested=False)
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_a_stalled_worker_sends_no_row_whose_lease_it_may_have_lost(
+        store: SQLiteStore) -> None:
+    """From a PostgreSQL multi-replica audit: a replica stopped (SIGSTOP) past its leases sent
+    its remaining rows on waking, after another replica had taken and sent them, and the first
+    send had no audit row. Now the rows left are not sent by the stalled worker, and a send
+    that outlived its lease is audited, saying so."""
+    ids = await store.enqueue([item(n) for n in range(2)])
+    transport = _StallingTransport(store, stall_seconds=1.2)
+    limits = replace(FAST, lease_seconds=1.0)
+    worker = TenantDelivery("chu", store, transport, limits=limits,  # type: ignore[arg-type]
+                            retry=FAST_RETRY)
+    with structlog.testing.capture_logs() as logs:
+        (first, second) = await store.lease(tenant_id="chu", kinds=[OutboxKind.SMTP], limit=2,
+                                            lease_seconds=1.0)
+        await worker.deliver([first, second])
+    assert transport.sent == [ids[0]]  # the second was not sent by the stalled worker
+    lost = [(e["outbox_id"], e["transition"]) for e in logs if e["event"] == "delivery_lease_lost"]
+    assert (ids[1], "send") in lost
+    assert (ids[0], "sent") in lost  # the first was taken over while it was being sent
+    audit = await store.list_audit(outbox_id=ids[0])
+    assert [a.action for a in audit] == [AuditAction.SUBMITTED]
+    assert "after its lease expired" in (audit[0].detail or "")
