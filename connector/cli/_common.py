@@ -66,4 +66,7 @@ def run_with_store(args: argparse.Namespace, action: StoreAction, *, read_only: 
         print(f"store error: {exc}", file=sys.stderr)
         if in_use_hint and isinstance(exc, StoreInUse):
             print(in_use_hint, file=sys.stderr)
+        if getattr(args, "config", None) is None and not os.environ.get(CONFIG_ENV):
+            print(f"(the embedded default's store: give --config FILE, or set {CONFIG_ENV}, "
+                  "to use the one serve uses)", file=sys.stderr)
         return 1

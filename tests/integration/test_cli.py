@@ -342,3 +342,14 @@ def test_a_tenant_without_listener_is_warned_about(tmp_path: Path) -> None:
     with structlog.testing.capture_logs() as logs:
         Application.build(load_settings(config))
     assert [e["tenant"] for e in logs if e["event"] == "tenant_without_listener"] == ["a"]
+
+
+async def test_a_command_without_config_says_how_to_reach_the_served_store(
+        tmp_path: Path) -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "connector", "messages", "list", cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if k != "MSSCONNECTOR_CONFIG"},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    _, err = await process.communicate()
+    assert process.returncode == 1
+    assert b"give --config FILE, or set MSSCONNECTOR_CONFIG" in err
