@@ -63,6 +63,9 @@ log = structlog.get_logger(__name__)
 FollowUp = Callable[[OutboxLease, SendResult], Awaitable[Sequence[OutboxItem]]]
 
 
+_STORE_BACKOFF_MAX = 30.0  # seconds between two leases while the store is unreachable
+
+
 @dataclass(frozen=True, slots=True)
 class DeliveryLimits:
     concurrency: int = 2  # sessions (SMTP connections) in parallel for the tenant
@@ -171,6 +174,7 @@ class TenantDelivery:
     # -- the loop ----------------------------------------------------------------------------
 
     async def _session_loop(self, number: int) -> None:
+        outage = 0  # store errors in a row: said at the first and every 30th, then backed off
         while not self._stopping:
             try:
                 if self.paused:
@@ -180,13 +184,20 @@ class TenantDelivery:
                     tenant_id=self.tenant_id, kinds=(self.transport.kind,),
                     limit=self.limits.batch_size,
                     lease_seconds=self.limits.lease_seconds)
+                if outage:
+                    log.info("delivery_store_available", tenant=self.tenant_id, errors=outage)
+                    outage = 0
                 if not leases:
                     await self._sleep(self.limits.poll_seconds)
                     continue
                 await self.deliver(leases)
             except StoreError as exc:  # the store is down: leases expire, rows are kept
-                log.warning("delivery_store_unavailable", tenant=self.tenant_id, error=str(exc))
-                await self._sleep(self.limits.poll_seconds)
+                outage += 1
+                if outage % 30 == 1:
+                    log.warning("delivery_store_unavailable", tenant=self.tenant_id,
+                                error=str(exc), errors=outage)
+                await self._sleep(min(_STORE_BACKOFF_MAX,
+                                      self.limits.poll_seconds * 2 ** min(outage, 6)))
             except Exception as exc:  # noqa: BLE001
                 # A bug must not end the tenant's delivery for good.
                 log.error("delivery_loop_failed", tenant=self.tenant_id, session=number,

@@ -505,3 +505,35 @@ async def test_a_stalled_worker_sends_no_row_whose_lease_it_may_have_lost(
     audit = await store.list_audit(outbox_id=ids[0])
     assert [a.action for a in audit] == [AuditAction.SUBMITTED]
     assert "after its lease expired" in (audit[0].detail or "")
+
+
+async def test_an_unreachable_store_is_said_once_backed_off_and_its_return_said(
+        store: SQLiteStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The PostgreSQL audit saw two warnings a second per replica during an outage."""
+    from connector.errors import StoreUnavailable
+
+    real_lease = store.lease
+    calls = 0
+
+    async def failing_lease(**kwargs: object) -> object:
+        nonlocal calls
+        calls += 1
+        if calls <= 5:
+            raise StoreUnavailable("connection refused")
+        return await real_lease(**kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "lease", failing_lease)
+    limits = replace(FAST, poll_seconds=0.01)
+    with structlog.testing.capture_logs() as logs:
+        worker = TenantDelivery("chu", store, MaildirTransport(tmp_path / "md"), limits=limits,
+                                retry=FAST_RETRY)
+        worker.start()
+        await eventually(lambda: _async_true(calls > 6))
+        await worker.stop(grace_seconds=1)
+    events = [e["event"] for e in logs]
+    assert events.count("delivery_store_unavailable") == 1
+    assert events.count("delivery_store_available") == 1
+
+
+async def _async_true(value: bool) -> bool:
+    return value
