@@ -280,6 +280,10 @@ class Application:
         it count."""
         if self.store.closed:
             return False, "store closed"
+        if self.gauges is not None and not self.gauges.store_reachable:
+            # The last read of the store (the gauges', every 15 s) failed: a replica cut off
+            # from PostgreSQL answers every message AR; out of the Service until it is back.
+            return False, "store unreachable"
         stopped = [t.id for t in self.settings.tenants if t.id not in self.tenants]
         if stopped:  # configured, but a reload could not start it (its port taken...)
             return False, f"tenant not running: {', '.join(stopped)}"

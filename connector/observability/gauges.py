@@ -61,6 +61,7 @@ class GaugeRefresher:
         self._disk_usage = disk_usage
         self.interval = interval
         self._task: asyncio.Task[None] | None = None
+        self.store_reachable = True  # the last read of the store succeeded (readiness)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="gauges")
@@ -79,8 +80,11 @@ class GaugeRefresher:
         try:
             stats = await self._stats()
         except StoreError as exc:
-            log.warning("gauges_store_unavailable", error=str(exc))
+            if self.store_reachable:
+                log.warning("gauges_store_unavailable", error=str(exc))
+            self.store_reachable = False
         else:
+            self.store_reachable = True
             self._outbox(stats, at)
         if self._disk_usage is not None:
             await self._store_size(self._disk_usage)

@@ -174,3 +174,12 @@ async def test_store_size_and_free_disk_are_exported(app_factory: Callable[..., 
     free = values[("mssconnector_store_free_bytes", ())]
     actual = shutil.disk_usage(tmp_path).free
     assert abs(free - actual) < 0.05 * actual + 50_000_000  # the same file system, read apart
+
+
+async def test_a_store_that_cannot_be_read_makes_the_instance_unready(
+        app_factory: Callable[..., object], tmp_path: Path) -> None:
+    running = await start_with_admin(app_factory, tmp_path)
+    assert running.app.gauges is not None
+    assert running.app.readiness()[0]
+    running.app.gauges.store_reachable = False  # its last read failed (PostgreSQL cut off)
+    assert running.app.readiness() == (False, "store unreachable")

@@ -78,3 +78,22 @@ async def test_a_tenant_gone_leaves_no_crl_series_behind() -> None:
                  tenant="chu-a", use="smtp") is None
     assert value(metrics, "mssconnector_crl_next_update_seconds",
                  tenant="chu-b", use="imap") is not None
+
+
+async def test_the_store_is_unreachable_while_its_last_read_failed() -> None:
+    """What /readyz reads: a replica cut off from PostgreSQL goes out of the Service."""
+    metrics = ConnectorMetrics()
+    answers: list[BaseException | None] = [StoreUnavailable("connection refused"), None]
+
+    async def stats() -> list[OutboxStat]:
+        failure = answers.pop(0)
+        if failure is not None:
+            raise failure
+        return []
+
+    refresher = GaugeRefresher(metrics, stats, list)
+    assert refresher.store_reachable
+    await refresher.refresh()
+    assert not refresher.store_reachable
+    await refresher.refresh()
+    assert refresher.store_reachable
