@@ -318,12 +318,28 @@ class PostgresStore(StoreAdapter):
             with contextlib.suppress(psycopg.Error):
                 conn.close()
 
+    def _committed(self, xid: int) -> bool:
+        """Whether transaction `xid` committed, asked on a new connection after the one that
+        ran it dropped during its COMMIT; False when that cannot be known (the server still
+        unreachable: the callers get AR, and a resend finds the row if it was committed)."""
+        try:
+            with psycopg.connect(self._dsn, autocommit=True,
+                                 connect_timeout=self._connect_timeout,
+                                 application_name=self._application_name) as probe:
+                row = probe.execute("SELECT txid_status(%s)", (xid,)).fetchone()
+        except psycopg.Error as exc:
+            log.warning("store_commit_in_doubt", error=type(exc).__name__)
+            return False
+        return row is not None and row[0] == "committed"
+
     def _execute(self, conn: Connection, batch: list[_Job]) -> Connection:
         """Run `batch` in one transaction and resolve its futures once COMMIT returned; return
         the connection to use next (a new one when this one broke)."""
         outcomes: list[tuple[_Job, Any, BaseException | None]] = []
         for attempt in range(_ROLLBACK_RETRIES + 1):
             started = time.perf_counter()
+            xid: int | None = None  # this transaction's id, known once its statements ran
+            receipts: list[InboundReceipt] | None = None
             try:
                 if _stale(conn) or conn.info.transaction_status != _IDLE:
                     # Never run a batch in a leftover transaction: transaction() would make it
@@ -334,12 +350,15 @@ class PostgresStore(StoreAdapter):
                     conn = self._connect()
                 keys = sorted({key for job in batch for key in job.keys})
                 with conn.pipeline(), conn.transaction():
+                    transaction_id = conn.execute("SELECT txid_current()")
                     if keys:  # its errors (lock timeout) surface at the next sync
                         conn.execute(
                             "SELECT pg_advisory_xact_lock(k)"
                             " FROM unnest(%s::bigint[]) WITH ORDINALITY AS u(k, n) ORDER BY n",
                             (keys,))
                     receipts = self._record_batch(conn, batch)
+                    row = transaction_id.fetchone()  # came back with the batch's results
+                    xid = int(row[0]) if row else None
                 # Leaving the pipeline and the transaction sent COMMIT and waited for it.
                 outcomes = [(job, receipt, None) for job, receipt in zip(batch, receipts,
                                                                          strict=True)]
@@ -351,8 +370,18 @@ class PostgresStore(StoreAdapter):
                 outcomes = _failed(batch, StoreUnavailable(_describe("PostgreSQL write failed",
                                                                      exc)))
             except psycopg.OperationalError as exc:
-                outcomes = _failed(batch, StoreUnavailable(_describe("PostgreSQL write failed",
-                                                                     exc)))
+                if receipts is not None and xid is not None and self._committed(xid):
+                    # The connection dropped while COMMIT was under way, and the server did
+                    # commit: the callers get their receipts (an AR here would tell a sender
+                    # its stored message was refused).
+                    log.warning("store_commit_confirmed", jobs=len(batch),
+                                error=type(exc).__name__)
+                    outcomes = [(job, receipt, None) for job, receipt in zip(batch, receipts,
+                                                                             strict=True)]
+                    self._commits.record(time.perf_counter() - started, len(batch))
+                else:
+                    outcomes = _failed(batch, StoreUnavailable(_describe(
+                        "PostgreSQL write failed", exc)))
             except psycopg.Error as exc:
                 if len(batch) > 1:  # one bad job must not sink the others: run each on its own
                     for job in batch:

@@ -656,3 +656,40 @@ async def test_disk_usage_grows_with_what_is_stored(make_store: StoreFactory) ->
         assert after.payloads == 0
         assert after.free is None
         assert after.database >= before.database
+
+
+async def test_a_commit_cut_off_after_the_server_committed_is_confirmed(
+        make_store: StoreFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """From the PostgreSQL multi-replica audit: a connection dropped during COMMIT was answered
+    AR although the server had committed (the sender, told to send again, was misled and the
+    stored ACK said AA). The store now asks a new connection whether the transaction committed:
+    yes, the caller gets its receipt; no, it gets StoreUnavailable and nothing is stored."""
+    only_on(make_store, "postgres", "the in-doubt COMMIT of a client-server database")
+    import contextlib
+
+    import psycopg
+
+    real = psycopg.Connection.transaction
+    mode = {"drop": None}  # "after": the server committed; "before": it did not
+
+    @contextlib.contextmanager
+    def cut_off(self: psycopg.Connection, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        with contextlib.ExitStack() as stack:
+            transaction = stack.enter_context(real(self, *args, **kwargs))
+            yield transaction
+            if mode["drop"] == "before":
+                raise psycopg.OperationalError("server closed the connection unexpectedly")
+        if mode["drop"] == "after":
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+    store = make_store()
+    monkeypatch.setattr(psycopg.Connection, "transaction", cut_off)
+    mode["drop"] = "after"
+    receipt = await store.record_inbound(inbound(control_id="IN-DOUBT-1"))
+    assert receipt.inbound_id > 0
+    mode["drop"] = "before"
+    with pytest.raises(StoreUnavailable):
+        await store.record_inbound(inbound(control_id="IN-DOUBT-2"))
+    mode["drop"] = None
+    rows = {r.control_id for r in await store.list_inbound()}
+    assert rows == {"IN-DOUBT-1"}
