@@ -35,6 +35,7 @@ log = structlog.get_logger(__name__)
 _MAX_QUEUED_FRAMES = 32  # per connection, before reading pauses
 _EMPTY_FRAME_MAX = 64  # longer whitespace-only frames go to intake and are answered AE
 _TLS_HANDSHAKE = b"\x16\x03"  # a TLS record of type handshake, versions 3.x (TLS 1.0-1.3)
+_HANDSHAKE_SECONDS = 15.0  # a TLS handshake longer than this (or the idle timeout) is dropped
 
 
 class MessageHandler(Protocol):
@@ -93,6 +94,9 @@ class MLLPServer:
         self._ssl = ssl_context
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
+        # TLS connections still shaking hands: not counted against max_connections (a peer that
+        # never sends its ClientHello must not keep a DPI out), ended at stop.
+        self._handshaking: set[_Connection] = set()
         self.stats = ListenerStats()
         self.draining = False
 
@@ -125,6 +129,8 @@ class MLLPServer:
         self.draining = True
         if self._server is not None:
             self._server.close()
+        for conn in list(self._handshaking):
+            conn.close()
         connections = list(self._connections)
         for conn in connections:
             conn.begin_drain()
@@ -204,12 +210,13 @@ class _Connection(asyncio.Protocol):
             self.closing = True
             transport.abort()
             return
-        self.server._connections.add(self)
-        self.server.stats.connections_accepted += 1
         if self.server._ssl is not None:
+            self.server._handshaking.add(self)
             self._handshake = self._loop.create_task(self._start_tls(transport,
                                                                      self.server._ssl))
             return
+        self.server._connections.add(self)
+        self.server.stats.connections_accepted += 1
         log.debug("connection_opened", listener=self.settings.name, peer=self.peer)
         self._arm_idle_timer()
 
@@ -219,20 +226,38 @@ class _Connection(asyncio.Protocol):
         try:
             secured = await self._loop.start_tls(
                 plain, self, context, server_side=True,
-                ssl_handshake_timeout=min(self.settings.idle_timeout_seconds, 60.0))
+                ssl_handshake_timeout=min(self.settings.idle_timeout_seconds,
+                                          _HANDSHAKE_SECONDS))
         except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
-            if not self.closing:
-                reason = (openssl_reason(exc) if isinstance(exc, OSError)
-                          else "no handshake before the time-out")
+            self.server._handshaking.discard(self)
+            if self.closing:
+                pass
+            elif not isinstance(exc, ssl.SSLError) and not str(exc):
+                # Connected and closed without a word (a load balancer's check, a scan).
+                log.debug("connection_closed_before_handshake", listener=self.settings.name,
+                          peer=self.peer)
+            else:
+                reason = (openssl_reason(exc) if isinstance(exc, OSError) else "")
                 log.warning("tls_handshake_failed", listener=self.settings.name,
-                            peer=self.peer, reason=reason)
+                            peer=self.peer, reason=reason or type(exc).__name__)
             plain.abort()
             self.connection_lost(exc)
             return
+        self.server._handshaking.discard(self)
         if secured is None or self.closing:  # closed while shaking hands (a drain)
             plain.abort()
             return
         assert isinstance(secured, asyncio.Transport)
+        refusal = self.server._admit(self)  # the limit, as the others reached it meanwhile
+        if refusal is not None:
+            self.server.stats.connections_refused += 1
+            log.warning("connection_refused", listener=self.settings.name, peer=self.peer,
+                        reason=refusal)
+            self.closing = True
+            secured.abort()
+            return
+        self.server._connections.add(self)
+        self.server.stats.connections_accepted += 1
         self.transport = secured
         log.debug("connection_opened", listener=self.settings.name, peer=self.peer, tls=True)
         self._arm_idle_timer()

@@ -270,6 +270,29 @@ async def test_a_failed_tls_handshake_is_logged_with_its_reason(
     assert running.app.servers[0].connection_count <= 1
 
 
+async def test_connections_still_shaking_hands_do_not_keep_a_client_out(
+        app_factory: Callable[..., object], tmp_path: Path) -> None:
+    """Peers that connect and never send a ClientHello (a scan, a stuck client) are not
+    counted against max_connections; one that connects and closes at once is no warning."""
+    tls, ca = _tls(tmp_path, mutual=True)
+    running: RunningApp = await app_factory(tls=tls, max_connections=2)  # type: ignore[operator]
+    host, port = running.address
+    silent = [await asyncio.open_connection(host, port) for _ in range(3)]
+    client_cert = ca.issue("his-client", server=False)
+    context = _client_context(ca, (client_cert.certificate, client_cert.private_key))
+    with structlog.testing.capture_logs() as logs:
+        async with running.client(ssl_context=context) as client:
+            assert ack_fields(await client.send(adt("HS1")))["code"] == "AA"
+        _, probe = await asyncio.open_connection(host, port)  # a load balancer's check
+        probe.close()
+        await asyncio.sleep(0.2)
+    events = [e["event"] for e in logs]
+    assert "connection_refused" not in events
+    assert "tls_handshake_failed" not in events
+    for _, writer in silent:
+        writer.close()
+
+
 async def test_source_allowlist(app_factory: Callable[..., object]) -> None:
     import ipaddress
 
