@@ -16,6 +16,7 @@ import structlog
 
 from connector.delivery.tls import CertificateInfo
 from connector.errors import StoreError
+from connector.observability.logs import exception_frames
 from connector.observability.metrics import ConnectorMetrics
 from connector.store import DiskUsage, OutboxKind, OutboxStat, OutboxState
 from connector.tasks import cancel_and_wait
@@ -23,6 +24,8 @@ from connector.tasks import cancel_and_wait
 log = structlog.get_logger(__name__)
 
 PENDING = frozenset({OutboxState.READY, OutboxState.LEASED})
+_STORE_FAILURES_UNREADY = 2  # failed reads in a row that make the instance unready
+_STORE_RECHECK_SECONDS = 2.0  # how soon the store is read again after a failure
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +64,8 @@ class GaugeRefresher:
         self._disk_usage = disk_usage
         self.interval = interval
         self._task: asyncio.Task[None] | None = None
-        self.store_reachable = True  # the last read of the store succeeded (readiness)
+        self.store_reachable = True  # the store answered lately (readiness)
+        self._store_failures = 0  # reads of the store that failed in a row
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="gauges")
@@ -72,18 +76,28 @@ class GaugeRefresher:
 
     async def _run(self) -> None:
         while True:
-            await self.refresh()
-            await asyncio.sleep(self.interval)
+            try:
+                await self.refresh()
+            except Exception as exc:  # noqa: BLE001 (a bug must not end the gauges, readiness)
+                log.error("gauges_refresh_failed", error=type(exc).__name__,
+                          where=exception_frames(exc))
+            # While the store does not answer, look again soon: readiness follows it.
+            await asyncio.sleep(self.interval if self._store_failures == 0
+                                else min(self.interval, _STORE_RECHECK_SECONDS))
 
     async def refresh(self, now: float | None = None) -> None:
         at = time.time() if now is None else now
         try:
             stats = await self._stats()
         except StoreError as exc:
-            if self.store_reachable:
+            self._store_failures += 1
+            if self._store_failures == _STORE_FAILURES_UNREADY:
                 log.warning("gauges_store_unavailable", error=str(exc))
-            self.store_reachable = False
+                self.store_reachable = False  # twice in a row: not one transient error
         else:
+            if not self.store_reachable:
+                log.info("gauges_store_available", failures=self._store_failures)
+            self._store_failures = 0
             self.store_reachable = True
             self._outbox(stats, at)
         if self._disk_usage is not None:

@@ -80,10 +80,12 @@ async def test_a_tenant_gone_leaves_no_crl_series_behind() -> None:
                  tenant="chu-b", use="imap") is not None
 
 
-async def test_the_store_is_unreachable_while_its_last_read_failed() -> None:
-    """What /readyz reads: a replica cut off from PostgreSQL goes out of the Service."""
+async def test_the_store_is_unreachable_after_two_failed_reads_in_a_row() -> None:
+    """What /readyz reads: a replica cut off from PostgreSQL goes out of the Service; one
+    transient error does not (a single SQLite pod would leave it for nothing)."""
     metrics = ConnectorMetrics()
-    answers: list[BaseException | None] = [StoreUnavailable("connection refused"), None]
+    down = StoreUnavailable("connection refused")
+    answers: list[BaseException | None] = [down, None, down, down, None]
 
     async def stats() -> list[OutboxStat]:
         failure = answers.pop(0)
@@ -92,8 +94,35 @@ async def test_the_store_is_unreachable_while_its_last_read_failed() -> None:
         return []
 
     refresher = GaugeRefresher(metrics, stats, list)
-    assert refresher.store_reachable
-    await refresher.refresh()
-    assert not refresher.store_reachable
-    await refresher.refresh()
-    assert refresher.store_reachable
+    seen = []
+    for _ in range(5):
+        await refresher.refresh()
+        seen.append(refresher.store_reachable)
+    assert seen == [True, True, True, False, True]
+
+
+async def test_a_bug_in_one_refresh_does_not_end_the_gauges() -> None:
+    """The task ran unguarded: one unexpected error ended it, and readiness with it."""
+    import asyncio
+
+    import structlog
+
+    metrics = ConnectorMetrics()
+    reads = 0
+
+    async def stats() -> list[OutboxStat]:
+        nonlocal reads
+        reads += 1
+        return []
+
+    def broken() -> list[object]:
+        raise RuntimeError("a bug")
+
+    refresher = GaugeRefresher(metrics, stats, list, certificates=broken,  # type: ignore[arg-type]
+                               interval=0.01)
+    with structlog.testing.capture_logs() as logs:
+        refresher.start()
+        await asyncio.sleep(0.1)
+        await refresher.stop()
+    assert reads > 2
+    assert "gauges_refresh_failed" in [e["event"] for e in logs]
