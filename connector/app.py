@@ -4,6 +4,7 @@ SIGHUP (tenants added, replaced or removed without a restart), drain on SIGTERM.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import signal
 import ssl
@@ -216,6 +217,12 @@ class Application:
         self.tenants.pop(tenant_id, None)
         self.delivery.tenants.pop(tenant_id, None)
         self.delivery.returns.pop(tenant_id, None)
+        # Its state gauges go with it: a paused or disconnected tenant removed by a reload
+        # would keep MSSConnectorDeliveryPaused or MailboxDisconnected firing (a runtime that
+        # replaces it sets them again).
+        for gauge in (self.metrics.delivery_paused, self.metrics.mailbox_connected):
+            with contextlib.suppress(KeyError):
+                gauge.remove(tenant_id)
 
     # -- views used by operators and tests ---------------------------------------------------
 

@@ -73,8 +73,11 @@ async def test_reload_adds_replaces_and_removes_tenants(tmp_path: Path) -> None:
         report = await app.reload(renamed)
         assert report.replaced == ("chu-b",)
         assert app.tenants["chu-a"].servers[0] is a_server
+        app.metrics.delivery_paused.labels("chu-a").set(1)  # paused when it is removed
         report = await app.reload(replace(renamed, tenants=renamed.tenants[1:]))
         assert report.removed == ("chu-a",)
+        assert app.metrics.registry.get_sample_value(  # no alert left firing for it
+            "mssconnector_delivery_paused", {"tenant": "chu-a"}) is None
         assert await refused(a_port)
         assert b"MSA|AA" in await answer(b_port, "B2")
         assert sorted(app.delivery.tenants) == ["chu-b"]
