@@ -202,13 +202,7 @@ class _Connection(asyncio.Protocol):
         if isinstance(peername, tuple):
             self.peer_host = str(peername[0])
             self.peer = f"{peername[0]}:{peername[1]}"
-        refusal = self.server._admit(self)
-        if refusal is not None:
-            self.server.stats.connections_refused += 1
-            log.warning("connection_refused", listener=self.settings.name, peer=self.peer,
-                        reason=refusal)
-            self.closing = True
-            transport.abort()
+        if self._refused(transport):
             return
         if self.server._ssl is not None:
             self.server._handshaking.add(self)
@@ -219,6 +213,19 @@ class _Connection(asyncio.Protocol):
         self.server.stats.connections_accepted += 1
         log.debug("connection_opened", listener=self.settings.name, peer=self.peer)
         self._arm_idle_timer()
+
+    def _refused(self, transport: asyncio.Transport) -> bool:
+        """The server's admission checks; a refusal is counted, said and the connection
+        aborted."""
+        refusal = self.server._admit(self)
+        if refusal is None:
+            return False
+        self.server.stats.connections_refused += 1
+        log.warning("connection_refused", listener=self.settings.name, peer=self.peer,
+                    reason=refusal)
+        self.closing = True
+        transport.abort()
+        return True
 
     async def _start_tls(self, plain: asyncio.Transport, context: ssl.SSLContext) -> None:
         """The handshake; on success the connection goes on over TLS, else it is said why and
@@ -248,13 +255,7 @@ class _Connection(asyncio.Protocol):
             plain.abort()
             return
         assert isinstance(secured, asyncio.Transport)
-        refusal = self.server._admit(self)  # the limit, as the others reached it meanwhile
-        if refusal is not None:
-            self.server.stats.connections_refused += 1
-            log.warning("connection_refused", listener=self.settings.name, peer=self.peer,
-                        reason=refusal)
-            self.closing = True
-            secured.abort()
+        if self._refused(secured):  # the limit, as the others may have reached it meanwhile
             return
         self.server._connections.add(self)
         self.server.stats.connections_accepted += 1
