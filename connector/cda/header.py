@@ -42,6 +42,16 @@ class InstanceId:
     root: str
     extension: str | None = None
 
+    @property
+    def key(self) -> str:
+        """`root^extension`, or `root` alone: how the store names a document or its set."""
+        return f"{self.root}^{self.extension}" if self.extension else self.root
+
+    @classmethod
+    def from_key(cls, key: str) -> InstanceId:
+        root, _, extension = key.partition("^")
+        return cls(root, extension or None)
+
 
 @dataclass(frozen=True, slots=True)
 class Coded:

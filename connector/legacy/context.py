@@ -94,15 +94,13 @@ async def latest_report(store: ReportStore, tenant_id: str, set_id: InstanceId, 
     """The order's latest report (the set's highest version: current, or withdrawn), if the
     store knows one; with `with_document`, the CDA and the recipients of its mails while the
     payload retention keeps them all."""
-    key = f"{set_id.root}^{set_id.extension}" if set_id.extension else set_id.root
-    latest = await store.latest_version(tenant_id, key)
+    latest = await store.latest_version(tenant_id, set_id.key)
     if latest is None or latest.version is None:
         return None
-    root, _, extension = latest.document_id.partition("^")
     withdrawn = latest.status is DocumentStatus.DELETED
     sent = (await sent_report(store, latest.inbound_id)
             if with_document and not withdrawn else None)
-    return ReportVersion(InstanceId(root, extension or None), set_id, latest.version,
+    return ReportVersion(InstanceId.from_key(latest.document_id), set_id, latest.version,
                          sent[0] if sent else None, sent[1] if sent else (), withdrawn)
 
 

@@ -13,7 +13,6 @@ from typing import Protocol
 
 import structlog
 
-from connector.cda.header import InstanceId
 from connector.cda.validation import CdaValidator
 from connector.cisis import (
     ANS_EXAMPLES_MATRIX,
@@ -90,23 +89,19 @@ def matrix_for(profile: SendingMatrixProfile) -> SendingMatrix:
     return ANS_EXAMPLES_MATRIX if profile is SendingMatrixProfile.ANS_EXAMPLES else CISIS_MATRIX
 
 
-def instance_key(ii: InstanceId) -> str:
-    return f"{ii.root}^{ii.extension}" if ii.extension else ii.root
-
-
 def document_changes(request: DocumentRequest) -> tuple[DocumentChange, ...]:
     changes = []
     for document in request.documents:
         header = document.header
-        doc_id = instance_key(header.document_id)
-        set_id = instance_key(header.set_id) if header.set_id else None
+        doc_id = header.document_id.key
+        set_id = header.set_id.key if header.set_id else None
         if request.action is Action.DELETE:
             changes.append(DocumentChange(DocumentAction.DELETE, doc_id, set_id,
                                           header.version_number, doc_id))
         elif request.action is Action.REPLACE and header.parent_document_ids:
             changes.append(DocumentChange(DocumentAction.REPLACE, doc_id, set_id,
                                           header.version_number,
-                                          instance_key(header.parent_document_ids[0])))
+                                          header.parent_document_ids[0].key))
         else:  # new, or a replacement whose CDA names no parent (already warned about)
             changes.append(DocumentChange(DocumentAction.NEW, doc_id, set_id,
                                           header.version_number))

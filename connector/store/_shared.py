@@ -23,6 +23,7 @@ from connector.store.model import (
     AuditEntry,
     AuditRecord,
     CommitStats,
+    DocumentStatus,
     InboundStatus,
     InboundSummary,
     OutboxItem,
@@ -35,6 +36,7 @@ from connector.store.model import (
     ReturnedMailSummary,
     SentRequest,
 )
+from connector.store.versions import DocumentRow
 
 
 def placeholders(count: int) -> str:
@@ -315,8 +317,14 @@ def purge_statements(*, payload_log: bool, lock: str = "") -> tuple[PurgeStateme
     )
 
 
-# The payload-log segments that rows not purged still point at (SQLite).
 DOCUMENT_COLUMNS = "tenant_id, document_id, set_id, version, status, replaced_by, inbound_id"
+
+
+def document_row(row: Sequence[Any]) -> DocumentRow:
+    """A version row from its (document_id, set_id, version, status, replaced_by) columns."""
+    return DocumentRow(row[0], row[1], row[2], DocumentStatus(row[3]), row[4])
+
+
 # A document set's current version: active (neither replaced nor deleted), the highest version
 # number (a row without one last, on both databases).
 ACTIVE_IN_SET_SQL = (f"SELECT {DOCUMENT_COLUMNS} FROM documents"  # noqa: S608
@@ -328,6 +336,7 @@ LATEST_IN_SET_SQL = (f"SELECT {DOCUMENT_COLUMNS} FROM documents"  # noqa: S608
                      " WHERE tenant_id = ? AND set_id = ? AND status IN ('active', 'deleted')"
                      " ORDER BY version IS NULL, version DESC, updated_at DESC LIMIT 1")
 
+# The payload-log segments that rows not purged still point at (SQLite).
 REFERENCED_SEGMENTS_SQL = (
     "SELECT payload_segment FROM inbound WHERE payload_segment IS NOT NULL"
     " UNION SELECT payload_segment FROM outbox WHERE payload_segment IS NOT NULL"

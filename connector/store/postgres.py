@@ -98,6 +98,7 @@ from connector.store._shared import (
     audit_params,
     check_item,
     check_lease,
+    document_row,
     find_ids,
     mailbox_audit_params,
     outbox_summary_from_row,
@@ -116,7 +117,6 @@ from connector.store.model import (
     CommitStats,
     DiskUsage,
     DocumentAction,
-    DocumentStatus,
     EventKind,
     InboundDetail,
     InboundMessage,
@@ -477,12 +477,11 @@ class PostgresStore(StoreAdapter):
                 " d.updated_at DESC",
                 ([s[0] for s in sets], [s[1] for s in sets]))
         previous = inbound_cursor.fetchall() if inbound_cursor is not None else []
-        documents = {
-            (r[0], r[1]): DocumentRow(r[1], r[2], r[3], DocumentStatus(r[4]), r[5])
-            for r in (documents_cursor.fetchall() if documents_cursor is not None else [])}
-        active = {
-            (r[0], r[2]): DocumentRow(r[1], r[2], r[3], DocumentStatus(r[4]), r[5])
-            for r in (sets_cursor.fetchall() if sets_cursor is not None else [])}
+        # Both read (tenant_id, document_id, set_id, version, status, replaced_by).
+        documents = {(r[0], r[1]): document_row(r[1:])
+                     for r in (documents_cursor.fetchall() if documents_cursor else [])}
+        active = {(r[0], r[2]): document_row(r[1:])
+                  for r in (sets_cursor.fetchall() if sets_cursor else [])}
         return previous, documents, active
 
     def _queue_record(self, conn: Connection, m: InboundMessage,

@@ -60,6 +60,7 @@ from connector.store._shared import (
     audit_params,
     check_item,
     check_lease,
+    document_row,
     find_ids,
     mailbox_audit_params,
     outbox_summary_from_row,
@@ -76,7 +77,6 @@ from connector.store.model import (
     AuditEntry,
     CommitStats,
     DiskUsage,
-    DocumentStatus,
     EventKind,
     InboundDetail,
     InboundMessage,
@@ -454,8 +454,7 @@ class SQLiteStore(StoreAdapter):
     def _active_in_set(conn: sqlite3.Connection, tenant_id: str, set_id: str
                        ) -> DocumentRow | None:
         row = conn.execute(ACTIVE_IN_SET_SQL, (tenant_id, set_id)).fetchone()
-        return None if row is None else DocumentRow(row[1], row[2], row[3],
-                                                    DocumentStatus(row[4]), row[5])
+        return None if row is None else document_row(row[1:])  # after its tenant_id
 
     @staticmethod
     def _document(conn: sqlite3.Connection, tenant_id: str, document_id: str
@@ -463,9 +462,7 @@ class SQLiteStore(StoreAdapter):
         row = conn.execute(
             "SELECT document_id, set_id, version, status, replaced_by FROM documents"
             " WHERE tenant_id = ? AND document_id = ?", (tenant_id, document_id)).fetchone()
-        if row is None:
-            return None
-        return DocumentRow(row[0], row[1], row[2], DocumentStatus(row[3]), row[4])
+        return None if row is None else document_row(row)
 
     @staticmethod
     def _event(conn: sqlite3.Connection, m: InboundMessage, kind: EventKind, inbound_id: int,

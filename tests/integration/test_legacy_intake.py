@@ -23,7 +23,6 @@ from connector.delivery.job import MailJob
 from connector.errors import StoreUnavailable
 from connector.hl7.message import parse_message
 from connector.mllp.client import MLLPClient
-from connector.pipeline.documents import instance_key
 from connector.settings import CisisSettings, Settings, ValidationSettings
 from connector.store import DocumentStatus, InboundStatus
 from tests.conftest import SCHEMAS
@@ -175,9 +174,9 @@ async def test_with_corrected_replace_each_report_of_an_order_replaces_the_last(
     versions = {d.document_id: (d.version, d.status)
                 for d in await running.app.store.get_documents("chu-test")}
     assert versions == {
-        instance_key(first.document_id): (1, DocumentStatus.REPLACED),
-        instance_key(second.document_id): (2, DocumentStatus.REPLACED),
-        instance_key(third.document_id): (3, DocumentStatus.ACTIVE)}
+        first.document_id.key: (1, DocumentStatus.REPLACED),
+        second.document_id.key: (2, DocumentStatus.REPLACED),
+        third.document_id.key: (3, DocumentStatus.ACTIVE)}
 
 
 async def test_two_reports_of_one_order_at_once_chain_their_versions(
