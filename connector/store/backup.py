@@ -38,7 +38,8 @@ from pathlib import Path
 from connector import __version__
 from connector.errors import BackupError, PayloadUnreadable
 from connector.files import fsync_path
-from connector.store.payload_log import PayloadLog, PayloadRef
+from connector.store._shared import REFERENCED_SEGMENTS_SQL
+from connector.store.payload_log import PayloadLog, PayloadRef, payloads_directory
 
 _PAYLOAD_TABLES = ("inbound", "outbox", "receipts")  # the rows that may point at a record
 MANIFEST = "MANIFEST.json"
@@ -60,10 +61,6 @@ class Backup:
     files: int
     bytes: int
     seconds: float
-
-
-def payloads_directory(database: Path) -> Path:
-    return database.with_name(database.name + ".payloads")
 
 
 def verify(database: Path) -> StoreCheck:
@@ -142,9 +139,7 @@ def _take(database: Path, target: Path, started: float) -> Backup:
     try:
         source.backup(destination)  # pages=-1: the whole database in one step
         destination.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
-        segments = sorted({int(row[0]) for table in _PAYLOAD_TABLES for row in destination.execute(
-            f"SELECT DISTINCT payload_segment FROM {table}"  # noqa: S608
-            " WHERE payload_segment IS NOT NULL")})
+        segments = sorted(int(row[0]) for row in destination.execute(REFERENCED_SEGMENTS_SQL))
     except sqlite3.Error as exc:
         raise BackupError(f"{database}: the database could not be copied ({exc})") from exc
     finally:

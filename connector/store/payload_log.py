@@ -39,6 +39,11 @@ DEFAULT_SEGMENT_BYTES = 256 * 1024 * 1024
 DEFAULT_SEGMENT_SECONDS = 24 * 3600.0
 
 
+def payloads_directory(database: Path) -> Path:
+    """Where the payload log of the SQLite database `database` lives: beside it."""
+    return database.with_name(database.name + ".payloads")
+
+
 @dataclass(frozen=True, slots=True)
 class PayloadRef:
     segment: int

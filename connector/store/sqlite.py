@@ -97,7 +97,12 @@ from connector.store.patients import (
     find_patient_query,
     patient_from_rows,
 )
-from connector.store.payload_log import DEFAULT_SEGMENT_BYTES, PayloadLog, PayloadRef
+from connector.store.payload_log import (
+    DEFAULT_SEGMENT_BYTES,
+    PayloadLog,
+    PayloadRef,
+    payloads_directory,
+)
 from connector.store.sqlite_writer import SQLiteWriter
 from connector.store.versions import DocumentRow, VersionPlan, plan_versions
 
@@ -191,7 +196,7 @@ class SQLiteStore(StoreAdapter):
         self._checkpointer: threading.Thread | None = None
         self._stop_checkpoints = threading.Event()
         self._conn: sqlite3.Connection | None = None
-        self._payloads = PayloadLog(path.with_name(path.name + ".payloads"),
+        self._payloads = PayloadLog(payloads_directory(path),
                                     segment_bytes=payload_segment_bytes)
         # Read connections kept open between reads (opening one and parsing the schema cost
         # about 0.3 ms a read); none holds a read transaction between reads, so none holds back
