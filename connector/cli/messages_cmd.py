@@ -17,8 +17,8 @@ from connector.cli._common import (
     settings_from,
     utc_time,
 )
-from connector.errors import ConfigError, HL7ParseError
-from connector.hl7.header import resolve_codec
+from connector.errors import ConfigError
+from connector.hl7.header import codec_or_default
 from connector.settings import Settings
 from connector.store import InboundDetail, InboundStatus, InboundSummary
 
@@ -66,11 +66,8 @@ def _codec(settings: Settings, detail: InboundDetail) -> str:
         if tenant.id == detail.summary.tenant_id:
             forced = next((listener.charset for listener in tenant.listeners
                            if listener.name == detail.summary.listener), None)
-    try:
-        return resolve_codec(detail.raw or detail.ack, forced=forced,
-                             default=settings.default_charset)
-    except HL7ParseError:  # an MSH-18 intake did not know: answered in the default
-        return settings.default_charset
+    return codec_or_default(detail.raw or detail.ack, forced=forced,
+                            default=settings.default_charset)
 
 
 def run_show(args: argparse.Namespace) -> int:

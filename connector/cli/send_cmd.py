@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from connector.errors import ConfigError, ConnectorError, HL7ParseError, ProtocolError
-from connector.hl7.header import read_header, resolve_codec
+from connector.hl7.header import codec_or_default, read_header
 from connector.hl7.message import parse_message
 from connector.mllp.client import MLLPClient
 
@@ -59,7 +59,8 @@ def _ack_summary(ack: bytes, control_id: str) -> tuple[str, str]:
     is the first error (else the first warning), with its severity (ERR-4: E, W, I) and how
     many more ERR segments the ACK carries."""
     try:
-        message = parse_message(ack.decode(_ack_codec(ack), errors="replace"))
+        codec = codec_or_default(ack, forced=None, default="utf-8")  # what its MSH-18 names
+        message = parse_message(ack.decode(codec, errors="replace"))
     except HL7ParseError:
         return "??", "unreadable acknowledgement"
     msa = message.first("MSA")
@@ -75,14 +76,6 @@ def _ack_summary(ack: bytes, control_id: str) -> tuple[str, str]:
         if len(errors) > 1:
             detail += f" (+{len(errors) - 1} more ERR)"
     return (msa.value(1) if msa else "??"), detail
-
-
-def _ack_codec(ack: bytes) -> str:
-    """The character set the ACK's MSH-18 names (UTF-8 when it names none we know)."""
-    try:
-        return resolve_codec(ack, forced=None, default="utf-8")
-    except HL7ParseError:
-        return "utf-8"
 
 
 class _Progress:

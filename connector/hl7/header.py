@@ -164,6 +164,15 @@ def resolve_codec(raw: bytes, *, forced: str | None, default: str) -> str:
     return codec
 
 
+def codec_or_default(raw: bytes, *, forced: str | None, default: str) -> str:
+    """`resolve_codec`'s codec, else `default`: the one an answer to a message whose MSH-18 is
+    not supported is written in (and what reads such a message back)."""
+    try:
+        return resolve_codec(raw, forced=forced, default=default)
+    except HL7ParseError:
+        return default
+
+
 def decode_message(raw: bytes, codec: str) -> str:
     try:
         return raw.decode(codec)

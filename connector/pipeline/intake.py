@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 import structlog
 
 from connector.cda.header import InstanceId
-from connector.errors import HL7ParseError, StoreError
+from connector.errors import StoreError
 from connector.hl7.ack import (
     AckError,
     AckIdentity,
@@ -32,7 +32,7 @@ from connector.hl7.ack import (
     choose_ack_code,
 )
 from connector.hl7.codes import AckCode, ApplicationError, ErrorCondition
-from connector.hl7.header import MessageHeader, msh18_for_codec, resolve_codec, salvage_header
+from connector.hl7.header import MessageHeader, codec_or_default, msh18_for_codec, salvage_header
 from connector.legacy.context import ReportStore, context_traits, latest_report
 from connector.legacy.flow import LegacyFlows
 from connector.observability.logs import exception_frames
@@ -318,11 +318,9 @@ class IntakeHandler:
         ), decision.codec)
 
     def _transient(self, payload: bytes, reason: str) -> bytes:
-        try:  # the request's own character set, as the decider would have read it
-            codec = resolve_codec(payload, forced=self.config.forced_charset,
-                                  default=self.config.default_charset)
-        except HL7ParseError:
-            codec = self.config.forced_charset or self.config.default_charset
+        # The request's own character set, as the decider would have read it.
+        codec = codec_or_default(payload, forced=self.config.forced_charset,
+                                 default=self.config.default_charset)
         header = salvage_header(payload, codec)
         code = self._ack_code(header, Outcome.REJECTED) or AckCode.APPLICATION_REJECT
         text = build_ack(header, code, control_id=self._control_ids(),

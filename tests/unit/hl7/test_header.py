@@ -355,3 +355,14 @@ def test_salvage_never_raises_and_its_header_builds_a_well_formed_ack(raw: bytes
     assert len(msa.fields) == 3
     assert msa.value(1) == "AE"
     assert msa.value(2) == (h.control_id if h is not None else "")
+
+
+def test_codec_or_default_answers_an_unknown_msh18_in_the_default() -> None:
+    from connector.hl7.header import codec_or_default
+
+    assert codec_or_default(msh("8859/15").encode("ascii"), forced=None,
+                            default="utf-8") == "iso-8859-15"
+    assert codec_or_default(msh("KLINGON").encode("ascii"), forced=None,
+                            default="utf-8") == "utf-8"
+    assert codec_or_default(msh("KLINGON").encode("ascii"), forced="cp1252",
+                            default="utf-8") == "cp1252"
