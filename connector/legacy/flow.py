@@ -183,15 +183,25 @@ def report_cancelled(mapping: FlowMapping, message: Message) -> tuple[str, int, 
     return None
 
 
+_TEXT_TYPES: Final = ("TX", "FT", "ST")
+
+
+def _report_line(mapping: FlowMapping, obx: Segment) -> bool:
+    """Whether `obx` is one the mapping may take the report from (its `body.obx_code`)."""
+    return mapping.body_obx_code is None or obx.value(3) == mapping.body_obx_code
+
+
 def _report_obx(mapping: FlowMapping, message: Message) -> int | None:
-    """The sequence of the OBX that holds the report (`FlowMapping.body`), by its type only."""
+    """The sequence of the OBX that holds the report (`FlowMapping.body`): the first ED whose
+    subtype says PDF, or the first TX/FT/ST line; by its type only, not its content."""
     for sequence, obx in enumerate(message.all("OBX"), start=1):
-        if mapping.body_obx_code is not None and obx.value(3) != mapping.body_obx_code:
+        if not _report_line(mapping, obx):
             continue
         if mapping.body is BodySource.OBX_PDF:
-            if obx.value(2) == "ED":
+            subtype = (obx.component(5, 2) + obx.component(5, 3)).upper()
+            if obx.value(2) == "ED" and "PDF" in subtype:
                 return sequence
-        elif obx.value(2) in ("TX", "FT", "ST"):
+        elif obx.value(2) in _TEXT_TYPES:
             return sequence
     return None
 
@@ -504,27 +514,24 @@ class LegacyFlows:
 
     @staticmethod
     def _body(mapping: FlowMapping, message: Message) -> tuple[str, bytes, int]:
-        observations = list(enumerate(message.all("OBX"), start=1))
-        wanted = [(n, obx) for n, obx in observations
-                  if mapping.body_obx_code is None or obx.value(3) == mapping.body_obx_code]
+        sequence = _report_obx(mapping, message)
         if mapping.body is BodySource.OBX_PDF:
-            for n, obx in wanted:
-                subtype = (obx.component(5, 2) + obx.component(5, 3)).upper()
-                if obx.value(2) == "ED" and "PDF" in subtype:
-                    try:
-                        data = base64.b64decode(obx.component(5, 5), validate=False)
-                    except (binascii.Error, ValueError) as exc:
-                        raise _located("the PDF of the OBX is not valid base64", "OBX", n, 5,
-                                       5) from exc
-                    if not data.startswith(b"%PDF"):
-                        raise _located("the OBX ED does not hold a PDF", "OBX", n, 5, 5)
-                    return "application/pdf", data, n
-            raise _located("no OBX of type ED with a PDF", "OBX", 1, 2)
-        lines = [obx.component(5, 1) for _, obx in wanted if obx.value(2) in ("TX", "FT", "ST")]
-        if not lines:
+            if sequence is None:
+                raise _located("no OBX of type ED with a PDF", "OBX", 1, 2)
+            obx = message.all("OBX")[sequence - 1]
+            try:
+                data = base64.b64decode(obx.component(5, 5), validate=False)
+            except (binascii.Error, ValueError) as exc:
+                raise _located("the PDF of the OBX is not valid base64", "OBX", sequence, 5,
+                               5) from exc
+            if not data.startswith(b"%PDF"):
+                raise _located("the OBX ED does not hold a PDF", "OBX", sequence, 5, 5)
+            return "application/pdf", data, sequence
+        if sequence is None:
             raise _located("no OBX of type TX, FT or ST with the report text", "OBX", 1, 2)
-        first = next(n for n, obx in wanted if obx.value(2) in ("TX", "FT", "ST"))
-        return "text/plain", ("\n".join(lines) + "\n").encode("utf-8"), first
+        lines = [obx.component(5, 1) for obx in message.all("OBX")
+                 if _report_line(mapping, obx) and obx.value(2) in _TEXT_TYPES]
+        return "text/plain", ("\n".join(lines) + "\n").encode("utf-8"), sequence
 
     @staticmethod
     def _encounter_start(message: Message, now: datetime) -> str | None:
