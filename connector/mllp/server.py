@@ -237,16 +237,14 @@ class _Connection(asyncio.Protocol):
                                           _HANDSHAKE_SECONDS))
         except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
             self.server._handshaking.discard(self)
-            if self.closing:
+            if self.closing:  # closed by a drain: nothing to say
                 pass
-            elif not isinstance(exc, ssl.SSLError) and not str(exc):
-                # Connected and closed without a word (a load balancer's check, a scan).
+            elif isinstance(exc, ssl.SSLError) or str(exc):
+                log.warning("tls_handshake_failed", listener=self.settings.name,
+                            peer=self.peer, reason=openssl_reason(exc) or type(exc).__name__)
+            else:  # connected and closed without a word (a load balancer's check, a scan)
                 log.debug("connection_closed_before_handshake", listener=self.settings.name,
                           peer=self.peer)
-            else:
-                reason = (openssl_reason(exc) if isinstance(exc, OSError) else "")
-                log.warning("tls_handshake_failed", listener=self.settings.name,
-                            peer=self.peer, reason=reason or type(exc).__name__)
             plain.abort()
             self.connection_lost(exc)
             return
