@@ -2,14 +2,15 @@
 
 SQLite's WAL writes a 70 KB payload as 18 page frames and copies it again at checkpoint: about
 100 syscalls and twice the bytes per message. Here a payload is one record appended to the
-current segment file; the store calls `sync()` (fdatasync) before the COMMIT that references it,
+current segment file; the store has it synced (fdatasync) before the COMMIT that references it,
 so a committed row never points at bytes that are not on disk. A crash between the two leaves an
 orphan record that nothing references, which is harmless.
 
-`append()` only reserves the record's place (the store's jobs run it on the event loop); `sync()`,
-on the store's commit thread, computes the CRCs, writes the records in order and syncs them. A
-failed write leaves the position at the file's real end, so the records that follow are still
-where their references say (the batch whose records failed is not committed).
+`append()` only reserves the record's place (the store's jobs run it on the event loop); `write()`,
+when the batch commits, computes the CRCs and writes the records in order, and the store's
+flusher (store.flusher) syncs the segment before the COMMIT. A failed write leaves the position
+at the file's real end, so the records that follow are still where their references say (the
+batch whose records failed is not committed).
 
 Record: b"MSP1" | u32 length | u32 CRC-32 | data. A reference is (segment, offset, length), offset
 pointing at the record header, and reads check magic, length and CRC.
@@ -52,7 +53,7 @@ class PayloadRef:
 
 
 class PayloadLog:
-    """One appender at a time (the store's jobs append, its commit thread syncs: never both at
+    """One appender at a time (the store's jobs append and its writer writes: never both at
     once); reads may come from any thread."""
 
     def __init__(self, directory: Path, *, segment_bytes: int = DEFAULT_SEGMENT_BYTES,
@@ -65,7 +66,7 @@ class PayloadLog:
         self._position = 0
         self._opened_at = 0.0  # monotonic: when the current segment was started
         self._dirty = False
-        self._unwritten: list[bytes] = []  # appended, for the next sync() to write
+        self._unwritten: list[bytes] = []  # appended, for the next write()
 
     def _path(self, segment: int) -> Path:
         return self.directory / f"segment-{segment:06d}.log"
@@ -102,7 +103,7 @@ class PayloadLog:
             self._sync_directory()
 
     def append(self, data: bytes) -> PayloadRef:
-        """The place of `data`'s record; the next `sync()` writes it there."""
+        """The place of `data`'s record; the next `write()` writes it there."""
         if self._fd is None:
             raise StoreError("payload log is not open")
         if self._position >= self._segment_bytes or (
@@ -115,11 +116,12 @@ class PayloadLog:
         self._position += _HEADER.size + len(data)
         return ref
 
-    def sync(self) -> None:
-        """Write the records appended since the last call and make them durable (called
-        before the COMMIT referencing them)."""
+    def write(self) -> int | None:
+        """Write the records appended since the last call (CRCs, one `writev` each); the
+        segment that a flush must make durable before the COMMIT referencing them, None when
+        nothing waits for one. After the flush, `flushed()`."""
         if self._fd is None:
-            return
+            return None
         if self._unwritten:
             records, self._unwritten = self._unwritten, []
             self._dirty = True
@@ -133,9 +135,17 @@ class PayloadLog:
             except BaseException:
                 self._position = os.fstat(self._fd).st_size
                 raise
-        if self._dirty:
+        return self._segment if self._dirty else None
+
+    def flushed(self) -> None:
+        """What `write()` wrote is on disk."""
+        self._dirty = False
+
+    def sync(self) -> None:
+        """`write()`, then fdatasync here (a segment's end, the commit thread, close)."""
+        if self.write() is not None and self._fd is not None:
             os.fdatasync(self._fd)
-            self._dirty = False
+            self.flushed()
 
     @property
     def current_segment(self) -> int:

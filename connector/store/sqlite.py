@@ -2,14 +2,15 @@
 
 Writes go through `SQLiteWriter` (sqlite_writer.py): each job runs at once on its caller's event
 loop, in the transaction that loop has open; when the disk has finished flushing the one
-before, the commit thread commits that transaction and fdatasyncs the WAL before any caller is
-woken. So the row is on disk before its ACK is written, the statements of the next group run
-while the disk flushes, and one flush serves every job of the moment.
+before, the loop commits that transaction and the flusher (a process of its own,
+store.flusher) fdatasyncs the WAL before any caller is woken. So the row is on disk before its
+ACK is written, the statements of the next group run while the disk flushes, and one flush
+serves every job of the moment.
 
 WAL checkpoints (copying committed pages into the database file) run in a third thread on
 their own connection, so a 4 MB checkpoint never stalls the commits that ACKs wait for. It
 checkpoints passively every half second, every tenth of a second while the WAL holds more than
-`_WAL_RESTART_BYTES`; then the commit thread also finishes the checkpoint between two
+`_WAL_RESTART_BYTES`; then the writer's commit thread also finishes the checkpoint between two
 transactions, so that the WAL starts over in place instead of growing (see `_WAL_RESTART_BYTES`).
 If the WAL still outgrows `_WAL_HARD_LIMIT` the checkpointer truncates it as soon as no reader
 holds an older snapshot: it tries without waiting (a truncating checkpoint that waits for
@@ -72,6 +73,7 @@ from connector.store._shared import (
 )
 from connector.store.adapter import StoreAdapter
 from connector.store.cipher import PayloadCipher, SealedPayload
+from connector.store.flusher import Flusher
 from connector.store.migrations import MIGRATIONS
 from connector.store.model import (
     AuditEntry,
@@ -186,8 +188,12 @@ class SQLiteStore(StoreAdapter):
     def __init__(self, path: Path, *, cipher: PayloadCipher | None = None,
                  retransmission_window_seconds: float = 86400.0,
                  busy_timeout_ms: int = 5000,
-                 payload_segment_bytes: int = DEFAULT_SEGMENT_BYTES) -> None:
+                 payload_segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+                 flusher: Callable[[Path, Path], Flusher] = Flusher.process) -> None:
+        """`flusher`: what makes the writer's fdatasync calls (a process of its own; tests
+        give `Flusher.thread` with a sync of their own)."""
         self.path = path
+        self._flusher = flusher
         self._cipher = cipher or PayloadCipher()
         self._window = retransmission_window_seconds
         self._busy_timeout_ms = busy_timeout_ms
@@ -237,7 +243,8 @@ class SQLiteStore(StoreAdapter):
             self._conn.execute("PRAGMA busy_timeout = 0")
             self._payloads.open()
             self._writer = SQLiteWriter(self._conn, Path(f"{self.path}-wal"), self._payloads,
-                                        busy_timeout_ms=self._busy_timeout_ms)
+                                        busy_timeout_ms=self._busy_timeout_ms,
+                                        flusher=self._flusher)
             self._writer.start()
         except (sqlite3.Error, OSError) as exc:
             self._release_lock()

@@ -4,30 +4,32 @@ Every write of the store is a job, a function run on the one writer connection. 
 soon as it is submitted, on the caller's event loop, in the transaction that loop has open (a
 SAVEPOINT each, so that a failing job takes back only its own statements). While the disk is
 flushing, that transaction stays open and takes every job that comes; when the flush returns,
-the commit thread commits it and flushes again. One transaction and one flush serve every job
+the loop commits it and asks for the next flush. One transaction and one flush serve every job
 of the moment (group commit), and the next group's statements run while the disk flushes.
 
-The loop never commits: a COMMIT writes the transaction's pages to the WAL, tens of write calls
-that would cost the loop's CPU, which is what intake runs short of; the commit thread makes them
-without the GIL. Between that COMMIT and the next BEGIN the loop's new jobs wait (`_pending`).
-
 Durability. The writer connection runs `synchronous=NORMAL`: its COMMIT writes the frames to
-the WAL and returns without waiting for the disk. The commit thread then fdatasyncs the WAL
-file, and a job's future is resolved only after a flush that began after its COMMIT returned:
-what `synchronous=FULL` does inside COMMIT, done after it, so that the write lock is not held
-while the disk flushes. SQLite itself still syncs the WAL header when it starts the file over
-and the WAL before every checkpoint, as it does in FULL.
+the WAL and returns without waiting for the disk. The flusher (store.flusher, a process of its
+own) then fdatasyncs the WAL file, and a job's future is resolved only after a flush that began
+after its COMMIT returned: what `synchronous=FULL` does inside COMMIT, done after it, so that
+the write lock is not held while the disk flushes. SQLite itself still syncs the WAL header
+when it starts the file over and the WAL before every checkpoint, as it does in FULL.
 
-Payload-log records. The commit thread writes and syncs a transaction's records in the payload
-log before its COMMIT: WAL frames may reach the disk any time after COMMIT (writeback, a
-checkpoint), so a row must never be committed before the payload it points to is durable.
+The loop waits for the flusher's reply in the `epoll` it waits in anyway: no thread of this
+process wakes up per flush, so none takes the GIL from the loop in the middle of an intake.
 
-The commit thread also runs whole the jobs a loop cannot run: the write lock is held elsewhere
-(BEGIN retried up to the busy timeout), or the loop has closed with jobs waiting.
+Payload-log records. Before a transaction that reserved records commits, the loop writes them
+and the flusher syncs their segment; the transaction takes no more jobs meanwhile. WAL frames
+may reach the disk any time after COMMIT (writeback, a checkpoint), so a row must never be
+committed before the payload it points to is durable.
+
+The commit thread runs whole the jobs a loop cannot run: the write lock is held elsewhere
+(BEGIN retried up to the busy timeout), or the loop has closed with jobs waiting; and the
+checkpoint that starts the WAL over (`restart_wal`), between two transactions.
 
 A failed WAL flush leaves the state of the page cache unknown (the kernel may have dropped the
 pages it could not write): the writer fails those jobs and every later one as unavailable (the
-senders get AR) until the process restarts, as PostgreSQL does on a failed fsync.
+senders get AR) until the process restarts, as PostgreSQL does on a failed fsync. So does the
+flusher's death: whether the flush it was making happened is unknown.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import errno
 import os
 import queue
 import sqlite3
@@ -50,6 +53,7 @@ import structlog
 from connector.errors import StoreError, StoreUnavailable
 from connector.observability.logs import exception_frames
 from connector.store._shared import CommitRecorder, Outcome, resolve, set_results
+from connector.store.flusher import Flusher
 from connector.store.payload_log import PayloadLog
 
 log = structlog.get_logger(__name__)
@@ -78,18 +82,18 @@ class _Transaction:
 
     loop: asyncio.AbstractEventLoop
     outcomes: list[Outcome] = field(default_factory=list)
+    sealed: bool = False  # its payload records are being flushed: new jobs wait for the next
 
 
-@dataclass(frozen=True, slots=True)
-class _Flush:
-    """Transactions were committed: flush the WAL, then wake their callers."""
+@dataclass(slots=True)
+class _Request:
+    """The flusher's request under way: a payload segment before `transaction` commits, or
+    the WAL after the COMMIT of the jobs `committed`."""
 
-
-@dataclass(frozen=True, slots=True)
-class _CommitHere:
-    """A loop's transaction: sync its payload-log records, COMMIT, free the slot, flush."""
-
-    transaction: _Transaction
+    loop: asyncio.AbstractEventLoop  # reads the reply
+    started: float  # perf_counter, for the commit times
+    transaction: _Transaction | None = None
+    committed: list[Outcome] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,9 +103,16 @@ class _RunHere:
     jobs: list[_Job]
 
 
+@dataclass(frozen=True, slots=True)
+class _Checkpoint:
+    """Between two transactions, the slot held: checkpoint what is left of a large WAL."""
+
+
 _STOP = object()
 _WAL_CHECK_SECONDS = 1.0
-_FLUSH = _Flush()
+
+
+_CHECKPOINT = _Checkpoint()
 
 
 class SQLiteWriter:
@@ -109,23 +120,26 @@ class SQLiteWriter:
     makes them durable before their callers are woken."""
 
     def __init__(self, conn: sqlite3.Connection, wal_path: Path, payloads: PayloadLog, *,
-                 busy_timeout_ms: int) -> None:
+                 busy_timeout_ms: int,
+                 flusher: Callable[[Path, Path], Flusher] = Flusher.process) -> None:
         self._conn = conn
         self._wal_path = wal_path
         self._payloads = payloads
         self._busy_timeout_ms = busy_timeout_ms
-        self._lock = threading.Lock()  # guards the fields below, read by both threads
+        self._new_flusher = flusher
+        self._flusher: Flusher | None = None
+        self._lock = threading.Lock()  # guards the fields below, read by loops and the thread
         self._slot = _Slot.FREE
         self._transaction: _Transaction | None = None  # open on a loop (slot LOOP)
         self._pending: list[_Job] = []  # waiting for the slot
-        self._flushing = False  # a flush is queued or running, its callers not yet woken
-        self._committed: list[Outcome] = []  # committed, for the next flush
+        self._flushing = False  # a flush is asked or under way, its callers not yet woken
+        self._request: _Request | None = None  # the flusher's request under way
         self._failure: StoreUnavailable | None = None
         self._restart_wal = False  # asked by the checkpointer, done between two transactions
         self._idle = threading.Event()  # nothing pending, open, committed or flushing
         self._idle.set()
         self._work: queue.SimpleQueue[object] = queue.SimpleQueue()
-        self._wal_fd: int | None = None
+        self._wal_fd: int | None = None  # the commit thread's, for the batches it commits
         self._wal_checked_at = 0.0  # when `_sync_wal` last compared the WAL's inode (monotonic)
         self._thread: threading.Thread | None = None
         self.commits = CommitRecorder()  # the WAL flushes that made jobs durable
@@ -133,7 +147,8 @@ class SQLiteWriter:
     # -- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._conn.execute("PRAGMA synchronous = NORMAL")  # the commit thread flushes the WAL
+        self._conn.execute("PRAGMA synchronous = NORMAL")  # the flusher flushes the WAL
+        self._flusher = self._new_flusher(self._wal_path, self._payloads.directory)
         self._wal_fd = self._open_wal()
         self._thread = threading.Thread(target=self._run, name="sqlite-commit", daemon=True)
         self._thread.start()
@@ -151,11 +166,15 @@ class SQLiteWriter:
         return self._failure
 
     async def stop(self) -> None:
-        """Wait for every job submitted so far to be durable, then stop the commit thread."""
+        """Wait for every job submitted so far to be durable, then stop the commit thread and
+        the flusher."""
+        self._adopt_stranded_request(asyncio.get_running_loop())
         await asyncio.to_thread(self._idle.wait)
         self._work.put(_STOP)
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
+        if self._flusher is not None:
+            await asyncio.to_thread(self._flusher.close)
         if self._wal_fd is not None:
             os.close(self._wal_fd)
             self._wal_fd = None
@@ -177,19 +196,28 @@ class SQLiteWriter:
             else:
                 begin = False
                 join = (self._slot is _Slot.LOOP and transaction is not None
-                        and transaction.loop is loop)
+                        and transaction.loop is loop and not transaction.sealed)
                 if not join:
                     self._pending.append(job)  # the slot's next holder runs it
+        self._adopt_stranded_request(loop)
         if begin:
             self._begin([job], loop)
         elif join:
             assert transaction is not None
             transaction.outcomes.append(self._run_job(job))
-            self._commit_if_disk_idle()
+            self._commit_if_disk_idle(loop)
         return await future
 
     def _begin(self, jobs: list[_Job], loop: asyncio.AbstractEventLoop) -> None:
         """With the slot taken for this loop: open its transaction and run `jobs` in it."""
+        if self._failure is not None:  # every job that comes fails: none is left waiting
+            with self._lock:
+                jobs += self._pending
+                self._pending = []
+                self._slot = _Slot.FREE
+                self._settle()
+            resolve_here([(job, None, self._failure) for job in jobs], loop)
+            return
         try:
             self._conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error:  # the write lock is held elsewhere: wait for it off the loop
@@ -202,7 +230,7 @@ class SQLiteWriter:
             self._transaction = transaction
         for job in jobs:
             transaction.outcomes.append(self._run_job(job))
-        self._commit_if_disk_idle()
+        self._commit_if_disk_idle(loop)
 
     def _run_job(self, job: _Job) -> Outcome:
         """One job in its own savepoint of the open transaction."""
@@ -218,50 +246,169 @@ class SQLiteWriter:
         conn.execute("RELEASE job")
         return job, result, None
 
-    def _commit_if_disk_idle(self) -> None:
+    def _commit_if_disk_idle(self, loop: asyncio.AbstractEventLoop) -> None:
         """Commit the open transaction now if no flush is under way; else the end of that
         flush commits it, with whatever jobs arrive meanwhile."""
         with self._lock:
             if self._flushing:
                 return
             self._flushing = True
-        self._finish_transaction()
+        self._finish_transaction(loop)
 
-    def _finish_transaction(self) -> None:
-        """On the loop, with `_flushing` set: hand the open transaction to the commit thread,
-        which commits it and queues its flush; with none open, the disk goes idle."""
+    def _finish_transaction(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On `loop`, with `_flushing` set: commit the open transaction (its payload records
+        flushed first) and ask for the WAL flush; with none open, the disk goes idle."""
         with self._lock:
-            transaction, self._transaction = self._transaction, None
+            transaction = self._transaction
             if transaction is None:
                 self._flushing = False
                 self._settle()
                 return
+        if transaction.loop is not loop:  # opened on another loop: committed there
+            try:
+                transaction.loop.call_soon_threadsafe(self._finish_transaction, transaction.loop)
+                return
+            except RuntimeError:  # that loop has closed: nothing runs on it any more
+                pass
+        if self._failure is not None:
+            self._abandon(transaction, self._failure, loop)
+            return
         if not self._conn.in_transaction:  # SQLite rolled it back itself (disk full, I/O)
-            self._abandon(transaction, StoreUnavailable("SQLite rolled the transaction back"))
+            self._abandon(transaction, StoreUnavailable("SQLite rolled the transaction back"),
+                          loop)
+            return
+        started = time.perf_counter()
+        try:
+            segment = self._payloads.write()
+        except Exception as exc:  # noqa: BLE001 (whatever it is, nothing is committed)
+            self._abandon(transaction, _payload_error(exc), loop)
+            return
+        if segment is None:
+            self._commit(transaction, loop, started)
+            return
+        transaction.sealed = True  # the jobs that come now go to the next transaction
+        self._ask(_Request(loop, started, transaction=transaction),
+                  lambda flusher: flusher.request_segment(segment))
+
+    def _commit(self, transaction: _Transaction, loop: asyncio.AbstractEventLoop,
+                started: float) -> None:
+        """COMMIT the open transaction, ask for the WAL flush and free the slot (the waiting
+        jobs start the next transaction while the disk flushes)."""
+        try:
+            self._conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._abandon(transaction, StoreUnavailable(f"SQLite write failed: {exc}"), loop)
+            return
+        restart, self._restart_wal = self._restart_wal, False
+        with self._lock:
+            self._transaction = None
+            self._slot = _Slot.THREAD if restart else _Slot.FREE
+        self._ask(_Request(loop, started, committed=transaction.outcomes),
+                  lambda flusher: flusher.request_wal())
+        if restart:
+            self._work.put(_CHECKPOINT)  # the commit thread frees the slot after it
             return
         with self._lock:
-            self._slot = _Slot.THREAD
-        self._work.put(_CommitHere(transaction))
+            waiting = self._kick_pending(loop)
+        if waiting:
+            self._begin(waiting, loop)
 
-    def _abandon(self, transaction: _Transaction, error: StoreUnavailable) -> None:
-        """The open transaction is lost: its callers are answered `error`."""
+    def _ask(self, request: _Request, send: Callable[[Flusher], None]) -> None:
+        """Send a request to the flusher; its reply comes to `_on_reply` on `request.loop`."""
+        assert self._flusher is not None
         with self._lock:
+            self._request = request
+        try:
+            request.loop.add_reader(self._flusher.reply_fd, self._on_reply, request.loop)
+            send(self._flusher)
+        except OSError as exc:  # the flusher is gone
+            with contextlib.suppress(Exception):
+                request.loop.remove_reader(self._flusher.reply_fd)
+            self._replied(request, exc.errno or errno.EPIPE, str(exc))
+
+    def _on_reply(self, loop: asyncio.AbstractEventLoop) -> None:
+        assert self._flusher is not None
+        loop.remove_reader(self._flusher.reply_fd)
+        with self._lock:
+            request, self._request = self._request, None
+        if request is None:
+            return
+        try:
+            code, gone = self._flusher.read_reply(), ""
+        except OSError as exc:
+            code, gone = exc.errno or errno.EPIPE, str(exc)
+        self._replied(request, code, gone)
+
+    def _replied(self, request: _Request, code: int, gone: str) -> None:
+        """The flusher answered `request` (`code` 0: flushed; `gone`: it exited)."""
+        loop = request.loop
+        with self._lock:
+            self._request = None
+        if gone:
+            self._fail(StoreUnavailable(f"the store's flushes stopped ({gone}); restart the "
+                                        "connector"))
+        transaction = request.transaction
+        if transaction is not None:  # its payload records
+            if code:
+                self._abandon(transaction, self._failure or StoreUnavailable(
+                    f"the payload log could not be flushed: {os.strerror(code)}"), loop)
+                return
+            self._payloads.flushed()
+            self._commit(transaction, loop, request.started)
+            return
+        committed = request.committed
+        if code and self._failure is None:
+            self._fail(StoreUnavailable(f"the WAL could not be flushed ({os.strerror(code)});"
+                                        " restart the connector"))
+        if self._failure is not None:
+            committed = [(job, None, self._failure) for job, _, _ in committed]
+        else:
+            self.commits.record(time.perf_counter() - request.started, len(committed))
+        self._finish_transaction(loop)  # the jobs that came meanwhile: commit, flush again
+        resolve_here(committed, loop)
+
+    def _fail(self, failure: StoreUnavailable) -> None:
+        if self._failure is None:
+            self._failure = failure
+            log.critical("store_flush_failed", error=str(failure))
+
+    def _abandon(self, transaction: _Transaction, error: StoreError,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        """The open transaction is lost: rolled back, its callers answered `error`."""
+        _rollback(self._conn)
+        with self._lock:
+            if self._transaction is transaction:
+                self._transaction = None
             self._slot = _Slot.FREE
-            self._kick_pending()
-        self._work.put(_FLUSH)  # ends the flushing state, whatever else is committed
-        set_results([(job, None, error) for job, _, _ in transaction.outcomes])
+            self._flushing = False
+            waiting = self._kick_pending(loop)
+            self._settle()
+        resolve_here([(job, None, error) for job, _, _ in transaction.outcomes], loop)
+        if waiting:
+            self._begin(waiting, loop)
 
-    def _on_flushed(self, outcomes: list[Outcome]) -> None:
-        """On the loop with the open transaction, after a flush: commit that transaction
-        (it queues the next flush at once), then wake the callers just made durable."""
-        self._finish_transaction()
-        set_results(outcomes)
+    def _adopt_stranded_request(self, loop: asyncio.AbstractEventLoop) -> None:
+        """A flush asked from a loop that has closed since: its reply comes here instead."""
+        with self._lock:
+            request = self._request
+            if request is None or not request.loop.is_closed():
+                return
+            request.loop = loop
+        assert self._flusher is not None
+        loop.add_reader(self._flusher.reply_fd, self._on_reply, loop)
 
-    def _kick_pending(self) -> None:
-        """Under `_lock`, the slot just freed: start the waiting jobs on their loop."""
-        if not self._pending:
-            return
+    def _kick_pending(self, here: asyncio.AbstractEventLoop | None = None) -> list[_Job]:
+        """Under `_lock`, the slot just freed: start the waiting jobs on their loop. When that
+        is `here`, the loop running this, the slot is taken for it and its jobs are returned:
+        the caller begins them once it has released the lock."""
+        if not self._pending or self._slot is not _Slot.FREE:
+            return []
         loop = self._pending[0].loop
+        if loop is here:
+            jobs = [job for job in self._pending if job.loop is loop]
+            self._pending = [job for job in self._pending if job.loop is not loop]
+            self._slot = _Slot.LOOP
+            return jobs
         try:
             loop.call_soon_threadsafe(self._start_pending, loop)
         except RuntimeError:  # that loop is closed: its jobs run on the commit thread
@@ -269,6 +416,7 @@ class SQLiteWriter:
             self._pending = [job for job in self._pending if job.loop is not loop]
             self._slot = _Slot.THREAD
             self._work.put(_RunHere(jobs))
+        return []
 
     def _start_pending(self, loop: asyncio.AbstractEventLoop) -> None:
         with self._lock:
@@ -284,7 +432,8 @@ class SQLiteWriter:
 
     def _settle(self) -> None:
         """Under `_lock`: the store is idle when nothing waits, runs or flushes."""
-        if self._slot is _Slot.FREE and not self._pending and not self._flushing:
+        if (self._slot is _Slot.FREE and not self._pending and not self._flushing
+                and self._transaction is None):
             self._idle.set()
 
     # -- the commit thread --------------------------------------------------------------------
@@ -294,53 +443,59 @@ class SQLiteWriter:
             work = self._work.get()
             if work is _STOP:
                 break
-            started = time.perf_counter()
-            if isinstance(work, _CommitHere):
-                self._commit(work.transaction.outcomes)
-            elif isinstance(work, _RunHere):
+            if isinstance(work, _RunHere):
                 self._run_here(work.jobs)
-            self._flush(started)
+            elif isinstance(work, _Checkpoint):
+                try:
+                    self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error as exc:  # the WAL goes on growing until the next try
+                    log.warning("store_checkpoint_failed", error=str(exc))
+                self._free_slot()
 
     def _run_here(self, jobs: list[_Job]) -> None:
-        try:
-            self._begin_waiting(self._conn)
-        except sqlite3.Error as exc:
-            resolve([(job, None, StoreUnavailable(f"SQLite write failed: {exc}"))
-                     for job in jobs])
-            self._free_slot([])
-            return
-        self._commit([self._run_job(job) for job in jobs])
-
-    def _commit(self, outcomes: list[Outcome]) -> None:
-        """The open transaction, its jobs run: its payload records first, then COMMIT; the
-        slot is free after, whether it committed or not."""
+        """A transaction of the commit thread's own: jobs, payload records, COMMIT, WAL flush."""
+        started = time.perf_counter()
         conn = self._conn
+        try:
+            if self._failure is not None:
+                raise self._failure
+            self._begin_waiting(conn)
+        except (sqlite3.Error, StoreUnavailable) as exc:
+            error = (exc if isinstance(exc, StoreUnavailable)
+                     else StoreUnavailable(f"SQLite write failed: {exc}"))
+            resolve([(job, None, error) for job in jobs])
+            self._free_slot()
+            return
+        outcomes = [self._run_job(job) for job in jobs]
         try:
             self._payloads.sync()  # nothing to do when its jobs reserved no record
             conn.execute("COMMIT")
-        except Exception as exc:  # noqa: BLE001
-            # Whatever it is, the transaction is not committed.
+        except Exception as exc:  # noqa: BLE001 (whatever it is, nothing is committed)
             _rollback(conn)
-            if not isinstance(exc, sqlite3.Error | OSError):
-                log.error("store_commit_failed", error=type(exc).__name__,
-                          where=exception_frames(exc))
-            error = StoreUnavailable(f"SQLite write failed: {exc}")
+            error = (_payload_error(exc) if not isinstance(exc, sqlite3.Error)
+                     else StoreUnavailable(f"SQLite write failed: {exc}"))
             resolve([(job, None, error) for job, _, _ in outcomes])
-            self._free_slot([])
+            self._free_slot()
             return
-        self._free_slot(outcomes)
-
-    def _free_slot(self, committed: list[Outcome]) -> None:
-        if committed and self._restart_wal:
-            self._restart_wal = False
-            try:
-                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-            except sqlite3.Error as exc:  # the WAL goes on growing until the next try
-                log.warning("store_checkpoint_failed", error=str(exc))
+        self._free_slot()
+        try:
+            self._sync_wal()
+        except OSError as exc:
+            self._fail(StoreUnavailable(f"the WAL could not be flushed ({exc}); restart the"
+                                        " connector"))
+        if self._failure is not None:
+            outcomes = [(job, None, self._failure) for job, _, _ in outcomes]
+        else:
+            self.commits.record(time.perf_counter() - started, len(outcomes))
+        resolve(outcomes)
         with self._lock:
-            self._committed.extend(committed)
+            self._settle()
+
+    def _free_slot(self) -> None:
+        with self._lock:
             self._slot = _Slot.FREE
             self._kick_pending()
+            self._settle()
 
     def _begin_waiting(self, conn: sqlite3.Connection) -> None:
         """BEGIN IMMEDIATE, retried for up to the busy timeout while the write lock is held
@@ -356,61 +511,10 @@ class SQLiteWriter:
                     raise
             time.sleep(0.002)
 
-    def _flush(self, started: float) -> None:
-        """Make everything committed so far durable, then wake its callers; the loop with an
-        open transaction commits it when woken. `started`: when this work began (its COMMIT,
-        if any), for the commit times."""
-        while True:
-            with self._lock:
-                committed, self._committed = self._committed, []
-            if committed and self._failure is None:
-                try:
-                    self._sync_wal()
-                except OSError as exc:
-                    self._failure = StoreUnavailable(
-                        f"the WAL could not be flushed ({exc}); restart the connector")
-                    log.critical("store_flush_failed", error=str(exc))
-                if self._failure is None:
-                    self.commits.record(time.perf_counter() - started, len(committed))
-            if self._failure is not None:
-                failure = self._failure
-                committed = [(job, None, failure) for job, _, _ in committed]
-            with self._lock:
-                transaction = self._transaction
-                if transaction is None and self._slot is not _Slot.THREAD:
-                    self._flushing = False
-                    self._settle()
-            if transaction is None:
-                resolve(committed)
-                return
-            mine = [outcome for outcome in committed if outcome[0].loop is transaction.loop]
-            try:
-                transaction.loop.call_soon_threadsafe(self._on_flushed, mine)
-            except RuntimeError:  # its loop has closed: commit its transaction here
-                resolve(committed)
-                self._adopt(transaction)
-                continue
-            resolve([outcome for outcome in committed
-                     if outcome[0].loop is not transaction.loop])
-            return
-
-    def _adopt(self, transaction: _Transaction) -> None:
-        """The open transaction of a loop that closed: nothing runs on it any more."""
-        with self._lock:
-            if self._transaction is not transaction:
-                return
-            self._transaction = None
-            self._slot = _Slot.THREAD
-        self._commit(transaction.outcomes)
-
     def _sync_wal(self) -> None:
-        """fdatasync the WAL file, reopened first if SQLite replaced it (it deletes the WAL
-        when its last connection closes, which the store's own connection prevents).
-
-        Whether it was replaced is looked at once a second, not before every flush: the two
-        `stat` calls would each hand the GIL to the event loop and wait to take it back, a
-        pair of thread switches per flush for a file that is not replaced while the store
-        is open."""
+        """fdatasync the WAL file on the commit thread (its own batches), reopened first if
+        SQLite replaced it (it deletes the WAL when its last connection closes, which the
+        store's own connection prevents); looked at once a second."""
         fd = self._wal_fd
         now = time.monotonic()
         check = now >= self._wal_checked_at + _WAL_CHECK_SECONDS
@@ -426,11 +530,27 @@ class SQLiteWriter:
         return os.open(self._wal_path, os.O_RDONLY | os.O_CREAT, 0o600)
 
 
+def resolve_here(outcomes: list[Outcome], loop: asyncio.AbstractEventLoop) -> None:
+    """Wake the callers of `outcomes`: at once those of `loop` (running this), the others on
+    their own loop."""
+    if all(outcome[0].loop is loop for outcome in outcomes):
+        set_results(outcomes)
+        return
+    set_results([outcome for outcome in outcomes if outcome[0].loop is loop])
+    resolve([outcome for outcome in outcomes if outcome[0].loop is not loop])
+
+
 def _inode(path: Path) -> int:
     try:
         return path.stat().st_ino
     except FileNotFoundError:
         return -1
+
+
+def _payload_error(exc: Exception) -> StoreUnavailable:
+    if not isinstance(exc, OSError):
+        log.error("store_commit_failed", error=type(exc).__name__, where=exception_frames(exc))
+    return StoreUnavailable(f"the payload log could not be written: {exc}")
 
 
 def _job_error(exc: Exception) -> StoreError:
@@ -443,4 +563,3 @@ def _job_error(exc: Exception) -> StoreError:
 def _rollback(conn: sqlite3.Connection) -> None:
     with contextlib.suppress(sqlite3.Error):
         conn.execute("ROLLBACK")
-

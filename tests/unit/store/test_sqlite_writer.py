@@ -1,8 +1,8 @@
-"""The SQLite writer: jobs run on the caller's event loop in a shared transaction, the commit
-thread flushes the WAL before any caller is woken, payload-log records are synced before the
-COMMIT that points at them, and the commit thread runs what a loop cannot (write lock held
-elsewhere, a loop that closed). What every adapter must do is in tests/contract; this is how
-SQLite does it."""
+"""The SQLite writer: jobs run on the caller's event loop in a shared transaction, which that
+loop commits; the flusher (a process of its own) flushes the WAL before any caller is woken,
+payload-log records are synced before the COMMIT that points at them, and the commit thread runs
+what a loop cannot (write lock held elsewhere, a loop that closed). What every adapter must do is
+in tests/contract; this is how SQLite does it."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
+import os
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ import structlog
 
 from connector.errors import StoreError, StoreUnavailable
 from connector.store import InboundMessage, InboundStatus
+from connector.store.flusher import Flusher
 from connector.store.sqlite import SQLiteStore
 
 
@@ -42,13 +44,34 @@ async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
     await opened.close()
 
 
+def open_with_sync(path: Path, sync: Callable[[int], None]) -> SQLiteStore:
+    """A store whose flushes run `serve` in a thread with `sync` as fdatasync."""
+    opened = SQLiteStore(path, busy_timeout_ms=5000,
+                         flusher=lambda wal, payloads: Flusher.thread(wal, payloads, sync))
+    opened.open()
+    return opened
+
+
+def file_of(fd: int) -> str:
+    return os.readlink(f"/proc/self/fd/{fd}")
+
+
 def count_rows(path: Path) -> int:
     with sqlite3.connect(path) as conn:
         return int(conn.execute("SELECT count(*) FROM inbound").fetchone()[0])
 
 
-async def test_statements_run_on_the_loop_and_commits_elsewhere(store: SQLiteStore) -> None:
+async def test_statements_and_commit_run_on_the_loop_and_flushes_elsewhere(
+        store: SQLiteStore, monkeypatch: pytest.MonkeyPatch) -> None:
     threads: list[int] = []
+    flushed_here: list[int] = []
+    real_fdatasync = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        flushed_here.append(fd)
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
 
     def job(conn: sqlite3.Connection) -> int:
         threads.append(threading.get_ident())
@@ -56,8 +79,10 @@ async def test_statements_run_on_the_loop_and_commits_elsewhere(store: SQLiteSto
         return 7
 
     assert await store._submit(job) == 7
+    assert await store.record_inbound(inbound(1))
     assert threads == [threading.get_ident()]
-    assert store.batches == 1
+    assert store.batches == 2  # two WAL flushes, each answered before its caller woke...
+    assert flushed_here == []  # ...made by the flusher process, not by a thread of this one
 
 
 async def test_a_held_write_lock_never_blocks_the_loop(store: SQLiteStore, tmp_path: Path
@@ -139,18 +164,16 @@ def max_inbound_id(path: Path) -> int:
 
 
 async def test_no_caller_is_woken_before_the_flush_that_covers_its_commit(
-        store: SQLiteStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert store._writer is not None
-    real_sync = store._writer._sync_wal
+        tmp_path: Path) -> None:
     durable = 0
 
-    def sync() -> None:
+    def sync(fd: int) -> None:
         nonlocal durable
         committed = max_inbound_id(tmp_path / "store.db")  # every COMMIT before the flush
-        real_sync()
+        os.fdatasync(fd)
         durable = committed
 
-    monkeypatch.setattr(store._writer, "_sync_wal", sync)
+    store = open_with_sync(tmp_path / "store.db", sync)
 
     async def write(n: int) -> None:
         receipt = await store.record_inbound(inbound(n))
@@ -158,23 +181,19 @@ async def test_no_caller_is_woken_before_the_flush_that_covers_its_commit(
 
     await asyncio.gather(*(write(n) for n in range(300)))
     assert 1 < store.batches < 300  # flushes were shared
+    await store.close()
 
 
-def slow_wal_flushes(store: SQLiteStore, monkeypatch: pytest.MonkeyPatch, seconds: float
-                     ) -> None:
-    assert store._writer is not None
-    real_sync = store._writer._sync_wal
-
-    def slow_sync() -> None:
+def slow_flushes(seconds: float) -> Callable[[int], None]:
+    def slow_sync(fd: int) -> None:
         time.sleep(seconds)
-        real_sync()
+        os.fdatasync(fd)
 
-    monkeypatch.setattr(store._writer, "_sync_wal", slow_sync)
+    return slow_sync
 
 
-async def test_the_next_statements_run_while_the_disk_flushes(
-        store: SQLiteStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    slow_wal_flushes(store, monkeypatch, 0.2)
+async def test_the_next_statements_run_while_the_disk_flushes(tmp_path: Path) -> None:
+    store = open_with_sync(tmp_path / "store.db", slow_flushes(0.2))
     first = asyncio.create_task(store.record_inbound(inbound(1)))
     await asyncio.sleep(0.05)  # its flush has begun
     ran: list[bool] = []
@@ -189,42 +208,44 @@ async def test_the_next_statements_run_while_the_disk_flushes(
     assert first.done()
     assert flushes_when_run == 0
     assert store.batches == 2  # then a flush of its own after its COMMIT
+    await store.close()
 
 
 async def test_payload_records_are_synced_before_the_commit_that_points_at_them(
-        store: SQLiteStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real_sync = store._payloads.sync
-    visible_at_sync: list[int] = []
+        tmp_path: Path) -> None:
+    flushed: list[tuple[str, int]] = []
 
-    def sync() -> None:
-        visible_at_sync.append(max_inbound_id(tmp_path / "store.db"))
-        real_sync()
+    def sync(fd: int) -> None:
+        flushed.append((Path(file_of(fd)).name, max_inbound_id(tmp_path / "store.db")))
+        os.fdatasync(fd)
 
-    monkeypatch.setattr(store._payloads, "sync", sync)
+    store = open_with_sync(tmp_path / "store.db", sync)
     receipt = await store.record_inbound(big_inbound(1))
-    assert visible_at_sync == [0]  # the row was not committed yet when its payload synced
+    # The segment first, while the row was not committed yet; then the WAL, with it.
+    assert flushed == [("segment-000001.log", 0), ("store.db-wal", receipt.inbound_id)]
     detail = await store.get_inbound(receipt.inbound_id)
     assert detail is not None
     assert detail.raw == big_inbound(1).raw
+    await store.close()
 
 
 @pytest.mark.parametrize("failure", [OSError(28, "No space left on device"),
-                                     RuntimeError("a bug in the sync")],
+                                     RuntimeError("a bug in the write")],
                          ids=["disk-full", "bug"])
-async def test_a_failed_payload_sync_is_unavailable_and_the_writer_goes_on(
+async def test_a_failed_payload_write_is_unavailable_and_the_writer_goes_on(
         store: SQLiteStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         failure: Exception) -> None:
-    real_sync = store._payloads.sync
+    real_write = store._payloads.write
     calls = 0
 
-    def sync_once_failing() -> None:
+    def write_once_failing() -> int | None:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise failure
-        real_sync()
+        return real_write()
 
-    monkeypatch.setattr(store._payloads, "sync", sync_once_failing)
+    monkeypatch.setattr(store._payloads, "write", write_once_failing)
     with pytest.raises(StoreUnavailable):
         await store.record_inbound(big_inbound(1))
     assert count_rows(tmp_path / "store.db") == 0  # rolled back: nothing half-recorded
@@ -233,19 +254,42 @@ async def test_a_failed_payload_sync_is_unavailable_and_the_writer_goes_on(
     assert not store.closed
 
 
-async def test_a_failed_wal_flush_stops_every_write_until_a_restart(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    store = SQLiteStore(tmp_path / "store.db")
-    store.open()
-    assert store._writer is not None
+async def test_a_failed_payload_flush_is_unavailable_and_the_writer_goes_on(
+        tmp_path: Path) -> None:
+    failures = 1
 
-    def failing() -> None:
-        raise OSError(5, "Input/output error")
+    def sync(fd: int) -> None:
+        nonlocal failures
+        if Path(file_of(fd)).name.startswith("segment-") and failures:
+            failures -= 1
+            raise OSError(5, "Input/output error")
+        os.fdatasync(fd)
 
-    monkeypatch.setattr(store._writer, "_sync_wal", failing)
+    store = open_with_sync(tmp_path / "store.db", sync)
+    with pytest.raises(StoreUnavailable, match="payload log could not be flushed"):
+        await store.record_inbound(big_inbound(1))
+    assert count_rows(tmp_path / "store.db") == 0
+    receipt = await store.record_inbound(big_inbound(2))
+    assert count_rows(tmp_path / "store.db") == 1
+    detail = await store.get_inbound(receipt.inbound_id)
+    assert detail is not None
+    assert detail.raw == big_inbound(2).raw
+    assert not store.closed
+    await store.close()
+
+
+async def test_a_failed_wal_flush_stops_every_write_until_a_restart(tmp_path: Path) -> None:
+    failing = True
+
+    def sync(fd: int) -> None:
+        if failing:
+            raise OSError(5, "Input/output error")
+        os.fdatasync(fd)
+
+    store = open_with_sync(tmp_path / "store.db", sync)
     with pytest.raises(StoreUnavailable):
         await store.record_inbound(inbound(1))
-    monkeypatch.undo()  # the disk came back: the page cache is still in doubt
+    failing = False  # the disk came back: the page cache is still in doubt
     with pytest.raises(StoreUnavailable, match="restart"):
         await store.record_inbound(inbound(2))
     assert store.closed  # what readiness reports
@@ -256,12 +300,40 @@ async def test_a_failed_wal_flush_stops_every_write_until_a_restart(
     await reopened.close()
 
 
-async def test_a_transaction_whose_loop_has_closed_is_committed_on_the_commit_thread(
-        store: SQLiteStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_flusher_that_dies_stops_every_write_until_a_restart(tmp_path: Path) -> None:
+    """Killed (the OOM killer, an operator): whether its flush happened is unknown."""
+    store = SQLiteStore(tmp_path / "store.db")
+    store.open()
+    assert (await store.record_inbound(inbound(1))).inbound_id > 0
+    assert store._writer is not None
+    assert store._writer._flusher is not None
+    pid = store._writer._flusher.pid
+    assert pid is not None
+    assert pid != os.getpid()
+    os.kill(pid, 9)
+    with structlog.testing.capture_logs() as logs, pytest.raises(StoreUnavailable,
+                                                                  match="restart"):
+        await store.record_inbound(inbound(2))
+    assert [e["event"] for e in logs if e["log_level"] == "critical"] == ["store_flush_failed"]
+    with pytest.raises(StoreUnavailable, match="restart"):
+        await store.record_inbound(inbound(3))
+    assert store.closed
+    await store.close()
+    # The acknowledged row, and the second one's: committed before its flush was asked,
+    # never acknowledged (its sender sends it again and gets that row's answer).
+    assert count_rows(tmp_path / "store.db") == 2
+    reopened = SQLiteStore(tmp_path / "store.db")
+    reopened.open()
+    assert (await reopened.record_inbound(inbound(4))).inbound_id > 0
+    await reopened.close()
+
+
+async def test_a_transaction_whose_loop_has_closed_is_committed_by_another(
+        tmp_path: Path) -> None:
     """A caller on another event loop runs its job while a flush is under way, gives up, and
-    its loop closes with that job's transaction still open: the commit thread commits it, and
-    the store does not wait for that loop forever."""
-    slow_wal_flushes(store, monkeypatch, 0.3)
+    its loop closes with that job's transaction still open: the loop that reads the flush's
+    reply commits it, and the store does not wait for the closed loop forever."""
+    store = open_with_sync(tmp_path / "store.db", slow_flushes(0.3))
     first = asyncio.create_task(store.record_inbound(inbound(1)))  # flushes slowly
     await asyncio.sleep(0.05)
     ran_on: list[int] = []
@@ -281,6 +353,7 @@ async def test_a_transaction_whose_loop_has_closed_is_committed_on_the_commit_th
     assert ran_on[0] != threading.get_ident()
     with sqlite3.connect(tmp_path / "store.db") as conn:
         assert conn.execute("SELECT count(*) FROM events WHERE kind = 'late'").fetchone()[0] == 1
+    await store.close()
 
 
 @pytest.mark.parametrize("restarts", [True, False], ids=["restarted", "control"])

@@ -1,0 +1,214 @@
+"""The SQLite store's disk flushes, made by a process of its own.
+
+After each group commit the WAL must reach the disk (fdatasync) before any caller is woken, and
+a batch's payload-log records before the COMMIT that points at them. A thread of the connector
+could make these calls, but each time one returns that thread needs the GIL again, and takes it
+from the event loop in the middle of an intake: at 4 connections that hand-over, two or three
+times per group commit, cost the loop as much CPU as the SQL of an ADT (docs/perf-adt.md). A
+process of its own flushes without touching the loop's GIL: the loop writes a request to a pipe
+and reads the reply when the pipe is readable, in the `epoll` it waits in anyway.
+
+The protocol is one request at a time: `W` (the WAL) or `P` with a segment number (that payload
+segment), answered by a 4-byte status, 0 or the `errno` of the failed fdatasync. The process
+opens the files itself (fdatasync flushes an inode's pages whatever descriptor wrote them), has
+nothing but these two pipes, ignores SIGINT and SIGTERM (the connector drains and closes it:
+Ctrl-C in a terminal reaches the whole process group), and exits when the request pipe closes,
+which also happens when the connector dies. If it dies, the reply pipe closes: the writer then
+knows nothing of the flush under way and stops writing until a restart, as after a failed
+flush.
+
+`serve` is the whole of the process's work and runs unchanged in a thread when the writer is
+built with `Flusher.thread` (tests: a flush made slow or failing on purpose).
+
+This module is run as a script by path (`python -I -S flusher.py ...`): it imports nothing but
+the standard library.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REQUEST = struct.Struct(">cI")  # b"W" | b"P", the payload segment's number (0 for the WAL)
+REPLY = struct.Struct(">I")  # 0, or the errno of the failed flush
+WAL, SEGMENT = b"W", b"P"
+_INODE_CHECK_SECONDS = 1.0
+_STOP_SECONDS = 10.0
+
+
+def segment_path(directory: str, segment: int) -> str:
+    """A payload segment's file, as `PayloadLog` names it."""
+    return os.path.join(directory, f"segment-{segment:06d}.log")
+
+
+def serve(requests: int, replies: int, wal: str, payloads: str,
+          sync: Callable[[int], None] = os.fdatasync) -> None:
+    """Answer each request on `requests` once its file is flushed, until end of file."""
+    wal_fd = -1
+    wal_checked = 0.0
+    segment, segment_fd = -1, -1
+    pending = b""
+    try:
+        while True:
+            chunk = os.read(requests, 4096)
+            if not chunk:
+                return
+            pending += chunk
+            while len(pending) >= REQUEST.size:
+                op, number = REQUEST.unpack_from(pending)
+                pending = pending[REQUEST.size:]
+                code = 0
+                try:
+                    if op == WAL:
+                        # SQLite replaces the WAL only when its last connection closes, which
+                        # the store's own connection prevents: its inode is looked at once a
+                        # second, not before every flush.
+                        now = time.monotonic()
+                        if wal_fd < 0 or (now >= wal_checked + _INODE_CHECK_SECONDS
+                                          and _inode(wal) != os.fstat(wal_fd).st_ino):
+                            if wal_fd >= 0:
+                                os.close(wal_fd)
+                                wal_fd = -1
+                            wal_fd = os.open(wal, os.O_RDONLY | os.O_CREAT, 0o600)
+                            wal_checked = now
+                        elif now >= wal_checked + _INODE_CHECK_SECONDS:
+                            wal_checked = now
+                        sync(wal_fd)
+                    else:
+                        if number != segment:
+                            if segment_fd >= 0:
+                                os.close(segment_fd)
+                                segment, segment_fd = -1, -1
+                            segment_fd = os.open(segment_path(payloads, number), os.O_RDONLY)
+                            segment = number
+                        sync(segment_fd)
+                except OSError as exc:
+                    code = exc.errno or errno.EIO
+                os.write(replies, REPLY.pack(code))
+    finally:
+        for fd in (wal_fd, segment_fd):
+            if fd >= 0:
+                os.close(fd)
+
+
+def _inode(path: str) -> int:
+    try:
+        return os.stat(path).st_ino
+    except FileNotFoundError:
+        return -1
+
+
+class Flusher:
+    """The writer's end: requests out, replies in (`reply_fd` is readable when one came)."""
+
+    def __init__(self, requests: int, replies: int, stop: Callable[[], None],
+                 describe: Callable[[], str], pid: int | None = None) -> None:
+        self.pid = pid  # the process's, when it is one
+        self._requests = requests
+        self.reply_fd = replies
+        self._stop = stop
+        self._describe = describe
+        self._closed = False
+
+    @classmethod
+    def process(cls, wal: Path, payloads: Path) -> Flusher:
+        """A child process running `serve` (its exit closes `reply_fd`)."""
+        request_r, request_w = os.pipe()
+        reply_r, reply_w = os.pipe()
+        try:
+            child = subprocess.Popen(
+                [sys.executable, "-I", "-S", __file__, str(request_r), str(reply_w), str(wal),
+                 str(payloads)],
+                pass_fds=(request_r, reply_w), stdin=subprocess.DEVNULL,
+                env={})  # it needs no setting, and is given no secret
+        except BaseException:
+            os.close(request_w)
+            os.close(reply_r)
+            raise
+        finally:
+            os.close(request_r)
+            os.close(reply_w)
+
+        def stop() -> None:
+            try:
+                child.wait(_STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+
+        def describe() -> str:
+            code = child.poll()
+            return (f"the flush process ({child.pid}) exited with code {code}"
+                    if code is not None else f"the flush process ({child.pid}) closed its pipe")
+
+        return cls(request_w, reply_r, stop, describe, child.pid)
+
+    @classmethod
+    def thread(cls, wal: Path, payloads: Path,
+               sync: Callable[[int], None] = os.fdatasync) -> Flusher:
+        """`serve` in a thread of this process, with `sync` for fdatasync (tests)."""
+        request_r, request_w = os.pipe()
+        reply_r, reply_w = os.pipe()
+
+        def run() -> None:
+            try:
+                serve(request_r, reply_w, str(wal), str(payloads), sync)
+            finally:
+                os.close(request_r)
+                os.close(reply_w)
+
+        worker = threading.Thread(target=run, name="sqlite-flusher", daemon=True)
+        worker.start()
+        return cls(request_w, reply_r, lambda: worker.join(_STOP_SECONDS),
+                   lambda: "the flush thread stopped")
+
+    def request_wal(self) -> None:
+        self._send(WAL, 0)
+
+    def request_segment(self, segment: int) -> None:
+        self._send(SEGMENT, segment)
+
+    def _send(self, op: bytes, number: int) -> None:
+        try:
+            os.write(self._requests, REQUEST.pack(op, number))
+        except OSError as exc:  # EPIPE: the flusher is gone
+            raise OSError(errno.EPIPE, self._describe()) from exc
+
+    def read_reply(self) -> int:
+        """The reply that `reply_fd` holds (waits for it when it has none: a thread, never the
+        loop): 0, or the errno of the failed flush. OSError(EPIPE) when the flusher is gone."""
+        data = os.read(self.reply_fd, REPLY.size)
+        if len(data) < REPLY.size:  # end of file: the flusher is gone
+            raise OSError(errno.EPIPE, self._describe())
+        code: int = REPLY.unpack(data)[0]
+        return code
+
+    def close(self) -> None:
+        """Stop the flusher (it finishes the request it has) and wait for it."""
+        if self._closed:
+            return
+        self._closed = True
+        os.close(self._requests)
+        try:
+            self._stop()
+        finally:
+            os.close(self.reply_fd)
+
+
+def _main(argv: list[str]) -> None:
+    # The connector stops this process by closing its request pipe, after its last flush.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    serve(int(argv[0]), int(argv[1]), argv[2], argv[3])
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1:])
