@@ -296,7 +296,10 @@ class SQLiteWriter:
         jobs start the next transaction while the disk flushes)."""
         try:
             self._conn.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except Exception as exc:  # noqa: BLE001 (whatever it is, the transaction is lost)
+            if not isinstance(exc, sqlite3.Error):
+                log.error("store_commit_failed", error=type(exc).__name__,
+                          where=exception_frames(exc))
             self._abandon(transaction, StoreUnavailable(f"SQLite write failed: {exc}"), loop)
             return
         restart, self._restart_wal = self._restart_wal, False

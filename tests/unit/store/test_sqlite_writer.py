@@ -278,6 +278,26 @@ async def test_a_failed_payload_flush_is_unavailable_and_the_writer_goes_on(
     await store.close()
 
 
+async def test_a_failed_commit_is_unavailable_and_the_writer_goes_on(
+        store: SQLiteStore, tmp_path: Path) -> None:
+    """A COMMIT SQLite refuses (here a deferred foreign key): that transaction's callers are
+    answered unavailable, nothing of it stays, and the next write goes through."""
+    def breaks_the_commit(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO events (at, tenant_id, kind) VALUES (0, 't1', 'probe')")
+        conn.execute("CREATE TEMP TABLE IF NOT EXISTS parent (id INTEGER PRIMARY KEY)")
+        conn.execute("CREATE TEMP TABLE IF NOT EXISTS child (parent_id REFERENCES parent (id)"
+                     " DEFERRABLE INITIALLY DEFERRED)")
+        conn.execute("INSERT INTO child VALUES (42)")
+
+    with pytest.raises(StoreUnavailable, match="FOREIGN KEY"):
+        await store._submit(breaks_the_commit)
+    assert (await store.record_inbound(inbound(2))).inbound_id > 0
+    assert count_rows(tmp_path / "store.db") == 1
+    with sqlite3.connect(tmp_path / "store.db") as conn:  # the failed transaction left nothing
+        assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 0
+    assert not store.closed
+
+
 async def test_a_failed_wal_flush_stops_every_write_until_a_restart(tmp_path: Path) -> None:
     failing = True
 
