@@ -128,6 +128,7 @@ class SQLiteWriter:
         self._busy_timeout_ms = busy_timeout_ms
         self._new_flusher = flusher
         self._flusher: Flusher | None = None
+        self._reader_loop: asyncio.AbstractEventLoop | None = None  # reads the flusher's replies
         self._lock = threading.Lock()  # guards the fields below, read by loops and the thread
         self._slot = _Slot.FREE
         self._transaction: _Transaction | None = None  # open on a loop (slot LOOP)
@@ -168,8 +169,17 @@ class SQLiteWriter:
     async def stop(self) -> None:
         """Wait for every job submitted so far to be durable, then stop the commit thread and
         the flusher."""
-        self._adopt_stranded_request(asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        self._adopt_stranded_request(loop)
         await asyncio.to_thread(self._idle.wait)
+        reader_loop, self._reader_loop = self._reader_loop, None
+        if reader_loop is not None and self._flusher is not None:  # before its pipe closes
+            if reader_loop is loop:
+                loop.remove_reader(self._flusher.reply_fd)
+            else:
+                with contextlib.suppress(RuntimeError):  # closed: its selector is gone
+                    reader_loop.call_soon_threadsafe(reader_loop.remove_reader,
+                                                     self._flusher.reply_fd)
         self._work.put(_STOP)
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
@@ -322,24 +332,39 @@ class SQLiteWriter:
         with self._lock:
             self._request = request
         try:
-            request.loop.add_reader(self._flusher.reply_fd, self._on_reply, request.loop)
+            self._listen(request.loop)
             send(self._flusher)
         except OSError as exc:  # the flusher is gone
-            with contextlib.suppress(Exception):
-                request.loop.remove_reader(self._flusher.reply_fd)
             self._replied(request, exc.errno or errno.EPIPE, str(exc))
+
+    def _listen(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Have `loop` read the flusher's replies. The reader stays registered from one
+        request to the next (two `epoll_ctl` calls a flush saved); a loop that read them
+        before lets go of it at its next turn (`_on_reply`)."""
+        assert self._flusher is not None
+        if self._reader_loop is loop:
+            return
+        loop.add_reader(self._flusher.reply_fd, self._on_reply, loop)
+        self._reader_loop = loop
 
     def _on_reply(self, loop: asyncio.AbstractEventLoop) -> None:
         assert self._flusher is not None
-        loop.remove_reader(self._flusher.reply_fd)
+        if loop is not self._reader_loop:  # another loop reads the replies now
+            loop.remove_reader(self._flusher.reply_fd)
+            return
         with self._lock:
             request, self._request = self._request, None
-        if request is None:
-            return
         try:
             code, gone = self._flusher.read_reply(), ""
-        except OSError as exc:
+        except OSError as exc:  # end of file (it stays readable): stop listening
+            loop.remove_reader(self._flusher.reply_fd)
+            self._reader_loop = None
             code, gone = exc.errno or errno.EPIPE, str(exc)
+        if request is None:  # nothing asked: the flusher exited while idle
+            why = gone or "a reply to no request"
+            self._fail(StoreUnavailable(f"the store's flushes stopped ({why}); restart the "
+                                        "connector"))
+            return
         self._replied(request, code, gone)
 
     def _replied(self, request: _Request, code: int, gone: str) -> None:
@@ -397,8 +422,7 @@ class SQLiteWriter:
             if request is None or not request.loop.is_closed():
                 return
             request.loop = loop
-        assert self._flusher is not None
-        loop.add_reader(self._flusher.reply_fd, self._on_reply, loop)
+        self._listen(loop)
 
     def _kick_pending(self, here: asyncio.AbstractEventLoop | None = None) -> list[_Job]:
         """Under `_lock`, the slot just freed: start the waiting jobs on their loop. When that

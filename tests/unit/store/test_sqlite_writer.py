@@ -348,6 +348,28 @@ async def test_a_flusher_that_dies_stops_every_write_until_a_restart(tmp_path: P
     await reopened.close()
 
 
+async def test_a_flusher_that_dies_while_idle_is_noticed_at_once(tmp_path: Path) -> None:
+    """Its pipe's end of file is read as it comes, not at the next write, and only once (a
+    reader left on a closed pipe would wake the loop at every turn)."""
+    store = SQLiteStore(tmp_path / "store.db")
+    store.open()
+    assert (await store.record_inbound(inbound(1))).inbound_id > 0
+    assert store._writer is not None
+    assert store._writer._flusher is not None
+    assert store._writer._flusher.pid is not None
+    os.kill(store._writer._flusher.pid, 9)
+    for _ in range(100):
+        if store.closed:
+            break
+        await asyncio.sleep(0.01)
+    assert store.closed  # readiness says so before any sender tries
+    assert store._writer._reader_loop is None  # no longer listening
+    with pytest.raises(StoreUnavailable, match="restart"):
+        await store.record_inbound(inbound(2))
+    await store.close()
+    assert count_rows(tmp_path / "store.db") == 1
+
+
 async def test_a_transaction_whose_loop_has_closed_is_committed_by_another(
         tmp_path: Path) -> None:
     """A caller on another event loop runs its job while a flush is under way, gives up, and
