@@ -92,7 +92,10 @@ def serve(requests: int, replies: int, wal: str, payloads: str,
                         sync(segment_fd)
                 except OSError as exc:
                     code = exc.errno or errno.EIO
-                os.write(replies, REPLY.pack(code))
+                try:
+                    os.write(replies, REPLY.pack(code))
+                except BrokenPipeError:  # the connector is gone: nobody waits for this
+                    return
     finally:
         for fd in (wal_fd, segment_fd):
             if fd >= 0:

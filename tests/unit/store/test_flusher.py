@@ -7,10 +7,13 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-from connector.store.flusher import Flusher, segment_path
+from connector.store import flusher as flusher_module
+from connector.store.flusher import REQUEST, WAL, Flusher, segment_path
 
 
 def test_it_flushes_the_wal_and_segments_and_names_what_failed(tmp_path: Path) -> None:
@@ -50,3 +53,22 @@ def test_ctrl_c_does_not_stop_it_closing_its_pipe_does(tmp_path: Path) -> None:
 def _not_ours(pid: int) -> bool:
     stat = Path(f"/proc/{pid}/stat").read_text()
     return int(stat.rsplit(")", 1)[1].split()[1]) != os.getpid()
+
+
+def test_it_exits_quietly_when_the_connector_dies_mid_flush(tmp_path: Path) -> None:
+    """The connector killed (SIGKILL) while a flush is under way: the reply has nowhere to go;
+    the process ends without a traceback on the connector's stderr."""
+    requests_r, requests_w = os.pipe()
+    replies_r, replies_w = os.pipe()
+    child = subprocess.Popen(
+        [sys.executable, "-I", "-S", flusher_module.__file__, str(requests_r), str(replies_w),
+         str(tmp_path / "store.db-wal"), str(tmp_path)],
+        pass_fds=(requests_r, replies_w), stderr=subprocess.PIPE)
+    os.close(requests_r)
+    os.close(replies_w)
+    os.close(replies_r)  # what the connector's death does to the reply pipe
+    os.write(requests_w, REQUEST.pack(WAL, 0))
+    os.close(requests_w)
+    _, stderr = child.communicate(timeout=10)
+    assert child.returncode == 0
+    assert stderr == b""
