@@ -11,11 +11,12 @@ and reads the reply when the pipe is readable, in the `epoll` it waits in anyway
 The protocol is one request at a time: `W` (the WAL) or `P` with a segment number (that payload
 segment), answered by a 4-byte status, 0 or the `errno` of the failed fdatasync. The process
 opens the files itself (fdatasync flushes an inode's pages whatever descriptor wrote them), has
-nothing but these two pipes, ignores SIGINT and SIGTERM (the connector drains and closes it:
-Ctrl-C in a terminal reaches the whole process group), and exits when the request pipe closes,
-which also happens when the connector dies. If it dies, the reply pipe closes: the writer then
-knows nothing of the flush under way and stops writing until a restart, as after a failed
-flush.
+nothing but these two pipes, runs in a session of its own and ignores SIGINT, SIGTERM, SIGHUP
+and SIGQUIT (the connector drains and closes it), and exits when the request pipe closes, which
+also happens when the connector dies. It answers one flush before the store opens: a flusher
+that cannot start stops the store's start-up, not its first write. If it dies later, the reply
+pipe closes: the writer then knows nothing of the flush under way and stops writing until a
+restart, as after a failed flush.
 
 `serve` is the whole of the process's work and runs unchanged in a thread when the writer is
 built with `Flusher.thread` (tests: a flush made slow or failing on purpose).
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import signal
 import struct
 import subprocess
@@ -42,6 +44,7 @@ REPLY = struct.Struct(">I")  # 0, or the errno of the failed flush
 WAL, SEGMENT = b"W", b"P"
 _INODE_CHECK_SECONDS = 1.0
 _STOP_SECONDS = 10.0
+_START_SECONDS = 10.0
 
 
 def segment_path(directory: str, segment: int) -> str:
@@ -131,7 +134,12 @@ class Flusher:
                 [sys.executable, "-I", "-S", __file__, str(request_r), str(reply_w), str(wal),
                  str(payloads)],
                 pass_fds=(request_r, reply_w), stdin=subprocess.DEVNULL,
-                env={})  # it needs no setting, and is given no secret
+                # It needs no setting and is given no secret: only what may be needed to
+                # start the interpreter itself.
+                env={k: v for k, v in os.environ.items() if k == "LD_LIBRARY_PATH"},
+                # Its own session: a terminal's hang-up, a signal sent to the connector's
+                # process group (reload is SIGHUP) do not reach it.
+                start_new_session=True)
         except BaseException:
             os.close(request_w)
             os.close(reply_r)
@@ -152,7 +160,14 @@ class Flusher:
             return (f"the flush process ({child.pid}) exited with code {code}"
                     if code is not None else f"the flush process ({child.pid}) closed its pipe")
 
-        return cls(request_w, reply_r, stop, describe, child.pid)
+        flusher = cls(request_w, reply_r, stop, describe, child.pid)
+        try:
+            flusher.check()
+        except BaseException:
+            child.kill()
+            flusher.close()
+            raise
+        return flusher
 
     @classmethod
     def thread(cls, wal: Path, payloads: Path,
@@ -172,6 +187,16 @@ class Flusher:
         worker.start()
         return cls(request_w, reply_r, lambda: worker.join(_STOP_SECONDS),
                    lambda: "the flush thread stopped")
+
+    def check(self, timeout: float = _START_SECONDS) -> None:
+        """One WAL flush, answered within `timeout`: the flusher runs (OSError if not)."""
+        self.request_wal()
+        ready, _, _ = select.select([self.reply_fd], [], [], timeout)
+        if not ready:
+            raise OSError(errno.ETIMEDOUT, f"{self._describe()}: no answer in {timeout:g} s")
+        code = self.read_reply()
+        if code:
+            raise OSError(code, f"the WAL could not be flushed: {os.strerror(code)}")
 
     def request_wal(self) -> None:
         self._send(WAL, 0)
@@ -207,9 +232,10 @@ class Flusher:
 
 
 def _main(argv: list[str]) -> None:
-    # The connector stops this process by closing its request pipe, after its last flush.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # The connector stops this process by closing its request pipe, after its last flush;
+    # a signal meant for the connector (found by its command line, say) must not end it.
+    for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(number, signal.SIG_IGN)
     serve(int(argv[0]), int(argv[1]), argv[2], argv[3])
 
 

@@ -246,14 +246,27 @@ class SQLiteStore(StoreAdapter):
                                         busy_timeout_ms=self._busy_timeout_ms,
                                         flusher=self._flusher)
             self._writer.start()
-        except (sqlite3.Error, OSError) as exc:
-            self._release_lock()
+            self._stop_checkpoints = threading.Event()
+            self._checkpointer = threading.Thread(target=self._checkpoint_loop,
+                                                  name="sqlite-checkpointer", daemon=True)
+            self._checkpointer.start()
+        except (sqlite3.Error, OSError, RuntimeError) as exc:  # RuntimeError: no thread
+            self._abandon_open()
             raise StoreUnavailable(f"cannot open the SQLite store: {exc}") from exc
         self._read_only, self._closed = False, False
-        self._stop_checkpoints = threading.Event()
-        self._checkpointer = threading.Thread(target=self._checkpoint_loop,
-                                              name="sqlite-checkpointer", daemon=True)
-        self._checkpointer.start()
+
+    def _abandon_open(self) -> None:
+        """`open()` failed half-way: what it started is stopped, nothing was written."""
+        self._checkpointer = None
+        if self._writer is not None:
+            self._writer.abort()
+            self._writer = None
+        with contextlib.suppress(OSError):
+            self._payloads.close()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        self._release_lock()
 
     def _release_lock(self) -> None:
         if self._lock_fd is not None:

@@ -150,9 +150,27 @@ class SQLiteWriter:
     def start(self) -> None:
         self._conn.execute("PRAGMA synchronous = NORMAL")  # the flusher flushes the WAL
         self._flusher = self._new_flusher(self._wal_path, self._payloads.directory)
-        self._wal_fd = self._open_wal()
-        self._thread = threading.Thread(target=self._run, name="sqlite-commit", daemon=True)
-        self._thread.start()
+        try:
+            self._wal_fd = self._open_wal()
+            self._thread = threading.Thread(target=self._run, name="sqlite-commit",
+                                            daemon=True)
+            self._thread.start()
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        """Undo `start()` when the store's start-up fails after it (nothing submitted)."""
+        if self._thread is not None and self._thread.ident is not None:  # it started
+            self._work.put(_STOP)
+            self._thread.join()
+        self._thread = None
+        if self._flusher is not None:
+            self._flusher.close()
+            self._flusher = None
+        if self._wal_fd is not None:
+            os.close(self._wal_fd)
+            self._wal_fd = None
 
     def restart_wal(self) -> None:
         """From the checkpointer, which just copied most of a large WAL: after the next

@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from connector.store import flusher as flusher_module
 from connector.store.flusher import REQUEST, WAL, Flusher, segment_path
 
@@ -72,3 +74,26 @@ def test_it_exits_quietly_when_the_connector_dies_mid_flush(tmp_path: Path) -> N
     _, stderr = child.communicate(timeout=10)
     assert child.returncode == 0
     assert stderr == b""
+
+
+def test_signals_for_the_connector_do_not_reach_it(tmp_path: Path) -> None:
+    """A reload (SIGHUP), a hang-up or a signal to the connector's process group: the flusher
+    runs in a session of its own and ignores them; the connector closes it."""
+    flusher = Flusher.process(tmp_path / "store.db-wal", tmp_path)
+    assert flusher.pid is not None
+    try:
+        assert os.getsid(flusher.pid) != os.getsid(0)
+        for number in (signal.SIGHUP, signal.SIGQUIT, signal.SIGINT, signal.SIGTERM):
+            os.kill(flusher.pid, number)
+        time.sleep(0.1)
+        flusher.request_wal()
+        assert flusher.read_reply() == 0
+    finally:
+        flusher.close()
+
+
+def test_a_flusher_that_cannot_start_is_refused_at_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "executable", "/bin/false")
+    with pytest.raises(OSError, match="flush process"):
+        Flusher.process(tmp_path / "store.db-wal", tmp_path)

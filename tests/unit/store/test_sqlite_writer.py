@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import os
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -346,6 +347,44 @@ async def test_a_flusher_that_dies_stops_every_write_until_a_restart(tmp_path: P
     reopened.open()
     assert (await reopened.record_inbound(inbound(4))).inbound_id > 0
     await reopened.close()
+
+
+async def test_a_flusher_that_cannot_start_stops_the_store_opening(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not the first write: `open()` fails, says why, and leaves nothing held."""
+    monkeypatch.setattr(sys, "executable", "/bin/false")
+    store = SQLiteStore(tmp_path / "store.db")
+    with pytest.raises(StoreUnavailable,
+                       match=r"cannot open the SQLite store: .*the flush process"):
+        store.open()
+    assert store.closed
+    monkeypatch.undo()
+    store.open()  # the lock was released
+    assert (await store.record_inbound(inbound(1))).inbound_id > 0
+    await store.close()
+
+
+async def test_a_start_up_failed_half_way_stops_the_flusher(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    started: list[Flusher] = []
+
+    def flusher(wal: Path, payloads: Path) -> Flusher:
+        started.append(Flusher.process(wal, payloads))
+        return started[-1]
+
+    def no_thread(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    store = SQLiteStore(tmp_path / "store.db", flusher=flusher)
+    monkeypatch.setattr(threading.Thread, "start", no_thread)
+    with pytest.raises(StoreUnavailable, match="can't start new thread"):
+        store.open()
+    monkeypatch.undo()
+    assert len(started) == 1
+    assert started[0].pid is not None
+    assert not Path(f"/proc/{started[0].pid}").exists()  # stopped and reaped
+    store.open()  # the lock and the database were let go
+    await store.close()
 
 
 async def test_a_flusher_that_dies_while_idle_is_noticed_at_once(tmp_path: Path) -> None:
