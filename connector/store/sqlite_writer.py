@@ -22,9 +22,12 @@ and the flusher syncs their segment; the transaction takes no more jobs meanwhil
 may reach the disk any time after COMMIT (writeback, a checkpoint), so a row must never be
 committed before the payload it points to is durable.
 
-The commit thread runs whole the jobs a loop cannot run: the write lock is held elsewhere
-(BEGIN retried up to the busy timeout), or the loop has closed with jobs waiting; and the
-checkpoint that starts the WAL over (`restart_wal`), between two transactions.
+Transactions and the flusher's replies belong to one event loop, the first to submit (the
+server's loop, in production); if it closes, the next loop to submit or wait takes over what it
+left. The commit thread runs whole the jobs that loop cannot run: the write lock is held
+elsewhere (BEGIN retried up to the busy timeout), the jobs come from another event loop (a
+command's, a test's) or from a loop that has closed; and the checkpoint that starts the WAL over
+(`restart_wal`), between two transactions.
 
 A failed WAL flush leaves the state of the page cache unknown (the kernel may have dropped the
 pages it could not write): the writer fails those jobs and every later one as unavailable (the
@@ -110,6 +113,7 @@ class _Checkpoint:
 
 _STOP = object()
 _WAL_CHECK_SECONDS = 1.0
+_WATCH_SECONDS = 0.5  # a loop waiting for the slot looks this often whether its owner closed
 
 
 _CHECKPOINT = _Checkpoint()
@@ -128,6 +132,7 @@ class SQLiteWriter:
         self._busy_timeout_ms = busy_timeout_ms
         self._new_flusher = flusher
         self._flusher: Flusher | None = None
+        self._owner: asyncio.AbstractEventLoop | None = None  # runs the transactions
         self._reader_loop: asyncio.AbstractEventLoop | None = None  # reads the flusher's replies
         self._lock = threading.Lock()  # guards the fields below, read by loops and the thread
         self._slot = _Slot.FREE
@@ -177,7 +182,8 @@ class SQLiteWriter:
         COMMIT, with the slot still held (no transaction in between), checkpoint the rest, so
         that the next BEGIN starts the WAL over from its beginning. SQLite only starts over
         when every frame is in the database, which never happens by itself under steady writes."""
-        self._restart_wal = True
+        with self._lock:
+            self._restart_wal = True
 
     @property
     def failure(self) -> StoreUnavailable | None:
@@ -188,16 +194,22 @@ class SQLiteWriter:
         """Wait for every job submitted so far to be durable, then stop the commit thread and
         the flusher."""
         loop = asyncio.get_running_loop()
-        self._adopt_stranded_request(loop)
+        self._take_over_if_closed(loop)
         await asyncio.to_thread(self._idle.wait)
         reader_loop, self._reader_loop = self._reader_loop, None
         if reader_loop is not None and self._flusher is not None:  # before its pipe closes
             if reader_loop is loop:
                 loop.remove_reader(self._flusher.reply_fd)
-            else:
-                with contextlib.suppress(RuntimeError):  # closed: its selector is gone
-                    reader_loop.call_soon_threadsafe(reader_loop.remove_reader,
-                                                     self._flusher.reply_fd)
+            elif not reader_loop.is_closed():  # on its own thread, and waited for
+                removed = threading.Event()
+
+                def remove(fd: int = self._flusher.reply_fd) -> None:
+                    reader_loop.remove_reader(fd)
+                    removed.set()
+
+                with contextlib.suppress(RuntimeError):  # closed meanwhile
+                    reader_loop.call_soon_threadsafe(remove)
+                    await asyncio.to_thread(removed.wait, _WATCH_SECONDS)
         self._work.put(_STOP)
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
@@ -213,28 +225,61 @@ class SQLiteWriter:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         job = _Job(fn, loop, future)
+        self._take_over_if_closed(loop)
+        begin = join = False
         with self._lock:
             if self._failure is not None:
                 raise self._failure
             self._idle.clear()
             transaction = self._transaction
-            if self._slot is _Slot.FREE and not self._pending:
+            if self._owner is not loop:  # another loop's writer: the commit thread runs it
+                self._pending.append(job)
+                self._kick_pending()
+            elif self._slot is _Slot.FREE and not self._pending:
                 self._slot = _Slot.LOOP
-                begin, join = True, False
+                begin = True
             else:
-                begin = False
                 join = (self._slot is _Slot.LOOP and transaction is not None
                         and transaction.loop is loop and not transaction.sealed)
                 if not join:
                     self._pending.append(job)  # the slot's next holder runs it
-        self._adopt_stranded_request(loop)
         if begin:
             self._begin([job], loop)
         elif join:
             assert transaction is not None
             transaction.outcomes.append(self._run_job(job))
             self._commit_if_disk_idle(loop)
+        else:  # waiting: if the owner closes meanwhile, this loop takes over
+            loop.call_later(_WATCH_SECONDS, self._watch_owner, loop, future)
         return await future
+
+    def _take_over_if_closed(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The transactions and the flusher's replies belong to one event loop, the first to
+        submit (the server's, in production). If that loop has closed, `loop` takes over what
+        it left: the flush under way, a transaction, the jobs of the closed loop."""
+        with self._lock:
+            owner = self._owner
+            if owner is loop or not (owner is None or owner.is_closed()):
+                return
+            self._owner = loop
+            request = self._request
+            dropped = self._flushing and request is None and owner is not None
+        if request is not None:  # its reply comes here
+            request.loop = loop
+            self._listen(loop)
+        elif dropped:  # a hand-off to the closed loop was lost with it
+            self._finish_transaction(loop)
+        with self._lock:
+            waiting = self._kick_pending(loop)
+        if waiting:
+            self._begin(waiting, loop)
+
+    def _watch_owner(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any]
+                     ) -> None:
+        if future.done():
+            return
+        self._take_over_if_closed(loop)
+        loop.call_later(_WATCH_SECONDS, self._watch_owner, loop, future)
 
     def _begin(self, jobs: list[_Job], loop: asyncio.AbstractEventLoop) -> None:
         """With the slot taken for this loop: open its transaction and run `jobs` in it."""
@@ -330,8 +375,8 @@ class SQLiteWriter:
                           where=exception_frames(exc))
             self._abandon(transaction, StoreUnavailable(f"SQLite write failed: {exc}"), loop)
             return
-        restart, self._restart_wal = self._restart_wal, False
         with self._lock:
+            restart, self._restart_wal = self._restart_wal, False
             self._transaction = None
             self._slot = _Slot.THREAD if restart else _Slot.FREE
         self._ask(_Request(loop, started, committed=transaction.outcomes),
@@ -370,8 +415,7 @@ class SQLiteWriter:
         if loop is not self._reader_loop:  # another loop reads the replies now
             loop.remove_reader(self._flusher.reply_fd)
             return
-        with self._lock:
-            request, self._request = self._request, None
+        request = self._request
         try:
             code, gone = self._flusher.read_reply(), ""
         except OSError as exc:  # end of file (it stays readable): stop listening
@@ -389,6 +433,8 @@ class SQLiteWriter:
         """The flusher answered `request` (`code` 0: flushed; `gone`: it exited)."""
         loop = request.loop
         with self._lock:
+            if self._request is not request:  # answered already
+                return
             self._request = None
         if gone:
             self._fail(StoreUnavailable(f"the store's flushes stopped ({gone}); restart the "
@@ -433,22 +479,20 @@ class SQLiteWriter:
         if waiting:
             self._begin(waiting, loop)
 
-    def _adopt_stranded_request(self, loop: asyncio.AbstractEventLoop) -> None:
-        """A flush asked from a loop that has closed since: its reply comes here instead."""
-        with self._lock:
-            request = self._request
-            if request is None or not request.loop.is_closed():
-                return
-            request.loop = loop
-        self._listen(loop)
-
     def _kick_pending(self, here: asyncio.AbstractEventLoop | None = None) -> list[_Job]:
-        """Under `_lock`, the slot just freed: start the waiting jobs on their loop. When that
-        is `here`, the loop running this, the slot is taken for it and its jobs are returned:
-        the caller begins them once it has released the lock."""
+        """Under `_lock`, the slot just freed: start the waiting jobs, the owner's on its loop
+        and the others on the commit thread. When the owner is `here`, the loop running this,
+        the slot is taken for it and its jobs are returned: the caller begins them once it has
+        released the lock."""
         if not self._pending or self._slot is not _Slot.FREE:
             return []
         loop = self._pending[0].loop
+        if loop is not self._owner or loop.is_closed():  # no transaction of its own
+            jobs = [job for job in self._pending if job.loop is loop]
+            self._pending = [job for job in self._pending if job.loop is not loop]
+            self._slot = _Slot.THREAD
+            self._work.put(_RunHere(jobs))
+            return []
         if loop is here:
             jobs = [job for job in self._pending if job.loop is loop]
             self._pending = [job for job in self._pending if job.loop is not loop]

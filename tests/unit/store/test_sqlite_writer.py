@@ -409,11 +409,11 @@ async def test_a_flusher_that_dies_while_idle_is_noticed_at_once(tmp_path: Path)
     assert count_rows(tmp_path / "store.db") == 1
 
 
-async def test_a_transaction_whose_loop_has_closed_is_committed_by_another(
-        tmp_path: Path) -> None:
-    """A caller on another event loop runs its job while a flush is under way, gives up, and
-    its loop closes with that job's transaction still open: the loop that reads the flush's
-    reply commits it, and the store does not wait for the closed loop forever."""
+async def test_another_loops_jobs_run_on_the_commit_thread(tmp_path: Path) -> None:
+    """The loop that submitted first owns the transactions (the server's, in production). A
+    caller on another event loop has its job run by the commit thread, so it never depends on
+    a transaction or a flush of a loop that may close under it: here it is answered while the
+    owner's flush is still under way, and its loop closes."""
     store = open_with_sync(tmp_path / "store.db", slow_flushes(0.3))
     first = asyncio.create_task(store.record_inbound(inbound(1)))  # flushes slowly
     await asyncio.sleep(0.05)
@@ -423,18 +423,39 @@ async def test_a_transaction_whose_loop_has_closed_is_committed_by_another(
         ran_on.append(threading.get_ident())
         conn.execute("INSERT INTO events (at, tenant_id, kind) VALUES (0, 't1', 'late')")
 
-    async def give_up() -> None:
-        with pytest.raises(TimeoutError):
-            await asyncio.wait_for(store._submit(job), 0.05)
+    async def other() -> bool:
+        await asyncio.wait_for(store._submit(job), 5)
+        return first.done()
 
-    await asyncio.to_thread(asyncio.run, give_up())  # that loop is closed when this returns
+    assert not await asyncio.to_thread(asyncio.run, other())  # before the owner's flush ended
     assert (await first).inbound_id > 0
     assert (await asyncio.wait_for(store.record_inbound(inbound(2)), 5)).inbound_id > 0
+    await asyncio.wait_for(store.close(), 5)
     assert len(ran_on) == 1
     assert ran_on[0] != threading.get_ident()
     with sqlite3.connect(tmp_path / "store.db") as conn:
         assert conn.execute("SELECT count(*) FROM events WHERE kind = 'late'").fetchone()[0] == 1
-    await store.close()
+
+
+async def test_a_loop_that_closes_with_its_flush_under_way_is_taken_over(tmp_path: Path
+                                                                        ) -> None:
+    """The owning loop commits, asks for a flush, and closes before the reply: a caller that
+    waits on another loop meanwhile is answered, and takes over the stranded flush."""
+    store = open_with_sync(tmp_path / "store.db", slow_flushes(0.3))
+    owner = asyncio.new_event_loop()
+
+    async def give_up() -> None:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(store.record_inbound(inbound(1)), 0.05)
+
+    await asyncio.to_thread(owner.run_until_complete, give_up())  # owns it, open, idle
+    waiting = asyncio.create_task(store.record_inbound(inbound(2)))
+    await asyncio.sleep(0.05)
+    await asyncio.to_thread(owner.close)  # with its flush under way
+    assert (await asyncio.wait_for(waiting, 5)).inbound_id > 0
+    assert (await asyncio.wait_for(store.record_inbound(inbound(3)), 5)).inbound_id > 0
+    await asyncio.wait_for(store.close(), 5)
+    assert count_rows(tmp_path / "store.db") == 3
 
 
 @pytest.mark.parametrize("restarts", [True, False], ids=["restarted", "control"])
