@@ -14,7 +14,9 @@ counts the time a server waited for a core), and the ACK codes received. Three m
 say where the limit is: `loop us`, the CPU per message of the server's main thread (the event
 loop, and the GIL it holds most of the time); `busy`, the share of a core that thread takes at
 the rate measured (near 100%, the loop is what limits msgs/s); `load us`, the CPU per message
-of the load process driving that server (the other core's main user).
+of the load process driving that server (the other core's main user). For the connectors,
+`jobs/c` is the jobs per group commit during the slices (its /metrics, served on a port of its
+own): how many messages share each COMMIT and each WAL flush.
 
 Every ADT is the fixture's patient unless `--patients N` (N > 1) makes them cycle through N
 patients (distinct IPP and INS, same length), so that the connector creates patients instead of
@@ -50,12 +52,14 @@ import base64
 import json
 import os
 import random
+import re
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -241,6 +245,10 @@ def summary(slices: list[dict]) -> dict:
         "cpu_us": _per_message(slices, "cpu"),
         "loop_us": _per_message(slices, "loop_cpu"),
         "load_us": _per_message(slices, "load_cpu"),
+        "jobs_per_commit": (None if any(s.get("commits") is None for s in slices)
+                            or not sum(s["commits"][0] for s in slices)
+                            else sum(s["commits"][1] for s in slices)
+                            / sum(s["commits"][0] for s in slices)),
     }
 
 
@@ -260,7 +268,8 @@ def acks_label(codes: Counter[str]) -> str:
 
 
 def measure(ports: dict[str, int], pids: dict[str, int], conns: int, seconds: float, kind: str,
-            rounds: int, patients: int = 1) -> tuple[dict[str, dict], dict[str, list[float]]]:
+            rounds: int, patients: int = 1, admins: dict[str, int] | None = None
+            ) -> tuple[dict[str, dict], dict[str, list[float]]]:
     """Every server of `ports` ("B", the baseline, first) in `rounds` slices, their order
     rotated by one from one round to the next (two servers: B M, M B, ...); every slice has its
     own MSH-10s. The summary of each server, and the per-slice ratios of each other server to
@@ -269,8 +278,14 @@ def measure(ports: dict[str, int], pids: dict[str, int], conns: int, seconds: fl
     slices: dict[str, list[dict]] = {name: [] for name in names}
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
-            slices[name].append(run_load(ports[name], conns, seconds / rounds, kind, f"{name}{r}",
-                                         pids[name], patients))
+            admin = (admins or {}).get(name)
+            before = store_commits(admin) if admin else None
+            result = run_load(ports[name], conns, seconds / rounds, kind, f"{name}{r}",
+                              pids[name], patients)
+            after = store_commits(admin) if admin else None
+            result["commits"] = (tuple(b - a for a, b in zip(before, after, strict=True))
+                                 if before is not None and after is not None else None)
+            slices[name].append(result)
     ratios = {name: [len(m["latencies"]) / len(b["latencies"])
                      for b, m in zip(slices["B"], slices[name], strict=True)]
               for name in names if name != "B"}
@@ -280,14 +295,32 @@ def measure(ports: dict[str, int], pids: dict[str, int], conns: int, seconds: fl
 # -- servers --------------------------------------------------------------------------------------
 
 
-def start_connector(workdir: Path, port: int, tree: Path = ROOT) -> subprocess.Popen[bytes]:
+def store_commits(admin_port: int) -> tuple[float, float] | None:
+    """The connector's group commits so far and the jobs they carried, from its /metrics."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return None
+    found = [re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+             for name in ("mssconnector_store_commits_total",
+                          "mssconnector_store_committed_jobs_total")]
+    if found[0] is None or found[1] is None:
+        return None
+    return float(found[0].group(1)), float(found[1].group(1))
+
+
+def start_connector(workdir: Path, port: int, tree: Path = ROOT,
+                    admin_port: int | None = None) -> subprocess.Popen[bytes]:
     """The connector of `tree` (a checkout: its `connector` package is the one imported), with
-    its configuration and data under `workdir`, which is its own."""
+    its configuration and data under `workdir`, which is its own; with `admin_port`, its
+    /metrics there (the jobs per group commit)."""
     workdir.mkdir()
     config = workdir / "bench.toml"
+    admin = f"[admin]\nhost = \"127.0.0.1\"\nport = {admin_port}\n" if admin_port else ""
     config.write_text(f"""
 data_dir = "{workdir / 'var'}"
-[logging]
+{admin}[logging]
 level = "warning"
 [[tenants]]
 id = "bench"
@@ -342,9 +375,11 @@ def main() -> None:
                                      ) as tmp:
         workdir = Path(tmp)
         # Each server: its one-letter name (in the slices' MSH-10s), its label, how it starts.
+        admins = {"M": free_port(), "X": free_port()}  # the connectors' /metrics
         starts: dict[str, tuple[str, Callable[[int], subprocess.Popen[bytes]]]] = {
             "B": ("baseline", start_baseline),
-            "M": ("connector", lambda port: start_connector(workdir / "connector", port))}
+            "M": ("connector", lambda port: start_connector(workdir / "connector", port,
+                                                            admin_port=admins["M"]))}
         if args.prototype:
             starts["P"] = ("prototype", lambda port: start_prototype(workdir, port))
         if args.prototype_patients:
@@ -353,7 +388,8 @@ def main() -> None:
         if args.compare is not None:
             tree = args.compare.resolve()
             starts["X"] = ("compare",
-                           lambda port: start_connector(workdir / "compare", port, tree))
+                           lambda port: start_connector(workdir / "compare", port, tree,
+                                                        admin_port=admins["X"]))
         ports: dict[str, int] = {}
         servers: dict[str, subprocess.Popen[bytes]] = {}
         try:
@@ -366,14 +402,15 @@ def main() -> None:
                   f"adt patients={args.patients} (connector: the commit fsynced before every ACK)")
             header = (f"{'load':<10}{'conns':>6} {'server':<10}{'msgs/s':>9}{'p50 ms':>9}"
                       f"{'p99 ms':>9}{'ratio':>8}{'slices':>13}{'CPU us/msg':>12}"
-                      f"{'loop us':>9}{'busy':>6}{'load us':>9}  ACKs")
+                      f"{'loop us':>9}{'busy':>6}{'load us':>9}{'jobs/c':>7}  ACKs")
             print(header)
             print("-" * len(header))
             for kind in args.kinds:
                 for conns in args.connections:
                     results, ratios = measure(ports, {n: p.pid for n, p in servers.items()},
                                               conns, args.seconds, kind, args.rounds,
-                                              args.patients)
+                                              args.patients,
+                                              {n: admins[n] for n in servers if n in admins})
                     base = results["B"]
                     size = base["size"]
                     label = f"{kind} {size // 1000}KB" if size > 5000 else f"{kind} {size}B"
@@ -381,6 +418,8 @@ def main() -> None:
                         ratio = spread = ""
                         cpu, loop, load = (f"{r[key]:.0f}" if r[key] is not None else "-"
                                            for key in ("cpu_us", "loop_us", "load_us"))
+                        jobs = (f"{r['jobs_per_commit']:.2f}"
+                                if r["jobs_per_commit"] is not None else "-")
                         # The share of a core the loop thread takes at that rate: near 100%,
                         # the loop is what limits msgs/s.
                         busy = (f"{r['loop_us'] * r['rate'] / 1e4:.0f}%"
@@ -391,7 +430,7 @@ def main() -> None:
                                 spread = f"{min(ratios[name]):.2f}-{max(ratios[name]):.2f}x"
                         print(f"{label:<10}{conns:>6} {starts[name][0]:<10}{r['rate']:>9.0f}"
                               f"{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{ratio:>8}{spread:>13}"
-                              f"{cpu:>12}{loop:>9}{busy:>6}{load:>9}  {r['acks']}",
+                              f"{cpu:>12}{loop:>9}{busy:>6}{load:>9}{jobs:>7}  {r['acks']}",
                               flush=True)
         finally:
             for server in servers.values():
