@@ -191,8 +191,9 @@ class Flusher:
     def check(self, timeout: float = _START_SECONDS) -> None:
         """One WAL flush, answered within `timeout`: the flusher runs (OSError if not)."""
         self.request_wal()
-        ready, _, _ = select.select([self.reply_fd], [], [], timeout)
-        if not ready:
+        poller = select.poll()  # not select.select: no limit on the descriptor's number
+        poller.register(self.reply_fd, select.POLLIN)
+        if not poller.poll(timeout * 1000):
             raise OSError(errno.ETIMEDOUT, f"{self._describe()}: no answer in {timeout:g} s")
         code = self.read_reply()
         if code:

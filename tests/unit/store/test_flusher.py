@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -97,3 +98,20 @@ def test_a_flusher_that_cannot_start_is_refused_at_once(
     monkeypatch.setattr(sys, "executable", "/bin/false")
     with pytest.raises(OSError, match="flush process"):
         Flusher.process(tmp_path / "store.db-wal", tmp_path)
+
+
+def test_it_starts_in_a_process_with_more_than_1024_descriptors(tmp_path: Path) -> None:
+    """A server with many connections: its pipes get numbers past select()'s limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"the descriptor limit here is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        flusher = Flusher.process(tmp_path / "store.db-wal", tmp_path)
+        assert flusher.reply_fd > 1024
+        flusher.close()
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
