@@ -139,6 +139,8 @@ class SQLiteWriter:
         self._transaction: _Transaction | None = None  # open on a loop (slot LOOP)
         self._pending: list[_Job] = []  # waiting for the slot
         self._flushing = False  # a flush is asked or under way, its callers not yet woken
+        self._thread_flushing = False  # the commit thread syncs its own batch, callers waiting
+        self._stopping = False  # stop() found the writer idle: nothing more is taken
         self._request: _Request | None = None  # the flusher's request under way
         self._failure: StoreUnavailable | None = None
         self._restart_wal = False  # asked by the checkpointer, done between two transactions
@@ -195,7 +197,12 @@ class SQLiteWriter:
         the flusher."""
         loop = asyncio.get_running_loop()
         self._take_over_if_closed(loop)
-        await asyncio.to_thread(self._idle.wait)
+        while True:  # idle, and still idle once nothing more is taken
+            await asyncio.to_thread(self._idle.wait)
+            with self._lock:
+                if self._idle.is_set():
+                    self._stopping = True
+                    break
         reader_loop, self._reader_loop = self._reader_loop, None
         if reader_loop is not None and self._flusher is not None:  # before its pipe closes
             if reader_loop is loop:
@@ -209,7 +216,10 @@ class SQLiteWriter:
 
                 with contextlib.suppress(RuntimeError):  # closed meanwhile
                     reader_loop.call_soon_threadsafe(remove)
-                    await asyncio.to_thread(removed.wait, _WATCH_SECONDS)
+                    # Until done (the descriptor is closed next: a number the loop may give
+                    # to another file) or that loop closed, which lets go of it too.
+                    while not (removed.is_set() or reader_loop.is_closed()):
+                        await asyncio.to_thread(removed.wait, _WATCH_SECONDS)
         self._work.put(_STOP)
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
@@ -230,6 +240,8 @@ class SQLiteWriter:
         with self._lock:
             if self._failure is not None:
                 raise self._failure
+            if self._stopping:
+                raise StoreUnavailable("the store is closed")
             self._idle.clear()
             transaction = self._transaction
             if self._owner is not loop:  # another loop's writer: the commit thread runs it
@@ -249,7 +261,7 @@ class SQLiteWriter:
             assert transaction is not None
             transaction.outcomes.append(self._run_job(job))
             self._commit_if_disk_idle(loop)
-        else:  # waiting: if the owner closes meanwhile, this loop takes over
+        elif self._owner is not loop:  # waiting: if the owner closes meanwhile, take over
             loop.call_later(_WATCH_SECONDS, self._watch_owner, loop, future)
         return await future
 
@@ -257,17 +269,24 @@ class SQLiteWriter:
         """The transactions and the flusher's replies belong to one event loop, the first to
         submit (the server's, in production). If that loop has closed, `loop` takes over what
         it left: the flush under way, a transaction, the jobs of the closed loop."""
+        if self._owner is loop:  # the usual case, without the lock
+            return
         with self._lock:
             owner = self._owner
             if owner is loop or not (owner is None or owner.is_closed()):
                 return
             self._owner = loop
             request = self._request
-            dropped = self._flushing and request is None and owner is not None
+            # What the closed loop left open: a hand-off lost with it, or a transaction no
+            # flush will commit.
+            dropped = (owner is not None and request is None
+                       and (self._flushing or self._transaction is not None))
+            if dropped:
+                self._flushing = True
         if request is not None:  # its reply comes here
             request.loop = loop
             self._listen(loop)
-        elif dropped:  # a hand-off to the closed loop was lost with it
+        elif dropped:
             self._finish_transaction(loop)
         with self._lock:
             waiting = self._kick_pending(loop)
@@ -306,9 +325,18 @@ class SQLiteWriter:
         self._commit_if_disk_idle(loop)
 
     def _run_job(self, job: _Job) -> Outcome:
-        """One job in its own savepoint of the open transaction."""
+        """One job in its own savepoint of the open transaction; whatever happens, an outcome.
+
+        Not run when the transaction is gone (SQLite rolls it back by itself on a full disk or
+        an I/O error): its SAVEPOINT would open a transaction of its own, which RELEASE would
+        commit at once, before its payload records are synced and with no flush after it."""
         conn = self._conn
-        conn.execute("SAVEPOINT job")
+        if not conn.in_transaction:
+            return job, None, StoreUnavailable("SQLite rolled the transaction back")
+        try:
+            conn.execute("SAVEPOINT job")
+        except Exception as exc:  # noqa: BLE001
+            return job, None, _job_error(exc)
         try:
             result = job.fn(conn)
         except Exception as exc:  # noqa: BLE001 (the job fails; the others stand)
@@ -316,7 +344,10 @@ class SQLiteWriter:
                 conn.execute("ROLLBACK TO job")
                 conn.execute("RELEASE job")
             return job, None, _job_error(exc)
-        conn.execute("RELEASE job")
+        try:
+            conn.execute("RELEASE job")
+        except Exception as exc:  # noqa: BLE001 (a job that released or ended it itself)
+            return job, None, _job_error(exc)
         return job, result, None
 
     def _commit_if_disk_idle(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -522,7 +553,7 @@ class SQLiteWriter:
     def _settle(self) -> None:
         """Under `_lock`: the store is idle when nothing waits, runs or flushes."""
         if (self._slot is _Slot.FREE and not self._pending and not self._flushing
-                and self._transaction is None):
+                and not self._thread_flushing and self._transaction is None):
             self._idle.set()
 
     # -- the commit thread --------------------------------------------------------------------
@@ -533,7 +564,17 @@ class SQLiteWriter:
             if work is _STOP:
                 break
             if isinstance(work, _RunHere):
-                self._run_here(work.jobs)
+                try:
+                    self._run_here(work.jobs)
+                except Exception as exc:  # noqa: BLE001 (a bug: the thread and the store go on)
+                    log.error("store_batch_failed", error=type(exc).__name__,
+                              where=exception_frames(exc))
+                    _rollback(self._conn)
+                    resolve([(job, None, StoreError(f"store batch failed: {type(exc).__name__}"))
+                             for job in work.jobs])
+                    with self._lock:
+                        self._thread_flushing = False
+                    self._free_slot()
             elif isinstance(work, _Checkpoint):
                 try:
                     self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
@@ -566,6 +607,8 @@ class SQLiteWriter:
             resolve([(job, None, error) for job, _, _ in outcomes])
             self._free_slot()
             return
+        with self._lock:
+            self._thread_flushing = True  # not idle until its callers are answered
         self._free_slot()
         try:
             self._sync_wal()
@@ -578,6 +621,7 @@ class SQLiteWriter:
             self.commits.record(time.perf_counter() - started, len(outcomes))
         resolve(outcomes)
         with self._lock:
+            self._thread_flushing = False
             self._settle()
 
     def _free_slot(self) -> None:

@@ -299,6 +299,46 @@ async def test_a_failed_commit_is_unavailable_and_the_writer_goes_on(
     assert not store.closed
 
 
+async def test_after_sqlite_rolled_the_transaction_back_no_later_job_commits_alone(
+        store: SQLiteStore, tmp_path: Path) -> None:
+    """SQLite rolls a transaction back by itself on a full disk or an I/O error. A job after
+    that must not run: its SAVEPOINT would open a transaction of its own and its RELEASE
+    commit it at once, before its payload record is synced and with no flush after it."""
+    def rolled_back_by_sqlite(conn: sqlite3.Connection) -> None:
+        conn.execute("ROLLBACK")  # what SQLite does itself on SQLITE_FULL
+        raise sqlite3.OperationalError("database or disk is full")
+
+    results = await asyncio.gather(
+        store.record_inbound(inbound(0)),  # runs alone; the next two share a transaction
+        store._submit(rolled_back_by_sqlite), store.record_inbound(big_inbound(1)),
+        return_exceptions=True)
+    assert not isinstance(results[0], BaseException)
+    assert isinstance(results[1], StoreUnavailable)
+    assert isinstance(results[2], StoreUnavailable)
+    assert count_rows(tmp_path / "store.db") == 1  # the big one was not committed alone
+    assert (await store.record_inbound(big_inbound(2))).inbound_id > 0
+    assert count_rows(tmp_path / "store.db") == 2
+
+
+async def test_a_job_that_ends_its_savepoint_itself_fails_alone(store: SQLiteStore) -> None:
+    """A bug in a job (it releases its savepoint, or commits) fails that job; the commit
+    thread, which runs other loops' jobs, goes on."""
+    def releases_itself(conn: sqlite3.Connection) -> None:
+        conn.execute("RELEASE job")
+
+    assert (await store.record_inbound(inbound(1))).inbound_id > 0  # this loop owns it
+
+    async def other_loop() -> None:
+        with pytest.raises(StoreError):
+            await store._submit(releases_itself)
+        assert (await store.record_inbound(inbound(2))).inbound_id > 0
+
+    await asyncio.wait_for(asyncio.to_thread(asyncio.run, other_loop()), 5)
+    with pytest.raises(StoreError):
+        await store._submit(releases_itself)
+    assert (await asyncio.wait_for(store.record_inbound(inbound(3)), 5)).inbound_id > 0
+
+
 async def test_a_failed_wal_flush_stops_every_write_until_a_restart(tmp_path: Path) -> None:
     failing = True
 
