@@ -17,12 +17,14 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
 
 from connector.errors import StoreError, StoreUnavailable
 from connector.store import InboundMessage, InboundStatus
+from connector.store import sqlite_writer as sqlite_writer_module
 from connector.store.flusher import Flusher
 from connector.store.sqlite import SQLiteStore
 
@@ -496,6 +498,44 @@ async def test_a_loop_that_closes_with_its_flush_under_way_is_taken_over(tmp_pat
     assert (await asyncio.wait_for(store.record_inbound(inbound(3)), 5)).inbound_id > 0
     await asyncio.wait_for(store.close(), 5)
     assert count_rows(tmp_path / "store.db") == 3
+
+
+async def test_a_write_racing_the_stop_is_answered(tmp_path: Path) -> None:
+    """A write from another thread that got past the store's own closed check while close()
+    was under way: once the writer found itself idle it takes nothing more, and says so,
+    rather than queue a job its commit thread will never run."""
+    store = SQLiteStore(tmp_path / "store.db")
+    store.open()
+    assert (await store.record_inbound(inbound(1))).inbound_id > 0
+    writer = store._writer
+    assert writer is not None
+    results: list[object] = []
+
+    class Work:  # the commit thread's queue, with a write arriving just after its stop
+        def __init__(self, queue: Any) -> None:
+            self.queue = queue
+
+        def get(self) -> object:
+            return self.queue.get()
+
+        def put(self, item: object) -> None:
+            self.queue.put(item)
+            if item is sqlite_writer_module._STOP:
+                async def late() -> None:
+                    try:
+                        results.append(await asyncio.wait_for(writer.submit(lambda conn: 7), 3))
+                    except (StoreError, TimeoutError) as exc:
+                        results.append(exc)
+
+                thread = threading.Thread(target=asyncio.run, args=(late(),))
+                thread.start()
+                thread.join(10)
+
+    writer._work = Work(writer._work)  # type: ignore[assignment]
+    await asyncio.wait_for(store.close(), 15)
+    assert len(results) == 1
+    assert isinstance(results[0], StoreUnavailable)  # answered, not left waiting
+    assert "closed" in str(results[0])
 
 
 @pytest.mark.parametrize("restarts", [True, False], ids=["restarted", "control"])
