@@ -55,8 +55,7 @@ def segment_path(directory: str, segment: int) -> str:
 def serve(requests: int, replies: int, wal: str, payloads: str,
           sync: Callable[[int], None] = os.fdatasync) -> None:
     """Answer each request on `requests` once its file is flushed, until end of file."""
-    wal_fd = -1
-    wal_checked = 0.0
+    wal_file = WalFile(wal)
     segment, segment_fd = -1, -1
     pending = b""
     try:
@@ -71,20 +70,7 @@ def serve(requests: int, replies: int, wal: str, payloads: str,
                 code = 0
                 try:
                     if op == WAL:
-                        # SQLite replaces the WAL only when its last connection closes, which
-                        # the store's own connection prevents: its inode is looked at once a
-                        # second, not before every flush.
-                        now = time.monotonic()
-                        if wal_fd < 0 or (now >= wal_checked + _INODE_CHECK_SECONDS
-                                          and _inode(wal) != os.fstat(wal_fd).st_ino):
-                            if wal_fd >= 0:
-                                os.close(wal_fd)
-                                wal_fd = -1
-                            wal_fd = os.open(wal, os.O_RDONLY | os.O_CREAT, 0o600)
-                            wal_checked = now
-                        elif now >= wal_checked + _INODE_CHECK_SECONDS:
-                            wal_checked = now
-                        sync(wal_fd)
+                        sync(wal_file.descriptor())
                     else:
                         if number != segment:
                             if segment_fd >= 0:
@@ -100,9 +86,38 @@ def serve(requests: int, replies: int, wal: str, payloads: str,
                 except BrokenPipeError:  # the connector is gone: nobody waits for this
                     return
     finally:
-        for fd in (wal_fd, segment_fd):
-            if fd >= 0:
-                os.close(fd)
+        wal_file.close()
+        if segment_fd >= 0:
+            os.close(segment_fd)
+
+
+class WalFile:
+    """A descriptor of the WAL file, to fdatasync it (the flusher's, and the writer's commit
+    thread's for the batches it commits itself). SQLite replaces the WAL only when its last
+    connection closes, which the store's own connection prevents: whether it was replaced is
+    looked at once a second, not before every flush."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd = -1
+        self._checked = 0.0  # monotonic: when the inode was last compared
+
+    def descriptor(self) -> int:
+        """Open (created if missing), and reopened if the file was replaced."""
+        now = time.monotonic()
+        if self._fd >= 0 and now >= self._checked + _INODE_CHECK_SECONDS:
+            self._checked = now
+            if _inode(self.path) != os.fstat(self._fd).st_ino:
+                self.close()
+        if self._fd < 0:
+            self._fd = os.open(self.path, os.O_RDONLY | os.O_CREAT, 0o600)
+            self._checked = now
+        return self._fd
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 def _inode(path: str) -> int:

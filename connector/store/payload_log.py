@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from connector.errors import PayloadUnreadable, StoreError
+from connector.store.flusher import segment_path
 
 _MAGIC = b"MSP1"
 _HEADER = struct.Struct(">4sII")
@@ -69,7 +70,7 @@ class PayloadLog:
         self._unwritten: list[bytes] = []  # appended, for the next write()
 
     def _path(self, segment: int) -> Path:
-        return self.directory / f"segment-{segment:06d}.log"
+        return Path(segment_path(str(self.directory), segment))
 
     def _segments(self) -> list[int]:
         """The numbers of the segment files on disk, in order."""

@@ -56,7 +56,7 @@ import structlog
 from connector.errors import StoreError, StoreUnavailable
 from connector.observability.logs import exception_frames
 from connector.store._shared import CommitRecorder, Outcome, resolve, set_results
-from connector.store.flusher import Flusher
+from connector.store.flusher import Flusher, WalFile
 from connector.store.payload_log import PayloadLog
 
 log = structlog.get_logger(__name__)
@@ -76,7 +76,7 @@ class _Slot(enum.Enum):
 
     FREE = "free"  # no transaction open
     LOOP = "loop"  # a transaction open on an event loop, taking that loop's jobs as they come
-    THREAD = "thread"  # the commit thread: payload sync and COMMIT, or a whole batch
+    THREAD = "thread"  # the commit thread: a batch of its own, or the WAL-restart checkpoint
 
 
 @dataclass(slots=True)
@@ -112,11 +112,8 @@ class _Checkpoint:
 
 
 _STOP = object()
-_WAL_CHECK_SECONDS = 1.0
-_WATCH_SECONDS = 0.5  # a loop waiting for the slot looks this often whether its owner closed
-
-
 _CHECKPOINT = _Checkpoint()
+_WATCH_SECONDS = 0.5  # a loop waiting for the slot looks this often whether its owner closed
 
 
 class SQLiteWriter:
@@ -147,8 +144,7 @@ class SQLiteWriter:
         self._idle = threading.Event()  # nothing pending, open, committed or flushing
         self._idle.set()
         self._work: queue.SimpleQueue[object] = queue.SimpleQueue()
-        self._wal_fd: int | None = None  # the commit thread's, for the batches it commits
-        self._wal_checked_at = 0.0  # when `_sync_wal` last compared the WAL's inode (monotonic)
+        self._wal = WalFile(str(wal_path))  # the commit thread's, for the batches it commits
         self._thread: threading.Thread | None = None
         self.commits = CommitRecorder()  # the WAL flushes that made jobs durable
 
@@ -158,7 +154,7 @@ class SQLiteWriter:
         self._conn.execute("PRAGMA synchronous = NORMAL")  # the flusher flushes the WAL
         self._flusher = self._new_flusher(self._wal_path, self._payloads.directory)
         try:
-            self._wal_fd = self._open_wal()
+            self._wal.descriptor()
             self._thread = threading.Thread(target=self._run, name="sqlite-commit",
                                             daemon=True)
             self._thread.start()
@@ -175,9 +171,7 @@ class SQLiteWriter:
         if self._flusher is not None:
             self._flusher.close()
             self._flusher = None
-        if self._wal_fd is not None:
-            os.close(self._wal_fd)
-            self._wal_fd = None
+        self._wal.close()
 
     def restart_wal(self) -> None:
         """From the checkpointer, which just copied most of a large WAL: after the next
@@ -225,9 +219,7 @@ class SQLiteWriter:
             await asyncio.to_thread(self._thread.join)
         if self._flusher is not None:
             await asyncio.to_thread(self._flusher.close)
-        if self._wal_fd is not None:
-            os.close(self._wal_fd)
-            self._wal_fd = None
+        self._wal.close()
 
     # -- the loop's side ----------------------------------------------------------------------
 
@@ -368,12 +360,8 @@ class SQLiteWriter:
                 self._flushing = False
                 self._settle()
                 return
-        if transaction.loop is not loop:  # opened on another loop: committed there
-            try:
-                transaction.loop.call_soon_threadsafe(self._finish_transaction, transaction.loop)
-                return
-            except RuntimeError:  # that loop has closed: nothing runs on it any more
-                pass
+        # Only the owner opens transactions; one of another loop was left by an owner that
+        # closed (`_take_over_if_closed`), which runs nothing any more: committed here.
         if self._failure is not None:
             self._abandon(transaction, self._failure, loop)
             return
@@ -518,35 +506,34 @@ class SQLiteWriter:
         if not self._pending or self._slot is not _Slot.FREE:
             return []
         loop = self._pending[0].loop
-        if loop is not self._owner or loop.is_closed():  # no transaction of its own
-            jobs = [job for job in self._pending if job.loop is loop]
-            self._pending = [job for job in self._pending if job.loop is not loop]
-            self._slot = _Slot.THREAD
-            self._work.put(_RunHere(jobs))
-            return []
-        if loop is here:
-            jobs = [job for job in self._pending if job.loop is loop]
-            self._pending = [job for job in self._pending if job.loop is not loop]
+        if loop is here and loop is self._owner and not loop.is_closed():
             self._slot = _Slot.LOOP
-            return jobs
-        try:
-            loop.call_soon_threadsafe(self._start_pending, loop)
-        except RuntimeError:  # that loop is closed: its jobs run on the commit thread
-            jobs = [job for job in self._pending if job.loop is loop]
-            self._pending = [job for job in self._pending if job.loop is not loop]
-            self._slot = _Slot.THREAD
-            self._work.put(_RunHere(jobs))
+            return self._take_pending(loop)
+        if loop is self._owner and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(self._start_pending, loop)
+                return []
+            except RuntimeError:  # closed meanwhile
+                pass
+        # Another loop's jobs, or a closed loop's: no transaction of its own.
+        self._slot = _Slot.THREAD
+        self._work.put(_RunHere(self._take_pending(loop)))
         return []
+
+    def _take_pending(self, loop: asyncio.AbstractEventLoop) -> list[_Job]:
+        """Under `_lock`: the waiting jobs of `loop`, taken out of `_pending`."""
+        jobs = [job for job in self._pending if job.loop is loop]
+        self._pending = [job for job in self._pending if job.loop is not loop]
+        return jobs
 
     def _start_pending(self, loop: asyncio.AbstractEventLoop) -> None:
         with self._lock:
             if self._slot is not _Slot.FREE:
                 return  # taken meanwhile; whoever frees it kicks again
-            jobs = [job for job in self._pending if job.loop is loop]
+            jobs = self._take_pending(loop)
             if not jobs:
                 self._kick_pending()
                 return
-            self._pending = [job for job in self._pending if job.loop is not loop]
             self._slot = _Slot.LOOP
         self._begin(jobs, loop)
 
@@ -611,7 +598,7 @@ class SQLiteWriter:
             self._thread_flushing = True  # not idle until its callers are answered
         self._free_slot()
         try:
-            self._sync_wal()
+            os.fdatasync(self._wal.descriptor())
         except OSError as exc:
             self._fail(StoreUnavailable(f"the WAL could not be flushed ({exc}); restart the"
                                         " connector"))
@@ -644,24 +631,6 @@ class SQLiteWriter:
                     raise
             time.sleep(0.002)
 
-    def _sync_wal(self) -> None:
-        """fdatasync the WAL file on the commit thread (its own batches), reopened first if
-        SQLite replaced it (it deletes the WAL when its last connection closes, which the
-        store's own connection prevents); looked at once a second."""
-        fd = self._wal_fd
-        now = time.monotonic()
-        check = now >= self._wal_checked_at + _WAL_CHECK_SECONDS
-        if check:
-            self._wal_checked_at = now
-        if fd is None or (check and os.fstat(fd).st_ino != _inode(self._wal_path)):
-            if fd is not None:
-                os.close(fd)
-            self._wal_fd = fd = self._open_wal()
-        os.fdatasync(fd)
-
-    def _open_wal(self) -> int:
-        return os.open(self._wal_path, os.O_RDONLY | os.O_CREAT, 0o600)
-
 
 def resolve_here(outcomes: list[Outcome], loop: asyncio.AbstractEventLoop) -> None:
     """Wake the callers of `outcomes`: at once those of `loop` (running this), the others on
@@ -671,13 +640,6 @@ def resolve_here(outcomes: list[Outcome], loop: asyncio.AbstractEventLoop) -> No
         return
     set_results([outcome for outcome in outcomes if outcome[0].loop is loop])
     resolve([outcome for outcome in outcomes if outcome[0].loop is not loop])
-
-
-def _inode(path: Path) -> int:
-    try:
-        return path.stat().st_ino
-    except FileNotFoundError:
-        return -1
 
 
 def _payload_error(exc: Exception) -> StoreUnavailable:

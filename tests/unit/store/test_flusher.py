@@ -115,3 +115,18 @@ def test_it_starts_in_a_process_with_more_than_1024_descriptors(tmp_path: Path) 
         for fd in held:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_the_wal_descriptor_follows_a_replaced_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite replaces the WAL when its last connection closes: the next flush opens the new
+    file (looked at once a second; here at every call)."""
+    monkeypatch.setattr(flusher_module, "_INODE_CHECK_SECONDS", 0.0)
+    wal = tmp_path / "store.db-wal"
+    wal_file = flusher_module.WalFile(str(wal))
+    first = os.fstat(wal_file.descriptor()).st_ino
+    assert wal_file.descriptor() == wal_file.descriptor()  # kept while the file stays
+    wal.rename(tmp_path / "old-wal")  # kept: its inode number cannot be given to the new one
+    wal.write_bytes(b"new")
+    assert os.fstat(wal_file.descriptor()).st_ino == wal.stat().st_ino != first
+    wal_file.close()
