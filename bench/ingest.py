@@ -52,7 +52,6 @@ import base64
 import json
 import os
 import random
-import re
 import socket
 import statistics
 import subprocess
@@ -63,6 +62,8 @@ import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MSSCONNECTOR_SHARED_DIR", ROOT.parent / "shared"))
@@ -245,11 +246,16 @@ def summary(slices: list[dict]) -> dict:
         "cpu_us": _per_message(slices, "cpu"),
         "loop_us": _per_message(slices, "loop_cpu"),
         "load_us": _per_message(slices, "load_cpu"),
-        "jobs_per_commit": (None if any(s.get("commits") is None for s in slices)
-                            or not sum(s["commits"][0] for s in slices)
-                            else sum(s["commits"][1] for s in slices)
-                            / sum(s["commits"][0] for s in slices)),
+        "jobs_per_commit": _jobs_per_commit(slices),
     }
+
+
+def _jobs_per_commit(slices: list[dict]) -> float | None:
+    """The jobs per group commit over the slices, from the connector's counters."""
+    if any(s.get("commits") is None for s in slices):
+        return None
+    commits = sum(s["commits"][0] for s in slices)
+    return sum(s["commits"][1] for s in slices) / commits if commits else None
 
 
 def _per_message(slices: list[dict], key: str) -> float | None:
@@ -302,12 +308,11 @@ def store_commits(admin_port: int) -> tuple[float, float] | None:
             text = r.read().decode()
     except OSError:
         return None
-    found = [re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
-             for name in ("mssconnector_store_commits_total",
-                          "mssconnector_store_committed_jobs_total")]
-    if found[0] is None or found[1] is None:
-        return None
-    return float(found[0].group(1)), float(found[1].group(1))
+    values = {sample.name: sample.value for family in text_string_to_metric_families(text)
+              for sample in family.samples}
+    commits = values.get("mssconnector_store_commits_total")
+    jobs = values.get("mssconnector_store_committed_jobs_total")
+    return None if commits is None or jobs is None else (commits, jobs)
 
 
 def start_connector(workdir: Path, port: int, tree: Path = ROOT,
