@@ -4,7 +4,9 @@ answers each request with 0 or the errno of the failed flush, survives the termi
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import mmap
 import os
 import resource
 import signal
@@ -130,3 +132,58 @@ def test_the_wal_descriptor_follows_a_replaced_file(
     wal.write_bytes(b"new")
     assert os.fstat(wal_file.descriptor()).st_ino == wal.stat().st_ino != first
     wal_file.close()
+
+
+_MIB = 1024 * 1024
+
+
+def test_flushed_payload_bytes_leave_the_page_cache_but_the_newest(tmp_path: Path) -> None:
+    """A segment's records are written once: after a flush, what lies more than `keep_cached`
+    behind its end leaves the page cache, and the whole segment when the next one starts; the
+    bytes read back the same from the disk."""
+    payloads = tmp_path / "payloads"
+    payloads.mkdir()
+    first, second = Path(segment_path(str(payloads), 1)), Path(segment_path(str(payloads), 2))
+    data = os.urandom(10 * _MIB)
+    first.write_bytes(data)  # written, not yet flushed: all of it in the page cache
+    second.write_bytes(b"MSP1")
+    assert _resident_pages(first, 0, 10 * _MIB) == 10 * _MIB // 4096
+    flusher = Flusher.thread(tmp_path / "store.db-wal", payloads, keep_cached=2 * _MIB)
+    try:
+        flusher.request_segment(1)
+        assert flusher.read_reply() == 0
+        assert _resident_pages(first, 0, 8 * _MIB) == 0
+        assert _resident_pages(first, 8 * _MIB, 10 * _MIB) == 2 * _MIB // 4096
+        flusher.request_segment(2)
+        assert flusher.read_reply() == 0
+        assert _resident_pages(first, 0, 10 * _MIB) == 0
+    finally:
+        flusher.close()
+    assert first.read_bytes() == data
+
+
+def test_a_small_segment_is_left_in_the_page_cache(tmp_path: Path) -> None:
+    """Under `keep_cached` (and a few megabytes more) a flush drops nothing."""
+    segment = Path(segment_path(str(tmp_path), 1))
+    segment.write_bytes(os.urandom(5 * _MIB))
+    segment_file = flusher_module.SegmentFile(str(tmp_path), keep_cached=2 * _MIB)
+    os.fdatasync(segment_file.descriptor(1))
+    segment_file.flushed()  # 3 MiB behind the end: under the 4 MiB step
+    assert _resident_pages(segment, 0, 5 * _MIB) == 5 * _MIB // 4096
+    segment_file.close()
+
+
+def _resident_pages(path: Path, start: int, end: int) -> int:
+    """How many pages of the file's bytes [start, end) are in the page cache (mincore(2) on a
+    mapping of the file, which reads nothing)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p)
+    with path.open("r+b") as file, mmap.mmap(file.fileno(), 0) as mapped:
+        vector = (ctypes.c_ubyte * ((len(mapped) + 4095) // 4096))()
+        anchor = ctypes.c_char.from_buffer(mapped)
+        try:
+            if libc.mincore(ctypes.addressof(anchor), len(mapped), vector) != 0:
+                raise OSError(ctypes.get_errno(), "mincore failed")
+        finally:
+            del anchor  # the mapping cannot close while a ctypes object points into it
+        return sum(page & 1 for page in vector[start // 4096:end // 4096])
