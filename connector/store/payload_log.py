@@ -138,6 +138,11 @@ class PayloadLog:
                 raise
         return self._segment if self._dirty else None
 
+    @property
+    def unwritten(self) -> bool:
+        """Whether records were appended since the last `write()`."""
+        return bool(self._unwritten)
+
     def flushed(self) -> None:
         """What `write()` wrote is on disk."""
         self._dirty = False

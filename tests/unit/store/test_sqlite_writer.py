@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import hashlib
 import os
+import signal
 import sqlite3
 import sys
 import threading
@@ -229,6 +230,67 @@ async def test_payload_records_are_synced_before_the_commit_that_points_at_them(
     detail = await store.get_inbound(receipt.inbound_id)
     assert detail is not None
     assert detail.raw == big_inbound(1).raw
+    await store.close()
+
+
+async def test_payload_records_are_flushed_right_behind_the_wal_flush_under_way(
+        tmp_path: Path) -> None:
+    """A job reserves a payload record while the WAL flush of the transaction before runs:
+    its record is written and its flush asked at once, queued behind the WAL's, not once the
+    loop has read the WAL's reply; still before the COMMIT that points at it."""
+    armed, release = threading.Event(), threading.Event()
+    flushed: list[tuple[str, int]] = []
+
+    def sync(fd: int) -> None:
+        name = Path(file_of(fd)).name
+        if armed.is_set():
+            if name.endswith("-wal"):
+                release.wait(5)
+            flushed.append((name, max_inbound_id(tmp_path / "store.db")))
+        os.fdatasync(fd)
+
+    store = open_with_sync(tmp_path / "store.db", sync)
+    armed.set()
+    first = asyncio.create_task(store.record_inbound(inbound(1)))
+    await asyncio.sleep(0.05)  # committed; its WAL flush waits for `release`
+    second = asyncio.create_task(store.record_inbound(big_inbound(2)))
+    await asyncio.sleep(0.05)  # run in the next transaction, its record reserved
+    release.set()
+    time.sleep(0.3)  # the loop blocked: it reads no reply meanwhile
+    flushed_while_blocked = list(flushed)
+    first_receipt, second_receipt = await asyncio.gather(first, second)
+    assert flushed_while_blocked == [("store.db-wal", first_receipt.inbound_id),
+                                     ("segment-000001.log", first_receipt.inbound_id)]
+    assert flushed[2:] == [("store.db-wal", second_receipt.inbound_id)]
+    detail = await store.get_inbound(second_receipt.inbound_id)
+    assert detail is not None
+    assert detail.raw == big_inbound(2).raw
+    await store.close()
+
+
+async def test_a_flusher_that_dies_with_two_flushes_asked_answers_both(
+        tmp_path: Path) -> None:
+    """The WAL's flush and, behind it, a payload segment's: the flusher killed before either
+    is answered; both callers are answered unavailable, none is left waiting."""
+    store = SQLiteStore(tmp_path / "store.db")
+    store.open()
+    assert (await store.record_inbound(inbound(1))).inbound_id > 0
+    assert store._writer is not None
+    assert store._writer._flusher is not None
+    pid = store._writer._flusher.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        first = asyncio.create_task(store.record_inbound(inbound(2)))
+        await asyncio.sleep(0.05)  # committed, its WAL flush asked
+        second = asyncio.create_task(store.record_inbound(big_inbound(3)))
+        await asyncio.sleep(0.05)  # its record's flush asked behind it
+        assert len(store._writer._requests) == 2
+    finally:
+        os.kill(pid, signal.SIGKILL)
+    results = await asyncio.wait_for(asyncio.gather(first, second, return_exceptions=True), 5)
+    assert [type(result) for result in results] == [StoreUnavailable, StoreUnavailable]
+    assert store.closed
     await store.close()
 
 
