@@ -162,6 +162,12 @@ def big_inbound(n: int) -> InboundMessage:
     return dataclasses.replace(message, raw=raw, digest=hashlib.sha256(raw).digest())
 
 
+async def stored_raw(store: SQLiteStore, inbound_id: int) -> bytes:
+    detail = await store.get_inbound(inbound_id)
+    assert detail is not None
+    return detail.raw
+
+
 def max_inbound_id(path: Path) -> int:
     with contextlib.closing(sqlite3.connect(path)) as conn:
         return int(conn.execute("SELECT coalesce(max(id), 0) FROM inbound").fetchone()[0])
@@ -227,9 +233,7 @@ async def test_payload_records_are_synced_before_the_commit_that_points_at_them(
     receipt = await store.record_inbound(big_inbound(1))
     # The segment first, while the row was not committed yet; then the WAL, with it.
     assert flushed == [("segment-000001.log", 0), ("store.db-wal", receipt.inbound_id)]
-    detail = await store.get_inbound(receipt.inbound_id)
-    assert detail is not None
-    assert detail.raw == big_inbound(1).raw
+    assert await stored_raw(store, receipt.inbound_id) == big_inbound(1).raw
     await store.close()
 
 
@@ -262,16 +266,12 @@ async def test_payload_records_are_flushed_right_behind_the_wal_flush_under_way(
     assert flushed_while_blocked == [("store.db-wal", first_receipt.inbound_id),
                                      ("segment-000001.log", first_receipt.inbound_id)]
     assert flushed[2:] == [("store.db-wal", second_receipt.inbound_id)]
-    detail = await store.get_inbound(second_receipt.inbound_id)
-    assert detail is not None
-    assert detail.raw == big_inbound(2).raw
+    assert await stored_raw(store, second_receipt.inbound_id) == big_inbound(2).raw
     await store.close()
 
 
-async def test_a_flusher_that_dies_with_two_flushes_asked_answers_both(
-        tmp_path: Path) -> None:
-    """The WAL's flush and, behind it, a payload segment's: the flusher killed before either
-    is answered; both callers are answered unavailable, none is left waiting."""
+async def written_once_with_its_flusher(tmp_path: Path) -> tuple[SQLiteStore, int]:
+    """A store whose flusher is a process (its pid), one write answered."""
     store = SQLiteStore(tmp_path / "store.db")
     store.open()
     assert (await store.record_inbound(inbound(1))).inbound_id > 0
@@ -279,6 +279,15 @@ async def test_a_flusher_that_dies_with_two_flushes_asked_answers_both(
     assert store._writer._flusher is not None
     pid = store._writer._flusher.pid
     assert pid is not None
+    assert pid != os.getpid()
+    return store, pid
+
+
+async def test_a_flusher_that_dies_with_two_flushes_asked_answers_both(
+        tmp_path: Path) -> None:
+    """The WAL's flush and, behind it, a payload segment's: the flusher killed before either
+    is answered; both callers are answered unavailable, none is left waiting."""
+    store, pid = await written_once_with_its_flusher(tmp_path)
     os.kill(pid, signal.SIGSTOP)
     try:
         first = asyncio.create_task(store.record_inbound(inbound(2)))
@@ -336,9 +345,7 @@ async def test_a_failed_payload_flush_is_unavailable_and_the_writer_goes_on(
     assert count_rows(tmp_path / "store.db") == 0
     receipt = await store.record_inbound(big_inbound(2))
     assert count_rows(tmp_path / "store.db") == 1
-    detail = await store.get_inbound(receipt.inbound_id)
-    assert detail is not None
-    assert detail.raw == big_inbound(2).raw
+    assert await stored_raw(store, receipt.inbound_id) == big_inbound(2).raw
     assert not store.closed
     await store.close()
 
@@ -427,14 +434,7 @@ async def test_a_failed_wal_flush_stops_every_write_until_a_restart(tmp_path: Pa
 
 async def test_a_flusher_that_dies_stops_every_write_until_a_restart(tmp_path: Path) -> None:
     """Killed (the OOM killer, an operator): whether its flush happened is unknown."""
-    store = SQLiteStore(tmp_path / "store.db")
-    store.open()
-    assert (await store.record_inbound(inbound(1))).inbound_id > 0
-    assert store._writer is not None
-    assert store._writer._flusher is not None
-    pid = store._writer._flusher.pid
-    assert pid is not None
-    assert pid != os.getpid()
+    store, pid = await written_once_with_its_flusher(tmp_path)
     os.kill(pid, 9)
     with structlog.testing.capture_logs() as logs, pytest.raises(StoreUnavailable,
                                                                   match="restart"):
