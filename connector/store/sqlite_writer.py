@@ -367,6 +367,9 @@ class SQLiteWriter:
                 transaction = None
         if transaction is None:
             self._finish_transaction(loop)
+        elif not self._conn.in_transaction:  # SQLite rolled it back itself (disk full, I/O)
+            self._abandon(transaction, StoreUnavailable("SQLite rolled the transaction back"),
+                          loop)
         else:
             self._flush_payloads(transaction, loop, time.perf_counter())
 
@@ -531,7 +534,9 @@ class SQLiteWriter:
             if self._transaction is transaction:
                 self._transaction = None
             self._slot = _Slot.FREE
-            self._flushing = False
+            # A transaction lost before its early payload flush was asked leaves the WAL
+            # flush before it under way: its reply ends the flushing.
+            self._flushing = bool(self._requests)
             waiting = self._kick_pending(loop)
             self._settle()
         resolve_here([(job, None, error) for job, _, _ in transaction.outcomes], loop)
@@ -625,12 +630,15 @@ class SQLiteWriter:
             return
         outcomes = [self._run_job(job) for job in jobs]
         try:
+            if self._failure is not None:  # a flush of the loop's failed meanwhile
+                raise self._failure
             self._payloads.sync()  # nothing to do when its jobs reserved no record
             conn.execute("COMMIT")
         except Exception as exc:  # noqa: BLE001 (whatever it is, nothing is committed)
             _rollback(conn)
-            error = (_payload_error(exc) if not isinstance(exc, sqlite3.Error)
-                     else StoreUnavailable(f"SQLite write failed: {exc}"))
+            error = (exc if isinstance(exc, StoreUnavailable)
+                     else StoreUnavailable(f"SQLite write failed: {exc}")
+                     if isinstance(exc, sqlite3.Error) else _payload_error(exc))
             resolve([(job, None, error) for job, _, _ in outcomes])
             self._free_slot()
             return

@@ -270,6 +270,79 @@ async def test_payload_records_are_flushed_right_behind_the_wal_flush_under_way(
     await store.close()
 
 
+async def test_a_payload_write_failing_behind_a_wal_flush_leaves_that_flush_waited_for(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The early payload write fails while the WAL flush before it runs: its transaction is
+    lost, and the store is not idle until that flush is answered (stop() waits for it)."""
+    armed, release = threading.Event(), threading.Event()
+
+    def sync(fd: int) -> None:
+        if armed.is_set() and file_of(fd).endswith("-wal"):
+            release.wait(5)
+        os.fdatasync(fd)
+
+    store = open_with_sync(tmp_path / "store.db", sync)
+    real_write = store._payloads.write
+
+    def write_failing_with_records() -> int | None:
+        if store._payloads.unwritten:
+            raise OSError(28, "No space left on device")
+        return real_write()
+
+    monkeypatch.setattr(store._payloads, "write", write_failing_with_records)
+    armed.set()
+    first = asyncio.create_task(store.record_inbound(inbound(1)))
+    await asyncio.sleep(0.05)  # committed; its WAL flush waits for `release`
+    with pytest.raises(StoreUnavailable, match="payload log could not be written"):
+        await store.record_inbound(big_inbound(2))
+    assert store._writer is not None
+    assert not store._writer._idle.is_set()  # the first's flush is still under way
+    threading.Timer(0.2, release.set).start()
+    await asyncio.wait_for(store.close(), 5)
+    assert (await asyncio.wait_for(first, 1)).inbound_id > 0
+
+
+async def test_a_transaction_sqlite_rolled_back_behind_a_wal_flush_is_lost_unflushed(
+        tmp_path: Path) -> None:
+    """A job reserves a payload record, then SQLite rolls the shared transaction back (a full
+    disk), while the WAL flush before it runs: the transaction is lost at once, no segment
+    flush is asked for it, and the first caller is answered once its flush returns."""
+    armed, release = threading.Event(), threading.Event()
+    flushed: list[str] = []
+
+    def sync(fd: int) -> None:
+        if armed.is_set():
+            if file_of(fd).endswith("-wal"):
+                release.wait(5)
+            flushed.append(Path(file_of(fd)).name)
+        os.fdatasync(fd)
+
+    store = open_with_sync(tmp_path / "store.db", sync)
+    armed.set()
+    first = asyncio.create_task(store.record_inbound(inbound(1)))
+    await asyncio.sleep(0.05)  # committed; its WAL flush waits for `release`
+    second = asyncio.create_task(store.record_inbound(inbound(2)))  # the next transaction
+
+    def reserves_then_rolled_back(conn: sqlite3.Connection) -> None:
+        store._payloads.append(b"x" * 40_000)
+        conn.execute("ROLLBACK")  # what SQLite does itself on SQLITE_FULL
+        raise sqlite3.OperationalError("database or disk is full")
+
+    third = asyncio.create_task(store._submit(reserves_then_rolled_back))
+    await asyncio.sleep(0.05)
+    release.set()
+    results = await asyncio.wait_for(asyncio.gather(first, second, third,
+                                                    return_exceptions=True), 5)
+    assert not isinstance(results[0], BaseException)
+    assert isinstance(results[1], StoreUnavailable)
+    assert "rolled the transaction back" in str(results[1])
+    assert isinstance(results[2], StoreUnavailable)
+    assert flushed == ["store.db-wal"]  # no segment flush for the lost transaction
+    assert count_rows(tmp_path / "store.db") == 1
+    assert (await store.record_inbound(big_inbound(3))).inbound_id > 0
+    await store.close()
+
+
 async def written_once_with_its_flusher(tmp_path: Path) -> tuple[SQLiteStore, int]:
     """A store whose flusher is a process (its pid), one write answered."""
     store = SQLiteStore(tmp_path / "store.db")
@@ -539,6 +612,28 @@ async def test_another_loops_jobs_run_on_the_commit_thread(tmp_path: Path) -> No
     assert ran_on[0] != threading.get_ident()
     with sqlite3.connect(tmp_path / "store.db") as conn:
         assert conn.execute("SELECT count(*) FROM events WHERE kind = 'late'").fetchone()[0] == 1
+
+
+async def test_the_commit_thread_commits_nothing_once_a_flush_failed(tmp_path: Path) -> None:
+    """A flush of the owning loop fails while the commit thread runs another loop's batch:
+    that batch is not committed (nothing is, until a restart)."""
+    store = open_with_sync(tmp_path / "store.db", slow_flushes(0.05))
+    assert (await store.record_inbound(inbound(1))).inbound_id > 0  # this loop owns it
+    writer = store._writer
+    assert writer is not None
+
+    def job(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO events (at, tenant_id, kind) VALUES (0, 't1', 'late')")
+        writer._fail(StoreUnavailable("the WAL could not be flushed (EIO); restart"))
+
+    async def other() -> None:
+        with pytest.raises(StoreUnavailable, match="restart"):
+            await asyncio.wait_for(store._submit(job), 5)
+
+    await asyncio.to_thread(asyncio.run, other())
+    await store.close()
+    with sqlite3.connect(tmp_path / "store.db") as conn:
+        assert conn.execute("SELECT count(*) FROM events WHERE kind = 'late'").fetchone()[0] == 0
 
 
 async def test_a_loop_that_closes_with_its_flush_under_way_is_taken_over(tmp_path: Path
