@@ -68,6 +68,7 @@ from connector.mllp.client import MLLPClient  # noqa: E402
 from connector.store.model import OutboxState, OutboxSummary  # noqa: E402
 from connector.store.sqlite import SQLiteStore  # noqa: E402
 from tests.support.mailserver import MailServer, postfix_unavailable  # noqa: E402
+from tests.support.safeguards import sending_safeguards  # noqa: E402
 
 SHARED = Path(os.environ.get("MSSCONNECTOR_SHARED_DIR", ROOT.parent / "shared"))
 MDM_FIXTURE = SHARED / "fixtures" / "hl7v2" / "cisis-trans-cda-2.1" / "mdm-t02-initial" \
@@ -198,6 +199,7 @@ def write_config(workdir: Path, mail: MailServer, port: int, concurrency: int,
     config = workdir / "bench.toml"
     config.write_text(f"""
 data_dir = "{workdir / 'var'}"
+{sending_safeguards(workdir, RECIPIENT.partition("@")[2])}
 [logging]
 level = "warning"
 [intake]
@@ -211,6 +213,7 @@ port = {port}
 max_connections = 256
 [tenants.mailbox]
 address = "{SENDER}"
+nil = "DEV935997"
 [tenants.cisis]
 sending_matrix = "ans-examples"
 schematron_policy = "off"
