@@ -66,6 +66,38 @@ async def test_record_then_read_back(make_store: StoreFactory) -> None:
     assert detail.summary.processing_id is None  # not given
 
 
+async def test_listing_by_status_and_tenant_newest_first(make_store: StoreFactory) -> None:
+    """What an operator lists: a tenant's rejected (or accepted) messages, newest first, in a
+    time window; the other tenants' and statuses' rows left out."""
+    store = make_store()
+    start = time.time() - 100
+    recorded: list[tuple[int, str, InboundStatus, int]] = []  # (n, tenant, status, id)
+    for n in range(12):
+        tenant = ("t1", "t2")[n % 2]
+        status = InboundStatus.REJECTED if n % 3 == 0 else InboundStatus.ACCEPTED
+        raw = f"MSH|^~\\&|A|B|C|D|1||ADT^A01|L{n}|P|2.5\r".encode()
+        receipt = await store.record_inbound(
+            inbound(raw, control_id=f"L{n}", at=start + n, status=status, tenant=tenant))
+        recorded.append((n, tenant, status, receipt.inbound_id))
+
+    def newest_first(tenant: str | None, status: InboundStatus, low: int = 0,
+                     high: int = 12) -> list[int]:
+        return [i for n, t, s, i in reversed(recorded)
+                if tenant in (None, t) and s is status and low <= n < high]
+
+    for tenant in ("t1", "t2"):
+        for status in InboundStatus:
+            listed = await store.list_inbound(tenant_id=tenant, status=status)
+            assert [row.id for row in listed] == newest_first(tenant, status)
+            assert len(listed) >= 2
+    rejected = await store.list_inbound(status=InboundStatus.REJECTED, limit=2)
+    assert [row.id for row in rejected] == newest_first(None, InboundStatus.REJECTED)[:2]
+    window = await store.list_inbound(tenant_id="t1", status=InboundStatus.ACCEPTED,
+                                      since=start + 4, until=start + 9)
+    assert [row.id for row in window] == newest_first("t1", InboundStatus.ACCEPTED, 4, 9)
+    assert len(window) == 2  # n = 4 and 8
+
+
 async def test_msh11_is_kept_for_the_zams(make_store: StoreFactory) -> None:
     store = make_store()
     receipt = await store.record_inbound(replace(inbound(control_id="T1"), processing_id="T"))
