@@ -237,35 +237,44 @@ async def test_payload_records_are_synced_before_the_commit_that_points_at_them(
     await store.close()
 
 
+class HeldWalFlushes:
+    """`open_with_sync`'s sync for a transaction that comes while the WAL flush before it runs:
+    once `armed`, each WAL flush waits for `release`, and each flush is recorded (the file's
+    name, the highest inbound id committed when it went ahead)."""
+
+    def __init__(self, database: Path) -> None:
+        self.database = database
+        self.armed, self.release = threading.Event(), threading.Event()
+        self.flushed: list[tuple[str, int]] = []
+
+    def __call__(self, fd: int) -> None:
+        name = Path(file_of(fd)).name
+        if self.armed.is_set():
+            if name.endswith("-wal"):
+                self.release.wait(5)
+            self.flushed.append((name, max_inbound_id(self.database)))
+        os.fdatasync(fd)
+
+
 async def test_payload_records_are_flushed_right_behind_the_wal_flush_under_way(
         tmp_path: Path) -> None:
     """A job reserves a payload record while the WAL flush of the transaction before runs:
     its record is written and its flush asked at once, queued behind the WAL's, not once the
     loop has read the WAL's reply; still before the COMMIT that points at it."""
-    armed, release = threading.Event(), threading.Event()
-    flushed: list[tuple[str, int]] = []
-
-    def sync(fd: int) -> None:
-        name = Path(file_of(fd)).name
-        if armed.is_set():
-            if name.endswith("-wal"):
-                release.wait(5)
-            flushed.append((name, max_inbound_id(tmp_path / "store.db")))
-        os.fdatasync(fd)
-
-    store = open_with_sync(tmp_path / "store.db", sync)
-    armed.set()
+    flushes = HeldWalFlushes(tmp_path / "store.db")
+    store = open_with_sync(tmp_path / "store.db", flushes)
+    flushes.armed.set()
     first = asyncio.create_task(store.record_inbound(inbound(1)))
     await asyncio.sleep(0.05)  # committed; its WAL flush waits for `release`
     second = asyncio.create_task(store.record_inbound(big_inbound(2)))
     await asyncio.sleep(0.05)  # run in the next transaction, its record reserved
-    release.set()
+    flushes.release.set()
     time.sleep(0.3)  # the loop blocked: it reads no reply meanwhile
-    flushed_while_blocked = list(flushed)
+    flushed_while_blocked = list(flushes.flushed)
     first_receipt, second_receipt = await asyncio.gather(first, second)
     assert flushed_while_blocked == [("store.db-wal", first_receipt.inbound_id),
                                      ("segment-000001.log", first_receipt.inbound_id)]
-    assert flushed[2:] == [("store.db-wal", second_receipt.inbound_id)]
+    assert flushes.flushed[2:] == [("store.db-wal", second_receipt.inbound_id)]
     assert await stored_raw(store, second_receipt.inbound_id) == big_inbound(2).raw
     await store.close()
 
@@ -274,14 +283,8 @@ async def test_a_payload_write_failing_behind_a_wal_flush_leaves_that_flush_wait
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The early payload write fails while the WAL flush before it runs: its transaction is
     lost, and the store is not idle until that flush is answered (stop() waits for it)."""
-    armed, release = threading.Event(), threading.Event()
-
-    def sync(fd: int) -> None:
-        if armed.is_set() and file_of(fd).endswith("-wal"):
-            release.wait(5)
-        os.fdatasync(fd)
-
-    store = open_with_sync(tmp_path / "store.db", sync)
+    flushes = HeldWalFlushes(tmp_path / "store.db")
+    store = open_with_sync(tmp_path / "store.db", flushes)
     real_write = store._payloads.write
 
     def write_failing_with_records() -> int | None:
@@ -290,14 +293,14 @@ async def test_a_payload_write_failing_behind_a_wal_flush_leaves_that_flush_wait
         return real_write()
 
     monkeypatch.setattr(store._payloads, "write", write_failing_with_records)
-    armed.set()
+    flushes.armed.set()
     first = asyncio.create_task(store.record_inbound(inbound(1)))
     await asyncio.sleep(0.05)  # committed; its WAL flush waits for `release`
     with pytest.raises(StoreUnavailable, match="payload log could not be written"):
         await store.record_inbound(big_inbound(2))
     assert store._writer is not None
     assert not store._writer._idle.is_set()  # the first's flush is still under way
-    threading.Timer(0.2, release.set).start()
+    threading.Timer(0.2, flushes.release.set).start()
     await asyncio.wait_for(store.close(), 5)
     assert (await asyncio.wait_for(first, 1)).inbound_id > 0
 
@@ -307,18 +310,9 @@ async def test_a_transaction_sqlite_rolled_back_behind_a_wal_flush_is_lost_unflu
     """A job reserves a payload record, then SQLite rolls the shared transaction back (a full
     disk), while the WAL flush before it runs: the transaction is lost at once, no segment
     flush is asked for it, and the first caller is answered once its flush returns."""
-    armed, release = threading.Event(), threading.Event()
-    flushed: list[str] = []
-
-    def sync(fd: int) -> None:
-        if armed.is_set():
-            if file_of(fd).endswith("-wal"):
-                release.wait(5)
-            flushed.append(Path(file_of(fd)).name)
-        os.fdatasync(fd)
-
-    store = open_with_sync(tmp_path / "store.db", sync)
-    armed.set()
+    flushes = HeldWalFlushes(tmp_path / "store.db")
+    store = open_with_sync(tmp_path / "store.db", flushes)
+    flushes.armed.set()
     first = asyncio.create_task(store.record_inbound(inbound(1)))
     await asyncio.sleep(0.05)  # committed; its WAL flush waits for `release`
     second = asyncio.create_task(store.record_inbound(inbound(2)))  # the next transaction
@@ -330,14 +324,15 @@ async def test_a_transaction_sqlite_rolled_back_behind_a_wal_flush_is_lost_unflu
 
     third = asyncio.create_task(store._submit(reserves_then_rolled_back))
     await asyncio.sleep(0.05)
-    release.set()
+    flushes.release.set()
     results = await asyncio.wait_for(asyncio.gather(first, second, third,
                                                     return_exceptions=True), 5)
     assert not isinstance(results[0], BaseException)
     assert isinstance(results[1], StoreUnavailable)
     assert "rolled the transaction back" in str(results[1])
     assert isinstance(results[2], StoreUnavailable)
-    assert flushed == ["store.db-wal"]  # no segment flush for the lost transaction
+    # No segment flush for the lost transaction.
+    assert [name for name, _ in flushes.flushed] == ["store.db-wal"]
     assert count_rows(tmp_path / "store.db") == 1
     assert (await store.record_inbound(big_inbound(3))).inbound_id > 0
     await store.close()
