@@ -58,10 +58,10 @@ def segment_path(directory: str, segment: int) -> str:
 
 def serve(requests: int, replies: int, wal: str, payloads: str,
           sync: Callable[[int], None] = os.fdatasync, *,
-          keep_cached: int | None = None) -> None:
+          keep_cached: int = KEEP_CACHED) -> None:
     """Answer each request on `requests` once its file is flushed, until end of file."""
     wal_file = WalFile(wal)
-    segment_file = SegmentFile(payloads, KEEP_CACHED if keep_cached is None else keep_cached)
+    segment_file = SegmentFile(payloads, keep_cached)
     pending = b""
     try:
         while True:
@@ -132,7 +132,7 @@ class SegmentFile:
     (`POSIX_FADV_DONTNEED`), and the whole segment when the next one starts. The advice drops
     clean pages only: it never loses a byte, and a read after it goes to the disk."""
 
-    def __init__(self, directory: str, keep_cached: int = 0) -> None:
+    def __init__(self, directory: str, keep_cached: int = KEEP_CACHED) -> None:
         self.directory = directory
         self.keep_cached = keep_cached
         self.number = -1
@@ -236,7 +236,7 @@ class Flusher:
     @classmethod
     def thread(cls, wal: Path, payloads: Path,
                sync: Callable[[int], None] = os.fdatasync, *,
-               keep_cached: int | None = None) -> Flusher:
+               keep_cached: int = KEEP_CACHED) -> Flusher:
         """`serve` in a thread of this process, with `sync` for fdatasync (tests)."""
         request_r, request_w = os.pipe()
         reply_r, reply_w = os.pipe()

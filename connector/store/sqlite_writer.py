@@ -367,10 +367,7 @@ class SQLiteWriter:
                 transaction = None
         if transaction is None:
             self._finish_transaction(loop)
-        elif not self._conn.in_transaction:  # SQLite rolled it back itself (disk full, I/O)
-            self._abandon(transaction, StoreUnavailable("SQLite rolled the transaction back"),
-                          loop)
-        else:
+        elif not self._abandoned_if_lost(transaction, loop):
             self._flush_payloads(transaction, loop, time.perf_counter())
 
     def _finish_transaction(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -386,16 +383,24 @@ class SQLiteWriter:
             return
         # Only the owner opens transactions; one of another loop was left by an owner that
         # closed (`_take_over_if_closed`), which runs nothing any more: committed here.
-        if self._failure is not None:
-            self._abandon(transaction, self._failure, loop)
-            return
-        if not self._conn.in_transaction:  # SQLite rolled it back itself (disk full, I/O)
-            self._abandon(transaction, StoreUnavailable("SQLite rolled the transaction back"),
-                          loop)
+        if self._abandoned_if_lost(transaction, loop):
             return
         started = time.perf_counter()
         if not self._flush_payloads(transaction, loop, started):
             self._commit(transaction, loop, started)
+
+    def _abandoned_if_lost(self, transaction: _Transaction,
+                           loop: asyncio.AbstractEventLoop) -> bool:
+        """Abandon the open transaction if it can no longer be committed: the store failed,
+        or SQLite rolled it back itself (disk full, I/O error). Whether it was."""
+        if self._failure is not None:
+            self._abandon(transaction, self._failure, loop)
+        elif not self._conn.in_transaction:
+            self._abandon(transaction, StoreUnavailable("SQLite rolled the transaction back"),
+                          loop)
+        else:
+            return False
+        return True
 
     def _flush_payloads(self, transaction: _Transaction, loop: asyncio.AbstractEventLoop,
                         started: float) -> bool:
